@@ -1,0 +1,245 @@
+//! Reading `/proc`: pure parsers (bytes in, typed values out) in the submodules, and [`ProcFs`], the
+//! only thing that does I/O. Every collector gets a `ProcFs` with an injectable root, so tests run
+//! against fixture trees in parallel.
+
+use std::{
+    fs::File,
+    io::{self, Read},
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+pub mod escape;
+
+/// What a `/proc` read was for; bytes read are counted per class for the `agent` record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FileClass {
+    Meminfo,
+    Status,
+    Statm,
+    SmapsRollup,
+    Smaps,
+    Cmdline,
+    Mountinfo,
+    Sysvipc,
+    Other,
+}
+
+impl FileClass {
+    pub const ALL: [FileClass; 9] = [
+        FileClass::Meminfo,
+        FileClass::Status,
+        FileClass::Statm,
+        FileClass::SmapsRollup,
+        FileClass::Smaps,
+        FileClass::Cmdline,
+        FileClass::Mountinfo,
+        FileClass::Sysvipc,
+        FileClass::Other,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FileClass::Meminfo => "meminfo",
+            FileClass::Status => "status",
+            FileClass::Statm => "statm",
+            FileClass::SmapsRollup => "smaps_rollup",
+            FileClass::Smaps => "smaps",
+            FileClass::Cmdline => "cmdline",
+            FileClass::Mountinfo => "mountinfo",
+            FileClass::Sysvipc => "sysvipc",
+            FileClass::Other => "other",
+        }
+    }
+}
+
+/// Bytes and reads per [`FileClass`], shared by every clone of one [`ProcFs`].
+#[derive(Debug, Default)]
+pub struct ReadCounters {
+    bytes: [AtomicU64; 9],
+    reads: [AtomicU64; 9],
+}
+
+impl ReadCounters {
+    fn add(&self, class: FileClass, bytes: usize) {
+        let i = class as usize;
+        self.bytes[i].fetch_add(bytes as u64, Ordering::Relaxed);
+        self.reads[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Bytes read so far for `class`.
+    pub fn bytes(&self, class: FileClass) -> u64 {
+        self.bytes[class as usize].load(Ordering::Relaxed)
+    }
+
+    /// Reads (files opened and read) so far for `class`.
+    pub fn reads(&self, class: FileClass) -> u64 {
+        self.reads[class as usize].load(Ordering::Relaxed)
+    }
+
+    /// Bytes read so far over all classes.
+    pub fn total_bytes(&self) -> u64 {
+        FileClass::ALL.iter().map(|c| self.bytes(*c)).sum()
+    }
+}
+
+/// An error reading or parsing something under `/proc`. Always carries the path.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcError {
+    /// ENOENT/ESRCH: the process (or file) is gone. Callers skip quietly.
+    #[error("{path}: gone")]
+    Gone { path: PathBuf },
+    /// EACCES/EPERM: not allowed to read it. Callers mark the field `inaccessible` and count it.
+    #[error("{path}: permission denied")]
+    Denied { path: PathBuf },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: ParseError,
+    },
+}
+
+impl ProcError {
+    pub fn from_io(path: PathBuf, source: io::Error) -> Self {
+        match source.raw_os_error() {
+            Some(libc::ENOENT) | Some(libc::ESRCH) => ProcError::Gone { path },
+            Some(libc::EACCES) | Some(libc::EPERM) => ProcError::Denied { path },
+            _ if source.kind() == io::ErrorKind::NotFound => ProcError::Gone { path },
+            _ if source.kind() == io::ErrorKind::PermissionDenied => ProcError::Denied { path },
+            _ => ProcError::Io { path, source },
+        }
+    }
+
+    pub fn is_gone(&self) -> bool {
+        matches!(self, ProcError::Gone { .. })
+    }
+
+    pub fn is_denied(&self) -> bool {
+        matches!(self, ProcError::Denied { .. })
+    }
+
+    pub fn path(&self) -> &Path {
+        match self {
+            ProcError::Gone { path }
+            | ProcError::Denied { path }
+            | ProcError::Io { path, .. }
+            | ProcError::Parse { path, .. } => path,
+        }
+    }
+}
+
+/// A malformed `/proc` file. `line` is 1-based; 0 means "the file as a whole".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {message}")]
+pub struct ParseError {
+    pub line: usize,
+    pub message: String,
+}
+
+impl ParseError {
+    pub fn new(line: usize, message: impl Into<String>) -> Self {
+        ParseError {
+            line,
+            message: message.into(),
+        }
+    }
+}
+
+/// The `/proc` tree memscope reads, rooted anywhere (a fixture tree in tests).
+#[derive(Clone, Debug)]
+pub struct ProcFs {
+    root: PathBuf,
+    counters: Arc<ReadCounters>,
+}
+
+impl ProcFs {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        ProcFs {
+            root: root.into(),
+            counters: Arc::new(ReadCounters::default()),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn counters(&self) -> &ReadCounters {
+        &self.counters
+    }
+
+    /// `root/rel`.
+    pub fn path(&self, rel: impl AsRef<Path>) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    /// `root/PID/file`.
+    pub fn pid_path(&self, pid: u32, file: &str) -> PathBuf {
+        let mut p = self.root.join(pid.to_string());
+        p.push(file);
+        p
+    }
+
+    /// Reads `path` whole into `buf` (cleared first), counting the bytes under `class`.
+    pub fn read_into(&self, path: &Path, class: FileClass, buf: &mut Vec<u8>) -> Result<(), ProcError> {
+        buf.clear();
+        let mut f = File::open(path).map_err(|e| ProcError::from_io(path.to_path_buf(), e))?;
+        f.read_to_end(buf)
+            .map_err(|e| ProcError::from_io(path.to_path_buf(), e))?;
+        self.counters.add(class, buf.len());
+        Ok(())
+    }
+
+    /// Reads `path` whole, counting the bytes under `class`.
+    pub fn read(&self, path: &Path, class: FileClass) -> Result<Vec<u8>, ProcError> {
+        let mut buf = Vec::new();
+        self.read_into(path, class, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Reads `path` and parses it with `parse`, attaching the path to a parse error.
+    pub fn read_parsed<T>(
+        &self,
+        path: &Path,
+        class: FileClass,
+        buf: &mut Vec<u8>,
+        parse: impl FnOnce(&[u8]) -> Result<T, ParseError>,
+    ) -> Result<T, ProcError> {
+        self.read_into(path, class, buf)?;
+        parse(buf).map_err(|source| ProcError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// The numeric entries of the root (process ids), sorted.
+    pub fn pids(&self) -> Result<Vec<u32>, ProcError> {
+        let rd = std::fs::read_dir(&self.root).map_err(|e| ProcError::from_io(self.root.clone(), e))?;
+        let mut pids = Vec::new();
+        for entry in rd {
+            let entry = entry.map_err(|e| ProcError::from_io(self.root.clone(), e))?;
+            if let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
+                pids.push(pid);
+            }
+        }
+        pids.sort_unstable();
+        Ok(pids)
+    }
+}
+
+/// The system page size in bytes.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if v > 0 { v as u64 } else { 4096 }
+}

@@ -1,0 +1,123 @@
+//! The ABI between memscope's kernel side (`memscope-ebpf`) and the agent.
+//!
+//! Everything here is `#![no_std]` and `#[repr(C)]` with explicit padding and no `bool`, so the
+//! layout is the same on both sides. With the `user` feature the structs also implement
+//! [`aya::Pod`] so the agent can read them out of maps and ring buffers.
+#![no_std]
+
+/// Name of the BPF hash map `tgid (u32) -> DirtyEntry` that marks processes whose mappings changed.
+pub const DIRTY_MAP: &str = "MEMSCOPE_DIRTY";
+/// Name of the ring buffer carrying [`LifecycleEvent`]s.
+pub const EVENTS_MAP: &str = "MEMSCOPE_EVENTS";
+/// Name of the single-slot array holding [`Config`] written by the agent before attaching.
+pub const CONFIG_MAP: &str = "MEMSCOPE_CONFIG";
+/// Name of the per-CPU array of [`Counters`] (events lost, marks set).
+pub const COUNTERS_MAP: &str = "MEMSCOPE_COUNTERS";
+
+/// Capacity of the dirty map. A full map drops marks; the agent then falls back to staleness.
+pub const DIRTY_MAP_ENTRIES: u32 = 65_536;
+/// Ring buffer size in bytes (power of two, multiple of the page size).
+pub const EVENTS_RING_BYTES: u32 = 256 * 1024;
+
+/// Reason bits set in [`DirtyEntry::reasons`].
+pub mod reason {
+    pub const MMAP: u32 = 1 << 0;
+    pub const MUNMAP: u32 = 1 << 1;
+    pub const MREMAP: u32 = 1 << 2;
+    pub const BRK: u32 = 1 << 3;
+    pub const SHMGET: u32 = 1 << 4;
+    pub const SHMAT: u32 = 1 << 5;
+    pub const SHMDT: u32 = 1 << 6;
+    pub const MADVISE: u32 = 1 << 7;
+    pub const FORK: u32 = 1 << 8;
+    pub const EXEC: u32 = 1 << 9;
+
+    /// Every reason bit with its name, in bit order (for logs and the `agent` record).
+    pub const NAMES: [(u32, &str); 10] = [
+        (MMAP, "mmap"),
+        (MUNMAP, "munmap"),
+        (MREMAP, "mremap"),
+        (BRK, "brk"),
+        (SHMGET, "shmget"),
+        (SHMAT, "shmat"),
+        (SHMDT, "shmdt"),
+        (MADVISE, "madvise"),
+        (FORK, "fork"),
+        (EXEC, "exec"),
+    ];
+}
+
+/// Value of the dirty map: which syscalls touched the process's layout since the agent last drained it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DirtyEntry {
+    /// OR of [`reason`] bits.
+    pub reasons: u32,
+    /// Number of marks folded into this entry (saturating).
+    pub count: u32,
+    /// `bpf_ktime_get_ns()` of the first mark since the last drain.
+    pub first_ns: u64,
+}
+
+/// Kind of a [`LifecycleEvent`].
+pub mod event_kind {
+    pub const FORK: u32 = 1;
+    pub const EXEC: u32 = 2;
+    pub const EXIT: u32 = 3;
+    pub const SHMGET: u32 = 4;
+}
+
+/// An event sent through the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LifecycleEvent {
+    /// One of [`event_kind`].
+    pub kind: u32,
+    /// The process (thread group) the event is about; for fork, the child.
+    pub tgid: u32,
+    /// For fork: the parent tgid. For shmget: the size argument's low 32 bits are not enough, see `arg`.
+    pub ptgid: u32,
+    pub _pad: u32,
+    /// For shmget: the requested size in bytes. Otherwise zero.
+    pub arg: u64,
+    /// `bpf_ktime_get_ns()` when it happened.
+    pub ts_ns: u64,
+}
+
+/// Configuration written by the agent into [`CONFIG_MAP`] slot 0 before attaching.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// The agent's own tgid: its marks are dropped in the kernel.
+    pub agent_tgid: u32,
+    pub _pad: u32,
+}
+
+/// Per-CPU counters in [`COUNTERS_MAP`] slot 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Marks that could not be stored (dirty map full).
+    pub marks_dropped: u64,
+    /// Ring buffer reservations that failed (events lost).
+    pub events_lost: u64,
+    /// Marks set (a new entry or a changed entry).
+    pub marks: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<DirtyEntry>() == 16);
+const _: () = assert!(core::mem::size_of::<LifecycleEvent>() == 32);
+const _: () = assert!(core::mem::size_of::<Config>() == 8);
+const _: () = assert!(core::mem::size_of::<Counters>() == 24);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `#[repr(C)]` integers with explicit padding; every bit pattern is valid.
+    unsafe impl aya::Pod for super::DirtyEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::LifecycleEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Config {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Counters {}
+}

@@ -1,0 +1,1 @@
+//! Helpers for memscope's integration tests.
