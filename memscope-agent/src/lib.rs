@@ -1,8 +1,14 @@
 //! memscope-agent: where the memory goes on a Linux host, continuously, as JSON lines.
 //!
-//! See the crate README for the record reference and the configuration. Layout:
-//! [`procfs`] (parsers and the one I/O type), [`collectors`] (one per source behind the
-//! [`collectors::Collector`] trait), [`store`] (owns the snapshot, decides what to emit),
-//! [`sinks`] (stdout, rotating file), [`config`] (TOML), [`tracker`] (eBPF dirty tracking or polling).
+//! Layout: [`procfs`] (pure parsers and [`procfs::ProcFs`], the one type that reads `/proc`),
+//! [`collectors`] (one per source behind [`collectors::Collector`]), [`store`] (owns the snapshot,
+//! decides what to emit), [`records`] (the JSON-lines format), [`sinks`] (stdout, rotating file),
+//! [`config`] (TOML), [`runtime`] (the scheduler and the store task).
 
+pub mod collectors;
+pub mod config;
 pub mod procfs;
+pub mod records;
+pub mod runtime;
+pub mod sinks;
+pub mod store;

@@ -1,1 +1,106 @@
-fn main() {}
+//! `cargo xtask`: what cargo alone can't do — toolchain setup, the test lanes, golden updates, benches.
+//!
+//! `cargo xtask test` is the one test command (README, CI): it sets up the eBPF toolchain, checks
+//! formatting and lints, runs the unprivileged lane, then the privileged lane (root + BPF), which
+//! fails loudly when it cannot run.
+
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Everything: setup, fmt, clippy, unprivileged tests, privileged tests.
+    Test {
+        /// Skip the privileged lane (root + BPF). Says so loudly; CI never passes this.
+        #[arg(long)]
+        skip_privileged: bool,
+    },
+    /// Only the privileged lane (needs root).
+    TestPrivileged,
+    /// Regenerate fixtures/golden/*.jsonl from fixtures/proc.
+    GoldenUpdate,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Test { skip_privileged } => test(skip_privileged),
+        Cmd::TestPrivileged => privileged_lane(),
+        Cmd::GoldenUpdate => cargo(
+            &["test", "-p", "memscope-tests", "--test", "golden"],
+            &[("MEMSCOPE_UPDATE_GOLDEN", "1")],
+        ),
+    }
+}
+
+/// Runs `cargo ARGS` from the workspace root with extra environment, failing on a non-zero exit.
+fn cargo(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    eprintln!("xtask: cargo {}", args.join(" "));
+    let status = Command::new(&cargo)
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(workspace_root())
+        .status()
+        .with_context(|| format!("running {cargo} {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn workspace_root() -> std::path::PathBuf {
+    let manifest = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or(manifest)
+}
+
+fn is_root() -> bool {
+    // Effective uid from /proc/self/status (line "Uid: real effective saved fs").
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|v| v == "0"))
+        })
+        .unwrap_or(false)
+}
+
+fn test(skip_privileged: bool) -> Result<()> {
+    cargo(&["fmt", "--all", "--", "--check"], &[])?;
+    cargo(
+        &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
+        &[],
+    )?;
+    // Unprivileged lane: unit tests, CLI tests, golden end-to-end over fixtures.
+    cargo(&["test", "--workspace", "--exclude", "memscope-tests"], &[])?;
+    cargo(&["test", "-p", "memscope-tests", "--test", "golden"], &[])?;
+    if skip_privileged {
+        eprintln!("xtask: *** privileged lane SKIPPED (--skip-privileged): live and eBPF tests did not run ***");
+        return Ok(());
+    }
+    privileged_lane()
+}
+
+fn privileged_lane() -> Result<()> {
+    if !is_root() {
+        bail!(
+            "the privileged lane (live workloads, eBPF) needs root: run `sudo cargo xtask test`, or pass --skip-privileged to run only the unprivileged lane"
+        );
+    }
+    cargo(
+        &["test", "-p", "memscope-tests", "--test", "live", "--", "--test-threads=1"],
+        &[],
+    )
+}

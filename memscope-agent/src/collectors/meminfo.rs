@@ -1,0 +1,121 @@
+//! `meminfo`: the host's totals from `/proc/meminfo`, every field, in bytes.
+//!
+//! Record: `{"kind":"meminfo", "MemTotal_bytes":…, "Active_anon_bytes":…, "HugePages_Total_bytes":…}`:
+//! each kernel field name with `(x)` turned into `_x` and `_bytes` appended. `HugePages_*` counts are
+//! multiplied by `Hugepagesize`.
+
+use serde::{Serialize, Serializer, ser::SerializeMap};
+
+use super::{CollectCtx, CollectError, Collector, Observation, ToRecords};
+use crate::{
+    procfs::{FileClass, meminfo::MeminfoField, meminfo::parse_meminfo},
+    records::Record,
+};
+
+#[derive(Default)]
+pub struct MeminfoCollector {
+    buf: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct MeminfoObservation {
+    pub fields: Vec<MeminfoField>,
+}
+
+impl MeminfoObservation {
+    pub fn get(&self, name: &str) -> Option<u64> {
+        crate::procfs::meminfo::field(&self.fields, name)
+    }
+}
+
+impl Collector for MeminfoCollector {
+    fn name(&self) -> &'static str {
+        "meminfo"
+    }
+
+    fn collect(&mut self, ctx: &CollectCtx<'_>) -> Result<Option<Observation>, CollectError> {
+        let path = ctx.procfs.path("meminfo");
+        let fields = ctx
+            .procfs
+            .read_parsed(&path, FileClass::Meminfo, &mut self.buf, parse_meminfo)?;
+        Ok(Some(Observation::Meminfo(MeminfoObservation { fields })))
+    }
+}
+
+/// `Active(anon)` -> `Active_anon_bytes`.
+pub fn json_field_name(kernel_name: &str) -> String {
+    let mut s = String::with_capacity(kernel_name.len() + 7);
+    for c in kernel_name.chars() {
+        match c {
+            '(' => s.push('_'),
+            ')' => {}
+            c if c.is_ascii_alphanumeric() || c == '_' => s.push(c),
+            _ => s.push('_'),
+        }
+    }
+    s.push_str("_bytes");
+    s
+}
+
+struct Fields<'a>(&'a [MeminfoField]);
+
+impl Serialize for Fields<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for f in self.0 {
+            m.serialize_entry(&json_field_name(&f.name), &f.bytes)?;
+        }
+        m.end()
+    }
+}
+
+impl ToRecords for MeminfoObservation {
+    fn records(&self, out: &mut Vec<Record>) {
+        out.push(Record::new("meminfo", "", &Fields(&self.fields)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::procfs::ProcFs;
+
+    #[test]
+    fn field_names() {
+        assert_eq!(json_field_name("MemTotal"), "MemTotal_bytes");
+        assert_eq!(json_field_name("Active(anon)"), "Active_anon_bytes");
+        assert_eq!(json_field_name("HugePages_Total"), "HugePages_Total_bytes");
+    }
+
+    #[test]
+    fn collects_every_field_in_bytes_from_a_tree() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("meminfo"),
+            "MemTotal:       1000 kB\nActive(anon):      2 kB\nHugePages_Total:       3\nHugepagesize:       2048 kB\n",
+        )
+        .expect("write");
+        let procfs = ProcFs::new(dir.path());
+        let mut c = MeminfoCollector::default();
+        let obs = match c.collect(&CollectCtx { procfs: &procfs, tick: 0 }) {
+            Ok(Some(Observation::Meminfo(o))) => o,
+            other => panic!("unexpected {other:?}"),
+        };
+        let mut recs = Vec::new();
+        obs.records(&mut recs);
+        assert_eq!(
+            recs[0].body,
+            "\"MemTotal_bytes\":1024000,\"Active_anon_bytes\":2048,\"HugePages_Total_bytes\":6291456,\"Hugepagesize_bytes\":2097152"
+        );
+    }
+
+    #[test]
+    fn missing_file_is_an_error_with_the_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let procfs = ProcFs::new(dir.path());
+        let err = MeminfoCollector::default()
+            .collect(&CollectCtx { procfs: &procfs, tick: 0 })
+            .expect_err("no meminfo");
+        assert!(err.to_string().contains("meminfo"), "{err}");
+    }
+}

@@ -1,0 +1,132 @@
+//! Collectors: one per source, behind the [`Collector`] trait, built from the config by
+//! [`build_collectors`].
+//!
+//! Adding a collector: write a module with a type implementing [`Collector`] and an observation type
+//! implementing [`ToRecords`]; add its config section to [`crate::config::CollectorsConfig`] (and to
+//! `config/memscope.toml`); add a variant to [`Observation`] and an entry to [`REGISTRY`]; test it
+//! against a fixture tree (`ProcFs::new(fixture_root)`).
+
+use std::time::Duration;
+
+use crate::{
+    config::Config,
+    procfs::{ProcError, ProcFs},
+    records::Record,
+};
+
+pub mod meminfo;
+pub mod processes;
+
+/// What a collector gets on each run.
+pub struct CollectCtx<'a> {
+    pub procfs: &'a ProcFs,
+    /// Emission counter of the run (0 for the first).
+    pub tick: u64,
+}
+
+/// A source of observations. `collect` runs on a blocking thread, never on an async worker.
+///
+/// `Ok(None)` means "nothing to report this time, already handled and logged". An `Err` is reported
+/// in the `agent` record and never stops the other collectors.
+pub trait Collector: Send {
+    fn name(&self) -> &'static str;
+    fn collect(&mut self, ctx: &CollectCtx<'_>) -> Result<Option<Observation>, CollectError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    #[error(transparent)]
+    Proc(#[from] ProcError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Everything a collector can report. Each observation is the collector's complete current view.
+#[derive(Debug, Clone)]
+pub enum Observation {
+    Meminfo(meminfo::MeminfoObservation),
+    Processes(processes::ProcessesObservation),
+}
+
+/// Turns an observation into records, and says what is worth a warning in the `snapshot` record.
+pub trait ToRecords {
+    fn records(&self, out: &mut Vec<Record>);
+    fn warnings(&self, _out: &mut Vec<String>) {}
+}
+
+impl Observation {
+    pub fn as_records(&self) -> &dyn ToRecords {
+        match self {
+            Observation::Meminfo(o) => o,
+            Observation::Processes(o) => o,
+        }
+    }
+}
+
+/// A collector with its schedule.
+pub struct Registered {
+    pub collector: Box<dyn Collector>,
+    pub interval: Duration,
+}
+
+/// One known collector: its name, and how to build it if the config enables it.
+pub struct CollectorSpec {
+    pub name: &'static str,
+    pub build: fn(&Config, &ProcFs) -> Option<Registered>,
+}
+
+/// Every collector memscope knows, in emission order.
+pub const REGISTRY: &[CollectorSpec] = &[
+    CollectorSpec {
+        name: "meminfo",
+        build: |config, _| {
+            let c = &config.collectors.meminfo;
+            c.enabled.then(|| Registered {
+                collector: Box::new(meminfo::MeminfoCollector::default()),
+                interval: config.collector_interval(c.interval),
+            })
+        },
+    },
+    CollectorSpec {
+        name: "processes",
+        build: |config, _| {
+            let c = &config.collectors.processes;
+            c.common.enabled.then(|| Registered {
+                collector: Box::new(processes::ProcessesCollector::new(c)),
+                interval: config.collector_interval(c.common.interval),
+            })
+        },
+    },
+];
+
+/// Builds the enabled collectors.
+pub fn build_collectors(config: &Config, procfs: &ProcFs) -> Vec<Registered> {
+    REGISTRY
+        .iter()
+        .filter_map(|spec| (spec.build)(config, procfs))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_names_match_collector_names() {
+        let config = Config::default();
+        let procfs = ProcFs::new("/nonexistent");
+        let built = build_collectors(&config, &procfs);
+        let names: Vec<_> = built.iter().map(|r| r.collector.name()).collect();
+        let spec_names: Vec<_> = REGISTRY.iter().map(|s| s.name).collect();
+        assert_eq!(names, spec_names);
+    }
+
+    #[test]
+    fn disabled_collectors_are_not_built() {
+        let mut config = Config::default();
+        config.collectors.processes.common.enabled = false;
+        let built = build_collectors(&config, &ProcFs::new("/nonexistent"));
+        let names: Vec<_> = built.iter().map(|r| r.collector.name()).collect();
+        assert_eq!(names, vec!["meminfo"]);
+    }
+}

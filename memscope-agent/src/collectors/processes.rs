@@ -1,0 +1,437 @@
+//! `processes`: one record per process with its memory (RSS, PSS, USS, swap, swap PSS, the
+//! anon/file/shmem split of PSS) and its place in the process tree (subtree totals).
+//!
+//! Sources per process: `stat` (identity: start time, ppid, state, threads), `status` (name, uid, and
+//! the fallback numbers), `smaps_rollup` (the exact numbers), `cmdline` (read once per process).
+//! Numbers are `exact` (from `smaps_rollup`), `approximate` (`smaps_rollup` unreadable, values from
+//! `status`: PSS is then RSS, an upper bound) or `inaccessible` (nothing readable; zeros).
+//! A process that vanishes mid-scan is skipped quietly.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use tracing::debug;
+
+use super::{CollectCtx, CollectError, Collector, Observation, ToRecords};
+use crate::{
+    config::ProcessesConfig,
+    procfs::{
+        FileClass, ProcError, ProcFs,
+        cmdline::{join_cmdline, parse_cmdline},
+        counters::MemCounters,
+        escape::Name,
+        smaps_rollup::parse_smaps_rollup,
+        stat::{Stat, parse_stat},
+        status::{Status, parse_status},
+    },
+    records::Record,
+};
+
+/// How trustworthy a process's numbers are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Numbers {
+    Exact,
+    Approximate,
+    Inaccessible,
+}
+
+/// Memory of one process (or a subtree), in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Memory {
+    pub rss_bytes: u64,
+    pub pss_bytes: u64,
+    pub uss_bytes: u64,
+    pub swap_bytes: u64,
+    pub swap_pss_bytes: u64,
+    pub pss_anon_bytes: u64,
+    pub pss_file_bytes: u64,
+    pub pss_shmem_bytes: u64,
+}
+
+impl Memory {
+    fn from_rollup(c: &MemCounters) -> Memory {
+        Memory {
+            rss_bytes: c.rss,
+            pss_bytes: c.pss,
+            uss_bytes: c.uss(),
+            swap_bytes: c.swap,
+            swap_pss_bytes: c.swap_pss,
+            // Kernels before 5.x lack the split; anon is then the best single guess for private memory.
+            pss_anon_bytes: c.pss_anon.unwrap_or(0),
+            pss_file_bytes: c.pss_file.unwrap_or(0),
+            pss_shmem_bytes: c.pss_shmem.unwrap_or(0),
+        }
+    }
+
+    /// From `status` when `smaps_rollup` cannot be read: RSS and its split are exact, PSS is taken as
+    /// RSS (an upper bound), USS as RssAnon, swap PSS as swap.
+    fn from_status(s: &Status) -> Memory {
+        let rss = s.vm_rss.unwrap_or(0);
+        let swap = s.vm_swap.unwrap_or(0);
+        Memory {
+            rss_bytes: rss,
+            pss_bytes: rss,
+            uss_bytes: s.rss_anon.unwrap_or(0),
+            swap_bytes: swap,
+            swap_pss_bytes: swap,
+            pss_anon_bytes: s.rss_anon.unwrap_or(0),
+            pss_file_bytes: s.rss_file.unwrap_or(0),
+            pss_shmem_bytes: s.rss_shmem.unwrap_or(0),
+        }
+    }
+
+    fn add(&mut self, o: &Memory) {
+        self.rss_bytes += o.rss_bytes;
+        self.pss_bytes += o.pss_bytes;
+        self.uss_bytes += o.uss_bytes;
+        self.swap_bytes += o.swap_bytes;
+        self.swap_pss_bytes += o.swap_pss_bytes;
+        self.pss_anon_bytes += o.pss_anon_bytes;
+        self.pss_file_bytes += o.pss_file_bytes;
+        self.pss_shmem_bytes += o.pss_shmem_bytes;
+    }
+}
+
+/// Totals over a process and all its descendants.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Subtree {
+    /// Processes in the subtree, the process itself included.
+    pub processes: u32,
+    pub rss_bytes: u64,
+    pub pss_bytes: u64,
+    pub uss_bytes: u64,
+    pub swap_bytes: u64,
+}
+
+/// The `process` record body.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProcessRecord {
+    pub pid: u32,
+    pub ppid: u32,
+    pub name: Name,
+    pub cmdline: Name,
+    pub uid: Option<u32>,
+    pub user: Option<String>,
+    pub state: String,
+    pub threads: u32,
+    /// Start time in clock ticks after boot: with the pid, identifies the process across pid reuse.
+    pub start_ticks: u64,
+    pub kernel_thread: bool,
+    pub numbers: Numbers,
+    #[serde(flatten)]
+    pub memory: Memory,
+    pub subtree: Subtree,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ProcessesObservation {
+    pub processes: Vec<ProcessRecord>,
+    /// Processes whose numbers are approximate / inaccessible this run.
+    pub approximate: u32,
+    pub inaccessible: u32,
+    /// Processes that vanished while being read.
+    pub vanished: u32,
+    /// Per-process errors other than gone/denied (each carries its path).
+    pub errors: Vec<String>,
+}
+
+impl ToRecords for ProcessesObservation {
+    fn records(&self, out: &mut Vec<Record>) {
+        for p in &self.processes {
+            out.push(Record::new("process", p.pid.to_string(), p));
+        }
+    }
+
+    fn warnings(&self, out: &mut Vec<String>) {
+        if self.inaccessible > 0 {
+            out.push(format!(
+                "processes: {} process(es) inaccessible (permission denied)",
+                self.inaccessible
+            ));
+        }
+        if self.approximate > 0 {
+            out.push(format!(
+                "processes: {} process(es) approximate (smaps_rollup unreadable, numbers from status)",
+                self.approximate
+            ));
+        }
+        out.extend(self.errors.iter().map(|e| format!("processes: {e}")));
+    }
+}
+
+/// What is kept per process between runs: the parts that never change.
+struct Known {
+    start_ticks: u64,
+    cmdline: Name,
+}
+
+pub struct ProcessesCollector {
+    known: HashMap<u32, Known>,
+    users: HashMap<u32, Option<String>>,
+    buf: Vec<u8>,
+}
+
+impl ProcessesCollector {
+    pub fn new(_config: &ProcessesConfig) -> Self {
+        ProcessesCollector {
+            known: HashMap::new(),
+            users: HashMap::new(),
+            buf: Vec::with_capacity(8192),
+        }
+    }
+
+    fn user_name(&mut self, uid: u32) -> Option<String> {
+        self.users
+            .entry(uid)
+            .or_insert_with(|| {
+                uzers::get_user_by_uid(uid).map(|u| u.name().to_string_lossy().into_owned())
+            })
+            .clone()
+    }
+
+    /// Reads one process. `Ok(None)`: it is gone.
+    fn read_process(
+        &mut self,
+        procfs: &ProcFs,
+        pid: u32,
+        obs: &mut ProcessesObservation,
+    ) -> Result<Option<ProcessRecord>, ProcError> {
+        let stat: Stat = procfs.read_parsed(
+            &procfs.pid_path(pid, "stat"),
+            FileClass::Other,
+            &mut self.buf,
+            parse_stat,
+        )?;
+        let status = match procfs.read_parsed(
+            &procfs.pid_path(pid, "status"),
+            FileClass::Status,
+            &mut self.buf,
+            parse_status,
+        ) {
+            Ok(s) => Some(s),
+            Err(e) if e.is_denied() => None,
+            Err(e) => return Err(e),
+        };
+        let rollup = match procfs.read_parsed(
+            &procfs.pid_path(pid, "smaps_rollup"),
+            FileClass::SmapsRollup,
+            &mut self.buf,
+            parse_smaps_rollup,
+        ) {
+            Ok(r) => Ok(r),
+            Err(e) if e.is_denied() => Err(e),
+            Err(e) => return Err(e),
+        };
+        let kernel_thread = matches!(rollup, Ok(None))
+            || status.as_ref().is_some_and(|s| s.vm_size.is_none());
+        let (numbers, memory) = match (&rollup, &status) {
+            (Ok(Some(c)), _) => (Numbers::Exact, Memory::from_rollup(c)),
+            (Ok(None), _) => (Numbers::Exact, Memory::default()),
+            (Err(_), Some(s)) if s.vm_size.is_none() => (Numbers::Exact, Memory::default()),
+            (Err(_), Some(s)) => (Numbers::Approximate, Memory::from_status(s)),
+            (Err(_), None) => (Numbers::Inaccessible, Memory::default()),
+        };
+        match numbers {
+            Numbers::Approximate => obs.approximate += 1,
+            Numbers::Inaccessible => obs.inaccessible += 1,
+            Numbers::Exact => {}
+        }
+
+        let cmdline = match self.known.get(&pid) {
+            Some(k) if k.start_ticks == stat.starttime_ticks => k.cmdline.clone(),
+            _ => {
+                let cmdline = match procfs.read(&procfs.pid_path(pid, "cmdline"), FileClass::Cmdline)
+                {
+                    Ok(bytes) => join_cmdline(&parse_cmdline(&bytes)),
+                    Err(e) if e.is_denied() => Name::default(),
+                    Err(e) => return Err(e),
+                };
+                self.known.insert(
+                    pid,
+                    Known {
+                        start_ticks: stat.starttime_ticks,
+                        cmdline: cmdline.clone(),
+                    },
+                );
+                cmdline
+            }
+        };
+
+        let uid = status.as_ref().map(|s| s.uid[0]);
+        let user = uid.and_then(|u| self.user_name(u));
+        Ok(Some(ProcessRecord {
+            pid,
+            ppid: status.as_ref().map_or(stat.ppid, |s| s.ppid),
+            name: status.as_ref().map_or_else(|| stat.comm.clone(), |s| s.name.clone()),
+            cmdline,
+            uid,
+            user,
+            state: stat.state.to_string(),
+            threads: stat.num_threads,
+            start_ticks: stat.starttime_ticks,
+            kernel_thread,
+            numbers,
+            memory,
+            subtree: Subtree::default(),
+        }))
+    }
+}
+
+impl Collector for ProcessesCollector {
+    fn name(&self) -> &'static str {
+        "processes"
+    }
+
+    fn collect(&mut self, ctx: &CollectCtx<'_>) -> Result<Option<Observation>, CollectError> {
+        let pids = ctx.procfs.pids()?;
+        let mut obs = ProcessesObservation::default();
+        for &pid in &pids {
+            match self.read_process(ctx.procfs, pid, &mut obs) {
+                Ok(Some(p)) => obs.processes.push(p),
+                Ok(None) => {}
+                Err(e) if e.is_gone() => obs.vanished += 1,
+                Err(e) if e.is_denied() => obs.inaccessible += 1,
+                Err(e) => {
+                    debug!(pid, error = %e, "process read failed");
+                    obs.errors.push(e.to_string());
+                }
+            }
+        }
+        // Forget processes that are gone so the cache stays bounded.
+        self.known
+            .retain(|pid, _| pids.binary_search(pid).is_ok());
+        compute_subtrees(&mut obs.processes);
+        Ok(Some(Observation::Processes(obs)))
+    }
+}
+
+/// Fills `subtree` of every process: itself plus all descendants. No recursion: processes are
+/// ordered parents-before-children by a breadth-first walk from the roots (processes whose parent is
+/// not in the set), then folded children-into-parents in reverse order. A ppid cycle (impossible in
+/// a real `/proc`, possible in a broken fixture) leaves its members as their own subtree.
+pub fn compute_subtrees(procs: &mut [ProcessRecord]) {
+    let index: HashMap<u32, usize> = procs.iter().enumerate().map(|(i, p)| (p.pid, i)).collect();
+    let mut children: Vec<Vec<usize>> = vec![Vec::new(); procs.len()];
+    let mut roots = Vec::new();
+    for (i, p) in procs.iter().enumerate() {
+        match index.get(&p.ppid) {
+            Some(&parent) if parent != i => children[parent].push(i),
+            _ => roots.push(i),
+        }
+    }
+    let mut order = Vec::with_capacity(procs.len());
+    let mut seen = vec![false; procs.len()];
+    let mut head = 0;
+    order.extend(roots.iter().copied());
+    for &r in &roots {
+        seen[r] = true;
+    }
+    while head < order.len() {
+        let i = order[head];
+        head += 1;
+        for &c in &children[i] {
+            if !seen[c] {
+                seen[c] = true;
+                order.push(c);
+            }
+        }
+    }
+    for p in procs.iter_mut() {
+        p.subtree = Subtree {
+            processes: 1,
+            rss_bytes: p.memory.rss_bytes,
+            pss_bytes: p.memory.pss_bytes,
+            uss_bytes: p.memory.uss_bytes,
+            swap_bytes: p.memory.swap_bytes,
+        };
+    }
+    for &i in order.iter().rev() {
+        let ppid = procs[i].ppid;
+        if let Some(&parent) = index.get(&ppid)
+            && parent != i
+            && seen[parent]
+        {
+            let s = procs[i].subtree;
+            let t = &mut procs[parent].subtree;
+            t.processes += s.processes;
+            t.rss_bytes += s.rss_bytes;
+            t.pss_bytes += s.pss_bytes;
+            t.uss_bytes += s.uss_bytes;
+            t.swap_bytes += s.swap_bytes;
+        }
+    }
+}
+
+/// Sum of the memory of all processes (for tests and the ledger).
+pub fn total_memory(procs: &[ProcessRecord]) -> Memory {
+    let mut m = Memory::default();
+    for p in procs {
+        m.add(&p.memory);
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proc(pid: u32, ppid: u32, pss: u64) -> ProcessRecord {
+        ProcessRecord {
+            pid,
+            ppid,
+            name: Name::from("x"),
+            cmdline: Name::default(),
+            uid: Some(0),
+            user: None,
+            state: "S".into(),
+            threads: 1,
+            start_ticks: 0,
+            kernel_thread: false,
+            numbers: Numbers::Exact,
+            memory: Memory {
+                pss_bytes: pss,
+                rss_bytes: pss * 2,
+                ..Memory::default()
+            },
+            subtree: Subtree::default(),
+        }
+    }
+
+    #[test]
+    fn subtrees_sum_descendants_without_recursion() {
+        // 1 -> {2 -> {4, 5}, 3}; 9's parent 8 is not in the set (a root).
+        let mut ps = vec![
+            proc(5, 2, 50),
+            proc(1, 0, 1),
+            proc(2, 1, 2),
+            proc(3, 1, 3),
+            proc(4, 2, 4),
+            proc(9, 8, 9),
+        ];
+        compute_subtrees(&mut ps);
+        let by = |pid| ps.iter().find(|p| p.pid == pid).map(|p| p.subtree).expect("pid");
+        assert_eq!(by(1).pss_bytes, 1 + 2 + 3 + 4 + 50);
+        assert_eq!(by(1).processes, 5);
+        assert_eq!(by(1).rss_bytes, 2 * 60);
+        assert_eq!(by(2).pss_bytes, 2 + 4 + 50);
+        assert_eq!(by(5).pss_bytes, 50);
+        assert_eq!(by(9).processes, 1);
+    }
+
+    #[test]
+    fn deep_chains_do_not_overflow_the_stack() {
+        let n = 200_000u32;
+        let mut ps: Vec<_> = (1..=n).map(|pid| proc(pid, pid - 1, 1)).collect();
+        compute_subtrees(&mut ps);
+        assert_eq!(ps[0].subtree.pss_bytes, u64::from(n));
+        assert_eq!(ps[0].subtree.processes, n);
+    }
+
+    #[test]
+    fn ppid_cycles_terminate() {
+        let mut ps = vec![proc(1, 2, 1), proc(2, 1, 1)];
+        compute_subtrees(&mut ps);
+        assert!(ps.iter().all(|p| p.subtree.processes == 1));
+    }
+}

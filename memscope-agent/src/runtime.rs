@@ -1,0 +1,228 @@
+//! The agent's main loop: a scheduler that runs due collectors on blocking threads each tick and
+//! feeds the store task, which owns the snapshot and writes emissions to the sink.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::Context as _;
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
+
+use crate::{
+    collectors::{CollectCtx, CollectError, Collector, Observation, build_collectors},
+    config::Config,
+    procfs::ProcFs,
+    sinks::Sink,
+    store::{SelfCost, Store, StoreConfig, TrackerInfo},
+};
+
+/// Messages to the store task.
+pub enum StoreMsg {
+    /// One collector run.
+    Collected {
+        collector: &'static str,
+        duration: Duration,
+        result: Result<Option<Observation>, CollectError>,
+    },
+    /// Emit now.
+    Emit,
+}
+
+/// Resolves the host name: the configured one, else the kernel's.
+pub fn host_name(config: &Config) -> String {
+    if !config.agent.host.is_empty() {
+        return config.agent.host.clone();
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+struct Slot {
+    name: &'static str,
+    collector: Arc<Mutex<Box<dyn Collector>>>,
+    /// Runs every `every` ticks.
+    every: u64,
+}
+
+/// Opens the configured sink; a bad output path fails here, before anything is collected.
+pub fn open_sink(config: &Config) -> anyhow::Result<Sink> {
+    Sink::open(&config.output).with_context(|| match &config.output.path {
+        Some(p) => format!("output.path: cannot open {}", p.display()),
+        None => "cannot open the output".to_string(),
+    })
+}
+
+/// Runs the agent until `shutdown` resolves (or after one emission with `once`), writing to `sink`.
+pub async fn run(
+    config: Config,
+    sink: Sink,
+    once: bool,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let procfs = ProcFs::new(&config.agent.proc_root);
+    let interval = config.agent.interval.get();
+    let tracker = TrackerInfo {
+        mode: "polling".to_string(),
+        reason: Some("eBPF tracker not available in this build".to_string()),
+    };
+
+    let slots: Vec<Slot> = build_collectors(&config, &procfs)
+        .into_iter()
+        .map(|r| Slot {
+            name: r.collector.name(),
+            collector: Arc::new(Mutex::new(r.collector)),
+            every: ticks_for(r.interval, interval),
+        })
+        .collect();
+    let names: Vec<&'static str> = slots.iter().map(|s| s.name).collect();
+    info!(
+        collectors = ?names,
+        interval = %humantime::format_duration(interval),
+        proc_root = %procfs.root().display(),
+        once,
+        "memscope starting"
+    );
+    let store = Store::new(
+        StoreConfig {
+            host: host_name(&config),
+            emit: config.output.emit,
+            keyframe_every: config.output.keyframe_every.0,
+            interval,
+        },
+        tracker,
+        &names,
+    );
+
+    let (tx, rx) = mpsc::channel::<StoreMsg>(64);
+    let store_task = tokio::spawn(store_loop(store, sink, rx, procfs.clone()));
+
+    let scheduler = async {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tick: u64 = 0;
+        loop {
+            ticker.tick().await;
+            run_due(&slots, &procfs, tick, &tx).await;
+            if tx.send(StoreMsg::Emit).await.is_err() {
+                break;
+            }
+            tick += 1;
+            if once {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        () = scheduler => {}
+        () = shutdown => info!("shutdown requested"),
+    }
+    drop(tx);
+    match store_task.await {
+        Ok(result) => result,
+        Err(e) => Err(anyhow::anyhow!("store task failed: {e}")),
+    }
+}
+
+/// Number of agent ticks between runs of a collector with `interval` (rounded up, at least 1).
+fn ticks_for(interval: Duration, tick: Duration) -> u64 {
+    let t = tick.as_nanos().max(1);
+    interval.as_nanos().div_ceil(t).max(1) as u64
+}
+
+/// Runs the collectors due at `tick` concurrently on blocking threads and sends their results.
+async fn run_due(slots: &[Slot], procfs: &ProcFs, tick: u64, tx: &mpsc::Sender<StoreMsg>) {
+    let mut handles = Vec::new();
+    for slot in slots.iter().filter(|s| tick % s.every == 0) {
+        let collector = Arc::clone(&slot.collector);
+        let procfs = procfs.clone();
+        let name = slot.name;
+        handles.push((
+            name,
+            tokio::task::spawn_blocking(move || {
+                let start = Instant::now();
+                // A collector that panicked earlier poisoned its mutex; it still gets to run.
+                let mut c = collector.lock().unwrap_or_else(|p| p.into_inner());
+                let result = c.collect(&CollectCtx {
+                    procfs: &procfs,
+                    tick,
+                });
+                (start.elapsed(), result)
+            }),
+        ));
+    }
+    for (name, handle) in handles {
+        let (duration, result) = match handle.await {
+            Ok(r) => r,
+            Err(e) => {
+                error!(collector = name, error = %e, "collector panicked");
+                (
+                    Duration::ZERO,
+                    Err(CollectError::Other(format!("collector panicked: {e}"))),
+                )
+            }
+        };
+        if let Err(e) = &result {
+            warn!(collector = name, error = %e, "collector failed");
+        } else {
+            debug!(collector = name, ?duration, "collected");
+        }
+        let msg = StoreMsg::Collected {
+            collector: name,
+            duration,
+            result,
+        };
+        if tx.send(msg).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The store task: applies observations, emits on request, writes to the sink; flushes at the end.
+async fn store_loop(
+    mut store: Store,
+    mut sink: Sink,
+    mut rx: mpsc::Receiver<StoreMsg>,
+    procfs: ProcFs,
+) -> anyhow::Result<()> {
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            StoreMsg::Collected {
+                collector,
+                duration,
+                result,
+            } => store.apply(collector, duration, result),
+            StoreMsg::Emit => {
+                let out = store.emit(SystemTime::now(), &SelfCost::measure(), procfs.counters());
+                if let Err(e) = sink.write_batch(&out).await {
+                    let lines = out.iter().filter(|b| **b == b'\n').count() as u64;
+                    store.count_dropped(lines);
+                    if e.kind() == std::io::ErrorKind::BrokenPipe {
+                        return Err(anyhow::anyhow!("output closed (broken pipe)"));
+                    }
+                    error!(error = %e, lines, "sink write failed; lines dropped");
+                }
+            }
+        }
+    }
+    sink.flush().await.context("flushing the output")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tick_rounding() {
+        let s = Duration::from_secs;
+        assert_eq!(ticks_for(s(10), s(10)), 1);
+        assert_eq!(ticks_for(s(30), s(10)), 3);
+        assert_eq!(ticks_for(s(25), s(10)), 3);
+        assert_eq!(ticks_for(s(1), s(10)), 1);
+    }
+}

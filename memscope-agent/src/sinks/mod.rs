@@ -1,0 +1,90 @@
+//! Where the JSON lines go. A sink takes whole emissions (a batch of complete lines) and never
+//! splits a line. Sinks are generic over the writer, so they are tested against a `Vec<u8>`.
+
+use std::io;
+
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use crate::config::{OutputConfig, SinkKind};
+
+pub mod file;
+
+/// A destination for JSON lines.
+pub enum Sink {
+    Writer(WriterSink<Box<dyn AsyncWrite + Send + Unpin>>),
+    File(file::RotatingFile),
+}
+
+impl Sink {
+    /// Opens the sink the config asks for. For a file sink the file is opened (created, appended to)
+    /// now, so a bad path fails before anything is collected.
+    pub fn open(output: &OutputConfig) -> io::Result<Sink> {
+        match output.sink {
+            SinkKind::Stdout => Ok(Sink::Writer(WriterSink::new(Box::new(tokio::io::stdout())))),
+            SinkKind::File => {
+                let path = output.path.clone().ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidInput, "output.path is not set")
+                })?;
+                Ok(Sink::File(file::RotatingFile::open(
+                    path,
+                    output.max_bytes.0,
+                    output.keep.0,
+                )?))
+            }
+        }
+    }
+
+    /// Writes one emission: `lines` holds complete lines, each ending in `\n`.
+    pub async fn write_batch(&mut self, lines: &[u8]) -> io::Result<()> {
+        match self {
+            Sink::Writer(w) => w.write_batch(lines).await,
+            Sink::File(f) => f.write_batch(lines),
+        }
+    }
+
+    pub async fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Sink::Writer(w) => w.flush().await,
+            Sink::File(f) => f.flush(),
+        }
+    }
+}
+
+/// A sink over any async writer (stdout, a pipe, a `Vec<u8>` in tests). Each batch is written whole
+/// and flushed, so a consumer never sees half an emission sitting in a buffer.
+pub struct WriterSink<W> {
+    writer: W,
+}
+
+impl<W: AsyncWrite + Unpin> WriterSink<W> {
+    pub fn new(writer: W) -> Self {
+        WriterSink { writer }
+    }
+
+    pub async fn write_batch(&mut self, lines: &[u8]) -> io::Result<()> {
+        self.writer.write_all(lines).await?;
+        self.writer.flush().await
+    }
+
+    pub async fn flush(&mut self) -> io::Result<()> {
+        self.writer.flush().await
+    }
+
+    pub fn into_inner(self) -> W {
+        self.writer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn writer_sink_writes_batches_whole() {
+        let mut sink = WriterSink::new(Vec::<u8>::new());
+        sink.write_batch(b"{\"a\":1}\n{\"b\":2}\n").await.expect("write");
+        sink.write_batch(b"{\"c\":3}\n").await.expect("write");
+        let out = sink.into_inner();
+        assert_eq!(out, b"{\"a\":1}\n{\"b\":2}\n{\"c\":3}\n");
+    }
+}

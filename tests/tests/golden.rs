@@ -1,0 +1,69 @@
+//! Golden end-to-end: the agent run once over `fixtures/proc`, volatile fields dropped, compared with
+//! `fixtures/golden/once.jsonl`. `cargo xtask golden-update` (MEMSCOPE_UPDATE_GOLDEN=1) rewrites it.
+
+use memscope_agent::config::Config;
+use memscope_tests::{run_once, workspace_root};
+use serde_json::Value;
+
+/// Removes what differs from run to run (time, the agent's own cost, durations).
+fn normalize(mut v: Value) -> Value {
+    let Some(obj) = v.as_object_mut() else {
+        return v;
+    };
+    obj.remove("ts");
+    match obj.get("kind").and_then(Value::as_str) {
+        Some("snapshot") => {
+            if let Some(cs) = obj.get_mut("collectors").and_then(Value::as_object_mut) {
+                for c in cs.values_mut().filter_map(Value::as_object_mut) {
+                    c.remove("duration_us");
+                }
+            }
+        }
+        Some("agent") => {
+            for k in ["pid", "uptime_ms", "cpu_user_us", "cpu_system_us", "rss_bytes", "max_rss_bytes"] {
+                obj.remove(k);
+            }
+            if let Some(cs) = obj.get_mut("collectors").and_then(Value::as_object_mut) {
+                for c in cs.values_mut().filter_map(Value::as_object_mut) {
+                    c.remove("last_duration_us");
+                }
+            }
+        }
+        _ => {}
+    }
+    v
+}
+
+#[test]
+fn once_over_fixtures_matches_golden() {
+    let root = workspace_root();
+    let mut config = Config::default();
+    config.agent.host = "golden".to_string();
+    config.agent.proc_root = root.join("fixtures/proc");
+    let lines = run_once(config).expect("agent runs over fixtures");
+    let got: String = lines
+        .into_iter()
+        .map(|l| format!("{}\n", normalize(l)))
+        .collect();
+    let golden = root.join("fixtures/golden/once.jsonl");
+    if std::env::var_os("MEMSCOPE_UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(golden.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&golden, &got).expect("write golden");
+        eprintln!("updated {}", golden.display());
+        return;
+    }
+    let want = std::fs::read_to_string(&golden)
+        .unwrap_or_else(|e| panic!("{}: {e}; run `cargo xtask golden-update`", golden.display()));
+    if got != want {
+        for (i, (g, w)) in got.lines().zip(want.lines()).enumerate() {
+            if g != w {
+                panic!("line {} differs\n got: {g}\nwant: {w}\n(run `cargo xtask golden-update` if intended)", i + 1);
+            }
+        }
+        panic!(
+            "line counts differ: got {}, want {} (run `cargo xtask golden-update` if intended)",
+            got.lines().count(),
+            want.lines().count()
+        );
+    }
+}
