@@ -70,6 +70,12 @@ impl Mapping {
 
 /// Whether `line` looks like a mapping header: `hexstart-hexend ` at its start.
 pub(crate) fn is_header(line: &[u8]) -> bool {
+    // Fast reject for the common case: field keys start with an uppercase letter.
+    if !line.first().is_some_and(u8::is_ascii_hexdigit)
+        || line.first().is_some_and(u8::is_ascii_uppercase)
+    {
+        return false;
+    }
     let range = match line.iter().position(|&b| b == b' ') {
         Some(i) => line.get(..i).unwrap_or_default(),
         None => return false,
