@@ -25,6 +25,9 @@ pub mod status;
 pub mod sysvipc;
 mod text;
 
+#[cfg(test)]
+mod robustness_tests;
+
 /// What a `/proc` read was for; bytes read are counted per class for the `agent` record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum FileClass {

@@ -118,9 +118,10 @@ pub(crate) fn parse_radix(s: &[u8], radix: u32) -> Option<u64> {
 /// Parses `N kB` into bytes; a bare unitless `N` is returned as is.
 pub(crate) fn parse_kb(value: &[u8], line: usize, key: &[u8]) -> Result<u64, ParseError> {
     let (num, unit) = match value.iter().position(u8::is_ascii_whitespace) {
-        Some(i) => (&value[..i], value[i..].trim_ascii()),
+        Some(i) => value.split_at(i),
         None => (value, &b""[..]),
     };
+    let unit = unit.trim_ascii();
     let n = parse_u64(num).ok_or_else(|| bad_value(line, key, value))?;
     match unit {
         b"kB" => n.checked_mul(1024).ok_or_else(|| {
