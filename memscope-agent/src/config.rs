@@ -173,7 +173,11 @@ impl<'de> Deserialize<'de> for Interval {
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Interval, E> {
                 Err(E::custom(format!(
                     r#"a duration needs a unit: write "{v}s" rather than {v}{}"#,
-                    if v <= 0 { " (and it must be positive)" } else { "" }
+                    if v <= 0 {
+                        " (and it must be positive)"
+                    } else {
+                        ""
+                    }
                 )))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Interval, E> {
@@ -348,12 +352,14 @@ impl Config {
         let Some(path) = &self.output.path else {
             return Ok(());
         };
-        crate::sinks::file::open_append(path).map(drop).map_err(|e| ConfigError {
-            origin: origin.to_string(),
-            line: src.and_then(|s| KeyLines::scan(s).line_of_key("output.path")),
-            key: Some("output.path".to_string()),
-            message: format!("cannot open {} for writing: {e}", path.display()),
-        })
+        crate::sinks::file::open_append(path)
+            .map(drop)
+            .map_err(|e| ConfigError {
+                origin: origin.to_string(),
+                line: src.and_then(|s| KeyLines::scan(s).line_of_key("output.path")),
+                key: Some("output.path".to_string()),
+                message: format!("cannot open {} for writing: {e}", path.display()),
+            })
     }
 
     /// The interval of a collector: its own, else the agent's.
@@ -364,7 +370,11 @@ impl Config {
 
 fn line_of_offset(src: &str, offset: usize) -> usize {
     let end = offset.min(src.len());
-    src.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
+    src.as_bytes()[..end]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
 }
 
 /// Where each `key = value` of a TOML document is, by dotted key. A line scanner, good for the
@@ -384,7 +394,12 @@ impl KeyLines {
                 continue;
             }
             if let Some(rest) = line.strip_prefix('[') {
-                let name = rest.split(']').next().unwrap_or("").trim().trim_matches('[');
+                let name = rest
+                    .split(']')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .trim_matches('[');
                 table = name.replace(' ', "");
                 entries.push((i + 1, table.clone()));
                 continue;
@@ -471,7 +486,10 @@ keyframe_every = 4
             c.collector_interval(c.collectors.processes.common.interval),
             Duration::from_secs(30)
         );
-        assert_eq!(c.collector_interval(c.collectors.meminfo.interval), Duration::from_secs(2));
+        assert_eq!(
+            c.collector_interval(c.collectors.meminfo.interval),
+            Duration::from_secs(2)
+        );
         assert_eq!(c.output.sink, SinkKind::File);
         assert_eq!(c.output.max_bytes, ByteSize(10 << 20));
         assert_eq!(c.output.keep, Positive(3));
@@ -485,7 +503,11 @@ keyframe_every = 4
         assert_eq!(e.line, Some(3));
         assert_eq!(e.key.as_deref(), Some("agent.colour"));
         assert!(e.message.contains("unknown field `colour`"), "{e}");
-        assert!(e.to_string().starts_with("test.toml: line 3: agent.colour: "), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("test.toml: line 3: agent.colour: "),
+            "{e}"
+        );
     }
 
     #[test]
@@ -506,7 +528,10 @@ keyframe_every = 4
     #[test]
     fn negative_zero_and_unitless_intervals_are_rejected() {
         let e = err("[agent]\ninterval = \"-5s\"\n");
-        assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("agent.interval")));
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(2), Some("agent.interval"))
+        );
         assert!(e.message.contains("positive"), "{e}");
         let e = err("[agent]\ninterval = -5\n");
         assert_eq!(e.line, Some(2));
@@ -553,7 +578,9 @@ keyframe_every = 4
             blocker.join("out.jsonl").display()
         );
         let c = Config::parse(&src, "t.toml").expect("syntactically fine");
-        let e = c.check_environment(Some(&src), "t.toml").expect_err("must fail");
+        let e = c
+            .check_environment(Some(&src), "t.toml")
+            .expect_err("must fail");
         assert_eq!((e.line, e.key.as_deref()), (Some(3), Some("output.path")));
         assert!(e.message.contains("cannot open"), "{e}");
     }

@@ -8,7 +8,11 @@ use memscope_agent::config::{Config, DEFAULT_CONFIG_TOML};
 use tracing::error;
 
 #[derive(Parser, Debug)]
-#[command(name = "memscope-agent", version, about = "Where the memory goes, as JSON lines")]
+#[command(
+    name = "memscope-agent",
+    version,
+    about = "Where the memory goes, as JSON lines"
+)]
 struct Cli {
     /// Config file (TOML). Without it the built-in defaults are used (= config/memscope.toml).
     #[arg(long, global = true, value_name = "PATH")]
@@ -41,6 +45,7 @@ fn init_logs(filter: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(env_filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }
@@ -63,7 +68,13 @@ fn main() -> ExitCode {
     init_logs(&cli.log);
     match &cli.command {
         Some(Command::PrintDefaultConfig) => {
-            print!("{DEFAULT_CONFIG_TOML}");
+            #[expect(
+                clippy::print_stdout,
+                reason = "printing the config is this command's output"
+            )]
+            {
+                print!("{DEFAULT_CONFIG_TOML}");
+            }
             return ExitCode::SUCCESS;
         }
         Some(Command::CheckConfig { path }) => {

@@ -97,7 +97,14 @@ mod tests {
 
     #[test]
     fn line_has_header_then_body() {
-        let r = Record::new("process", "1", &Body { pid: 1, name: "in\"it" });
+        let r = Record::new(
+            "process",
+            "1",
+            &Body {
+                pid: 1,
+                name: "in\"it",
+            },
+        );
         let mut out = Vec::new();
         r.write_line(
             &Header {
@@ -122,7 +129,14 @@ mod tests {
         struct Empty {}
         let r = Record::new("x", "", &Empty {});
         let mut out = Vec::new();
-        r.write_line(&Header { ts: "t", host: "h", seq: 0 }, &mut out);
+        r.write_line(
+            &Header {
+                ts: "t",
+                host: "h",
+                seq: 0,
+            },
+            &mut out,
+        );
         serde_json::from_slice::<serde_json::Value>(&out).expect("valid json");
     }
 }

@@ -137,7 +137,7 @@ fn ticks_for(interval: Duration, tick: Duration) -> u64 {
 /// Runs the collectors due at `tick` concurrently on blocking threads and sends their results.
 async fn run_due(slots: &[Slot], procfs: &ProcFs, tick: u64, tx: &mpsc::Sender<StoreMsg>) {
     let mut handles = Vec::new();
-    for slot in slots.iter().filter(|s| tick % s.every == 0) {
+    for slot in slots.iter().filter(|s| tick.is_multiple_of(s.every)) {
         let collector = Arc::clone(&slot.collector);
         let procfs = procfs.clone();
         let name = slot.name;

@@ -71,7 +71,11 @@ impl SelfCost {
         let us = |tv: libc::timeval| (tv.tv_sec as u64) * 1_000_000 + tv.tv_usec as u64;
         let rss_pages = std::fs::read_to_string("/proc/self/statm")
             .ok()
-            .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+            .and_then(|s| {
+                s.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<u64>().ok())
+            })
             .unwrap_or(0);
         SelfCost {
             cpu_user_us: if ok { us(ru.ru_utime) } else { 0 },
@@ -218,7 +222,9 @@ impl Store {
     /// Builds one emission. `cost` and `reads` describe the agent itself.
     pub fn emit(&mut self, now: SystemTime, cost: &SelfCost, reads: &ReadCounters) -> Vec<u8> {
         let keyframe = self.config.emit == EmitMode::Full
-            || self.seq % u64::from(self.config.keyframe_every.max(1)) == 0;
+            || self
+                .seq
+                .is_multiple_of(u64::from(self.config.keyframe_every.max(1)));
         let mut records = Vec::new();
         let mut warnings = Vec::new();
         for (_, obs) in &self.latest {
@@ -351,9 +357,7 @@ impl Store {
 mod tests {
     use super::*;
     use crate::{
-        collectors::processes::{
-            Memory, Numbers, ProcessRecord, ProcessesObservation, Subtree,
-        },
+        collectors::processes::{Memory, Numbers, ProcessRecord, ProcessesObservation, Subtree},
         procfs::escape::Name,
     };
 
@@ -414,16 +418,27 @@ mod tests {
     }
 
     fn emit(s: &mut Store) -> Vec<serde_json::Value> {
-        lines(&s.emit(SystemTime::UNIX_EPOCH, &SelfCost::default(), &ReadCounters::default()))
+        lines(&s.emit(
+            SystemTime::UNIX_EPOCH,
+            &SelfCost::default(),
+            &ReadCounters::default(),
+        ))
     }
 
     #[test]
     fn full_mode_sends_everything_each_time_and_exits_for_the_gone() {
         let mut s = store(EmitMode::Full, 10);
-        s.apply("processes", Duration::from_millis(1), procs(&[(1, 10), (2, 20)]));
+        s.apply(
+            "processes",
+            Duration::from_millis(1),
+            procs(&[(1, 10), (2, 20)]),
+        );
         let a = emit(&mut s);
         assert_eq!(kinds(&a), ["snapshot", "process", "process", "agent"]);
-        assert!(a.iter().all(|r| r["seq"] == 0 && r["schema"] == "memscope.v1" && r["host"] == "h"));
+        assert!(
+            a.iter()
+                .all(|r| r["seq"] == 0 && r["schema"] == "memscope.v1" && r["host"] == "h")
+        );
         s.apply("processes", Duration::from_millis(1), procs(&[(1, 10)]));
         let b = emit(&mut s);
         assert_eq!(kinds(&b), ["snapshot", "process", "exit", "agent"]);

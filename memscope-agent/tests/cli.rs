@@ -28,7 +28,10 @@ fn json_lines(stdout: &[u8]) -> Vec<Value> {
 }
 
 fn kinds(lines: &[Value]) -> Vec<&str> {
-    lines.iter().map(|l| l["kind"].as_str().unwrap_or("?")).collect()
+    lines
+        .iter()
+        .map(|l| l["kind"].as_str().unwrap_or("?"))
+        .collect()
 }
 
 fn write_config(dir: &Path, text: &str) -> PathBuf {
@@ -40,7 +43,11 @@ fn write_config(dir: &Path, text: &str) -> PathBuf {
 #[test]
 fn once_over_fixtures_emits_snapshot_meminfo_processes_agent() {
     let out = run(agent().args(["--once", "--proc-root"]).arg(fixtures()));
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines = json_lines(&out.stdout);
     let k = kinds(&lines);
     assert_eq!(k.first(), Some(&"snapshot"));
@@ -52,7 +59,11 @@ fn once_over_fixtures_emits_snapshot_meminfo_processes_agent() {
         .count();
     assert!(fixture_pids > 0);
     assert_eq!(k.iter().filter(|k| **k == "process").count(), fixture_pids);
-    assert!(lines.iter().all(|l| l["seq"] == 0 && l["schema"] == "memscope.v1"));
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["seq"] == 0 && l["schema"] == "memscope.v1")
+    );
     assert!(lines[0]["tracker"]["mode"].is_string());
 }
 
@@ -64,7 +75,11 @@ fn logs_go_to_stderr_not_to_the_data_stream() {
     assert!(out.status.success());
     assert!(!out.stderr.is_empty(), "debug logs expected on stderr");
     // Every stdout line is a JSON record.
-    assert!(json_lines(&out.stdout).iter().all(|l| l["schema"] == "memscope.v1"));
+    assert!(
+        json_lines(&out.stdout)
+            .iter()
+            .all(|l| l["schema"] == "memscope.v1")
+    );
 }
 
 #[test]
@@ -76,7 +91,11 @@ fn processes_collector_can_be_switched_off() {
         .arg(&cfg)
         .arg("--proc-root")
         .arg(fixtures()));
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines = json_lines(&out.stdout);
     assert!(!kinds(&lines).contains(&"process"));
     assert!(kinds(&lines).contains(&"meminfo"));
@@ -95,7 +114,11 @@ fn file_sink_writes_the_lines_and_stdout_stays_empty() {
         .arg(&cfg)
         .arg("--proc-root")
         .arg(fixtures()));
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.stdout.is_empty());
     let lines = json_lines(&std::fs::read(&sink).expect("sink file"));
     assert_eq!(kinds(&lines).first(), Some(&"snapshot"));
@@ -121,7 +144,10 @@ fn assert_rejected(text: &str, expect_in_message: &[&str]) {
     assert_eq!(check.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&check.stderr);
     for needle in expect_in_message {
-        assert!(stderr.contains(needle), "check-config: {needle:?} not in: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "check-config: {needle:?} not in: {stderr}"
+        );
     }
 }
 
@@ -180,5 +206,9 @@ fn print_default_config_round_trips_through_check_config() {
     let cfg = dir.path().join("default.toml");
     std::fs::write(&cfg, &out.stdout).expect("write");
     let check = run(agent().arg("check-config").arg(&cfg));
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
 }

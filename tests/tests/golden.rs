@@ -20,7 +20,14 @@ fn normalize(mut v: Value) -> Value {
             }
         }
         Some("agent") => {
-            for k in ["pid", "uptime_ms", "cpu_user_us", "cpu_system_us", "rss_bytes", "max_rss_bytes"] {
+            for k in [
+                "pid",
+                "uptime_ms",
+                "cpu_user_us",
+                "cpu_system_us",
+                "rss_bytes",
+                "max_rss_bytes",
+            ] {
                 obj.remove(k);
             }
             if let Some(cs) = obj.get_mut("collectors").and_then(Value::as_object_mut) {
@@ -57,7 +64,10 @@ fn once_over_fixtures_matches_golden() {
     if got != want {
         for (i, (g, w)) in got.lines().zip(want.lines()).enumerate() {
             if g != w {
-                panic!("line {} differs\n got: {g}\nwant: {w}\n(run `cargo xtask golden-update` if intended)", i + 1);
+                panic!(
+                    "line {} differs\n got: {g}\nwant: {w}\n(run `cargo xtask golden-update` if intended)",
+                    i + 1
+                );
             }
         }
         panic!(

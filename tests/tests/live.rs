@@ -1,60 +1,43 @@
 //! Live workloads (privileged lane, root): child processes with known memory, and the agent's numbers
 //! for them compared with what the kernel says at that moment.
 
-use std::time::Duration;
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+};
 
 use memscope_agent::config::Config;
 use memscope_tests::{require_root, run_once};
 use serde_json::Value;
 
-/// A forked child that maps and touches `bytes` of private anonymous memory, then waits to be killed.
+/// A `memhog` workload process, killed on drop.
 struct Child {
+    child: std::process::Child,
     pid: libc::pid_t,
 }
 
 impl Child {
-    fn with_private_anon(bytes: usize) -> Child {
-        // SAFETY: the child only calls async-signal-safe functions (mmap, write through the mapping,
-        // pause, _exit) before it is killed.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0, "fork failed");
-        if pid == 0 {
-            unsafe {
-                let p = libc::mmap(
-                    std::ptr::null_mut(),
-                    bytes,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                );
-                if p == libc::MAP_FAILED {
-                    libc::_exit(1);
-                }
-                let base = p.cast::<u8>();
-                let mut off = 0;
-                while off < bytes {
-                    *base.add(off) = 1;
-                    off += 4096;
-                }
-                loop {
-                    libc::pause();
-                }
-            }
-        }
-        // Let the child touch its pages.
-        std::thread::sleep(Duration::from_millis(300));
-        Child { pid }
+    fn spawn(args: &[&str]) -> Child {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_memhog"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn memhog");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("stdout");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read memhog");
+        assert_eq!(line.trim(), "ready", "memhog did not start");
+        let pid = child.id() as libc::pid_t;
+        Child { child, pid }
     }
 }
 
 impl Drop for Child {
     fn drop(&mut self) {
-        // SAFETY: plain syscalls on our own child.
-        unsafe {
-            libc::kill(self.pid, libc::SIGKILL);
-            libc::waitpid(self.pid, std::ptr::null_mut(), 0);
-        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -68,7 +51,7 @@ fn rollup_pss(pid: libc::pid_t) -> u64 {
     kb * 1024
 }
 
-fn process<'a>(lines: &'a [Value], pid: libc::pid_t) -> &'a Value {
+fn process(lines: &[Value], pid: libc::pid_t) -> &Value {
     lines
         .iter()
         .find(|l| l["kind"] == "process" && l["pid"] == pid)
@@ -78,7 +61,7 @@ fn process<'a>(lines: &'a [Value], pid: libc::pid_t) -> &'a Value {
 #[test]
 fn pss_of_a_child_equals_smaps_rollup_at_that_moment() {
     require_root("live");
-    let child = Child::with_private_anon(32 << 20);
+    let child = Child::spawn(&["anon", &(32u64 << 20).to_string()]);
     // PSS of shared pages moves when other processes come and go; retry until the kernel's value is
     // the same before and after the agent's pass, then the agent must have seen exactly it.
     for attempt in 1..=5 {
@@ -86,7 +69,9 @@ fn pss_of_a_child_equals_smaps_rollup_at_that_moment() {
         let lines = run_once(Config::default()).expect("agent runs");
         let after = rollup_pss(child.pid);
         if before != after {
-            eprintln!("attempt {attempt}: PSS moved during the pass ({before} -> {after}), retrying");
+            eprintln!(
+                "attempt {attempt}: PSS moved during the pass ({before} -> {after}), retrying"
+            );
             continue;
         }
         let p = process(&lines, child.pid);
@@ -111,12 +96,22 @@ fn once_on_this_machine_reports_every_live_process() {
     let me = std::process::id();
     let mine = process(&lines, me as libc::pid_t);
     assert_eq!(mine["numbers"], "exact");
-    // pid 1 is the root of the tree here: its subtree holds (nearly) every process.
-    let procs = kinds.iter().filter(|k| **k == "process").count() as u64;
-    assert!(procs > 10, "only {procs} processes");
-    let init = process(&lines, 1);
-    let subtree = init["subtree"]["processes"].as_u64().expect("subtree");
-    assert!(subtree * 10 >= procs * 9, "init subtree {subtree} of {procs}");
+    // The tree is consistent: the subtrees of the roots (parent not in the set) cover every process.
+    let all: Vec<&Value> = lines.iter().filter(|l| l["kind"] == "process").collect();
+    let pids: std::collections::HashSet<u64> =
+        all.iter().filter_map(|l| l["pid"].as_u64()).collect();
+    let covered: u64 = all
+        .iter()
+        .filter(|l| !l["ppid"].as_u64().is_some_and(|pp| pids.contains(&pp)))
+        .filter_map(|l| l["subtree"]["processes"].as_u64())
+        .sum();
+    assert_eq!(covered, all.len() as u64);
+    assert!(all.len() > 10, "only {} processes", all.len());
     // As root nothing is inaccessible.
-    assert!(lines.iter().filter(|l| l["kind"] == "process").all(|l| l["numbers"] != "inaccessible"));
+    assert!(
+        lines
+            .iter()
+            .filter(|l| l["kind"] == "process")
+            .all(|l| l["numbers"] != "inaccessible")
+    );
 }

@@ -80,14 +80,23 @@ fn is_root() -> bool {
 fn test(skip_privileged: bool) -> Result<()> {
     cargo(&["fmt", "--all", "--", "--check"], &[])?;
     cargo(
-        &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
         &[],
     )?;
     // Unprivileged lane: unit tests, CLI tests, golden end-to-end over fixtures.
     cargo(&["test", "--workspace", "--exclude", "memscope-tests"], &[])?;
     cargo(&["test", "-p", "memscope-tests", "--test", "golden"], &[])?;
     if skip_privileged {
-        eprintln!("xtask: *** privileged lane SKIPPED (--skip-privileged): live and eBPF tests did not run ***");
+        eprintln!(
+            "xtask: *** privileged lane SKIPPED (--skip-privileged): live and eBPF tests did not run ***"
+        );
         return Ok(());
     }
     privileged_lane()
@@ -100,7 +109,15 @@ fn privileged_lane() -> Result<()> {
         );
     }
     cargo(
-        &["test", "-p", "memscope-tests", "--test", "live", "--", "--test-threads=1"],
+        &[
+            "test",
+            "-p",
+            "memscope-tests",
+            "--test",
+            "live",
+            "--",
+            "--test-threads=1",
+        ],
         &[],
     )
 }

@@ -35,9 +35,9 @@ impl Collector for MeminfoCollector {
 
     fn collect(&mut self, ctx: &CollectCtx<'_>) -> Result<Option<Observation>, CollectError> {
         let path = ctx.procfs.path("meminfo");
-        let fields = ctx
-            .procfs
-            .read_parsed(&path, FileClass::Meminfo, &mut self.buf, parse_meminfo)?;
+        let fields =
+            ctx.procfs
+                .read_parsed(&path, FileClass::Meminfo, &mut self.buf, parse_meminfo)?;
         Ok(Some(Observation::Meminfo(MeminfoObservation { fields })))
     }
 }
@@ -97,7 +97,10 @@ mod tests {
         .expect("write");
         let procfs = ProcFs::new(dir.path());
         let mut c = MeminfoCollector::default();
-        let obs = match c.collect(&CollectCtx { procfs: &procfs, tick: 0 }) {
+        let obs = match c.collect(&CollectCtx {
+            procfs: &procfs,
+            tick: 0,
+        }) {
             Ok(Some(Observation::Meminfo(o))) => o,
             other => panic!("unexpected {other:?}"),
         };
@@ -114,7 +117,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let procfs = ProcFs::new(dir.path());
         let err = MeminfoCollector::default()
-            .collect(&CollectCtx { procfs: &procfs, tick: 0 })
+            .collect(&CollectCtx {
+                procfs: &procfs,
+                tick: 0,
+            })
             .expect_err("no meminfo");
         assert!(err.to_string().contains("meminfo"), "{err}");
     }

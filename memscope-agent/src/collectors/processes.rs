@@ -190,13 +190,13 @@ impl ProcessesCollector {
             .clone()
     }
 
-    /// Reads one process. `Ok(None)`: it is gone.
+    /// Reads one process. A vanished process is `Err(Gone)`.
     fn read_process(
         &mut self,
         procfs: &ProcFs,
         pid: u32,
         obs: &mut ProcessesObservation,
-    ) -> Result<Option<ProcessRecord>, ProcError> {
+    ) -> Result<ProcessRecord, ProcError> {
         let stat: Stat = procfs.read_parsed(
             &procfs.pid_path(pid, "stat"),
             FileClass::Other,
@@ -213,25 +213,27 @@ impl ProcessesCollector {
             Err(e) if e.is_denied() => None,
             Err(e) => return Err(e),
         };
-        let rollup = match procfs.read_parsed(
-            &procfs.pid_path(pid, "smaps_rollup"),
-            FileClass::SmapsRollup,
-            &mut self.buf,
-            parse_smaps_rollup,
-        ) {
-            Ok(r) => Ok(r),
-            Err(e) if e.is_denied() => Err(e),
-            Err(e) => return Err(e),
+        // No mm (kernel thread, zombie): zero memory, and smaps_rollup would fail with ESRCH.
+        let no_mm = status.as_ref().is_some_and(|s| s.vm_size.is_none());
+        let (numbers, memory) = if no_mm {
+            (Numbers::Exact, Memory::default())
+        } else {
+            match procfs.read_parsed(
+                &procfs.pid_path(pid, "smaps_rollup"),
+                FileClass::SmapsRollup,
+                &mut self.buf,
+                parse_smaps_rollup,
+            ) {
+                Ok(Some(c)) => (Numbers::Exact, Memory::from_rollup(&c)),
+                Ok(None) => (Numbers::Exact, Memory::default()),
+                Err(e) if e.is_denied() => match &status {
+                    Some(s) => (Numbers::Approximate, Memory::from_status(s)),
+                    None => (Numbers::Inaccessible, Memory::default()),
+                },
+                Err(e) => return Err(e),
+            }
         };
-        let kernel_thread = matches!(rollup, Ok(None))
-            || status.as_ref().is_some_and(|s| s.vm_size.is_none());
-        let (numbers, memory) = match (&rollup, &status) {
-            (Ok(Some(c)), _) => (Numbers::Exact, Memory::from_rollup(c)),
-            (Ok(None), _) => (Numbers::Exact, Memory::default()),
-            (Err(_), Some(s)) if s.vm_size.is_none() => (Numbers::Exact, Memory::default()),
-            (Err(_), Some(s)) => (Numbers::Approximate, Memory::from_status(s)),
-            (Err(_), None) => (Numbers::Inaccessible, Memory::default()),
-        };
+        let kernel_thread = no_mm && stat.state != 'Z';
         match numbers {
             Numbers::Approximate => obs.approximate += 1,
             Numbers::Inaccessible => obs.inaccessible += 1,
@@ -241,12 +243,12 @@ impl ProcessesCollector {
         let cmdline = match self.known.get(&pid) {
             Some(k) if k.start_ticks == stat.starttime_ticks => k.cmdline.clone(),
             _ => {
-                let cmdline = match procfs.read(&procfs.pid_path(pid, "cmdline"), FileClass::Cmdline)
-                {
-                    Ok(bytes) => join_cmdline(&parse_cmdline(&bytes)),
-                    Err(e) if e.is_denied() => Name::default(),
-                    Err(e) => return Err(e),
-                };
+                let cmdline =
+                    match procfs.read(&procfs.pid_path(pid, "cmdline"), FileClass::Cmdline) {
+                        Ok(bytes) => join_cmdline(&parse_cmdline(&bytes)),
+                        Err(e) if e.is_denied() => Name::default(),
+                        Err(e) => return Err(e),
+                    };
                 self.known.insert(
                     pid,
                     Known {
@@ -260,10 +262,12 @@ impl ProcessesCollector {
 
         let uid = status.as_ref().map(|s| s.uid[0]);
         let user = uid.and_then(|u| self.user_name(u));
-        Ok(Some(ProcessRecord {
+        Ok(ProcessRecord {
             pid,
             ppid: status.as_ref().map_or(stat.ppid, |s| s.ppid),
-            name: status.as_ref().map_or_else(|| stat.comm.clone(), |s| s.name.clone()),
+            name: status
+                .as_ref()
+                .map_or_else(|| stat.comm.clone(), |s| s.name.clone()),
             cmdline,
             uid,
             user,
@@ -274,7 +278,7 @@ impl ProcessesCollector {
             numbers,
             memory,
             subtree: Subtree::default(),
-        }))
+        })
     }
 }
 
@@ -288,8 +292,7 @@ impl Collector for ProcessesCollector {
         let mut obs = ProcessesObservation::default();
         for &pid in &pids {
             match self.read_process(ctx.procfs, pid, &mut obs) {
-                Ok(Some(p)) => obs.processes.push(p),
-                Ok(None) => {}
+                Ok(p) => obs.processes.push(p),
                 Err(e) if e.is_gone() => obs.vanished += 1,
                 Err(e) if e.is_denied() => obs.inaccessible += 1,
                 Err(e) => {
@@ -299,8 +302,7 @@ impl Collector for ProcessesCollector {
             }
         }
         // Forget processes that are gone so the cache stays bounded.
-        self.known
-            .retain(|pid, _| pids.binary_search(pid).is_ok());
+        self.known.retain(|pid, _| pids.binary_search(pid).is_ok());
         compute_subtrees(&mut obs.processes);
         Ok(Some(Observation::Processes(obs)))
     }
@@ -410,7 +412,12 @@ mod tests {
             proc(9, 8, 9),
         ];
         compute_subtrees(&mut ps);
-        let by = |pid| ps.iter().find(|p| p.pid == pid).map(|p| p.subtree).expect("pid");
+        let by = |pid| {
+            ps.iter()
+                .find(|p| p.pid == pid)
+                .map(|p| p.subtree)
+                .expect("pid")
+        };
         assert_eq!(by(1).pss_bytes, 1 + 2 + 3 + 4 + 50);
         assert_eq!(by(1).processes, 5);
         assert_eq!(by(1).rss_bytes, 2 * 60);

@@ -98,12 +98,22 @@ mod tests {
         let mut f = RotatingFile::open(path.clone(), 20, 2).expect("open");
         // 10-byte lines: two fit per file.
         for i in 0..7 {
-            f.write_batch(format!("{{\"n\":{i:03}}}\n").as_bytes()).expect("write");
+            f.write_batch(format!("{{\"n\":{i:03}}}\n").as_bytes())
+                .expect("write");
         }
         assert_eq!(read(&path), "{\"n\":006}\n");
-        assert_eq!(read(&dir.path().join("m.jsonl.1")), "{\"n\":004}\n{\"n\":005}\n");
-        assert_eq!(read(&dir.path().join("m.jsonl.2")), "{\"n\":002}\n{\"n\":003}\n");
-        assert!(!dir.path().join("m.jsonl.3").exists(), "keep = 2 drops older files");
+        assert_eq!(
+            read(&dir.path().join("m.jsonl.1")),
+            "{\"n\":004}\n{\"n\":005}\n"
+        );
+        assert_eq!(
+            read(&dir.path().join("m.jsonl.2")),
+            "{\"n\":002}\n{\"n\":003}\n"
+        );
+        assert!(
+            !dir.path().join("m.jsonl.3").exists(),
+            "keep = 2 drops older files"
+        );
     }
 
     #[test]
@@ -130,7 +140,9 @@ mod tests {
     fn open_error_names_the_path() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("missing-dir").join("m.jsonl");
-        let e = RotatingFile::open(path.clone(), 10, 1).err().expect("fails");
+        let e = RotatingFile::open(path.clone(), 10, 1)
+            .err()
+            .expect("fails");
         assert!(e.to_string().contains(&path.display().to_string()), "{e}");
     }
 }

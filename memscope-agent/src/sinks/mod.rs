@@ -82,7 +82,9 @@ mod tests {
     #[tokio::test]
     async fn writer_sink_writes_batches_whole() {
         let mut sink = WriterSink::new(Vec::<u8>::new());
-        sink.write_batch(b"{\"a\":1}\n{\"b\":2}\n").await.expect("write");
+        sink.write_batch(b"{\"a\":1}\n{\"b\":2}\n")
+            .await
+            .expect("write");
         sink.write_batch(b"{\"c\":3}\n").await.expect("write");
         let out = sink.into_inner();
         assert_eq!(out, b"{\"a\":1}\n{\"b\":2}\n{\"c\":3}\n");
