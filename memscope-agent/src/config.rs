@@ -49,6 +49,8 @@ impl Default for AgentConfig {
 pub struct CollectorsConfig {
     pub meminfo: CollectorToggle,
     pub processes: ProcessesConfig,
+    pub smaps: SmapsConfig,
+    pub sysv: CollectorToggle,
 }
 
 /// The settings every collector has.
@@ -74,6 +76,28 @@ impl Default for CollectorToggle {
 pub struct ProcessesConfig {
     #[serde(flatten)]
     pub common: CollectorToggle,
+}
+
+/// `[collectors.smaps]`: shared objects from `/proc/PID/smaps`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmapsConfig {
+    #[serde(flatten)]
+    pub common: CollectorToggle,
+    /// Objects whose PSS is below this are folded into one `other` row per kind (0: none folded).
+    pub min_object_pss: ByteSize,
+    /// Consumers (processes) listed per object, largest PSS first.
+    pub top_consumers: Positive,
+}
+
+impl Default for SmapsConfig {
+    fn default() -> Self {
+        SmapsConfig {
+            common: CollectorToggle::default(),
+            min_object_pss: ByteSize(1 << 20),
+            top_consumers: Positive(5),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -196,7 +220,7 @@ impl Serialize for Interval {
     }
 }
 
-/// A size in bytes: an integer, or a string with a unit (`"100MiB"`, `"1G"`, `"512k"`). Must be > 0.
+/// A size in bytes: an integer, or a string with a unit (`"100MiB"`, `"1G"`, `"512k"`); >= 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ByteSize(pub u64);
 
@@ -227,19 +251,15 @@ impl<'de> Deserialize<'de> for ByteSize {
         impl de::Visitor<'_> for V {
             type Value = ByteSize;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str(r#"a positive size in bytes, or a string such as "100MiB""#)
+                f.write_str(r#"a size in bytes, or a string such as "100MiB""#)
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
-                match u64::try_from(v) {
-                    Ok(n) if n > 0 => Ok(ByteSize(n)),
-                    _ => Err(E::custom(format!("size must be positive, got {v}"))),
-                }
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom(format!("size must not be negative, got {v}")))
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<ByteSize, E> {
-                match parse_byte_size(s).map_err(E::custom)? {
-                    0 => Err(E::custom(format!("size must be positive, got {s:?}"))),
-                    n => Ok(ByteSize(n)),
-                }
+                parse_byte_size(s).map(ByteSize).map_err(E::custom)
             }
         }
         d.deserialize_any(V)
@@ -336,6 +356,9 @@ impl Config {
                 }
                 Some(_) => {}
             }
+        }
+        if self.output.max_bytes.0 == 0 {
+            return Err(("output.max_bytes", "must be positive".to_string()));
         }
         if self.agent.proc_root.as_os_str().is_empty() {
             return Err(("agent.proc_root", "must not be empty".to_string()));

@@ -227,13 +227,7 @@ impl Store {
                 .is_multiple_of(u64::from(self.config.keyframe_every.max(1)));
         let mut records = Vec::new();
         let mut warnings = Vec::new();
-        for (_, obs) in &self.latest {
-            if let Some(obs) = obs {
-                let r = obs.as_records();
-                r.records(&mut records);
-                r.warnings(&mut warnings);
-            }
-        }
+        crate::ledger::emission_records(&self.latest, &mut records, &mut warnings);
         for name in &self.ran {
             if let Some(s) = self.status.get(name)
                 && let Some(e) = &s.last_error

@@ -16,6 +16,8 @@ use crate::{
 
 pub mod meminfo;
 pub mod processes;
+pub mod smaps;
+pub mod sysv;
 
 /// What a collector gets on each run.
 pub struct CollectCtx<'a> {
@@ -46,6 +48,8 @@ pub enum CollectError {
 pub enum Observation {
     Meminfo(meminfo::MeminfoObservation),
     Processes(processes::ProcessesObservation),
+    Objects(smaps::ObjectsObservation),
+    Sysv(sysv::SysvObservation),
 }
 
 /// Turns an observation into records, and says what is worth a warning in the `snapshot` record.
@@ -59,6 +63,8 @@ impl Observation {
         match self {
             Observation::Meminfo(o) => o,
             Observation::Processes(o) => o,
+            Observation::Objects(o) => o,
+            Observation::Sysv(o) => o,
         }
     }
 }
@@ -97,6 +103,26 @@ pub const REGISTRY: &[CollectorSpec] = &[
             })
         },
     },
+    CollectorSpec {
+        name: "smaps",
+        build: |config, _| {
+            let c = &config.collectors.smaps;
+            c.common.enabled.then(|| Registered {
+                collector: Box::new(smaps::SmapsCollector::new(c)),
+                interval: config.collector_interval(c.common.interval),
+            })
+        },
+    },
+    CollectorSpec {
+        name: "sysv",
+        build: |config, _| {
+            let c = &config.collectors.sysv;
+            c.enabled.then(|| Registered {
+                collector: Box::new(sysv::SysvCollector::default()),
+                interval: config.collector_interval(c.interval),
+            })
+        },
+    },
 ];
 
 /// Builds the enabled collectors.
@@ -127,6 +153,6 @@ mod tests {
         config.collectors.processes.common.enabled = false;
         let built = build_collectors(&config, &ProcFs::new("/nonexistent"));
         let names: Vec<_> = built.iter().map(|r| r.collector.name()).collect();
-        assert_eq!(names, vec!["meminfo"]);
+        assert_eq!(names, vec!["meminfo", "smaps", "sysv"]);
     }
 }
