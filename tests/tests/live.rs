@@ -14,6 +14,8 @@ use serde_json::Value;
 struct Child {
     child: std::process::Child,
     pid: libc::pid_t,
+    /// What memhog printed before `ready`.
+    info: Vec<String>,
 }
 
 impl Child {
@@ -23,14 +25,20 @@ impl Child {
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn memhog");
-        let mut line = String::new();
         let stdout = child.stdout.take().expect("stdout");
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read memhog");
-        assert_eq!(line.trim(), "ready", "memhog did not start");
+        let mut reader = BufReader::new(stdout);
+        let mut info = Vec::new();
+        loop {
+            let mut line = String::new();
+            let n = reader.read_line(&mut line).expect("read memhog");
+            assert!(n > 0, "memhog exited before ready; it printed {info:?}");
+            if line.trim() == "ready" {
+                break;
+            }
+            info.push(line.trim().to_string());
+        }
         let pid = child.id() as libc::pid_t;
-        Child { child, pid }
+        Child { child, pid, info }
     }
 }
 
@@ -114,4 +122,154 @@ fn once_on_this_machine_reports_every_live_process() {
             .filter(|l| l["kind"] == "process")
             .all(|l| l["numbers"] != "inaccessible")
     );
+}
+
+fn object<'a>(lines: &'a [Value], pred: impl Fn(&Value) -> bool) -> &'a Value {
+    let found: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["kind"] == "object" && pred(l))
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one matching object, got {found:?}"
+    );
+    found[0]
+}
+
+/// Each consumer in `top` that is one of `children` has PSS `expect`; all children are there.
+fn assert_each_child_pss(top: &Value, children: &[u64], expect: u64, what: &str) {
+    let top = top
+        .as_array()
+        .unwrap_or_else(|| panic!("{what}: no top list"));
+    for child in children {
+        let c = top
+            .iter()
+            .find(|c| c["pid"].as_u64() == Some(*child))
+            .unwrap_or_else(|| panic!("{what}: child {child} not among consumers {top:?}"));
+        assert_eq!(
+            c["pss_bytes"].as_u64(),
+            Some(expect),
+            "{what}: child {child}"
+        );
+    }
+}
+
+#[test]
+fn shared_objects_are_split_between_their_mappers() {
+    require_root("live");
+    const SIZE: u64 = 4 << 20;
+    const N: u64 = 4;
+    const UNMAPPED: u64 = 3 << 20;
+    let hog = Child::spawn(&[
+        "shared",
+        &SIZE.to_string(),
+        &N.to_string(),
+        &UNMAPPED.to_string(),
+    ]);
+    let info: Value = serde_json::from_str(&hog.info[0]).expect("memhog info");
+    let cleanup = [
+        &info["shm_path"],
+        &info["unmapped_path"],
+        &info["same_path"],
+    ]
+    .map(|p| p.as_str().expect("path").to_string());
+    let _guard = RemoveOnDrop(cleanup.to_vec());
+    let children: Vec<u64> = info["children"]
+        .as_array()
+        .expect("children")
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    assert_eq!(children.len() as u64, N);
+
+    let mut config = Config::default();
+    config.collectors.smaps.top_consumers = memscope_agent::config::Positive(10);
+    // The same-name files are small: show every object.
+    config.collectors.smaps.min_object_pss = memscope_agent::config::ByteSize(0);
+    let lines = run_once(config).expect("agent runs");
+
+    // memfd: N mappers (the parent only holds the fd), S/N each.
+    let memfd_inode = info["memfd_inode"].as_u64().expect("inode");
+    let memfd = object(&lines, |o| {
+        o["object_kind"] == "memfd" && o["inode"].as_u64() == Some(memfd_inode)
+    });
+    assert_eq!(memfd["mappers"].as_u64(), Some(N));
+    assert_eq!(memfd["pss_bytes"].as_u64(), Some(SIZE));
+    assert_each_child_pss(&memfd["top"], &children, SIZE / N, "memfd");
+
+    // The /dev/shm file: a tmpfs object.
+    let shm_inode = info["shm_inode"].as_u64().expect("inode");
+    let shm = object(&lines, |o| {
+        o["object_kind"] == "tmpfs" && o["inode"].as_u64() == Some(shm_inode)
+    });
+    assert_eq!(shm["mappers"].as_u64(), Some(N));
+    assert_eq!(shm["label"], info["shm_path"]);
+    assert_each_child_pss(&shm["top"], &children, SIZE / N, "/dev/shm file");
+
+    // SysV: one `sysv` record joined with its smaps object, and no separate object record.
+    let shmid = info["shmid"].as_u64().expect("shmid");
+    let segs: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["kind"] == "sysv" && l["shmid"].as_u64() == Some(shmid))
+        .collect();
+    assert_eq!(segs.len(), 1);
+    let seg = segs[0];
+    assert_eq!(seg["size_bytes"].as_u64(), Some(SIZE));
+    assert_eq!(seg["resident_bytes"].as_u64(), Some(SIZE));
+    assert_eq!(seg["attaches"].as_u64(), Some(N));
+    assert_eq!(seg["marked_for_destroy"], true);
+    assert_eq!(seg["mapped"]["mappers"].as_u64(), Some(N));
+    assert_eq!(seg["mapped"]["pss_bytes"].as_u64(), Some(SIZE));
+    assert_each_child_pss(&seg["mapped"]["top"], &children, SIZE / N, "sysv");
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l["kind"] == "object" && l["shmid"].as_u64() == Some(shmid)),
+        "the segment must not also appear as an object"
+    );
+
+    // Two files with one path stay two objects (one deleted).
+    let same: Vec<u64> = info["same_inodes"]
+        .as_array()
+        .expect("inodes")
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    let a = object(&lines, |o| o["inode"].as_u64() == Some(same[0]));
+    let b = object(&lines, |o| o["inode"].as_u64() == Some(same[1]));
+    assert_eq!(a["label"], info["same_path"]);
+    assert_eq!(b["label"], info["same_path"]);
+    assert_eq!(
+        (a["deleted"].as_bool(), b["deleted"].as_bool()),
+        (Some(true), Some(false))
+    );
+    assert_ne!(a["id"], b["id"]);
+
+    // The ledger: the unmapped /dev/shm file shows as unmapped tmpfs; the mapped one as mapped.
+    let ledger = lines
+        .iter()
+        .find(|l| l["kind"] == "shmem_ledger")
+        .expect("ledger");
+    assert_eq!(ledger["sources"]["tmpfs"], true, "{ledger}");
+    let unmapped = ledger["tmpfs_unmapped_bytes"].as_u64().expect("unmapped");
+    let mapped = ledger["tmpfs_mapped_bytes"].as_u64().expect("mapped");
+    assert!(
+        unmapped >= UNMAPPED,
+        "unmapped tmpfs {unmapped} < {UNMAPPED}: {ledger}"
+    );
+    assert!(mapped >= SIZE, "mapped tmpfs {mapped} < {SIZE}: {ledger}");
+    assert!(ledger["memfd_bytes"].as_u64().expect("memfd") >= SIZE);
+    assert!(ledger["sysv_bytes"].as_u64().expect("sysv") >= SIZE);
+}
+
+/// Removes files when dropped (the test's /dev/shm files).
+struct RemoveOnDrop(Vec<String>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }

@@ -2,6 +2,14 @@
 //! on stdout, then sleeps until killed.
 //!
 //! `memhog anon BYTES` — private anonymous memory.
+//!
+//! `memhog shared SIZE N UNMAPPED` — a memfd, a `/dev/shm` file and a SysV segment of SIZE bytes
+//! each, touched, then N forked children that map and touch all three; the parent then unmaps them
+//! (keeping the memfd fd open and marking the segment for destroy), so each child's PSS of each
+//! object is SIZE/N. Also an unmapped `/dev/shm` file of UNMAPPED bytes, and two files with one
+//! path (the first deleted, then recreated), both mapped by the parent. Prints one JSON line with
+//! the pids, inodes, shmid and paths, then `ready`. Children die with the parent; the test removes
+//! the `/dev/shm` files.
 
 use std::io::Write;
 
@@ -32,6 +40,186 @@ fn map_anon(bytes: usize) -> anyhow::Result<*mut u8> {
     Ok(p.cast())
 }
 
+fn check(ret: libc::c_int, what: &str) -> anyhow::Result<libc::c_int> {
+    if ret < 0 {
+        anyhow::bail!("{what}: {}", std::io::Error::last_os_error());
+    }
+    Ok(ret)
+}
+
+/// Maps `fd` shared, `bytes` long.
+fn map_shared_fd(fd: libc::c_int, bytes: usize) -> anyhow::Result<*mut u8> {
+    // SAFETY: a fresh shared mapping of an fd we own; checked for failure below.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        anyhow::bail!("mmap fd {fd}: {}", std::io::Error::last_os_error());
+    }
+    Ok(p.cast())
+}
+
+/// Reads every page so it is mapped in this process's page tables.
+fn fault_in(base: *const u8, bytes: usize) {
+    let mut off = 0;
+    while off < bytes {
+        // SAFETY: `base..base+bytes` is a readable mapping we own.
+        unsafe { base.add(off).read_volatile() };
+        off += 4096;
+    }
+}
+
+fn inode_of(fd: libc::c_int) -> anyhow::Result<u64> {
+    // SAFETY: fstat into a zeroed struct we own.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    check(unsafe { libc::fstat(fd, &mut st) }, "fstat")?;
+    Ok(st.st_ino)
+}
+
+/// Creates (truncating) a file of `bytes` and returns its fd.
+fn create_file(path: &str, bytes: usize) -> anyhow::Result<libc::c_int> {
+    let c = std::ffi::CString::new(path)?;
+    // SAFETY: plain syscalls on a path we own.
+    let fd = check(
+        unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_CREAT | libc::O_RDWR | libc::O_TRUNC,
+                0o600,
+            )
+        },
+        path,
+    )?;
+    check(
+        unsafe { libc::ftruncate(fd, bytes as libc::off_t) },
+        "ftruncate",
+    )?;
+    Ok(fd)
+}
+
+fn shared(size: usize, n: usize, unmapped: usize) -> anyhow::Result<()> {
+    let me = std::process::id();
+    // memfd
+    let name = std::ffi::CString::new("memscope-live")?;
+    // SAFETY: plain syscalls; every result is checked.
+    let memfd = check(
+        unsafe { libc::memfd_create(name.as_ptr(), 0) },
+        "memfd_create",
+    )?;
+    check(
+        unsafe { libc::ftruncate(memfd, size as libc::off_t) },
+        "ftruncate memfd",
+    )?;
+    let memfd_map = map_shared_fd(memfd, size)?;
+    touch(memfd_map, size);
+    // /dev/shm file
+    let shm_path = format!("/dev/shm/memscope-live-{me}-mapped");
+    let shm_fd = create_file(&shm_path, size)?;
+    let shm_map = map_shared_fd(shm_fd, size)?;
+    touch(shm_map, size);
+    // SysV
+    let shmid = check(
+        unsafe { libc::shmget(libc::IPC_PRIVATE, size, libc::IPC_CREAT | 0o600) },
+        "shmget",
+    )?;
+    let sysv_map = unsafe { libc::shmat(shmid, std::ptr::null(), 0) };
+    if sysv_map as isize == -1 {
+        anyhow::bail!("shmat: {}", std::io::Error::last_os_error());
+    }
+    let sysv_map = sysv_map.cast::<u8>();
+    touch(sysv_map, size);
+    // An unmapped /dev/shm file with data written (allocated, never mapped).
+    let unmapped_path = format!("/dev/shm/memscope-live-{me}-unmapped");
+    let ufd = create_file(&unmapped_path, 0)?;
+    let chunk = vec![7u8; 1 << 16];
+    let mut left = unmapped;
+    while left > 0 {
+        let k = left.min(chunk.len());
+        let w = unsafe { libc::write(ufd, chunk.as_ptr().cast(), k) };
+        if w <= 0 {
+            anyhow::bail!("write {unmapped_path}: {}", std::io::Error::last_os_error());
+        }
+        left -= w as usize;
+    }
+    unsafe { libc::close(ufd) };
+    // Two files with one path: the first mapped, deleted, then the path recreated and mapped.
+    let same_path = format!("/dev/shm/memscope-live-{me}-same");
+    let same_size = 64 << 10;
+    let a = create_file(&same_path, same_size)?;
+    let a_map = map_shared_fd(a, same_size)?;
+    touch(a_map, same_size);
+    let a_inode = inode_of(a)?;
+    std::fs::remove_file(&same_path)?;
+    let b = create_file(&same_path, same_size)?;
+    let b_map = map_shared_fd(b, same_size)?;
+    touch(b_map, same_size);
+    let b_inode = inode_of(b)?;
+
+    let mut pipe = [0 as libc::c_int; 2];
+    check(unsafe { libc::pipe(pipe.as_mut_ptr()) }, "pipe")?;
+    let mut children = Vec::new();
+    for _ in 0..n {
+        // SAFETY: the child only faults pages in, writes one byte and pauses (async-signal-safe).
+        let pid = check(unsafe { libc::fork() }, "fork")?;
+        if pid == 0 {
+            unsafe {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                fault_in(memfd_map, size);
+                fault_in(shm_map, size);
+                fault_in(sysv_map, size);
+                // Drop the same-name mappings: only the parent maps them.
+                libc::munmap(a_map.cast(), same_size);
+                libc::munmap(b_map.cast(), same_size);
+                libc::write(pipe[1], [1u8].as_ptr().cast(), 1);
+                loop {
+                    libc::pause();
+                }
+            }
+        }
+        children.push(pid);
+    }
+    let mut got = 0;
+    let mut byte = [0u8; 1];
+    while got < n {
+        let r = unsafe { libc::read(pipe[0], byte.as_mut_ptr().cast(), 1) };
+        if r <= 0 {
+            anyhow::bail!(
+                "children did not start: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        got += 1;
+    }
+    // The parent lets go of its mappings: the children share each object N ways.
+    unsafe {
+        libc::munmap(memfd_map.cast(), size);
+        libc::munmap(shm_map.cast(), size);
+        libc::shmdt(sysv_map.cast());
+        libc::shmctl(shmid, libc::IPC_RMID, std::ptr::null_mut());
+        libc::close(shm_fd);
+    }
+    let info = format!(
+        "{{\"parent\":{me},\"children\":{children:?},\"memfd_inode\":{},\"shm_inode\":{},\"shmid\":{shmid},\"shm_path\":\"{shm_path}\",\"unmapped_path\":\"{unmapped_path}\",\"same_path\":\"{same_path}\",\"same_inodes\":[{a_inode},{b_inode}]}}",
+        inode_of(memfd)?,
+        inode_of_path(&shm_path)?,
+    );
+    let mut out = std::io::stdout();
+    writeln!(out, "{info}")?;
+    ready_and_wait()
+}
+
+fn inode_of_path(path: &str) -> anyhow::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata(path)?.ino())
+}
+
 fn ready_and_wait() -> ! {
     let mut out = std::io::stdout();
     let _ = writeln!(out, "ready");
@@ -55,6 +243,7 @@ fn main() -> anyhow::Result<()> {
             touch(p, bytes);
             ready_and_wait()
         }
-        _ => anyhow::bail!("usage: memhog anon BYTES"),
+        ["shared", size, n, unmapped] => shared(size.parse()?, n.parse()?, unmapped.parse()?),
+        _ => anyhow::bail!("usage: memhog anon BYTES | memhog shared SIZE N UNMAPPED"),
     }
 }
