@@ -71,31 +71,59 @@ impl Default for CollectorToggle {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+/// `[collectors.processes]`: per-process rollups, re-read on the cost ladder.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProcessesConfig {
-    #[serde(flatten)]
-    pub common: CollectorToggle,
+    pub enabled: bool,
+    pub interval: Option<Interval>,
+    /// Re-read a process's `smaps_rollup` when its resident + shared memory moved by this much.
+    pub min_change: ByteSize,
+    /// Re-read a process whose last read is this old: the bound on how stale any number is.
+    pub max_staleness: Interval,
+    /// Time a run may spend re-reading; the rest rolls to the next run, oldest first.
+    pub budget: Interval,
 }
 
-/// `[collectors.smaps]`: shared objects from `/proc/PID/smaps`.
+impl Default for ProcessesConfig {
+    fn default() -> Self {
+        ProcessesConfig {
+            enabled: true,
+            interval: None,
+            min_change: ByteSize(64 << 10),
+            max_staleness: Interval(Duration::from_secs(60)),
+            budget: Interval(Duration::from_secs(2)),
+        }
+    }
+}
+
+/// `[collectors.smaps]`: shared objects from `/proc/PID/smaps`, re-read on the cost ladder.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SmapsConfig {
-    #[serde(flatten)]
-    pub common: CollectorToggle,
+    pub enabled: bool,
+    pub interval: Option<Interval>,
     /// Objects whose PSS is below this are folded into one `other` row per kind (0: none folded).
     pub min_object_pss: ByteSize,
     /// Consumers (processes) listed per object, largest PSS first.
     pub top_consumers: Positive,
+    /// Re-read a process's `smaps` when its resident + shared memory moved by this much, or when a
+    /// file object it maps gained or lost a mapper and that moves each share by this much.
+    pub min_change: ByteSize,
+    pub max_staleness: Interval,
+    pub budget: Interval,
 }
 
 impl Default for SmapsConfig {
     fn default() -> Self {
         SmapsConfig {
-            common: CollectorToggle::default(),
+            enabled: true,
+            interval: None,
             min_object_pss: ByteSize(1 << 20),
             top_consumers: Positive(5),
+            min_change: ByteSize(1 << 20),
+            max_staleness: Interval(Duration::from_secs(60)),
+            budget: Interval(Duration::from_secs(2)),
         }
     }
 }
@@ -504,9 +532,9 @@ keyframe_every = 4
         assert_eq!(c.agent.host, "db-7");
         assert_eq!(c.agent.proc_root, PathBuf::from("/host/proc"));
         assert!(!c.collectors.meminfo.enabled);
-        assert!(c.collectors.processes.common.enabled);
+        assert!(c.collectors.processes.enabled);
         assert_eq!(
-            c.collector_interval(c.collectors.processes.common.interval),
+            c.collector_interval(c.collectors.processes.interval),
             Duration::from_secs(30)
         );
         assert_eq!(
@@ -530,6 +558,20 @@ keyframe_every = 4
             e.to_string()
                 .starts_with("test.toml: line 3: agent.colour: "),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_key_inside_a_collector_names_key_and_line() {
+        let e = err("[collectors.processes]\nenabled = true\nbogus = 1\n");
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(3), Some("collectors.processes.bogus"))
+        );
+        let e = err("[collectors.smaps]\n\nmin_change = -5\n");
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(3), Some("collectors.smaps.min_change"))
         );
     }
 

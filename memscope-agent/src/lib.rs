@@ -7,6 +7,7 @@
 
 pub mod collectors;
 pub mod config;
+pub mod ladder;
 pub mod ledger;
 pub mod procfs;
 pub mod records;

@@ -13,9 +13,10 @@ use tracing::{debug, error, info, warn};
 use crate::{
     collectors::{CollectCtx, CollectError, Collector, Observation, build_collectors},
     config::Config,
+    ladder::Shared,
     procfs::ProcFs,
     sinks::Sink,
-    store::{SelfCost, Store, StoreConfig, TrackerInfo},
+    store::{LadderReport, SelfCost, Store, StoreConfig, TrackerInfo},
 };
 
 /// Messages to the store task.
@@ -99,7 +100,14 @@ pub async fn run(
     );
 
     let (tx, rx) = mpsc::channel::<StoreMsg>(64);
-    let store_task = tokio::spawn(store_loop(store, sink, rx, procfs.clone()));
+    let shared = Arc::new(Shared::default());
+    let store_task = tokio::spawn(store_loop(
+        store,
+        sink,
+        rx,
+        procfs.clone(),
+        Arc::clone(&shared),
+    ));
 
     let scheduler = async {
         let mut ticker = tokio::time::interval(interval);
@@ -107,7 +115,7 @@ pub async fn run(
         let mut tick: u64 = 0;
         loop {
             ticker.tick().await;
-            run_due(&slots, &procfs, tick, &tx).await;
+            run_due(&slots, &procfs, &shared, once, tick, &tx).await;
             if tx.send(StoreMsg::Emit).await.is_err() {
                 break;
             }
@@ -135,11 +143,19 @@ fn ticks_for(interval: Duration, tick: Duration) -> u64 {
 }
 
 /// Runs the collectors due at `tick` concurrently on blocking threads and sends their results.
-async fn run_due(slots: &[Slot], procfs: &ProcFs, tick: u64, tx: &mpsc::Sender<StoreMsg>) {
+async fn run_due(
+    slots: &[Slot],
+    procfs: &ProcFs,
+    shared: &Arc<Shared>,
+    unbounded: bool,
+    tick: u64,
+    tx: &mpsc::Sender<StoreMsg>,
+) {
     let mut handles = Vec::new();
     for slot in slots.iter().filter(|s| tick.is_multiple_of(s.every)) {
         let collector = Arc::clone(&slot.collector);
         let procfs = procfs.clone();
+        let shared = Arc::clone(shared);
         let name = slot.name;
         handles.push((
             name,
@@ -150,6 +166,8 @@ async fn run_due(slots: &[Slot], procfs: &ProcFs, tick: u64, tx: &mpsc::Sender<S
                 let result = c.collect(&CollectCtx {
                     procfs: &procfs,
                     tick,
+                    shared: &shared,
+                    unbounded,
                 });
                 (start.elapsed(), result)
             }),
@@ -188,6 +206,7 @@ async fn store_loop(
     mut sink: Sink,
     mut rx: mpsc::Receiver<StoreMsg>,
     procfs: ProcFs,
+    shared: Arc<Shared>,
 ) -> anyhow::Result<()> {
     while let Some(msg) = rx.recv().await {
         match msg {
@@ -197,7 +216,17 @@ async fn store_loop(
                 result,
             } => store.apply(collector, duration, result),
             StoreMsg::Emit => {
-                let out = store.emit(SystemTime::now(), &SelfCost::measure(), procfs.counters());
+                let ladder = LadderReport {
+                    tiers: shared.tier_stats(),
+                    dirty_marks_received: shared.dirty.received(),
+                    ..LadderReport::default()
+                };
+                let out = store.emit(
+                    SystemTime::now(),
+                    &SelfCost::measure(),
+                    procfs.counters(),
+                    &ladder,
+                );
                 if let Err(e) = sink.write_batch(&out).await {
                     let lines = out.iter().filter(|b| **b == b'\n').count() as u64;
                     store.count_dropped(lines);

@@ -86,6 +86,20 @@ impl SelfCost {
     }
 }
 
+/// What the agent's cost ladder and tracker did, for the `agent` record.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LadderReport {
+    /// Per tier (`rollup`, `smaps`): re-reads by reason, carry-over, age of the oldest number.
+    pub tiers: BTreeMap<&'static str, crate::ladder::TierStats>,
+    /// Dirty marks the tracker delivered since start.
+    pub dirty_marks_received: u64,
+    /// Marks the kernel side could not store (map full).
+    pub dirty_marks_dropped: u64,
+    /// Lifecycle events received / lost (ring buffer full).
+    pub events_received: u64,
+    pub events_lost: u64,
+}
+
 #[derive(Serialize)]
 struct SnapshotBody<'a> {
     mode: &'static str,
@@ -120,6 +134,9 @@ struct AgentBody<'a> {
     proc_bytes_read_by_file: BTreeMap<&'static str, u64>,
     proc_reads_by_file: BTreeMap<&'static str, u64>,
     collectors: &'a BTreeMap<&'static str, CollectorStatus>,
+    tracker: &'a TrackerInfo,
+    #[serde(flatten)]
+    ladder: &'a LadderReport,
     emissions: u64,
     lines_emitted: u64,
     lines_dropped: u64,
@@ -220,7 +237,13 @@ impl Store {
     }
 
     /// Builds one emission. `cost` and `reads` describe the agent itself.
-    pub fn emit(&mut self, now: SystemTime, cost: &SelfCost, reads: &ReadCounters) -> Vec<u8> {
+    pub fn emit(
+        &mut self,
+        now: SystemTime,
+        cost: &SelfCost,
+        reads: &ReadCounters,
+        ladder: &LadderReport,
+    ) -> Vec<u8> {
         let keyframe = self.config.emit == EmitMode::Full
             || self
                 .seq
@@ -336,6 +359,8 @@ impl Store {
                 .map(|c| (c.name(), reads.reads(*c)))
                 .collect(),
             collectors: &self.status,
+            tracker: &self.tracker,
+            ladder,
             emissions: self.seq + 1,
             lines_emitted: self.lines_emitted,
             lines_dropped: self.lines_dropped,
@@ -416,6 +441,7 @@ mod tests {
             SystemTime::UNIX_EPOCH,
             &SelfCost::default(),
             &ReadCounters::default(),
+            &LadderReport::default(),
         ))
     }
 
@@ -499,6 +525,7 @@ mod tests {
                 max_rss_bytes: 8,
             },
             &ReadCounters::default(),
+            &LadderReport::default(),
         );
         let v = lines(&out);
         let agent = &v[v.len() - 1];

@@ -124,7 +124,7 @@ fn once_on_this_machine_reports_every_live_process() {
     );
 }
 
-fn object<'a>(lines: &'a [Value], pred: impl Fn(&Value) -> bool) -> &'a Value {
+fn object(lines: &[Value], pred: impl Fn(&Value) -> bool) -> &Value {
     let found: Vec<&Value> = lines
         .iter()
         .filter(|l| l["kind"] == "object" && pred(l))

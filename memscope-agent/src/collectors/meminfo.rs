@@ -97,10 +97,7 @@ mod tests {
         .expect("write");
         let procfs = ProcFs::new(dir.path());
         let mut c = MeminfoCollector::default();
-        let obs = match c.collect(&CollectCtx {
-            procfs: &procfs,
-            tick: 0,
-        }) {
+        let obs = match c.collect(&CollectCtx::once(&procfs, &Default::default())) {
             Ok(Some(Observation::Meminfo(o))) => o,
             other => panic!("unexpected {other:?}"),
         };
@@ -117,10 +114,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let procfs = ProcFs::new(dir.path());
         let err = MeminfoCollector::default()
-            .collect(&CollectCtx {
-                procfs: &procfs,
-                tick: 0,
-            })
+            .collect(&CollectCtx::once(&procfs, &Default::default()))
             .expect_err("no meminfo");
         assert!(err.to_string().contains("meminfo"), "{err}");
     }

@@ -24,6 +24,22 @@ pub struct CollectCtx<'a> {
     pub procfs: &'a ProcFs,
     /// Emission counter of the run (0 for the first).
     pub tick: u64,
+    /// Tracker marks and tier statistics.
+    pub shared: &'a crate::ladder::Shared,
+    /// No time budget (`--once`: everything is read).
+    pub unbounded: bool,
+}
+
+impl<'a> CollectCtx<'a> {
+    /// A context for tests and one-shot use: tick 0, no tracker, no budget.
+    pub fn once(procfs: &'a ProcFs, shared: &'a crate::ladder::Shared) -> Self {
+        CollectCtx {
+            procfs,
+            tick: 0,
+            shared,
+            unbounded: true,
+        }
+    }
 }
 
 /// A source of observations. `collect` runs on a blocking thread, never on an async worker.
@@ -97,9 +113,9 @@ pub const REGISTRY: &[CollectorSpec] = &[
         name: "processes",
         build: |config, _| {
             let c = &config.collectors.processes;
-            c.common.enabled.then(|| Registered {
+            c.enabled.then(|| Registered {
                 collector: Box::new(processes::ProcessesCollector::new(c)),
-                interval: config.collector_interval(c.common.interval),
+                interval: config.collector_interval(c.interval),
             })
         },
     },
@@ -107,9 +123,9 @@ pub const REGISTRY: &[CollectorSpec] = &[
         name: "smaps",
         build: |config, _| {
             let c = &config.collectors.smaps;
-            c.common.enabled.then(|| Registered {
+            c.enabled.then(|| Registered {
                 collector: Box::new(smaps::SmapsCollector::new(c)),
-                interval: config.collector_interval(c.common.interval),
+                interval: config.collector_interval(c.interval),
             })
         },
     },
@@ -150,7 +166,7 @@ mod tests {
     #[test]
     fn disabled_collectors_are_not_built() {
         let mut config = Config::default();
-        config.collectors.processes.common.enabled = false;
+        config.collectors.processes.enabled = false;
         let built = build_collectors(&config, &ProcFs::new("/nonexistent"));
         let names: Vec<_> = built.iter().map(|r| r.collector.name()).collect();
         assert_eq!(names, vec!["meminfo", "smaps", "sysv"]);

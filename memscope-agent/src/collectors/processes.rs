@@ -1,13 +1,19 @@
 //! `processes`: one record per process with its memory (RSS, PSS, USS, swap, swap PSS, the
 //! anon/file/shmem split of PSS) and its place in the process tree (subtree totals).
 //!
-//! Sources per process: `stat` (identity: start time, ppid, state, threads), `status` (name, uid, and
-//! the fallback numbers), `smaps_rollup` (the exact numbers), `cmdline` (read once per process).
+//! Sources per process: `statm` every run (cheap: no page walk), then — only where the cost ladder
+//! (`ladder.rs`) says so — `stat` (identity: start time, ppid, state, threads), `status` (name, uid,
+//! and the fallback numbers) and `smaps_rollup` (the exact numbers); `cmdline` once per process.
+//! Between re-reads a process's record keeps the numbers of its last read (at most `max_staleness`
+//! old).
 //! Numbers are `exact` (from `smaps_rollup`), `approximate` (`smaps_rollup` unreadable, values from
 //! `status`: PSS is then RSS, an upper bound) or `inaccessible` (nothing readable; zeros).
 //! A process that vanishes mid-scan is skipped quietly.
 
-use std::collections::HashMap;
+use std::{
+    collections::{HashMap, HashSet},
+    time::{Duration, Instant},
+};
 
 use serde::Serialize;
 use tracing::debug;
@@ -15,13 +21,16 @@ use tracing::debug;
 use super::{CollectCtx, CollectError, Collector, Observation, ToRecords};
 use crate::{
     config::ProcessesConfig,
+    ladder::{Ladder, Reason, Tier, TierPolicy, TierStats},
     procfs::{
         FileClass, ProcError, ProcFs,
         cmdline::{join_cmdline, parse_cmdline},
         counters::MemCounters,
         escape::Name,
+        page_size,
         smaps_rollup::parse_smaps_rollup,
         stat::{Stat, parse_stat},
+        statm::{Statm, parse_statm},
         status::{Status, parse_status},
     },
     records::Record,
@@ -160,23 +169,38 @@ impl ToRecords for ProcessesObservation {
     }
 }
 
-/// What is kept per process between runs: the parts that never change.
+/// What is kept per process between runs.
 struct Known {
     start_ticks: u64,
     cmdline: Name,
+    /// The record from the last read of `smaps_rollup`/`status`.
+    record: Option<ProcessRecord>,
 }
 
 pub struct ProcessesCollector {
     known: HashMap<u32, Known>,
     users: HashMap<u32, Option<String>>,
+    ladder: Ladder,
+    budget: Duration,
+    stats: TierStats,
     buf: Vec<u8>,
 }
 
 impl ProcessesCollector {
-    pub fn new(_config: &ProcessesConfig) -> Self {
+    pub fn new(config: &ProcessesConfig) -> Self {
         ProcessesCollector {
             known: HashMap::new(),
             users: HashMap::new(),
+            ladder: Ladder::new(
+                TierPolicy {
+                    min_change_bytes: config.min_change.0,
+                    max_staleness: config.max_staleness.get(),
+                    layout_changes: false,
+                },
+                page_size(),
+            ),
+            budget: config.budget.get(),
+            stats: TierStats::default(),
             buf: Vec::with_capacity(8192),
         }
     }
@@ -254,6 +278,7 @@ impl ProcessesCollector {
                     Known {
                         start_ticks: stat.starttime_ticks,
                         cmdline: cmdline.clone(),
+                        record: None,
                     },
                 );
                 cmdline
@@ -288,21 +313,82 @@ impl Collector for ProcessesCollector {
     }
 
     fn collect(&mut self, ctx: &CollectCtx<'_>) -> Result<Option<Observation>, CollectError> {
+        let start = Instant::now();
         let pids = ctx.procfs.pids()?;
         let mut obs = ProcessesObservation::default();
+        let mut live: HashSet<u32> = HashSet::with_capacity(pids.len());
+
+        // Tier 1: statm of every process, every run.
         for &pid in &pids {
-            match self.read_process(ctx.procfs, pid, &mut obs) {
-                Ok(p) => obs.processes.push(p),
+            match ctx.procfs.read_parsed(
+                &ctx.procfs.pid_path(pid, "statm"),
+                FileClass::Statm,
+                &mut self.buf,
+                parse_statm,
+            ) {
+                Ok(statm) => {
+                    live.insert(pid);
+                    self.ladder.observe(pid, statm, start);
+                }
                 Err(e) if e.is_gone() => obs.vanished += 1,
-                Err(e) if e.is_denied() => obs.inaccessible += 1,
-                Err(e) => {
-                    debug!(pid, error = %e, "process read failed");
-                    obs.errors.push(e.to_string());
+                // statm is world-readable; if it is not (hidepid), the rollup tier says why.
+                Err(_) => {
+                    live.insert(pid);
+                    self.ladder.observe(pid, Statm::default(), start);
                 }
             }
         }
-        // Forget processes that are gone so the cache stays bounded.
-        self.known.retain(|pid, _| pids.binary_search(pid).is_ok());
+        self.ladder.retain(&live);
+        self.known.retain(|pid, _| live.contains(pid));
+        for pid in ctx.shared.dirty.take(Tier::Rollup) {
+            self.ladder.mark(pid, Reason::Dirty, start);
+        }
+
+        // Tier 2: smaps_rollup where the ladder says so, within the budget.
+        let mut carried = 0;
+        for (pid, reason) in self.ladder.due() {
+            if !ctx.unbounded && start.elapsed() >= self.budget {
+                carried += 1;
+                continue;
+            }
+            match self.read_process(ctx.procfs, pid, &mut obs) {
+                Ok(p) => {
+                    self.stats.count(reason);
+                    self.ladder.done(pid, Instant::now());
+                    if let Some(k) = self.known.get_mut(&pid) {
+                        k.record = Some(p);
+                    }
+                }
+                Err(e) if e.is_gone() => {
+                    obs.vanished += 1;
+                    live.remove(&pid);
+                    self.ladder.forget(pid);
+                    self.known.remove(&pid);
+                }
+                Err(e) if e.is_denied() => {
+                    obs.inaccessible += 1;
+                    self.ladder.done(pid, Instant::now());
+                }
+                Err(e) => {
+                    debug!(pid, error = %e, "process read failed");
+                    obs.errors.push(e.to_string());
+                    self.ladder.done(pid, Instant::now());
+                }
+            }
+        }
+        self.stats.carried_over = carried;
+        self.stats.tracked = self.ladder.len() as u64;
+        self.stats.oldest_read_age_ms = self
+            .ladder
+            .oldest_read_age(Instant::now())
+            .map_or(0, |d| d.as_millis() as u64);
+        ctx.shared.set_tier_stats("rollup", self.stats.clone());
+
+        obs.processes = pids
+            .iter()
+            .filter(|pid| live.contains(pid))
+            .filter_map(|pid| self.known.get(pid).and_then(|k| k.record.clone()))
+            .collect();
         compute_subtrees(&mut obs.processes);
         Ok(Some(Observation::Processes(obs)))
     }

@@ -19,7 +19,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use serde::Serialize;
@@ -28,13 +28,16 @@ use tracing::debug;
 use super::{CollectCtx, CollectError, Collector, Observation, ToRecords};
 use crate::{
     config::SmapsConfig,
+    ladder::{Ladder, Reason, Tier, TierPolicy, TierStats},
     procfs::{
         FileClass, ProcError, ProcFs,
         counters::MemCounters,
         escape::Name,
         mountinfo::parse_mountinfo,
+        page_size,
         smaps::{Mapping, MappingPath, parse_smaps},
         stat::parse_stat,
+        statm::{Statm, parse_statm},
     },
     records::Record,
 };
@@ -518,6 +521,10 @@ pub fn tmpfs_devices(procfs: &ProcFs, buf: &mut Vec<u8>) -> Result<HashSet<(u32,
 pub struct SmapsCollector {
     min_object_pss: u64,
     top_consumers: usize,
+    min_change: u64,
+    budget: Duration,
+    ladder: Ladder,
+    stats: TierStats,
     cache: HashMap<u32, ProcessObjects>,
     buf: Vec<u8>,
 }
@@ -527,6 +534,17 @@ impl SmapsCollector {
         SmapsCollector {
             min_object_pss: config.min_object_pss.0,
             top_consumers: config.top_consumers.0 as usize,
+            min_change: config.min_change.0,
+            budget: config.budget.get(),
+            ladder: Ladder::new(
+                TierPolicy {
+                    min_change_bytes: config.min_change.0,
+                    max_staleness: config.max_staleness.get(),
+                    layout_changes: true,
+                },
+                page_size(),
+            ),
+            stats: TierStats::default(),
             cache: HashMap::new(),
             buf: Vec::with_capacity(1 << 20),
         }
@@ -558,6 +576,27 @@ impl SmapsCollector {
             smaps_bytes: self.buf.len() as u64,
         })
     }
+
+    /// Whether a change of `object`'s mapper set moves the other mappers' numbers enough to re-read
+    /// them: always for shared memory objects (memfd, tmpfs, SysV, shared anonymous), for a file when
+    /// each mapper's share moves by at least `min_change` (PSS / (m·(m+1)) for m mappers).
+    fn mapper_change_matters(&self, object: &SharedObject) -> bool {
+        match object.key.kind() {
+            ObjectKind::Memfd | ObjectKind::Tmpfs | ObjectKind::Sysv | ObjectKind::SharedAnon => {
+                true
+            }
+            ObjectKind::File => {
+                let m = u64::from(object.mappers.max(1));
+                object.memory.pss_bytes / (m * (m + 1)) >= self.min_change.max(1)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Keys of objects that processes share (private kinds never change anyone else's numbers).
+fn shareable(key: &ObjectKey) -> bool {
+    matches!(key, ObjectKey::Inode { .. } | ObjectKey::Sysv { .. })
 }
 
 impl Collector for SmapsCollector {
@@ -566,6 +605,7 @@ impl Collector for SmapsCollector {
     }
 
     fn collect(&mut self, ctx: &CollectCtx<'_>) -> Result<Option<Observation>, CollectError> {
+        let start = Instant::now();
         let tmpfs_devs = tmpfs_devices(ctx.procfs, &mut self.buf)?;
         let pids = ctx.procfs.pids()?;
         let mut obs = ObjectsObservation {
@@ -573,16 +613,78 @@ impl Collector for SmapsCollector {
             top_consumers: self.top_consumers,
             ..ObjectsObservation::default()
         };
+
+        // Tier 1: statm of every process.
+        let mut live: HashSet<u32> = HashSet::with_capacity(pids.len());
         for &pid in &pids {
+            match ctx.procfs.read_parsed(
+                &ctx.procfs.pid_path(pid, "statm"),
+                FileClass::Statm,
+                &mut self.buf,
+                parse_statm,
+            ) {
+                Ok(statm) => {
+                    live.insert(pid);
+                    self.ladder.observe(pid, statm, start);
+                }
+                Err(e) if e.is_gone() => {}
+                Err(_) => {
+                    live.insert(pid);
+                    self.ladder.observe(pid, Statm::default(), start);
+                }
+            }
+        }
+        self.ladder.retain(&live);
+        for pid in ctx.shared.dirty.take(Tier::Smaps) {
+            self.ladder.mark(pid, Reason::Dirty, start);
+        }
+        // Objects whose mapper set changed: those of exited processes, and below those gained or
+        // lost by re-read processes.
+        let mut changed: HashSet<ObjectKey> = HashSet::new();
+        self.cache.retain(|pid, p| {
+            let keep = live.contains(pid);
+            if !keep {
+                changed.extend(p.objects.iter().map(|o| o.key.clone()).filter(shareable));
+            }
+            keep
+        });
+
+        // Tier 3: smaps where the ladder says so, within the budget.
+        let mut carried = 0;
+        let mut reread: HashSet<u32> = HashSet::new();
+        for (pid, reason) in self.ladder.due() {
+            if !ctx.unbounded && start.elapsed() >= self.budget {
+                carried += 1;
+                continue;
+            }
             match self.read_process(ctx.procfs, pid, &tmpfs_devs) {
                 Ok(p) => {
                     obs.processes_read += 1;
+                    self.stats.count(reason);
+                    self.ladder.done(pid, Instant::now());
+                    reread.insert(pid);
+                    // Against the previous read (of this process, or of the one that had its pid).
+                    let old: HashSet<&ObjectKey> = self
+                        .cache
+                        .get(&pid)
+                        .map(|old| old.objects.iter().map(|o| &o.key).collect())
+                        .unwrap_or_default();
+                    let new: HashSet<&ObjectKey> = p.objects.iter().map(|o| &o.key).collect();
+                    changed.extend(
+                        old.symmetric_difference(&new)
+                            .filter(|k| shareable(k))
+                            .map(|k| (*k).clone()),
+                    );
                     self.cache.insert(pid, p);
                 }
                 Err(e) => {
-                    self.cache.remove(&pid);
+                    self.ladder.done(pid, Instant::now());
+                    if let Some(old) = self.cache.remove(&pid) {
+                        changed.extend(old.objects.into_iter().map(|o| o.key).filter(shareable));
+                    }
                     if e.is_gone() {
                         obs.vanished += 1;
+                        self.ladder.forget(pid);
                     } else if e.is_denied() {
                         obs.inaccessible += 1;
                     } else {
@@ -592,10 +694,36 @@ impl Collector for SmapsCollector {
                 }
             }
         }
-        self.cache.retain(|pid, _| pids.binary_search(pid).is_ok());
+        obs.processes_reused = self.cache.len().saturating_sub(reread.len()) as u32;
+
         let mut procs: Vec<&ProcessObjects> = self.cache.values().collect();
         procs.sort_by_key(|p| p.pid);
         obs.objects = fold_shared(procs);
+
+        // The other mappers of objects that gained or lost a mapper are due next run.
+        let now = Instant::now();
+        let mut marks = Vec::new();
+        for o in obs.objects.iter().filter(|o| changed.contains(&o.key)) {
+            if self.mapper_change_matters(o) {
+                marks.extend(
+                    o.consumers
+                        .iter()
+                        .map(|c| c.pid)
+                        .filter(|p| !reread.contains(p)),
+                );
+            }
+        }
+        for pid in marks {
+            self.ladder.mark(pid, Reason::SharedChange, now);
+        }
+
+        self.stats.carried_over = carried;
+        self.stats.tracked = self.ladder.len() as u64;
+        self.stats.oldest_read_age_ms = self
+            .ladder
+            .oldest_read_age(now)
+            .map_or(0, |d| d.as_millis() as u64);
+        ctx.shared.set_tier_stats("smaps", self.stats.clone());
         Ok(Some(Observation::Objects(obs)))
     }
 }

@@ -163,10 +163,9 @@ mod tests {
         )
         .expect("write");
         let procfs = ProcFs::new(dir.path());
-        let obs = match SysvCollector::default().collect(&CollectCtx {
-            procfs: &procfs,
-            tick: 0,
-        }) {
+        let obs = match SysvCollector::default()
+            .collect(&CollectCtx::once(&procfs, &Default::default()))
+        {
             Ok(Some(Observation::Sysv(o))) => o,
             other => panic!("unexpected {other:?}"),
         };
