@@ -18,7 +18,10 @@ const EBPF_PACKAGE: &str = "memscope-ebpf";
 const EBPF_BIN: &str = "memscope-probes";
 const NIGHTLY: &str = "nightly";
 
-#[expect(clippy::print_stdout, reason = "build scripts talk to cargo through stdout")]
+#[expect(
+    clippy::print_stdout,
+    reason = "build scripts talk to cargo through stdout"
+)]
 fn main() -> anyhow::Result<()> {
     println!("cargo::rustc-check-cfg=cfg(memscope_no_ebpf)");
     println!("cargo::rerun-if-env-changed=MEMSCOPE_REQUIRE_EBPF");
@@ -30,18 +33,25 @@ fn main() -> anyhow::Result<()> {
         .context("memscope-agent has no parent directory")?;
     // aya-build watches only the eBPF crate's folder; the ABI and the locked versions matter too.
     for watched in ["memscope-common", "Cargo.lock"] {
-        println!("cargo::rerun-if-changed={}", workspace.join(watched).display());
+        println!(
+            "cargo::rerun-if-changed={}",
+            workspace.join(watched).display()
+        );
     }
 
     let require = env::var("MEMSCOPE_REQUIRE_EBPF").is_ok_and(|v| v == "1");
     match build(workspace) {
         Ok(()) => Ok(()),
-        Err(err) if require => Err(err.context("MEMSCOPE_REQUIRE_EBPF=1: the eBPF object is required")),
+        Err(err) if require => {
+            Err(err.context("MEMSCOPE_REQUIRE_EBPF=1: the eBPF object is required"))
+        }
         Err(err) => {
             println!(
                 "cargo::warning=memscope: building without eBPF (the agent will run in polling mode): {err:#}"
             );
-            println!("cargo::warning=memscope: run `cargo xtask setup` to install the eBPF toolchain");
+            println!(
+                "cargo::warning=memscope: run `cargo xtask setup` to install the eBPF toolchain"
+            );
             println!("cargo::rustc-cfg=memscope_no_ebpf");
             Ok(())
         }
@@ -73,7 +83,10 @@ fn build(workspace: &Path) -> anyhow::Result<()> {
 }
 
 /// Fails with a readable reason when the nightly toolchain, its `rust-src` or `bpf-linker` is missing.
-#[expect(clippy::print_stdout, reason = "build scripts talk to cargo through stdout")]
+#[expect(
+    clippy::print_stdout,
+    reason = "build scripts talk to cargo through stdout"
+)]
 fn check_toolchain() -> anyhow::Result<()> {
     let linker = find_on_path("bpf-linker").ok_or_else(|| anyhow!("bpf-linker is not on PATH"))?;
     println!("cargo::rerun-if-changed={}", linker.display());
@@ -91,7 +104,10 @@ fn check_toolchain() -> anyhow::Result<()> {
     let sysroot = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
     let core = sysroot.join("lib/rustlib/src/rust/library/core/Cargo.toml");
     if !core.is_file() {
-        bail!("the {NIGHTLY} toolchain has no rust-src component ({} missing)", core.display());
+        bail!(
+            "the {NIGHTLY} toolchain has no rust-src component ({} missing)",
+            core.display()
+        );
     }
     Ok(())
 }

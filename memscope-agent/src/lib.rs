@@ -6,3 +6,4 @@
 //! [`sinks`] (stdout, rotating file), [`config`] (TOML), [`tracker`] (eBPF dirty tracking or polling).
 
 pub mod procfs;
+pub mod tracker;

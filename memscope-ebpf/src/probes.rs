@@ -151,7 +151,10 @@ fn emit(ctx: &TracePointContext, kind: u32, tgid: u32, ptgid: u32, flags: u32, a
             (*counters).events_lost
         };
         if lost.is_power_of_two() {
-            warn!(ctx, "event ring buffer full: {} events lost on this cpu", lost);
+            warn!(
+                ctx,
+                "event ring buffer full: {} events lost on this cpu", lost
+            );
         }
     }
     1

@@ -12,7 +12,9 @@ pub fn decode_octal(input: &[u8]) -> Vec<u8> {
         if input[i] == b'\\' && i + 3 < input.len() {
             let d = &input[i + 1..i + 4];
             if d.iter().all(|c| (b'0'..=b'7').contains(c)) {
-                let v = u32::from(d[0] - b'0') * 64 + u32::from(d[1] - b'0') * 8 + u32::from(d[2] - b'0');
+                let v = u32::from(d[0] - b'0') * 64
+                    + u32::from(d[1] - b'0') * 8
+                    + u32::from(d[2] - b'0');
                 if let Ok(b) = u8::try_from(v) {
                     out.push(b);
                     i += 4;
@@ -62,7 +64,10 @@ impl Serialize for Name {
                 use base64::Engine as _;
                 let mut m = s.serialize_map(Some(2))?;
                 m.serialize_entry("text", &String::from_utf8_lossy(&self.0))?;
-                m.serialize_entry("bytes", &base64::engine::general_purpose::STANDARD.encode(&self.0))?;
+                m.serialize_entry(
+                    "bytes",
+                    &base64::engine::general_purpose::STANDARD.encode(&self.0),
+                )?;
                 m.end()
             }
         }

@@ -191,7 +191,12 @@ impl ProcFs {
     }
 
     /// Reads `path` whole into `buf` (cleared first), counting the bytes under `class`.
-    pub fn read_into(&self, path: &Path, class: FileClass, buf: &mut Vec<u8>) -> Result<(), ProcError> {
+    pub fn read_into(
+        &self,
+        path: &Path,
+        class: FileClass,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), ProcError> {
         buf.clear();
         let mut f = File::open(path).map_err(|e| ProcError::from_io(path.to_path_buf(), e))?;
         f.read_to_end(buf)
@@ -224,11 +229,16 @@ impl ProcFs {
 
     /// The numeric entries of the root (process ids), sorted.
     pub fn pids(&self) -> Result<Vec<u32>, ProcError> {
-        let rd = std::fs::read_dir(&self.root).map_err(|e| ProcError::from_io(self.root.clone(), e))?;
+        let rd =
+            std::fs::read_dir(&self.root).map_err(|e| ProcError::from_io(self.root.clone(), e))?;
         let mut pids = Vec::new();
         for entry in rd {
             let entry = entry.map_err(|e| ProcError::from_io(self.root.clone(), e))?;
-            if let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
+            if let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            {
                 pids.push(pid);
             }
         }
