@@ -18,10 +18,6 @@ const EBPF_PACKAGE: &str = "memscope-ebpf";
 const EBPF_BIN: &str = "memscope-probes";
 const NIGHTLY: &str = "nightly";
 
-#[expect(
-    clippy::print_stdout,
-    reason = "build scripts talk to cargo through stdout"
-)]
 fn main() -> anyhow::Result<()> {
     println!("cargo::rustc-check-cfg=cfg(memscope_no_ebpf)");
     println!("cargo::rerun-if-env-changed=MEMSCOPE_REQUIRE_EBPF");
@@ -83,10 +79,6 @@ fn build(workspace: &Path) -> anyhow::Result<()> {
 }
 
 /// Fails with a readable reason when the nightly toolchain, its `rust-src` or `bpf-linker` is missing.
-#[expect(
-    clippy::print_stdout,
-    reason = "build scripts talk to cargo through stdout"
-)]
 fn check_toolchain() -> anyhow::Result<()> {
     let linker = find_on_path("bpf-linker").ok_or_else(|| anyhow!("bpf-linker is not on PATH"))?;
     println!("cargo::rerun-if-changed={}", linker.display());

@@ -100,7 +100,9 @@ impl EbpfSource {
         let tracefs = tracefs::find_or_mount()?;
         let config = tracefs::Formats::read(&tracefs)?.config(agent_tgid)?;
 
-        let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(TrackerError::Load)?;
+        let mut ebpf = EbpfLoader::new()
+            .load(OBJECT)
+            .map_err(|e| TrackerError::Load(Box::new(e)))?;
         let logger = start_logger(&mut ebpf);
         write_config(&mut ebpf, config)?;
         for (name, category, tracepoint) in PROGRAMS {
@@ -112,7 +114,7 @@ impl EbpfSource {
                     name,
                     category,
                     tracepoint,
-                    source,
+                    source: Box::new(source),
                 })?;
             program
                 .load()
@@ -121,7 +123,7 @@ impl EbpfSource {
                     name,
                     category,
                     tracepoint,
-                    source,
+                    source: Box::new(source),
                 })?;
         }
         let dirty = ebpf
@@ -132,7 +134,7 @@ impl EbpfSource {
             .ok_or(TrackerError::MissingMap { name: EVENTS_MAP })?;
         let events = RingBuf::try_from(events).map_err(|source| TrackerError::Map {
             name: EVENTS_MAP,
-            source,
+            source: Box::new(source),
         })?;
 
         let shared = Arc::new(Shared::default());
@@ -273,11 +275,11 @@ fn write_config(ebpf: &mut Ebpf, config: Config) -> Result<(), TrackerError> {
         .ok_or(TrackerError::MissingMap { name: CONFIG_MAP })?;
     let mut array = Array::<_, Config>::try_from(map).map_err(|source| TrackerError::Map {
         name: CONFIG_MAP,
-        source,
+        source: Box::new(source),
     })?;
     array.set(0, config, 0).map_err(|source| TrackerError::Map {
         name: CONFIG_MAP,
-        source,
+        source: Box::new(source),
     })
 }
 

@@ -2,7 +2,8 @@
 
 use std::{io, path::PathBuf};
 
-/// Why the eBPF tracker could not start; the agent then polls.
+/// Why the eBPF tracker could not start; the agent then polls. aya's errors are boxed: they are
+/// large and this is returned through every step of the start-up.
 #[derive(Debug, thiserror::Error)]
 pub enum TrackerError {
     #[error(
@@ -22,7 +23,7 @@ pub enum TrackerError {
     #[error("tracepoint format {path}: {problem}")]
     FormatField { path: PathBuf, problem: String },
     #[error("loading the eBPF object failed")]
-    Load(#[source] aya::EbpfError),
+    Load(#[source] Box<aya::EbpfError>),
     #[error("eBPF program {name} is missing from the object")]
     MissingProgram { name: &'static str },
     #[error("eBPF program {name} ({category}:{tracepoint})")]
@@ -31,7 +32,7 @@ pub enum TrackerError {
         category: &'static str,
         tracepoint: &'static str,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("eBPF map {name} is missing from the object")]
     MissingMap { name: &'static str },
@@ -39,7 +40,7 @@ pub enum TrackerError {
     Map {
         name: &'static str,
         #[source]
-        source: aya::maps::MapError,
+        source: Box<aya::maps::MapError>,
     },
     #[error("starting the lifecycle event thread")]
     Thread(#[source] io::Error),
