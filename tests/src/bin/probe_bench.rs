@@ -47,6 +47,33 @@ fn round() -> anyhow::Result<f64> {
     Ok(started.elapsed().as_secs_f64() * 1e9 / f64::from(ITERATIONS))
 }
 
+/// Kernel-measured cost of the mmap/munmap programs (`BPF_ENABLE_STATS`): ns per program run,
+/// from one extra round (stats add their own clock reads, so the timed rounds run without them).
+fn ns_per_program_run() -> anyhow::Result<f64> {
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
+    let tracker = tracker::start(0);
+    round()?;
+    let (mut time, mut count) = (0_u128, 0_u64);
+    for info in aya::programs::loaded_programs().filter_map(Result::ok) {
+        if matches!(
+            info.name_as_str(),
+            Some("memscope_mmap" | "memscope_munmap")
+        ) {
+            time += info.run_time().as_nanos();
+            count += info.run_count();
+        }
+    }
+    drop(tracker);
+    if count == 0 {
+        bail!("the mmap/munmap programs never ran");
+    }
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "nanosecond totals far below 2^52"
+    )]
+    Ok(time as f64 / count as f64)
+}
+
 fn median(mut samples: Vec<f64>) -> f64 {
     samples.sort_by(f64::total_cmp);
     let mid = samples.len() / 2;
@@ -80,6 +107,7 @@ fn main() -> anyhow::Result<()> {
         std::thread::sleep(SETTLE);
     }
     without.push(round()?);
+    let per_run = ns_per_program_run()?;
     let min = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
     let (without_min, with_min) = (min(&without), min(&with));
     let (without_ns, with_ns) = (median(without), median(with));
@@ -95,6 +123,10 @@ fn main() -> anyhow::Result<()> {
         "overhead: {overhead:+.1} % median ({:+.1} ns per pair, 2 program runs), {:+.1} % min",
         with_ns - without_ns,
         (with_min / without_min - 1.0) * 100.0
+    );
+    println!(
+        "kernel-measured (BPF stats): {per_run:.1} ns per program run = {:+.1} % of a pair without",
+        2.0 * per_run / without_ns * 100.0
     );
     println!(
         "load+attach (11 programs, worst of {ROUNDS}): {:.1} ms",
