@@ -77,7 +77,7 @@ fn ns_per_program_run() -> anyhow::Result<f64> {
 fn median(mut samples: Vec<f64>) -> f64 {
     samples.sort_by(f64::total_cmp);
     let mid = samples.len() / 2;
-    if samples.len() % 2 == 0 {
+    if samples.len().is_multiple_of(2) {
         f64::midpoint(samples[mid - 1], samples[mid])
     } else {
         samples[mid]
