@@ -14,6 +14,12 @@ pub enum TrackerError {
         "tracefs is not mounted at /sys/kernel/tracing or /sys/kernel/debug/tracing, and mounting it failed"
     )]
     NoTracefs(#[source] io::Error),
+    #[error("tracefs at {path} is not readable")]
+    TracefsUnreadable {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot read tracepoint format {path}")]
     Format {
         path: PathBuf,

@@ -143,6 +143,17 @@ pub fn find_or_mount() -> Result<PathBuf, TrackerError> {
     if let Some(path) = find() {
         return Ok(path);
     }
+    // tracefs is mode 0700: without CAP_DAC_READ_SEARCH a mounted tracefs looks empty.
+    for candidate in TRACEFS_CANDIDATES {
+        if let Err(source) = std::fs::read_dir(candidate)
+            && source.kind() == io::ErrorKind::PermissionDenied
+        {
+            return Err(TrackerError::TracefsUnreadable {
+                path: candidate.into(),
+                source,
+            });
+        }
+    }
     let target = Path::new(TRACEFS_CANDIDATES[0]);
     mount_tracefs(target).map_err(TrackerError::NoTracefs)?;
     tracing::info!("mounted tracefs at {}", target.display());
