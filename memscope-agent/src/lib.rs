@@ -3,7 +3,8 @@
 //! Layout: [`procfs`] (pure parsers and [`procfs::ProcFs`], the one type that reads `/proc`),
 //! [`collectors`] (one per source behind [`collectors::Collector`]), [`store`] (owns the snapshot,
 //! decides what to emit), [`records`] (the JSON-lines format), [`sinks`] (stdout, rotating file),
-//! [`config`] (TOML), [`runtime`] (the scheduler and the store task).
+//! [`config`] (TOML), [`runtime`] (the scheduler and the store task), [`ladder`] (what to re-read
+//! when), [`tracker`] (eBPF dirty tracking, or polling), [`ledger`] (derived records).
 
 pub mod collectors;
 pub mod config;
@@ -14,3 +15,4 @@ pub mod records;
 pub mod runtime;
 pub mod sinks;
 pub mod store;
+pub mod tracker;

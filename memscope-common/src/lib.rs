@@ -48,23 +48,46 @@ pub mod reason {
 }
 
 /// Value of the dirty map: which syscalls touched the process's layout since the agent last drained it.
+///
+/// The kernel side only ever writes a whole entry with `bpf_map_update_elem` (never a store into a
+/// looked-up element), so the agent's `BPF_MAP_LOOKUP_AND_DELETE_ELEM` never races with a write into
+/// a deleted element. `tgid` repeats the key so a program that looked up an element the agent has just
+/// deleted (and the kernel has reused for another key) notices the mismatch instead of trusting it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DirtyEntry {
+    /// The key, repeated (see above). `tgid` and `reasons` are read together as one 8-byte load.
+    pub tgid: u32,
     /// OR of [`reason`] bits.
     pub reasons: u32,
-    /// Number of marks folded into this entry (saturating).
+    /// Number of map updates folded into this entry (a new entry or a new reason bit); marks that
+    /// found their bit already set cost one lookup and are not counted here.
     pub count: u32,
+    pub _pad: u32,
     /// `bpf_ktime_get_ns()` of the first mark since the last drain.
     pub first_ns: u64,
 }
 
 /// Kind of a [`LifecycleEvent`].
 pub mod event_kind {
+    /// A task was forked. `tgid` is the child's task id; it is a new process only if the child is
+    /// not a thread of `ptgid` (the tracepoint fires for threads too; the agent checks).
     pub const FORK: u32 = 1;
+    /// `tgid` called `execve` successfully.
     pub const EXEC: u32 = 2;
+    /// The thread group `tgid` is gone (its last thread exited), or, on kernels whose
+    /// `sched_process_exit` has no `group_dead` field, its leader thread exited.
     pub const EXIT: u32 = 3;
+    /// `tgid` called `shmget`; `arg` is the requested size in bytes.
     pub const SHMGET: u32 = 4;
+}
+
+/// Bits of [`LifecycleEvent::flags`].
+pub mod event_flag {
+    /// EXIT: decided by the tracepoint's `group_dead` field (the whole group is gone).
+    pub const GROUP_DEAD: u32 = 1 << 0;
+    /// EXIT: decided by `pid == tgid` (the leader exited; other threads may live on as a zombie leader).
+    pub const LEADER_EXIT: u32 = 1 << 1;
 }
 
 /// An event sent through the ring buffer.
@@ -73,23 +96,40 @@ pub mod event_kind {
 pub struct LifecycleEvent {
     /// One of [`event_kind`].
     pub kind: u32,
-    /// The process (thread group) the event is about; for fork, the child.
+    /// The process (thread group) the event is about; for fork, the child's task id.
     pub tgid: u32,
-    /// For fork: the parent tgid. For shmget: the size argument's low 32 bits are not enough, see `arg`.
+    /// For fork: the parent's tgid. Otherwise zero.
     pub ptgid: u32,
-    pub _pad: u32,
+    /// [`event_flag`] bits.
+    pub flags: u32,
     /// For shmget: the requested size in bytes. Otherwise zero.
     pub arg: u64,
     /// `bpf_ktime_get_ns()` when it happened.
     pub ts_ns: u64,
 }
 
+/// [`Config::flags`]: the agent has filled the config; the programs do nothing before.
+pub const CONFIG_READY: u32 = 1 << 0;
+/// An offset in [`Config`] that the running kernel's tracepoint does not have.
+pub const OFFSET_ABSENT: u32 = u32::MAX;
+
 /// Configuration written by the agent into [`CONFIG_MAP`] slot 0 before attaching.
+///
+/// Tracepoint field offsets differ between kernels (e.g. `sched_process_fork`'s `child_pid` is at
+/// 44 on 5.x and at 20 on 6.18), so the agent reads them from tracefs `format` files at load time.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
     /// The agent's own tgid: its marks are dropped in the kernel.
     pub agent_tgid: u32,
+    /// [`CONFIG_READY`].
+    pub flags: u32,
+    /// `sched:sched_process_fork` field `child_pid` (4 bytes).
+    pub fork_child_pid_off: u32,
+    /// `sched:sched_process_exit` field `group_dead` (1 byte), or [`OFFSET_ABSENT`].
+    pub exit_group_dead_off: u32,
+    /// `syscalls:sys_enter_shmget` field `size` (8 bytes).
+    pub shmget_size_off: u32,
     pub _pad: u32,
 }
 
@@ -101,13 +141,14 @@ pub struct Counters {
     pub marks_dropped: u64,
     /// Ring buffer reservations that failed (events lost).
     pub events_lost: u64,
-    /// Marks set (a new entry or a changed entry).
+    /// Marks stored (a new entry or a new reason bit on an entry).
     pub marks: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<DirtyEntry>() == 16);
+const _: () = assert!(core::mem::size_of::<DirtyEntry>() == 24);
+const _: () = assert!(core::mem::offset_of!(DirtyEntry, reasons) == 4);
 const _: () = assert!(core::mem::size_of::<LifecycleEvent>() == 32);
-const _: () = assert!(core::mem::size_of::<Config>() == 8);
+const _: () = assert!(core::mem::size_of::<Config>() == 24);
 const _: () = assert!(core::mem::size_of::<Counters>() == 24);
 
 #[cfg(feature = "user")]

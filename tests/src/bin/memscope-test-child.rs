@@ -1,0 +1,53 @@
+//! A child process for the privileged eBPF tests, driven over stdin/stdout with raw `read`/`write`
+//! on stack buffers, so that between commands it makes no memory-layout syscalls at all.
+//!
+//! Prints `ready` once started, then for each line on stdin: `mmap` maps and touches one anonymous
+//! page (and keeps it), `shmget` creates and removes a 1 MiB SysV segment; answers `done`.
+//! Exits on end of input. Argument `exit`: exits at once.
+
+fn write_line(text: &[u8]) {
+    // SAFETY: writing a valid buffer to stdout.
+    let _written = unsafe { libc::write(1, text.as_ptr().cast(), text.len()) };
+}
+
+fn main() {
+    if std::env::args().nth(1).as_deref() == Some("exit") {
+        return;
+    }
+    write_line(b"ready\n");
+    let mut buf = [0_u8; 64];
+    loop {
+        // SAFETY: reading into a valid stack buffer.
+        let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
+        let Ok(n) = usize::try_from(n) else { return };
+        if n == 0 {
+            return;
+        }
+        let command = buf.get(..n).unwrap_or_default();
+        if command.starts_with(b"mmap") {
+            // SAFETY: anonymous private mapping of one page; we only write inside it.
+            unsafe {
+                let page = libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                );
+                if page != libc::MAP_FAILED {
+                    page.cast::<u8>().write_volatile(1);
+                }
+            }
+        } else if command.starts_with(b"shmget") {
+            // SAFETY: plain SysV calls with valid arguments; the segment is removed at once.
+            unsafe {
+                let id = libc::shmget(libc::IPC_PRIVATE, 1 << 20, libc::IPC_CREAT | 0o600);
+                if id >= 0 {
+                    libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut());
+                }
+            }
+        }
+        write_line(b"done\n");
+    }
+}

@@ -1,0 +1,266 @@
+//! Privileged eBPF lane: `cargo test -p memscope-tests --test ebpf`, as root.
+//!
+//! Every test panics with the reason when the tracker cannot run eBPF (not root, polling
+//! fallback, agent built without the object): this lane never passes empty.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    sync::{LazyLock, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use memscope_agent::tracker::{self, DirtyMark, Tracker, TrackerState, reason_names};
+use memscope_common::{LifecycleEvent, event_kind, reason};
+
+/// One tracker for the whole lane; tests take turns so no test drains another's marks.
+static TRACKER: LazyLock<Mutex<Tracker>> = LazyLock::new(|| {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "the eBPF lane must run as root (euid is {euid}); it never passes without eBPF"
+    );
+    let started = Instant::now();
+    let tracker = tracker::start(std::process::id());
+    eprintln!("tracker started in {:?}", started.elapsed());
+    if let TrackerState::Polling { reason } = tracker.source.state() {
+        panic!("the tracker fell back to polling, so the eBPF lane cannot run: {reason}");
+    }
+    assert!(
+        tracker.events.is_some(),
+        "eBPF tracker without an event channel"
+    );
+    Mutex::new(tracker)
+});
+
+fn tracker() -> MutexGuard<'static, Tracker> {
+    match TRACKER.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+const CHILD: &str = env!("CARGO_BIN_EXE_memscope-test-child");
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A `memscope-test-child` that has started and is blocked reading its stdin.
+struct TestChild {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl TestChild {
+    fn spawn() -> Self {
+        let mut child = Command::new(CHILD)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {CHILD}: {e}"));
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut this = Self {
+            child,
+            stdin,
+            stdout,
+        };
+        this.expect_line("ready");
+        this
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn expect_line(&mut self, want: &str) {
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("reading the child's stdout: {e}"));
+        assert_eq!(line.trim(), want, "unexpected answer from the test child");
+    }
+
+    fn command(&mut self, command: &str) {
+        let stdin = self.stdin.as_mut().expect("child stdin open");
+        writeln!(stdin, "{command}").unwrap_or_else(|e| panic!("writing to the child: {e}"));
+        self.expect_line("done");
+    }
+}
+
+impl Drop for TestChild {
+    fn drop(&mut self) {
+        drop(self.stdin.take()); // EOF: the child exits
+        let _status = self.child.wait();
+    }
+}
+
+fn mark_of(marks: &[DirtyMark], tgid: u32) -> Option<DirtyMark> {
+    marks.iter().copied().find(|m| m.tgid == tgid)
+}
+
+/// Waits for an event matching `pred`, keeping the others seen meanwhile.
+fn wait_event(
+    tracker: &mut Tracker,
+    seen: &mut Vec<LifecycleEvent>,
+    what: &str,
+    pred: impl Fn(&LifecycleEvent) -> bool,
+) -> LifecycleEvent {
+    let events = tracker.events.as_mut().expect("event channel");
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if let Some(found) = seen.iter().find(|e| pred(e)) {
+            return *found;
+        }
+        match events.try_recv() {
+            Ok(event) => seen.push(event),
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Err(err) => panic!(
+                "no {what} event within {TIMEOUT:?} ({err}); events seen: {seen:?}; stats: {:?}",
+                tracker.source.stats()
+            ),
+        }
+    }
+}
+
+#[test]
+fn child_that_mmaps_is_drained_with_mmap_reason() {
+    let mut tracker = tracker();
+    let mut child = TestChild::spawn();
+    // Start-up (the dynamic loader maps libraries) marks the child: clear that first.
+    let _startup = tracker.source.drain();
+    child.command("mmap");
+    let marks = tracker.source.drain();
+    let mark = mark_of(&marks, child.pid()).unwrap_or_else(|| {
+        panic!(
+            "child {} mmapped but was not drained as dirty; marks: {marks:?}",
+            child.pid()
+        )
+    });
+    assert_ne!(
+        mark.reasons & reason::MMAP,
+        0,
+        "reasons {:?}",
+        reason_names(mark.reasons)
+    );
+    assert!(mark.count >= 1);
+    // Drained means gone: a second drain does not return it again.
+    assert_eq!(mark_of(&tracker.source.drain(), child.pid()), None);
+    assert!(tracker.source.stats().marks_received >= 1);
+}
+
+#[test]
+fn idle_child_is_not_marked() {
+    let mut tracker = tracker();
+    let mut seen = Vec::new();
+    let child = TestChild::spawn();
+    let pid = child.pid();
+    // The FORK mark is added when its event comes through the ring buffer; wait for it, then
+    // clear it with the start-up marks.
+    wait_event(&mut tracker, &mut seen, "FORK", |e| {
+        e.kind == event_kind::FORK && e.tgid == pid
+    });
+    let _startup = tracker.source.drain();
+    std::thread::sleep(Duration::from_millis(300));
+    let marks = tracker.source.drain();
+    assert_eq!(
+        mark_of(&marks, child.pid()),
+        None,
+        "an idle child was marked dirty"
+    );
+}
+
+#[test]
+fn short_lived_child_sends_fork_and_exit() {
+    let mut tracker = tracker();
+    let mut seen = Vec::new();
+    let mut child = Command::new(CHILD)
+        .arg("exit")
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {CHILD}: {e}"));
+    let pid = child.id();
+    let status = child
+        .wait()
+        .unwrap_or_else(|e| panic!("waiting for {pid}: {e}"));
+    assert!(status.success());
+    let me = std::process::id();
+    let fork = wait_event(&mut tracker, &mut seen, "FORK", |e| {
+        e.kind == event_kind::FORK && e.tgid == pid
+    });
+    assert_eq!(fork.ptgid, me, "fork parent");
+    let exit = wait_event(&mut tracker, &mut seen, "EXIT", |e| {
+        e.kind == event_kind::EXIT && e.tgid == pid
+    });
+    assert_ne!(exit.flags, 0, "exit event says how it was decided");
+}
+
+#[test]
+fn thread_creation_is_not_a_fork_event() {
+    let mut tracker = tracker();
+    let mut seen = Vec::new();
+    // SAFETY: gettid has no preconditions.
+    let tid = std::thread::spawn(|| unsafe { libc::gettid() })
+        .join()
+        .unwrap_or_else(|_| panic!("thread panicked"));
+    let tid = u32::try_from(tid).unwrap_or_else(|e| panic!("tid {tid}: {e}"));
+    // A process forked afterwards: once its FORK is here, the thread's would have been too.
+    let mut child = Command::new(CHILD)
+        .arg("exit")
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {CHILD}: {e}"));
+    let pid = child.id();
+    let _status = child.wait();
+    wait_event(&mut tracker, &mut seen, "FORK of the process", |e| {
+        e.kind == event_kind::FORK && e.tgid == pid
+    });
+    assert!(
+        !seen
+            .iter()
+            .any(|e| e.kind == event_kind::FORK && e.tgid == tid),
+        "thread {tid} reported as a forked process: {seen:?}"
+    );
+}
+
+#[test]
+fn shmget_sends_its_size() {
+    let mut tracker = tracker();
+    let mut seen = Vec::new();
+    let mut child = TestChild::spawn();
+    let _startup = tracker.source.drain();
+    child.command("shmget");
+    let pid = child.pid();
+    let event = wait_event(&mut tracker, &mut seen, "SHMGET", |e| {
+        e.kind == event_kind::SHMGET && e.tgid == pid
+    });
+    assert_eq!(event.arg, 1 << 20, "shmget size");
+    let marks = tracker.source.drain();
+    let mark = mark_of(&marks, pid).unwrap_or_else(|| panic!("shmget child not marked: {marks:?}"));
+    assert_ne!(mark.reasons & reason::SHMGET, 0);
+}
+
+#[test]
+fn agent_own_mmaps_are_not_marked() {
+    let mut tracker = tracker();
+    let _before = tracker.source.drain();
+    for _ in 0..100 {
+        // SAFETY: map and unmap one anonymous page that nothing else uses.
+        unsafe {
+            let page = libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(page, libc::MAP_FAILED, "mmap failed");
+            libc::munmap(page, 4096);
+        }
+    }
+    let marks = tracker.source.drain();
+    assert_eq!(
+        mark_of(&marks, std::process::id()),
+        None,
+        "the agent's own mmaps were marked"
+    );
+}
