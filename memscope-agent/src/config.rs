@@ -31,6 +31,8 @@ pub struct AgentConfig {
     pub host: String,
     /// Root of the proc filesystem to read.
     pub proc_root: PathBuf,
+    /// How layout changes are detected: `auto` (eBPF, else polling), `ebpf` (required), `polling`.
+    pub tracker: TrackerMode,
 }
 
 impl Default for AgentConfig {
@@ -39,8 +41,21 @@ impl Default for AgentConfig {
             interval: Interval(Duration::from_secs(10)),
             host: String::new(),
             proc_root: PathBuf::from("/proc"),
+            tracker: TrackerMode::Auto,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TrackerMode {
+    /// Try eBPF; on any failure log one line and poll.
+    #[default]
+    Auto,
+    /// eBPF or nothing: the agent exits if the tracker cannot attach.
+    Ebpf,
+    /// Never load eBPF.
+    Polling,
 }
 
 /// One sub-table per collector, `[collectors.<name>]`.

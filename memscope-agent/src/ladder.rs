@@ -360,6 +360,15 @@ mod tests {
 pub struct Shared {
     pub dirty: DirtyHub,
     tiers: Mutex<std::collections::BTreeMap<&'static str, TierStats>>,
+    tracker: Mutex<TrackerCounters>,
+}
+
+/// The tracker's own counters, as last read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TrackerCounters {
+    pub marks_dropped: u64,
+    pub events_received: u64,
+    pub events_lost: u64,
 }
 
 impl Shared {
@@ -373,5 +382,13 @@ impl Shared {
 
     pub fn tier_stats(&self) -> std::collections::BTreeMap<&'static str, TierStats> {
         self.tiers.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_tracker_counters(&self, c: TrackerCounters) {
+        *self.tracker.lock().unwrap_or_else(|p| p.into_inner()) = c;
+    }
+
+    pub fn tracker_counters(&self) -> TrackerCounters {
+        *self.tracker.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

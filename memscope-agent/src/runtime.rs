@@ -7,16 +7,19 @@ use std::{
 };
 
 use anyhow::Context as _;
+use memscope_common::event_kind;
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 use crate::{
     collectors::{CollectCtx, CollectError, Collector, Observation, build_collectors},
     config::Config,
-    ladder::Shared,
+    config::TrackerMode,
+    ladder::{Shared, TrackerCounters},
     procfs::ProcFs,
     sinks::Sink,
     store::{LadderReport, SelfCost, Store, StoreConfig, TrackerInfo},
+    tracker::{self, DirtySource, PollingSource, Tracker, TrackerState},
 };
 
 /// Messages to the store task.
@@ -29,6 +32,8 @@ pub enum StoreMsg {
     },
     /// Emit now.
     Emit,
+    /// The tracker saw a process exit: send its `exit` record at once.
+    Exit { pid: u32 },
 }
 
 /// Resolves the host name: the configured one, else the kernel's.
@@ -67,10 +72,19 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let procfs = ProcFs::new(&config.agent.proc_root);
     let interval = config.agent.interval.get();
-    let tracker = TrackerInfo {
-        mode: "polling".to_string(),
-        reason: Some("eBPF tracker not available in this build".to_string()),
+    let mut tracker = start_tracker(config.agent.tracker, once).await?;
+    let tracker_info = match tracker.source.state() {
+        TrackerState::Ebpf => TrackerInfo {
+            mode: "ebpf".to_string(),
+            reason: None,
+        },
+        TrackerState::Polling { reason } => TrackerInfo {
+            mode: "polling".to_string(),
+            reason: Some(reason.clone()),
+        },
     };
+    let events = tracker.events.take();
+    let source = Arc::new(Mutex::new(tracker.source));
 
     let slots: Vec<Slot> = build_collectors(&config, &procfs)
         .into_iter()
@@ -95,7 +109,7 @@ pub async fn run(
             keyframe_every: config.output.keyframe_every.0,
             interval,
         },
-        tracker,
+        tracker_info,
         &names,
     );
 
@@ -109,12 +123,32 @@ pub async fn run(
         Arc::clone(&shared),
     ));
 
+    // Lifecycle events: exits become `exit` records at once; execs mark the process dirty.
+    let events_task = events.map(|mut rx| {
+        let tx = tx.clone();
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            while let Some(ev) = rx.recv().await {
+                match ev.kind {
+                    event_kind::EXIT => {
+                        if tx.send(StoreMsg::Exit { pid: ev.tgid }).await.is_err() {
+                            break;
+                        }
+                    }
+                    event_kind::EXEC => shared.dirty.publish([ev.tgid]),
+                    _ => {}
+                }
+            }
+        })
+    });
+
     let scheduler = async {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut tick: u64 = 0;
         loop {
             ticker.tick().await;
+            drain_tracker(&source, &shared).await;
             run_due(&slots, &procfs, &shared, once, tick, &tx).await;
             if tx.send(StoreMsg::Emit).await.is_err() {
                 break;
@@ -129,10 +163,57 @@ pub async fn run(
         () = scheduler => {}
         () = shutdown => info!("shutdown requested"),
     }
+    if let Some(t) = events_task {
+        t.abort();
+        let _ = t.await;
+    }
     drop(tx);
     match store_task.await {
         Ok(result) => result,
         Err(e) => Err(anyhow::anyhow!("store task failed: {e}")),
+    }
+}
+
+/// Starts the tracker the config asks for. `--once` never loads eBPF: one pass reads everything.
+async fn start_tracker(mode: TrackerMode, once: bool) -> anyhow::Result<Tracker> {
+    let polling = |reason: &str| Tracker {
+        source: Box::new(PollingSource::new(reason)),
+        events: None,
+    };
+    if mode == TrackerMode::Polling {
+        return Ok(polling("tracker = \"polling\" in the config"));
+    }
+    if once {
+        return Ok(polling("one-shot run (--once): every process is read"));
+    }
+    let pid = std::process::id();
+    let tracker = tokio::task::spawn_blocking(move || tracker::start(pid))
+        .await
+        .context("starting the tracker")?;
+    if let (TrackerMode::Ebpf, TrackerState::Polling { reason }) = (mode, tracker.source.state()) {
+        anyhow::bail!("agent.tracker = \"ebpf\" but eBPF cannot attach: {reason}");
+    }
+    Ok(tracker)
+}
+
+/// Moves the tracker's dirty marks into the hub (a blocking drain, off the async workers).
+async fn drain_tracker(source: &Arc<Mutex<Box<dyn DirtySource>>>, shared: &Arc<Shared>) {
+    let source = Arc::clone(source);
+    let shared = Arc::clone(shared);
+    let drained = tokio::task::spawn_blocking(move || {
+        let mut s = source.lock().unwrap_or_else(|p| p.into_inner());
+        let marks = s.drain();
+        shared.dirty.publish(marks.iter().map(|m| m.tgid));
+        let st = s.stats();
+        shared.set_tracker_counters(TrackerCounters {
+            marks_dropped: st.marks_dropped,
+            events_received: st.events_received,
+            events_lost: st.events_lost,
+        });
+    })
+    .await;
+    if let Err(e) = drained {
+        error!(error = %e, "draining the tracker failed");
     }
 }
 
@@ -215,11 +296,21 @@ async fn store_loop(
                 duration,
                 result,
             } => store.apply(collector, duration, result),
+            StoreMsg::Exit { pid } => {
+                let out = store.exit_now(pid, SystemTime::now());
+                if let Err(e) = sink.write_batch(&out).await {
+                    store.count_dropped(1);
+                    error!(error = %e, pid, "sink write failed; exit record dropped");
+                }
+            }
             StoreMsg::Emit => {
+                let t = shared.tracker_counters();
                 let ladder = LadderReport {
                     tiers: shared.tier_stats(),
                     dirty_marks_received: shared.dirty.received(),
-                    ..LadderReport::default()
+                    dirty_marks_dropped: t.marks_dropped,
+                    events_received: t.events_received,
+                    events_lost: t.events_lost,
                 };
                 let out = store.emit(
                     SystemTime::now(),

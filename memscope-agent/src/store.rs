@@ -163,6 +163,8 @@ pub struct Store {
     sent: HashMap<(&'static str, String), String>,
     lines_emitted: u64,
     lines_dropped: u64,
+    /// Processes reported by `exit_now` since the last processes observation.
+    exited: std::collections::HashSet<u32>,
 }
 
 impl Store {
@@ -182,7 +184,43 @@ impl Store {
             sent: HashMap::new(),
             lines_emitted: 0,
             lines_dropped: 0,
+            exited: std::collections::HashSet::new(),
         }
+    }
+
+    /// An `exit` record at once, between emissions, for a process the tracker saw exit: with the
+    /// numbers last sent for it (or, never sent, last observed), `"at_once": true`, and the seq of
+    /// the latest emission. A process never observed (it lived between two runs) gets
+    /// `"known": false`. The process is dropped from the state so the next emission neither
+    /// re-sends it nor reports its exit twice.
+    pub fn exit_now(&mut self, pid: u32, now: SystemTime) -> Vec<u8> {
+        let key = ("process", pid.to_string());
+        let observed = self.latest.iter_mut().find_map(|(_, o)| match o {
+            Some(Observation::Processes(p)) => Some(p),
+            _ => None,
+        });
+        let mut last = None;
+        if let Some(p) = observed {
+            if let Some(i) = p.processes.iter().position(|r| r.pid == pid) {
+                let r = p.processes.remove(i);
+                last = Some(Record::new("process", key.1.clone(), &r).body);
+            }
+        }
+        let body = match self.sent.remove(&key).or(last) {
+            Some(b) => format!("{b},\"at_once\":true"),
+            None => format!("\"pid\":{pid},\"known\":false,\"at_once\":true"),
+        };
+        self.exited.insert(pid);
+        let ts = rfc3339(now);
+        let header = Header {
+            ts: &ts,
+            host: &self.config.host,
+            seq: self.seq.saturating_sub(1),
+        };
+        let mut out = Vec::new();
+        write_line("exit", &body, &header, &mut out);
+        self.lines_emitted += 1;
+        out
     }
 
     pub fn set_tracker(&mut self, tracker: TrackerInfo) {
@@ -204,7 +242,13 @@ impl Store {
             Ok(obs) => {
                 status.last_ok = true;
                 status.last_error = None;
-                if let Some(obs) = obs {
+                if let Some(mut obs) = obs {
+                    // A process whose exit was already reported may still be in a run that read
+                    // it just before it died.
+                    if let Observation::Processes(p) = &mut obs {
+                        p.processes.retain(|r| !self.exited.contains(&r.pid));
+                        self.exited.clear();
+                    }
                     match self.latest.iter_mut().find(|(n, _)| *n == collector) {
                         Some(slot) => slot.1 = Some(obs),
                         None => self.latest.push((collector, Some(obs))),
