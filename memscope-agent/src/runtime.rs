@@ -130,10 +130,8 @@ pub async fn run(
         tokio::spawn(async move {
             while let Some(ev) = rx.recv().await {
                 match ev.kind {
-                    event_kind::EXIT => {
-                        if tx.send(StoreMsg::Exit { pid: ev.tgid }).await.is_err() {
-                            break;
-                        }
+                    event_kind::EXIT if tx.send(StoreMsg::Exit { pid: ev.tgid }).await.is_err() => {
+                        break;
                     }
                     event_kind::EXEC => shared.dirty.publish([ev.tgid]),
                     _ => {}

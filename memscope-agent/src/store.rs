@@ -200,11 +200,11 @@ impl Store {
             _ => None,
         });
         let mut last = None;
-        if let Some(p) = observed {
-            if let Some(i) = p.processes.iter().position(|r| r.pid == pid) {
-                let r = p.processes.remove(i);
-                last = Some(Record::new("process", key.1.clone(), &r).body);
-            }
+        if let Some(p) = observed
+            && let Some(i) = p.processes.iter().position(|r| r.pid == pid)
+        {
+            let r = p.processes.remove(i);
+            last = Some(Record::new("process", key.1.clone(), &r).body);
         }
         let body = match self.sent.remove(&key).or(last) {
             Some(b) => format!("{b},\"at_once\":true"),
