@@ -16,6 +16,7 @@ use crate::{
 
 pub mod meminfo;
 pub mod processes;
+pub mod tmpfs;
 
 /// What a collector gets on each run.
 pub struct CollectCtx<'a> {
@@ -46,6 +47,7 @@ pub enum CollectError {
 pub enum Observation {
     Meminfo(meminfo::MeminfoObservation),
     Processes(processes::ProcessesObservation),
+    Tmpfs(tmpfs::TmpfsObservation),
 }
 
 /// Turns an observation into records, and says what is worth a warning in the `snapshot` record.
@@ -59,6 +61,7 @@ impl Observation {
         match self {
             Observation::Meminfo(o) => o,
             Observation::Processes(o) => o,
+            Observation::Tmpfs(o) => o,
         }
     }
 }
@@ -97,6 +100,16 @@ pub const REGISTRY: &[CollectorSpec] = &[
             })
         },
     },
+    CollectorSpec {
+        name: "tmpfs",
+        build: |config, _| {
+            let c = &config.collectors.tmpfs;
+            c.common.enabled.then(|| Registered {
+                collector: Box::new(tmpfs::TmpfsCollector::new(c)),
+                interval: config.collector_interval(c.common.interval),
+            })
+        },
+    },
 ];
 
 /// Builds the enabled collectors.
@@ -125,6 +138,7 @@ mod tests {
     fn disabled_collectors_are_not_built() {
         let mut config = Config::default();
         config.collectors.processes.common.enabled = false;
+        config.collectors.tmpfs.common.enabled = false;
         let built = build_collectors(&config, &ProcFs::new("/nonexistent"));
         let names: Vec<_> = built.iter().map(|r| r.collector.name()).collect();
         assert_eq!(names, vec!["meminfo"]);
