@@ -2,6 +2,9 @@
 //! on stdout, then sleeps until killed.
 //!
 //! `memhog anon BYTES` — private anonymous memory.
+//! `memhog shm-deleted PATH BYTES` — creates the file PATH (on a tmpfs such as `/dev/shm`), writes
+//! BYTES into it (every page), unlinks it and keeps the descriptor: memory no path reaches.
+//! `memhog memfd NAME BYTES` — a memfd named NAME with BYTES written, held only by its descriptor.
 
 use std::io::Write;
 
@@ -32,6 +35,19 @@ fn map_anon(bytes: usize) -> anyhow::Result<*mut u8> {
     Ok(p.cast())
 }
 
+/// Writes `bytes` of non-zero data (allocating every page) into `f`.
+fn fill(f: &mut std::fs::File, bytes: usize) -> anyhow::Result<()> {
+    let chunk = vec![0xa5u8; 1 << 16];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        f.write_all(&chunk[..n])?;
+        left -= n;
+    }
+    f.sync_all()?;
+    Ok(())
+}
+
 fn ready_and_wait() -> ! {
     let mut out = std::io::stdout();
     let _ = writeln!(out, "ready");
@@ -55,6 +71,35 @@ fn main() -> anyhow::Result<()> {
             touch(p, bytes);
             ready_and_wait()
         }
-        _ => anyhow::bail!("usage: memhog anon BYTES"),
+        ["shm-deleted", path, bytes] => {
+            let bytes: usize = bytes.parse()?;
+            let mut f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
+            fill(&mut f, bytes)?;
+            std::fs::remove_file(path).map_err(|e| anyhow::anyhow!("unlink {path}: {e}"))?;
+            let _held = f;
+            ready_and_wait()
+        }
+        ["memfd", name, bytes] => {
+            let bytes: usize = bytes.parse()?;
+            let cname = std::ffi::CString::new(*name)?;
+            // SAFETY: a valid NUL-terminated name; the result is checked below.
+            let fd = unsafe { libc::memfd_create(cname.as_ptr(), 0) };
+            if fd < 0 {
+                anyhow::bail!("memfd_create {name}: {}", std::io::Error::last_os_error());
+            }
+            // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+            let mut f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            fill(&mut f, bytes)?;
+            let _held = f;
+            ready_and_wait()
+        }
+        _ => anyhow::bail!(
+            "usage: memhog anon BYTES | memhog shm-deleted PATH BYTES | memhog memfd NAME BYTES"
+        ),
     }
 }
