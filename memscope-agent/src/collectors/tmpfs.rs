@@ -310,7 +310,7 @@ pub struct TmpfsMount {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FdScanSummary {
     pub pids_scanned: u32,
-    /// Processes or descriptors not readable (permission denied).
+    /// Processes whose descriptors were not readable (permission denied).
     pub denied: u32,
 }
 
@@ -550,7 +550,7 @@ impl Collector for TmpfsCollector {
             obs.memfds = scan.memfds;
             if scan.denied > 0 {
                 obs.warnings.push(format!(
-                    "fd scan: {} process(es) or descriptor(s) not readable (permission denied)",
+                    "fd scan: {} process(es) with descriptors not readable (permission denied)",
                     scan.denied
                 ));
             }

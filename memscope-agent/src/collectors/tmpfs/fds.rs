@@ -44,8 +44,9 @@ pub struct FdScan {
     pub memfds: Vec<OpenShmemFile>,
     /// Deleted files on the given tmpfs superblocks, by (dev, inode).
     pub deleted: Vec<OpenShmemFile>,
+    /// Processes whose fd directory was listed.
     pub pids_scanned: u32,
-    /// Processes or descriptors whose fd table or link could not be read (permission denied).
+    /// Processes whose fd table or links could not be read (permission denied), each counted once.
     pub denied: u32,
     /// Other errors, each with its path.
     pub errors: Vec<String>,
@@ -100,28 +101,35 @@ pub fn scan_fds(procfs: &ProcFs, tmpfs_devs: &HashSet<Dev>, max_holders: usize) 
             let path = entry.path();
             let target = match std::fs::read_link(&path) {
                 Ok(t) => t,
-                Err(e) => {
-                    match ProcError::from_io(path, e) {
-                        e if e.is_gone() => {}
-                        e if e.is_denied() => scan.denied += 1,
-                        e => scan.errors.push(e.to_string()),
+                Err(e) => match ProcError::from_io(path, e) {
+                    e if e.is_gone() => continue,
+                    // One denied link means the whole process is off limits: count it once.
+                    e if e.is_denied() => {
+                        scan.denied += 1;
+                        break;
                     }
-                    continue;
-                }
+                    e => {
+                        scan.errors.push(e.to_string());
+                        continue;
+                    }
+                },
             };
             let Some((kind, name)) = candidate(target.as_os_str().as_bytes()) else {
                 continue;
             };
             let meta = match std::fs::metadata(&path) {
                 Ok(m) => m,
-                Err(e) => {
-                    match ProcError::from_io(path, e) {
-                        e if e.is_gone() => {}
-                        e if e.is_denied() => scan.denied += 1,
-                        e => scan.errors.push(e.to_string()),
+                Err(e) => match ProcError::from_io(path, e) {
+                    e if e.is_gone() => continue,
+                    e if e.is_denied() => {
+                        scan.denied += 1;
+                        break;
                     }
-                    continue;
-                }
+                    e => {
+                        scan.errors.push(e.to_string());
+                        continue;
+                    }
+                },
             };
             let dev = Dev::from_st_dev(meta.dev());
             if kind == Candidate::Deleted && !(meta.nlink() == 0 && tmpfs_devs.contains(&dev)) {
