@@ -22,7 +22,7 @@
 //!   `statvfs` (null for an unlimited mount, a hidden one, or on error); `walked_bytes` sums the
 //!   allocation (`st_blocks * 512`) of every file reachable by path, hard links once;
 //!   `unreachable_bytes = allocated_bytes - walked_bytes` when the walk covered the whole filesystem
-//!   (not truncated, from its root): memory of deleted-but-open files or otherwise not reachable.
+//!   (from its root, not truncated, nothing unreadable): memory of deleted-but-open files or otherwise not reachable.
 //! - `{"kind":"memfd", "dev", "inode", "name":"/memfd:NAME", "allocated_bytes", "size_bytes",
 //!   "holders":[pids], "holder_count"}` per memfd held by a descriptor, keyed by `dev/inode`.
 //!
@@ -285,7 +285,8 @@ pub struct TmpfsMount {
     pub walked_bytes: Option<u64>,
     /// Apparent size of the same files.
     pub walked_size_bytes: Option<u64>,
-    /// `allocated_bytes - walked_bytes`, when the walk covered the whole filesystem.
+    /// `allocated_bytes - walked_bytes`, when the walk covered the whole filesystem (from its root,
+    /// not truncated, no entry unreadable).
     pub unreachable_bytes: Option<u64>,
     pub files: u64,
     pub dirs: u64,
@@ -293,7 +294,7 @@ pub struct TmpfsMount {
     pub hidden: bool,
     pub truncated: bool,
     pub truncated_reason: Option<Truncation>,
-    /// Entries the walk could not read (vanished, permission denied).
+    /// Entries the walk could not read (permission denied, I/O errors; vanished ones are skipped).
     pub walk_errors: u64,
     pub top_files: Vec<TopEntry>,
     pub top_dirs: Vec<TopEntry>,
@@ -441,7 +442,8 @@ impl TmpfsCollector {
             }
         }
         let r = walk::walk(&path, &via.mount_point, &self.limits());
-        let whole = r.truncated.is_none() && via.root.as_bytes() == b"/";
+        // Only a complete walk from the filesystem's root says what no path reaches.
+        let whole = r.truncated.is_none() && r.errors == 0 && via.root.as_bytes() == b"/";
         m.walk_root = Some(via.root.clone());
         m.walked_bytes = Some(r.allocated_bytes);
         m.walked_size_bytes = Some(r.size_bytes);

@@ -69,7 +69,8 @@ pub struct WalkResult {
     /// `allocated_bytes`).
     pub top_dirs: Vec<TopEntry>,
     pub truncated: Option<Truncation>,
-    /// Entries that could not be read (vanished mid-walk, permission denied).
+    /// Entries that could not be read (permission denied, I/O errors). Entries removed while the
+    /// walk ran are skipped quietly.
     pub errors: u64,
     /// The first such error, with its path.
     pub first_error: Option<String>,
@@ -143,6 +144,10 @@ fn display_path(label: &Name, root: &Path, path: &Path) -> Name {
     Name(out)
 }
 
+fn is_not_found(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::NotFound
+}
+
 /// Walks `root`, reporting paths as `label` followed by the path below `root`.
 pub fn walk(root: &Path, label: &Name, limits: &WalkLimits) -> WalkResult {
     let start = Instant::now();
@@ -182,6 +187,8 @@ pub fn walk(root: &Path, label: &Name, limits: &WalkLimits) -> WalkResult {
         r.entries += 1;
         let entry = match entry {
             Ok(e) => e,
+            // Removed between listing and stat: nothing left to count, not a problem.
+            Err(e) if e.depth() > 0 && e.io_error().is_some_and(is_not_found) => continue,
             Err(e) => {
                 r.errors += 1;
                 if r.first_error.is_none() {
@@ -193,6 +200,7 @@ pub fn walk(root: &Path, label: &Name, limits: &WalkLimits) -> WalkResult {
         // `symlink_metadata`: walkdir does not follow links here.
         let meta = match entry.metadata() {
             Ok(m) => m,
+            Err(e) if e.io_error().is_some_and(is_not_found) => continue,
             Err(e) => {
                 r.errors += 1;
                 if r.first_error.is_none() {
