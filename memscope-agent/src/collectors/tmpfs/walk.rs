@@ -446,6 +446,30 @@ mod tests {
         );
     }
 
+    /// Needs an unprivileged user (root reads anything): prints why it checks nothing as root.
+    #[test]
+    fn unreadable_directories_are_counted_errors() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let locked = dir.path().join("locked");
+        fs::create_dir(&locked).expect("mkdir");
+        dense(&locked.join("inside"), 4096);
+        fs::set_permissions(&locked, fs::Permissions::from_mode(0o000)).expect("chmod");
+        let r = walk(dir.path(), &Name::from("/m"), &limits());
+        fs::set_permissions(&locked, fs::Permissions::from_mode(0o755)).expect("chmod back");
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            eprintln!(
+                "running as root: permission errors cannot be provoked, only the walk is checked"
+            );
+            assert_eq!(r.errors, 0);
+            return;
+        }
+        assert_eq!(r.errors, 1);
+        assert!(r.first_error.is_some_and(|e| e.contains("locked")));
+        assert_eq!(r.files, 0);
+    }
+
     #[test]
     fn missing_root_is_an_error_not_a_panic() {
         let dir = tempfile::tempdir().expect("tempdir");
