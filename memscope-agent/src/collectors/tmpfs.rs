@@ -135,6 +135,7 @@ pub struct Superblock {
 }
 
 impl Superblock {
+    /// Every mount of the superblock is stacked under another: no path reaches it.
     pub fn hidden(&self) -> bool {
         self.via.is_none()
     }
@@ -358,6 +359,7 @@ pub struct TmpfsCollector {
 }
 
 impl TmpfsCollector {
+    /// A collector with the `[collectors.tmpfs]` settings.
     pub fn new(config: &TmpfsConfig) -> Self {
         TmpfsCollector {
             config: config.clone(),
