@@ -335,6 +335,20 @@ impl TmpfsObservation {
     pub fn mount(&self, dev: Dev) -> Option<&TmpfsMount> {
         self.mounts.iter().find(|m| m.dev == dev)
     }
+
+    /// Allocated bytes summed over the superblocks that could be measured (hidden ones and those
+    /// with an error have no `allocated_bytes` and are left out): the ledger's tmpfs total.
+    pub fn measured_allocated_bytes(&self) -> u64 {
+        self.mounts.iter().filter_map(|m| m.allocated_bytes).sum()
+    }
+
+    /// `(inode, allocated_bytes)` of every fd-held memfd, for a join with smaps memfd objects.
+    pub fn memfd_allocations(&self) -> Vec<(u64, u64)> {
+        self.memfds
+            .iter()
+            .map(|f| (f.inode, f.allocated_bytes))
+            .collect()
+    }
 }
 
 impl ToRecords for TmpfsObservation {
@@ -788,7 +802,12 @@ mod tests {
         let obs = collect(&ProcFs::new(proc.path()), &config);
         let m = obs.mount(d).expect("the mount");
         assert_eq!(m.error, None);
-        assert!(m.limit_bytes.is_some() && m.allocated_bytes.is_some());
+        assert!(m.limit_bytes.is_some());
+        assert_eq!(
+            Some(obs.measured_allocated_bytes()),
+            m.allocated_bytes,
+            "the one mount is measured"
+        );
         assert_eq!(m.files, 1);
         assert_eq!(m.top_files[0].path, Name::from("/m/f"));
         assert_eq!(m.top_files[0].size_bytes, 16384);
@@ -826,6 +845,15 @@ mod tests {
                 f(dev(0, 99), 8, 1 << 20),
             ],
             2,
+        );
+        let obs = TmpfsObservation {
+            mounts: mounts.clone(),
+            ..TmpfsObservation::default()
+        };
+        assert_eq!(
+            obs.measured_allocated_bytes(),
+            0,
+            "a hidden mount is not measured"
         );
         let m = &mounts[0];
         assert!(m.hidden);
