@@ -66,6 +66,7 @@ pub struct CollectorsConfig {
     pub processes: ProcessesConfig,
     pub smaps: SmapsConfig,
     pub sysv: CollectorToggle,
+    pub tmpfs: TmpfsConfig,
 }
 
 /// The settings every collector has.
@@ -139,6 +140,47 @@ impl Default for SmapsConfig {
             min_change: ByteSize(1 << 20),
             max_staleness: Interval(Duration::from_secs(60)),
             budget: Interval(Duration::from_secs(2)),
+        }
+    }
+}
+
+/// `[collectors.tmpfs]`: every tmpfs superblock (limit, allocated, largest files and directories)
+/// and the tmpfs files and memfds held open only by file descriptors.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TmpfsConfig {
+    pub enabled: bool,
+    /// Default one minute: walks and fd scans are the costliest reads after smaps.
+    pub interval: Option<Interval>,
+    /// Where the host's `/` is visible to the agent (`"/host"` in a container); mount points from
+    /// mountinfo are looked up under it.
+    pub host_root: PathBuf,
+    /// Largest files kept per mount (also bounds the deleted-but-open files listed per mount).
+    pub top_files: Positive,
+    /// Largest directories (by the total of their subtree) kept per mount.
+    pub top_dirs: Positive,
+    /// A walk stops (reported `truncated`) after this many entries…
+    pub max_entries: Positive,
+    /// …or after this long.
+    pub max_walk_time: Interval,
+    /// Scan `/proc/PID/fd` for deleted-but-open tmpfs files and memfds.
+    pub scan_fds: bool,
+    /// Holder pids listed per open file (all are counted).
+    pub max_holders: Positive,
+}
+
+impl Default for TmpfsConfig {
+    fn default() -> Self {
+        TmpfsConfig {
+            enabled: true,
+            interval: Some(Interval(Duration::from_secs(60))),
+            host_root: PathBuf::from("/"),
+            top_files: Positive(20),
+            top_dirs: Positive(20),
+            max_entries: Positive(200_000),
+            max_walk_time: Interval(Duration::from_secs(2)),
+            scan_fds: true,
+            max_holders: Positive(16),
         }
     }
 }
@@ -406,6 +448,12 @@ impl Config {
         if self.agent.proc_root.as_os_str().is_empty() {
             return Err(("agent.proc_root", "must not be empty".to_string()));
         }
+        if self.collectors.tmpfs.host_root.as_os_str().is_empty() {
+            return Err((
+                "collectors.tmpfs.host_root",
+                "must not be empty (use \"/\" for the agent's own root)".to_string(),
+            ));
+        }
         Ok(())
     }
 
@@ -663,6 +711,30 @@ keyframe_every = 4
             .expect_err("must fail");
         assert_eq!((e.line, e.key.as_deref()), (Some(3), Some("output.path")));
         assert!(e.message.contains("cannot open"), "{e}");
+    }
+
+    #[test]
+    fn tmpfs_section() {
+        let c = Config::parse(
+            "[collectors.tmpfs]\nhost_root = \"/host\"\ntop_files = 5\nmax_walk_time = \"500ms\"\nscan_fds = false\n",
+            "x",
+        )
+        .expect("parses");
+        let t = &c.collectors.tmpfs;
+        assert_eq!(t.host_root, PathBuf::from("/host"));
+        assert_eq!(t.top_files, Positive(5));
+        assert_eq!(t.top_dirs, TmpfsConfig::default().top_dirs);
+        assert_eq!(t.max_walk_time.get(), Duration::from_millis(500));
+        assert!(!t.scan_fds && t.enabled);
+        let e = err("[collectors.tmpfs]\ntop_filez = 3\n");
+        assert!(e.message.contains("top_filez"), "{e}");
+        let e = err("[collectors.tmpfs]\ntop_dirs = 0\n");
+        assert_eq!(e.key.as_deref(), Some("collectors.tmpfs.top_dirs"));
+        let e = err("[collectors.tmpfs]\n\nhost_root = \"\"\n");
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(3), Some("collectors.tmpfs.host_root"))
+        );
     }
 
     #[test]

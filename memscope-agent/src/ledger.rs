@@ -169,8 +169,14 @@ pub fn emission_records(
 }
 
 /// The tmpfs collector's part of the ledger, if `obs` is its observation.
-fn tmpfs_inputs(_obs: &Observation) -> Option<TmpfsInputs> {
-    None
+fn tmpfs_inputs(obs: &Observation) -> Option<TmpfsInputs> {
+    match obs {
+        Observation::Tmpfs(t) => Some(TmpfsInputs {
+            allocated_bytes: t.measured_allocated_bytes(),
+            memfds: t.memfd_allocations(),
+        }),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

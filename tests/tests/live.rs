@@ -3,10 +3,15 @@
 
 use std::{
     io::{BufRead, BufReader},
+    os::unix::fs::MetadataExt,
+    path::PathBuf,
     process::{Command, Stdio},
 };
 
-use memscope_agent::config::Config;
+use memscope_agent::{
+    collectors::tmpfs::Dev,
+    config::{Config, Positive},
+};
 use memscope_tests::{require_root, run_once};
 use serde_json::Value;
 
@@ -174,7 +179,7 @@ fn shared_objects_are_split_between_their_mappers() {
         &info["same_path"],
     ]
     .map(|p| p.as_str().expect("path").to_string());
-    let _guard = RemoveOnDrop(cleanup.to_vec());
+    let _guard = RemoveOnDrop(cleanup.iter().map(PathBuf::from).collect());
     let children: Vec<u64> = info["children"]
         .as_array()
         .expect("children")
@@ -263,8 +268,8 @@ fn shared_objects_are_split_between_their_mappers() {
     assert!(ledger["sysv_bytes"].as_u64().expect("sysv") >= SIZE);
 }
 
-/// Removes files when dropped (the test's /dev/shm files).
-struct RemoveOnDrop(Vec<String>);
+/// Removes files on drop (also when an assertion fails): the tests' /dev/shm files.
+struct RemoveOnDrop(Vec<PathBuf>);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
@@ -272,4 +277,97 @@ impl Drop for RemoveOnDrop {
             let _ = std::fs::remove_file(p);
         }
     }
+}
+
+/// A config for the tmpfs tests: only the tmpfs collector, with room for every file of /dev/shm.
+fn tmpfs_config() -> Config {
+    let mut config = Config::default();
+    config.collectors.processes.enabled = false;
+    config.collectors.smaps.enabled = false;
+    config.collectors.tmpfs.top_files = Positive(10_000);
+    config
+}
+
+fn tmpfs_record<'a>(lines: &'a [Value], dev: &str) -> &'a Value {
+    lines
+        .iter()
+        .find(|l| l["kind"] == "tmpfs" && l["dev"] == dev)
+        .unwrap_or_else(|| panic!("no tmpfs record for {dev}"))
+}
+
+#[test]
+fn tmpfs_reports_a_dev_shm_file_and_a_deleted_file_held_open() {
+    require_root("live");
+    let me = std::process::id();
+    let path = PathBuf::from(format!("/dev/shm/memscope-live-{me}"));
+    let _cleanup = RemoveOnDrop(vec![path.clone()]);
+    // 3 MiB and three pages, every page written.
+    let size = (3usize << 20) + 3 * 4096;
+    std::fs::write(&path, vec![0x5au8; size]).expect("write /dev/shm file");
+    let meta = std::fs::metadata(&path).expect("stat");
+    assert_eq!(meta.blocks() * 512, size as u64, "every page allocated");
+    let dev = Dev::from_st_dev(meta.dev()).to_string();
+
+    let deleted_path = format!("/dev/shm/memscope-live-deleted-{me}");
+    let _cleanup_deleted = RemoveOnDrop(vec![PathBuf::from(&deleted_path)]);
+    let deleted_size = (2u64 << 20) + 8192;
+    let child = Child::spawn(&["shm-deleted", &deleted_path, &deleted_size.to_string()]);
+
+    let lines = run_once(tmpfs_config()).expect("agent runs");
+    let shm = tmpfs_record(&lines, &dev);
+    assert_eq!(shm["hidden"], false);
+    assert_eq!(shm["error"], Value::Null, "{shm}");
+    assert!(
+        shm["mount_points"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|p| p == "/dev/shm"))
+    );
+    let file = shm["top_files"]
+        .as_array()
+        .and_then(|t| {
+            t.iter()
+                .find(|f| f["path"] == path.to_str().expect("utf-8"))
+        })
+        .unwrap_or_else(|| panic!("{} not in top_files: {shm}", path.display()));
+    assert_eq!(file["allocated_bytes"], size as u64);
+    assert_eq!(file["size_bytes"], size as u64);
+
+    let held = shm["deleted_open"]
+        .as_array()
+        .and_then(|d| d.iter().find(|f| f["name"] == deleted_path.as_str()))
+        .unwrap_or_else(|| panic!("{deleted_path} not in deleted_open: {shm}"));
+    assert_eq!(held["allocated_bytes"], deleted_size);
+    assert!(
+        held["holders"]
+            .as_array()
+            .is_some_and(|h| h.iter().any(|p| *p == child.pid)),
+        "holder {} missing: {held}",
+        child.pid
+    );
+    assert!(shm["deleted_open_bytes"].as_u64().expect("bytes") >= deleted_size);
+    let allocated = shm["allocated_bytes"].as_u64().expect("allocated");
+    let walked = shm["walked_bytes"].as_u64().expect("walked");
+    assert!(allocated >= size as u64 && walked >= size as u64);
+    assert!(shm["unreachable_bytes"].is_u64(), "{shm}");
+}
+
+#[test]
+fn memfd_held_by_a_descriptor_is_reported_with_its_holder() {
+    require_root("live");
+    let bytes = (1u64 << 20) + 4096;
+    let child = Child::spawn(&["memfd", "memscope-live", &bytes.to_string()]);
+    let lines = run_once(tmpfs_config()).expect("agent runs");
+    let memfd = lines
+        .iter()
+        .find(|l| {
+            l["kind"] == "memfd"
+                && l["name"] == "/memfd:memscope-live"
+                && l["holders"]
+                    .as_array()
+                    .is_some_and(|h| h.iter().any(|p| *p == child.pid))
+        })
+        .unwrap_or_else(|| panic!("no memfd record held by {}", child.pid));
+    assert_eq!(memfd["allocated_bytes"], bytes);
+    assert_eq!(memfd["holder_count"], 1);
+    assert!(memfd["inode"].as_u64().is_some_and(|i| i > 0));
 }

@@ -18,6 +18,7 @@ pub mod meminfo;
 pub mod processes;
 pub mod smaps;
 pub mod sysv;
+pub mod tmpfs;
 
 /// What a collector gets on each run.
 pub struct CollectCtx<'a> {
@@ -66,6 +67,7 @@ pub enum Observation {
     Processes(processes::ProcessesObservation),
     Objects(smaps::ObjectsObservation),
     Sysv(sysv::SysvObservation),
+    Tmpfs(tmpfs::TmpfsObservation),
 }
 
 /// Turns an observation into records, and says what is worth a warning in the `snapshot` record.
@@ -81,6 +83,7 @@ impl Observation {
             Observation::Processes(o) => o,
             Observation::Objects(o) => o,
             Observation::Sysv(o) => o,
+            Observation::Tmpfs(o) => o,
         }
     }
 }
@@ -139,6 +142,16 @@ pub const REGISTRY: &[CollectorSpec] = &[
             })
         },
     },
+    CollectorSpec {
+        name: "tmpfs",
+        build: |config, _| {
+            let c = &config.collectors.tmpfs;
+            c.enabled.then(|| Registered {
+                collector: Box::new(tmpfs::TmpfsCollector::new(c)),
+                interval: config.collector_interval(c.interval),
+            })
+        },
+    },
 ];
 
 /// Builds the enabled collectors.
@@ -167,6 +180,7 @@ mod tests {
     fn disabled_collectors_are_not_built() {
         let mut config = Config::default();
         config.collectors.processes.enabled = false;
+        config.collectors.tmpfs.enabled = false;
         let built = build_collectors(&config, &ProcFs::new("/nonexistent"));
         let names: Vec<_> = built.iter().map(|r| r.collector.name()).collect();
         assert_eq!(names, vec!["meminfo", "smaps", "sysv"]);

@@ -10,6 +10,9 @@
 //! path (the first deleted, then recreated), both mapped by the parent. Prints one JSON line with
 //! the pids, inodes, shmid and paths, then `ready`. Children die with the parent; the test removes
 //! the `/dev/shm` files.
+//! `memhog shm-deleted PATH BYTES` — creates the file PATH (on a tmpfs such as `/dev/shm`), writes
+//! BYTES into it (every page), unlinks it and keeps the descriptor: memory no path reaches.
+//! `memhog memfd NAME BYTES` — a memfd named NAME with BYTES written, held only by its descriptor.
 
 use std::io::Write;
 
@@ -137,18 +140,7 @@ fn shared(size: usize, n: usize, unmapped: usize) -> anyhow::Result<()> {
     touch(sysv_map, size);
     // An unmapped /dev/shm file with data written (allocated, never mapped).
     let unmapped_path = format!("/dev/shm/memscope-live-{me}-unmapped");
-    let ufd = create_file(&unmapped_path, 0)?;
-    let chunk = vec![7u8; 1 << 16];
-    let mut left = unmapped;
-    while left > 0 {
-        let k = left.min(chunk.len());
-        let w = unsafe { libc::write(ufd, chunk.as_ptr().cast(), k) };
-        if w <= 0 {
-            anyhow::bail!("write {unmapped_path}: {}", std::io::Error::last_os_error());
-        }
-        left -= w as usize;
-    }
-    unsafe { libc::close(ufd) };
+    fill(&mut std::fs::File::create(&unmapped_path)?, unmapped)?;
     // Two files with one path: the first mapped, deleted, then the path recreated and mapped.
     let same_path = format!("/dev/shm/memscope-live-{me}-same");
     let same_size = 64 << 10;
@@ -220,6 +212,19 @@ fn inode_of_path(path: &str) -> anyhow::Result<u64> {
     Ok(std::fs::metadata(path)?.ino())
 }
 
+/// Writes `bytes` of non-zero data (allocating every page) into `f`.
+fn fill(f: &mut std::fs::File, bytes: usize) -> anyhow::Result<()> {
+    let chunk = vec![0xa5u8; 1 << 16];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        f.write_all(&chunk[..n])?;
+        left -= n;
+    }
+    f.sync_all()?;
+    Ok(())
+}
+
 fn ready_and_wait() -> ! {
     let mut out = std::io::stdout();
     let _ = writeln!(out, "ready");
@@ -244,6 +249,35 @@ fn main() -> anyhow::Result<()> {
             ready_and_wait()
         }
         ["shared", size, n, unmapped] => shared(size.parse()?, n.parse()?, unmapped.parse()?),
-        _ => anyhow::bail!("usage: memhog anon BYTES | memhog shared SIZE N UNMAPPED"),
+        ["shm-deleted", path, bytes] => {
+            let bytes: usize = bytes.parse()?;
+            let mut f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
+            fill(&mut f, bytes)?;
+            std::fs::remove_file(path).map_err(|e| anyhow::anyhow!("unlink {path}: {e}"))?;
+            let _held = f;
+            ready_and_wait()
+        }
+        ["memfd", name, bytes] => {
+            let bytes: usize = bytes.parse()?;
+            let cname = std::ffi::CString::new(*name)?;
+            // SAFETY: a valid NUL-terminated name; the result is checked below.
+            let fd = unsafe { libc::memfd_create(cname.as_ptr(), 0) };
+            if fd < 0 {
+                anyhow::bail!("memfd_create {name}: {}", std::io::Error::last_os_error());
+            }
+            // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+            let mut f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            fill(&mut f, bytes)?;
+            let _held = f;
+            ready_and_wait()
+        }
+        _ => anyhow::bail!(
+            "usage: memhog anon BYTES | memhog shared SIZE N UNMAPPED | memhog shm-deleted PATH BYTES | memhog memfd NAME BYTES"
+        ),
     }
 }
