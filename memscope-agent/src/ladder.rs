@@ -79,6 +79,16 @@ struct Entry {
     pending: Option<(Reason, Instant)>,
 }
 
+/// When a process read at time t is re-read for staleness: between 3/4 and all of `max_staleness`
+/// after t, spread by pid, so processes first read together (at start) don't all expire in the
+/// same tick. Never later than `max_staleness`.
+pub fn stale_after(max_staleness: Duration, pid: u32) -> Duration {
+    // Fibonacci hashing spreads consecutive pids; 1/4 of the bound is the spread.
+    let h = pid.wrapping_mul(0x9E37_79B9) >> 16; // 0..65535
+    let spread = max_staleness / 4;
+    max_staleness - spread.mul_f64(f64::from(h) / 65_536.0)
+}
+
 /// Per-tier bookkeeping of which processes are due.
 #[derive(Debug)]
 pub struct Ladder {
@@ -126,9 +136,9 @@ impl Ladder {
         if moved * page >= policy.min_change_bytes.max(1) {
             Self::set_pending(e, Reason::Residency, now);
         }
-        if e.last_read
-            .is_some_and(|t| now.saturating_duration_since(t) >= policy.max_staleness)
-        {
+        if e.last_read.is_some_and(|t| {
+            now.saturating_duration_since(t) >= stale_after(policy.max_staleness, pid)
+        }) {
             Self::set_pending(e, Reason::Stale, now);
         }
     }
@@ -311,15 +321,26 @@ mod tests {
     fn staleness_bounds_the_age() {
         let mut l = ladder();
         let t0 = Instant::now();
-        l.observe(1, statm(1, 1), t0);
-        l.done(1, t0);
-        l.observe(1, statm(1, 1), t0 + Duration::from_secs(59));
+        let pid = 7;
+        let after = stale_after(Duration::from_secs(60), pid);
+        l.observe(pid, statm(1, 1), t0);
+        l.done(pid, t0);
+        l.observe(pid, statm(1, 1), t0 + after - Duration::from_millis(1));
         assert!(l.due().is_empty());
-        l.observe(1, statm(1, 1), t0 + Duration::from_secs(60));
-        assert_eq!(l.due(), vec![(1, Reason::Stale)]);
-        assert_eq!(
-            l.oldest_read_age(t0 + Duration::from_secs(60)),
-            Some(Duration::from_secs(60))
+        l.observe(pid, statm(1, 1), t0 + after);
+        assert_eq!(l.due(), vec![(pid, Reason::Stale)]);
+        assert_eq!(l.oldest_read_age(t0 + after), Some(after));
+    }
+
+    #[test]
+    fn stale_deadlines_are_spread_but_bounded() {
+        let max = Duration::from_secs(60);
+        let deadlines: Vec<Duration> = (1..=1000).map(|pid| stale_after(max, pid)).collect();
+        assert!(deadlines.iter().all(|d| *d <= max && *d >= max * 3 / 4));
+        let distinct: HashSet<u128> = deadlines.iter().map(|d| d.as_millis() / 1000).collect();
+        assert!(
+            distinct.len() >= 10,
+            "spread over at least 10 seconds: {distinct:?}"
         );
     }
 
