@@ -212,3 +212,62 @@ fn print_default_config_round_trips_through_check_config() {
         String::from_utf8_lossy(&check.stderr)
     );
 }
+
+/// Without privileges the tracker falls back to polling with one log line, and the snapshot says
+/// why. As root the agent is run as `nobody` (from a copy of the binary that `nobody` can execute).
+#[test]
+fn unprivileged_run_falls_back_to_polling_with_one_log_line() {
+    use std::os::unix::{fs::PermissionsExt, process::CommandExt};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let bin = dir.path().join("memscope-agent");
+    std::fs::copy(env!("CARGO_BIN_EXE_memscope-agent"), &bin).expect("copy the agent");
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let cfg = dir.path().join("fast.toml");
+    std::fs::write(
+        &cfg,
+        "[agent]\ninterval = \"300ms\"\n[collectors.tmpfs]\nenabled = false\n",
+    )
+    .expect("config");
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+
+    let mut cmd = Command::new(&bin);
+    cmd.arg("--config").arg(&cfg);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        cmd.uid(65534).gid(65534);
+    }
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the agent");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let out = child.wait_with_output().expect("agent output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "clean exit on SIGTERM: {stderr}");
+    let fallbacks = stderr
+        .lines()
+        .filter(|l| l.contains("running in polling mode"))
+        .count();
+    assert_eq!(fallbacks, 1, "exactly one fallback line in: {stderr}");
+    let lines = json_lines(&out.stdout);
+    let snapshots: Vec<&Value> = lines.iter().filter(|l| l["kind"] == "snapshot").collect();
+    assert!(
+        snapshots.len() >= 2,
+        "the daemon emitted repeatedly: {}",
+        snapshots.len()
+    );
+    for s in snapshots {
+        assert_eq!(s["tracker"]["mode"], "polling");
+        assert!(
+            s["tracker"]["reason"]
+                .as_str()
+                .is_some_and(|r| !r.is_empty()),
+            "the snapshot says why: {s}"
+        );
+    }
+}

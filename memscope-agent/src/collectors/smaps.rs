@@ -178,6 +178,8 @@ pub struct ProcessObjects {
     pub read_at: Instant,
     /// Bytes of that read.
     pub smaps_bytes: u64,
+    /// How many times this process's smaps has been read.
+    pub reads: u64,
 }
 
 /// A process's share of an object.
@@ -574,7 +576,13 @@ impl SmapsCollector {
             objects,
             read_at: Instant::now(),
             smaps_bytes: self.buf.len() as u64,
+            reads: 1,
         })
+    }
+
+    /// How many times `pid`'s smaps was read (since it was first seen); `None` if not tracked.
+    pub fn reads_of(&self, pid: u32) -> Option<u64> {
+        self.cache.get(&pid).map(|p| p.reads)
     }
 
     /// Whether a change of `object`'s mapper set moves the other mappers' numbers enough to re-read
@@ -658,7 +666,12 @@ impl Collector for SmapsCollector {
                 continue;
             }
             match self.read_process(ctx.procfs, pid, &tmpfs_devs) {
-                Ok(p) => {
+                Ok(mut p) => {
+                    if let Some(old) = self.cache.get(&pid)
+                        && old.start_ticks == p.start_ticks
+                    {
+                        p.reads += old.reads;
+                    }
                     obs.processes_read += 1;
                     self.stats.count(reason);
                     self.ladder.done(pid, Instant::now());
@@ -787,6 +800,7 @@ Shared_Clean:          4 kB
             objects: fold_process(text.as_bytes(), &devs()).expect("parses"),
             read_at: Instant::now(),
             smaps_bytes: text.len() as u64,
+            reads: 1,
         }
     }
 

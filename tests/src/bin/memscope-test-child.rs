@@ -2,7 +2,8 @@
 //! on stack buffers, so that between commands it makes no memory-layout syscalls at all.
 //!
 //! Prints `ready` once started, then for each line on stdin: `mmap` maps and touches one anonymous
-//! page (and keeps it), `shmget` creates and removes a 1 MiB SysV segment; answers `done`.
+//! page (and keeps it), `shmget` creates and removes a 1 MiB SysV segment, `memfd` maps and touches
+//! a new 256 KiB memfd named `memscope-test-memfd` (and keeps it); answers `done`.
 //! Exits on end of input. Argument `exit`: exits at once.
 
 fn write_line(text: &[u8]) {
@@ -37,6 +38,29 @@ fn main() {
                 );
                 if page != libc::MAP_FAILED {
                     page.cast::<u8>().write_volatile(1);
+                }
+            }
+        } else if command.starts_with(b"memfd") {
+            const SIZE: usize = 256 << 10;
+            // SAFETY: a fresh memfd, sized and mapped shared; we only write inside the mapping.
+            unsafe {
+                let fd = libc::memfd_create(c"memscope-test-memfd".as_ptr(), 0);
+                if fd >= 0 && libc::ftruncate(fd, SIZE as libc::off_t) == 0 {
+                    let p = libc::mmap(
+                        std::ptr::null_mut(),
+                        SIZE,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_SHARED,
+                        fd,
+                        0,
+                    );
+                    if p != libc::MAP_FAILED {
+                        let mut off = 0;
+                        while off < SIZE {
+                            p.cast::<u8>().add(off).write_volatile(1);
+                            off += 4096;
+                        }
+                    }
                 }
             }
         } else if command.starts_with(b"shmget") {
