@@ -7,12 +7,13 @@
 //!
 //! With eBPF, [`DirtySource::drain`] returns the processes marked since the last drain, and
 //! [`Tracker::events`] carries [`LifecycleEvent`]s (process fork, exec, exit, shmget with its size).
-//! FORK events on the channel are processes: the tracker drops forks that created threads.
+//! FORK events are processes only: the fork program (`tp_btf`) drops new threads in the kernel.
 
 use std::fmt;
 
 use memscope_common::{LifecycleEvent, reason};
 
+pub mod btf;
 #[cfg(not(memscope_no_ebpf))]
 mod ebpf;
 mod error;
@@ -49,7 +50,7 @@ pub struct TrackerStats {
     pub marks_received: u64,
     /// Marks the kernel could not store because the dirty map was full.
     pub marks_dropped: u64,
-    /// Lifecycle events read from the ring buffer (threads' forks included, before filtering).
+    /// Lifecycle events read from the ring buffer.
     pub events_received: u64,
     /// Events the kernel could not put into the full ring buffer, plus events read after the
     /// channel's receiver was dropped.
