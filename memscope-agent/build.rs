@@ -56,6 +56,10 @@ fn main() -> anyhow::Result<()> {
 
 fn build(workspace: &Path) -> anyhow::Result<()> {
     check_toolchain()?;
+    // aya-build relays every line of the nested cargo's stderr as a cargo warning; keep only
+    // real diagnostics by silencing its progress lines ("Compiling …").
+    // SAFETY: build scripts are single-threaded here; nothing reads the environment concurrently.
+    unsafe { env::set_var("CARGO_TERM_QUIET", "true") };
     let root_dir = workspace.join(EBPF_PACKAGE);
     let root_dir = root_dir
         .to_str()

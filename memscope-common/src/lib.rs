@@ -70,8 +70,8 @@ pub struct DirtyEntry {
 
 /// Kind of a [`LifecycleEvent`].
 pub mod event_kind {
-    /// A task was forked. `tgid` is the child's task id; it is a new process only if the child is
-    /// not a thread of `ptgid` (the tracepoint fires for threads too; the agent checks).
+    /// A new process: `tgid` is the child, `ptgid` the parent. (The fork tracepoint fires for new
+    /// threads too; the program drops those by comparing the child task's tgid with the parent's.)
     pub const FORK: u32 = 1;
     /// `tgid` called `execve` successfully.
     pub const EXEC: u32 = 2;
@@ -96,7 +96,7 @@ pub mod event_flag {
 pub struct LifecycleEvent {
     /// One of [`event_kind`].
     pub kind: u32,
-    /// The process (thread group) the event is about; for fork, the child's task id.
+    /// The process (thread group) the event is about; for fork, the child.
     pub tgid: u32,
     /// For fork: the parent's tgid. Otherwise zero.
     pub ptgid: u32,
@@ -115,8 +115,9 @@ pub const OFFSET_ABSENT: u32 = u32::MAX;
 
 /// Configuration written by the agent into [`CONFIG_MAP`] slot 0 before attaching.
 ///
-/// Tracepoint field offsets differ between kernels (e.g. `sched_process_fork`'s `child_pid` is at
-/// 44 on 5.x and at 20 on 6.18), so the agent reads them from tracefs `format` files at load time.
+/// Tracepoint field offsets differ between kernels (e.g. `sched_process_exit` gained `group_dead`),
+/// so the agent reads them from tracefs `format` files at load time, and the one kernel struct
+/// offset (`task_struct.tgid`) from the kernel's BTF.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
@@ -124,8 +125,8 @@ pub struct Config {
     pub agent_tgid: u32,
     /// [`CONFIG_READY`].
     pub flags: u32,
-    /// `sched:sched_process_fork` field `child_pid` (4 bytes).
-    pub fork_child_pid_off: u32,
+    /// Offset of `tgid` (4 bytes) in `struct task_struct`, for `tp_btf/sched_process_fork`.
+    pub task_tgid_off: u32,
     /// `sched:sched_process_exit` field `group_dead` (1 byte), or [`OFFSET_ABSENT`].
     pub exit_group_dead_off: u32,
     /// `syscalls:sys_enter_shmget` field `size` (8 bytes).

@@ -1,11 +1,12 @@
 //! The programs, maps and helpers (bpf target only).
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::{BPF_ANY, BPF_F_NO_PREALLOC},
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{map, tracepoint},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::{btf_tracepoint, map, tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use aya_log_ebpf::warn;
 use memscope_common::{
@@ -30,6 +31,8 @@ static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
 
 /// Largest tracepoint field offset we accept from the config (records are far smaller).
 const MAX_FIELD_OFFSET: u32 = 4096;
+/// Largest `task_struct` member offset we accept from the config.
+const MAX_TASK_OFFSET: u32 = 16384;
 
 #[inline(always)]
 fn current_tgid() -> u32 {
@@ -132,7 +135,7 @@ fn mark(ctx: &TracePointContext, bit: u32) -> Result<u32, u32> {
 
 /// Sends a lifecycle event; counts and (rate-limited) logs a full ring buffer.
 #[inline(always)]
-fn emit(ctx: &TracePointContext, kind: u32, tgid: u32, ptgid: u32, flags: u32, arg: u64) -> u32 {
+fn emit<C: EbpfContext>(ctx: &C, kind: u32, tgid: u32, ptgid: u32, flags: u32, arg: u64) -> u32 {
     let event = LifecycleEvent {
         kind,
         tgid,
@@ -199,26 +202,38 @@ fn try_shmget(ctx: &TracePointContext) -> Result<u32, u32> {
     marked
 }
 
-#[tracepoint]
-pub fn memscope_fork(ctx: TracePointContext) -> u32 {
+/// `tp_btf` rather than the classic tracepoint: its arguments are the parent and child
+/// `task_struct`s, so the new task's tgid tells a new process from a new thread (the classic
+/// tracepoint only has the child's task id, and a short-lived thread is gone before the agent can
+/// look it up in /proc).
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn memscope_fork(ctx: BtfTracePointContext) -> u32 {
     match try_fork(&ctx) {
         Ok(r) | Err(r) => r,
     }
 }
 
-fn try_fork(ctx: &TracePointContext) -> Result<u32, u32> {
+fn try_fork(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     let cfg = config().ok_or(0_u32)?;
-    // `current` is the parent. The child may be a thread of the parent: the agent tells them apart
-    // (it checks whether /proc/<parent>/task/<child> exists) before passing the event on.
-    let child: i32 = match read_field(ctx, cfg.fork_child_pid_off) {
-        Ok(child) => child,
-        Err(e) => {
-            warn!(ctx, "sched_process_fork: cannot read child_pid");
-            return Err(e);
-        }
+    if cfg.task_tgid_off >= MAX_TASK_OFFSET {
+        return Err(1);
+    }
+    // `current` is the parent; argument 1 is the child's `struct task_struct *`.
+    let child: *const u8 = ctx.arg(1);
+    // SAFETY: bpf_probe_read_kernel tolerates any address; the offset of `tgid` in `task_struct`
+    // comes from the running kernel's BTF.
+    let child_tgid =
+        unsafe { bpf_probe_read_kernel(child.add(cfg.task_tgid_off as usize).cast::<i32>()) };
+    let Ok(child_tgid) = child_tgid else {
+        warn!(ctx, "sched_process_fork: cannot read the child's tgid");
+        return Err(1);
     };
-    let child = u32::try_from(child).map_err(|_| 1_u32)?;
-    Ok(emit(ctx, event_kind::FORK, child, current_tgid(), 0, 0))
+    let child_tgid = u32::try_from(child_tgid).map_err(|_| 1_u32)?;
+    let parent = current_tgid();
+    if child_tgid == parent {
+        return Ok(0); // a new thread, not a new process
+    }
+    Ok(emit(ctx, event_kind::FORK, child_tgid, parent, 0, 0))
 }
 
 #[tracepoint]

@@ -23,7 +23,6 @@ use std::{
     collections::HashMap as StdHashMap,
     io,
     os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
-    path::Path,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -33,9 +32,9 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{BtfTracePoint, TracePoint},
 };
 use memscope_common::{
     CONFIG_MAP, COUNTERS_MAP, Config, Counters, DIRTY_MAP, DIRTY_MAP_ENTRIES, DirtyEntry,
@@ -44,15 +43,15 @@ use memscope_common::{
 use tokio::sync::mpsc;
 
 use super::{
-    DirtyMark, DirtySource, EVENT_CHANNEL_CAPACITY, TrackerError, TrackerState, TrackerStats,
+    DirtyMark, DirtySource, EVENT_CHANNEL_CAPACITY, TrackerError, TrackerState, TrackerStats, btf,
     tracefs,
 };
 
 /// The object built by `build.rs` from the `memscope-ebpf` crate.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memscope-probes"));
 
-/// (program, tracefs category, tracepoint).
-const PROGRAMS: [(&str, &str, &str); 11] = [
+/// (program, tracefs category, tracepoint) of the classic tracepoint programs.
+const PROGRAMS: [(&str, &str, &str); 10] = [
     ("memscope_mmap", "syscalls", "sys_enter_mmap"),
     ("memscope_munmap", "syscalls", "sys_enter_munmap"),
     ("memscope_mremap", "syscalls", "sys_enter_mremap"),
@@ -61,7 +60,6 @@ const PROGRAMS: [(&str, &str, &str); 11] = [
     ("memscope_shmat", "syscalls", "sys_enter_shmat"),
     ("memscope_shmdt", "syscalls", "sys_enter_shmdt"),
     ("memscope_madvise", "syscalls", "sys_enter_madvise"),
-    ("memscope_fork", "sched", "sched_process_fork"),
     ("memscope_exec", "sched", "sched_process_exec"),
     ("memscope_exit", "sched", "sched_process_exit"),
 ];
@@ -98,9 +96,23 @@ impl EbpfSource {
     ) -> Result<(Self, mpsc::Receiver<LifecycleEvent>), TrackerError> {
         let started = Instant::now();
         let tracefs = tracefs::find_or_mount()?;
-        let config = tracefs::Formats::read(&tracefs)?.config(agent_tgid)?;
+        let vmlinux = std::fs::read(btf::VMLINUX_BTF).map_err(|source| TrackerError::BtfRead {
+            path: btf::VMLINUX_BTF.into(),
+            source,
+        })?;
+        let task_tgid_off =
+            btf::member_offset(&vmlinux, "task_struct", "tgid").map_err(|source| {
+                TrackerError::BtfParse {
+                    path: btf::VMLINUX_BTF.into(),
+                    source,
+                }
+            })?;
+        let config = tracefs::Formats::read(&tracefs)?.config(agent_tgid, task_tgid_off)?;
 
+        // One parse of the kernel's BTF serves the loader's relocations and the tp_btf program.
+        let kernel_btf = Btf::from_sys_fs().map_err(|e| TrackerError::BtfLoad(Box::new(e)))?;
         let mut ebpf = EbpfLoader::new()
+            .btf(Some(&kernel_btf))
             .load(OBJECT)
             .map_err(|e| TrackerError::Load(Box::new(e)))?;
         let logger = start_logger(&mut ebpf);
@@ -126,6 +138,7 @@ impl EbpfSource {
                     source: Box::new(source),
                 })?;
         }
+        attach_fork(&mut ebpf, &kernel_btf)?;
         let dirty = ebpf
             .take_map(DIRTY_MAP)
             .ok_or(TrackerError::MissingMap { name: DIRTY_MAP })?;
@@ -148,7 +161,7 @@ impl EbpfSource {
             .map_err(TrackerError::Thread)?;
         tracing::debug!(
             elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
-            programs = PROGRAMS.len(),
+            programs = PROGRAMS.len() + 1,
             tracefs = %tracefs.display(),
             "eBPF programs loaded and attached"
         );
@@ -267,6 +280,27 @@ impl Drop for EbpfSource {
             tracing::warn!("the eBPF event thread panicked");
         }
     }
+}
+
+/// The fork program is `tp_btf` (it reads the child's `task_struct`); it needs the kernel's BTF.
+fn attach_fork(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), TrackerError> {
+    const NAME: &str = "memscope_fork";
+    let program_error = |source| TrackerError::Program {
+        name: NAME,
+        category: "tp_btf",
+        tracepoint: "sched_process_fork",
+        source: Box::new(source),
+    };
+    let program: &mut BtfTracePoint = ebpf
+        .program_mut(NAME)
+        .ok_or(TrackerError::MissingProgram { name: NAME })?
+        .try_into()
+        .map_err(program_error)?;
+    program
+        .load("sched_process_fork", btf)
+        .map_err(program_error)?;
+    program.attach().map_err(program_error)?;
+    Ok(())
 }
 
 fn write_config(ebpf: &mut Ebpf, config: Config) -> Result<(), TrackerError> {
@@ -403,9 +437,6 @@ fn event_loop(
             drop(item);
             shared.events_received.fetch_add(1, Ordering::Relaxed);
             if event.kind == event_kind::FORK {
-                if is_thread_of(event.tgid, event.ptgid) {
-                    continue;
-                }
                 match shared.forked.lock() {
                     Ok(mut forked) => forked.push(event.tgid),
                     Err(poisoned) => poisoned.into_inner().push(event.tgid),
@@ -429,10 +460,4 @@ fn parse_event(bytes: &[u8]) -> Option<LifecycleEvent> {
     // SAFETY: the length is checked; LifecycleEvent is plain integers (any bit pattern is valid)
     // and read_unaligned tolerates the ring buffer's 8-byte alignment.
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<LifecycleEvent>()) })
-}
-
-/// Whether task `child` is a thread of process `parent` (the fork tracepoint fires for threads).
-/// A task that is already gone reads as "not a thread": its EXIT event follows if it was a process.
-fn is_thread_of(child: u32, parent: u32) -> bool {
-    child != parent && Path::new(&format!("/proc/{parent}/task/{child}")).exists()
 }

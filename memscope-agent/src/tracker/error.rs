@@ -28,6 +28,20 @@ pub enum TrackerError {
     },
     #[error("tracepoint format {path}: {problem}")]
     FormatField { path: PathBuf, problem: String },
+    #[error("cannot read the kernel's BTF {path} (the fork program needs it)")]
+    BtfRead {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("kernel BTF {path}")]
+    BtfParse {
+        path: PathBuf,
+        #[source]
+        source: super::btf::BtfError,
+    },
+    #[error("loading the kernel's BTF for tp_btf programs failed")]
+    BtfLoad(#[source] Box<aya::BtfError>),
     #[error("loading the eBPF object failed")]
     Load(#[source] Box<aya::EbpfError>),
     #[error("eBPF program {name} is missing from the object")]

@@ -7,12 +7,21 @@
 //!
 //! With eBPF, [`DirtySource::drain`] returns the processes marked since the last drain, and
 //! [`Tracker::events`] carries [`LifecycleEvent`]s (process fork, exec, exit, shmget with its size).
-//! FORK events on the channel are processes: the tracker drops forks that created threads.
+//! FORK events are processes only: the fork program (`tp_btf`) drops new threads in the kernel.
+//! A process created by fork is also drained once with the [`reason::FORK`] bit.
+//!
+//! Marks are set at syscall *entry* (`sys_enter_*`), so a drain can return a process whose
+//! mmap/munmap is still in flight; a reader that looks at its smaps within microseconds may still
+//! see the old layout. The staleness bound covers that window.
+//!
+//! [`start`] blocks for the load and attach (tens of milliseconds): call it before the runtime
+//! starts or from `spawn_blocking`.
 
 use std::fmt;
 
 use memscope_common::{LifecycleEvent, reason};
 
+pub mod btf;
 #[cfg(not(memscope_no_ebpf))]
 mod ebpf;
 mod error;
@@ -49,7 +58,7 @@ pub struct TrackerStats {
     pub marks_received: u64,
     /// Marks the kernel could not store because the dirty map was full.
     pub marks_dropped: u64,
-    /// Lifecycle events read from the ring buffer (threads' forks included, before filtering).
+    /// Lifecycle events read from the ring buffer.
     pub events_received: u64,
     /// Events the kernel could not put into the full ring buffer, plus events read after the
     /// channel's receiver was dropped.
@@ -121,7 +130,8 @@ impl fmt::Debug for Tracker {
 }
 
 /// Starts eBPF tracking, marks of `agent_tgid` (the agent itself) being dropped in the kernel.
-/// Falls back to polling with one `warn` line naming the cause. Needs no tokio runtime.
+/// Falls back to polling with one `warn` line naming the cause. Needs no tokio runtime; blocks
+/// for the load and attach. The load+attach time is logged at debug level.
 pub fn start(agent_tgid: u32) -> Tracker {
     match start_ebpf(agent_tgid) {
         Ok(tracker) => tracker,

@@ -1,8 +1,9 @@
 //! tracefs: where it is, and the field offsets of the tracepoints the programs read.
 //!
 //! Field offsets differ between kernels (`sched_process_fork`'s `child_pid` moved from 44 to 20
-//! when the comm fields became `__data_loc`), so they are read from each event's `format` file at
-//! load time and handed to the programs through the config map.
+//! when the comm fields became `__data_loc`; `sched_process_exit` gained `group_dead`), so they
+//! are read from each event's `format` file at load time and handed to the programs through the
+//! config map.
 
 use std::{
     ffi::CString,
@@ -84,10 +85,9 @@ fn required(fields: &[Field], path: &Path, name: &str, sizes: &[u32]) -> Result<
     })
 }
 
-/// Format texts of the three tracepoints whose fields the programs read.
+/// Format texts of the tracepoints whose fields the programs read.
 #[derive(Clone, Debug)]
 pub struct Formats {
-    pub fork: (PathBuf, String),
     pub exit: (PathBuf, String),
     pub shmget: (PathBuf, String),
 }
@@ -102,18 +102,16 @@ impl Formats {
                 .map_err(|source| TrackerError::Format { path, source })
         };
         Ok(Self {
-            fork: read("sched/sched_process_fork")?,
             exit: read("sched/sched_process_exit")?,
             shmget: read("syscalls/sys_enter_shmget")?,
         })
     }
 
-    /// The programs' config: the offsets plus the agent's tgid, marked ready.
-    pub fn config(&self, agent_tgid: u32) -> Result<Config, TrackerError> {
-        let (fork_path, fork) = &self.fork;
+    /// The programs' config: the offsets plus the agent's tgid, marked ready. `task_tgid_off` is
+    /// the offset of `tgid` in `struct task_struct`, from the kernel's BTF.
+    pub fn config(&self, agent_tgid: u32, task_tgid_off: u32) -> Result<Config, TrackerError> {
         let (exit_path, exit) = &self.exit;
         let (shmget_path, shmget) = &self.shmget;
-        let fork_child_pid_off = required(&parse_format(fork), fork_path, "child_pid", &[4])?;
         // `group_dead` is recent (6.x); without it the programs fall back to pid == tgid.
         let exit_group_dead_off =
             field(&parse_format(exit), exit_path, "group_dead", &[1])?.unwrap_or(OFFSET_ABSENT);
@@ -121,7 +119,7 @@ impl Formats {
         Ok(Config {
             agent_tgid,
             flags: CONFIG_READY,
-            fork_child_pid_off,
+            task_tgid_off,
             exit_group_dead_off,
             shmget_size_off,
             _pad: 0,
@@ -240,9 +238,8 @@ format:
 \tfield:int shmflg;\toffset:32;\tsize:8;\tsigned:0;
 ";
 
-    fn formats(fork: &str, exit: &str, shmget: &str) -> Formats {
+    fn formats(exit: &str, shmget: &str) -> Formats {
         Formats {
-            fork: ("fork/format".into(), fork.to_owned()),
             exit: ("exit/format".into(), exit.to_owned()),
             shmget: ("shmget/format".into(), shmget.to_owned()),
         }
@@ -283,10 +280,10 @@ format:
 
     #[test]
     fn config_on_6_18() -> Result<(), TrackerError> {
-        let cfg = formats(FORK_6_18, EXIT_6_18, SHMGET).config(42)?;
+        let cfg = formats(EXIT_6_18, SHMGET).config(42, 2500)?;
         assert_eq!(cfg.agent_tgid, 42);
         assert_eq!(cfg.flags, CONFIG_READY);
-        assert_eq!(cfg.fork_child_pid_off, 20);
+        assert_eq!(cfg.task_tgid_off, 2500);
         assert_eq!(cfg.exit_group_dead_off, 32);
         assert_eq!(cfg.shmget_size_off, 24);
         Ok(())
@@ -294,23 +291,22 @@ format:
 
     #[test]
     fn config_on_old_kernel_without_group_dead() -> Result<(), TrackerError> {
-        let cfg = formats(FORK_5_10, EXIT_5_10, SHMGET).config(1)?;
-        assert_eq!(cfg.fork_child_pid_off, 44);
+        let cfg = formats(EXIT_5_10, SHMGET).config(1, 0)?;
         assert_eq!(cfg.exit_group_dead_off, OFFSET_ABSENT);
         Ok(())
     }
 
     #[test]
     fn missing_or_odd_fields_are_errors() {
-        let err = formats("", EXIT_6_18, SHMGET).config(1);
+        let err = formats(EXIT_6_18, "").config(1, 0);
         assert!(
-            matches!(err, Err(TrackerError::FormatField { ref problem, .. }) if problem.contains("child_pid"))
+            matches!(err, Err(TrackerError::FormatField { ref problem, .. }) if problem.contains("no field size"))
         );
         let odd = SHMGET.replace(
             "size:8;\tsigned:0;\n\tfield:int shmflg",
             "size:4;\tsigned:0;\n\tfield:int shmflg",
         );
-        let err = formats(FORK_6_18, EXIT_6_18, &odd).config(1);
+        let err = formats(EXIT_6_18, &odd).config(1, 0);
         assert!(
             matches!(err, Err(TrackerError::FormatField { ref problem, .. }) if problem.contains("size 4"))
         );
