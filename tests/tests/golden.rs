@@ -35,6 +35,11 @@ fn normalize(mut v: Value) -> Value {
                     c.remove("last_duration_us");
                 }
             }
+            if let Some(ts) = obj.get_mut("tiers").and_then(Value::as_object_mut) {
+                for t in ts.values_mut().filter_map(Value::as_object_mut) {
+                    t.remove("oldest_read_age_ms");
+                }
+            }
         }
         _ => {}
     }
