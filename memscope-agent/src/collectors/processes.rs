@@ -528,3 +528,102 @@ mod tests {
         assert!(ps.iter().all(|p| p.subtree.processes == 1));
     }
 }
+
+#[cfg(test)]
+mod tree_tests {
+    //! The collector over a temporary /proc tree built from the fixtures: races and kernel threads.
+    use std::path::Path;
+
+    use super::*;
+    use crate::{collectors::CollectCtx, ladder::Shared};
+
+    fn fixtures() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/proc")
+    }
+
+    /// Copies fixture pid `from` to `root/to`, leaving out `skip` files.
+    fn copy_pid(root: &Path, from: u32, to: u32, skip: &[&str]) {
+        let dst = root.join(to.to_string());
+        std::fs::create_dir_all(&dst).expect("mkdir");
+        for f in [
+            "stat",
+            "statm",
+            "status",
+            "smaps_rollup",
+            "smaps",
+            "cmdline",
+        ] {
+            if !skip.contains(&f) {
+                std::fs::copy(fixtures().join(from.to_string()).join(f), dst.join(f))
+                    .expect("copy fixture");
+            }
+        }
+    }
+
+    fn collect(root: &Path) -> ProcessesObservation {
+        let procfs = ProcFs::new(root);
+        let shared = Shared::default();
+        let mut c = ProcessesCollector::new(&ProcessesConfig::default());
+        match c.collect(&CollectCtx::once(&procfs, &shared)) {
+            Ok(Some(Observation::Processes(o))) => o,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn vanished_processes_are_skipped_quietly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        copy_pid(dir.path(), 44, 44, &[]);
+        // Gone between the directory listing and the reads: no files at all, or only some.
+        std::fs::create_dir(dir.path().join("45")).expect("mkdir");
+        copy_pid(dir.path(), 44, 46, &["status", "smaps_rollup"]);
+        let obs = collect(dir.path());
+        let pids: Vec<u32> = obs.processes.iter().map(|p| p.pid).collect();
+        assert_eq!(pids, vec![44]);
+        assert_eq!(obs.vanished, 2);
+        assert!(
+            obs.errors.is_empty(),
+            "no warnings for vanished processes: {:?}",
+            obs.errors
+        );
+        let mut w = Vec::new();
+        obs.warnings(&mut w);
+        assert!(w.is_empty(), "{w:?}");
+    }
+
+    #[test]
+    fn kernel_threads_have_zero_memory_and_no_rollup_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The kernel answers smaps_rollup of a kernel thread with ESRCH: without the file, reading
+        // it would look like a vanished process.
+        copy_pid(dir.path(), 2, 2, &["smaps_rollup"]);
+        let obs = collect(dir.path());
+        assert_eq!(obs.processes.len(), 1);
+        let k = &obs.processes[0];
+        assert!(k.kernel_thread);
+        assert_eq!(k.numbers, Numbers::Exact);
+        assert_eq!(k.memory, Memory::default());
+        assert_eq!(obs.vanished, 0);
+    }
+
+    #[test]
+    fn numbers_match_the_fixture_rollup() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        copy_pid(dir.path(), 43, 43, &[]);
+        copy_pid(dir.path(), 44, 44, &[]);
+        let obs = collect(dir.path());
+        let p = obs.processes.iter().find(|p| p.pid == 44).expect("pid 44");
+        let text = std::fs::read(fixtures().join("44/smaps_rollup")).expect("fixture");
+        let c = parse_smaps_rollup(&text).expect("parses").expect("has mm");
+        assert_eq!(p.memory.pss_bytes, c.pss);
+        assert_eq!(p.memory.uss_bytes, c.private_clean + c.private_dirty);
+        assert_eq!(p.name, Name::from("sleep"));
+        // 44's parent 43 is in the set: its subtree holds both.
+        let parent = obs.processes.iter().find(|p| p.pid == 43).expect("pid 43");
+        assert_eq!(parent.subtree.processes, 2);
+        assert_eq!(
+            parent.subtree.pss_bytes,
+            parent.memory.pss_bytes + p.memory.pss_bytes
+        );
+    }
+}
