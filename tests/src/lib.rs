@@ -46,3 +46,61 @@ pub fn require_root(lane: &str) {
         "the {lane} tests need root (euid is {euid}); run them through `sudo cargo xtask test`"
     );
 }
+
+/// A `memscope-test-child` process driven over stdin/stdout: it answers `ready` at start and `done`
+/// after each command (`mmap`, `memfd`, `shmget`); closing its stdin ends it.
+pub struct TestChild {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl TestChild {
+    /// Starts the test child binary at `path` (an integration test passes
+    /// `env!("CARGO_BIN_EXE_memscope-test-child")`) and waits for `ready`.
+    pub fn spawn(path: &str) -> TestChild {
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {path}: {e}"));
+        let stdin = child.stdin.take();
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut this = TestChild {
+            child,
+            stdin,
+            stdout,
+        };
+        this.expect_line("ready");
+        this
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn expect_line(&mut self, want: &str) {
+        use std::io::BufRead as _;
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("reading the child's stdout: {e}"));
+        assert_eq!(line.trim(), want, "unexpected answer from the test child");
+    }
+
+    /// Sends one command and waits for `done`.
+    pub fn command(&mut self, command: &str) {
+        use std::io::Write as _;
+        let stdin = self.stdin.as_mut().expect("child stdin open");
+        writeln!(stdin, "{command}").unwrap_or_else(|e| panic!("writing to the child: {e}"));
+        self.expect_line("done");
+    }
+}
+
+impl Drop for TestChild {
+    fn drop(&mut self) {
+        drop(self.stdin.take()); // EOF: the child exits
+        let _status = self.child.wait();
+    }
+}

@@ -4,14 +4,14 @@
 //! fallback, agent built without the object): this lane never passes empty.
 
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
-    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    process::Command,
     sync::{LazyLock, Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
 use memscope_agent::tracker::{self, DirtyMark, Tracker, TrackerState, reason_names};
 use memscope_common::{LifecycleEvent, event_kind, reason};
+use memscope_tests::TestChild;
 
 /// One tracker for the whole lane; tests take turns so no test drains another's marks.
 static TRACKER: LazyLock<Mutex<Tracker>> = LazyLock::new(|| {
@@ -44,57 +44,6 @@ fn tracker() -> MutexGuard<'static, Tracker> {
 const CHILD: &str = env!("CARGO_BIN_EXE_memscope-test-child");
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A `memscope-test-child` that has started and is blocked reading its stdin.
-struct TestChild {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl TestChild {
-    fn spawn() -> Self {
-        let mut child = Command::new(CHILD)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {CHILD}: {e}"));
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        let mut this = Self {
-            child,
-            stdin,
-            stdout,
-        };
-        this.expect_line("ready");
-        this
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn expect_line(&mut self, want: &str) {
-        let mut line = String::new();
-        self.stdout
-            .read_line(&mut line)
-            .unwrap_or_else(|e| panic!("reading the child's stdout: {e}"));
-        assert_eq!(line.trim(), want, "unexpected answer from the test child");
-    }
-
-    fn command(&mut self, command: &str) {
-        let stdin = self.stdin.as_mut().expect("child stdin open");
-        writeln!(stdin, "{command}").unwrap_or_else(|e| panic!("writing to the child: {e}"));
-        self.expect_line("done");
-    }
-}
-
-impl Drop for TestChild {
-    fn drop(&mut self) {
-        drop(self.stdin.take()); // EOF: the child exits
-        let _status = self.child.wait();
-    }
-}
-
 fn mark_of(marks: &[DirtyMark], tgid: u32) -> Option<DirtyMark> {
     marks.iter().copied().find(|m| m.tgid == tgid)
 }
@@ -126,7 +75,7 @@ fn wait_event(
 #[test]
 fn child_that_mmaps_is_drained_with_mmap_reason() {
     let mut tracker = tracker();
-    let mut child = TestChild::spawn();
+    let mut child = TestChild::spawn(CHILD);
     // Start-up (the dynamic loader maps libraries) marks the child: clear that first.
     let _startup = tracker.source.drain();
     child.command("mmap");
@@ -153,7 +102,7 @@ fn child_that_mmaps_is_drained_with_mmap_reason() {
 fn idle_child_is_not_marked() {
     let mut tracker = tracker();
     let mut seen = Vec::new();
-    let child = TestChild::spawn();
+    let child = TestChild::spawn(CHILD);
     let pid = child.pid();
     // The FORK mark is added when its event comes through the ring buffer; wait for it, then
     // clear it with the start-up marks.
@@ -225,7 +174,7 @@ fn thread_creation_is_not_a_fork_event() {
 fn shmget_sends_its_size() {
     let mut tracker = tracker();
     let mut seen = Vec::new();
-    let mut child = TestChild::spawn();
+    let mut child = TestChild::spawn(CHILD);
     let _startup = tracker.source.drain();
     child.command("shmget");
     let pid = child.pid();

@@ -4,8 +4,7 @@
 //! reason when eBPF cannot attach: this lane never passes in polling mode.
 
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
-    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -19,59 +18,10 @@ use memscope_agent::{
     procfs::ProcFs,
     tracker::{self, Tracker, TrackerState},
 };
-use memscope_tests::require_root;
+use memscope_tests::{TestChild, require_root};
 use serde_json::Value;
 
 const CHILD: &str = env!("CARGO_BIN_EXE_memscope-test-child");
-
-/// A `memscope-test-child` driven over stdin.
-struct TestChild {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl TestChild {
-    fn spawn() -> Self {
-        let mut child = Command::new(CHILD)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {CHILD}: {e}"));
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        let mut this = TestChild {
-            child,
-            stdin,
-            stdout,
-        };
-        this.expect("ready");
-        this
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn expect(&mut self, want: &str) {
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).expect("read the child");
-        assert_eq!(line.trim(), want);
-    }
-
-    fn command(&mut self, c: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin");
-        writeln!(stdin, "{c}").expect("write to the child");
-        self.expect("done");
-    }
-}
-
-impl Drop for TestChild {
-    fn drop(&mut self) {
-        drop(self.stdin.take());
-        let _ = self.child.wait();
-    }
-}
 
 fn ebpf_tracker() -> Tracker {
     require_root("ladder");
@@ -124,8 +74,8 @@ fn dirty_child_is_reread_next_tick_and_idle_child_only_when_stale() {
         min_change: ByteSize(1 << 30),
         ..SmapsConfig::default()
     });
-    let idle = TestChild::spawn();
-    let mut busy = TestChild::spawn();
+    let idle = TestChild::spawn(CHILD);
+    let mut busy = TestChild::spawn(CHILD);
     let started = Instant::now();
     let obs = tick(&mut tracker, &shared, &procfs, &mut smaps, 0);
     assert!(!maps_test_memfd(&obs, busy.pid()));
@@ -255,7 +205,7 @@ fn short_lived_child_gets_an_exit_record_between_ticks() {
 fn known_process_exit_carries_its_last_numbers() {
     let (tx, rx) = std::sync::mpsc::channel();
     let lines = run_daemon(Duration::from_millis(2500), move || {
-        let child = TestChild::spawn();
+        let child = TestChild::spawn(CHILD);
         let _ = tx.send(child.pid());
         // Lives through at least two emissions, then exits (EOF on stdin) between ticks.
         std::thread::sleep(Duration::from_millis(1300));

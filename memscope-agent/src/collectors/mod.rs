@@ -88,6 +88,21 @@ impl Observation {
     }
 }
 
+/// User names by uid, looked up once per uid (from the agent's own passwd database).
+#[derive(Debug, Default)]
+pub struct UserNames(std::collections::HashMap<u32, Option<String>>);
+
+impl UserNames {
+    pub fn get(&mut self, uid: u32) -> Option<String> {
+        self.0
+            .entry(uid)
+            .or_insert_with(|| {
+                uzers::get_user_by_uid(uid).map(|u| u.name().to_string_lossy().into_owned())
+            })
+            .clone()
+    }
+}
+
 /// A collector with its schedule.
 pub struct Registered {
     pub collector: Box<dyn Collector>,

@@ -18,7 +18,7 @@ use std::{
 use serde::Serialize;
 use tracing::debug;
 
-use super::{CollectCtx, CollectError, Collector, Observation, ToRecords};
+use super::{CollectCtx, CollectError, Collector, Observation, ToRecords, UserNames};
 use crate::{
     config::ProcessesConfig,
     ladder::{Ladder, Reason, Tier, TierPolicy, TierStats},
@@ -179,7 +179,7 @@ struct Known {
 
 pub struct ProcessesCollector {
     known: HashMap<u32, Known>,
-    users: HashMap<u32, Option<String>>,
+    users: UserNames,
     ladder: Ladder,
     budget: Duration,
     stats: TierStats,
@@ -190,7 +190,7 @@ impl ProcessesCollector {
     pub fn new(config: &ProcessesConfig) -> Self {
         ProcessesCollector {
             known: HashMap::new(),
-            users: HashMap::new(),
+            users: UserNames::default(),
             ladder: Ladder::new(
                 TierPolicy {
                     min_change_bytes: config.min_change.0,
@@ -203,15 +203,6 @@ impl ProcessesCollector {
             stats: TierStats::default(),
             buf: Vec::with_capacity(8192),
         }
-    }
-
-    fn user_name(&mut self, uid: u32) -> Option<String> {
-        self.users
-            .entry(uid)
-            .or_insert_with(|| {
-                uzers::get_user_by_uid(uid).map(|u| u.name().to_string_lossy().into_owned())
-            })
-            .clone()
     }
 
     /// Reads one process. A vanished process is `Err(Gone)`.
@@ -286,7 +277,7 @@ impl ProcessesCollector {
         };
 
         let uid = status.as_ref().map(|s| s.uid[0]);
-        let user = uid.and_then(|u| self.user_name(u));
+        let user = uid.and_then(|u| self.users.get(u));
         Ok(ProcessRecord {
             pid,
             ppid: status.as_ref().map_or(stat.ppid, |s| s.ppid),

@@ -5,12 +5,10 @@
 //! (the `/SYSV…` mappings, matched by shmid) is joined into the same record as `mapped` (PSS, RSS,
 //! mappers, top consumers) and no separate `object` record is sent: one object, not two.
 
-use std::collections::HashMap;
-
 use serde::Serialize;
 
 use super::{
-    CollectCtx, CollectError, Collector, Observation, ToRecords,
+    CollectCtx, CollectError, Collector, Observation, ToRecords, UserNames,
     smaps::{Consumer, ObjectMemory, SharedObject},
 };
 use crate::{
@@ -24,7 +22,7 @@ use crate::{
 #[derive(Default)]
 pub struct SysvCollector {
     buf: Vec<u8>,
-    users: HashMap<u32, Option<String>>,
+    users: UserNames,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -132,14 +130,7 @@ impl Collector for SysvCollector {
         let segments = segments
             .into_iter()
             .map(|shm| {
-                let owner = self
-                    .users
-                    .entry(shm.uid)
-                    .or_insert_with(|| {
-                        uzers::get_user_by_uid(shm.uid)
-                            .map(|u| u.name().to_string_lossy().into_owned())
-                    })
-                    .clone();
+                let owner = self.users.get(shm.uid);
                 Segment { shm, owner }
             })
             .collect();
