@@ -310,12 +310,11 @@ async fn store_loop(
                     events_received: t.events_received,
                     events_lost: t.events_lost,
                 };
-                let out = store.emit(
-                    SystemTime::now(),
-                    &SelfCost::measure(),
-                    procfs.counters(),
-                    &ladder,
-                );
+                // getrusage and /proc/self/statm: cheap, but still a /proc read, so off the workers.
+                let cost = tokio::task::spawn_blocking(SelfCost::measure)
+                    .await
+                    .unwrap_or_default();
+                let out = store.emit(SystemTime::now(), &cost, procfs.counters(), &ladder);
                 if let Err(e) = sink.write_batch(&out).await {
                     let lines = out.iter().filter(|b| **b == b'\n').count() as u64;
                     store.count_dropped(lines);

@@ -38,15 +38,25 @@ impl Sink {
     pub async fn write_batch(&mut self, lines: &[u8]) -> io::Result<()> {
         match self {
             Sink::Writer(w) => w.write_batch(lines).await,
-            Sink::File(f) => f.write_batch(lines),
+            Sink::File(f) => off_the_workers(|| f.write_batch(lines)),
         }
     }
 
     pub async fn flush(&mut self) -> io::Result<()> {
         match self {
             Sink::Writer(w) => w.flush().await,
-            Sink::File(f) => f.flush(),
+            Sink::File(f) => off_the_workers(|| f.flush()),
         }
+    }
+}
+
+/// Runs blocking file I/O without stalling the async workers: on a multi-threaded runtime the
+/// worker hands its other tasks off first (`block_in_place`); elsewhere it just runs.
+fn off_the_workers<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 
