@@ -22,7 +22,10 @@ use std::{
 
 use serde::Serialize;
 
-use crate::procfs::statm::Statm;
+use crate::procfs::{
+    FileClass, ProcFs,
+    statm::{Statm, parse_statm},
+};
 
 /// Why a process is re-read. Ordered by urgency (lowest first served first among equally old).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -171,6 +174,41 @@ impl Ladder {
         }
     }
 
+    /// Tier 1 of a run: reads every pid's `statm` and feeds it in, forgets processes that are gone,
+    /// then applies the tracker's marks for `tier`. Returns the live pids and how many vanished.
+    /// An unreadable `statm` (hidepid) keeps the process: the next tier reports why.
+    pub fn observe_all(
+        &mut self,
+        procfs: &ProcFs,
+        pids: &[u32],
+        dirty: &DirtyHub,
+        tier: Tier,
+        buf: &mut Vec<u8>,
+        now: Instant,
+    ) -> (HashSet<u32>, u32) {
+        let mut live = HashSet::with_capacity(pids.len());
+        let mut vanished = 0;
+        for &pid in pids {
+            let path = procfs.pid_path(pid, "statm");
+            match procfs.read_parsed(&path, FileClass::Statm, buf, parse_statm) {
+                Ok(statm) => {
+                    live.insert(pid);
+                    self.observe(pid, statm, now);
+                }
+                Err(e) if e.is_gone() => vanished += 1,
+                Err(_) => {
+                    live.insert(pid);
+                    self.observe(pid, Statm::default(), now);
+                }
+            }
+        }
+        self.retain(&live);
+        for pid in dirty.take(tier) {
+            self.mark(pid, Reason::Dirty, now);
+        }
+        (live, vanished)
+    }
+
     /// Forgets `pid` (gone, or its pid was reused: it will be `new` again).
     pub fn forget(&mut self, pid: u32) {
         self.entries.remove(&pid);
@@ -263,6 +301,15 @@ pub struct TierStats {
 impl TierStats {
     pub fn count(&mut self, reason: Reason) {
         *self.rereads.entry(reason.name()).or_default() += 1;
+    }
+
+    /// Closes a run: what the budget carried over, how many are tracked, the oldest number's age.
+    pub fn finish_run(&mut self, ladder: &Ladder, carried_over: u64, now: Instant) {
+        self.carried_over = carried_over;
+        self.tracked = ladder.len() as u64;
+        self.oldest_read_age_ms = ladder
+            .oldest_read_age(now)
+            .map_or(0, |d| d.as_millis() as u64);
     }
 }
 

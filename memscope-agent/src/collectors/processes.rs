@@ -11,7 +11,7 @@
 //! A process that vanishes mid-scan is skipped quietly.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     time::{Duration, Instant},
 };
 
@@ -21,7 +21,7 @@ use tracing::debug;
 use super::{CollectCtx, CollectError, Collector, Observation, ToRecords, UserNames};
 use crate::{
     config::ProcessesConfig,
-    ladder::{Ladder, Reason, Tier, TierPolicy, TierStats},
+    ladder::{Ladder, Tier, TierPolicy, TierStats},
     procfs::{
         FileClass, ProcError, ProcFs,
         cmdline::{join_cmdline, parse_cmdline},
@@ -30,7 +30,6 @@ use crate::{
         page_size,
         smaps_rollup::parse_smaps_rollup,
         stat::{Stat, parse_stat},
-        statm::{Statm, parse_statm},
         status::{Status, parse_status},
     },
     records::Record,
@@ -307,33 +306,18 @@ impl Collector for ProcessesCollector {
         let start = Instant::now();
         let pids = ctx.procfs.pids()?;
         let mut obs = ProcessesObservation::default();
-        let mut live: HashSet<u32> = HashSet::with_capacity(pids.len());
 
         // Tier 1: statm of every process, every run.
-        for &pid in &pids {
-            match ctx.procfs.read_parsed(
-                &ctx.procfs.pid_path(pid, "statm"),
-                FileClass::Statm,
-                &mut self.buf,
-                parse_statm,
-            ) {
-                Ok(statm) => {
-                    live.insert(pid);
-                    self.ladder.observe(pid, statm, start);
-                }
-                Err(e) if e.is_gone() => obs.vanished += 1,
-                // statm is world-readable; if it is not (hidepid), the rollup tier says why.
-                Err(_) => {
-                    live.insert(pid);
-                    self.ladder.observe(pid, Statm::default(), start);
-                }
-            }
-        }
-        self.ladder.retain(&live);
+        let (mut live, vanished) = self.ladder.observe_all(
+            ctx.procfs,
+            &pids,
+            &ctx.shared.dirty,
+            Tier::Rollup,
+            &mut self.buf,
+            start,
+        );
+        obs.vanished += vanished;
         self.known.retain(|pid, _| live.contains(pid));
-        for pid in ctx.shared.dirty.take(Tier::Rollup) {
-            self.ladder.mark(pid, Reason::Dirty, start);
-        }
 
         // Tier 2: smaps_rollup where the ladder says so, within the budget.
         let mut carried = 0;
@@ -367,12 +351,7 @@ impl Collector for ProcessesCollector {
                 }
             }
         }
-        self.stats.carried_over = carried;
-        self.stats.tracked = self.ladder.len() as u64;
-        self.stats.oldest_read_age_ms = self
-            .ladder
-            .oldest_read_age(Instant::now())
-            .map_or(0, |d| d.as_millis() as u64);
+        self.stats.finish_run(&self.ladder, carried, Instant::now());
         ctx.shared.set_tier_stats("rollup", self.stats.clone());
 
         obs.processes = pids

@@ -37,7 +37,6 @@ use crate::{
         page_size,
         smaps::{Mapping, MappingPath, parse_smaps},
         stat::parse_stat,
-        statm::{Statm, parse_statm},
     },
     records::Record,
 };
@@ -623,29 +622,14 @@ impl Collector for SmapsCollector {
         };
 
         // Tier 1: statm of every process.
-        let mut live: HashSet<u32> = HashSet::with_capacity(pids.len());
-        for &pid in &pids {
-            match ctx.procfs.read_parsed(
-                &ctx.procfs.pid_path(pid, "statm"),
-                FileClass::Statm,
-                &mut self.buf,
-                parse_statm,
-            ) {
-                Ok(statm) => {
-                    live.insert(pid);
-                    self.ladder.observe(pid, statm, start);
-                }
-                Err(e) if e.is_gone() => {}
-                Err(_) => {
-                    live.insert(pid);
-                    self.ladder.observe(pid, Statm::default(), start);
-                }
-            }
-        }
-        self.ladder.retain(&live);
-        for pid in ctx.shared.dirty.take(Tier::Smaps) {
-            self.ladder.mark(pid, Reason::Dirty, start);
-        }
+        let (live, _) = self.ladder.observe_all(
+            ctx.procfs,
+            &pids,
+            &ctx.shared.dirty,
+            Tier::Smaps,
+            &mut self.buf,
+            start,
+        );
         // Objects whose mapper set changed: those of exited processes, and below those gained or
         // lost by re-read processes.
         let mut changed: HashSet<ObjectKey> = HashSet::new();
@@ -730,12 +714,7 @@ impl Collector for SmapsCollector {
             self.ladder.mark(pid, Reason::SharedChange, now);
         }
 
-        self.stats.carried_over = carried;
-        self.stats.tracked = self.ladder.len() as u64;
-        self.stats.oldest_read_age_ms = self
-            .ladder
-            .oldest_read_age(now)
-            .map_or(0, |d| d.as_millis() as u64);
+        self.stats.finish_run(&self.ladder, carried, now);
         ctx.shared.set_tier_stats("smaps", self.stats.clone());
         Ok(Some(Observation::Objects(obs)))
     }
