@@ -75,9 +75,6 @@ impl Options {
         };
         let mut args = std::env::args().skip(1);
         while let Some(flag) = args.next() {
-            if flag == "--help" || flag == "-h" {
-                bail!("{USAGE}");
-            }
             let value = args
                 .next()
                 .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
@@ -500,6 +497,10 @@ fn memhog_path() -> anyhow::Result<PathBuf> {
 
 #[expect(clippy::print_stdout, reason = "the table is this binary's output")]
 fn main() -> anyhow::Result<()> {
+    if std::env::args().any(|a| a == "--help" || a == "-h") {
+        eprintln!("{USAGE}");
+        return Ok(());
+    }
     let opts = Options::parse()?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
