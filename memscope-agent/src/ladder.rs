@@ -364,6 +364,29 @@ mod tests {
     }
 
     #[test]
+    fn statm_pass_is_read_once_per_tick_and_root() {
+        let shared = Shared::default();
+        let root = std::path::Path::new("/proc");
+        let mut reads = 0;
+        let mut read = |pid| {
+            reads += 1;
+            Ok::<_, ()>(StatmPass {
+                processes: vec![(pid, StatmRead::Gone)],
+            })
+        };
+        let a = shared.statm_pass(1, root, || read(1)).expect("read");
+        let b = shared.statm_pass(1, root, || read(2)).expect("reused");
+        assert_eq!(a, b, "the second tier of tick 1 reuses the pass");
+        let c = shared.statm_pass(2, root, || read(3)).expect("read");
+        assert_eq!(c.processes[0].0, 3, "a new tick reads again");
+        let d = shared
+            .statm_pass(2, std::path::Path::new("/other"), || read(4))
+            .expect("read");
+        assert_eq!(d.processes[0].0, 4, "another root reads again");
+        assert_eq!(reads, 3);
+    }
+
+    #[test]
     fn hub_delivers_each_mark_to_each_tier_once() {
         let hub = DirtyHub::default();
         hub.publish([1, 2]);
@@ -375,6 +398,22 @@ mod tests {
     }
 }
 
+/// What tier 1 saw of one process this tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatmRead {
+    Read(Statm),
+    /// The process vanished (ENOENT/ESRCH).
+    Gone,
+    /// `statm` unreadable for another reason (hidepid…): the process is live, its numbers unknown.
+    Unreadable,
+}
+
+/// One tick's tier-1 pass: every process id and its `statm`, in pid order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatmPass {
+    pub processes: Vec<(u32, StatmRead)>,
+}
+
 /// State shared by the scheduler (which feeds tracker marks), the collectors (which consume them and
 /// report their tier statistics) and the store (which reports them in the `agent` record).
 #[derive(Debug, Default)]
@@ -382,6 +421,8 @@ pub struct Shared {
     pub dirty: DirtyHub,
     tiers: Mutex<std::collections::BTreeMap<&'static str, TierStats>>,
     tracker: Mutex<TrackerCounters>,
+    /// The last tier-1 pass, by tick and `/proc` root.
+    statm: Mutex<Option<(u64, std::path::PathBuf, std::sync::Arc<StatmPass>)>>,
 }
 
 /// The tracker's own counters, as last read.
@@ -393,6 +434,28 @@ pub struct TrackerCounters {
 }
 
 impl Shared {
+    /// The tier-1 pass of `tick` over `root`: the first tier to ask in a tick runs `read`, the
+    /// others get its result. Both tiers need the same pid list and `statm`s at the same moment,
+    /// and this pass is the ladder's fixed cost per tick, so it is paid once, not once per tier.
+    /// The lock is held while `read` runs, so a tier asking meanwhile waits for the result.
+    pub fn statm_pass<E>(
+        &self,
+        tick: u64,
+        root: &std::path::Path,
+        read: impl FnOnce() -> Result<StatmPass, E>,
+    ) -> Result<std::sync::Arc<StatmPass>, E> {
+        let mut g = self.statm.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((t, r, pass)) = &*g
+            && *t == tick
+            && r == root
+        {
+            return Ok(std::sync::Arc::clone(pass));
+        }
+        let pass = std::sync::Arc::new(read()?);
+        *g = Some((tick, root.to_path_buf(), std::sync::Arc::clone(&pass)));
+        Ok(pass)
+    }
+
     /// Replaces the statistics of `tier`.
     pub fn set_tier_stats(&self, tier: &'static str, stats: TierStats) {
         self.tiers

@@ -21,7 +21,7 @@ use tracing::debug;
 use super::{CollectCtx, CollectError, Collector, Observation, ToRecords};
 use crate::{
     config::ProcessesConfig,
-    ladder::{Ladder, Reason, Tier, TierPolicy, TierStats},
+    ladder::{Ladder, Reason, StatmRead, Tier, TierPolicy, TierStats},
     procfs::{
         FileClass, ProcError, ProcFs,
         cmdline::{join_cmdline, parse_cmdline},
@@ -30,7 +30,7 @@ use crate::{
         page_size,
         smaps_rollup::parse_smaps_rollup,
         stat::{Stat, parse_stat},
-        statm::{Statm, parse_statm},
+        statm::Statm,
         status::{Status, parse_status},
     },
     records::Record,
@@ -314,25 +314,19 @@ impl Collector for ProcessesCollector {
 
     fn collect(&mut self, ctx: &CollectCtx<'_>) -> Result<Option<Observation>, CollectError> {
         let start = Instant::now();
-        let pids = ctx.procfs.pids()?;
+        let pass = super::statm_pass(ctx, &mut self.buf)?;
         let mut obs = ProcessesObservation::default();
-        let mut live: HashSet<u32> = HashSet::with_capacity(pids.len());
+        let mut live: HashSet<u32> = HashSet::with_capacity(pass.processes.len());
 
-        // Tier 1: statm of every process, every run.
-        for &pid in &pids {
-            match ctx.procfs.read_parsed(
-                &ctx.procfs.pid_path(pid, "statm"),
-                FileClass::Statm,
-                &mut self.buf,
-                parse_statm,
-            ) {
-                Ok(statm) => {
+        // Tier 1: statm of every process, every run (shared with the smaps tier within a tick).
+        for &(pid, read) in &pass.processes {
+            match read {
+                StatmRead::Read(statm) => {
                     live.insert(pid);
                     self.ladder.observe(pid, statm, start);
                 }
-                Err(e) if e.is_gone() => obs.vanished += 1,
-                // statm is world-readable; if it is not (hidepid), the rollup tier says why.
-                Err(_) => {
+                StatmRead::Gone => obs.vanished += 1,
+                StatmRead::Unreadable => {
                     live.insert(pid);
                     self.ladder.observe(pid, Statm::default(), start);
                 }
@@ -384,8 +378,10 @@ impl Collector for ProcessesCollector {
             .map_or(0, |d| d.as_millis() as u64);
         ctx.shared.set_tier_stats("rollup", self.stats.clone());
 
-        obs.processes = pids
+        obs.processes = pass
+            .processes
             .iter()
+            .map(|(pid, _)| pid)
             .filter(|pid| live.contains(pid))
             .filter_map(|pid| self.known.get(pid).and_then(|k| k.record.clone()))
             .collect();

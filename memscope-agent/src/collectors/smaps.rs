@@ -28,7 +28,7 @@ use tracing::debug;
 use super::{CollectCtx, CollectError, Collector, Observation, ToRecords};
 use crate::{
     config::SmapsConfig,
-    ladder::{Ladder, Reason, Tier, TierPolicy, TierStats},
+    ladder::{Ladder, Reason, StatmRead, Tier, TierPolicy, TierStats},
     procfs::{
         FileClass, ProcError, ProcFs,
         counters::MemCounters,
@@ -37,7 +37,7 @@ use crate::{
         page_size,
         smaps::{Mapping, MappingPath, parse_smaps},
         stat::parse_stat,
-        statm::{Statm, parse_statm},
+        statm::Statm,
     },
     records::Record,
 };
@@ -607,28 +607,23 @@ impl Collector for SmapsCollector {
     fn collect(&mut self, ctx: &CollectCtx<'_>) -> Result<Option<Observation>, CollectError> {
         let start = Instant::now();
         let tmpfs_devs = tmpfs_devices(ctx.procfs, &mut self.buf)?;
-        let pids = ctx.procfs.pids()?;
+        let pass = super::statm_pass(ctx, &mut self.buf)?;
         let mut obs = ObjectsObservation {
             min_object_pss: self.min_object_pss,
             top_consumers: self.top_consumers,
             ..ObjectsObservation::default()
         };
 
-        // Tier 1: statm of every process.
-        let mut live: HashSet<u32> = HashSet::with_capacity(pids.len());
-        for &pid in &pids {
-            match ctx.procfs.read_parsed(
-                &ctx.procfs.pid_path(pid, "statm"),
-                FileClass::Statm,
-                &mut self.buf,
-                parse_statm,
-            ) {
-                Ok(statm) => {
+        // Tier 1: statm of every process (shared with the rollup tier within a tick).
+        let mut live: HashSet<u32> = HashSet::with_capacity(pass.processes.len());
+        for &(pid, read) in &pass.processes {
+            match read {
+                StatmRead::Read(statm) => {
                     live.insert(pid);
                     self.ladder.observe(pid, statm, start);
                 }
-                Err(e) if e.is_gone() => {}
-                Err(_) => {
+                StatmRead::Gone => {}
+                StatmRead::Unreadable => {
                     live.insert(pid);
                     self.ladder.observe(pid, Statm::default(), start);
                 }
