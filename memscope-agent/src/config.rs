@@ -107,7 +107,7 @@ impl Default for ProcessesConfig {
             enabled: true,
             interval: None,
             min_change: ByteSize(64 << 10),
-            max_staleness: Interval(Duration::from_secs(60)),
+            max_staleness: Interval(Duration::from_secs(120)),
             budget: Interval(Duration::from_secs(2)),
         }
     }
@@ -138,7 +138,7 @@ impl Default for SmapsConfig {
             min_object_pss: ByteSize(1 << 20),
             top_consumers: Positive(5),
             min_change: ByteSize(1 << 20),
-            max_staleness: Interval(Duration::from_secs(60)),
+            max_staleness: Interval(Duration::from_secs(300)),
             budget: Interval(Duration::from_secs(2)),
         }
     }

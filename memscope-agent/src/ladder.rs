@@ -22,10 +22,7 @@ use std::{
 
 use serde::Serialize;
 
-use crate::procfs::{
-    FileClass, ProcFs,
-    statm::{Statm, parse_statm},
-};
+use crate::procfs::statm::Statm;
 
 /// Why a process is re-read. Ordered by urgency (lowest first served first among equally old).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -80,11 +77,14 @@ struct Entry {
     statm: Statm,
     /// Why and since when it is due, if it is.
     pending: Option<(Reason, Instant)>,
+    /// Reads so far: the staleness deadline after the first one is spread (see [`stale_after`]).
+    reads: u64,
 }
 
-/// When a process read at time t is re-read for staleness: between 3/4 and all of `max_staleness`
-/// after t, spread by pid, so processes first read together (at start) don't all expire in the
-/// same tick. Never later than `max_staleness`.
+/// When a process first read at time t is re-read for staleness: between 3/4 and all of
+/// `max_staleness` after t, spread by pid, so processes first read together (at start) don't all
+/// expire in the same tick. Later deadlines are the full `max_staleness`, which keeps the phases
+/// apart without paying for the spread again. Never later than `max_staleness`.
 pub fn stale_after(max_staleness: Duration, pid: u32) -> Duration {
     // Fibonacci hashing spreads consecutive pids; 1/4 of the bound is the spread.
     let h = pid.wrapping_mul(0x9E37_79B9) >> 16; // 0..65535
@@ -126,6 +126,7 @@ impl Ladder {
             last_read: None,
             statm,
             pending: None,
+            reads: 0,
         });
         e.statm = statm;
         let Some(read) = e.read_statm else {
@@ -139,9 +140,14 @@ impl Ladder {
         if moved * page >= policy.min_change_bytes.max(1) {
             Self::set_pending(e, Reason::Residency, now);
         }
-        if e.last_read.is_some_and(|t| {
-            now.saturating_duration_since(t) >= stale_after(policy.max_staleness, pid)
-        }) {
+        let deadline = if e.reads <= 1 {
+            stale_after(policy.max_staleness, pid)
+        } else {
+            policy.max_staleness
+        };
+        if e.last_read
+            .is_some_and(|t| now.saturating_duration_since(t) >= deadline)
+        {
             Self::set_pending(e, Reason::Stale, now);
         }
     }
@@ -171,32 +177,30 @@ impl Ladder {
             e.read_statm = Some(e.statm);
             e.last_read = Some(now);
             e.pending = None;
+            e.reads += 1;
         }
     }
 
-    /// Tier 1 of a run: reads every pid's `statm` and feeds it in, forgets processes that are gone,
-    /// then applies the tracker's marks for `tier`. Returns the live pids and how many vanished.
-    /// An unreadable `statm` (hidepid) keeps the process: the next tier reports why.
+    /// Tier 1 of a run: feeds every process's `statm` from this tick's pass, forgets processes
+    /// that are gone, then applies the tracker's marks for `tier`. Returns the live pids and how
+    /// many vanished. An unreadable `statm` (hidepid) keeps the process: the next tier says why.
     pub fn observe_all(
         &mut self,
-        procfs: &ProcFs,
-        pids: &[u32],
+        pass: &StatmPass,
         dirty: &DirtyHub,
         tier: Tier,
-        buf: &mut Vec<u8>,
         now: Instant,
     ) -> (HashSet<u32>, u32) {
-        let mut live = HashSet::with_capacity(pids.len());
+        let mut live = HashSet::with_capacity(pass.processes.len());
         let mut vanished = 0;
-        for &pid in pids {
-            let path = procfs.pid_path(pid, "statm");
-            match procfs.read_parsed(&path, FileClass::Statm, buf, parse_statm) {
-                Ok(statm) => {
+        for &(pid, read) in &pass.processes {
+            match read {
+                StatmRead::Read(statm) => {
                     live.insert(pid);
                     self.observe(pid, statm, now);
                 }
-                Err(e) if e.is_gone() => vanished += 1,
-                Err(_) => {
+                StatmRead::Gone => vanished += 1,
+                StatmRead::Unreadable => {
                     live.insert(pid);
                     self.observe(pid, Statm::default(), now);
                 }
@@ -380,6 +384,27 @@ mod tests {
     }
 
     #[test]
+    fn only_the_first_deadline_is_spread() {
+        let mut l = ladder();
+        let max = Duration::from_secs(60);
+        let pid = 7;
+        let t0 = Instant::now();
+        l.observe(pid, statm(1, 1), t0);
+        l.done(pid, t0);
+        let t1 = t0 + stale_after(max, pid);
+        l.observe(pid, statm(1, 1), t1);
+        assert_eq!(l.due(), vec![(pid, Reason::Stale)]);
+        l.done(pid, t1);
+        l.observe(pid, statm(1, 1), t1 + max - Duration::from_millis(1));
+        assert!(
+            l.due().is_empty(),
+            "second deadline is the full max_staleness"
+        );
+        l.observe(pid, statm(1, 1), t1 + max);
+        assert_eq!(l.due(), vec![(pid, Reason::Stale)]);
+    }
+
+    #[test]
     fn stale_deadlines_are_spread_but_bounded() {
         let max = Duration::from_secs(60);
         let deadlines: Vec<Duration> = (1..=1000).map(|pid| stale_after(max, pid)).collect();
@@ -411,6 +436,29 @@ mod tests {
     }
 
     #[test]
+    fn statm_pass_is_read_once_per_tick_and_root() {
+        let shared = Shared::default();
+        let root = std::path::Path::new("/proc");
+        let mut reads = 0;
+        let mut read = |pid| {
+            reads += 1;
+            Ok::<_, ()>(StatmPass {
+                processes: vec![(pid, StatmRead::Gone)],
+            })
+        };
+        let a = shared.statm_pass(1, root, || read(1)).expect("read");
+        let b = shared.statm_pass(1, root, || read(2)).expect("reused");
+        assert_eq!(a, b, "the second tier of tick 1 reuses the pass");
+        let c = shared.statm_pass(2, root, || read(3)).expect("read");
+        assert_eq!(c.processes[0].0, 3, "a new tick reads again");
+        let d = shared
+            .statm_pass(2, std::path::Path::new("/other"), || read(4))
+            .expect("read");
+        assert_eq!(d.processes[0].0, 4, "another root reads again");
+        assert_eq!(reads, 3);
+    }
+
+    #[test]
     fn hub_delivers_each_mark_to_each_tier_once() {
         let hub = DirtyHub::default();
         hub.publish([1, 2]);
@@ -422,6 +470,22 @@ mod tests {
     }
 }
 
+/// What tier 1 saw of one process this tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatmRead {
+    Read(Statm),
+    /// The process vanished (ENOENT/ESRCH).
+    Gone,
+    /// `statm` unreadable for another reason (hidepid…): the process is live, its numbers unknown.
+    Unreadable,
+}
+
+/// One tick's tier-1 pass: every process id and its `statm`, in pid order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatmPass {
+    pub processes: Vec<(u32, StatmRead)>,
+}
+
 /// State shared by the scheduler (which feeds tracker marks), the collectors (which consume them and
 /// report their tier statistics) and the store (which reports them in the `agent` record).
 #[derive(Debug, Default)]
@@ -429,6 +493,8 @@ pub struct Shared {
     pub dirty: DirtyHub,
     tiers: Mutex<std::collections::BTreeMap<&'static str, TierStats>>,
     tracker: Mutex<TrackerCounters>,
+    /// The last tier-1 pass, by tick and `/proc` root.
+    statm: Mutex<Option<(u64, std::path::PathBuf, std::sync::Arc<StatmPass>)>>,
 }
 
 /// The tracker's own counters, as last read.
@@ -440,6 +506,28 @@ pub struct TrackerCounters {
 }
 
 impl Shared {
+    /// The tier-1 pass of `tick` over `root`: the first tier to ask in a tick runs `read`, the
+    /// others get its result. Both tiers need the same pid list and `statm`s at the same moment,
+    /// and this pass is the ladder's fixed cost per tick, so it is paid once, not once per tier.
+    /// The lock is held while `read` runs, so a tier asking meanwhile waits for the result.
+    pub fn statm_pass<E>(
+        &self,
+        tick: u64,
+        root: &std::path::Path,
+        read: impl FnOnce() -> Result<StatmPass, E>,
+    ) -> Result<std::sync::Arc<StatmPass>, E> {
+        let mut g = self.statm.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((t, r, pass)) = &*g
+            && *t == tick
+            && r == root
+        {
+            return Ok(std::sync::Arc::clone(pass));
+        }
+        let pass = std::sync::Arc::new(read()?);
+        *g = Some((tick, root.to_path_buf(), std::sync::Arc::clone(&pass)));
+        Ok(pass)
+    }
+
     /// Replaces the statistics of `tier`.
     pub fn set_tier_stats(&self, tier: &'static str, stats: TierStats) {
         self.tiers

@@ -4,6 +4,7 @@
 //! formatting and lints, runs the unprivileged lane, then the privileged lane (root + BPF), which
 //! fails loudly when it cannot run.
 
+mod ladder_bench;
 mod probe_bench;
 mod setup;
 
@@ -35,6 +36,12 @@ enum Cmd {
     Setup,
     /// Measure the tracepoint programs' overhead on a 4 KiB mmap+munmap loop (root).
     ProbeBench,
+    /// Cost ladder: polling vs eBPF steady-state tick vs a full smaps pass (root). Extra arguments
+    /// go to the bench (`cargo xtask bench -- --workers 500`).
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -43,6 +50,7 @@ fn main() -> Result<()> {
         Cmd::TestPrivileged => privileged_lane(),
         Cmd::Setup => setup::setup_ebpf_toolchain(),
         Cmd::ProbeBench => probe_bench::run(),
+        Cmd::Bench { args } => ladder_bench::run(&args),
         Cmd::GoldenUpdate => cargo(
             &["test", "-p", "memscope-tests", "--test", "golden"],
             &[("MEMSCOPE_UPDATE_GOLDEN", "1")],

@@ -43,6 +43,39 @@ impl<'a> CollectCtx<'a> {
     }
 }
 
+/// Tier 1 of the cost ladder for this run: the pid list and every process's `statm`. Within one
+/// agent tick the first collector to ask reads it and the others reuse it (see
+/// [`crate::ladder::Shared::statm_pass`]); an unbounded run (`--once`, tests) always reads afresh.
+pub fn statm_pass(
+    ctx: &CollectCtx<'_>,
+    buf: &mut Vec<u8>,
+) -> Result<std::sync::Arc<crate::ladder::StatmPass>, ProcError> {
+    let read = |buf: &mut Vec<u8>| -> Result<crate::ladder::StatmPass, ProcError> {
+        let pids = ctx.procfs.pids()?;
+        let mut processes = Vec::with_capacity(pids.len());
+        for pid in pids {
+            let read = match ctx.procfs.read_parsed(
+                &ctx.procfs.pid_path(pid, "statm"),
+                crate::procfs::FileClass::Statm,
+                buf,
+                crate::procfs::statm::parse_statm,
+            ) {
+                Ok(statm) => crate::ladder::StatmRead::Read(statm),
+                Err(e) if e.is_gone() => crate::ladder::StatmRead::Gone,
+                // statm is world-readable; if it is not (hidepid), the rollup tier says why.
+                Err(_) => crate::ladder::StatmRead::Unreadable,
+            };
+            processes.push((pid, read));
+        }
+        Ok(crate::ladder::StatmPass { processes })
+    };
+    if ctx.unbounded {
+        return read(buf).map(std::sync::Arc::new);
+    }
+    ctx.shared
+        .statm_pass(ctx.tick, ctx.procfs.root(), || read(buf))
+}
+
 /// A source of observations. `collect` runs on a blocking thread, never on an async worker.
 ///
 /// `Ok(None)` means "nothing to report this time, already handled and logged". An `Err` is reported

@@ -304,18 +304,13 @@ impl Collector for ProcessesCollector {
 
     fn collect(&mut self, ctx: &CollectCtx<'_>) -> Result<Option<Observation>, CollectError> {
         let start = Instant::now();
-        let pids = ctx.procfs.pids()?;
+        let pass = super::statm_pass(ctx, &mut self.buf)?;
         let mut obs = ProcessesObservation::default();
 
         // Tier 1: statm of every process, every run.
-        let (mut live, vanished) = self.ladder.observe_all(
-            ctx.procfs,
-            &pids,
-            &ctx.shared.dirty,
-            Tier::Rollup,
-            &mut self.buf,
-            start,
-        );
+        let (mut live, vanished) =
+            self.ladder
+                .observe_all(&pass, &ctx.shared.dirty, Tier::Rollup, start);
         obs.vanished += vanished;
         self.known.retain(|pid, _| live.contains(pid));
 
@@ -354,8 +349,10 @@ impl Collector for ProcessesCollector {
         self.stats.finish_run(&self.ladder, carried, Instant::now());
         ctx.shared.set_tier_stats("rollup", self.stats.clone());
 
-        obs.processes = pids
+        obs.processes = pass
+            .processes
             .iter()
+            .map(|(pid, _)| pid)
             .filter(|pid| live.contains(pid))
             .filter_map(|pid| self.known.get(pid).and_then(|k| k.record.clone()))
             .collect();

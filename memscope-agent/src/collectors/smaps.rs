@@ -614,7 +614,7 @@ impl Collector for SmapsCollector {
     fn collect(&mut self, ctx: &CollectCtx<'_>) -> Result<Option<Observation>, CollectError> {
         let start = Instant::now();
         let tmpfs_devs = tmpfs_devices(ctx.procfs, &mut self.buf)?;
-        let pids = ctx.procfs.pids()?;
+        let pass = super::statm_pass(ctx, &mut self.buf)?;
         let mut obs = ObjectsObservation {
             min_object_pss: self.min_object_pss,
             top_consumers: self.top_consumers,
@@ -622,14 +622,9 @@ impl Collector for SmapsCollector {
         };
 
         // Tier 1: statm of every process.
-        let (live, _) = self.ladder.observe_all(
-            ctx.procfs,
-            &pids,
-            &ctx.shared.dirty,
-            Tier::Smaps,
-            &mut self.buf,
-            start,
-        );
+        let (live, _) = self
+            .ladder
+            .observe_all(&pass, &ctx.shared.dirty, Tier::Smaps, start);
         // Objects whose mapper set changed: those of exited processes, and below those gained or
         // lost by re-read processes.
         let mut changed: HashSet<ObjectKey> = HashSet::new();

@@ -13,6 +13,10 @@
 //! `memhog shm-deleted PATH BYTES` — creates the file PATH (on a tmpfs such as `/dev/shm`), writes
 //! BYTES into it (every page), unlinks it and keeps the descriptor: memory no path reaches.
 //! `memhog memfd NAME BYTES` — a memfd named NAME with BYTES written, held only by its descriptor.
+//! `memhog worker BYTES` — for the ladder bench: BYTES of private anonymous memory touched and one
+//! page of its own executable mapped shared; prints `ready`; then on each SIGUSR1 maps and touches a
+//! new 256 KiB anonymous region, unmapping the oldest once more than [`WORKER_REGIONS`] are held (a
+//! layout change each time, bounded memory). Dies with its parent (`PR_SET_PDEATHSIG`).
 
 use std::io::Write;
 
@@ -225,6 +229,97 @@ fn fill(f: &mut std::fs::File, bytes: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Regions a worker keeps mapped; the oldest is unmapped past this.
+const WORKER_REGIONS: usize = 4;
+const WORKER_REGION_BYTES: usize = 256 << 10;
+
+/// Set by the SIGUSR1 handler, cleared by the worker's main loop.
+static SIGNALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_usr1(_: libc::c_int) {
+    // Async-signal-safe: one atomic store, nothing else.
+    SIGNALLED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn worker(bytes: usize) -> anyhow::Result<()> {
+    // SAFETY: plain syscalls with valid arguments; every result that can fail is checked.
+    unsafe {
+        check(
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL),
+            "prctl(PR_SET_PDEATHSIG)",
+        )?;
+        // The parent may have died before the prctl: then nobody will ever signal us.
+        if libc::getppid() == 1 {
+            anyhow::bail!("parent already gone");
+        }
+    }
+    let base = map_anon(bytes)?;
+    touch(base, bytes);
+    // One page of our own executable, mapped shared: a file object every worker maps.
+    let exe = std::fs::File::open("/proc/self/exe")?;
+    // SAFETY: a fresh read-only shared mapping of a file we hold open; checked below.
+    let page = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            std::os::fd::AsRawFd::as_raw_fd(&exe),
+            0,
+        )
+    };
+    if page == libc::MAP_FAILED {
+        anyhow::bail!("mmap /proc/self/exe: {}", std::io::Error::last_os_error());
+    }
+    fault_in(page.cast(), 4096);
+
+    // Block SIGUSR1 except inside sigsuspend, so a signal between the check and the wait is not lost.
+    // SAFETY: sigset/sigaction structs we own, zero-initialised then filled by libc.
+    let old_mask = unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_usr1 as extern "C" fn(libc::c_int) as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        check(
+            libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()),
+            "sigaction(SIGUSR1)",
+        )?;
+        let mut block: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut block);
+        libc::sigaddset(&mut block, libc::SIGUSR1);
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        check(
+            libc::sigprocmask(libc::SIG_BLOCK, &block, &mut old),
+            "sigprocmask",
+        )?;
+        libc::sigdelset(&mut old, libc::SIGUSR1);
+        old
+    };
+    {
+        let mut out = std::io::stdout();
+        writeln!(out, "ready")?;
+        out.flush()?;
+    }
+    let mut regions: std::collections::VecDeque<*mut u8> = std::collections::VecDeque::new();
+    loop {
+        while !SIGNALLED.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            // SAFETY: waits with SIGUSR1 unblocked; returns -1/EINTR after the handler ran.
+            unsafe { libc::sigsuspend(&old_mask) };
+        }
+        let r = map_anon(WORKER_REGION_BYTES)?;
+        touch(r, WORKER_REGION_BYTES);
+        regions.push_back(r);
+        if regions.len() > WORKER_REGIONS
+            && let Some(old) = regions.pop_front()
+        {
+            // SAFETY: `old` is a mapping of WORKER_REGION_BYTES we made and no longer use.
+            check(
+                unsafe { libc::munmap(old.cast(), WORKER_REGION_BYTES) },
+                "munmap",
+            )?;
+        }
+    }
+}
+
 fn ready_and_wait() -> ! {
     let mut out = std::io::stdout();
     let _ = writeln!(out, "ready");
@@ -248,6 +343,7 @@ fn main() -> anyhow::Result<()> {
             touch(p, bytes);
             ready_and_wait()
         }
+        ["worker", bytes] => worker(bytes.parse()?),
         ["shared", size, n, unmapped] => shared(size.parse()?, n.parse()?, unmapped.parse()?),
         ["shm-deleted", path, bytes] => {
             let bytes: usize = bytes.parse()?;
@@ -277,7 +373,7 @@ fn main() -> anyhow::Result<()> {
             ready_and_wait()
         }
         _ => anyhow::bail!(
-            "usage: memhog anon BYTES | memhog shared SIZE N UNMAPPED | memhog shm-deleted PATH BYTES | memhog memfd NAME BYTES"
+            "usage: memhog anon BYTES | memhog shared SIZE N UNMAPPED | memhog shm-deleted PATH BYTES | memhog memfd NAME BYTES | memhog worker BYTES"
         ),
     }
 }

@@ -1,0 +1,682 @@
+//! Cost-ladder benchmark (root): what one steady-state agent tick costs in polling mode and in eBPF
+//! mode, against a full smaps pass of the same workload, measured in one run. Run it via
+//! `cargo xtask bench`; it is a benchmark that prints a table, never a timed test.
+//!
+//! Workload: W `memhog worker` processes (default 300). Each tick the bench signals about 1 % of
+//! them (round-robin); each signalled worker maps and touches a new 256 KiB region (and unmaps its
+//! oldest): a layout and residency change. After a short pause the bench runs one agent tick with
+//! the library, exactly as `runtime.rs` does: drain the tracker, publish the marks, then
+//! `ProcessesCollector::collect` and `SmapsCollector::collect` with `unbounded: false` (here one
+//! after the other on this thread; the runtime runs them side by side, which changes wall time,
+//! not CPU).
+//!
+//! Modes, on the same workload in the same run:
+//! - `baseline`: fresh collectors, one tick where every process is `new` (every `smaps_rollup` and
+//!   `smaps` read): the cost of a full pass. Three times; the median is shown.
+//! - `polling`: fresh collectors, no tracker; tick 0 (a full pass) and a warm-up are discarded, then
+//!   T ticks are measured.
+//! - `ebpf`: the same with the tracker attached (fails if it falls back to polling).
+//!
+//! Per tick: the process's CPU (getrusage RUSAGE_SELF, user+sys, over the whole tick interval so the
+//! tracker's event thread counts), the agent tick's wall time, bytes read per file class, re-reads
+//! per tier and reason, and the age of the oldest number after the tick. The warm-up (default two
+//! `max_staleness`) lets the staleness deadlines, which all start at tick 0, spread out, so the
+//! measured window sees the long-run rate of staleness re-reads rather than the first burst or the
+//! quiet before it; the long-run expectation is printed beside the measured rate.
+//!
+//! Exits non-zero only on setup errors; the PASS/FAIL lines are information.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    io::{BufRead as _, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use memscope_agent::{
+    collectors::{CollectCtx, Collector, processes::ProcessesCollector, smaps::SmapsCollector},
+    config::{Interval, ProcessesConfig, SmapsConfig},
+    ladder::{Reason, Shared},
+    procfs::{FileClass, ProcFs},
+    tracker::{self, DirtySource, TrackerState},
+};
+use memscope_common::{LifecycleEvent, event_kind};
+
+struct Options {
+    workers: usize,
+    worker_bytes: usize,
+    ticks: usize,
+    warmup: Option<usize>,
+    tick: Duration,
+    max_staleness: Duration,
+    /// `max_staleness` of the rollup tier.
+    rollup_max_staleness: Duration,
+    /// Workers signalled per tick, in percent of W.
+    change_percent: f64,
+    /// Pause between signalling and the agent tick, for the workers to act.
+    act: Duration,
+}
+
+const USAGE: &str = "usage: ladder_bench [--workers N (300)] [--worker-bytes BYTES (4194304)] \
+[--ticks T (30)] [--warmup TICKS (2 x max_staleness)] [--tick-ms MS (500)] \
+[--max-staleness-s S (15)] [--rollup-max-staleness-s S (6)] [--change-percent P (1)] [--act-ms MS (20)]";
+
+impl Options {
+    fn parse() -> anyhow::Result<Options> {
+        let mut o = Options {
+            workers: 300,
+            worker_bytes: 4 << 20,
+            ticks: 30,
+            warmup: None,
+            tick: Duration::from_millis(500),
+            // The default config's ratios (smaps 5m, processes 2m at a 10 s interval) scaled to the
+            // bench's 500 ms tick: 30 and 12 ticks.
+            max_staleness: Duration::from_secs(15),
+            rollup_max_staleness: Duration::from_secs(6),
+            change_percent: 1.0,
+            act: Duration::from_millis(20),
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(flag) = args.next() {
+            let value = args
+                .next()
+                .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
+            let num = |v: &str| -> anyhow::Result<u64> {
+                v.parse()
+                    .with_context(|| format!("{flag} {v}: not a number\n{USAGE}"))
+            };
+            match flag.as_str() {
+                "--workers" => o.workers = num(&value)? as usize,
+                "--worker-bytes" => o.worker_bytes = num(&value)? as usize,
+                "--ticks" => o.ticks = num(&value)? as usize,
+                "--warmup" => o.warmup = Some(num(&value)? as usize),
+                "--tick-ms" => o.tick = Duration::from_millis(num(&value)?),
+                "--max-staleness-s" => o.max_staleness = Duration::from_secs(num(&value)?),
+                "--rollup-max-staleness-s" => {
+                    o.rollup_max_staleness = Duration::from_secs(num(&value)?)
+                }
+                "--change-percent" => {
+                    o.change_percent = value
+                        .parse()
+                        .with_context(|| format!("{flag} {value}: not a number\n{USAGE}"))?;
+                }
+                "--act-ms" => o.act = Duration::from_millis(num(&value)?),
+                _ => bail!("unknown flag {flag}\n{USAGE}"),
+            }
+        }
+        if o.workers == 0
+            || o.ticks == 0
+            || o.tick.is_zero()
+            || o.max_staleness.is_zero()
+            || o.rollup_max_staleness.is_zero()
+        {
+            bail!("--workers, --ticks, --tick-ms and --max-staleness-s must be positive\n{USAGE}");
+        }
+        if o.act >= o.tick {
+            bail!("--act-ms must be shorter than --tick-ms");
+        }
+        Ok(o)
+    }
+
+    fn warmup(&self) -> usize {
+        self.warmup.unwrap_or_else(|| {
+            (2 * self.max_staleness.as_millis()).div_ceil(self.tick.as_millis().max(1)) as usize
+        })
+    }
+
+    fn per_tick(&self) -> usize {
+        ((self.workers as f64 * self.change_percent / 100.0).round() as usize).max(1)
+    }
+}
+
+/// The worker processes; killed and reaped on drop.
+struct Workers {
+    children: Vec<Child>,
+    pids: Vec<i32>,
+    next: usize,
+}
+
+impl Workers {
+    fn spawn(memhog: &PathBuf, n: usize, bytes: usize) -> anyhow::Result<Workers> {
+        let mut w = Workers {
+            children: Vec::with_capacity(n),
+            pids: Vec::with_capacity(n),
+            next: 0,
+        };
+        for i in 0..n {
+            let mut child = Command::new(memhog)
+                .args(["worker", &bytes.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .spawn()
+                .with_context(|| format!("spawning worker {i}: {}", memhog.display()))?;
+            let pid = i32::try_from(child.id()).context("pid out of range")?;
+            let stdout = child
+                .stdout
+                .take()
+                .context("worker stdout was not captured")?;
+            w.children.push(child);
+            let mut line = String::new();
+            BufReader::new(stdout)
+                .read_line(&mut line)
+                .with_context(|| format!("reading worker {pid}'s ready line"))?;
+            if line.trim() != "ready" {
+                bail!("worker {pid} did not start (said {line:?})");
+            }
+            w.pids.push(pid);
+        }
+        Ok(w)
+    }
+
+    /// Signals the next `k` workers round-robin; returns their pids.
+    fn signal(&mut self, k: usize) -> anyhow::Result<Vec<u32>> {
+        let mut out = Vec::with_capacity(k);
+        for _ in 0..k {
+            let pid = self.pids[self.next % self.pids.len()];
+            self.next += 1;
+            // SAFETY: kill(2) on a child we spawned and have not reaped.
+            if unsafe { libc::kill(pid, libc::SIGUSR1) } != 0 {
+                return Err(std::io::Error::last_os_error())
+                    .with_context(|| format!("signalling worker {pid}"));
+            }
+            out.push(pid.unsigned_abs());
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+        }
+        for c in &mut self.children {
+            let _ = c.wait();
+        }
+    }
+}
+
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage into a zeroed struct we own; RUSAGE_SELF cannot fail.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        ru
+    };
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec.unsigned_abs())
+            + Duration::from_micros(t.tv_usec.unsigned_abs())
+    };
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+fn bytes_by_class(procfs: &ProcFs) -> [u64; FileClass::ALL.len()] {
+    FileClass::ALL.map(|c| procfs.counters().bytes(c))
+}
+
+/// Cumulative re-reads per (tier, reason).
+fn rereads(shared: &Shared) -> BTreeMap<(&'static str, &'static str), u64> {
+    let mut m = BTreeMap::new();
+    for (tier, stats) in shared.tier_stats() {
+        for (reason, n) in stats.rereads {
+            m.insert((tier, reason), n);
+        }
+    }
+    m
+}
+
+/// One measured tick.
+#[derive(Default, Clone)]
+struct Sample {
+    cpu: Duration,
+    wall: Duration,
+    bytes: [u64; FileClass::ALL.len()],
+    rereads: BTreeMap<(&'static str, &'static str), u64>,
+    carried: u64,
+    oldest_age: (Duration, Duration),
+    /// Tracker marks this tick: for workers signalled this tick, for other workers, for any other
+    /// process.
+    marks_signalled: u64,
+    marks_workers: u64,
+    marks_other: u64,
+}
+
+impl Sample {
+    fn smaps_bytes(&self) -> u64 {
+        self.bytes[FileClass::Smaps as usize] + self.bytes[FileClass::SmapsRollup as usize]
+    }
+
+    fn proc_bytes(&self) -> u64 {
+        self.bytes.iter().sum()
+    }
+}
+
+/// The agent's state, built fresh for each mode.
+struct Agent {
+    procfs: ProcFs,
+    shared: Shared,
+    processes: ProcessesCollector,
+    smaps: SmapsCollector,
+    source: Box<dyn DirtySource>,
+    events: Option<tokio::sync::mpsc::Receiver<LifecycleEvent>>,
+    tick: u64,
+}
+
+impl Agent {
+    fn new(opts: &Options, ebpf: bool) -> anyhow::Result<Agent> {
+        let processes = ProcessesConfig {
+            max_staleness: Interval(opts.rollup_max_staleness),
+            ..ProcessesConfig::default()
+        };
+        let smaps = SmapsConfig {
+            max_staleness: Interval(opts.max_staleness),
+            ..SmapsConfig::default()
+        };
+        let (source, events) = if ebpf {
+            let t = tracker::start(std::process::id());
+            if let TrackerState::Polling { reason } = t.source.state() {
+                bail!("eBPF mode asked for, but the tracker fell back to polling: {reason}");
+            }
+            (t.source, t.events)
+        } else {
+            let s: Box<dyn DirtySource> = Box::new(tracker::PollingSource::new("bench: polling"));
+            (s, None)
+        };
+        Ok(Agent {
+            procfs: ProcFs::new("/proc"),
+            shared: Shared::default(),
+            processes: ProcessesCollector::new(&processes),
+            smaps: SmapsCollector::new(&smaps),
+            source,
+            events,
+            tick: 0,
+        })
+    }
+
+    /// One agent tick as `runtime.rs` runs it. Returns the tgids the tracker marked.
+    fn tick(&mut self) -> anyhow::Result<Vec<u32>> {
+        if let Some(rx) = &mut self.events {
+            while let Ok(ev) = rx.try_recv() {
+                if ev.kind == event_kind::EXEC {
+                    self.shared.dirty.publish([ev.tgid]);
+                }
+            }
+        }
+        let marks: Vec<u32> = self.source.drain().iter().map(|m| m.tgid).collect();
+        self.shared.dirty.publish(marks.iter().copied());
+        let ctx = CollectCtx {
+            procfs: &self.procfs,
+            tick: self.tick,
+            shared: &self.shared,
+            unbounded: false,
+        };
+        self.processes
+            .collect(&ctx)
+            .context("processes collector")?;
+        self.smaps.collect(&ctx).context("smaps collector")?;
+        self.tick += 1;
+        Ok(marks)
+    }
+
+    /// Age of the oldest number of each tier: (rollup, smaps).
+    fn oldest_age(&self) -> (Duration, Duration) {
+        let stats = self.shared.tier_stats();
+        let age =
+            |tier: &str| Duration::from_millis(stats.get(tier).map_or(0, |s| s.oldest_read_age_ms));
+        (age("rollup"), age("smaps"))
+    }
+
+    fn carried(&self) -> u64 {
+        self.shared
+            .tier_stats()
+            .values()
+            .map(|s| s.carried_over)
+            .sum()
+    }
+}
+
+fn delta_map(
+    after: &BTreeMap<(&'static str, &'static str), u64>,
+    before: &BTreeMap<(&'static str, &'static str), u64>,
+) -> BTreeMap<(&'static str, &'static str), u64> {
+    after
+        .iter()
+        .map(|(k, v)| (*k, v - before.get(k).copied().unwrap_or(0)))
+        .filter(|(_, v)| *v > 0)
+        .collect()
+}
+
+/// A full pass: fresh collectors, one tick, every process `new`.
+fn full_pass(opts: &Options) -> anyhow::Result<Sample> {
+    let mut agent = Agent::new(opts, false)?;
+    let cpu0 = cpu_time();
+    let t0 = Instant::now();
+    agent.tick()?;
+    let wall = t0.elapsed();
+    let cpu = cpu_time().saturating_sub(cpu0);
+    Ok(Sample {
+        cpu,
+        wall,
+        bytes: bytes_by_class(&agent.procfs),
+        rereads: rereads(&agent.shared),
+        carried: agent.carried(),
+        oldest_age: agent.oldest_age(),
+        ..Sample::default()
+    })
+}
+
+/// The ladder in steady state: tick 0 and the warm-up discarded, then `opts.ticks` measured.
+fn steady(opts: &Options, workers: &mut Workers, ebpf: bool) -> anyhow::Result<Vec<Sample>> {
+    let mut agent = Agent::new(opts, ebpf)?;
+    let worker_pids: HashSet<u32> = workers.pids.iter().map(|p| p.unsigned_abs()).collect();
+    let warmup = opts.warmup();
+    let total = 1 + warmup + opts.ticks;
+    let mut samples = Vec::with_capacity(opts.ticks);
+    let mut deadline = Instant::now();
+    for i in 0..total {
+        let cpu0 = cpu_time();
+        let bytes0 = bytes_by_class(&agent.procfs);
+        let rereads0 = rereads(&agent.shared);
+        let signalled: HashSet<u32> = workers.signal(opts.per_tick())?.into_iter().collect();
+        std::thread::sleep(opts.act);
+        let t0 = Instant::now();
+        let marks = agent.tick()?;
+        let wall = t0.elapsed();
+        let sample = Sample {
+            cpu: Duration::ZERO,
+            wall,
+            bytes: {
+                let b = bytes_by_class(&agent.procfs);
+                std::array::from_fn(|k| b[k] - bytes0[k])
+            },
+            rereads: delta_map(&rereads(&agent.shared), &rereads0),
+            carried: agent.carried(),
+            oldest_age: agent.oldest_age(),
+            marks_signalled: marks.iter().filter(|m| signalled.contains(m)).count() as u64,
+            marks_workers: marks
+                .iter()
+                .filter(|m| !signalled.contains(m) && worker_pids.contains(m))
+                .count() as u64,
+            marks_other: marks.iter().filter(|m| !worker_pids.contains(m)).count() as u64,
+        };
+        deadline += opts.tick;
+        if let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            std::thread::sleep(left);
+        } else {
+            deadline = Instant::now();
+        }
+        let cpu = cpu_time().saturating_sub(cpu0);
+        if i > warmup {
+            samples.push(Sample { cpu, ..sample });
+        }
+    }
+    if ebpf {
+        let st = agent.source.stats();
+        if st.marks_dropped > 0 || st.events_lost > 0 {
+            eprintln!(
+                "ladder_bench: tracker dropped {} marks, lost {} events",
+                st.marks_dropped, st.events_lost
+            );
+        }
+    }
+    Ok(samples)
+}
+
+fn mean(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        0.0
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
+    }
+}
+
+fn percentile(v: &[f64], p: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    if s.is_empty() {
+        return 0.0;
+    }
+    let idx = ((p * s.len() as f64).ceil() as usize).clamp(1, s.len()) - 1;
+    s[idx]
+}
+
+fn median_sample(mut runs: Vec<Sample>) -> Sample {
+    runs.sort_by_key(|s| s.cpu);
+    runs.swap_remove(runs.len() / 2)
+}
+
+/// Mean per tick of a set of samples.
+struct Row {
+    cpu_ms: f64,
+    cpu_p95_ms: f64,
+    wall_ms: f64,
+    smaps_kib: f64,
+    proc_kib: f64,
+    rereads: BTreeMap<(&'static str, &'static str), f64>,
+    carried: f64,
+    /// Oldest number seen after any tick: (rollup, smaps).
+    max_age: (Duration, Duration),
+    marks_signalled: f64,
+    marks_workers: f64,
+    marks_other: f64,
+}
+
+fn row(samples: &[Sample]) -> Row {
+    let f = |g: &dyn Fn(&Sample) -> f64| samples.iter().map(g).collect::<Vec<f64>>();
+    let cpu = f(&|s| s.cpu.as_secs_f64() * 1e3);
+    let mut rereads: BTreeMap<(&'static str, &'static str), f64> = BTreeMap::new();
+    for s in samples {
+        for (k, v) in &s.rereads {
+            *rereads.entry(*k).or_default() += *v as f64 / samples.len() as f64;
+        }
+    }
+    Row {
+        cpu_ms: mean(&cpu),
+        cpu_p95_ms: percentile(&cpu, 0.95),
+        wall_ms: mean(&f(&|s| s.wall.as_secs_f64() * 1e3)),
+        smaps_kib: mean(&f(&|s| s.smaps_bytes() as f64 / 1024.0)),
+        proc_kib: mean(&f(&|s| s.proc_bytes() as f64 / 1024.0)),
+        rereads,
+        carried: mean(&f(&|s| s.carried as f64)),
+        max_age: (
+            samples
+                .iter()
+                .map(|s| s.oldest_age.0)
+                .max()
+                .unwrap_or_default(),
+            samples
+                .iter()
+                .map(|s| s.oldest_age.1)
+                .max()
+                .unwrap_or_default(),
+        ),
+        marks_signalled: mean(&f(&|s| s.marks_signalled as f64)),
+        marks_workers: mean(&f(&|s| s.marks_workers as f64)),
+        marks_other: mean(&f(&|s| s.marks_other as f64)),
+    }
+}
+
+fn memhog_path() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the bench's own executable")?;
+    let path = exe
+        .parent()
+        .context("the bench executable has no parent directory")?
+        .join("memhog");
+    if !path.is_file() {
+        bail!(
+            "{} not found: build it with `cargo build --release -p memscope-tests --bin memhog` (or run `cargo xtask bench`)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+#[expect(clippy::print_stdout, reason = "the table is this binary's output")]
+fn main() -> anyhow::Result<()> {
+    if std::env::args().any(|a| a == "--help" || a == "-h") {
+        eprintln!("{USAGE}");
+        return Ok(());
+    }
+    let opts = Options::parse()?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "ladder_bench needs root (eBPF tracepoints, every process's smaps): run `sudo cargo xtask bench`"
+        );
+    }
+    let memhog = memhog_path()?;
+    eprintln!(
+        "ladder_bench: starting {} workers of {} KiB",
+        opts.workers,
+        opts.worker_bytes >> 10
+    );
+    let mut workers = Workers::spawn(&memhog, opts.workers, opts.worker_bytes)?;
+    let processes = ProcFs::new("/proc").pids().context("listing /proc")?;
+
+    eprintln!("ladder_bench: baseline (3 full passes)");
+    let mut full = Vec::new();
+    for _ in 0..3 {
+        full.push(full_pass(&opts)?);
+    }
+    let base_sample = median_sample(full);
+    let base = row(std::slice::from_ref(&base_sample));
+    let warmup = opts.warmup();
+    let secs = |ticks: usize| ticks as f64 * opts.tick.as_secs_f64();
+    eprintln!(
+        "ladder_bench: polling ({} + {warmup} warm-up + {} measured ticks, {:.0} s)",
+        1,
+        opts.ticks,
+        secs(1 + warmup + opts.ticks)
+    );
+    let polling = row(&steady(&opts, &mut workers, false)?);
+    eprintln!("ladder_bench: ebpf (same)");
+    let ebpf = row(&steady(&opts, &mut workers, true)?);
+
+    // The long-run rate of smaps staleness re-reads: after the first (spread) deadline, each
+    // process once per max_staleness, rounded up to whole ticks (a tier re-reads at the first tick
+    // past the deadline).
+    let tick_ms = opts.tick.as_millis().max(1);
+    let expected_stale: f64 =
+        processes.len() as f64 / opts.max_staleness.as_millis().div_ceil(tick_ms).max(1) as f64;
+
+    println!(
+        "ladder bench: {} processes on the host ({} workers of {} KiB), {} changed per tick ({} %), tick {} ms, max_staleness rollup {} s / smaps {} s, {} measured ticks after tick 0 + {} warm-up",
+        processes.len(),
+        opts.workers,
+        opts.worker_bytes >> 10,
+        opts.per_tick(),
+        opts.change_percent,
+        opts.tick.as_millis(),
+        opts.rollup_max_staleness.as_secs(),
+        opts.max_staleness.as_secs(),
+        opts.ticks,
+        warmup
+    );
+    println!(
+        "baseline = one full pass (every process new), median of 3; polling/ebpf = mean per steady-state tick"
+    );
+    println!();
+    println!(
+        "| mode     | CPU ms/tick | CPU p95 ms | wall ms | smaps+rollup KiB | all /proc KiB | CPU ratio | smaps ratio |"
+    );
+    println!(
+        "|----------|-------------|------------|---------|------------------|---------------|-----------|-------------|"
+    );
+    let ratio = |x: f64, y: f64| if y > 0.0 { x / y } else { f64::NAN };
+    for (name, r) in [("baseline", &base), ("polling", &polling), ("ebpf", &ebpf)] {
+        println!(
+            "| {name:<8} | {:>11.2} | {:>10.2} | {:>7.2} | {:>16.1} | {:>13.1} | {:>9.3} | {:>11.3} |",
+            r.cpu_ms,
+            r.cpu_p95_ms,
+            r.wall_ms,
+            r.smaps_kib,
+            r.proc_kib,
+            ratio(r.cpu_ms, base.cpu_ms),
+            ratio(r.smaps_kib, base.smaps_kib),
+        );
+    }
+    println!();
+    println!("re-reads per tick by tier and reason (rollup = smaps_rollup, smaps = smaps):");
+    let tiers = ["rollup", "smaps"];
+    let mut header = String::from("| mode     | tier   |");
+    let mut rule = String::from("|----------|--------|");
+    for r in Reason::ALL {
+        header.push_str(&format!(" {:>13} |", r.name()));
+        rule.push_str("---------------|");
+    }
+    header.push_str(" carried |");
+    rule.push_str("---------|");
+    println!("{header}");
+    println!("{rule}");
+    for (name, r) in [("baseline", &base), ("polling", &polling), ("ebpf", &ebpf)] {
+        for tier in tiers {
+            let mut line = format!("| {name:<8} | {tier:<6} |");
+            for reason in Reason::ALL {
+                let v = r
+                    .rereads
+                    .get(&(tier, reason.name()))
+                    .copied()
+                    .unwrap_or(0.0);
+                line.push_str(&format!(" {v:>13.2} |"));
+            }
+            line.push_str(&format!(" {:>7.2} |", r.carried));
+            println!("{line}");
+        }
+    }
+    println!();
+    println!(
+        "tracker marks per tick (ebpf): {:.2} for the workers signalled that tick, {:.2} for other workers, {:.2} for other processes",
+        ebpf.marks_signalled, ebpf.marks_workers, ebpf.marks_other
+    );
+    println!(
+        "smaps staleness re-reads per tick, long-run expectation: {expected_stale:.2} (processes / ceil(max_staleness / tick))"
+    );
+    // The window may see fewer staleness re-reads than the long run (their deadlines all start at
+    // tick 0 and drift apart slowly): add the missing ones at the full pass's cost per process.
+    let per_process_ms =
+        base.cpu_ms / base_sample.rereads.values().max().copied().unwrap_or(1) as f64;
+    let measured_stale = ebpf
+        .rereads
+        .get(&("smaps", Reason::Stale.name()))
+        .copied()
+        .unwrap_or(0.0);
+    let projected = ebpf.cpu_ms + (expected_stale - measured_stale).max(0.0) * per_process_ms;
+    println!(
+        "ebpf CPU/tick projected to the long-run staleness rate: {projected:.2} ms (ratio {:.3}; {:.3} ms per process read in the full pass)",
+        ratio(projected, base.cpu_ms),
+        per_process_ms
+    );
+    let (rollup_max, smaps_max) = (opts.rollup_max_staleness, opts.max_staleness);
+    for (name, r) in [("polling", &polling), ("ebpf", &ebpf)] {
+        println!(
+            "max age of a number after a tick, {name}: rollup {:.2} s (max_staleness {:.0} s), smaps {:.2} s (max_staleness {:.0} s)",
+            r.max_age.0.as_secs_f64(),
+            rollup_max.as_secs_f64(),
+            r.max_age.1.as_secs_f64(),
+            smaps_max.as_secs_f64()
+        );
+    }
+    let cpu_ratio = ratio(ebpf.cpu_ms, base.cpu_ms);
+    let bytes_ratio = ratio(ebpf.smaps_kib, base.smaps_kib);
+    let verdict = |ok: bool| if ok { "PASS" } else { "FAIL" };
+    println!(
+        "{}: ebpf steady-state tick CPU / full pass CPU = {cpu_ratio:.3} (target <= 0.100)",
+        verdict(cpu_ratio <= 0.1)
+    );
+    println!(
+        "{}: ebpf steady-state smaps+rollup bytes / full pass = {bytes_ratio:.3} (target <= 0.100)",
+        verdict(bytes_ratio <= 0.1)
+    );
+    println!(
+        "{}: oldest numbers in ebpf mode within max_staleness (rollup {:.2} s <= {:.0} s, smaps {:.2} s <= {:.0} s)",
+        verdict(ebpf.max_age.0 <= rollup_max && ebpf.max_age.1 <= smaps_max),
+        ebpf.max_age.0.as_secs_f64(),
+        rollup_max.as_secs_f64(),
+        ebpf.max_age.1.as_secs_f64(),
+        smaps_max.as_secs_f64()
+    );
+    drop(workers);
+    Ok(())
+}

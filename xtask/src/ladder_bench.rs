@@ -1,0 +1,55 @@
+//! `cargo xtask bench`: the cost ladder's steady-state tick in polling and eBPF mode against a full
+//! smaps pass of the same workload (several hundred `memhog worker` processes, ~1 % changing per
+//! tick), in one run.
+//!
+//! Builds `ladder_bench` and `memhog` of `memscope-tests` in release, then runs the bench (it needs
+//! root: eBPF tracepoints and every process's smaps), passing extra arguments through and its table
+//! to stdout. It is a benchmark that prints numbers, never a timed test.
+
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+
+/// Builds and runs the ladder benchmark with `args` (e.g. `--workers 500`).
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    if !crate::is_root() {
+        bail!(
+            "the ladder bench needs root (eBPF tracepoints, every process's smaps): run `sudo cargo xtask bench`"
+        );
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let root = crate::workspace_root();
+    let build = [
+        "build",
+        "--release",
+        "--package",
+        "memscope-tests",
+        "--bin",
+        "ladder_bench",
+        "--bin",
+        "memhog",
+    ];
+    eprintln!("xtask: cargo {}", build.join(" "));
+    let status = Command::new(&cargo)
+        .args(build)
+        .env("MEMSCOPE_REQUIRE_EBPF", "1")
+        .current_dir(&root)
+        .status()
+        .context(
+            "running `cargo build --release -p memscope-tests --bin ladder_bench --bin memhog`",
+        )?;
+    if !status.success() {
+        bail!("building the ladder bench failed: {status}");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root.join("target"), std::path::PathBuf::from);
+    let bench = target.join("release").join("ladder_bench");
+    let status = Command::new(&bench)
+        .args(args)
+        .status()
+        .with_context(|| format!("running {}", bench.display()))?;
+    if !status.success() {
+        bail!("ladder_bench failed: {status}");
+    }
+    Ok(())
+}
