@@ -107,7 +107,7 @@ impl Default for ProcessesConfig {
             enabled: true,
             interval: None,
             min_change: ByteSize(64 << 10),
-            max_staleness: Interval(Duration::from_secs(120)),
+            max_staleness: Interval(Duration::from_secs(300)),
             budget: Interval(Duration::from_secs(2)),
         }
     }

@@ -98,6 +98,9 @@ pub struct Ladder {
     policy: TierPolicy,
     page_size: u64,
     entries: HashMap<u32, Entry>,
+    /// How long a run takes before its numbers are emitted: a number that would pass its deadline
+    /// within this margin is re-read now, so no emitted number is older than `max_staleness`.
+    margin: Duration,
 }
 
 impl Ladder {
@@ -106,6 +109,7 @@ impl Ladder {
             policy,
             page_size,
             entries: HashMap::new(),
+            margin: Duration::ZERO,
         }
     }
 
@@ -145,8 +149,9 @@ impl Ladder {
         } else {
             policy.max_staleness
         };
+        let margin = self.margin.min(deadline / 2);
         if e.last_read
-            .is_some_and(|t| now.saturating_duration_since(t) >= deadline)
+            .is_some_and(|t| now.saturating_duration_since(t) + margin >= deadline)
         {
             Self::set_pending(e, Reason::Stale, now);
         }
@@ -211,6 +216,12 @@ impl Ladder {
             self.mark(pid, Reason::Dirty, now);
         }
         (live, vanished)
+    }
+
+    /// Records how long a run took (from its statm pass to its emission). The next run re-reads a
+    /// number for staleness when it would pass its deadline within twice that.
+    pub fn set_run_length(&mut self, d: Duration) {
+        self.margin = d * 2;
     }
 
     /// Forgets `pid` (gone, or its pid was reused: it will be `new` again).
@@ -384,6 +395,21 @@ mod tests {
     }
 
     #[test]
+    fn a_number_that_would_expire_during_the_run_is_read_now() {
+        let mut l = ladder();
+        let pid = 7;
+        let t0 = Instant::now();
+        let after = stale_after(Duration::from_secs(60), pid);
+        l.observe(pid, statm(1, 1), t0);
+        l.done(pid, t0);
+        l.set_run_length(Duration::from_millis(500));
+        l.observe(pid, statm(1, 1), t0 + after - Duration::from_millis(1001));
+        assert!(l.due().is_empty());
+        l.observe(pid, statm(1, 1), t0 + after - Duration::from_millis(1000));
+        assert_eq!(l.due(), vec![(pid, Reason::Stale)]);
+    }
+
+    #[test]
     fn only_the_first_deadline_is_spread() {
         let mut l = ladder();
         let max = Duration::from_secs(60);
@@ -493,6 +519,8 @@ pub struct Shared {
     pub dirty: DirtyHub,
     tiers: Mutex<std::collections::BTreeMap<&'static str, TierStats>>,
     tracker: Mutex<TrackerCounters>,
+    /// `statm` descriptors kept open between passes (see [`crate::procfs::OpenFiles`]).
+    pub statm_files: Mutex<Option<crate::procfs::OpenFiles>>,
     /// The last tier-1 pass, by tick and `/proc` root.
     statm: Mutex<Option<(u64, std::path::PathBuf, std::sync::Arc<StatmPass>)>>,
 }

@@ -110,6 +110,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
 
+    raise_fd_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(8)
@@ -135,6 +136,24 @@ fn main() -> ExitCode {
         Err(e) => {
             error!("{e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit: the agent keeps one `statm` descriptor per
+/// process open between passes (it reads them the plain way beyond the limit).
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::debug!("could not raise RLIMIT_NOFILE");
+            }
         }
     }
 }

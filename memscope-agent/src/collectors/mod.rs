@@ -51,19 +51,29 @@ pub fn statm_pass(
     buf: &mut Vec<u8>,
 ) -> Result<std::sync::Arc<crate::ladder::StatmPass>, ProcError> {
     let read = |buf: &mut Vec<u8>| -> Result<crate::ladder::StatmPass, ProcError> {
+        use crate::{
+            ladder::StatmRead,
+            procfs::{FileClass, OpenFiles, statm::parse_statm},
+        };
         let pids = ctx.procfs.pids()?;
+        let mut files = ctx
+            .shared
+            .statm_files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let files =
+            files.get_or_insert_with(|| OpenFiles::new("statm", FileClass::Statm, statm_fd_cap()));
+        files.retain_sorted(&pids);
         let mut processes = Vec::with_capacity(pids.len());
         for pid in pids {
-            let read = match ctx.procfs.read_parsed(
-                &ctx.procfs.pid_path(pid, "statm"),
-                crate::procfs::FileClass::Statm,
-                buf,
-                crate::procfs::statm::parse_statm,
-            ) {
-                Ok(statm) => crate::ladder::StatmRead::Read(statm),
-                Err(e) if e.is_gone() => crate::ladder::StatmRead::Gone,
+            let read = match files.read(ctx.procfs, pid, buf) {
+                Ok(()) => match parse_statm(buf) {
+                    Ok(statm) => StatmRead::Read(statm),
+                    Err(_) => StatmRead::Unreadable,
+                },
+                Err(e) if e.is_gone() => StatmRead::Gone,
                 // statm is world-readable; if it is not (hidepid), the rollup tier says why.
-                Err(_) => crate::ladder::StatmRead::Unreadable,
+                Err(_) => StatmRead::Unreadable,
             };
             processes.push((pid, read));
         }
@@ -74,6 +84,24 @@ pub fn statm_pass(
     }
     ctx.shared
         .statm_pass(ctx.tick, ctx.procfs.root(), || read(buf))
+}
+
+/// How many `statm` descriptors to keep open: the soft RLIMIT_NOFILE less a reserve for everything
+/// else the agent opens (the agent raises the soft limit to the hard one at start).
+fn statm_fd_cap() -> usize {
+    // SAFETY: getrlimit writes into the struct we own.
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur
+    } else {
+        1024
+    };
+    usize::try_from(soft)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(512)
 }
 
 /// A source of observations. `collect` runs on a blocking thread, never on an async worker.

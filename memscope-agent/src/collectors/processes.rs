@@ -346,6 +346,7 @@ impl Collector for ProcessesCollector {
                 }
             }
         }
+        self.ladder.set_run_length(start.elapsed());
         self.stats.finish_run(&self.ladder, carried, Instant::now());
         ctx.shared.set_tier_stats("rollup", self.stats.clone());
 

@@ -709,6 +709,7 @@ impl Collector for SmapsCollector {
             self.ladder.mark(pid, Reason::SharedChange, now);
         }
 
+        self.ladder.set_run_length(start.elapsed());
         self.stats.finish_run(&self.ladder, carried, now);
         ctx.shared.set_tier_stats("smaps", self.stats.clone());
         Ok(Some(Observation::Objects(obs)))

@@ -61,7 +61,7 @@ struct Options {
 
 const USAGE: &str = "usage: ladder_bench [--workers N (300)] [--worker-bytes BYTES (4194304)] \
 [--ticks T (30)] [--warmup TICKS (2 x max_staleness)] [--tick-ms MS (500)] \
-[--max-staleness-s S (15)] [--rollup-max-staleness-s S (6)] [--change-percent P (1)] [--act-ms MS (20)]";
+[--max-staleness-s S (15)] [--rollup-max-staleness-s S (15)] [--change-percent P (1)] [--act-ms MS (20)]";
 
 impl Options {
     fn parse() -> anyhow::Result<Options> {
@@ -71,10 +71,10 @@ impl Options {
             ticks: 30,
             warmup: None,
             tick: Duration::from_millis(500),
-            // The default config's ratios (smaps 5m, processes 2m at a 10 s interval) scaled to the
-            // bench's 500 ms tick: 30 and 12 ticks.
+            // The default config's ratio (max_staleness 5m at a 10 s interval: 30 ticks) scaled
+            // to the bench's 500 ms tick.
             max_staleness: Duration::from_secs(15),
-            rollup_max_staleness: Duration::from_secs(6),
+            rollup_max_staleness: Duration::from_secs(15),
             change_percent: 1.0,
             act: Duration::from_millis(20),
         };
