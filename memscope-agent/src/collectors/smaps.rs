@@ -242,6 +242,9 @@ pub struct ObjectsObservation {
     pub objects: Vec<SharedObject>,
     /// Objects below this PSS are folded into `other` rows in the records.
     pub min_object_pss: u64,
+    /// The objects given a row of their own, when the collector chose them with hysteresis (see
+    /// [`SmapsCollector`]); `None`: every object at or above `min_object_pss`.
+    pub own_rows: Option<HashSet<ObjectKey>>,
     /// Consumers listed per object in the records.
     pub top_consumers: usize,
     /// Processes whose smaps was read this run, and those reused from an earlier read.
@@ -295,7 +298,11 @@ impl ObjectsObservation {
     pub fn records_except(&self, out: &mut Vec<Record>, skip: impl Fn(&SharedObject) -> bool) {
         let mut others: Vec<(ObjectKind, u64, ObjectMemory)> = Vec::new();
         for o in self.objects.iter().filter(|o| !skip(o)) {
-            if o.memory.pss_bytes >= self.min_object_pss || o.key.kind() == ObjectKind::Sysv {
+            let own_row = match &self.own_rows {
+                Some(rows) => rows.contains(&o.key),
+                None => o.memory.pss_bytes >= self.min_object_pss,
+            };
+            if own_row || o.key.kind() == ObjectKind::Sysv {
                 out.push(self.object_record(o));
             } else {
                 let kind = o.key.kind();
@@ -519,8 +526,13 @@ pub fn tmpfs_devices(procfs: &ProcFs, buf: &mut Vec<u8>) -> Result<HashSet<(u32,
         .collect())
 }
 
+/// Objects get a row of their own from `min_object_pss` up, and keep it until they fall below half
+/// of it: an object whose PSS hovers around the floor does not flap between its own row and the
+/// `other` row (which in `emit = "changes"` would send a `removed` record each time).
 pub struct SmapsCollector {
     min_object_pss: u64,
+    /// Objects with a row of their own in the last run.
+    own_rows: HashSet<ObjectKey>,
     top_consumers: usize,
     min_change: u64,
     budget: Duration,
@@ -534,6 +546,7 @@ impl SmapsCollector {
     pub fn new(config: &SmapsConfig) -> Self {
         SmapsCollector {
             min_object_pss: config.min_object_pss.0,
+            own_rows: HashSet::new(),
             top_consumers: config.top_consumers.0 as usize,
             min_change: config.min_change.0,
             budget: config.budget.get(),
@@ -691,6 +704,17 @@ impl Collector for SmapsCollector {
         let mut procs: Vec<&ProcessObjects> = self.cache.values().collect();
         procs.sort_by_key(|p| p.pid);
         obs.objects = fold_shared(procs);
+        let floor = self.min_object_pss;
+        self.own_rows = obs
+            .objects
+            .iter()
+            .filter(|o| {
+                o.memory.pss_bytes >= floor
+                    || (self.own_rows.contains(&o.key) && o.memory.pss_bytes >= floor / 2)
+            })
+            .map(|o| o.key.clone())
+            .collect();
+        obs.own_rows = Some(self.own_rows.clone());
 
         // The other mappers of objects that gained or lost a mapper are due next run.
         let now = Instant::now();
@@ -833,6 +857,49 @@ Pss:                   4 kB
         let objs = fold_process(text.as_bytes(), &devs()).expect("parses");
         assert_eq!(objs.len(), 2);
         assert!(objs[0].deleted && !objs[1].deleted);
+    }
+
+    #[test]
+    fn own_rows_have_hysteresis_around_the_floor() {
+        let mut c = SmapsCollector::new(&SmapsConfig {
+            min_object_pss: crate::config::ByteSize(1000 * 1024),
+            ..SmapsConfig::default()
+        });
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("self")).expect("mkdir");
+        std::fs::write(dir.path().join("self/mountinfo"), "").expect("mountinfo");
+        std::fs::create_dir(dir.path().join("10")).expect("mkdir");
+        std::fs::write(
+            dir.path().join("10/stat"),
+            "10 (a) S 1 10 10 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 5 0 0\n",
+        )
+        .expect("stat");
+        let procfs = ProcFs::new(dir.path());
+        let shared = crate::ladder::Shared::default();
+        let mut run = |memfd_kb: u64| -> bool {
+            std::fs::write(
+                dir.path().join("10/statm"),
+                format!("{memfd_kb} 1 0 0 0 0 0\n"),
+            )
+            .expect("statm");
+            std::fs::write(
+                dir.path().join("10/smaps"),
+                format!("7f0000000000-7f0000400000 rw-s 00000000 00:01 77 /memfd:buf (deleted)\nRss: {memfd_kb} kB\nPss: {memfd_kb} kB\n"),
+            )
+            .expect("smaps");
+            let obs = match c.collect(&crate::collectors::CollectCtx::once(&procfs, &shared)) {
+                Ok(Some(Observation::Objects(o))) => o,
+                other => panic!("unexpected {other:?}"),
+            };
+            let mut recs = Vec::new();
+            obs.records(&mut recs);
+            recs.iter().any(|r| r.key == "memfd:0:1:77")
+        };
+        assert!(!run(900), "below the floor, never shown: folded");
+        assert!(run(1000), "at the floor: its own row");
+        assert!(run(600), "dipping below the floor keeps the row");
+        assert!(!run(400), "below half the floor: folded again");
+        assert!(!run(900), "and needs the full floor to come back");
     }
 
     #[test]
