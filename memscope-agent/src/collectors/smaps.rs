@@ -218,10 +218,30 @@ struct ObjectBody<'a> {
     shmid: Option<u64>,
     deleted: bool,
     #[serde(flatten)]
-    memory: &'a ObjectMemory,
-    mappers: u32,
-    mappings: u32,
-    top: &'a [Consumer],
+    sharing: Sharing<'a>,
+}
+
+/// How an object is shared: its memory, its mappers and the top consumers (in `object` records,
+/// and as `mapped` in `sysv` records).
+#[derive(Serialize)]
+pub struct Sharing<'a> {
+    #[serde(flatten)]
+    pub memory: &'a ObjectMemory,
+    pub mappers: u32,
+    pub mappings: u32,
+    pub top: &'a [Consumer],
+}
+
+impl SharedObject {
+    /// The object's sharing with its `top_consumers` largest consumers.
+    pub fn sharing(&self, top_consumers: usize) -> Sharing<'_> {
+        Sharing {
+            memory: &self.memory,
+            mappers: self.mappers,
+            mappings: self.mappings,
+            top: &self.consumers[..self.consumers.len().min(top_consumers)],
+        }
+    }
 }
 
 /// The `other` row of one kind: objects below the PSS floor, folded.
@@ -274,7 +294,6 @@ impl ObjectsObservation {
             _ => (None, None, None),
         };
         let id = o.key.id();
-        let top = &o.consumers[..o.consumers.len().min(self.top_consumers)];
         Record::new(
             "object",
             id.clone(),
@@ -286,10 +305,7 @@ impl ObjectsObservation {
                 inode,
                 shmid,
                 deleted: o.deleted,
-                memory: &o.memory,
-                mappers: o.mappers,
-                mappings: o.mappings,
-                top,
+                sharing: o.sharing(self.top_consumers),
             },
         )
     }

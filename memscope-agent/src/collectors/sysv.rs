@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::{
     CollectCtx, CollectError, Collector, Observation, ToRecords, UserNames,
-    smaps::{Consumer, ObjectMemory, SharedObject},
+    smaps::{SharedObject, Sharing},
 };
 use crate::{
     procfs::{
@@ -44,15 +44,6 @@ impl SysvObservation {
 }
 
 #[derive(Serialize)]
-struct Mapped<'a> {
-    #[serde(flatten)]
-    memory: &'a ObjectMemory,
-    mappers: u32,
-    mappings: u32,
-    top: &'a [Consumer],
-}
-
-#[derive(Serialize)]
 struct SegmentBody<'a> {
     shmid: u64,
     /// The key as the kernel prints it (signed), and in the hex form `ipcs` uses.
@@ -73,19 +64,14 @@ struct SegmentBody<'a> {
     creator_pid: u32,
     last_pid: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
-    mapped: Option<Mapped<'a>>,
+    mapped: Option<Sharing<'a>>,
 }
 
 impl Segment {
     /// The `sysv` record, with the smaps object of the segment joined in when given.
     pub fn record(&self, object: Option<&SharedObject>, top_consumers: usize) -> Record {
         let s = &self.shm;
-        let mapped = object.map(|o| Mapped {
-            memory: &o.memory,
-            mappers: o.mappers,
-            mappings: o.mappings,
-            top: &o.consumers[..o.consumers.len().min(top_consumers)],
-        });
+        let mapped = object.map(|o| o.sharing(top_consumers));
         Record::new(
             "sysv",
             s.shmid.to_string(),

@@ -70,6 +70,32 @@ fn candidate(target: &[u8]) -> Option<(Candidate, &[u8])> {
 
 /// Scans every process's descriptors under `procfs`. `tmpfs_devs` are the tmpfs superblocks a deleted
 /// file must be on; `max_holders` bounds the pids listed per file.
+/// What to do after an error on one descriptor of a process.
+enum Next {
+    /// Go on with the next descriptor.
+    Skip,
+    /// Leave this process.
+    Stop,
+}
+
+impl FdScan {
+    /// A vanished descriptor is skipped quietly; a denied one means the whole process is off
+    /// limits (counted once); anything else is recorded with its path.
+    fn on_error(&mut self, path: std::path::PathBuf, e: std::io::Error) -> Next {
+        match ProcError::from_io(path, e) {
+            e if e.is_gone() => Next::Skip,
+            e if e.is_denied() => {
+                self.denied += 1;
+                Next::Stop
+            }
+            e => {
+                self.errors.push(e.to_string());
+                Next::Skip
+            }
+        }
+    }
+}
+
 pub fn scan_fds(procfs: &ProcFs, tmpfs_devs: &HashSet<Dev>, max_holders: usize) -> FdScan {
     let mut scan = FdScan::default();
     let pids = match procfs.pids() {
@@ -101,17 +127,9 @@ pub fn scan_fds(procfs: &ProcFs, tmpfs_devs: &HashSet<Dev>, max_holders: usize) 
             let path = entry.path();
             let target = match std::fs::read_link(&path) {
                 Ok(t) => t,
-                Err(e) => match ProcError::from_io(path, e) {
-                    e if e.is_gone() => continue,
-                    // One denied link means the whole process is off limits: count it once.
-                    e if e.is_denied() => {
-                        scan.denied += 1;
-                        break;
-                    }
-                    e => {
-                        scan.errors.push(e.to_string());
-                        continue;
-                    }
+                Err(e) => match scan.on_error(path, e) {
+                    Next::Skip => continue,
+                    Next::Stop => break,
                 },
             };
             let Some((kind, name)) = candidate(target.as_os_str().as_bytes()) else {
@@ -119,16 +137,9 @@ pub fn scan_fds(procfs: &ProcFs, tmpfs_devs: &HashSet<Dev>, max_holders: usize) 
             };
             let meta = match std::fs::metadata(&path) {
                 Ok(m) => m,
-                Err(e) => match ProcError::from_io(path, e) {
-                    e if e.is_gone() => continue,
-                    e if e.is_denied() => {
-                        scan.denied += 1;
-                        break;
-                    }
-                    e => {
-                        scan.errors.push(e.to_string());
-                        continue;
-                    }
+                Err(e) => match scan.on_error(path, e) {
+                    Next::Skip => continue,
+                    Next::Stop => break,
                 },
             };
             let dev = Dev::from_st_dev(meta.dev());
