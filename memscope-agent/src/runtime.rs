@@ -185,13 +185,28 @@ async fn start_tracker(mode: TrackerMode, once: bool) -> anyhow::Result<Tracker>
         return Ok(polling("one-shot run (--once): every process is read"));
     }
     let pid = std::process::id();
-    let tracker = tokio::task::spawn_blocking(move || tracker::start(pid))
-        .await
-        .context("starting the tracker")?;
+    let tracker = tokio::task::spawn_blocking(move || {
+        let t = tracker::start(pid);
+        release_freed_heap();
+        t
+    })
+    .await
+    .context("starting the tracker")?;
     if let (TrackerMode::Ebpf, TrackerState::Polling { reason }) = (mode, tracker.source.state()) {
         anyhow::bail!("agent.tracker = \"ebpf\" but eBPF cannot attach: {reason}");
     }
     Ok(tracker)
+}
+
+/// Loading the programs parses the kernel's BTF (about 5 MB here), which leaves ~16 MB of freed
+/// heap that glibc keeps; hand it back so the agent's RSS reflects what it uses (measured on this
+/// VM, release build, eBPF attached: 23 MB → 13 MB RSS; polling mode is 6 MB).
+fn release_freed_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Moves the tracker's dirty marks into the hub (a blocking drain, off the async workers).
