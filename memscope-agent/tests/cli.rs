@@ -34,6 +34,15 @@ fn kinds(lines: &[Value]) -> Vec<&str> {
         .collect()
 }
 
+/// `memscope-agent --once --config CFG --proc-root fixtures/proc`.
+fn once_over_fixtures(cfg: &Path) -> Output {
+    run(agent()
+        .args(["--once", "--config"])
+        .arg(cfg)
+        .arg("--proc-root")
+        .arg(fixtures()))
+}
+
 fn write_config(dir: &Path, text: &str) -> PathBuf {
     let p = dir.join("memscope.toml");
     std::fs::write(&p, text).expect("write config");
@@ -86,11 +95,7 @@ fn logs_go_to_stderr_not_to_the_data_stream() {
 fn processes_collector_can_be_switched_off() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = write_config(dir.path(), "[collectors.processes]\nenabled = false\n");
-    let out = run(agent()
-        .args(["--once", "--config"])
-        .arg(&cfg)
-        .arg("--proc-root")
-        .arg(fixtures()));
+    let out = once_over_fixtures(&cfg);
     assert!(
         out.status.success(),
         "stderr: {}",
@@ -109,11 +114,7 @@ fn file_sink_writes_the_lines_and_stdout_stays_empty() {
         dir.path(),
         &format!("[output]\nsink = \"file\"\npath = \"{}\"\n", sink.display()),
     );
-    let out = run(agent()
-        .args(["--once", "--config"])
-        .arg(&cfg)
-        .arg("--proc-root")
-        .arg(fixtures()));
+    let out = once_over_fixtures(&cfg);
     assert!(
         out.status.success(),
         "stderr: {}",
@@ -128,11 +129,7 @@ fn file_sink_writes_the_lines_and_stdout_stays_empty() {
 fn assert_rejected(text: &str, expect_in_message: &[&str]) {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = write_config(dir.path(), text);
-    let out = run(agent()
-        .args(["--once", "--config"])
-        .arg(&cfg)
-        .arg("--proc-root")
-        .arg(fixtures()));
+    let out = once_over_fixtures(&cfg);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
     assert!(out.stdout.is_empty(), "nothing may reach the sink");

@@ -118,25 +118,21 @@ impl EbpfSource {
         let logger = start_logger(&mut ebpf);
         write_config(&mut ebpf, config)?;
         for (name, category, tracepoint) in PROGRAMS {
+            let failed = |source| TrackerError::Program {
+                name,
+                category,
+                tracepoint,
+                source: Box::new(source),
+            };
             let program: &mut TracePoint = ebpf
                 .program_mut(name)
                 .ok_or(TrackerError::MissingProgram { name })?
                 .try_into()
-                .map_err(|source| TrackerError::Program {
-                    name,
-                    category,
-                    tracepoint,
-                    source: Box::new(source),
-                })?;
+                .map_err(failed)?;
             program
                 .load()
                 .and_then(|()| program.attach(category, tracepoint).map(drop))
-                .map_err(|source| TrackerError::Program {
-                    name,
-                    category,
-                    tracepoint,
-                    source: Box::new(source),
-                })?;
+                .map_err(failed)?;
         }
         attach_fork(&mut ebpf, &kernel_btf)?;
         let dirty = ebpf
