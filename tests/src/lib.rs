@@ -104,3 +104,28 @@ impl Drop for TestChild {
         let _status = self.child.wait();
     }
 }
+
+/// Maps one anonymous 4 KiB page and unmaps it: the syscall pair the tracepoint programs watch
+/// (the probe benchmark's loop, and the eBPF lane's "the agent's own mmaps are not marked").
+#[inline]
+pub fn mmap_munmap_pair() -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    // SAFETY: maps one anonymous page, touches nothing, unmaps it.
+    unsafe {
+        let page = libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if page == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error()).context("mmap");
+        }
+        if libc::munmap(page, 4096) != 0 {
+            return Err(std::io::Error::last_os_error()).context("munmap");
+        }
+    }
+    Ok(())
+}

@@ -192,19 +192,7 @@ fn agent_own_mmaps_are_not_marked() {
     let mut tracker = tracker();
     let _before = tracker.source.drain();
     for _ in 0..100 {
-        // SAFETY: map and unmap one anonymous page that nothing else uses.
-        unsafe {
-            let page = libc::mmap(
-                std::ptr::null_mut(),
-                4096,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            );
-            assert_ne!(page, libc::MAP_FAILED, "mmap failed");
-            libc::munmap(page, 4096);
-        }
+        memscope_tests::mmap_munmap_pair().expect("mmap+munmap");
     }
     let marks = tracker.source.drain();
     assert_eq!(

@@ -13,32 +13,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use memscope_agent::tracker::{self, TrackerState};
+use memscope_tests::mmap_munmap_pair;
 
 const ITERATIONS: u32 = 50_000;
 const ROUNDS: usize = 21;
 /// Pause after attaching and after detaching, so the kernel's deferred work is not timed.
 const SETTLE: Duration = Duration::from_millis(300);
-
-fn mmap_munmap_pair() -> anyhow::Result<()> {
-    // SAFETY: maps one anonymous page, touches nothing, unmaps it.
-    unsafe {
-        let page = libc::mmap(
-            std::ptr::null_mut(),
-            4096,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        );
-        if page == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error()).context("mmap");
-        }
-        if libc::munmap(page, 4096) != 0 {
-            return Err(std::io::Error::last_os_error()).context("munmap");
-        }
-    }
-    Ok(())
-}
 
 /// This thread's CPU time: unlike wall time it leaves out time spent preempted by other
 /// processes, the main noise on a small shared machine.
