@@ -4,6 +4,7 @@
 //! formatting and lints, runs the unprivileged lane, then the privileged lane (root + BPF), which
 //! fails loudly when it cannot run.
 
+mod ebpf_object;
 mod ladder_bench;
 mod probe_bench;
 mod setup;
@@ -34,6 +35,12 @@ enum Cmd {
     GoldenUpdate,
     /// Install the eBPF toolchain (nightly rust-src, bpf-linker for the nightly's LLVM). Idempotent.
     Setup,
+    /// Rebuild the committed eBPF object and its stamp (memscope-ebpf/prebuilt/). `--check`: fail
+    /// when the committed object is stale or the pinned toolchain does not rebuild it exactly.
+    EbpfObject {
+        #[arg(long)]
+        check: bool,
+    },
     /// Measure the tracepoint programs' overhead on a 4 KiB mmap+munmap loop (root).
     ProbeBench,
     /// Cost ladder: polling vs eBPF steady-state tick vs a full smaps pass (root). Extra arguments
@@ -49,6 +56,8 @@ fn main() -> Result<()> {
         Cmd::Test { skip_privileged } => test(skip_privileged),
         Cmd::TestPrivileged => privileged_lane(),
         Cmd::Setup => setup::setup_ebpf_toolchain(),
+        Cmd::EbpfObject { check: false } => ebpf_object::refresh(&workspace_root()),
+        Cmd::EbpfObject { check: true } => ebpf_object::check(&workspace_root()),
         Cmd::ProbeBench => probe_bench::run(),
         Cmd::Bench { args } => ladder_bench::run(&args),
         Cmd::GoldenUpdate => cargo(
