@@ -31,7 +31,7 @@ pub fn setup_ebpf_toolchain() -> anyhow::Result<()> {
             eprintln!(
                 "setup: {why:#}; running `rustup toolchain install {channel} --profile minimal --component rust-src`"
             );
-            run(Command::new("rustup").args([
+            crate::run_checked(Command::new("rustup").args([
                 "toolchain",
                 "install",
                 &channel,
@@ -45,7 +45,7 @@ pub fn setup_ebpf_toolchain() -> anyhow::Result<()> {
     };
     if let Err(why) = toolchain::check_rust_src(&channel, &sysroot) {
         eprintln!("setup: {why:#}; running `rustup component add rust-src --toolchain {channel}`");
-        run(Command::new("rustup").args([
+        crate::run_checked(Command::new("rustup").args([
             "component",
             "add",
             "rust-src",
@@ -176,7 +176,7 @@ fn install_bpf_linker(cargo_home: &Path, llvm_major: u32) -> anyhow::Result<()> 
         "setup: LLVM_PREFIX={} cargo install bpf-linker --no-default-features --features {feature} --force (about a minute)",
         prefix.display()
     );
-    run(Command::new("cargo").env("LLVM_PREFIX", &prefix).args([
+    crate::run_checked(Command::new("cargo").env("LLVM_PREFIX", &prefix).args([
         "install",
         "bpf-linker",
         "--no-default-features",
@@ -185,16 +185,6 @@ fn install_bpf_linker(cargo_home: &Path, llvm_major: u32) -> anyhow::Result<()> 
         "--force",
     ]))?;
     bpf_linker_state(cargo_home, llvm_major).context("bpf-linker still unusable after installing")
-}
-
-fn run(command: &mut Command) -> anyhow::Result<()> {
-    let status = command
-        .status()
-        .with_context(|| format!("running {command:?}"))?;
-    if !status.success() {
-        bail!("{command:?} failed: {status}");
-    }
-    Ok(())
 }
 
 #[cfg(test)]
