@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 
 /// cargo-deb version installed when missing (pinned: the metadata is checked against it).
-const CARGO_DEB: &str = "3.6.3";
+const CARGO_DEB: &str = "3.8.0";
 /// The chroot's suite; debootstrap also needs the packages the maintainer scripts call.
 const SUITE: &str = "bookworm";
 const MIRROR: &str = "http://deb.debian.org/debian";
