@@ -13,13 +13,8 @@ use anyhow::{Context as _, bail, ensure};
 
 /// cargo-deb version installed when missing (pinned: the metadata is checked against it).
 const CARGO_DEB: &str = "3.8.0";
-/// The chroot's suite; debootstrap also needs the packages the maintainer scripts call.
-const SUITE: &str = "bookworm";
-const MIRROR: &str = "http://deb.debian.org/debian";
-const INCLUDE: &str = "adduser,init-system-helpers";
-
 /// Builds and checks the package; returns its path.
-pub fn check(workspace: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
+pub fn check(workspace: &Path, rootfs: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
     ensure_cargo_deb()?;
     let deb = dir.join("memscope-agent.deb");
     crate::run_checked(
@@ -72,7 +67,7 @@ pub fn check(workspace: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
         depends.trim()
     );
 
-    install_in_scratch_root(workspace, dir, &deb)?;
+    install_in_scratch_root(rootfs, dir, &deb)?;
     Ok(deb)
 }
 
@@ -95,29 +90,10 @@ fn ensure_cargo_deb() -> anyhow::Result<()> {
     ]))
 }
 
-/// A minbase chroot (cached under target/packaging/), copied, then `dpkg -i`, `-r`, `-P` inside.
-fn install_in_scratch_root(workspace: &Path, dir: &Path, deb: &Path) -> anyhow::Result<()> {
-    super::ensure_program("debootstrap", &["debootstrap"])?;
-    let cache = workspace.join(format!("target/packaging/{SUITE}-minbase"));
-    if !cache.join("var/lib/dpkg/status").is_file() {
-        let partial = cache.with_extension("partial");
-        let _ = fs::remove_dir_all(&partial);
-        eprintln!(
-            "packaging: debootstrap {SUITE} minbase (+{INCLUDE}) into {}",
-            partial.display()
-        );
-        crate::run_checked(
-            Command::new("debootstrap")
-                .args(["--variant=minbase", &format!("--include={INCLUDE}"), SUITE])
-                .arg(&partial)
-                .arg(MIRROR),
-        )?;
-        let _ = fs::remove_dir_all(&cache);
-        fs::rename(&partial, &cache)
-            .with_context(|| format!("renaming {} to {}", partial.display(), cache.display()))?;
-    }
+/// Copies the Debian root, then `dpkg -i`, `-r`, `-P` inside it.
+fn install_in_scratch_root(rootfs: &Path, dir: &Path, deb: &Path) -> anyhow::Result<()> {
     let root = dir.join("debian-root");
-    crate::run_checked(Command::new("cp").arg("-a").arg(&cache).arg(&root))?;
+    crate::run_checked(Command::new("cp").arg("-a").arg(rootfs).arg(&root))?;
     let inside = root.join("tmp/memscope-agent.deb");
     fs::copy(deb, &inside).with_context(|| format!("copying into {}", inside.display()))?;
 
@@ -167,7 +143,8 @@ fn install_in_scratch_root(workspace: &Path, dir: &Path, deb: &Path) -> anyhow::
         "dpkg still knows memscope-agent after purge"
     );
     eprintln!(
-        "packaging: .deb installs in a {SUITE} root (system user uid {uid}, /var/log/memscope memscope:adm 2750, config accepted), removes (conffile kept) and purges cleanly"
+        "packaging: .deb installs in a Debian {} root (system user uid {uid}, /var/log/memscope memscope:adm 2750, config accepted), removes (conffile kept) and purges cleanly",
+        super::SUITE
     );
     fs::remove_dir_all(&root).with_context(|| format!("removing {}", root.display()))?;
     Ok(())

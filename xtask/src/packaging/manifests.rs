@@ -24,11 +24,12 @@ const HOST_MOUNTS: [(&str, &str); 4] = [
     ("/sys/kernel/tracing", "/sys/kernel/tracing"),
 ];
 
-pub fn check(workspace: &Path, agent: &Path, dir: &Path, peak_rss: u64) -> anyhow::Result<()> {
+/// Returns the ConfigMap's memscope.toml.
+pub fn check(workspace: &Path, agent: &Path, dir: &Path, peak_rss: u64) -> anyhow::Result<String> {
     let daemonset = load_yaml(&workspace.join("deploy/kubernetes/daemonset.yaml"))?;
     let configmap = load_yaml(&workspace.join("deploy/kubernetes/configmap.yaml"))?;
     let user = check_daemonset(&daemonset, peak_rss)?;
-    check_configmap(&configmap, agent, dir)?;
+    let config = check_configmap(&configmap, agent, dir)?;
     let containerfile = workspace.join("Containerfile");
     let text = fs::read_to_string(&containerfile)
         .with_context(|| format!("reading {}", containerfile.display()))?;
@@ -36,7 +37,7 @@ pub fn check(workspace: &Path, agent: &Path, dir: &Path, peak_rss: u64) -> anyho
     eprintln!(
         "packaging: DaemonSet, ConfigMap and Containerfile have what the agent needs (uid {user}, caps {CAPS:?}, memory limit >= 2 x peak RSS {peak_rss})"
     );
-    Ok(())
+    Ok(config)
 }
 
 fn load_yaml(path: &Path) -> anyhow::Result<Value> {
@@ -133,7 +134,7 @@ fn check_daemonset(ds: &Value, peak_rss: u64) -> anyhow::Result<u64> {
     Ok(uid)
 }
 
-fn check_configmap(cm: &Value, agent: &Path, dir: &Path) -> anyhow::Result<()> {
+fn check_configmap(cm: &Value, agent: &Path, dir: &Path) -> anyhow::Result<String> {
     ensure!(cm["kind"] == "ConfigMap", "kind is {}", cm["kind"]);
     let toml = cm["data"]["memscope.toml"]
         .as_str()
@@ -155,7 +156,7 @@ fn check_configmap(cm: &Value, agent: &Path, dir: &Path) -> anyhow::Result<()> {
             .any(|l| l.trim() == "proc_root = \"/host/proc\""),
         "the ConfigMap's proc_root is not /host/proc (where the DaemonSet mounts the host's /proc)"
     );
-    Ok(())
+    Ok(toml.to_owned())
 }
 
 fn check_containerfile(text: &str, uid: u64) -> anyhow::Result<()> {

@@ -8,11 +8,14 @@
 //! 4. The .deb ([`deb`]): built by cargo-deb from that binary, contents, install and removal in a
 //!    scratch Debian root.
 //! 5. The Kubernetes manifests ([`manifests`]): what the agent needs is in them.
+//! 6. The container ([`container`]): the image's final stage on a local base, run like the
+//!    DaemonSet runs it.
 //!
 //! Every package the checks need is installed here (CI runs on a fresh machine).
 
 mod agent_run;
 mod caps;
+mod container;
 mod deb;
 mod manifests;
 mod systemd;
@@ -50,9 +53,11 @@ pub fn lane(workspace: &Path) -> anyhow::Result<()> {
 
     let peak_rss = attaches_as_root(&staged, dir.path())?;
     caps::check(&staged, dir.path())?;
-    let deb = deb::check(workspace, dir.path())?;
+    let rootfs = debian_rootfs(workspace)?;
+    let deb = deb::check(workspace, &rootfs, dir.path())?;
     systemd::check(&deb, dir.path())?;
-    manifests::check(workspace, &staged, dir.path(), peak_rss)?;
+    let config = manifests::check(workspace, &staged, dir.path(), peak_rss)?;
+    container::check(&rootfs, &staged, &config, dir.path())?;
     eprintln!("packaging: all checks passed");
     Ok(())
 }
@@ -142,6 +147,41 @@ fn attaches_as_root(agent: &Path, dir: &Path) -> anyhow::Result<u64> {
             + agent_record["cpu_system_us"].as_u64().unwrap_or(0)
     );
     Ok(peak_rss)
+}
+
+/// The Debian suite of the scratch root (the .deb install test, the container check's base).
+const SUITE: &str = "bookworm";
+const MIRROR: &str = "http://deb.debian.org/debian";
+/// What the maintainer scripts and the container check call, beyond minbase.
+const INCLUDE: &str = "adduser,init-system-helpers,libcap2-bin";
+
+/// A `debootstrap --variant=minbase` root, cached under target/packaging/ (about 2 minutes to
+/// create, 200 MB).
+fn debian_rootfs(workspace: &Path) -> anyhow::Result<PathBuf> {
+    ensure_program("debootstrap", &["debootstrap"])?;
+    let cache = workspace.join(format!(
+        "target/packaging/{SUITE}-minbase-{}",
+        INCLUDE.replace(',', "+")
+    ));
+    if cache.join("var/lib/dpkg/status").is_file() {
+        return Ok(cache);
+    }
+    let partial = cache.with_extension("partial");
+    let _ = fs::remove_dir_all(&partial);
+    eprintln!(
+        "packaging: debootstrap {SUITE} minbase (+{INCLUDE}) into {}",
+        partial.display()
+    );
+    crate::run_checked(
+        Command::new("debootstrap")
+            .args(["--variant=minbase", &format!("--include={INCLUDE}"), SUITE])
+            .arg(&partial)
+            .arg(MIRROR),
+    )?;
+    let _ = fs::remove_dir_all(&cache);
+    fs::rename(&partial, &cache)
+        .with_context(|| format!("renaming {} to {}", partial.display(), cache.display()))?;
+    Ok(cache)
 }
 
 /// Writes `text` to `path`, mode 0644.
