@@ -93,7 +93,15 @@ pub fn first_emission(command: &mut Command, timeout: Duration) -> anyhow::Resul
             }
         }
     }
-    let exit = child.try_wait().context("checking the agent")?;
+    let mut exit = child.try_wait().context("checking the agent")?;
+    if !complete && !timed_out {
+        // Its stdout closed: it is exiting. Give it a moment to be reaped rather than kill it.
+        let until = Instant::now() + Duration::from_secs(10);
+        while exit.is_none() && Instant::now() < until {
+            thread::sleep(Duration::from_millis(50));
+            exit = child.try_wait().context("checking the agent")?;
+        }
+    }
     if exit.is_none() {
         // The agent runs until stopped; SIGKILL is fine, the checks read nothing after this.
         let _ = child.kill();
