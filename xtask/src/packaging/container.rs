@@ -94,6 +94,8 @@ pub fn check(rootfs: &Path, agent: &Path, config_toml: &str, dir: &Path) -> anyh
                 "host",
             ])
             .args(["--user", "65532:65532", "--read-only", "--cap-drop", "all"])
+            // As the DaemonSet: podman's default profile denies bpf() without CAP_SYS_ADMIN.
+            .args(["--security-opt", "seccomp=unconfined"])
             .args(["--cap-add", &CAPS.map(str::to_uppercase).join(",")])
             .args([
                 "-v",

@@ -69,6 +69,10 @@ fn check_daemonset(ds: &Value, peak_rss: u64) -> anyhow::Result<u64> {
         sc["readOnlyRootFilesystem"] == true,
         "root filesystem is writable"
     );
+    ensure!(
+        sc["seccompProfile"]["type"].is_string(),
+        "no seccompProfile (the agent needs bpf and perf_event_open)"
+    );
     let mut added: Vec<String> = strings(&sc["capabilities"]["add"])?;
     added.sort();
     let mut wanted: Vec<String> = CAPS.iter().map(|c| c.to_uppercase()).collect();
