@@ -10,6 +10,7 @@ pub mod collectors;
 pub mod config;
 pub mod ladder;
 pub mod ledger;
+pub mod proc_events;
 pub mod procfs;
 pub mod records;
 pub mod runtime;

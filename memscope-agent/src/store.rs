@@ -20,6 +20,7 @@ use crate::{
     config::EmitMode,
     procfs::{FileClass, ReadCounters},
     records::{Header, Record, rfc3339, write_line},
+    tracker::TrackerStats,
 };
 
 /// How the store emits.
@@ -50,6 +51,10 @@ pub struct CollectorStatus {
     pub last_duration_us: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Runs that missed their deadline (they finished in the background).
+    pub late_runs: u64,
+    /// Runs skipped because the previous run was still going.
+    pub skipped_runs: u64,
 }
 
 /// The agent's own cost, measured by the caller at emission time.
@@ -62,21 +67,23 @@ pub struct SelfCost {
 }
 
 impl SelfCost {
-    /// Measures the calling process (the agent): CPU from `getrusage`, RSS from `/proc/self/statm`.
-    pub fn measure() -> SelfCost {
+    /// Measures the calling process (the agent): CPU from `getrusage`, RSS from `self/statm` of
+    /// `own_proc` (the agent's own `/proc`, whatever `proc_root` the collectors read).
+    pub fn measure(own_proc: &crate::procfs::ProcFs) -> SelfCost {
         // SAFETY: getrusage writes into the zeroed struct we own.
         let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
         // SAFETY: valid pointer to a rusage struct.
         let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } == 0;
         let us = |tv: libc::timeval| (tv.tv_sec as u64) * 1_000_000 + tv.tv_usec as u64;
-        let rss_pages = std::fs::read_to_string("/proc/self/statm")
-            .ok()
-            .and_then(|s| {
-                s.split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse::<u64>().ok())
-            })
-            .unwrap_or(0);
+        let mut buf = Vec::new();
+        let rss_pages = own_proc
+            .read_parsed(
+                &own_proc.path("self/statm"),
+                FileClass::Statm,
+                &mut buf,
+                crate::procfs::statm::parse_statm,
+            )
+            .map_or(0, |s| s.resident);
         SelfCost {
             cpu_user_us: if ok { us(ru.ru_utime) } else { 0 },
             cpu_system_us: if ok { us(ru.ru_stime) } else { 0 },
@@ -121,6 +128,9 @@ struct RunSummary<'a> {
     duration_us: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a str>,
+    /// Missed its deadline in this emission: its last observation stands.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    late: bool,
 }
 
 #[derive(Serialize)]
@@ -165,6 +175,12 @@ pub struct Store {
     lines_dropped: u64,
     /// Processes reported by `exit_now` since the last processes observation.
     exited: std::collections::HashSet<u32>,
+    /// Exits seen before the first emission: sent in it, after its `snapshot`.
+    early_exits: Vec<u32>,
+    /// Collectors late for the coming emission.
+    late: Vec<&'static str>,
+    /// The tracker's counters as last reported.
+    tracker_stats: TrackerStats,
 }
 
 impl Store {
@@ -185,32 +201,34 @@ impl Store {
             lines_emitted: 0,
             lines_dropped: 0,
             exited: std::collections::HashSet::new(),
+            early_exits: Vec::new(),
+            late: Vec::new(),
+            tracker_stats: TrackerStats::default(),
         }
     }
 
     /// An `exit` record at once, between emissions, for a process the tracker saw exit: with the
-    /// numbers last sent for it (or, never sent, last observed), `"at_once": true`, and the seq of
-    /// the latest emission. A process never observed (it lived between two runs) gets
-    /// `"known": false`. The process is dropped from the state so the next emission neither
-    /// re-sends it nor reports its exit twice.
+    /// numbers last sent for it, `"at_once": true`, and the seq of the latest emission. A process
+    /// whose numbers were never sent (it lived between two emissions) gets `"known": false`.
+    /// Before the first emission nothing is written: the exit goes into the first emission, after
+    /// its `snapshot`. The process is dropped from the state so the next emission neither re-sends
+    /// it nor reports its exit twice.
     pub fn exit_now(&mut self, pid: u32, now: SystemTime) -> Vec<u8> {
         let key = ("process", pid.to_string());
-        let observed = self.latest.iter_mut().find_map(|(_, o)| match o {
-            Some(Observation::Processes(p)) => Some(p),
-            _ => None,
-        });
-        let mut last = None;
-        if let Some(p) = observed
-            && let Some(i) = p.processes.iter().position(|r| r.pid == pid)
+        if let Some(Some(Observation::Processes(p))) = self
+            .latest
+            .iter_mut()
+            .find(|(_, o)| matches!(o, Some(Observation::Processes(_))))
+            .map(|(_, o)| o)
         {
-            let r = p.processes.remove(i);
-            last = Some(Record::new("process", key.1.clone(), &r).body);
+            p.processes.retain(|r| r.pid != pid);
         }
-        let body = match self.sent.remove(&key).or(last) {
-            Some(b) => format!("{b},\"at_once\":true"),
-            None => format!("\"pid\":{pid},\"known\":false,\"at_once\":true"),
-        };
         self.exited.insert(pid);
+        if self.seq == 0 {
+            self.early_exits.push(pid);
+            return Vec::new();
+        }
+        let body = exit_body(self.sent.remove(&key), pid);
         let ts = rfc3339(now);
         let header = Header {
             ts: &ts,
@@ -223,8 +241,26 @@ impl Store {
         out
     }
 
-    pub fn set_tracker(&mut self, tracker: TrackerInfo) {
-        self.tracker = tracker;
+    /// The tracker's counters, as the scheduler last read them.
+    pub fn set_tracker_stats(&mut self, stats: TrackerStats) {
+        self.tracker_stats = stats;
+    }
+
+    /// `collector` missed its deadline for the coming emission; its last observation stands.
+    pub fn late(&mut self, collector: &'static str) {
+        self.status.entry(collector).or_default().late_runs += 1;
+        if !self.late.contains(&collector) {
+            self.late.push(collector);
+        }
+        if !self.ran.contains(&collector) {
+            self.ran.push(collector);
+        }
+    }
+
+    /// A due run of `collector` was skipped: the previous one is still going.
+    pub fn skipped(&mut self, collector: &'static str) {
+        self.status.entry(collector).or_default().skipped_runs += 1;
+        self.late(collector);
     }
 
     /// Applies one collector run. A failed run keeps the collector's previous observation (so its
@@ -266,14 +302,6 @@ impl Store {
         }
     }
 
-    /// The latest observation of a collector.
-    pub fn latest(&self, collector: &str) -> Option<&Observation> {
-        self.latest
-            .iter()
-            .find(|(n, _)| *n == collector)
-            .and_then(|(_, o)| o.as_ref())
-    }
-
     /// Lines that could not be written by the sink (reported in the next `agent` record).
     pub fn count_dropped(&mut self, lines: u64) {
         self.lines_dropped += lines;
@@ -281,13 +309,8 @@ impl Store {
     }
 
     /// Builds one emission. `cost` and `reads` describe the agent itself.
-    pub fn emit(
-        &mut self,
-        now: SystemTime,
-        cost: &SelfCost,
-        reads: &ReadCounters,
-        ladder: &LadderReport,
-    ) -> Vec<u8> {
+    pub fn emit(&mut self, now: SystemTime, cost: &SelfCost, reads: &ReadCounters) -> Vec<u8> {
+        let ladder = self.ladder_report();
         let keyframe = self.config.emit == EmitMode::Full
             || self
                 .seq
@@ -323,9 +346,15 @@ impl Store {
             .map(|((kind, key), body)| (kind, key, body))
             .collect();
         gone.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-        let gone_records: Vec<Record> = gone
+        let early_exits = std::mem::take(&mut self.early_exits);
+        let gone_records: Vec<Record> = early_exits
             .iter()
-            .map(|(kind, key, body)| {
+            .map(|pid| Record {
+                kind: "exit",
+                key: pid.to_string(),
+                body: format!("\"pid\":{pid},\"known\":false"),
+            })
+            .chain(gone.iter().map(|(kind, key, body)| {
                 if *kind == "process" {
                     Record {
                         kind: "exit",
@@ -335,7 +364,7 @@ impl Store {
                 } else {
                     Record::new("removed", key.clone(), &RemovedBody { entity: kind, key })
                 }
-            })
+            }))
             .collect();
         self.sent = next_sent;
 
@@ -370,6 +399,7 @@ impl Store {
                                 ok: s.last_ok,
                                 duration_us: s.last_duration_us,
                                 error: s.last_error.as_deref(),
+                                late: self.late.contains(n),
                             },
                         )
                     })
@@ -404,7 +434,7 @@ impl Store {
                 .collect(),
             collectors: &self.status,
             tracker: &self.tracker,
-            ladder,
+            ladder: &ladder,
             emissions: self.seq + 1,
             lines_emitted: self.lines_emitted,
             lines_dropped: self.lines_dropped,
@@ -412,7 +442,34 @@ impl Store {
         Record::new("agent", "", &agent).write_line(&header, &mut out);
         self.seq += 1;
         self.ran.clear();
+        self.late.clear();
         out
+    }
+
+    /// The ladder tiers (from the latest observations) and the tracker's counters.
+    fn ladder_report(&self) -> LadderReport {
+        let t = &self.tracker_stats;
+        LadderReport {
+            tiers: self
+                .latest
+                .iter()
+                .filter_map(|(_, o)| o.as_ref()?.as_records().tier())
+                .map(|(name, stats)| (name, stats.clone()))
+                .collect(),
+            dirty_marks_received: t.marks_received,
+            dirty_marks_dropped: t.marks_dropped,
+            events_received: t.events_received,
+            events_lost: t.events_lost,
+        }
+    }
+}
+
+/// The body of an `exit` record sent at once: the last body sent for the process, or the
+/// `known: false` form when its numbers were never sent.
+fn exit_body(sent: Option<String>, pid: u32) -> String {
+    match sent {
+        Some(b) => format!("{b},\"at_once\":true"),
+        None => format!("\"pid\":{pid},\"known\":false,\"at_once\":true"),
     }
 }
 
@@ -485,7 +542,6 @@ mod tests {
             SystemTime::UNIX_EPOCH,
             &SelfCost::default(),
             &ReadCounters::default(),
-            &LadderReport::default(),
         ))
     }
 
@@ -558,6 +614,97 @@ mod tests {
     }
 
     #[test]
+    fn an_exit_before_the_first_emission_follows_its_snapshot() {
+        let mut s = store(EmitMode::Full, 10);
+        s.apply("processes", Duration::ZERO, procs(&[(1, 10), (2, 20)]));
+        assert!(
+            s.exit_now(2, SystemTime::UNIX_EPOCH).is_empty(),
+            "nothing is written before the first snapshot"
+        );
+        let e = emit(&mut s);
+        assert_eq!(kinds(&e), ["snapshot", "process", "exit", "agent"]);
+        assert_eq!(e[1]["pid"], 1, "the exited process is not sent");
+        assert_eq!(e[2]["pid"], 2);
+        assert_eq!(e[2]["known"], false, "its numbers were never sent");
+        assert!(e[2].get("pss_bytes").is_none());
+        assert_eq!(e[0]["records"]["exit"], 1);
+    }
+
+    #[test]
+    fn an_exit_carries_figures_only_when_they_were_sent() {
+        let mut s = store(EmitMode::Full, 10);
+        s.apply("processes", Duration::ZERO, procs(&[(1, 10)]));
+        emit(&mut s);
+        // Observed (2) but never sent: known false, even though the store holds its numbers.
+        s.apply("processes", Duration::ZERO, procs(&[(1, 10), (2, 20)]));
+        let two = lines(&s.exit_now(2, SystemTime::UNIX_EPOCH));
+        assert_eq!(kinds(&two), ["exit"]);
+        assert_eq!(two[0]["known"], false);
+        assert_eq!(two[0]["seq"], 0);
+        let one = lines(&s.exit_now(1, SystemTime::UNIX_EPOCH));
+        assert_eq!(
+            one[0]["pss_bytes"], 10,
+            "sent before: its last sent numbers"
+        );
+        assert_eq!(one[0]["at_once"], true);
+        let e = emit(&mut s);
+        assert_eq!(
+            kinds(&e),
+            ["snapshot", "agent"],
+            "neither re-sent nor exited twice"
+        );
+    }
+
+    #[test]
+    fn late_and_skipped_runs_are_reported() {
+        let mut s = store(EmitMode::Full, 10);
+        s.apply("processes", Duration::ZERO, procs(&[(1, 10)]));
+        emit(&mut s);
+        s.late("processes");
+        let e = emit(&mut s);
+        assert_eq!(
+            kinds(&e),
+            ["snapshot", "process", "agent"],
+            "the last observation stands"
+        );
+        assert_eq!(e[0]["collectors"]["processes"]["late"], true);
+        assert_eq!(e[2]["collectors"]["processes"]["late_runs"], 1);
+        s.skipped("processes");
+        s.apply("processes", Duration::ZERO, procs(&[(1, 11)]));
+        let e = emit(&mut s);
+        assert_eq!(
+            e[1]["pss_bytes"], 11,
+            "the background run's result is applied"
+        );
+        assert_eq!(e[2]["collectors"]["processes"]["skipped_runs"], 1);
+        let e = emit(&mut s);
+        assert!(e[0]["collectors"].get("processes").is_none());
+    }
+
+    #[test]
+    fn tracker_counters_and_tier_stats_reach_the_agent_record() {
+        let mut s = store(EmitMode::Full, 10);
+        let mut obs = procs(&[(1, 10)]);
+        if let Ok(Some(Observation::Processes(p))) = &mut obs {
+            p.tier.count(crate::ladder::Reason::Overflow);
+        }
+        s.apply("processes", Duration::ZERO, obs);
+        s.set_tracker_stats(TrackerStats {
+            marks_received: 4,
+            marks_dropped: 3,
+            events_received: 2,
+            events_lost: 1,
+        });
+        let e = emit(&mut s);
+        let agent = &e[e.len() - 1];
+        assert_eq!(agent["tiers"]["rollup"]["rereads"]["overflow"], 1);
+        assert_eq!(agent["dirty_marks_received"], 4);
+        assert_eq!(agent["dirty_marks_dropped"], 3);
+        assert_eq!(agent["events_received"], 2);
+        assert_eq!(agent["events_lost"], 1);
+    }
+
+    #[test]
     fn agent_record_reports_own_cost_and_reads() {
         let mut s = store(EmitMode::Full, 1);
         let out = s.emit(
@@ -569,7 +716,6 @@ mod tests {
                 max_rss_bytes: 8,
             },
             &ReadCounters::default(),
-            &LadderReport::default(),
         );
         let v = lines(&out);
         let agent = &v[v.len() - 1];

@@ -14,8 +14,9 @@ use memscope_agent::{
         smaps::{ObjectKind, ObjectsObservation, SmapsCollector},
     },
     config::{ByteSize, Config, Interval, SinkKind, SmapsConfig, TrackerMode},
-    ladder::{Shared, stale_after},
-    procfs::ProcFs,
+    ladder::{StatmPass, TierStats, stale_after},
+    proc_events::ProcEvents,
+    procfs::{OpenFiles, ProcFs},
     tracker::{self, Tracker, TrackerState},
 };
 use memscope_tests::{TestChild, require_root};
@@ -32,27 +33,48 @@ fn ebpf_tracker() -> Tracker {
     t
 }
 
-/// One agent tick of the smaps tier, as the runtime does it: drain marks, then collect.
-fn tick(
-    tracker: &mut Tracker,
-    shared: &Shared,
-    procfs: &ProcFs,
-    smaps: &mut SmapsCollector,
-    n: u64,
-) -> ObjectsObservation {
-    shared
-        .dirty
-        .publish(tracker.source.drain().iter().map(|m| m.tgid));
-    let ctx = CollectCtx {
-        procfs,
-        tick: n,
-        shared,
-        unbounded: false,
-    };
-    match smaps.collect(&ctx) {
-        Ok(Some(Observation::Objects(o))) => o,
-        other => panic!("smaps collect: {other:?}"),
+/// What the runtime keeps between ticks: the event stream and the kept `statm` descriptors.
+struct Agent {
+    events: ProcEvents,
+    statm_files: OpenFiles,
+    procfs: ProcFs,
+}
+
+impl Agent {
+    fn new() -> Agent {
+        Agent {
+            events: ProcEvents::default(),
+            statm_files: StatmPass::files(4096),
+            procfs: ProcFs::new("/proc"),
+        }
     }
+
+    /// One agent tick of the smaps tier, as the runtime does it: drain marks into the stream,
+    /// read the statm pass, then collect.
+    fn tick(
+        &mut self,
+        tracker: &mut Tracker,
+        smaps: &mut SmapsCollector,
+        n: u64,
+    ) -> ObjectsObservation {
+        self.events.publish_marks(&tracker.source.drain());
+        let pass = StatmPass::read(&self.procfs, &mut self.statm_files, &mut Vec::new())
+            .expect("statm pass");
+        let ctx = CollectCtx {
+            procfs: &self.procfs,
+            tick: n,
+            statm: Some(std::sync::Arc::new(pass)),
+            unbounded: false,
+        };
+        match smaps.collect(&ctx) {
+            Ok(Some(Observation::Objects(o))) => o,
+            other => panic!("smaps collect: {other:?}"),
+        }
+    }
+}
+
+fn smaps_stats(obs: &ObjectsObservation) -> &TierStats {
+    &obs.tier
 }
 
 fn maps_test_memfd(obs: &ObjectsObservation, pid: u32) -> bool {
@@ -64,41 +86,38 @@ fn maps_test_memfd(obs: &ObjectsObservation, pid: u32) -> bool {
 #[test]
 fn dirty_child_is_reread_next_tick_and_idle_child_only_when_stale() {
     let mut tracker = ebpf_tracker();
-    let shared = Shared::default();
-    let procfs = ProcFs::new("/proc");
+    let mut agent = Agent::new();
     let max_staleness = Duration::from_secs(3);
-    let mut smaps = SmapsCollector::new(&SmapsConfig {
-        min_object_pss: ByteSize(0),
-        max_staleness: Interval(max_staleness),
-        // Residency moves of the children must not trigger reads: only marks and staleness.
-        min_change: ByteSize(1 << 30),
-        ..SmapsConfig::default()
-    });
+    let mut smaps = SmapsCollector::new(
+        &SmapsConfig {
+            min_object_pss: ByteSize(0),
+            max_staleness: Interval(max_staleness),
+            // Residency moves of the children must not trigger reads: only marks and staleness.
+            min_change: ByteSize(1 << 30),
+            ..SmapsConfig::default()
+        },
+        agent.events.subscribe(),
+    );
     let idle = TestChild::spawn(CHILD);
     let mut busy = TestChild::spawn(CHILD);
     let started = Instant::now();
-    let obs = tick(&mut tracker, &shared, &procfs, &mut smaps, 0);
+    let obs = agent.tick(&mut tracker, &mut smaps, 0);
     assert!(!maps_test_memfd(&obs, busy.pid()));
     assert_eq!(smaps.reads_of(idle.pid()), Some(1));
     assert_eq!(smaps.reads_of(busy.pid()), Some(1));
 
     // The busy child maps a memfd: the very next tick re-reads it and shows the object.
     busy.command("memfd");
-    let obs = tick(&mut tracker, &shared, &procfs, &mut smaps, 1);
+    let obs = agent.tick(&mut tracker, &mut smaps, 1);
     assert!(
         maps_test_memfd(&obs, busy.pid()),
         "the new memfd mapping is in the next emission"
     );
     assert_eq!(smaps.reads_of(busy.pid()), Some(2));
     assert!(
-        shared.tier_stats()["smaps"]
-            .rereads
-            .get("dirty")
-            .copied()
-            .unwrap_or(0)
-            >= 1,
+        smaps_stats(&obs).rereads.get("dirty").copied().unwrap_or(0) >= 1,
         "re-read because of a dirty mark: {:?}",
-        shared.tier_stats()
+        smaps_stats(&obs)
     );
 
     // The idle child is not re-read until its staleness deadline, then exactly once.
@@ -106,7 +125,7 @@ fn dirty_child_is_reread_next_tick_and_idle_child_only_when_stale() {
     let mut n = 2;
     while started.elapsed() + Duration::from_millis(300) < deadline {
         std::thread::sleep(Duration::from_millis(250));
-        tick(&mut tracker, &shared, &procfs, &mut smaps, n);
+        agent.tick(&mut tracker, &mut smaps, n);
         n += 1;
         if started.elapsed() < deadline {
             assert_eq!(
@@ -117,9 +136,10 @@ fn dirty_child_is_reread_next_tick_and_idle_child_only_when_stale() {
             );
         }
     }
+    let mut last = None;
     while started.elapsed() < max_staleness + Duration::from_millis(600) {
         std::thread::sleep(Duration::from_millis(250));
-        tick(&mut tracker, &shared, &procfs, &mut smaps, n);
+        last = Some(agent.tick(&mut tracker, &mut smaps, n));
         n += 1;
     }
     assert_eq!(
@@ -128,10 +148,11 @@ fn dirty_child_is_reread_next_tick_and_idle_child_only_when_stale() {
         "re-read once for staleness after {:?}",
         started.elapsed()
     );
-    let stats = shared.tier_stats();
-    assert!(stats["smaps"].rereads.get("stale").copied().unwrap_or(0) >= 1);
+    let last = last.expect("ticks after the deadline");
+    let stats = smaps_stats(&last);
+    assert!(stats.rereads.get("stale").copied().unwrap_or(0) >= 1);
     assert!(
-        u128::from(stats["smaps"].oldest_read_age_ms) <= max_staleness.as_millis() + 600,
+        u128::from(stats.oldest_read_age_ms) <= max_staleness.as_millis() + 600,
         "no number older than max_staleness (+ one tick): {stats:?}"
     );
 }

@@ -97,7 +97,7 @@ mod tests {
         .expect("write");
         let procfs = ProcFs::new(dir.path());
         let mut c = MeminfoCollector::default();
-        let obs = match c.collect(&CollectCtx::once(&procfs, &Default::default())) {
+        let obs = match c.collect(&CollectCtx::once(&procfs)) {
             Ok(Some(Observation::Meminfo(o))) => o,
             other => panic!("unexpected {other:?}"),
         };
@@ -114,7 +114,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let procfs = ProcFs::new(dir.path());
         let err = MeminfoCollector::default()
-            .collect(&CollectCtx::once(&procfs, &Default::default()))
+            .collect(&CollectCtx::once(&procfs))
             .expect_err("no meminfo");
         assert!(err.to_string().contains("meminfo"), "{err}");
     }

@@ -6,10 +6,12 @@
 //! `config/memscope.toml`); add a variant to [`Observation`] and an entry to [`REGISTRY`]; test it
 //! against a fixture tree (`ProcFs::new(fixture_root)`).
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use crate::{
     config::Config,
+    ladder::{StatmPass, TierStats},
+    proc_events::ProcEvents,
     procfs::{ProcError, ProcFs},
     records::Record,
 };
@@ -25,83 +27,31 @@ pub struct CollectCtx<'a> {
     pub procfs: &'a ProcFs,
     /// Emission counter of the run (0 for the first).
     pub tick: u64,
-    /// Tracker marks and tier statistics.
-    pub shared: &'a crate::ladder::Shared,
+    /// This tick's `statm` pass, read once by the scheduler when a ladder collector is due.
+    pub statm: Option<Arc<StatmPass>>,
     /// No time budget (`--once`: everything is read).
     pub unbounded: bool,
 }
 
 impl<'a> CollectCtx<'a> {
-    /// A context for tests and one-shot use: tick 0, no tracker, no budget.
-    pub fn once(procfs: &'a ProcFs, shared: &'a crate::ladder::Shared) -> Self {
+    /// A context for tests and one-shot use: tick 0, no pass read yet, no budget.
+    pub fn once(procfs: &'a ProcFs) -> Self {
         CollectCtx {
             procfs,
             tick: 0,
-            shared,
+            statm: None,
             unbounded: true,
         }
     }
-}
 
-/// Tier 1 of the cost ladder for this run: the pid list and every process's `statm`. Within one
-/// agent tick the first collector to ask reads it and the others reuse it (see
-/// [`crate::ladder::Shared::statm_pass`]); an unbounded run (`--once`, tests) always reads afresh.
-pub fn statm_pass(
-    ctx: &CollectCtx<'_>,
-    buf: &mut Vec<u8>,
-) -> Result<std::sync::Arc<crate::ladder::StatmPass>, ProcError> {
-    let read = |buf: &mut Vec<u8>| -> Result<crate::ladder::StatmPass, ProcError> {
-        use crate::{
-            ladder::StatmRead,
-            procfs::{FileClass, OpenFiles, statm::parse_statm},
-        };
-        let pids = ctx.procfs.pids()?;
-        let mut files = ctx
-            .shared
-            .statm_files
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let files =
-            files.get_or_insert_with(|| OpenFiles::new("statm", FileClass::Statm, statm_fd_cap()));
-        files.retain_sorted(&pids);
-        let mut processes = Vec::with_capacity(pids.len());
-        for pid in pids {
-            let read = match files.read(ctx.procfs, pid, buf) {
-                Ok(()) => match parse_statm(buf) {
-                    Ok(statm) => StatmRead::Read(statm),
-                    Err(_) => StatmRead::Unreadable,
-                },
-                Err(e) if e.is_gone() => StatmRead::Gone,
-                // statm is world-readable; if it is not (hidepid), the rollup tier says why.
-                Err(_) => StatmRead::Unreadable,
-            };
-            processes.push((pid, read));
+    /// Tier 1 of the cost ladder for this run: the scheduler's pass of this tick, or (a context
+    /// without one: `--once`, tests) a pass read now.
+    pub fn statm_pass(&self, buf: &mut Vec<u8>) -> Result<Arc<StatmPass>, ProcError> {
+        match &self.statm {
+            Some(pass) => Ok(Arc::clone(pass)),
+            None => StatmPass::read_once(self.procfs, buf).map(Arc::new),
         }
-        Ok(crate::ladder::StatmPass { processes })
-    };
-    if ctx.unbounded {
-        return read(buf).map(std::sync::Arc::new);
     }
-    ctx.shared
-        .statm_pass(ctx.tick, ctx.procfs.root(), || read(buf))
-}
-
-/// How many `statm` descriptors to keep open: the soft RLIMIT_NOFILE less a reserve for everything
-/// else the agent opens (the agent raises the soft limit to the hard one at start).
-fn statm_fd_cap() -> usize {
-    // SAFETY: getrlimit writes into the struct we own.
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
-        lim.rlim_cur
-    } else {
-        1024
-    };
-    usize::try_from(soft)
-        .unwrap_or(usize::MAX)
-        .saturating_sub(512)
 }
 
 /// A source of observations. `collect` runs on a blocking thread, never on an async worker.
@@ -110,6 +60,11 @@ fn statm_fd_cap() -> usize {
 /// in the `agent` record and never stops the other collectors.
 pub trait Collector: Send {
     fn name(&self) -> &'static str;
+    /// Whether it reads the tick's `statm` pass (a ladder collector): the scheduler reads the pass
+    /// only in ticks where such a collector is due.
+    fn uses_statm_pass(&self) -> bool {
+        false
+    }
     fn collect(&mut self, ctx: &CollectCtx<'_>) -> Result<Option<Observation>, CollectError>;
 }
 
@@ -135,6 +90,10 @@ pub enum Observation {
 pub trait ToRecords {
     fn records(&self, out: &mut Vec<Record>);
     fn warnings(&self, _out: &mut Vec<String>) {}
+    /// A ladder collector's tier statistics (tier name, stats), for the `agent` record.
+    fn tier(&self) -> Option<(&'static str, &TierStats)> {
+        None
+    }
 }
 
 impl Observation {
@@ -170,10 +129,17 @@ pub struct Registered {
     pub interval: Duration,
 }
 
+/// What building a collector may use: the proc filesystem, and the tracker's event stream (a
+/// ladder collector subscribes here, once, so it receives every event exactly once).
+pub struct BuildCtx<'a> {
+    pub procfs: &'a ProcFs,
+    pub events: &'a ProcEvents,
+}
+
 /// One known collector: its name, and how to build it if the config enables it.
 pub struct CollectorSpec {
     pub name: &'static str,
-    pub build: fn(&Config, &ProcFs) -> Option<Registered>,
+    pub build: fn(&Config, &BuildCtx<'_>) -> Option<Registered>,
 }
 
 /// Every collector memscope knows, in emission order.
@@ -190,20 +156,23 @@ pub const REGISTRY: &[CollectorSpec] = &[
     },
     CollectorSpec {
         name: "processes",
-        build: |config, _| {
+        build: |config, ctx| {
             let c = &config.collectors.processes;
             c.enabled.then(|| Registered {
-                collector: Box::new(processes::ProcessesCollector::new(c)),
+                collector: Box::new(processes::ProcessesCollector::new(
+                    c,
+                    ctx.events.subscribe(),
+                )),
                 interval: config.collector_interval(c.interval),
             })
         },
     },
     CollectorSpec {
         name: "smaps",
-        build: |config, _| {
+        build: |config, ctx| {
             let c = &config.collectors.smaps;
             c.enabled.then(|| Registered {
-                collector: Box::new(smaps::SmapsCollector::new(c)),
+                collector: Box::new(smaps::SmapsCollector::new(c, ctx.events.subscribe())),
                 interval: config.collector_interval(c.interval),
             })
         },
@@ -231,10 +200,10 @@ pub const REGISTRY: &[CollectorSpec] = &[
 ];
 
 /// Builds the enabled collectors.
-pub fn build_collectors(config: &Config, procfs: &ProcFs) -> Vec<Registered> {
+pub fn build_collectors(config: &Config, ctx: &BuildCtx<'_>) -> Vec<Registered> {
     REGISTRY
         .iter()
-        .filter_map(|spec| (spec.build)(config, procfs))
+        .filter_map(|spec| (spec.build)(config, ctx))
         .collect()
 }
 
@@ -246,7 +215,14 @@ mod tests {
     fn registry_names_match_collector_names() {
         let config = Config::default();
         let procfs = ProcFs::new("/nonexistent");
-        let built = build_collectors(&config, &procfs);
+        let events = ProcEvents::default();
+        let built = build_collectors(
+            &config,
+            &BuildCtx {
+                procfs: &procfs,
+                events: &events,
+            },
+        );
         let names: Vec<_> = built.iter().map(|r| r.collector.name()).collect();
         let spec_names: Vec<_> = REGISTRY.iter().map(|s| s.name).collect();
         assert_eq!(names, spec_names);
@@ -257,7 +233,13 @@ mod tests {
         let mut config = Config::default();
         config.collectors.processes.enabled = false;
         config.collectors.tmpfs.enabled = false;
-        let built = build_collectors(&config, &ProcFs::new("/nonexistent"));
+        let built = build_collectors(
+            &config,
+            &BuildCtx {
+                procfs: &ProcFs::new("/nonexistent"),
+                events: &ProcEvents::default(),
+            },
+        );
         let names: Vec<_> = built.iter().map(|r| r.collector.name()).collect();
         assert_eq!(names, vec!["meminfo", "smaps", "sysv"]);
     }

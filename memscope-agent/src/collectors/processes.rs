@@ -21,7 +21,8 @@ use tracing::debug;
 use super::{CollectCtx, CollectError, Collector, Observation, ToRecords, UserNames};
 use crate::{
     config::ProcessesConfig,
-    ladder::{Ladder, Tier, TierPolicy, TierStats},
+    ladder::{Ladder, TierPolicy, TierStats},
+    proc_events::{Scope, Subscription},
     procfs::{
         FileClass, ProcError, ProcFs,
         cmdline::{join_cmdline, parse_cmdline},
@@ -142,6 +143,8 @@ pub struct ProcessesObservation {
     pub vanished: u32,
     /// Per-process errors other than gone/denied (each carries its path).
     pub errors: Vec<String>,
+    /// The `rollup` tier's statistics after this run.
+    pub tier: TierStats,
 }
 
 impl ToRecords for ProcessesObservation {
@@ -166,6 +169,10 @@ impl ToRecords for ProcessesObservation {
         }
         out.extend(self.errors.iter().map(|e| format!("processes: {e}")));
     }
+
+    fn tier(&self) -> Option<(&'static str, &TierStats)> {
+        Some(("rollup", &self.tier))
+    }
 }
 
 /// What is kept per process between runs.
@@ -182,11 +189,13 @@ pub struct ProcessesCollector {
     ladder: Ladder,
     budget: Duration,
     stats: TierStats,
+    events: Subscription,
     buf: Vec<u8>,
 }
 
 impl ProcessesCollector {
-    pub fn new(config: &ProcessesConfig) -> Self {
+    /// `events`: this collector's subscription to the tracker's stream.
+    pub fn new(config: &ProcessesConfig, events: Subscription) -> Self {
         ProcessesCollector {
             known: HashMap::new(),
             users: UserNames::default(),
@@ -195,11 +204,13 @@ impl ProcessesCollector {
                     min_change_bytes: config.min_change.0,
                     max_staleness: config.max_staleness.get(),
                     layout_changes: false,
+                    scope: Scope::ALL,
                 },
                 page_size(),
             ),
             budget: config.budget.get(),
             stats: TierStats::default(),
+            events,
             buf: Vec::with_capacity(8192),
         }
     }
@@ -302,16 +313,23 @@ impl Collector for ProcessesCollector {
         "processes"
     }
 
+    fn uses_statm_pass(&self) -> bool {
+        true
+    }
+
     fn collect(&mut self, ctx: &CollectCtx<'_>) -> Result<Option<Observation>, CollectError> {
         let start = Instant::now();
-        let pass = super::statm_pass(ctx, &mut self.buf)?;
+        let pass = ctx.statm_pass(&mut self.buf)?;
         let mut obs = ProcessesObservation::default();
 
-        // Tier 1: statm of every process, every run.
-        let (mut live, vanished) =
-            self.ladder
-                .observe_all(&pass, &ctx.shared.dirty, Tier::Rollup, start);
-        obs.vanished += vanished;
+        // Tier 1: the tracker's events, then statm of every process, every run.
+        let tier1 = self.ladder.run_tier1(&pass, &self.events.take(), start);
+        let mut live = tier1.live;
+        obs.vanished += tier1.vanished;
+        // A pid whose process exited, forked anew or was reused: its old record must not stand.
+        for pid in &tier1.forgotten {
+            self.known.remove(pid);
+        }
         self.known.retain(|pid, _| live.contains(pid));
 
         // Tier 2: smaps_rollup where the ladder says so, within the budget.
@@ -348,7 +366,7 @@ impl Collector for ProcessesCollector {
         }
         self.ladder.set_run_length(start.elapsed());
         self.stats.finish_run(&self.ladder, carried, Instant::now());
-        ctx.shared.set_tier_stats("rollup", self.stats.clone());
+        obs.tier = self.stats.clone();
 
         obs.processes = pass
             .processes
@@ -503,7 +521,7 @@ mod tree_tests {
     use std::path::Path;
 
     use super::*;
-    use crate::{collectors::CollectCtx, ladder::Shared};
+    use crate::collectors::CollectCtx;
 
     fn fixtures() -> std::path::PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/proc")
@@ -530,9 +548,8 @@ mod tree_tests {
 
     fn collect(root: &Path) -> ProcessesObservation {
         let procfs = ProcFs::new(root);
-        let shared = Shared::default();
-        let mut c = ProcessesCollector::new(&ProcessesConfig::default());
-        match c.collect(&CollectCtx::once(&procfs, &shared)) {
+        let mut c = ProcessesCollector::new(&ProcessesConfig::default(), Subscription::detached());
+        match c.collect(&CollectCtx::once(&procfs)) {
             Ok(Some(Observation::Processes(o))) => o,
             other => panic!("unexpected {other:?}"),
         }

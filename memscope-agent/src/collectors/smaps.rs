@@ -28,7 +28,8 @@ use tracing::debug;
 use super::{CollectCtx, CollectError, Collector, Observation, ToRecords};
 use crate::{
     config::SmapsConfig,
-    ladder::{Ladder, Reason, Tier, TierPolicy, TierStats},
+    ladder::{Ladder, Reason, TierPolicy, TierStats},
+    proc_events::{Scope, Subscription},
     procfs::{
         FileClass, ProcError, ProcFs,
         counters::MemCounters,
@@ -273,6 +274,8 @@ pub struct ObjectsObservation {
     pub vanished: u32,
     pub inaccessible: u32,
     pub errors: Vec<String>,
+    /// The `smaps` tier's statistics after this run.
+    pub tier: TierStats,
 }
 
 impl ObjectsObservation {
@@ -362,6 +365,10 @@ impl ToRecords for ObjectsObservation {
             ));
         }
         out.extend(self.errors.iter().map(|e| format!("smaps: {e}")));
+    }
+
+    fn tier(&self) -> Option<(&'static str, &TierStats)> {
+        Some(("smaps", &self.tier))
     }
 }
 
@@ -554,12 +561,14 @@ pub struct SmapsCollector {
     budget: Duration,
     ladder: Ladder,
     stats: TierStats,
+    events: Subscription,
     cache: HashMap<u32, ProcessObjects>,
     buf: Vec<u8>,
 }
 
 impl SmapsCollector {
-    pub fn new(config: &SmapsConfig) -> Self {
+    /// `events`: this collector's subscription to the tracker's stream.
+    pub fn new(config: &SmapsConfig, events: Subscription) -> Self {
         SmapsCollector {
             min_object_pss: config.min_object_pss.0,
             own_rows: HashSet::new(),
@@ -571,10 +580,12 @@ impl SmapsCollector {
                     min_change_bytes: config.min_change.0,
                     max_staleness: config.max_staleness.get(),
                     layout_changes: true,
+                    scope: Scope::LAYOUT,
                 },
                 page_size(),
             ),
             stats: TierStats::default(),
+            events,
             cache: HashMap::new(),
             buf: Vec::with_capacity(1 << 20),
         }
@@ -640,25 +651,28 @@ impl Collector for SmapsCollector {
         "smaps"
     }
 
+    fn uses_statm_pass(&self) -> bool {
+        true
+    }
+
     fn collect(&mut self, ctx: &CollectCtx<'_>) -> Result<Option<Observation>, CollectError> {
         let start = Instant::now();
         let tmpfs_devs = tmpfs_devices(ctx.procfs, &mut self.buf)?;
-        let pass = super::statm_pass(ctx, &mut self.buf)?;
+        let pass = ctx.statm_pass(&mut self.buf)?;
         let mut obs = ObjectsObservation {
             min_object_pss: self.min_object_pss,
             top_consumers: self.top_consumers,
             ..ObjectsObservation::default()
         };
 
-        // Tier 1: statm of every process.
-        let (live, _) = self
-            .ladder
-            .observe_all(&pass, &ctx.shared.dirty, Tier::Smaps, start);
-        // Objects whose mapper set changed: those of exited processes, and below those gained or
-        // lost by re-read processes.
+        // Tier 1: the tracker's events, then statm of every process.
+        let tier1 = self.ladder.run_tier1(&pass, &self.events.take(), start);
+        // Objects whose mapper set changed: those of exited processes (and of pids now someone
+        // else's), and below those gained or lost by re-read processes.
         let mut changed: HashSet<ObjectKey> = HashSet::new();
+        let forgotten: HashSet<u32> = tier1.forgotten.iter().copied().collect();
         self.cache.retain(|pid, p| {
-            let keep = live.contains(pid);
+            let keep = tier1.live.contains(pid) && !forgotten.contains(pid);
             if !keep {
                 changed.extend(p.objects.iter().map(|o| o.key.clone()).filter(shareable));
             }
@@ -751,7 +765,7 @@ impl Collector for SmapsCollector {
 
         self.ladder.set_run_length(start.elapsed());
         self.stats.finish_run(&self.ladder, carried, now);
-        ctx.shared.set_tier_stats("smaps", self.stats.clone());
+        obs.tier = self.stats.clone();
         Ok(Some(Observation::Objects(obs)))
     }
 }
@@ -877,10 +891,13 @@ Pss:                   4 kB
 
     #[test]
     fn own_rows_have_hysteresis_around_the_floor() {
-        let mut c = SmapsCollector::new(&SmapsConfig {
-            min_object_pss: crate::config::ByteSize(1000 * 1024),
-            ..SmapsConfig::default()
-        });
+        let mut c = SmapsCollector::new(
+            &SmapsConfig {
+                min_object_pss: crate::config::ByteSize(1000 * 1024),
+                ..SmapsConfig::default()
+            },
+            Subscription::detached(),
+        );
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir(dir.path().join("self")).expect("mkdir");
         std::fs::write(dir.path().join("self/mountinfo"), "").expect("mountinfo");
@@ -891,7 +908,6 @@ Pss:                   4 kB
         )
         .expect("stat");
         let procfs = ProcFs::new(dir.path());
-        let shared = crate::ladder::Shared::default();
         let mut run = |memfd_kb: u64| -> bool {
             std::fs::write(
                 dir.path().join("10/statm"),
@@ -903,7 +919,7 @@ Pss:                   4 kB
                 format!("7f0000000000-7f0000400000 rw-s 00000000 00:01 77 /memfd:buf (deleted)\nRss: {memfd_kb} kB\nPss: {memfd_kb} kB\n"),
             )
             .expect("smaps");
-            let obs = match c.collect(&crate::collectors::CollectCtx::once(&procfs, &shared)) {
+            let obs = match c.collect(&crate::collectors::CollectCtx::once(&procfs)) {
                 Ok(Some(Observation::Objects(o))) => o,
                 other => panic!("unexpected {other:?}"),
             };

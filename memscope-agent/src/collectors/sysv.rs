@@ -140,9 +140,7 @@ mod tests {
         )
         .expect("write");
         let procfs = ProcFs::new(dir.path());
-        let obs = match SysvCollector::default()
-            .collect(&CollectCtx::once(&procfs, &Default::default()))
-        {
+        let obs = match SysvCollector::default().collect(&CollectCtx::once(&procfs)) {
             Ok(Some(Observation::Sysv(o))) => o,
             other => panic!("unexpected {other:?}"),
         };

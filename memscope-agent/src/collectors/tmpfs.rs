@@ -707,7 +707,7 @@ mod tests {
     }
 
     fn collect(procfs: &ProcFs, config: &TmpfsConfig) -> TmpfsObservation {
-        match TmpfsCollector::new(config).collect(&CollectCtx::once(procfs, &Default::default())) {
+        match TmpfsCollector::new(config).collect(&CollectCtx::once(procfs)) {
             Ok(Some(Observation::Tmpfs(o))) => o,
             other => panic!("unexpected {other:?}"),
         }

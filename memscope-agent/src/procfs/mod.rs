@@ -298,8 +298,16 @@ impl OpenFiles {
         self.files.retain(|pid, _| live.binary_search(pid).is_ok());
     }
 
-    /// Reads `root/pid/<file>` into `buf` through a kept descriptor when possible.
-    pub fn read(&mut self, procfs: &ProcFs, pid: u32, buf: &mut Vec<u8>) -> Result<(), ProcError> {
+    /// Reads `root/pid/<file>` into `buf` through a kept descriptor when possible. A kept
+    /// descriptor of a process that is gone fails with ESRCH even when the pid is in use again
+    /// (the descriptor names the old process): then the pid is opened afresh and the read says
+    /// [`Reopened::OtherProcess`].
+    pub fn read(
+        &mut self,
+        procfs: &ProcFs,
+        pid: u32,
+        buf: &mut Vec<u8>,
+    ) -> Result<Reopened, ProcError> {
         use std::os::unix::fs::FileExt;
         let read_all = |f: &File, buf: &mut Vec<u8>| -> io::Result<()> {
             buf.clear();
@@ -313,14 +321,18 @@ impl OpenFiles {
             }
         };
         let path = || procfs.pid_path(pid, self.file);
+        let mut reopened = Reopened::No;
         if let Some(f) = self.files.get(&pid) {
             match read_all(f, buf) {
                 Ok(()) => {
                     procfs.counters.add(self.class, buf.len());
-                    return Ok(());
+                    return Ok(Reopened::No);
                 }
                 // The process behind the descriptor is gone: the pid may be someone new.
-                Err(_) => {
+                Err(e) => {
+                    if e.raw_os_error() == Some(libc::ESRCH) {
+                        reopened = Reopened::OtherProcess;
+                    }
                     self.files.remove(&pid);
                 }
             }
@@ -332,8 +344,17 @@ impl OpenFiles {
         if self.files.len() < self.cap {
             self.files.insert(pid, f);
         }
-        Ok(())
+        Ok(reopened)
     }
+}
+
+/// Whether [`OpenFiles::read`] read through a new descriptor because the kept one's process is
+/// gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reopened {
+    No,
+    /// The kept descriptor's process is gone and the pid belongs to another process now.
+    OtherProcess,
 }
 
 /// The system page size in bytes.
