@@ -204,7 +204,7 @@ async fn start_tracker(mode: TrackerMode, once: bool) -> anyhow::Result<Tracker>
     }
     let pid = std::process::id();
     let tracker = tokio::task::spawn_blocking(move || {
-        let t = tracker::start(pid);
+        let t = tracker::start(&tracker::StartOptions::new(pid));
         release_freed_heap();
         t
     })

@@ -22,7 +22,7 @@ static TRACKER: LazyLock<Mutex<Tracker>> = LazyLock::new(|| {
         "the eBPF lane must run as root (euid is {euid}); it never passes without eBPF"
     );
     let started = Instant::now();
-    let tracker = tracker::start(std::process::id());
+    let tracker = tracker::start(&tracker::StartOptions::new(std::process::id()));
     eprintln!("tracker started in {:?}", started.elapsed());
     if let TrackerState::Polling { reason } = tracker.source.state() {
         panic!("the tracker fell back to polling, so the eBPF lane cannot run: {reason}");

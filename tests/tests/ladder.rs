@@ -26,7 +26,7 @@ const CHILD: &str = env!("CARGO_BIN_EXE_memscope-test-child");
 
 fn ebpf_tracker() -> Tracker {
     require_root("ladder");
-    let t = tracker::start(std::process::id());
+    let t = tracker::start(&tracker::StartOptions::new(std::process::id()));
     if let TrackerState::Polling { reason } = t.source.state() {
         panic!("eBPF did not attach, so the ladder lane cannot run: {reason}");
     }
@@ -250,4 +250,214 @@ fn known_process_exit_carries_its_last_numbers() {
         exits[0]
     );
     assert_eq!(exits[0]["name"], "memscope-test-c", "comm is 15 bytes");
+}
+
+/// A pid namespace of its own (`unshare --pid --fork --mount-proc`), where the test decides which
+/// pid the next process gets (`ns_last_pid`), seen from the host through `/proc/<unshare>/root/proc`.
+/// Driven by lines on stdin; killed (with everything in it) on drop.
+struct PidNamespace {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    _dir: tempfile::TempDir,
+}
+
+impl PidNamespace {
+    /// `start PID CMD…`: waits for the process at PID to exit (if any), makes PID the next pid,
+    /// starts CMD in the background with its stdout to a FIFO, and answers its pid and its first
+    /// line of output.
+    fn new() -> PidNamespace {
+        require_root("ladder");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let script = r#"
+            fifo="$1"
+            while read -r cmd pid rest; do
+                case "$cmd" in
+                start)
+                    if [ -n "${p:-}" ]; then kill "$p"; wait "$p" 2>/dev/null || true; fi
+                    echo $((pid - 1)) > /proc/sys/kernel/ns_last_pid
+                    $rest > "$fifo" &
+                    p=$!
+                    read -r first < "$fifo"
+                    echo "$p $first"
+                    ;;
+                esac
+            done
+        "#;
+        let fifo = dir.path().join("fifo");
+        let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+        assert!(made.success(), "mkfifo {}", fifo.display());
+        let mut child = Command::new("unshare")
+            .args([
+                "--pid",
+                "--fork",
+                "--mount-proc",
+                "--kill-child",
+                "bash",
+                "-c",
+            ])
+            .arg(script)
+            .arg("bash")
+            .arg(&fifo)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("unshare (util-linux)");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        PidNamespace {
+            child,
+            stdin,
+            stdout,
+            _dir: dir,
+        }
+    }
+
+    /// A proc root for the collectors: `pid` of the namespace (whichever process has it when a
+    /// path is opened) and the host's `self` (the namespace's `self` means nothing to the test).
+    fn proc_root(&self, pid: u32) -> tempfile::TempDir {
+        let root = tempfile::tempdir().expect("tempdir");
+        let ns_proc = format!("/proc/{}/root/proc", self.child.id());
+        std::os::unix::fs::symlink(
+            format!("{ns_proc}/{pid}"),
+            root.path().join(pid.to_string()),
+        )
+        .expect("symlink pid");
+        std::os::unix::fs::symlink("/proc/self", root.path().join("self")).expect("symlink self");
+        root
+    }
+
+    /// Starts `command` as `pid` (ending the previous one first); returns its first output line.
+    fn start(&mut self, pid: u32, command: &str) -> String {
+        use std::io::{BufRead as _, Write as _};
+        writeln!(self.stdin, "start {pid} {command}").expect("write to the namespace");
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read");
+        let (got, first) = line.trim().split_once(' ').unwrap_or((line.trim(), ""));
+        assert_eq!(got, pid.to_string(), "the namespace gave another pid");
+        first.to_string()
+    }
+}
+
+impl Drop for PidNamespace {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polling mode (no tracker): a pid reused between two ticks is noticed through the kept `statm`
+/// descriptor, read as `new` in both tiers, and never reported with the old process's numbers,
+/// even where nothing else would make it due (huge `min_change`, long `max_staleness`).
+#[test]
+fn a_reused_pid_is_new_in_both_tiers_and_never_shows_the_old_numbers() {
+    use memscope_agent::{collectors::processes::ProcessesCollector, config::ProcessesConfig};
+    const PID: u32 = 100;
+    let mut ns = PidNamespace::new();
+    let memhog = env!("CARGO_BIN_EXE_memhog");
+    assert_eq!(ns.start(PID, &format!("{memhog} anon 8388608")), "ready");
+
+    let root = ns.proc_root(PID);
+    let procfs = ProcFs::new(root.path());
+    let events = ProcEvents::default();
+    let quiet = |c: ByteSize| (c, Interval(Duration::from_secs(3600)));
+    let (min_change, max_staleness) = quiet(ByteSize(1 << 40));
+    let mut processes = ProcessesCollector::new(
+        &ProcessesConfig {
+            min_change,
+            max_staleness,
+            ..ProcessesConfig::default()
+        },
+        events.subscribe(),
+    );
+    let mut smaps = SmapsCollector::new(
+        &SmapsConfig {
+            min_change,
+            max_staleness,
+            min_object_pss: ByteSize(0),
+            ..SmapsConfig::default()
+        },
+        events.subscribe(),
+    );
+    let mut files = StatmPass::files(64);
+    let mut tick = |n: u64| {
+        let pass = StatmPass::read(&procfs, &mut files, &mut Vec::new()).expect("statm pass");
+        let ctx = CollectCtx {
+            procfs: &procfs,
+            tick: n,
+            statm: Some(std::sync::Arc::new(pass)),
+            unbounded: false,
+        };
+        let p = match processes.collect(&ctx) {
+            Ok(Some(Observation::Processes(p))) => p,
+            other => panic!("processes: {other:?}"),
+        };
+        let o = match smaps.collect(&ctx) {
+            Ok(Some(Observation::Objects(o))) => o,
+            other => panic!("smaps: {other:?}"),
+        };
+        (p, o)
+    };
+    let (p0, o0) = tick(0);
+    let old = p0
+        .processes
+        .iter()
+        .find(|r| r.pid == PID)
+        .expect("memhog reported")
+        .clone();
+    assert_eq!(old.name.lossy(), "memhog");
+    assert!(old.memory.rss_bytes >= 8 << 20, "{old:?}");
+    let old_anon = o0
+        .objects
+        .iter()
+        .any(|o| o.key.kind() == ObjectKind::Anon && o.consumers.iter().any(|c| c.pid == PID));
+    assert!(old_anon, "memhog's anon memory is an object");
+    let new_before = |p: &memscope_agent::collectors::processes::ProcessesObservation| {
+        p.tier.rereads.get("new").copied().unwrap_or(0)
+    };
+    let (rollup_new, smaps_new) = (
+        new_before(&p0),
+        o0.tier.rereads.get("new").copied().unwrap_or(0),
+    );
+
+    // The same pid, another process (with much less memory).
+    assert_eq!(ns.start(PID, &format!("{memhog} anon 4096")), "ready");
+    let (p1, o1) = tick(1);
+    let new = p1
+        .processes
+        .iter()
+        .find(|r| r.pid == PID)
+        .expect("the new process is reported");
+    assert_ne!(
+        new.start_ticks, old.start_ticks,
+        "re-read, not the old record: {new:?}"
+    );
+    assert!(
+        new.memory.rss_bytes < old.memory.rss_bytes,
+        "{new:?} vs {old:?}"
+    );
+    assert_eq!(
+        new_before(&p1),
+        rollup_new + 1,
+        "rollup tier: new {:?}",
+        p1.tier
+    );
+    assert_eq!(
+        o1.tier.rereads.get("new").copied().unwrap_or(0),
+        smaps_new + 1,
+        "smaps tier: new {:?}",
+        o1.tier
+    );
+    assert_eq!(smaps.reads_of(PID), Some(1), "a fresh smaps history");
+    let anon_of_new: u64 = o1
+        .objects
+        .iter()
+        .flat_map(|o| o.consumers.iter())
+        .filter(|c| c.pid == PID)
+        .map(|c| c.rss_bytes)
+        .sum();
+    assert!(
+        anon_of_new < 8 << 20,
+        "the old process's objects are gone: {anon_of_new}"
+    );
 }

@@ -281,7 +281,7 @@ impl Agent {
             ..SmapsConfig::default()
         };
         let (source, lifecycle) = if ebpf {
-            let t = tracker::start(std::process::id());
+            let t = tracker::start(&tracker::StartOptions::new(std::process::id()));
             if let TrackerState::Polling { reason } = t.source.state() {
                 bail!("eBPF mode asked for, but the tracker fell back to polling: {reason}");
             }
