@@ -227,9 +227,7 @@ fn release_freed_heap() {
     }
 }
 
-/// Drains the tracker off the async workers: its marks go into the event stream, and when the
-/// kernel side dropped marks or lost events since the last drain (`last`), an
-/// [`ProcEvent::Overflow`] follows (every process is suspect). Returns the tracker's counters.
+/// Drains the tracker off the async workers (see [`drain_into`]).
 async fn drain_tracker(
     source: &Arc<Mutex<Box<dyn DirtySource>>>,
     events: &ProcEvents,
@@ -239,24 +237,35 @@ async fn drain_tracker(
     let events = events.clone();
     let drained = tokio::task::spawn_blocking(move || {
         let mut s = source.lock().unwrap_or_else(|p| p.into_inner());
-        let marks = s.drain();
-        let stats = s.stats();
-        events.publish_marks(&marks);
-        if overflowed(&last, &stats) {
-            warn!(
-                marks_dropped = stats.marks_dropped,
-                events_lost = stats.events_lost,
-                "the tracker lost marks or events: every process is re-read (reason overflow)"
-            );
-            events.publish([ProcEvent::Overflow]);
-        }
-        stats
+        drain_into(s.as_mut(), &events, last)
     })
     .await;
     drained.unwrap_or_else(|e| {
         error!(error = %e, "draining the tracker failed");
         last
     })
+}
+
+/// One drain of the tracker: its marks go into the event stream, and when the kernel side dropped
+/// marks or lost events since the last drain (`last`), an [`ProcEvent::Overflow`] follows (every
+/// process is suspect). Returns the tracker's counters. Blocking.
+pub fn drain_into(
+    source: &mut dyn DirtySource,
+    events: &ProcEvents,
+    last: TrackerStats,
+) -> TrackerStats {
+    let marks = source.drain();
+    let stats = source.stats();
+    events.publish_marks(&marks);
+    if overflowed(&last, &stats) {
+        warn!(
+            marks_dropped = stats.marks_dropped,
+            events_lost = stats.events_lost,
+            "the tracker lost marks or events: every process is re-read (reason overflow)"
+        );
+        events.publish([ProcEvent::Overflow]);
+    }
+    stats
 }
 
 /// Whether the tracker lost anything between two readings of its counters.

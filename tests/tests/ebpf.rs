@@ -201,3 +201,17 @@ fn agent_own_mmaps_are_not_marked() {
         "the agent's own mmaps were marked"
     );
 }
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK: the tracker lifts it before loading.
+#[test]
+fn memlock_limit_is_lifted_before_loading() {
+    let _tracker = tracker();
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) };
+    assert_eq!(rc, 0, "getrlimit: {}", std::io::Error::last_os_error());
+    assert_eq!(lim.rlim_cur, libc::RLIM_INFINITY, "soft RLIMIT_MEMLOCK");
+}

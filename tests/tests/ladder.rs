@@ -17,7 +17,8 @@ use memscope_agent::{
     ladder::{StatmPass, TierStats, stale_after},
     proc_events::ProcEvents,
     procfs::{OpenFiles, ProcFs},
-    tracker::{self, Tracker, TrackerState},
+    runtime::drain_into,
+    tracker::{self, Tracker, TrackerState, TrackerStats},
 };
 use memscope_tests::{TestChild, require_root};
 use serde_json::Value;
@@ -25,8 +26,12 @@ use serde_json::Value;
 const CHILD: &str = env!("CARGO_BIN_EXE_memscope-test-child");
 
 fn ebpf_tracker() -> Tracker {
+    ebpf_tracker_with(tracker::StartOptions::new(std::process::id()))
+}
+
+fn ebpf_tracker_with(opts: tracker::StartOptions) -> Tracker {
     require_root("ladder");
-    let t = tracker::start(&tracker::StartOptions::new(std::process::id()));
+    let t = tracker::start(&opts);
     if let TrackerState::Polling { reason } = t.source.state() {
         panic!("eBPF did not attach, so the ladder lane cannot run: {reason}");
     }
@@ -38,6 +43,8 @@ struct Agent {
     events: ProcEvents,
     statm_files: OpenFiles,
     procfs: ProcFs,
+    /// The tracker's counters at the last drain.
+    last: TrackerStats,
 }
 
 impl Agent {
@@ -46,6 +53,7 @@ impl Agent {
             events: ProcEvents::default(),
             statm_files: StatmPass::files(4096),
             procfs: ProcFs::new("/proc"),
+            last: TrackerStats::default(),
         }
     }
 
@@ -57,7 +65,7 @@ impl Agent {
         smaps: &mut SmapsCollector,
         n: u64,
     ) -> ObjectsObservation {
-        self.events.publish_marks(&tracker.source.drain());
+        self.last = drain_into(tracker.source.as_mut(), &self.events, self.last);
         let pass = StatmPass::read(&self.procfs, &mut self.statm_files, &mut Vec::new())
             .expect("statm pass");
         let ctx = CollectCtx {
@@ -460,4 +468,56 @@ fn a_reused_pid_is_new_in_both_tiers_and_never_shows_the_old_numbers() {
         anon_of_new < 8 << 20,
         "the old process's objects are gone: {anon_of_new}"
     );
+}
+
+/// A dirty map of 2 entries flooded by 8 children: the kernel drops marks, the next drain sees
+/// `marks_dropped` grow, and every process is re-read with reason `overflow`, the idle ones too.
+#[test]
+fn lost_marks_make_every_process_due_as_overflow() {
+    let mut tracker = ebpf_tracker_with(tracker::StartOptions {
+        dirty_map_entries: Some(2),
+        ..tracker::StartOptions::new(std::process::id())
+    });
+    let mut agent = Agent::new();
+    let mut smaps = SmapsCollector::new(
+        &SmapsConfig {
+            // Only marks and overflow make anyone due; a budget that reads every process.
+            min_change: ByteSize(1 << 40),
+            max_staleness: Interval(Duration::from_secs(3600)),
+            budget: Interval(Duration::from_secs(600)),
+            ..SmapsConfig::default()
+        },
+        agent.events.subscribe(),
+    );
+    let idle = TestChild::spawn(CHILD);
+    let mut busy: Vec<TestChild> = (0..8).map(|_| TestChild::spawn(CHILD)).collect();
+    agent.tick(&mut tracker, &mut smaps, 0);
+    assert_eq!(smaps.reads_of(idle.pid()), Some(1));
+    let dropped_before = agent.last.marks_dropped;
+    for child in &mut busy {
+        child.command("mmap");
+    }
+    let obs = agent.tick(&mut tracker, &mut smaps, 1);
+    assert!(
+        agent.last.marks_dropped > dropped_before,
+        "8 marks into a 2-entry map: some dropped ({:?})",
+        agent.last
+    );
+    assert!(
+        obs.tier.rereads.get("overflow").copied().unwrap_or(0) >= 1,
+        "re-reads for overflow: {:?}",
+        obs.tier
+    );
+    assert_eq!(
+        smaps.reads_of(idle.pid()),
+        Some(2),
+        "the idle child, never marked, is re-read too"
+    );
+    for child in &busy {
+        assert_eq!(
+            smaps.reads_of(child.pid()),
+            Some(2),
+            "each busy child re-read once"
+        );
+    }
 }
