@@ -202,10 +202,7 @@ fn agent_own_mmaps_are_not_marked() {
     );
 }
 
-/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK: the tracker lifts it before loading.
-#[test]
-fn memlock_limit_is_lifted_before_loading() {
-    let _tracker = tracker();
+fn memlock() -> libc::rlimit {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -213,5 +210,30 @@ fn memlock_limit_is_lifted_before_loading() {
     // SAFETY: getrlimit writes into the struct we own.
     let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) };
     assert_eq!(rc, 0, "getrlimit: {}", std::io::Error::last_os_error());
-    assert_eq!(lim.rlim_cur, libc::RLIM_INFINITY, "soft RLIMIT_MEMLOCK");
+    lim
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK: starting the tracker lifts it
+/// (unlimited with CAP_SYS_RESOURCE, else the soft limit up to the hard one).
+#[test]
+fn memlock_limit_is_lifted_before_loading() {
+    let _lane = tracker();
+    let before = memlock();
+    let lowered = libc::rlimit {
+        rlim_cur: 4096.min(before.rlim_max),
+        rlim_max: before.rlim_max,
+    };
+    // SAFETY: setrlimit reads the struct we own; lowering the soft limit needs no privilege.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lowered) };
+    assert_eq!(rc, 0, "setrlimit: {}", std::io::Error::last_os_error());
+    let second = tracker::start(&tracker::StartOptions::new(std::process::id()));
+    assert!(matches!(second.source.state(), TrackerState::Ebpf));
+    let after = memlock();
+    assert!(
+        after.rlim_cur == libc::RLIM_INFINITY || after.rlim_cur == before.rlim_max,
+        "soft RLIMIT_MEMLOCK {} (hard {}), lowered to {} before the start",
+        after.rlim_cur,
+        after.rlim_max,
+        lowered.rlim_cur
+    );
 }

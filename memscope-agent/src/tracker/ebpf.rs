@@ -286,19 +286,43 @@ impl Drop for EbpfSource {
 
 /// Lifts RLIMIT_MEMLOCK before loading: kernels before 5.11 charge BPF maps and programs to it
 /// (later ones to the memory cgroup), and its usual default (8 MiB or less) is too small there.
-/// A failure is only logged: on a recent kernel the limit does not matter, and on an old one the
+/// Unlimited needs CAP_SYS_RESOURCE; without it the soft limit is raised to the hard one. A
+/// failure is only logged: on a recent kernel the limit does not matter, and on an old one the
 /// load then fails with its own error.
 fn raise_memlock_limit() {
+    let set = |lim: &libc::rlimit| {
+        // SAFETY: setrlimit reads the struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, lim) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
     let unlimited = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,
         rlim_max: libc::RLIM_INFINITY,
     };
-    // SAFETY: setrlimit reads the struct we own.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
-        tracing::debug!(
-            "raising RLIMIT_MEMLOCK failed: {}",
-            io::Error::last_os_error()
-        );
+    if set(&unlimited).is_ok() {
+        return;
+    }
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    let got = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } == 0;
+    lim.rlim_cur = lim.rlim_max;
+    let raised = if got {
+        set(&lim)
+    } else {
+        Err(io::Error::last_os_error())
+    };
+    match raised {
+        Ok(()) => tracing::debug!(
+            "RLIMIT_MEMLOCK raised to its hard limit ({} bytes), not unlimited (no CAP_SYS_RESOURCE)",
+            lim.rlim_max
+        ),
+        Err(e) => tracing::debug!("raising RLIMIT_MEMLOCK failed: {e}"),
     }
 }
 
