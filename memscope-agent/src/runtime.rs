@@ -8,7 +8,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -17,36 +17,16 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    collectors::{BuildCtx, CollectCtx, CollectError, Collector, Observation, build_collectors},
+    collectors::{BuildCtx, CollectCtx, CollectError, Collector, build_collectors},
     config::Config,
     config::TrackerMode,
     ladder::{StatmPass, statm_fd_cap},
     proc_events::{ProcEvent, ProcEvents},
     procfs::{OpenFiles, ProcFs},
     sinks::Sink,
-    store::{SelfCost, Store, StoreConfig, TrackerInfo},
+    store::{self, Store, StoreConfig, StoreMsg, TrackerInfo},
     tracker::{self, DirtySource, PollingSource, Tracker, TrackerState, TrackerStats},
 };
-
-/// Messages to the store task.
-pub enum StoreMsg {
-    /// One collector run (on time, or finishing in the background after its deadline).
-    Collected {
-        collector: &'static str,
-        duration: Duration,
-        result: Result<Option<Observation>, CollectError>,
-    },
-    /// A run missed its deadline: the coming emission reports it `late`.
-    Late { collector: &'static str },
-    /// A due run was skipped because the previous one is still going.
-    Skipped { collector: &'static str },
-    /// The tracker's counters, after this tick's drain.
-    Tracker(TrackerStats),
-    /// Emit now.
-    Emit,
-    /// The tracker saw a process exit: send its `exit` record at once.
-    Exit { pid: u32 },
-}
 
 /// Resolves the host name: the configured one, else the kernel's.
 pub fn host_name(config: &Config) -> String {
@@ -134,7 +114,7 @@ pub async fn run(
         tracker_info,
         &names,
     );
-    let store_task = tokio::spawn(store_loop(store, sink, rx, procfs.clone()));
+    let store_task = tokio::spawn(store::run(store, sink, rx, procfs.clone()));
 
     // Lifecycle events: into the ladders' stream; an exit also becomes an `exit` record at once.
     let events_task = lifecycle.map(|mut rx| {
@@ -470,59 +450,10 @@ impl Scheduler {
     }
 }
 
-/// The store task: applies observations, emits on request, writes to the sink; flushes at the end.
-async fn store_loop(
-    mut store: Store,
-    mut sink: Sink,
-    mut rx: mpsc::Receiver<StoreMsg>,
-    procfs: ProcFs,
-) -> anyhow::Result<()> {
-    // The agent's own /proc, for its self-measurement, whatever proc_root the collectors read.
-    let own_proc = ProcFs::new("/proc");
-    while let Some(msg) = rx.recv().await {
-        match msg {
-            StoreMsg::Collected {
-                collector,
-                duration,
-                result,
-            } => store.apply(collector, duration, result),
-            StoreMsg::Late { collector } => store.late(collector),
-            StoreMsg::Skipped { collector } => store.skipped(collector),
-            StoreMsg::Tracker(stats) => store.set_tracker_stats(stats),
-            StoreMsg::Exit { pid } => {
-                let out = store.exit_now(pid, SystemTime::now());
-                if !out.is_empty()
-                    && let Err(e) = sink.write_batch(&out).await
-                {
-                    store.count_dropped(1);
-                    error!(error = %e, pid, "sink write failed; exit record dropped");
-                }
-            }
-            StoreMsg::Emit => {
-                // getrusage and /proc/self/statm: cheap, but still a /proc read, so off the workers.
-                let own = own_proc.clone();
-                let cost = tokio::task::spawn_blocking(move || SelfCost::measure(&own))
-                    .await
-                    .unwrap_or_default();
-                let out = store.emit(SystemTime::now(), &cost, procfs.counters());
-                if let Err(e) = sink.write_batch(&out).await {
-                    let lines = out.iter().filter(|b| **b == b'\n').count() as u64;
-                    store.count_dropped(lines);
-                    if e.kind() == std::io::ErrorKind::BrokenPipe {
-                        return Err(anyhow::anyhow!("output closed (broken pipe)"));
-                    }
-                    error!(error = %e, lines, "sink write failed; lines dropped");
-                }
-            }
-        }
-    }
-    sink.flush().await.context("flushing the output")?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::collectors::Observation;
 
     /// A collector that blocks until the test lets it go, and counts its runs.
     struct Slow {
