@@ -206,8 +206,7 @@ mod tests {
     fn inode(kind: ObjectKind, inode: u64) -> ObjectKey {
         ObjectKey::Inode {
             kind,
-            major: 0,
-            minor: 1,
+            dev: crate::procfs::Dev { major: 0, minor: 1 },
             inode,
         }
     }

@@ -9,8 +9,8 @@ use std::{
 };
 
 use memscope_agent::{
-    collectors::tmpfs::Dev,
     config::{Config, Positive},
+    procfs::Dev,
 };
 use memscope_tests::{require_root, run_once};
 use serde_json::Value;

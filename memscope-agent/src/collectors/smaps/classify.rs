@@ -4,18 +4,17 @@ use std::collections::HashSet;
 
 use super::object::{ObjectKey, ObjectKind};
 use crate::procfs::{
-    FileClass, ProcError, ProcFs,
+    Dev, FileClass, ProcError, ProcFs,
     escape::Name,
-    mountinfo::parse_mountinfo,
+    mountinfo::{self, parse_mountinfo},
     smaps::{Mapping, MappingPath},
 };
 
 /// Decides the object of one mapping.
-pub fn classify(m: &Mapping, tmpfs_devs: &HashSet<(u32, u32)>) -> (ObjectKey, Name, bool) {
+pub fn classify(m: &Mapping, tmpfs_devs: &HashSet<Dev>) -> (ObjectKey, Name, bool) {
     let inode_key = |kind| ObjectKey::Inode {
         kind,
-        major: m.dev_major,
-        minor: m.dev_minor,
+        dev: m.dev,
         inode: m.inode,
     };
     match &m.path {
@@ -69,7 +68,7 @@ pub fn classify(m: &Mapping, tmpfs_devs: &HashSet<(u32, u32)>) -> (ObjectKey, Na
         MappingPath::File { path, deleted } => {
             let kind = if path.as_bytes() == b"/dev/zero" && *deleted && m.perms.shared {
                 ObjectKind::SharedAnon
-            } else if tmpfs_devs.contains(&(m.dev_major, m.dev_minor)) {
+            } else if tmpfs_devs.contains(&m.dev) {
                 ObjectKind::Tmpfs
             } else if m.inode == 0 || !path.as_bytes().starts_with(b"/") {
                 // anon_inode:[…] and similar: no file identity worth keying by inode.
@@ -91,17 +90,13 @@ pub fn classify(m: &Mapping, tmpfs_devs: &HashSet<(u32, u32)>) -> (ObjectKey, Na
     }
 }
 
-/// Devices (major, minor) of tmpfs mounts, from `mountinfo`.
-pub fn tmpfs_devices(procfs: &ProcFs, buf: &mut Vec<u8>) -> Result<HashSet<(u32, u32)>, ProcError> {
+/// Devices of tmpfs mounts, from `self/mountinfo`.
+pub fn tmpfs_devices(procfs: &ProcFs, buf: &mut Vec<u8>) -> Result<HashSet<Dev>, ProcError> {
     let mounts = procfs.read_parsed(
         &procfs.path("self/mountinfo"),
         FileClass::Mountinfo,
         buf,
         parse_mountinfo,
     )?;
-    Ok(mounts
-        .iter()
-        .filter(|m| m.fstype == "tmpfs")
-        .map(|m| (m.major, m.minor))
-        .collect())
+    Ok(mountinfo::tmpfs_devices(&mounts))
 }

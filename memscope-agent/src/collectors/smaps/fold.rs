@@ -6,12 +6,12 @@ use super::{
     classify::classify,
     object::{Consumer, ObjectKey, ObjectMemory, ProcessObject, ProcessObjects, SharedObject},
 };
-use crate::procfs::smaps::parse_smaps;
+use crate::procfs::{Dev, smaps::parse_smaps};
 
 /// Folds one process's smaps text into its objects.
 pub fn fold_process(
     text: &[u8],
-    tmpfs_devs: &HashSet<(u32, u32)>,
+    tmpfs_devs: &HashSet<Dev>,
 ) -> Result<Vec<ProcessObject>, crate::procfs::ParseError> {
     let mut index: HashMap<ObjectKey, usize> = HashMap::new();
     let mut objects: Vec<ProcessObject> = Vec::new();
@@ -139,8 +139,13 @@ Pss:                   0 kB
 Shared_Clean:          4 kB
 ";
 
-    pub(crate) fn devs() -> HashSet<(u32, u32)> {
-        [(0, 0x1b)].into_iter().collect()
+    pub(crate) fn devs() -> HashSet<Dev> {
+        [Dev {
+            major: 0,
+            minor: 0x1b,
+        }]
+        .into_iter()
+        .collect()
     }
 
     pub(crate) fn proc_objects(pid: u32, name: &str, text: &str) -> ProcessObjects {

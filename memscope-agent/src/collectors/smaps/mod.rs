@@ -28,7 +28,7 @@ use super::{CollectCtx, CollectError, Collector, Observation};
 use crate::{
     config::SmapsConfig,
     ladder::{Ladder, Reason, Tier, TierPolicy, TierStats},
-    procfs::{FileClass, ProcError, ProcFs, page_size, stat::parse_stat},
+    procfs::{Dev, FileClass, ProcError, ProcFs, page_size, stat::parse_stat},
 };
 
 mod classify;
@@ -86,7 +86,7 @@ impl SmapsCollector {
         &mut self,
         procfs: &ProcFs,
         pid: u32,
-        tmpfs_devs: &HashSet<(u32, u32)>,
+        tmpfs_devs: &HashSet<Dev>,
     ) -> Result<ProcessObjects, ProcError> {
         let stat = procfs.read_parsed(
             &procfs.pid_path(pid, "stat"),

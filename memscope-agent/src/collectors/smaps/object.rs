@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::procfs::{counters::MemCounters, escape::Name};
+use crate::procfs::{Dev, counters::MemCounters, escape::Name};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -44,8 +44,7 @@ pub enum ObjectKey {
     /// File-backed (file, tmpfs, memfd, shared anonymous): the inode on its device.
     Inode {
         kind: ObjectKind,
-        major: u32,
-        minor: u32,
+        dev: Dev,
         inode: u64,
     },
     /// A SysV segment by shmid.
@@ -68,12 +67,7 @@ impl ObjectKey {
     /// The record key, stable across emissions: `memfd:0:1:1234`, `sysv:5`, `heap`, `pseudo:[vdso]`.
     pub fn id(&self) -> String {
         match self {
-            ObjectKey::Inode {
-                kind,
-                major,
-                minor,
-                inode,
-            } => format!("{}:{major}:{minor}:{inode}", kind.as_str()),
+            ObjectKey::Inode { kind, dev, inode } => format!("{}:{dev}:{inode}", kind.as_str()),
             ObjectKey::Sysv { shmid } => format!("sysv:{shmid}"),
             ObjectKey::Kind(k) => k.as_str().to_string(),
             ObjectKey::Pseudo(label) => format!("pseudo:{label}"),

@@ -6,7 +6,11 @@ use std::collections::HashSet;
 use serde::Serialize;
 
 use super::object::{Consumer, ObjectKey, ObjectKind, ObjectMemory, SharedObject};
-use crate::{collectors::ToRecords, procfs::escape::Name, records::Record};
+use crate::{
+    collectors::ToRecords,
+    procfs::{Dev, escape::Name},
+    records::Record,
+};
 
 /// The `object` record body.
 #[derive(Serialize)]
@@ -15,7 +19,7 @@ struct ObjectBody<'a> {
     object_kind: ObjectKind,
     label: &'a Name,
     #[serde(skip_serializing_if = "Option::is_none")]
-    dev: Option<String>,
+    dev: Option<Dev>,
     #[serde(skip_serializing_if = "Option::is_none")]
     inode: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -88,12 +92,7 @@ impl ObjectsObservation {
     /// The record body of one object.
     pub fn object_record(&self, o: &SharedObject) -> Record {
         let (dev, inode, shmid) = match &o.key {
-            ObjectKey::Inode {
-                major,
-                minor,
-                inode,
-                ..
-            } => (Some(format!("{major}:{minor}")), Some(*inode), None),
+            ObjectKey::Inode { dev, inode, .. } => (Some(*dev), Some(*inode), None),
             ObjectKey::Sysv { shmid } => (None, None, Some(*shmid)),
             _ => (None, None, None),
         };
