@@ -27,15 +27,6 @@ impl fmt::Display for ConfigError {
     }
 }
 
-pub(super) fn line_of_offset(src: &str, offset: usize) -> usize {
-    let end = offset.min(src.len());
-    src.as_bytes()[..end]
-        .iter()
-        .filter(|b| **b == b'\n')
-        .count()
-        + 1
-}
-
 /// Where each `key = value` of a TOML document is, by dotted key. A line scanner, good for the
 /// plain layout config files use (`[table]` headers and `key = value` lines); a key it cannot
 /// place simply gets no line number.

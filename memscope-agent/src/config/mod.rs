@@ -7,11 +7,13 @@ use std::{path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
+use crate::procfs::line_at;
+
 mod error;
 mod units;
 
 pub use error::ConfigError;
-use error::{KeyLines, line_of_offset};
+use error::KeyLines;
 pub use units::{ByteSize, Interval, Positive, parse_byte_size};
 
 /// The documented default configuration; [`Config::default`] equals it (a test proves it).
@@ -248,7 +250,7 @@ impl Config {
     pub fn parse(src: &str, origin: &str) -> Result<Config, ConfigError> {
         let keys = KeyLines::scan(src);
         let config: Config = toml::from_str(src).map_err(|e| {
-            let line = e.span().map(|s| line_of_offset(src, s.start));
+            let line = e.span().map(|s| line_at(src.as_bytes(), s.start));
             ConfigError {
                 origin: origin.to_string(),
                 line,
