@@ -19,7 +19,7 @@ use tracing::{debug, error, info, warn};
 use crate::{
     collectors::{BuildCtx, CollectCtx, CollectError, Collector, build_collectors},
     config::Config,
-    config::TrackerMode,
+    config::{AgentConfig, TrackerMode},
     ladder::{StatmPass, statm_fd_cap},
     proc_events::{ProcEvent, ProcEvents},
     procfs::{OpenFiles, ProcFs},
@@ -64,7 +64,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let procfs = ProcFs::new(&config.agent.proc_root);
     let interval = config.agent.interval.get();
-    let mut tracker = start_tracker(config.agent.tracker, once).await?;
+    let mut tracker = start_tracker(&config.agent, once).await?;
     let tracker_info = match tracker.source.state() {
         TrackerState::Ebpf => TrackerInfo {
             mode: "ebpf".to_string(),
@@ -171,7 +171,8 @@ pub async fn run(
 }
 
 /// Starts the tracker the config asks for. `--once` never loads eBPF: one pass reads everything.
-async fn start_tracker(mode: TrackerMode, once: bool) -> anyhow::Result<Tracker> {
+async fn start_tracker(agent: &AgentConfig, once: bool) -> anyhow::Result<Tracker> {
+    let mode = agent.tracker;
     let polling = |reason: &str| Tracker {
         source: Box::new(PollingSource::new(reason)),
         events: None,
@@ -182,9 +183,12 @@ async fn start_tracker(mode: TrackerMode, once: bool) -> anyhow::Result<Tracker>
     if once {
         return Ok(polling("one-shot run (--once): every process is read"));
     }
-    let pid = std::process::id();
+    let opts = tracker::StartOptions {
+        mount_tracefs: agent.mount_tracefs,
+        ..tracker::StartOptions::new(std::process::id())
+    };
     let tracker = tokio::task::spawn_blocking(move || {
-        let t = tracker::start(&tracker::StartOptions::new(pid));
+        let t = tracker::start(&opts);
         release_freed_heap();
         t
     })
@@ -465,7 +469,10 @@ mod tests {
         fn name(&self) -> &'static str {
             "slow"
         }
-        fn collect(&mut self, _: &CollectCtx<'_>) -> Result<Option<Observation>, CollectError> {
+        fn collect(
+            &mut self,
+            _: &CollectCtx<'_>,
+        ) -> Result<Option<Box<dyn Observation>>, CollectError> {
             self.runs.fetch_add(1, Ordering::SeqCst);
             self.release
                 .recv()
@@ -480,7 +487,10 @@ mod tests {
         fn name(&self) -> &'static str {
             "fast"
         }
-        fn collect(&mut self, _: &CollectCtx<'_>) -> Result<Option<Observation>, CollectError> {
+        fn collect(
+            &mut self,
+            _: &CollectCtx<'_>,
+        ) -> Result<Option<Box<dyn Observation>>, CollectError> {
             Ok(None)
         }
     }

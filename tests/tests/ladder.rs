@@ -10,10 +10,10 @@ use std::{
 
 use memscope_agent::{
     collectors::{
-        CollectCtx, Collector, Observation,
-        smaps::{ObjectKind, ObjectsObservation, SmapsCollector},
+        CollectCtx, Collector, observed,
+        smaps::{ObjectKind, ObjectsObservation, SmapsCollector, SmapsConfig},
     },
-    config::{ByteSize, Config, Interval, SinkKind, SmapsConfig, TrackerMode},
+    config::{ByteSize, Config, Interval, SinkKind, TrackerMode},
     ladder::{StatmPass, TierStats, stale_after},
     proc_events::ProcEvents,
     procfs::{OpenFiles, ProcFs},
@@ -74,10 +74,8 @@ impl Agent {
             statm: Some(std::sync::Arc::new(pass)),
             unbounded: false,
         };
-        match smaps.collect(&ctx) {
-            Ok(Some(Observation::Objects(o))) => o,
-            other => panic!("smaps collect: {other:?}"),
-        }
+        observed::<ObjectsObservation>(smaps.collect(&ctx))
+            .unwrap_or_else(|e| panic!("smaps collect: {e}"))
     }
 }
 
@@ -359,7 +357,7 @@ impl Drop for PidNamespace {
 /// even where nothing else would make it due (huge `min_change`, long `max_staleness`).
 #[test]
 fn a_reused_pid_is_new_in_both_tiers_and_never_shows_the_old_numbers() {
-    use memscope_agent::{collectors::processes::ProcessesCollector, config::ProcessesConfig};
+    use memscope_agent::collectors::processes::{ProcessesCollector, ProcessesConfig};
     const PID: u32 = 100;
     let mut ns = PidNamespace::new();
     let memhog = env!("CARGO_BIN_EXE_memhog");
@@ -396,14 +394,12 @@ fn a_reused_pid_is_new_in_both_tiers_and_never_shows_the_old_numbers() {
             statm: Some(std::sync::Arc::new(pass)),
             unbounded: false,
         };
-        let p = match processes.collect(&ctx) {
-            Ok(Some(Observation::Processes(p))) => p,
-            other => panic!("processes: {other:?}"),
-        };
-        let o = match smaps.collect(&ctx) {
-            Ok(Some(Observation::Objects(o))) => o,
-            other => panic!("smaps: {other:?}"),
-        };
+        let p = observed::<memscope_agent::collectors::processes::ProcessesObservation>(
+            processes.collect(&ctx),
+        )
+        .unwrap_or_else(|e| panic!("processes: {e}"));
+        let o = observed::<ObjectsObservation>(smaps.collect(&ctx))
+            .unwrap_or_else(|e| panic!("smaps: {e}"));
         (p, o)
     };
     let (p0, o0) = tick(0);

@@ -6,11 +6,22 @@
 
 use serde::{Serialize, Serializer, ser::SerializeMap};
 
-use super::{CollectCtx, CollectError, Collector, Observation, ToRecords};
+use super::{BuildCtx, CollectCtx, CollectError, Collector, CollectorDef, Observation, Toggle};
 use crate::{
     procfs::{FileClass, meminfo::MeminfoField, meminfo::parse_meminfo},
     records::Record,
 };
+
+/// The `meminfo` collector.
+pub struct Meminfo;
+
+impl CollectorDef for Meminfo {
+    const NAME: &'static str = "meminfo";
+    type Config = Toggle;
+    fn build(_: &Toggle, _: &BuildCtx<'_>) -> Box<dyn Collector> {
+        Box::new(MeminfoCollector::default())
+    }
+}
 
 #[derive(Default)]
 pub struct MeminfoCollector {
@@ -30,15 +41,18 @@ impl MeminfoObservation {
 
 impl Collector for MeminfoCollector {
     fn name(&self) -> &'static str {
-        "meminfo"
+        Meminfo::NAME
     }
 
-    fn collect(&mut self, ctx: &CollectCtx<'_>) -> Result<Option<Observation>, CollectError> {
+    fn collect(
+        &mut self,
+        ctx: &CollectCtx<'_>,
+    ) -> Result<Option<Box<dyn Observation>>, CollectError> {
         let path = ctx.procfs.path("meminfo");
         let fields =
             ctx.procfs
                 .read_parsed(&path, FileClass::Meminfo, &mut self.buf, parse_meminfo)?;
-        Ok(Some(Observation::Meminfo(MeminfoObservation { fields })))
+        Ok(Some(Box::new(MeminfoObservation { fields })))
     }
 }
 
@@ -69,7 +83,7 @@ impl Serialize for Fields<'_> {
     }
 }
 
-impl ToRecords for MeminfoObservation {
+impl Observation for MeminfoObservation {
     fn records(&self, out: &mut Vec<Record>) {
         out.push(Record::new("meminfo", "", &Fields(&self.fields)));
     }
@@ -97,10 +111,10 @@ mod tests {
         .expect("write");
         let procfs = ProcFs::new(dir.path());
         let mut c = MeminfoCollector::default();
-        let obs = match c.collect(&CollectCtx::once(&procfs)) {
-            Ok(Some(Observation::Meminfo(o))) => o,
-            other => panic!("unexpected {other:?}"),
-        };
+        let obs = crate::collectors::observed::<MeminfoObservation>(
+            c.collect(&CollectCtx::once(&procfs)),
+        )
+        .unwrap_or_else(|e| panic!("unexpected: {e}"));
         let mut recs = Vec::new();
         obs.records(&mut recs);
         assert_eq!(

@@ -1,15 +1,19 @@
 //! Collectors: one per source, behind the [`Collector`] trait, built from the config by
 //! [`build_collectors`].
 //!
-//! Adding a collector: write a module with a type implementing [`Collector`] and an observation type
-//! implementing [`ToRecords`]; add its config section to [`crate::config::CollectorsConfig`] (and to
-//! `config/memscope.toml`); add a variant to [`Observation`] and an entry to [`REGISTRY`]; test it
-//! against a fixture tree (`ProcFs::new(fixture_root)`).
+//! A collector is one module plus one line in the [`collectors!`] list below. The module declares,
+//! in one place ([`CollectorDef`]): its name, its `[collectors.<name>]` config section, its
+//! constructor, and (through its [`Observation`] type) how what it saw renders into records. The
+//! list generates [`REGISTRY`] and the typed [`CollectorsConfig`]; nothing else in the agent names
+//! a collector. Derived records that need one collector's observation downcast it
+//! ([`Observation::downcast_ref`]).
 
-use std::{sync::Arc, time::Duration};
+use std::{any::Any, fmt::Debug, sync::Arc, time::Duration};
+
+use serde::{Deserialize, de::DeserializeOwned};
 
 use crate::{
-    config::Config,
+    config::{Config, Interval},
     ladder::{StatmPass, TierStats},
     proc_events::ProcEvents,
     procfs::{ProcError, ProcFs},
@@ -65,7 +69,10 @@ pub trait Collector: Send {
     fn uses_statm_pass(&self) -> bool {
         false
     }
-    fn collect(&mut self, ctx: &CollectCtx<'_>) -> Result<Option<Observation>, CollectError>;
+    fn collect(
+        &mut self,
+        ctx: &CollectCtx<'_>,
+    ) -> Result<Option<Box<dyn Observation>>, CollectError>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,35 +83,41 @@ pub enum CollectError {
     Other(String),
 }
 
-/// Everything a collector can report. Each observation is the collector's complete current view.
-#[derive(Debug, Clone)]
-pub enum Observation {
-    Meminfo(meminfo::MeminfoObservation),
-    Processes(processes::ProcessesObservation),
-    Objects(smaps::ObjectsObservation),
-    Sysv(sysv::SysvObservation),
-    Tmpfs(tmpfs::TmpfsObservation),
-}
-
-/// Turns an observation into records, and says what is worth a warning in the `snapshot` record.
-pub trait ToRecords {
+/// What one collector run saw: the collector's complete current view. It renders into records,
+/// says what is worth a warning in the `snapshot` record, and carries a ladder tier's statistics.
+pub trait Observation: Any + Send + Sync + Debug {
     fn records(&self, out: &mut Vec<Record>);
     fn warnings(&self, _out: &mut Vec<String>) {}
     /// A ladder collector's tier statistics (tier name, stats), for the `agent` record.
     fn tier(&self) -> Option<(&'static str, &TierStats)> {
         None
     }
+    /// Drops the records of processes whose exit was already reported (an observation with
+    /// per-process records: a run may have read a process just before it died). Returns whether
+    /// this observation holds per-process records.
+    fn forget_processes(&mut self, _exited: &std::collections::HashSet<u32>) -> bool {
+        false
+    }
 }
 
-impl Observation {
-    pub fn as_records(&self) -> &dyn ToRecords {
-        match self {
-            Observation::Meminfo(o) => o,
-            Observation::Processes(o) => o,
-            Observation::Objects(o) => o,
-            Observation::Sysv(o) => o,
-            Observation::Tmpfs(o) => o,
-        }
+impl dyn Observation {
+    /// This observation as its concrete type.
+    pub fn downcast_ref<T: Observation>(&self) -> Option<&T> {
+        (self as &dyn Any).downcast_ref()
+    }
+}
+
+/// The observation of a run as its concrete type (tests, benches): an error names what came instead.
+pub fn observed<T: Observation>(
+    run: Result<Option<Box<dyn Observation>>, CollectError>,
+) -> Result<T, String> {
+    match run {
+        Ok(Some(o)) => (o as Box<dyn Any>)
+            .downcast::<T>()
+            .map(|b| *b)
+            .map_err(|_| format!("not a {}", std::any::type_name::<T>())),
+        Ok(None) => Err("no observation".to_string()),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -120,6 +133,54 @@ impl UserNames {
                 uzers::get_user_by_uid(uid).map(|u| u.name().to_string_lossy().into_owned())
             })
             .clone()
+    }
+}
+
+/// A collector type: its name, its `[collectors.<name>]` section, and how to build it. One impl
+/// per collector module, and one line in [`collectors!`].
+pub trait CollectorDef {
+    /// The collector's name: its `[collectors.<name>]` key, and its name in the records.
+    const NAME: &'static str;
+    /// Its config section (`deny_unknown_fields`, no `flatten`: errors keep file, line and key).
+    type Config: Section + DeserializeOwned + Default + Clone + PartialEq + Debug;
+    fn build(config: &Self::Config, ctx: &BuildCtx<'_>) -> Box<dyn Collector>;
+}
+
+/// What every collector section has, and its own checks beyond the types.
+pub trait Section {
+    fn enabled(&self) -> bool;
+    /// Its own interval; `None`: the agent's.
+    fn interval(&self) -> Option<Interval>;
+    /// Values the types accept but the collector cannot use: (key within the section, why).
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        Ok(())
+    }
+}
+
+/// The section of a collector with no settings of its own.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Toggle {
+    pub enabled: bool,
+    /// How often the collector runs; absent means `[agent] interval`. Rounded up to whole agent ticks.
+    pub interval: Option<Interval>,
+}
+
+impl Default for Toggle {
+    fn default() -> Self {
+        Toggle {
+            enabled: true,
+            interval: None,
+        }
+    }
+}
+
+impl Section for Toggle {
+    fn enabled(&self) -> bool {
+        self.enabled
+    }
+    fn interval(&self) -> Option<Interval> {
+        self.interval
     }
 }
 
@@ -142,62 +203,58 @@ pub struct CollectorSpec {
     pub build: fn(&Config, &BuildCtx<'_>) -> Option<Registered>,
 }
 
-/// Every collector memscope knows, in emission order.
-pub const REGISTRY: &[CollectorSpec] = &[
-    CollectorSpec {
-        name: "meminfo",
-        build: |config, _| {
-            let c = &config.collectors.meminfo;
-            c.enabled.then(|| Registered {
-                collector: Box::new(meminfo::MeminfoCollector::default()),
-                interval: config.collector_interval(c.interval),
-            })
-        },
-    },
-    CollectorSpec {
-        name: "processes",
-        build: |config, ctx| {
-            let c = &config.collectors.processes;
-            c.enabled.then(|| Registered {
-                collector: Box::new(processes::ProcessesCollector::new(
-                    c,
-                    ctx.events.subscribe(),
-                )),
-                interval: config.collector_interval(c.interval),
-            })
-        },
-    },
-    CollectorSpec {
-        name: "smaps",
-        build: |config, ctx| {
-            let c = &config.collectors.smaps;
-            c.enabled.then(|| Registered {
-                collector: Box::new(smaps::SmapsCollector::new(c, ctx.events.subscribe())),
-                interval: config.collector_interval(c.interval),
-            })
-        },
-    },
-    CollectorSpec {
-        name: "sysv",
-        build: |config, _| {
-            let c = &config.collectors.sysv;
-            c.enabled.then(|| Registered {
-                collector: Box::new(sysv::SysvCollector::default()),
-                interval: config.collector_interval(c.interval),
-            })
-        },
-    },
-    CollectorSpec {
-        name: "tmpfs",
-        build: |config, _| {
-            let c = &config.collectors.tmpfs;
-            c.enabled.then(|| Registered {
-                collector: Box::new(tmpfs::TmpfsCollector::new(c)),
-                interval: config.collector_interval(c.interval),
-            })
-        },
-    },
-];
+/// Builds collector `D` from its section, if the section enables it.
+fn build_one<D: CollectorDef>(
+    section: &D::Config,
+    config: &Config,
+    ctx: &BuildCtx<'_>,
+) -> Option<Registered> {
+    section.enabled().then(|| Registered {
+        collector: D::build(section, ctx),
+        interval: config.collector_interval(section.interval()),
+    })
+}
+
+/// The list of collectors, once: generates [`CollectorsConfig`] (one section per collector) and
+/// [`REGISTRY`] (emission order).
+macro_rules! collectors {
+    ($($field:ident => $def:ty),* $(,)?) => {
+        /// `[collectors]`: one section per collector, `[collectors.<name>]`.
+        #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct CollectorsConfig {
+            $(pub $field: <$def as CollectorDef>::Config,)*
+        }
+
+        impl CollectorsConfig {
+            /// The sections' own checks, keys named in full (`collectors.<name>.<key>`).
+            pub fn validate(&self) -> Result<(), (String, String)> {
+                $(self.$field.validate().map_err(|(key, why)| {
+                    (format!("collectors.{}.{key}", stringify!($field)), why)
+                })?;)*
+                Ok(())
+            }
+        }
+
+        /// Every collector memscope knows, in emission order.
+        pub const REGISTRY: &[CollectorSpec] = &[$(CollectorSpec {
+            name: <$def as CollectorDef>::NAME,
+            build: |config, ctx| build_one::<$def>(&config.collectors.$field, config, ctx),
+        },)*];
+
+        /// The config keys of the sections, in [`REGISTRY`] order (a test holds them to the names).
+        #[cfg(test)]
+        const SECTION_KEYS: &[&str] = &[$(stringify!($field),)*];
+    };
+}
+
+collectors! {
+    meminfo => meminfo::Meminfo,
+    processes => processes::Processes,
+    smaps => smaps::Smaps,
+    sysv => sysv::Sysv,
+    tmpfs => tmpfs::Tmpfs,
+}
 
 /// Builds the enabled collectors.
 pub fn build_collectors(config: &Config, ctx: &BuildCtx<'_>) -> Vec<Registered> {
@@ -210,6 +267,12 @@ pub fn build_collectors(config: &Config, ctx: &BuildCtx<'_>) -> Vec<Registered> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn section_keys_are_the_collector_names() {
+        let names: Vec<_> = REGISTRY.iter().map(|s| s.name).collect();
+        assert_eq!(names, SECTION_KEYS);
+    }
 
     #[test]
     fn registry_names_match_collector_names() {

@@ -15,12 +15,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::debug;
 
-use super::{CollectCtx, CollectError, Collector, Observation, ToRecords, UserNames};
+use super::{
+    BuildCtx, CollectCtx, CollectError, Collector, CollectorDef, Observation, Section, UserNames,
+};
 use crate::{
-    config::ProcessesConfig,
+    config::{ByteSize, Interval},
     ladder::{Ladder, TierPolicy, TierStats},
     proc_events::{Scope, Subscription},
     procfs::{
@@ -35,6 +37,52 @@ use crate::{
     },
     records::Record,
 };
+
+/// The `processes` collector.
+pub struct Processes;
+
+impl CollectorDef for Processes {
+    const NAME: &'static str = "processes";
+    type Config = ProcessesConfig;
+    fn build(config: &ProcessesConfig, ctx: &BuildCtx<'_>) -> Box<dyn Collector> {
+        Box::new(ProcessesCollector::new(config, ctx.events.subscribe()))
+    }
+}
+
+/// `[collectors.processes]`: per-process rollups, re-read on the cost ladder.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessesConfig {
+    pub enabled: bool,
+    pub interval: Option<Interval>,
+    /// Re-read a process's `smaps_rollup` when its resident + shared memory moved by this much.
+    pub min_change: ByteSize,
+    /// Re-read a process whose last read is this old: the bound on how stale any number is.
+    pub max_staleness: Interval,
+    /// Time a run may spend re-reading; the rest rolls to the next run, oldest first.
+    pub budget: Interval,
+}
+
+impl Default for ProcessesConfig {
+    fn default() -> Self {
+        ProcessesConfig {
+            enabled: true,
+            interval: None,
+            min_change: ByteSize(64 << 10),
+            max_staleness: Interval(Duration::from_secs(300)),
+            budget: Interval(Duration::from_secs(2)),
+        }
+    }
+}
+
+impl Section for ProcessesConfig {
+    fn enabled(&self) -> bool {
+        self.enabled
+    }
+    fn interval(&self) -> Option<Interval> {
+        self.interval
+    }
+}
 
 /// How trustworthy a process's numbers are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -136,7 +184,7 @@ pub struct ProcessesObservation {
     pub tier: TierStats,
 }
 
-impl ToRecords for ProcessesObservation {
+impl Observation for ProcessesObservation {
     fn records(&self, out: &mut Vec<Record>) {
         for p in &self.processes {
             out.push(Record::new("process", p.pid.to_string(), p));
@@ -161,6 +209,11 @@ impl ToRecords for ProcessesObservation {
 
     fn tier(&self) -> Option<(&'static str, &TierStats)> {
         Some(("rollup", &self.tier))
+    }
+
+    fn forget_processes(&mut self, exited: &std::collections::HashSet<u32>) -> bool {
+        self.processes.retain(|r| !exited.contains(&r.pid));
+        true
     }
 }
 
@@ -299,14 +352,17 @@ impl ProcessesCollector {
 
 impl Collector for ProcessesCollector {
     fn name(&self) -> &'static str {
-        "processes"
+        Processes::NAME
     }
 
     fn uses_statm_pass(&self) -> bool {
         true
     }
 
-    fn collect(&mut self, ctx: &CollectCtx<'_>) -> Result<Option<Observation>, CollectError> {
+    fn collect(
+        &mut self,
+        ctx: &CollectCtx<'_>,
+    ) -> Result<Option<Box<dyn Observation>>, CollectError> {
         let start = Instant::now();
         let pass = ctx.statm_pass(&mut self.buf)?;
         let mut obs = ProcessesObservation::default();
@@ -365,7 +421,7 @@ impl Collector for ProcessesCollector {
             .filter_map(|pid| self.known.get(pid).and_then(|k| k.record.clone()))
             .collect();
         compute_subtrees(&mut obs.processes);
-        Ok(Some(Observation::Processes(obs)))
+        Ok(Some(Box::new(obs)))
     }
 }
 
@@ -529,10 +585,8 @@ mod tree_tests {
     fn collect(root: &Path) -> ProcessesObservation {
         let procfs = ProcFs::new(root);
         let mut c = ProcessesCollector::new(&ProcessesConfig::default(), Subscription::detached());
-        match c.collect(&CollectCtx::once(&procfs)) {
-            Ok(Some(Observation::Processes(o))) => o,
-            other => panic!("unexpected {other:?}"),
-        }
+        crate::collectors::observed::<ProcessesObservation>(c.collect(&CollectCtx::once(&procfs)))
+            .unwrap_or_else(|e| panic!("unexpected: {e}"))
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! `/SYSV…` smaps object are one record) and the shared-memory ledger ([`ledger`]).
 
 use crate::{
-    collectors::{Observation, ToRecords},
+    collectors::{
+        Observation, meminfo::MeminfoObservation, smaps::ObjectsObservation, sysv::SysvObservation,
+    },
     records::Record,
 };
 
@@ -15,42 +17,28 @@ use sysv_join::SysvJoin;
 
 /// All records of one emission from the latest observations, with the joins and the ledger.
 pub fn records(
-    latest: &[(&'static str, Option<Observation>)],
+    latest: &[(&'static str, Option<Box<dyn Observation>>)],
     out: &mut Vec<Record>,
     warnings: &mut Vec<String>,
 ) {
-    let observations = || latest.iter().filter_map(|(_, o)| o.as_ref());
-    let objects = observations().find_map(|o| match o {
-        Observation::Objects(x) => Some(x),
-        _ => None,
-    });
-    let sysv = observations().find_map(|o| match o {
-        Observation::Sysv(x) => Some(x),
-        _ => None,
-    });
-    let shmem = observations().find_map(|o| match o {
-        Observation::Meminfo(m) => m.get("Shmem"),
-        _ => None,
-    });
+    let observations = || latest.iter().filter_map(|(_, o)| o.as_deref());
+    let objects = observations().find_map(|o| o.downcast_ref::<ObjectsObservation>());
+    let sysv = observations().find_map(|o| o.downcast_ref::<SysvObservation>());
+    let shmem = observations()
+        .find_map(|o| o.downcast_ref::<MeminfoObservation>())
+        .and_then(|m| m.get("Shmem"));
     let tmpfs: Option<TmpfsInputs> = observations().find_map(tmpfs_inputs);
     let join = SysvJoin::new(sysv, objects);
 
     for obs in observations() {
-        match obs {
-            Observation::Objects(o) => {
-                o.records_except(out, |x| join.is_joined(x));
-                o.warnings(warnings);
-            }
-            Observation::Sysv(s) => {
-                join.segment_records(s, out);
-                s.warnings(warnings);
-            }
-            other => {
-                let r = other.as_records();
-                r.records(out);
-                r.warnings(warnings);
-            }
+        if let Some(o) = obs.downcast_ref::<ObjectsObservation>() {
+            o.records_except(out, |x| join.is_joined(x));
+        } else if let Some(s) = obs.downcast_ref::<SysvObservation>() {
+            join.segment_records(s, out);
+        } else {
+            obs.records(out);
         }
+        obs.warnings(warnings);
     }
     if let Some(l) = ledger::ledger(shmem, tmpfs.as_ref(), sysv, objects) {
         out.push(Record::new("shmem_ledger", "", &l));

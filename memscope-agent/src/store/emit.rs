@@ -11,7 +11,6 @@ use super::{
     state::Store,
 };
 use crate::{
-    collectors::Observation,
     config::EmitMode,
     procfs::{FileClass, ReadCounters},
     records::{Header, Record, rfc3339, write_line},
@@ -26,13 +25,11 @@ impl Store {
     /// it nor reports its exit twice.
     pub fn exit_now(&mut self, pid: u32, now: SystemTime) -> Vec<u8> {
         let key = ("process", pid.to_string());
-        if let Some(Some(Observation::Processes(p))) = self
-            .latest
-            .iter_mut()
-            .find(|(_, o)| matches!(o, Some(Observation::Processes(_))))
-            .map(|(_, o)| o)
-        {
-            p.processes.retain(|r| r.pid != pid);
+        let gone = std::collections::HashSet::from([pid]);
+        for (_, o) in &mut self.latest {
+            if let Some(o) = o {
+                o.forget_processes(&gone);
+            }
         }
         self.exited.insert(pid);
         if self.seq == 0 {

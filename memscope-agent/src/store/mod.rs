@@ -44,7 +44,7 @@ pub enum StoreMsg {
     Collected {
         collector: &'static str,
         duration: Duration,
-        result: Result<Option<Observation>, CollectError>,
+        result: Result<Option<Box<dyn Observation>>, CollectError>,
     },
     /// A run missed its deadline: the coming emission reports it `late`.
     Late { collector: &'static str },

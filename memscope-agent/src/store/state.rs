@@ -29,7 +29,7 @@ pub struct Store {
     pub(super) seq: u64,
     pub(super) started: std::time::Instant,
     /// Latest observation per collector, in registration order.
-    pub(super) latest: Vec<(&'static str, Option<Observation>)>,
+    pub(super) latest: Vec<(&'static str, Option<Box<dyn Observation>>)>,
     pub(super) status: BTreeMap<&'static str, CollectorStatus>,
     /// Collectors that ran since the last emission.
     pub(super) ran: Vec<&'static str>,
@@ -99,7 +99,7 @@ impl Store {
         &mut self,
         collector: &'static str,
         duration: Duration,
-        result: Result<Option<Observation>, CollectError>,
+        result: Result<Option<Box<dyn Observation>>, CollectError>,
     ) {
         let status = self.status.entry(collector).or_default();
         status.runs += 1;
@@ -111,8 +111,7 @@ impl Store {
                 if let Some(mut obs) = obs {
                     // A process whose exit was already reported may still be in a run that read
                     // it just before it died.
-                    if let Observation::Processes(p) = &mut obs {
-                        p.processes.retain(|r| !self.exited.contains(&r.pid));
+                    if obs.forget_processes(&self.exited) {
                         self.exited.clear();
                     }
                     match self.latest.iter_mut().find(|(n, _)| *n == collector) {
@@ -145,7 +144,7 @@ impl Store {
             tiers: self
                 .latest
                 .iter()
-                .filter_map(|(_, o)| o.as_ref()?.as_records().tier())
+                .filter_map(|(_, o)| o.as_ref()?.tier())
                 .map(|(name, stats)| (name, stats.clone()))
                 .collect(),
             dirty_marks_received: t.marks_received,

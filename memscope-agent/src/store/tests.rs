@@ -25,8 +25,8 @@ fn store(emit: EmitMode, keyframe_every: u32) -> Store {
     )
 }
 
-fn procs(list: &[(u32, u64)]) -> Result<Option<Observation>, CollectError> {
-    Ok(Some(Observation::Processes(ProcessesObservation {
+fn procs(list: &[(u32, u64)]) -> Result<Option<Box<dyn Observation>>, CollectError> {
+    Ok(Some(Box::new(ProcessesObservation {
         processes: list
             .iter()
             .map(|&(pid, pss)| ProcessRecord {
@@ -212,10 +212,10 @@ fn late_and_skipped_runs_are_reported() {
 #[test]
 fn tracker_counters_and_tier_stats_reach_the_agent_record() {
     let mut s = store(EmitMode::Full, 10);
-    let mut obs = procs(&[(1, 10)]);
-    if let Ok(Some(Observation::Processes(p))) = &mut obs {
-        p.tier.count(crate::ladder::Reason::Overflow);
-    }
+    let obs = procs(&[(1, 10)]);
+    let mut obs = crate::collectors::observed::<ProcessesObservation>(obs).expect("processes");
+    obs.tier.count(crate::ladder::Reason::Overflow);
+    let obs: Result<Option<Box<dyn Observation>>, CollectError> = Ok(Some(Box::new(obs)));
     s.apply("processes", Duration::ZERO, obs);
     s.set_tracker_stats(TrackerStats {
         marks_received: 4,

@@ -36,8 +36,12 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use memscope_agent::{
-    collectors::{CollectCtx, Collector, processes::ProcessesCollector, smaps::SmapsCollector},
-    config::{Interval, ProcessesConfig, SmapsConfig},
+    collectors::{
+        CollectCtx, Collector,
+        processes::{ProcessesCollector, ProcessesConfig},
+        smaps::{SmapsCollector, SmapsConfig},
+    },
+    config::Interval,
     ladder::{Reason, StatmPass, TierStats},
     proc_events::ProcEvents,
     procfs::{FileClass, OpenFiles, ProcFs},
@@ -330,7 +334,7 @@ impl Agent {
         .iter()
         .flatten()
         {
-            if let Some((tier, stats)) = obs.as_records().tier() {
+            if let Some((tier, stats)) = obs.tier() {
                 self.tiers.insert(tier, stats.clone());
             }
         }

@@ -24,9 +24,11 @@ use std::{
 
 use tracing::debug;
 
-use super::{CollectCtx, CollectError, Collector, Observation};
+use serde::Deserialize;
+
+use super::{BuildCtx, CollectCtx, CollectError, Collector, CollectorDef, Observation, Section};
 use crate::{
-    config::SmapsConfig,
+    config::{ByteSize, Interval, Positive},
     ladder::{Ladder, Reason, TierPolicy, TierStats},
     proc_events::{Scope, Subscription},
     procfs::{Dev, FileClass, ProcError, ProcFs, page_size, stat::parse_stat},
@@ -43,6 +45,57 @@ pub use object::{
     Consumer, ObjectKey, ObjectKind, ObjectMemory, ProcessObject, ProcessObjects, SharedObject,
 };
 pub use records::{ObjectsObservation, Sharing};
+
+/// The `smaps` collector.
+pub struct Smaps;
+
+impl CollectorDef for Smaps {
+    const NAME: &'static str = "smaps";
+    type Config = SmapsConfig;
+    fn build(config: &SmapsConfig, ctx: &BuildCtx<'_>) -> Box<dyn Collector> {
+        Box::new(SmapsCollector::new(config, ctx.events.subscribe()))
+    }
+}
+
+/// `[collectors.smaps]`: shared objects from `/proc/PID/smaps`, re-read on the cost ladder.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmapsConfig {
+    pub enabled: bool,
+    pub interval: Option<Interval>,
+    /// Objects whose PSS is below this are folded into one `other` row per kind (0: none folded).
+    pub min_object_pss: ByteSize,
+    /// Consumers (processes) listed per object, largest PSS first.
+    pub top_consumers: Positive,
+    /// Re-read a process's `smaps` when its resident + shared memory moved by this much, or when a
+    /// file object it maps gained or lost a mapper and that moves each share by this much.
+    pub min_change: ByteSize,
+    pub max_staleness: Interval,
+    pub budget: Interval,
+}
+
+impl Default for SmapsConfig {
+    fn default() -> Self {
+        SmapsConfig {
+            enabled: true,
+            interval: None,
+            min_object_pss: ByteSize(1 << 20),
+            top_consumers: Positive(5),
+            min_change: ByteSize(1 << 20),
+            max_staleness: Interval(Duration::from_secs(300)),
+            budget: Interval(Duration::from_secs(2)),
+        }
+    }
+}
+
+impl Section for SmapsConfig {
+    fn enabled(&self) -> bool {
+        self.enabled
+    }
+    fn interval(&self) -> Option<Interval> {
+        self.interval
+    }
+}
 
 /// Objects get a row of their own from `min_object_pss` up, and keep it until they fall below half
 /// of it: an object whose PSS hovers around the floor does not flap between its own row and the
@@ -143,14 +196,17 @@ fn shareable(key: &ObjectKey) -> bool {
 
 impl Collector for SmapsCollector {
     fn name(&self) -> &'static str {
-        "smaps"
+        Smaps::NAME
     }
 
     fn uses_statm_pass(&self) -> bool {
         true
     }
 
-    fn collect(&mut self, ctx: &CollectCtx<'_>) -> Result<Option<Observation>, CollectError> {
+    fn collect(
+        &mut self,
+        ctx: &CollectCtx<'_>,
+    ) -> Result<Option<Box<dyn Observation>>, CollectError> {
         let start = Instant::now();
         let tmpfs_devs = tmpfs_devices(ctx.procfs, &mut self.buf)?;
         let pass = ctx.statm_pass(&mut self.buf)?;
@@ -261,20 +317,20 @@ impl Collector for SmapsCollector {
         self.ladder.set_run_length(start.elapsed());
         self.stats.finish_run(&self.ladder, carried, now);
         obs.tier = self.stats.clone();
-        Ok(Some(Observation::Objects(obs)))
+        Ok(Some(Box::new(obs)))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collectors::ToRecords;
+    use crate::collectors::Observation;
 
     #[test]
     fn own_rows_have_hysteresis_around_the_floor() {
         let mut c = SmapsCollector::new(
             &SmapsConfig {
-                min_object_pss: crate::config::ByteSize(1000 * 1024),
+                min_object_pss: ByteSize(1000 * 1024),
                 ..SmapsConfig::default()
             },
             Subscription::detached(),
@@ -300,10 +356,10 @@ mod tests {
                 format!("7f0000000000-7f0000400000 rw-s 00000000 00:01 77 /memfd:buf (deleted)\nRss: {memfd_kb} kB\nPss: {memfd_kb} kB\n"),
             )
             .expect("smaps");
-            let obs = match c.collect(&crate::collectors::CollectCtx::once(&procfs)) {
-                Ok(Some(Observation::Objects(o))) => o,
-                other => panic!("unexpected {other:?}"),
-            };
+            let obs = crate::collectors::observed::<ObjectsObservation>(
+                c.collect(&crate::collectors::CollectCtx::once(&procfs)),
+            )
+            .unwrap_or_else(|e| panic!("unexpected: {e}"));
             let mut recs = Vec::new();
             obs.records(&mut recs);
             recs.iter().any(|r| r.key == "memfd:0:1:77")

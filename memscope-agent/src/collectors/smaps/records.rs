@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::object::{Consumer, ObjectKey, ObjectKind, ObjectMemory, SharedObject};
 use crate::{
-    collectors::ToRecords,
+    collectors::Observation,
     ladder::TierStats,
     procfs::{Dev, escape::Name},
     records::Record,
@@ -155,7 +155,7 @@ impl ObjectsObservation {
     }
 }
 
-impl ToRecords for ObjectsObservation {
+impl Observation for ObjectsObservation {
     fn records(&self, out: &mut Vec<Record>) {
         self.records_except(out, |_| false);
     }
