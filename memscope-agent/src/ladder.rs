@@ -409,7 +409,7 @@ impl StatmPass {
 
     /// The descriptor set a scheduler keeps between passes, holding at most `cap` descriptors.
     pub fn files(cap: usize) -> OpenFiles {
-        OpenFiles::new("statm", FileClass::Statm, cap)
+        OpenFiles::new("statm", FileClass::STATM, cap)
     }
 }
 

@@ -51,7 +51,7 @@ impl Collector for MeminfoCollector {
         let path = ctx.procfs.path("meminfo");
         let fields =
             ctx.procfs
-                .read_parsed(&path, FileClass::Meminfo, &mut self.buf, parse_meminfo)?;
+                .read_parsed(&path, FileClass::MEMINFO, &mut self.buf, parse_meminfo)?;
         Ok(Some(Box::new(MeminfoObservation { fields })))
     }
 }

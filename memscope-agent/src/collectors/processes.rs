@@ -266,13 +266,13 @@ impl ProcessesCollector {
     ) -> Result<ProcessRecord, ProcError> {
         let stat: Stat = procfs.read_parsed(
             &procfs.pid_path(pid, "stat"),
-            FileClass::Other,
+            FileClass::OTHER,
             &mut self.buf,
             parse_stat,
         )?;
         let status = match procfs.read_parsed(
             &procfs.pid_path(pid, "status"),
-            FileClass::Status,
+            FileClass::STATUS,
             &mut self.buf,
             parse_status,
         ) {
@@ -287,7 +287,7 @@ impl ProcessesCollector {
         } else {
             match procfs.read_parsed(
                 &procfs.pid_path(pid, "smaps_rollup"),
-                FileClass::SmapsRollup,
+                FileClass::SMAPS_ROLLUP,
                 &mut self.buf,
                 parse_smaps_rollup,
             ) {
@@ -311,7 +311,7 @@ impl ProcessesCollector {
             Some(k) if k.start_ticks == stat.starttime_ticks => k.cmdline.clone(),
             _ => {
                 let cmdline =
-                    match procfs.read(&procfs.pid_path(pid, "cmdline"), FileClass::Cmdline) {
+                    match procfs.read(&procfs.pid_path(pid, "cmdline"), FileClass::CMDLINE) {
                         Ok(bytes) => join_cmdline(&parse_cmdline(&bytes)),
                         Err(e) if e.is_denied() => Name::default(),
                         Err(e) => return Err(e),

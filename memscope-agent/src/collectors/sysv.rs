@@ -126,7 +126,7 @@ impl Collector for SysvCollector {
         let path = ctx.procfs.path("sysvipc/shm");
         let segments =
             ctx.procfs
-                .read_parsed(&path, FileClass::Sysvipc, &mut self.buf, parse_sysvipc_shm)?;
+                .read_parsed(&path, FileClass::SYSVIPC, &mut self.buf, parse_sysvipc_shm)?;
         let segments = segments
             .into_iter()
             .map(|shm| {

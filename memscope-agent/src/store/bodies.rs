@@ -54,7 +54,7 @@ impl SelfCost {
         let rss_pages = own_proc
             .read_parsed(
                 &own_proc.path("self/statm"),
-                FileClass::Statm,
+                FileClass::STATM,
                 &mut buf,
                 crate::procfs::statm::parse_statm,
             )

@@ -12,7 +12,7 @@ use super::{
 };
 use crate::{
     config::EmitMode,
-    procfs::{FileClass, ReadCounters},
+    procfs::ReadCounters,
     records::{Header, Record, rfc3339, write_line},
 };
 
@@ -159,20 +159,15 @@ impl Store {
         }
         let lines_so_far = out_records.len() as u64 + gone_records.len() as u64 + 2;
         self.lines_emitted += lines_so_far;
+        let by_class = reads.by_class();
         let agent = AgentBody {
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION"),
             uptime_ms: self.started.elapsed().as_millis() as u64,
             cost,
             proc_bytes_read: reads.total_bytes(),
-            proc_bytes_read_by_file: FileClass::ALL
-                .iter()
-                .map(|c| (c.name(), reads.bytes(*c)))
-                .collect(),
-            proc_reads_by_file: FileClass::ALL
-                .iter()
-                .map(|c| (c.name(), reads.reads(*c)))
-                .collect(),
+            proc_bytes_read_by_file: by_class.iter().map(|(c, n)| (*c, n.bytes)).collect(),
+            proc_reads_by_file: by_class.iter().map(|(c, n)| (*c, n.reads)).collect(),
             collectors: &self.status,
             tracker: &self.tracker,
             ladder: &ladder,

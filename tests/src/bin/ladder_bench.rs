@@ -217,8 +217,13 @@ fn cpu_time() -> Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
-fn bytes_by_class(procfs: &ProcFs) -> [u64; FileClass::ALL.len()] {
-    FileClass::ALL.map(|c| procfs.counters().bytes(c))
+fn bytes_by_class(procfs: &ProcFs) -> BTreeMap<&'static str, u64> {
+    procfs
+        .counters()
+        .by_class()
+        .into_iter()
+        .map(|(c, n)| (c, n.bytes))
+        .collect()
 }
 
 /// Cumulative re-reads per (tier, reason).
@@ -239,7 +244,7 @@ fn rereads(
 struct Sample {
     cpu: Duration,
     wall: Duration,
-    bytes: [u64; FileClass::ALL.len()],
+    bytes: BTreeMap<&'static str, u64>,
     rereads: BTreeMap<(&'static str, &'static str), u64>,
     carried: u64,
     oldest_age: (Duration, Duration),
@@ -252,11 +257,14 @@ struct Sample {
 
 impl Sample {
     fn smaps_bytes(&self) -> u64 {
-        self.bytes[FileClass::Smaps as usize] + self.bytes[FileClass::SmapsRollup as usize]
+        [FileClass::SMAPS, FileClass::SMAPS_ROLLUP]
+            .iter()
+            .map(|c| self.bytes.get(c.name()).copied().unwrap_or(0))
+            .sum()
     }
 
     fn proc_bytes(&self) -> u64 {
-        self.bytes.iter().sum()
+        self.bytes.values().sum()
     }
 }
 
@@ -407,7 +415,9 @@ fn steady(opts: &Options, workers: &mut Workers, ebpf: bool) -> anyhow::Result<V
             wall,
             bytes: {
                 let b = bytes_by_class(&agent.procfs);
-                std::array::from_fn(|k| b[k] - bytes0[k])
+                b.iter()
+                    .map(|(c, n)| (*c, n - bytes0.get(c).copied().unwrap_or(0)))
+                    .collect()
             },
             rereads: delta_map(&rereads(&agent.tiers), &rereads0),
             carried: agent.carried(),

@@ -94,7 +94,7 @@ pub fn classify(m: &Mapping, tmpfs_devs: &HashSet<Dev>) -> (ObjectKey, Name, boo
 pub fn tmpfs_devices(procfs: &ProcFs, buf: &mut Vec<u8>) -> Result<HashSet<Dev>, ProcError> {
     let mounts = procfs.read_parsed(
         &procfs.path("self/mountinfo"),
-        FileClass::Mountinfo,
+        FileClass::MOUNTINFO,
         buf,
         parse_mountinfo,
     )?;

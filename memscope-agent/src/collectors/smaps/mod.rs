@@ -148,12 +148,12 @@ impl SmapsCollector {
     ) -> Result<ProcessObjects, ProcError> {
         let stat = procfs.read_parsed(
             &procfs.pid_path(pid, "stat"),
-            FileClass::Other,
+            FileClass::OTHER,
             &mut self.buf,
             parse_stat,
         )?;
         let path = procfs.pid_path(pid, "smaps");
-        procfs.read_into(&path, FileClass::Smaps, &mut self.buf)?;
+        procfs.read_into(&path, FileClass::SMAPS, &mut self.buf)?;
         let objects = fold_process(&self.buf, tmpfs_devs)
             .map_err(|source| ProcError::Parse { path, source })?;
         Ok(ProcessObjects {

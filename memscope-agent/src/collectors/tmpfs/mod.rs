@@ -288,7 +288,7 @@ impl TmpfsCollector {
     /// `MemTotal` from meminfo, read only when a `size=N%` needs it.
     fn mem_total(&mut self, procfs: &ProcFs, warnings: &mut Vec<String>) -> Option<u64> {
         let path = procfs.path("meminfo");
-        match procfs.read_parsed(&path, FileClass::Meminfo, &mut self.buf, parse_meminfo) {
+        match procfs.read_parsed(&path, FileClass::MEMINFO, &mut self.buf, parse_meminfo) {
             Ok(fields) => field(&fields, "MemTotal"),
             Err(e) => {
                 warnings.push(format!("size=N% needs MemTotal: {e}"));
@@ -334,7 +334,7 @@ impl Collector for TmpfsCollector {
         let path = ctx.procfs.path("self/mountinfo");
         let mounts =
             ctx.procfs
-                .read_parsed(&path, FileClass::Mountinfo, &mut self.buf, parse_mountinfo)?;
+                .read_parsed(&path, FileClass::MOUNTINFO, &mut self.buf, parse_mountinfo)?;
         let superblocks = select_superblocks(&mounts);
         let mut obs = TmpfsObservation::default();
         let needs_mem_total = superblocks
