@@ -358,9 +358,7 @@ impl OpenFiles {
 
 /// The system page size in bytes.
 pub fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if v > 0 { v as u64 } else { 4096 }
+    rustix::param::page_size() as u64
 }
 
 #[cfg(test)]
