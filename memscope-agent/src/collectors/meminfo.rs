@@ -7,10 +7,7 @@
 use serde::{Serialize, Serializer, ser::SerializeMap};
 
 use super::{BuildCtx, CollectCtx, CollectError, Collector, CollectorDef, Observation, Toggle};
-use crate::{
-    procfs::{FileClass, meminfo::MeminfoField, meminfo::parse_meminfo},
-    records::Record,
-};
+use crate::{procfs::meminfo::MeminfoField, records::Record};
 
 /// The `meminfo` collector.
 pub struct Meminfo;
@@ -48,10 +45,7 @@ impl Collector for MeminfoCollector {
         &mut self,
         ctx: &CollectCtx<'_>,
     ) -> Result<Option<Box<dyn Observation>>, CollectError> {
-        let path = ctx.procfs.path("meminfo");
-        let fields =
-            ctx.procfs
-                .read_parsed(&path, FileClass::MEMINFO, &mut self.buf, parse_meminfo)?;
+        let fields = ctx.procfs.meminfo(&mut self.buf)?;
         Ok(Some(Box::new(MeminfoObservation { fields })))
     }
 }

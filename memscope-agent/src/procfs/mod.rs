@@ -271,6 +271,21 @@ impl ProcFs {
         })
     }
 
+    /// `meminfo`, parsed.
+    pub fn meminfo(&self, buf: &mut Vec<u8>) -> Result<Vec<meminfo::MeminfoField>, ProcError> {
+        let path = self.path("meminfo");
+        self.read_parsed(&path, FileClass::MEMINFO, buf, meminfo::parse_meminfo)
+    }
+
+    /// The agent's own mount table, `self/mountinfo`, parsed.
+    pub fn self_mountinfo(
+        &self,
+        buf: &mut Vec<u8>,
+    ) -> Result<Vec<mountinfo::MountInfo>, ProcError> {
+        let path = self.path("self/mountinfo");
+        self.read_parsed(&path, FileClass::MOUNTINFO, buf, mountinfo::parse_mountinfo)
+    }
+
     /// The numeric entries of the root (process ids), sorted.
     pub fn pids(&self) -> Result<Vec<u32>, ProcError> {
         let rd =
@@ -389,9 +404,7 @@ pub enum Reopened {
 
 /// The system page size in bytes.
 pub fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if v > 0 { v as u64 } else { 4096 }
+    rustix::param::page_size() as u64
 }
 
 #[cfg(test)]
@@ -410,7 +423,10 @@ mod open_files_tests {
         let by_class = procfs.counters().by_class();
         let names: Vec<&str> = by_class.iter().map(|(c, _)| *c).collect();
         assert!(names.contains(&"memory_stat"), "{names:?}");
-        assert!(names.contains(&"statm"), "the common classes are always listed");
+        assert!(
+            names.contains(&"statm"),
+            "the common classes are always listed"
+        );
         assert_eq!(procfs.counters().bytes(MEMORY_STAT), 10);
         assert_eq!(procfs.counters().reads(MEMORY_STAT), 1);
         assert_eq!(procfs.counters().total_bytes(), 10);

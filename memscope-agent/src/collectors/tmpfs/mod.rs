@@ -42,10 +42,10 @@ use super::{BuildCtx, CollectCtx, CollectError, Collector, CollectorDef, Observa
 use crate::{
     config::{Interval, Positive, parse_byte_size},
     procfs::{
-        Dev, FileClass, ProcFs,
+        Dev, ProcFs,
         escape::Name,
-        meminfo::{field, parse_meminfo},
-        mountinfo::{Superblock, option_value, parse_mountinfo, select_superblocks},
+        meminfo::field,
+        mountinfo::{Superblock, option_value, select_superblocks},
         page_size,
     },
 };
@@ -287,8 +287,7 @@ impl TmpfsCollector {
 
     /// `MemTotal` from meminfo, read only when a `size=N%` needs it.
     fn mem_total(&mut self, procfs: &ProcFs, warnings: &mut Vec<String>) -> Option<u64> {
-        let path = procfs.path("meminfo");
-        match procfs.read_parsed(&path, FileClass::MEMINFO, &mut self.buf, parse_meminfo) {
+        match procfs.meminfo(&mut self.buf) {
             Ok(fields) => field(&fields, "MemTotal"),
             Err(e) => {
                 warnings.push(format!("size=N% needs MemTotal: {e}"));
@@ -331,10 +330,7 @@ impl Collector for TmpfsCollector {
         &mut self,
         ctx: &CollectCtx<'_>,
     ) -> Result<Option<Box<dyn Observation>>, CollectError> {
-        let path = ctx.procfs.path("self/mountinfo");
-        let mounts =
-            ctx.procfs
-                .read_parsed(&path, FileClass::MOUNTINFO, &mut self.buf, parse_mountinfo)?;
+        let mounts = ctx.procfs.self_mountinfo(&mut self.buf)?;
         let superblocks = select_superblocks(&mounts);
         let mut obs = TmpfsObservation::default();
         let needs_mem_total = superblocks
