@@ -20,6 +20,28 @@ use crate::{
     records::Record,
 };
 
+/// Implements [`Section`] for a config struct with `enabled` and `interval` fields, with an
+/// optional check of its own (`section!(T, |c: &T| …)`). Defined before the collector modules so
+/// they can use it.
+macro_rules! section {
+    ($ty:ty) => {
+        section!($ty, |_: &$ty| Ok(()));
+    };
+    ($ty:ty, $validate:expr) => {
+        impl $crate::collectors::Section for $ty {
+            fn enabled(&self) -> bool {
+                self.enabled
+            }
+            fn interval(&self) -> Option<$crate::config::Interval> {
+                self.interval
+            }
+            fn validate(&self) -> Result<(), (&'static str, String)> {
+                ($validate)(self)
+            }
+        }
+    };
+}
+
 pub mod meminfo;
 pub mod processes;
 pub mod smaps;
@@ -175,14 +197,7 @@ impl Default for Toggle {
     }
 }
 
-impl Section for Toggle {
-    fn enabled(&self) -> bool {
-        self.enabled
-    }
-    fn interval(&self) -> Option<Interval> {
-        self.interval
-    }
-}
+section!(Toggle);
 
 /// A collector with its schedule.
 pub struct Registered {

@@ -18,9 +18,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tracing::debug;
 
-use super::{
-    BuildCtx, CollectCtx, CollectError, Collector, CollectorDef, Observation, Section, UserNames,
-};
+use super::{BuildCtx, CollectCtx, CollectError, Collector, CollectorDef, Observation, UserNames};
 use crate::{
     config::{ByteSize, Interval},
     ladder::{Ladder, TierPolicy, TierStats},
@@ -75,14 +73,7 @@ impl Default for ProcessesConfig {
     }
 }
 
-impl Section for ProcessesConfig {
-    fn enabled(&self) -> bool {
-        self.enabled
-    }
-    fn interval(&self) -> Option<Interval> {
-        self.interval
-    }
-}
+section!(ProcessesConfig);
 
 /// How trustworthy a process's numbers are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

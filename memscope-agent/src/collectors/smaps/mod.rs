@@ -26,7 +26,7 @@ use tracing::debug;
 
 use serde::Deserialize;
 
-use super::{BuildCtx, CollectCtx, CollectError, Collector, CollectorDef, Observation, Section};
+use super::{BuildCtx, CollectCtx, CollectError, Collector, CollectorDef, Observation};
 use crate::{
     config::{ByteSize, Interval, Positive},
     ladder::{Ladder, Reason, TierPolicy, TierStats},
@@ -88,14 +88,7 @@ impl Default for SmapsConfig {
     }
 }
 
-impl Section for SmapsConfig {
-    fn enabled(&self) -> bool {
-        self.enabled
-    }
-    fn interval(&self) -> Option<Interval> {
-        self.interval
-    }
-}
+section!(SmapsConfig);
 
 /// Objects get a row of their own from `min_object_pss` up, and keep it until they fall below half
 /// of it: an object whose PSS hovers around the floor does not flap between its own row and the

@@ -38,7 +38,7 @@ use std::{
 
 use serde::Deserialize;
 
-use super::{BuildCtx, CollectCtx, CollectError, Collector, CollectorDef, Observation, Section};
+use super::{BuildCtx, CollectCtx, CollectError, Collector, CollectorDef, Observation};
 use crate::{
     config::{Interval, Positive, parse_byte_size},
     procfs::{
@@ -153,23 +153,15 @@ impl Default for TmpfsConfig {
     }
 }
 
-impl Section for TmpfsConfig {
-    fn enabled(&self) -> bool {
-        self.enabled
+section!(TmpfsConfig, |c: &TmpfsConfig| {
+    if c.host_root.as_os_str().is_empty() {
+        return Err((
+            "host_root",
+            "must not be empty (use \"/\" for the agent's own root)".to_string(),
+        ));
     }
-    fn interval(&self) -> Option<Interval> {
-        self.interval
-    }
-    fn validate(&self) -> Result<(), (&'static str, String)> {
-        if self.host_root.as_os_str().is_empty() {
-            return Err((
-                "host_root",
-                "must not be empty (use \"/\" for the agent's own root)".to_string(),
-            ));
-        }
-        Ok(())
-    }
-}
+    Ok(())
+});
 
 /// The collector. Holds its config; keeps nothing between runs but a read buffer.
 pub struct TmpfsCollector {
