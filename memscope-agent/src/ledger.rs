@@ -1,5 +1,6 @@
 //! Records derived from several collectors at emission time: the SysV join (a segment and its
-//! `/SYSV…` smaps object are one record) and the **shared-memory ledger**.
+//! `/SYSV…` smaps object are one record), the fair shares of `cgroup` records (summed over the
+//! `processes` observation, see [`crate::collectors::cgroup`]) and the **shared-memory ledger**.
 //!
 //! The ledger puts meminfo `Shmem` (resident shmem/tmpfs pages) next to what explains it:
 //!
@@ -128,6 +129,10 @@ pub fn emission_records(
         _ => None,
     });
     let tmpfs: Option<TmpfsInputs> = observations().find_map(tmpfs_inputs);
+    let processes = observations().find_map(|o| match o {
+        Observation::Processes(p) => Some(p),
+        _ => None,
+    });
     let joined: HashSet<u64> = sysv
         .map(|s| s.segments.iter().map(|seg| seg.shm.shmid).collect())
         .unwrap_or_default();
@@ -155,6 +160,10 @@ pub fn emission_records(
                     out.push(seg.record(object, top));
                 }
                 s.warnings(warnings);
+            }
+            Observation::Cgroup(c) => {
+                c.records_with(processes, out);
+                c.warnings(warnings);
             }
             other => {
                 let r = other.as_records();

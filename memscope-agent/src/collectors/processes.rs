@@ -3,7 +3,9 @@
 //!
 //! Sources per process: `statm` every run (cheap: no page walk), then — only where the cost ladder
 //! (`ladder.rs`) says so — `stat` (identity: start time, ppid, state, threads), `status` (name, uid,
-//! and the fallback numbers) and `smaps_rollup` (the exact numbers); `cmdline` once per process.
+//! and the fallback numbers) and `smaps_rollup` (the exact numbers); `cmdline` and `cgroup` (the
+//! memory cgroup, and the container, pod and systemd unit its path shows) once per process and
+//! again after an exec (seen as a new name).
 //! Between re-reads a process's record keeps the numbers of its last read (at most `max_staleness`
 //! old).
 //! Numbers are `exact` (from `smaps_rollup`), `approximate` (`smaps_rollup` unreadable, values from
@@ -20,10 +22,12 @@ use tracing::debug;
 
 use super::{CollectCtx, CollectError, Collector, Observation, ToRecords, UserNames};
 use crate::{
+    collectors::cgroup::container::{Container, classify},
     config::ProcessesConfig,
     ladder::{Ladder, Tier, TierPolicy, TierStats},
     procfs::{
         FileClass, ProcError, ProcFs,
+        cgroup::parse_proc_cgroup,
         cmdline::{join_cmdline, parse_cmdline},
         counters::MemCounters,
         escape::Name,
@@ -126,6 +130,12 @@ pub struct ProcessRecord {
     /// Start time in clock ticks after boot: with the pid, identifies the process across pid reuse.
     pub start_ticks: u64,
     pub kernel_thread: bool,
+    /// The memory cgroup's path, as `/proc/PID/cgroup` shows it (the v1 `memory` line or v2 `0::`).
+    pub cgroup: Option<Name>,
+    /// The container, pod and QoS the cgroup path shows.
+    pub container: Option<Container>,
+    /// The innermost systemd `.service` or `.scope` of the cgroup path.
+    pub unit: Option<Name>,
     pub numbers: Numbers,
     #[serde(flatten)]
     pub memory: Memory,
@@ -171,7 +181,10 @@ impl ToRecords for ProcessesObservation {
 /// What is kept per process between runs.
 struct Known {
     start_ticks: u64,
+    /// The name at the last cmdline/cgroup read: a new name means an exec.
+    name: Name,
     cmdline: Name,
+    cgroup: CgroupOf,
     /// The record from the last read of `smaps_rollup`/`status`.
     record: Option<ProcessRecord>,
 }
@@ -254,8 +267,13 @@ impl ProcessesCollector {
             Numbers::Exact => {}
         }
 
-        let cmdline = match self.known.get(&pid) {
-            Some(k) if k.start_ticks == stat.starttime_ticks => k.cmdline.clone(),
+        let name = status
+            .as_ref()
+            .map_or_else(|| stat.comm.clone(), |s| s.name.clone());
+        let (cmdline, cgroup) = match self.known.get(&pid) {
+            Some(k) if k.start_ticks == stat.starttime_ticks && k.name == name => {
+                (k.cmdline.clone(), k.cgroup.clone())
+            }
             _ => {
                 let cmdline =
                     match procfs.read(&procfs.pid_path(pid, "cmdline"), FileClass::Cmdline) {
@@ -263,15 +281,18 @@ impl ProcessesCollector {
                         Err(e) if e.is_denied() => Name::default(),
                         Err(e) => return Err(e),
                     };
+                let cgroup = CgroupOf::read(procfs, pid, &mut obs.errors);
                 self.known.insert(
                     pid,
                     Known {
                         start_ticks: stat.starttime_ticks,
+                        name: name.clone(),
                         cmdline: cmdline.clone(),
+                        cgroup: cgroup.clone(),
                         record: None,
                     },
                 );
-                cmdline
+                (cmdline, cgroup)
             }
         };
 
@@ -280,9 +301,7 @@ impl ProcessesCollector {
         Ok(ProcessRecord {
             pid,
             ppid: status.as_ref().map_or(stat.ppid, |s| s.ppid),
-            name: status
-                .as_ref()
-                .map_or_else(|| stat.comm.clone(), |s| s.name.clone()),
+            name,
             cmdline,
             uid,
             user,
@@ -290,10 +309,53 @@ impl ProcessesCollector {
             threads: stat.num_threads,
             start_ticks: stat.starttime_ticks,
             kernel_thread,
+            cgroup: cgroup.path,
+            container: cgroup.container,
+            unit: cgroup.unit,
             numbers,
             memory,
             subtree: Subtree::default(),
         })
+    }
+}
+
+/// A process's memory cgroup and what its path shows, read once per process.
+#[derive(Debug, Clone, Default)]
+struct CgroupOf {
+    path: Option<Name>,
+    container: Option<Container>,
+    unit: Option<Name>,
+}
+
+impl CgroupOf {
+    /// Reads `/proc/PID/cgroup`. Unreadable (no cgroup support, denied, gone: the other reads say
+    /// so) leaves it unknown; garbage is an error with the path.
+    fn read(procfs: &ProcFs, pid: u32, errors: &mut Vec<String>) -> CgroupOf {
+        let path = procfs.pid_path(pid, "cgroup");
+        let parsed = procfs.read(&path, FileClass::Cgroup).and_then(|bytes| {
+            parse_proc_cgroup(&bytes).map_err(|source| ProcError::Parse {
+                path: path.clone(),
+                source,
+            })
+        });
+        match parsed {
+            Ok(c) => match c.memory_path() {
+                Some(p) => {
+                    let class = classify(p);
+                    CgroupOf {
+                        path: Some(Name::new(p)),
+                        container: class.container,
+                        unit: class.unit,
+                    }
+                }
+                None => CgroupOf::default(),
+            },
+            Err(e) if e.is_gone() || e.is_denied() => CgroupOf::default(),
+            Err(e) => {
+                errors.push(e.to_string());
+                CgroupOf::default()
+            }
+        }
     }
 }
 
@@ -444,6 +506,9 @@ mod tests {
             threads: 1,
             start_ticks: 0,
             kernel_thread: false,
+            cgroup: None,
+            container: None,
+            unit: None,
             numbers: Numbers::Exact,
             memory: Memory {
                 pss_bytes: pss,

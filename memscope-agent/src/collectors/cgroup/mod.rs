@@ -1,0 +1,633 @@
+//! `cgroup`: one record per memory cgroup — what the kernel charges it (usage, peak, limits, the
+//! main `memory.stat` fields, `memory.events`, memory PSI) beside the fair share of its processes
+//! (PSS, USS and swap PSS summed over the processes in it and below it, from the `processes`
+//! observation at emission time).
+//!
+//! Both hierarchies: cgroup v2 (`memory.current`, `memory.max`, …) and the v1 memory controller
+//! (`memory.usage_in_bytes`, `memory.limit_in_bytes`, …), detected under the configured root (see
+//! [`detect`]). The walk of the hierarchy is bounded (depth and count), follows no symlinks, and
+//! treats every name and file as hostile: file reads are bounded, non-regular files are refused,
+//! names may hold any byte. A garbage or missing file gives a warning naming its path; the rest of
+//! the cgroup is still reported. A cgroup removed during the walk is skipped quietly.
+//!
+//! The records are bounded: the root, then every cgroup with a limit or at least `min_usage`, the
+//! largest first, up to `max_records`; the rest are folded into one `other` row. Reference:
+//! `docs/containers.md`.
+
+pub mod container;
+
+use std::{
+    collections::{HashMap, VecDeque},
+    os::unix::ffi::OsStrExt as _,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::{CollectCtx, CollectError, Collector, Observation, ToRecords};
+use crate::{
+    collectors::processes::ProcessesObservation,
+    config::{ByteSize, Interval, Positive},
+    procfs::{
+        FileClass, ParseError, ProcError, ProcFs,
+        cgroup::{FlatKeyed, Psi, parse_flat_keyed, parse_limit, parse_psi, parse_u64_file},
+        escape::Name,
+    },
+    records::Record,
+};
+use container::{Container, classify};
+
+/// `[collectors.cgroup]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CgroupConfig {
+    pub enabled: bool,
+    pub interval: Option<Interval>,
+    /// Where the cgroup filesystem is mounted (`/host/sys/fs/cgroup` in a container that mounts the
+    /// host's elsewhere). v1 (`<root>/memory`) and v2 (`<root>`, or `<root>/unified`) are detected.
+    pub root: PathBuf,
+    /// Deepest level walked below the root (the root is 0).
+    pub max_depth: Positive,
+    /// Cgroups read per run at most; the walk stops there and says so in a warning.
+    pub max_cgroups: Positive,
+    /// Records sent per emission besides the root and the `other` row.
+    pub max_records: Positive,
+    /// A cgroup without a limit gets a row of its own only from this usage up.
+    pub min_usage: ByteSize,
+}
+
+impl Default for CgroupConfig {
+    fn default() -> Self {
+        CgroupConfig {
+            enabled: true,
+            interval: None,
+            root: PathBuf::from("/sys/fs/cgroup"),
+            max_depth: Positive(16),
+            max_cgroups: Positive(10_000),
+            max_records: Positive(100),
+            min_usage: ByteSize(16 << 20),
+        }
+    }
+}
+
+impl CgroupConfig {
+    /// Rules the types cannot express: the key and the message.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.root.as_os_str().is_empty() {
+            return Err(("collectors.cgroup.root", "must not be empty".to_string()));
+        }
+        Ok(())
+    }
+}
+
+/// Which cgroup hierarchy holds the memory controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Hierarchy {
+    V1,
+    V2,
+}
+
+/// Finds the memory controller under `root`: v1 when `root/memory/memory.usage_in_bytes` exists
+/// (or `root` is itself the v1 memory mount), v2 when `root/cgroup.controllers` (or
+/// `root/unified/cgroup.controllers`, the hybrid layout) lists `memory`. Returns the hierarchy and
+/// the directory of its root cgroup.
+pub fn detect(procfs: &ProcFs, root: &Path) -> Result<(Hierarchy, PathBuf), String> {
+    for dir in [root.to_path_buf(), root.join("memory")] {
+        if dir.join("memory.usage_in_bytes").is_file() {
+            return Ok((Hierarchy::V1, dir));
+        }
+    }
+    let mut buf = Vec::new();
+    for dir in [root.to_path_buf(), root.join("unified")] {
+        let path = dir.join("cgroup.controllers");
+        if procfs
+            .read_untrusted(&path, FileClass::Cgroup, &mut buf, MAX_FILE_BYTES)
+            .is_ok()
+            && buf.split(u8::is_ascii_whitespace).any(|c| c == b"memory")
+        {
+            return Ok((Hierarchy::V2, dir));
+        }
+    }
+    Err(format!(
+        "{}: no memory cgroup controller (neither v1 memory/memory.usage_in_bytes nor a v2 \
+         cgroup.controllers listing memory); set [collectors.cgroup] root or disable the collector",
+        root.display()
+    ))
+}
+
+/// No cgroup file the agent reads is near this size (`memory.stat` is about 1.5 KiB).
+const MAX_FILE_BYTES: u64 = 64 << 10;
+/// Warnings kept per run; the rest are counted.
+const MAX_WARNINGS: usize = 20;
+
+/// The main `memory.stat` fields, in bytes (hierarchical: the cgroup and everything below it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StatFields {
+    pub anon_bytes: Option<u64>,
+    /// Page cache, tmpfs and shared memory included.
+    pub file_bytes: Option<u64>,
+    pub shmem_bytes: Option<u64>,
+    /// All kernel memory (v2 `kernel`; v1 `memory.kmem.usage_in_bytes`).
+    pub kernel_bytes: Option<u64>,
+    pub slab_bytes: Option<u64>,
+    /// Network buffers (v2 `sock`; v1 `memory.kmem.tcp.usage_in_bytes`).
+    pub sock_bytes: Option<u64>,
+    pub file_mapped_bytes: Option<u64>,
+    pub file_dirty_bytes: Option<u64>,
+    /// v2 `memory.swap.current`; v1 `total_swap` (with swap accounting).
+    pub swap_bytes: Option<u64>,
+}
+
+/// `memory.events` (v2; hierarchical) or what v1 has of it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Events {
+    /// Times the cgroup hit its limit and the OOM killer was invoked (v2 only).
+    pub oom: Option<u64>,
+    /// Processes the OOM killer killed in it (v1: `memory.oom_control` `oom_kill`).
+    pub oom_kill: Option<u64>,
+    /// Times usage was about to pass `memory.max` (v1: `memory.failcnt`).
+    pub max: Option<u64>,
+    /// Times usage passed `memory.high` and was throttled (v2 only).
+    pub high: Option<u64>,
+}
+
+/// One cgroup as the kernel sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CgroupStats {
+    /// `/` for the root, else `/a/b` relative to it: the path `/proc/PID/cgroup` shows.
+    pub path: Name,
+    pub usage_bytes: Option<u64>,
+    pub peak_bytes: Option<u64>,
+    /// `memory.max` / `memory.limit_in_bytes`; `None`: no limit.
+    pub limit_bytes: Option<u64>,
+    /// v2 `memory.high`.
+    pub high_bytes: Option<u64>,
+    /// v1 `memory.soft_limit_in_bytes`.
+    pub soft_limit_bytes: Option<u64>,
+    /// v2 `memory.swap.max`; v1 `memory.memsw.limit_in_bytes` (memory + swap).
+    pub swap_limit_bytes: Option<u64>,
+    pub stat: StatFields,
+    pub events: Events,
+    pub pressure: Option<Psi>,
+}
+
+impl CgroupStats {
+    fn has_limit(&self) -> bool {
+        self.limit_bytes.is_some() || self.high_bytes.is_some()
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct CgroupObservation {
+    pub hierarchy: Option<Hierarchy>,
+    /// Every cgroup walked, in walk order (breadth first, names sorted), the root first.
+    pub cgroups: Vec<CgroupStats>,
+    pub max_records: usize,
+    pub min_usage: u64,
+    /// The walk stopped at `max_cgroups`.
+    pub truncated: bool,
+    /// Problems with their paths (at most [`MAX_WARNINGS`]), and how many more there were.
+    pub warnings: Vec<String>,
+    pub more_warnings: usize,
+}
+
+pub struct CgroupCollector {
+    config: CgroupConfig,
+    buf: Vec<u8>,
+}
+
+impl CgroupCollector {
+    pub fn new(config: &CgroupConfig) -> Self {
+        CgroupCollector {
+            config: config.clone(),
+            buf: Vec::with_capacity(4096),
+        }
+    }
+}
+
+impl Collector for CgroupCollector {
+    fn name(&self) -> &'static str {
+        "cgroup"
+    }
+
+    fn collect(&mut self, ctx: &CollectCtx<'_>) -> Result<Option<Observation>, CollectError> {
+        let (hierarchy, base) =
+            detect(ctx.procfs, &self.config.root).map_err(CollectError::Other)?;
+        let mut obs = CgroupObservation {
+            hierarchy: Some(hierarchy),
+            max_records: self.config.max_records.0 as usize,
+            min_usage: self.config.min_usage.0,
+            ..CgroupObservation::default()
+        };
+        let mut reader = Reader {
+            procfs: ctx.procfs,
+            buf: &mut self.buf,
+            obs: &mut obs,
+        };
+        let mut queue: VecDeque<(Vec<u8>, u32)> = VecDeque::from([(b"/".to_vec(), 0)]);
+        let mut walked = Vec::new();
+        while let Some((rel, depth)) = queue.pop_front() {
+            if walked.len() >= self.config.max_cgroups.0 as usize {
+                reader.obs.truncated = true;
+                break;
+            }
+            let dir = join(&base, &rel);
+            let Some(stats) = reader.read_cgroup(hierarchy, &dir, &rel) else {
+                continue;
+            };
+            walked.push(stats);
+            if depth >= self.config.max_depth.0 {
+                continue;
+            }
+            for name in reader.subdirs(&dir) {
+                let mut child = rel.clone();
+                if child != b"/" {
+                    child.push(b'/');
+                }
+                child.extend_from_slice(&name);
+                queue.push_back((child, depth + 1));
+            }
+        }
+        if obs.truncated {
+            obs.warnings.push(format!(
+                "{}: walk stopped after max_cgroups = {} cgroups",
+                base.display(),
+                self.config.max_cgroups.0
+            ));
+        }
+        obs.cgroups = walked;
+        Ok(Some(Observation::Cgroup(obs)))
+    }
+}
+
+/// `base` + the cgroup's relative path (`/` is `base` itself).
+fn join(base: &Path, rel: &[u8]) -> PathBuf {
+    let rel = rel.strip_prefix(b"/").unwrap_or(rel);
+    if rel.is_empty() {
+        base.to_path_buf()
+    } else {
+        base.join(std::ffi::OsStr::from_bytes(rel))
+    }
+}
+
+struct Reader<'a> {
+    procfs: &'a ProcFs,
+    buf: &'a mut Vec<u8>,
+    obs: &'a mut CgroupObservation,
+}
+
+/// Whether a file must be there (its absence is worth a warning).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Need {
+    Required,
+    Optional,
+}
+
+impl Reader<'_> {
+    fn warn(&mut self, message: String) {
+        if self.obs.warnings.len() < MAX_WARNINGS {
+            self.obs.warnings.push(message);
+        } else {
+            self.obs.more_warnings += 1;
+        }
+    }
+
+    /// Reads and parses `dir/file`. Missing optional files (a kernel without `memory.peak`, PSI
+    /// off) give `None` quietly; everything else that fails gives `None` and a warning.
+    fn read<T>(
+        &mut self,
+        dir: &Path,
+        file: &str,
+        need: Need,
+        parse: impl FnOnce(&[u8]) -> Result<T, ParseError>,
+    ) -> Option<T> {
+        let path = dir.join(file);
+        let result = self
+            .procfs
+            .read_untrusted(&path, FileClass::Cgroup, self.buf, MAX_FILE_BYTES)
+            .and_then(|()| {
+                parse(self.buf).map_err(|source| ProcError::Parse {
+                    path: path.clone(),
+                    source,
+                })
+            });
+        match result {
+            Ok(v) => Some(v),
+            Err(e) if e.is_gone() && need == Need::Optional => None,
+            Err(e) if e.is_gone() => {
+                self.warn(format!("{}: missing", path.display()));
+                None
+            }
+            Err(e) => {
+                self.warn(e.to_string());
+                None
+            }
+        }
+    }
+
+    /// One cgroup's files; `None` if the cgroup is gone.
+    fn read_cgroup(&mut self, h: Hierarchy, dir: &Path, rel: &[u8]) -> Option<CgroupStats> {
+        if !dir.is_dir() {
+            return None;
+        }
+        let root = rel == b"/";
+        // The v2 root has no memory.current, memory.max or memory.events.
+        let at_non_root = if root { Need::Optional } else { Need::Required };
+        let opt = Need::Optional;
+        let mut s = CgroupStats {
+            path: Name::new(rel),
+            usage_bytes: None,
+            peak_bytes: None,
+            limit_bytes: None,
+            high_bytes: None,
+            soft_limit_bytes: None,
+            swap_limit_bytes: None,
+            stat: StatFields::default(),
+            events: Events::default(),
+            pressure: None,
+        };
+        let stat;
+        match h {
+            Hierarchy::V2 => {
+                s.usage_bytes = self.read(dir, "memory.current", at_non_root, parse_u64_file);
+                s.peak_bytes = self.read(dir, "memory.peak", opt, parse_u64_file);
+                s.limit_bytes = self
+                    .read(dir, "memory.max", at_non_root, parse_limit)
+                    .flatten();
+                s.high_bytes = self
+                    .read(dir, "memory.high", at_non_root, parse_limit)
+                    .flatten();
+                s.swap_limit_bytes = self
+                    .read(dir, "memory.swap.max", opt, parse_limit)
+                    .flatten();
+                stat = self.read(dir, "memory.stat", Need::Required, parse_flat_keyed);
+                if let Some(e) = self.read(dir, "memory.events", at_non_root, parse_flat_keyed) {
+                    s.events = Events {
+                        oom: e.get("oom"),
+                        oom_kill: e.get("oom_kill"),
+                        max: e.get("max"),
+                        high: e.get("high"),
+                    };
+                }
+                let st = stat.as_ref();
+                s.stat = StatFields {
+                    kernel_bytes: st.and_then(|m| m.get("kernel")),
+                    slab_bytes: st.and_then(|m| m.get("slab")),
+                    sock_bytes: st.and_then(|m| m.get("sock")),
+                    swap_bytes: self.read(dir, "memory.swap.current", opt, parse_u64_file),
+                    ..stat_common(st, "")
+                };
+            }
+            Hierarchy::V1 => {
+                s.usage_bytes =
+                    self.read(dir, "memory.usage_in_bytes", Need::Required, parse_u64_file);
+                s.peak_bytes = self.read(dir, "memory.max_usage_in_bytes", opt, parse_u64_file);
+                s.limit_bytes = self
+                    .read(dir, "memory.limit_in_bytes", Need::Required, parse_limit)
+                    .flatten();
+                s.soft_limit_bytes = self
+                    .read(dir, "memory.soft_limit_in_bytes", opt, parse_limit)
+                    .flatten();
+                s.swap_limit_bytes = self
+                    .read(dir, "memory.memsw.limit_in_bytes", opt, parse_limit)
+                    .flatten();
+                stat = self.read(dir, "memory.stat", Need::Required, parse_flat_keyed);
+                let oom = self.read(dir, "memory.oom_control", opt, parse_flat_keyed);
+                s.events = Events {
+                    oom: None,
+                    oom_kill: oom.and_then(|o| o.get("oom_kill")),
+                    max: self.read(dir, "memory.failcnt", opt, parse_u64_file),
+                    high: None,
+                };
+                // `total_*` are hierarchical, like v2's memory.stat and v1's usage_in_bytes.
+                let st = stat.as_ref();
+                s.stat = StatFields {
+                    kernel_bytes: self.read(dir, "memory.kmem.usage_in_bytes", opt, parse_u64_file),
+                    slab_bytes: None,
+                    sock_bytes: self.read(
+                        dir,
+                        "memory.kmem.tcp.usage_in_bytes",
+                        opt,
+                        parse_u64_file,
+                    ),
+                    swap_bytes: st.and_then(|m| m.get("total_swap").or_else(|| m.get("swap"))),
+                    ..stat_common(st, "total_")
+                };
+            }
+        }
+        s.pressure = self.read(dir, "memory.pressure", opt, parse_psi);
+        Some(s)
+    }
+
+    /// The child cgroups of `dir`: directories only (symlinks and files are not followed), sorted
+    /// by name so the walk order is stable.
+    fn subdirs(&mut self, dir: &Path) -> Vec<Vec<u8>> {
+        let rd = match std::fs::read_dir(dir) {
+            Ok(rd) => rd,
+            Err(e) => {
+                let e = ProcError::from_io(dir.to_path_buf(), e);
+                if !e.is_gone() {
+                    self.warn(e.to_string());
+                }
+                return Vec::new();
+            }
+        };
+        let mut names: Vec<Vec<u8>> = rd
+            .filter_map(Result::ok)
+            // `file_type` comes from the directory entry (lstat semantics): a symlink is not a dir.
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.file_name().as_bytes().to_vec())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+/// The fields both hierarchies name alike (v1 with a `total_` prefix for the hierarchical value).
+fn stat_common(stat: Option<&FlatKeyed>, prefix: &str) -> StatFields {
+    let get = |v2: &str, v1: &str| {
+        let key = if prefix.is_empty() {
+            v2.to_string()
+        } else {
+            format!("{prefix}{v1}")
+        };
+        stat.and_then(|m| m.get(&key))
+    };
+    StatFields {
+        anon_bytes: get("anon", "rss"),
+        file_bytes: get("file", "cache"),
+        shmem_bytes: get("shmem", "shmem"),
+        file_mapped_bytes: get("file_mapped", "mapped_file"),
+        file_dirty_bytes: get("file_dirty", "dirty"),
+        ..StatFields::default()
+    }
+}
+
+/// PSS, USS and swap PSS summed over the processes of a cgroup and its descendants.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct FairShare {
+    pub processes: u32,
+    pub pss_bytes: u64,
+    pub uss_bytes: u64,
+    pub swap_pss_bytes: u64,
+}
+
+impl FairShare {
+    fn add(&mut self, m: &crate::collectors::processes::Memory) {
+        self.processes += 1;
+        self.pss_bytes += m.pss_bytes;
+        self.uss_bytes += m.uss_bytes;
+        self.swap_pss_bytes += m.swap_pss_bytes;
+    }
+}
+
+#[derive(Serialize)]
+struct CgroupBody<'a> {
+    path: &'a Name,
+    hierarchy: Option<Hierarchy>,
+    usage_bytes: Option<u64>,
+    peak_bytes: Option<u64>,
+    limit_bytes: Option<u64>,
+    high_bytes: Option<u64>,
+    soft_limit_bytes: Option<u64>,
+    swap_limit_bytes: Option<u64>,
+    stat: &'a StatFields,
+    events: &'a Events,
+    pressure: Option<&'a Psi>,
+    /// `None` without the processes collector.
+    fair: Option<FairShare>,
+    container: Option<Container>,
+    unit: Option<Name>,
+}
+
+#[derive(Serialize)]
+struct OtherBody {
+    path: &'static str,
+    /// Cgroups folded into this row.
+    cgroups: u64,
+    /// Usage of the folded cgroups that have no folded ancestor (their subtrees do not overlap).
+    usage_bytes: u64,
+    fair: Option<FairShare>,
+}
+
+impl CgroupObservation {
+    /// The records, with the fair shares of `processes` when that collector runs.
+    pub fn records_with(&self, processes: Option<&ProcessesObservation>, out: &mut Vec<Record>) {
+        let index: HashMap<&[u8], usize> = self
+            .cgroups
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.path.as_bytes(), i))
+            .collect();
+        let kept = self.kept();
+        let mut fair = vec![FairShare::default(); self.cgroups.len()];
+        let mut other_fair = FairShare::default();
+        for p in processes.iter().flat_map(|o| &o.processes) {
+            let Some(path) = &p.cgroup else { continue };
+            let mut in_other = false;
+            for prefix in ancestors(path.as_bytes()) {
+                if let Some(&i) = index.get(prefix) {
+                    fair[i].add(&p.memory);
+                    in_other |= !kept[i];
+                }
+            }
+            if in_other {
+                other_fair.add(&p.memory);
+            }
+        }
+        for (i, c) in self.cgroups.iter().enumerate().filter(|(i, _)| kept[*i]) {
+            let class = classify(c.path.as_bytes());
+            out.push(Record::new(
+                "cgroup",
+                c.path.lossy().into_owned(),
+                &CgroupBody {
+                    path: &c.path,
+                    hierarchy: self.hierarchy,
+                    usage_bytes: c.usage_bytes,
+                    peak_bytes: c.peak_bytes,
+                    limit_bytes: c.limit_bytes,
+                    high_bytes: c.high_bytes,
+                    soft_limit_bytes: c.soft_limit_bytes,
+                    swap_limit_bytes: c.swap_limit_bytes,
+                    stat: &c.stat,
+                    events: &c.events,
+                    pressure: c.pressure.as_ref(),
+                    fair: processes.map(|_| fair[i]),
+                    container: class.container,
+                    unit: class.unit,
+                },
+            ));
+        }
+        let folded: Vec<usize> = (0..self.cgroups.len()).filter(|&i| !kept[i]).collect();
+        if !folded.is_empty() {
+            let top_level = folded.iter().filter(|&&i| {
+                let path = self.cgroups[i].path.as_bytes();
+                !ancestors(path)
+                    .skip(1)
+                    .any(|a| index.get(a).is_some_and(|&j| !kept[j]))
+            });
+            out.push(Record::new(
+                "cgroup",
+                "other",
+                &OtherBody {
+                    path: "other",
+                    cgroups: folded.len() as u64,
+                    usage_bytes: top_level.filter_map(|&i| self.cgroups[i].usage_bytes).sum(),
+                    fair: processes.map(|_| other_fair),
+                },
+            ));
+        }
+    }
+
+    /// Which cgroups get a row: the root, then those with a limit or at least `min_usage`, largest
+    /// usage first, up to `max_records`.
+    fn kept(&self) -> Vec<bool> {
+        let mut kept = vec![false; self.cgroups.len()];
+        let mut candidates: Vec<usize> = Vec::new();
+        for (i, c) in self.cgroups.iter().enumerate() {
+            if c.path.as_bytes() == b"/" {
+                kept[i] = true;
+            } else if c.has_limit() || c.usage_bytes.unwrap_or(0) >= self.min_usage {
+                candidates.push(i);
+            }
+        }
+        candidates.sort_by(|&a, &b| {
+            let u = |i: usize| self.cgroups[i].usage_bytes.unwrap_or(0);
+            u(b).cmp(&u(a))
+                .then_with(|| self.cgroups[a].path.cmp(&self.cgroups[b].path))
+        });
+        for &i in candidates.iter().take(self.max_records) {
+            kept[i] = true;
+        }
+        kept
+    }
+}
+
+/// `/a/b/c`, `/a/b`, `/a`, `/`.
+fn ancestors(path: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut next = Some(path);
+    std::iter::from_fn(move || {
+        let cur = next?;
+        next = match cur.iter().rposition(|&b| b == b'/') {
+            _ if cur == b"/" || cur.is_empty() => None,
+            Some(0) => Some(&b"/"[..]),
+            Some(i) => Some(&cur[..i]),
+            None => None,
+        };
+        Some(cur)
+    })
+}
+
+impl ToRecords for CgroupObservation {
+    fn records(&self, out: &mut Vec<Record>) {
+        self.records_with(None, out);
+    }
+
+    fn warnings(&self, out: &mut Vec<String>) {
+        out.extend(self.warnings.iter().map(|w| format!("cgroup: {w}")));
+        if self.more_warnings > 0 {
+            out.push(format!("cgroup: {} more warning(s)", self.more_warnings));
+        }
+    }
+}
