@@ -585,6 +585,7 @@ mod tree_tests {
             "smaps_rollup",
             "smaps",
             "cmdline",
+            "cgroup",
         ] {
             if !skip.contains(&f) {
                 std::fs::copy(fixtures().join(from.to_string()).join(f), dst.join(f))
@@ -658,5 +659,64 @@ mod tree_tests {
             parent.subtree.pss_bytes,
             parent.memory.pss_bytes + p.memory.pss_bytes
         );
+    }
+
+    #[test]
+    fn cgroup_and_container_are_read_once_and_again_after_an_exec() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        copy_pid(dir.path(), 44, 44, &[]);
+        let procfs = ProcFs::new(dir.path());
+        let shared = Shared::default();
+        let mut c = ProcessesCollector::new(&ProcessesConfig::default());
+        let mut run = || match c.collect(&CollectCtx::once(&procfs, &shared)) {
+            Ok(Some(Observation::Processes(o))) => o.processes.into_iter().next().expect("44"),
+            other => panic!("unexpected {other:?}"),
+        };
+        let p = run();
+        let cgroup = p.cgroup.as_ref().map(|n| n.lossy().into_owned());
+        assert!(
+            cgroup
+                .as_deref()
+                .is_some_and(|c| c.ends_with("/cri-containerd-9e0f5d4c3b2a1908f7e6d5c4b3a29180f7e6d5c4b3a2918070f6e5d4c3b2a190.scope")),
+            "{cgroup:?}"
+        );
+        let k = p.container.expect("container");
+        assert_eq!(k.runtime, Some("containerd"));
+        assert_eq!(
+            k.pod_uid.as_deref(),
+            Some("6b5e1a52-0c4f-4f8e-9d2a-7c3b1e0f9a84")
+        );
+        assert_eq!(
+            k.qos,
+            Some(crate::collectors::cgroup::container::Qos::Burstable)
+        );
+        let json = Record::new("process", "44", &run()).body;
+        assert!(
+            json.contains("\"container\":{\"runtime\":\"containerd\",\"id\":\"9e0f"),
+            "{json}"
+        );
+
+        // Moved to another cgroup, and resident memory moved (so the process is re-read): the
+        // cgroup is read once per process, so the record keeps the first one…
+        let pid = dir.path().join("44");
+        std::fs::write(pid.join("cgroup"), "0::/system.slice/cron.service\n").expect("write");
+        std::fs::write(pid.join("statm"), "730 4410 414 5 0 89 0\n").expect("write");
+        let status = std::fs::read_to_string(pid.join("status")).expect("status");
+        std::fs::write(pid.join("status"), status.replace("PPid:\t43", "PPid:\t1")).expect("write");
+        let again = run();
+        assert_eq!(again.ppid, 1, "re-read (the new PPid shows)");
+        assert_eq!(again.cgroup, p.cgroup);
+        // …until an exec (a new name): then cmdline and cgroup are read again.
+        let status = std::fs::read_to_string(pid.join("status")).expect("status");
+        std::fs::write(
+            pid.join("status"),
+            status.replace("Name:\tsleep", "Name:\tcron"),
+        )
+        .expect("write");
+        std::fs::write(pid.join("statm"), "730 441 414 5 0 89 0\n").expect("write");
+        let p = run();
+        assert_eq!(p.cgroup, Some(Name::from("/system.slice/cron.service")));
+        assert_eq!(p.unit, Some(Name::from("cron.service")));
+        assert_eq!(p.container, None);
     }
 }

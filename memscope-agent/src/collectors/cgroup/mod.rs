@@ -631,3 +631,384 @@ impl ToRecords for CgroupObservation {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        collectors::processes::{Memory, Numbers, ProcessRecord, Subtree},
+        ladder::Shared,
+    };
+
+    fn fixtures() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/cgroup")
+    }
+
+    fn config(root: &Path) -> CgroupConfig {
+        CgroupConfig {
+            root: root.to_path_buf(),
+            ..CgroupConfig::default()
+        }
+    }
+
+    fn collect(config: &CgroupConfig) -> Result<CgroupObservation, CollectError> {
+        let procfs = ProcFs::new("/nonexistent");
+        let shared = Shared::default();
+        match CgroupCollector::new(config).collect(&CollectCtx::once(&procfs, &shared))? {
+            Some(Observation::Cgroup(o)) => Ok(o),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn find<'a>(obs: &'a CgroupObservation, path: &str) -> &'a CgroupStats {
+        obs.cgroups
+            .iter()
+            .find(|c| c.path.as_bytes() == path.as_bytes())
+            .unwrap_or_else(|| panic!("no cgroup {path}"))
+    }
+
+    fn records(
+        obs: &CgroupObservation,
+        p: Option<&ProcessesObservation>,
+    ) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        obs.records_with(p, &mut out);
+        out.iter()
+            .map(|r| serde_json::from_str(&format!("{{{}}}", r.body)).expect("json"))
+            .collect()
+    }
+
+    const DOCKER: &str = "/system.slice/docker-3f1c9a0e5b2d4c6f8a7e9b1d0c2f4e6a8b0d2c4e6f8a0b2c4d6e8f0a1b3c5d7e9f.scope";
+
+    #[test]
+    fn v2_fixture_tree_with_events_and_pressure() {
+        let obs = collect(&config(&fixtures().join("v2"))).expect("collects");
+        assert_eq!(obs.hierarchy, Some(Hierarchy::V2));
+        assert_eq!(
+            obs.cgroups.len(),
+            10,
+            "the root, 8 cgroups and broken.slice"
+        );
+        // The root has no memory.current/max/events in v2: no warning for those.
+        let root = find(&obs, "/");
+        assert_eq!(root.usage_bytes, None);
+        assert_eq!(root.stat.anon_bytes, Some(405_159_936));
+        assert_eq!(
+            root.pressure.and_then(|p| p.full).map(|f| f.total_us),
+            Some(20117)
+        );
+        let d = find(&obs, DOCKER);
+        assert_eq!(d.usage_bytes, Some(268_369_920));
+        assert_eq!(d.peak_bytes, Some(268_435_456));
+        assert_eq!(d.limit_bytes, Some(256 << 20));
+        assert_eq!(d.high_bytes, None, "memory.high is max");
+        assert_eq!(d.swap_limit_bytes, None);
+        assert_eq!(
+            d.stat,
+            StatFields {
+                anon_bytes: Some(230_686_720),
+                file_bytes: Some(33_554_432),
+                shmem_bytes: Some(1_048_576),
+                kernel_bytes: Some(4_128_768),
+                slab_bytes: Some(2_097_152),
+                sock_bytes: Some(65_536),
+                file_mapped_bytes: Some(16_777_216),
+                file_dirty_bytes: Some(0),
+                swap_bytes: Some(4_194_304),
+            }
+        );
+        assert_eq!(
+            d.events,
+            Events {
+                oom: Some(2),
+                oom_kill: Some(1),
+                max: Some(412),
+                high: Some(0)
+            }
+        );
+        let psi = d.pressure.expect("pressure");
+        assert_eq!(
+            psi.some.map(|s| (s.avg10, s.avg60, s.total_us)),
+            Some((4.31, 1.27, 2_413_000))
+        );
+        assert_eq!(psi.full.map(|s| s.avg10), Some(2.02));
+        let c = find(
+            &obs,
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod6b5e1a52_0c4f_4f8e_9d2a_7c3b1e0f9a84.slice/cri-containerd-9e0f5d4c3b2a1908f7e6d5c4b3a29180f7e6d5c4b3a2918070f6e5d4c3b2a190.scope",
+        );
+        assert_eq!(c.high_bytes, Some(768 << 20));
+        assert_eq!(c.events.high, Some(3));
+    }
+
+    #[test]
+    fn garbage_and_missing_files_are_warnings_naming_the_path() {
+        let obs = collect(&config(&fixtures().join("v2"))).expect("collects");
+        let broken = find(&obs, "/broken.slice");
+        assert_eq!(broken.usage_bytes, None);
+        assert_eq!(broken.stat, StatFields::default());
+        let mut w = Vec::new();
+        obs.warnings(&mut w);
+        let has = |needle: &str| w.iter().any(|x| x.contains(needle));
+        assert!(
+            has("broken.slice/memory.current: line 1: value: bad value \"not-a-number\""),
+            "{w:?}"
+        );
+        assert!(
+            has("broken.slice/memory.stat: line 2: file: bad value"),
+            "{w:?}"
+        );
+        assert!(has("broken.slice/memory.events: missing"), "{w:?}");
+        // Optional files (peak, pressure, swap) missing give no warning; the good cgroups none at all.
+        assert!(
+            !has("memory.peak") && !has("memory.pressure") && !has("swap"),
+            "{w:?}"
+        );
+        assert!(w.iter().all(|x| x.contains("broken.slice")), "{w:?}");
+        assert_eq!(w.len(), 3, "{w:?}");
+    }
+
+    #[test]
+    fn v1_capture_from_this_machine() {
+        let obs = collect(&config(&fixtures().join("v1"))).expect("collects");
+        assert_eq!(obs.hierarchy, Some(Hierarchy::V1));
+        assert!(obs.warnings.is_empty(), "{:?}", obs.warnings);
+        let root = find(&obs, "/");
+        assert_eq!(root.limit_bytes, None, "9223372036854771712 is no limit");
+        let c = find(&obs, "/memscope-fixture");
+        let read = |f: &str| {
+            let t = std::fs::read(fixtures().join("v1/memory/memscope-fixture").join(f))
+                .expect("fixture");
+            parse_u64_file(&t).expect("number")
+        };
+        assert_eq!(c.usage_bytes, Some(read("memory.usage_in_bytes")));
+        assert_eq!(c.peak_bytes, Some(read("memory.max_usage_in_bytes")));
+        assert_eq!(c.limit_bytes, Some(64 << 20));
+        assert_eq!(c.soft_limit_bytes, Some(32 << 20));
+        assert_eq!(c.stat.anon_bytes, Some(8_392_704), "total_rss");
+        assert_eq!(
+            c.stat.kernel_bytes,
+            Some(read("memory.kmem.usage_in_bytes"))
+        );
+        assert_eq!(c.events.oom_kill, Some(0));
+        assert_eq!(c.events.max, Some(read("memory.failcnt")));
+        assert_eq!(c.events.oom, None);
+    }
+
+    #[test]
+    fn a_root_without_a_memory_controller_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("cgroup.controllers"), "cpu io pids\n").expect("write");
+        let e = collect(&config(dir.path())).expect_err("no memory controller");
+        assert!(
+            e.to_string().contains(&dir.path().display().to_string()),
+            "{e}"
+        );
+        // The hybrid layout: v2 under <root>/unified.
+        std::fs::create_dir(dir.path().join("unified")).expect("mkdir");
+        std::fs::write(
+            dir.path().join("unified/cgroup.controllers"),
+            "memory pids\n",
+        )
+        .expect("write");
+        std::fs::write(dir.path().join("unified/memory.stat"), "anon 1\n").expect("write");
+        let obs = collect(&config(dir.path())).expect("collects");
+        assert_eq!(obs.hierarchy, Some(Hierarchy::V2));
+        assert_eq!(find(&obs, "/").stat.anon_bytes, Some(1));
+    }
+
+    /// A v2 cgroup directory with the required files.
+    fn cgroup_dir(dir: &Path, usage: u64) {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        for (f, v) in [
+            ("memory.current", usage.to_string()),
+            ("memory.max", "max".to_string()),
+            ("memory.high", "max".to_string()),
+            ("memory.stat", format!("anon {usage}\n")),
+            ("memory.events", "oom 0\n".to_string()),
+        ] {
+            std::fs::write(dir.join(f), v).expect("write");
+        }
+    }
+
+    #[test]
+    fn hostile_trees_symlinks_fifos_huge_files_names_depth_and_count() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::write(root.join("cgroup.controllers"), "memory\n").expect("write");
+        std::fs::write(root.join("memory.stat"), "anon 1\n").expect("write");
+        // A symlinked "cgroup" pointing elsewhere is not followed.
+        let outside = tempfile::tempdir().expect("tempdir");
+        cgroup_dir(outside.path(), 1 << 40);
+        std::os::unix::fs::symlink(outside.path(), root.join("link.slice")).expect("symlink");
+        // A cgroup whose memory.current is a symlink, one whose memory.stat is a FIFO (would block
+        // a plain read), one whose memory.stat is huge.
+        cgroup_dir(&root.join("a"), 10);
+        std::fs::remove_file(root.join("a/memory.current")).expect("rm");
+        std::os::unix::fs::symlink(
+            outside.path().join("memory.current"),
+            root.join("a/memory.current"),
+        )
+        .expect("symlink");
+        cgroup_dir(&root.join("b"), 20);
+        std::fs::remove_file(root.join("b/memory.stat")).expect("rm");
+        let fifo = std::ffi::CString::new(root.join("b/memory.stat").as_os_str().as_bytes())
+            .expect("cstr");
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        cgroup_dir(&root.join("c"), 30);
+        std::fs::write(root.join("c/memory.stat"), "anon 1\n".repeat(20_000)).expect("write");
+        // A name that is not UTF-8, and a chain deeper than max_depth.
+        cgroup_dir(&root.join(std::ffi::OsStr::from_bytes(b"caf\xe9")), 40);
+        let mut deep = root.join("d");
+        for _ in 0..5 {
+            cgroup_dir(&deep, 1);
+            deep = deep.join("d");
+        }
+        let mut cfg = config(root);
+        cfg.max_depth = Positive(3);
+        cfg.min_usage = ByteSize(0);
+        let obs = collect(&cfg).expect("collects");
+        let paths: Vec<String> = obs
+            .cgroups
+            .iter()
+            .map(|c| c.path.lossy().into_owned())
+            .collect();
+        assert!(!paths.iter().any(|p| p.contains("link")), "{paths:?}");
+        assert!(
+            paths.contains(&"/d/d/d".to_string()) && !paths.contains(&"/d/d/d/d".to_string()),
+            "{paths:?}"
+        );
+        assert_eq!(find(&obs, "/a").usage_bytes, None);
+        assert_eq!(find(&obs, "/b").stat.anon_bytes, None);
+        assert_eq!(find(&obs, "/c").stat.anon_bytes, None);
+        let recs = records(&obs, None);
+        let cafe = recs
+            .iter()
+            .find(|r| r["path"]["bytes"] == "L2NhZuk=")
+            .expect("lossless name");
+        assert_eq!(cafe["usage_bytes"], 40);
+        let w = obs.warnings.join("\n");
+        assert!(w.contains("a/memory.current"), "{w}");
+        assert!(w.contains("b/memory.stat: not a regular file"), "{w}");
+        assert!(w.contains("c/memory.stat: larger than 65536 bytes"), "{w}");
+        // The count bound.
+        cfg.max_cgroups = Positive(3);
+        let obs = collect(&cfg).expect("collects");
+        assert_eq!(obs.cgroups.len(), 3);
+        assert!(obs.truncated);
+        assert!(
+            obs.warnings.iter().any(|w| w.contains("max_cgroups = 3")),
+            "{:?}",
+            obs.warnings
+        );
+    }
+
+    fn process(pid: u32, cgroup: &str, pss: u64) -> ProcessRecord {
+        ProcessRecord {
+            pid,
+            ppid: 1,
+            name: Name::from("p"),
+            cmdline: Name::default(),
+            uid: Some(0),
+            user: None,
+            state: "S".into(),
+            threads: 1,
+            start_ticks: 1,
+            kernel_thread: false,
+            cgroup: Some(Name::from(cgroup)),
+            container: None,
+            unit: None,
+            numbers: Numbers::Exact,
+            memory: Memory {
+                pss_bytes: pss,
+                uss_bytes: pss / 2,
+                swap_pss_bytes: 1,
+                ..Memory::default()
+            },
+            subtree: Subtree::default(),
+        }
+    }
+
+    #[test]
+    fn fair_shares_sum_processes_below_each_cgroup_and_small_ones_fold_into_other() {
+        let mut cfg = config(&fixtures().join("v2"));
+        cfg.max_records = Positive(3);
+        cfg.min_usage = ByteSize(100 << 20);
+        let obs = collect(&cfg).expect("collects");
+        let procs = ProcessesObservation {
+            processes: vec![
+                process(10, DOCKER, 1000),
+                process(11, DOCKER, 500),
+                process(12, "/system.slice/sshd.service", 70),
+                process(13, "/user.slice/user-1000.slice/session-1.scope", 9),
+                process(14, "/not/walked", 3),
+            ],
+            ..ProcessesObservation::default()
+        };
+        let recs = records(&obs, Some(&procs));
+        let paths: Vec<&str> = recs
+            .iter()
+            .map(|r| r["path"].as_str().unwrap_or("?"))
+            .collect();
+        // Records in walk order: the root, then of those with a limit or >= 100 MiB the 3 largest:
+        // system.slice (1.3 GiB), then three of 512 MiB by path (kubepods.slice and
+        // kubepods-burstable.slice make it, the pod slice does not); docker (limited, 256 MiB)
+        // misses the cut; sshd and user.slice are small and have no limit.
+        assert_eq!(
+            paths,
+            vec![
+                "/",
+                "/kubepods.slice",
+                "/system.slice",
+                "/kubepods.slice/kubepods-burstable.slice",
+                "other"
+            ]
+        );
+        let by = |p: &str| {
+            recs.iter()
+                .find(|r| r["path"] == p)
+                .unwrap_or_else(|| panic!("{p}"))
+        };
+        assert_eq!(by("/")["fair"]["processes"], 5);
+        assert_eq!(by("/")["fair"]["pss_bytes"], 1000 + 500 + 70 + 9 + 3);
+        assert_eq!(by("/system.slice")["fair"]["pss_bytes"], 1570);
+        assert_eq!(by("/system.slice")["fair"]["uss_bytes"], 500 + 250 + 35);
+        assert_eq!(by("/system.slice")["fair"]["swap_pss_bytes"], 3);
+        assert_eq!(by("/kubepods.slice")["fair"]["processes"], 0);
+        // Folded: the pod slice and its container, docker, sshd, user.slice and broken.slice.
+        // Processes below any of them count once in `other`; its usage counts each folded subtree
+        // once (the container is inside the folded pod slice; broken.slice has no usage).
+        let other = by("other");
+        assert_eq!(other["cgroups"], 6);
+        assert_eq!(other["fair"]["processes"], 4);
+        assert_eq!(other["fair"]["pss_bytes"], 1000 + 500 + 70 + 9);
+        assert_eq!(
+            other["usage_bytes"],
+            536_870_912_u64 + 268_369_920 + 7_340_032 + 8_388_608
+        );
+        // Without the processes collector: no fair shares at all, rather than zeros.
+        let recs = records(&obs, None);
+        assert!(recs.iter().all(|r| r["fair"].is_null()));
+        // Container fields come from the path.
+        let all = {
+            let mut cfg = cfg.clone();
+            cfg.max_records = Positive(100);
+            cfg.min_usage = ByteSize(0);
+            records(&collect(&cfg).expect("collects"), None)
+        };
+        let d = all
+            .iter()
+            .find(|r| r["path"] == DOCKER)
+            .expect("docker row");
+        assert_eq!(d["container"]["runtime"], "docker");
+        assert_eq!(d["unit"], DOCKER.rsplit('/').next().expect("name"));
+        assert_eq!(d["pressure"]["some"]["total_us"], 2_413_000);
+    }
+
+    #[test]
+    fn ancestors_of_a_path() {
+        let v: Vec<&[u8]> = ancestors(b"/a/b").collect();
+        assert_eq!(v, vec![&b"/a/b"[..], b"/a", b"/"]);
+        assert_eq!(ancestors(b"/").count(), 1);
+    }
+}
