@@ -332,7 +332,8 @@ impl Reader<'_> {
             return None;
         }
         let root = rel == b"/";
-        // The v2 root has no memory.current, memory.max or memory.events.
+        // The v2 root has no memory.current, memory.max or memory.events (and before 5.x no
+        // memory.stat).
         let at_non_root = if root { Need::Optional } else { Need::Required };
         let opt = Need::Optional;
         let mut s = CgroupStats {
@@ -361,7 +362,7 @@ impl Reader<'_> {
                 s.swap_limit_bytes = self
                     .read(dir, "memory.swap.max", opt, parse_limit)
                     .flatten();
-                stat = self.read(dir, "memory.stat", Need::Required, parse_flat_keyed);
+                stat = self.read(dir, "memory.stat", at_non_root, parse_flat_keyed);
                 if let Some(e) = self.read(dir, "memory.events", at_non_root, parse_flat_keyed) {
                     s.events = Events {
                         oom: e.get("oom"),
@@ -1003,6 +1004,35 @@ mod tests {
         assert_eq!(d["container"]["runtime"], "docker");
         assert_eq!(d["unit"], DOCKER.rsplit('/').next().expect("name"));
         assert_eq!(d["pressure"]["some"]["total_us"], 2_413_000);
+    }
+
+    #[test]
+    fn config_section_parses_and_names_bad_keys() {
+        use crate::config::Config;
+        let c = Config::parse(
+            "[collectors.cgroup]\nroot = \"/host/sys/fs/cgroup\"\nmax_records = 5\nmin_usage = \"1MiB\"\n",
+            "x",
+        )
+        .expect("parses");
+        let g = &c.collectors.cgroup;
+        assert_eq!(g.root, PathBuf::from("/host/sys/fs/cgroup"));
+        assert_eq!(
+            (g.max_records, g.min_usage),
+            (Positive(5), ByteSize(1 << 20))
+        );
+        assert_eq!(g.max_depth, CgroupConfig::default().max_depth);
+        let e = Config::parse("[collectors.cgroup]\nmax_recordz = 5\n", "x").expect_err("bad key");
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(2), Some("collectors.cgroup.max_recordz"))
+        );
+        let e = Config::parse("[collectors.cgroup]\n\nroot = \"\"\n", "x").expect_err("empty root");
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(3), Some("collectors.cgroup.root"))
+        );
+        let e = Config::parse("[collectors.cgroup]\nmax_depth = 0\n", "x").expect_err("zero depth");
+        assert_eq!(e.key.as_deref(), Some("collectors.cgroup.max_depth"));
     }
 
     #[test]
