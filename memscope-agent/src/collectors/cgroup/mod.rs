@@ -17,7 +17,7 @@
 pub mod container;
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
 };
@@ -183,8 +183,9 @@ pub struct CgroupObservation {
     pub hierarchy: Option<Hierarchy>,
     /// Every cgroup walked, in walk order (breadth first, names sorted), the root first.
     pub cgroups: Vec<CgroupStats>,
-    pub max_records: usize,
-    pub min_usage: u64,
+    /// Per cgroup: whether it has a row of its own (see [`select_rows`]); the others are folded
+    /// into the `other` row.
+    pub own_row: Vec<bool>,
     /// The walk stopped at `max_cgroups`.
     pub truncated: bool,
     /// Problems with their paths (at most [`MAX_WARNINGS`]), and how many more there were.
@@ -192,8 +193,13 @@ pub struct CgroupObservation {
     pub more_warnings: usize,
 }
 
+/// Cgroups get a row of their own from `min_usage` up (or with a limit), and keep it until they
+/// fall below half of it, so a cgroup hovering around the floor does not flap between its own row
+/// and `other` (which in `emit = "changes"` would send a `removed` record each time).
 pub struct CgroupCollector {
     config: CgroupConfig,
+    /// Paths with a row of their own in the last run.
+    own_rows: HashSet<Name>,
     buf: Vec<u8>,
 }
 
@@ -201,6 +207,7 @@ impl CgroupCollector {
     pub fn new(config: &CgroupConfig) -> Self {
         CgroupCollector {
             config: config.clone(),
+            own_rows: HashSet::new(),
             buf: Vec::with_capacity(4096),
         }
     }
@@ -216,8 +223,6 @@ impl Collector for CgroupCollector {
             detect(ctx.procfs, &self.config.root).map_err(CollectError::Other)?;
         let mut obs = CgroupObservation {
             hierarchy: Some(hierarchy),
-            max_records: self.config.max_records.0 as usize,
-            min_usage: self.config.min_usage.0,
             ..CgroupObservation::default()
         };
         let mut reader = Reader {
@@ -256,6 +261,18 @@ impl Collector for CgroupCollector {
                 self.config.max_cgroups.0
             ));
         }
+        obs.own_row = select_rows(
+            &walked,
+            self.config.min_usage.0,
+            self.config.max_records.0 as usize,
+            &self.own_rows,
+        );
+        self.own_rows = walked
+            .iter()
+            .zip(&obs.own_row)
+            .filter(|(_, own)| **own)
+            .map(|(c, _)| c.path.clone())
+            .collect();
         obs.cgroups = walked;
         Ok(Some(Observation::Cgroup(obs)))
     }
@@ -521,7 +538,9 @@ impl CgroupObservation {
             .enumerate()
             .map(|(i, c)| (c.path.as_bytes(), i))
             .collect();
-        let kept = self.kept();
+        let kept: Vec<bool> = (0..self.cgroups.len())
+            .map(|i| self.own_row.get(i).copied().unwrap_or(true))
+            .collect();
         let mut fair = vec![FairShare::default(); self.cgroups.len()];
         let mut other_fair = FairShare::default();
         for p in processes.iter().flat_map(|o| &o.processes) {
@@ -580,29 +599,40 @@ impl CgroupObservation {
             ));
         }
     }
+}
 
-    /// Which cgroups get a row: the root, then those with a limit or at least `min_usage`, largest
-    /// usage first, up to `max_records`.
-    fn kept(&self) -> Vec<bool> {
-        let mut kept = vec![false; self.cgroups.len()];
-        let mut candidates: Vec<usize> = Vec::new();
-        for (i, c) in self.cgroups.iter().enumerate() {
-            if c.path.as_bytes() == b"/" {
-                kept[i] = true;
-            } else if c.has_limit() || c.usage_bytes.unwrap_or(0) >= self.min_usage {
-                candidates.push(i);
-            }
+/// Which cgroups get a row of their own: the root; then, largest usage first, up to `max_records`
+/// of those with a limit, with at least `min_usage`, or with a row last run (`previous`) and still
+/// at least half of `min_usage`.
+pub fn select_rows(
+    cgroups: &[CgroupStats],
+    min_usage: u64,
+    max_records: usize,
+    previous: &HashSet<Name>,
+) -> Vec<bool> {
+    let mut own = vec![false; cgroups.len()];
+    let mut candidates: Vec<usize> = Vec::new();
+    for (i, c) in cgroups.iter().enumerate() {
+        let usage = c.usage_bytes.unwrap_or(0);
+        if c.path.as_bytes() == b"/" {
+            own[i] = true;
+        } else if c.has_limit()
+            || usage >= min_usage
+            || (previous.contains(&c.path) && usage >= min_usage / 2)
+        {
+            candidates.push(i);
         }
-        candidates.sort_by(|&a, &b| {
-            let u = |i: usize| self.cgroups[i].usage_bytes.unwrap_or(0);
-            u(b).cmp(&u(a))
-                .then_with(|| self.cgroups[a].path.cmp(&self.cgroups[b].path))
-        });
-        for &i in candidates.iter().take(self.max_records) {
-            kept[i] = true;
-        }
-        kept
     }
+    let usage = |i: usize| cgroups[i].usage_bytes.unwrap_or(0);
+    candidates.sort_by(|&a, &b| {
+        usage(b)
+            .cmp(&usage(a))
+            .then_with(|| cgroups[a].path.cmp(&cgroups[b].path))
+    });
+    for &i in candidates.iter().take(max_records) {
+        own[i] = true;
+    }
+    own
 }
 
 /// `/a/b/c`, `/a/b`, `/a`, `/`.
@@ -1033,6 +1063,37 @@ mod tests {
         );
         let e = Config::parse("[collectors.cgroup]\nmax_depth = 0\n", "x").expect_err("zero depth");
         assert_eq!(e.key.as_deref(), Some("collectors.cgroup.max_depth"));
+    }
+
+    #[test]
+    fn rows_have_hysteresis_around_the_usage_floor() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("cgroup.controllers"), "memory\n").expect("write");
+        std::fs::write(dir.path().join("memory.stat"), "anon 1\n").expect("write");
+        let mut cfg = config(dir.path());
+        cfg.min_usage = ByteSize(1000);
+        let procfs = ProcFs::new("/nonexistent");
+        let shared = Shared::default();
+        let mut c = CgroupCollector::new(&cfg);
+        let mut run = |usage: u64| {
+            cgroup_dir(&dir.path().join("s"), usage);
+            match c.collect(&CollectCtx::once(&procfs, &shared)) {
+                Ok(Some(Observation::Cgroup(o))) => {
+                    let i = o
+                        .cgroups
+                        .iter()
+                        .position(|c| c.path.as_bytes() == b"/s")
+                        .expect("/s");
+                    o.own_row[i]
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        assert!(!run(900), "below the floor, never had a row: folded");
+        assert!(run(1000), "at the floor: its own row");
+        assert!(run(600), "above half the floor: keeps its row");
+        assert!(!run(400), "below half the floor: folded again");
+        assert!(!run(900), "and needs the full floor to come back");
     }
 
     #[test]
