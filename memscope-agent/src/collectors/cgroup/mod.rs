@@ -230,13 +230,12 @@ impl Collector for CgroupCollector {
             buf: &mut self.buf,
             obs: &mut obs,
         };
+        // Breadth first; the queue never holds more than the cgroups still allowed, so a directory
+        // with a million children costs no more memory than `max_cgroups` names.
+        let max = self.config.max_cgroups.0 as usize;
         let mut queue: VecDeque<(Vec<u8>, u32)> = VecDeque::from([(b"/".to_vec(), 0)]);
         let mut walked = Vec::new();
         while let Some((rel, depth)) = queue.pop_front() {
-            if walked.len() >= self.config.max_cgroups.0 as usize {
-                reader.obs.truncated = true;
-                break;
-            }
             let dir = join(&base, &rel);
             let Some(stats) = reader.read_cgroup(hierarchy, &dir, &rel) else {
                 continue;
@@ -245,7 +244,10 @@ impl Collector for CgroupCollector {
             if depth >= self.config.max_depth.0 {
                 continue;
             }
-            for name in reader.subdirs(&dir) {
+            let room = max.saturating_sub(walked.len() + queue.len());
+            let (names, more) = reader.subdirs(&dir, room);
+            reader.obs.truncated |= more;
+            for name in names {
                 let mut child = rel.clone();
                 if child != b"/" {
                     child.push(b'/');
@@ -438,9 +440,10 @@ impl Reader<'_> {
         Some(s)
     }
 
-    /// The child cgroups of `dir`: directories only (symlinks and files are not followed), sorted
-    /// by name so the walk order is stable.
-    fn subdirs(&mut self, dir: &Path) -> Vec<Vec<u8>> {
+    /// The child cgroups of `dir`, at most `limit` of them (and whether there were more):
+    /// directories only (symlinks and files are not followed), sorted by name so the walk order
+    /// is stable.
+    fn subdirs(&mut self, dir: &Path, limit: usize) -> (Vec<Vec<u8>>, bool) {
         let rd = match std::fs::read_dir(dir) {
             Ok(rd) => rd,
             Err(e) => {
@@ -448,17 +451,18 @@ impl Reader<'_> {
                 if !e.is_gone() {
                     self.warn(e.to_string());
                 }
-                return Vec::new();
+                return (Vec::new(), false);
             }
         };
-        let mut names: Vec<Vec<u8>> = rd
+        let mut dirs = rd
             .filter_map(Result::ok)
             // `file_type` comes from the directory entry (lstat semantics): a symlink is not a dir.
             .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .map(|e| e.file_name().as_bytes().to_vec())
-            .collect();
+            .map(|e| e.file_name().as_bytes().to_vec());
+        let mut names: Vec<Vec<u8>> = dirs.by_ref().take(limit).collect();
+        let more = dirs.next().is_some();
         names.sort();
-        names
+        (names, more)
     }
 }
 
