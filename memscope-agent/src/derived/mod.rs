@@ -5,7 +5,7 @@
 //! ([`ledger`]).
 
 use crate::{
-    collectors::{Observation, ToRecords},
+    collectors::{Observation, ToRecords, cgroup::PidCgroups},
     records::Record,
 };
 
@@ -39,12 +39,13 @@ pub fn records(
         Observation::Processes(p) => Some(p),
         _ => None,
     });
+    let cgroups = processes.map(PidCgroups::new);
     let join = SysvJoin::new(sysv, objects);
 
     for obs in observations() {
         match obs {
             Observation::Objects(o) => {
-                o.records_except(out, |x| join.is_joined(x));
+                o.records_except(out, |x| join.is_joined(x), cgroups.as_ref());
                 o.warnings(warnings);
             }
             Observation::Sysv(s) => {

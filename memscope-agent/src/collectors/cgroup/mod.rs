@@ -639,6 +639,63 @@ pub fn select_rows(
     own
 }
 
+/// Each process's memory cgroup, by pid, from the `processes` observation of the same emission:
+/// for the `top_cgroups` of `object` records.
+pub struct PidCgroups<'a>(HashMap<u32, &'a Name>);
+
+/// One of an object's top cgroups: its mappers in that cgroup, and their share of the object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CgroupShare<'a> {
+    pub cgroup: &'a Name,
+    pub processes: u32,
+    pub pss_bytes: u64,
+    pub rss_bytes: u64,
+}
+
+impl<'a> PidCgroups<'a> {
+    pub fn new(processes: &'a ProcessesObservation) -> Self {
+        PidCgroups(
+            processes
+                .processes
+                .iter()
+                .filter_map(|p| Some((p.pid, p.cgroup.as_ref()?)))
+                .collect(),
+        )
+    }
+
+    /// The `n` cgroups whose processes hold the largest PSS of an object mapped by `consumers`
+    /// (`(pid, pss, rss)`), largest first; mappers of unknown cgroup are left out.
+    pub fn top(
+        &self,
+        consumers: impl IntoIterator<Item = (u32, u64, u64)>,
+        n: usize,
+    ) -> Vec<CgroupShare<'a>> {
+        let mut by: HashMap<&'a Name, CgroupShare<'a>> = HashMap::new();
+        for (pid, pss, rss) in consumers {
+            let Some(&cgroup) = self.0.get(&pid) else {
+                continue;
+            };
+            let e = by.entry(cgroup).or_insert(CgroupShare {
+                cgroup,
+                processes: 0,
+                pss_bytes: 0,
+                rss_bytes: 0,
+            });
+            e.processes += 1;
+            e.pss_bytes += pss;
+            e.rss_bytes += rss;
+        }
+        let mut v: Vec<CgroupShare<'a>> = by.into_values().collect();
+        v.sort_by(|a, b| {
+            b.pss_bytes
+                .cmp(&a.pss_bytes)
+                .then_with(|| a.cgroup.cmp(b.cgroup))
+        });
+        v.truncate(n);
+        v
+    }
+}
+
 /// `/a/b/c`, `/a/b`, `/a`, `/`.
 fn ancestors(path: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut next = Some(path);
@@ -1098,6 +1155,57 @@ mod tests {
         assert!(run(600), "above half the floor: keeps its row");
         assert!(!run(400), "below half the floor: folded again");
         assert!(!run(900), "and needs the full floor to come back");
+    }
+
+    #[test]
+    fn an_objects_top_cgroups_group_its_mappers_by_cgroup() {
+        let procs = ProcessesObservation {
+            processes: vec![
+                process(1, "/a", 0),
+                process(2, "/a", 0),
+                process(3, "/b", 0),
+                process(4, "/c", 0),
+            ],
+            ..ProcessesObservation::default()
+        };
+        let mut no_cgroup = process(5, "/", 0);
+        no_cgroup.cgroup = None;
+        let procs = ProcessesObservation {
+            processes: [procs.processes, vec![no_cgroup]].concat(),
+            ..procs
+        };
+        let map = PidCgroups::new(&procs);
+        // pid 9 is not a known process, pid 5 has no cgroup: both left out.
+        let top = map.top(
+            [
+                (1, 10, 20),
+                (2, 15, 30),
+                (3, 40, 40),
+                (4, 1, 1),
+                (5, 99, 99),
+                (9, 99, 99),
+            ],
+            2,
+        );
+        let a = Name::from("/a");
+        let b = Name::from("/b");
+        assert_eq!(
+            top,
+            vec![
+                CgroupShare {
+                    cgroup: &b,
+                    processes: 1,
+                    pss_bytes: 40,
+                    rss_bytes: 40
+                },
+                CgroupShare {
+                    cgroup: &a,
+                    processes: 2,
+                    pss_bytes: 25,
+                    rss_bytes: 50
+                },
+            ]
+        );
     }
 
     #[test]
