@@ -943,10 +943,14 @@ mod tests {
         .expect("symlink");
         cgroup_dir(&root.join("b"), 20);
         std::fs::remove_file(root.join("b/memory.stat")).expect("rm");
-        let fifo = std::ffi::CString::new(root.join("b/memory.stat").as_os_str().as_bytes())
-            .expect("cstr");
-        // SAFETY: a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            root.join("b/memory.stat"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .expect("mkfifo");
         cgroup_dir(&root.join("c"), 30);
         std::fs::write(root.join("c/memory.stat"), "anon 1\n".repeat(20_000)).expect("write");
         // A name that is not UTF-8, and a chain deeper than max_depth.
