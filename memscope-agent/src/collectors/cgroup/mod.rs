@@ -350,6 +350,7 @@ impl Reader<'_> {
         if !dir.is_dir() {
             return None;
         }
+        let warned = (self.obs.warnings.len(), self.obs.more_warnings);
         let root = rel == b"/";
         // The v2 root has no memory.current, memory.max or memory.events (and before 5.x no
         // memory.stat).
@@ -437,6 +438,12 @@ impl Reader<'_> {
             }
         }
         s.pressure = self.read(dir, "memory.pressure", opt, parse_psi);
+        // Removed while being read: its files went missing with it; no warnings for those.
+        if !dir.is_dir() {
+            self.obs.warnings.truncate(warned.0);
+            self.obs.more_warnings = warned.1;
+            return None;
+        }
         Some(s)
     }
 
