@@ -84,18 +84,19 @@ impl TestCgroup {
         .expect("path without NUL");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_memhog"));
         cmd.args(["anon", CHILD_BYTES]).stdout(Stdio::piped());
-        // SAFETY: between fork and exec only async-signal-safe calls (open, write, close) on a
-        // path prepared before the fork; "0" moves the writing process itself.
+        // SAFETY: between fork and exec only raw syscalls (open, write, close through rustix, no
+        // allocation: the path is a CString made before the fork); "0" moves the writing process
+        // itself.
         unsafe {
             cmd.pre_exec(move || {
-                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
-                let err = std::io::Error::last_os_error();
-                libc::close(fd);
-                if ok { Ok(()) } else { Err(err) }
+                use rustix::fs::{Mode, OFlags};
+                let fd = rustix::fs::open(
+                    procs.as_c_str(),
+                    OFlags::WRONLY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?;
+                rustix::io::write(&fd, b"0")?;
+                Ok(())
             });
         }
         let mut child = cmd.spawn().expect("spawn memhog in the cgroup");
