@@ -42,6 +42,7 @@ macro_rules! section {
     };
 }
 
+pub mod cgroup;
 pub mod meminfo;
 pub mod processes;
 pub mod smaps;
@@ -269,6 +270,7 @@ collectors! {
     smaps => smaps::Smaps,
     sysv => sysv::Sysv,
     tmpfs => tmpfs::Tmpfs,
+    cgroup => cgroup::Cgroup,
 }
 
 /// Builds the enabled collectors.
@@ -319,6 +321,6 @@ mod tests {
             },
         );
         let names: Vec<_> = built.iter().map(|r| r.collector.name()).collect();
-        assert_eq!(names, vec!["meminfo", "smaps", "sysv"]);
+        assert_eq!(names, vec!["meminfo", "smaps", "sysv", "cgroup"]);
     }
 }

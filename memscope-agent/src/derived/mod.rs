@@ -1,10 +1,17 @@
 //! Records derived from several collectors at emission time: [`records`] builds every record of an
 //! emission from the latest observations, with the SysV join ([`sysv_join`]: a segment and its
-//! `/SYSV…` smaps object are one record) and the shared-memory ledger ([`ledger`]).
+//! `/SYSV…` smaps object are one record), the fair shares of `cgroup` records (summed over the
+//! `processes` observation, see [`crate::collectors::cgroup`]) and the shared-memory ledger
+//! ([`ledger`]).
 
 use crate::{
     collectors::{
-        Observation, meminfo::MeminfoObservation, smaps::ObjectsObservation, sysv::SysvObservation,
+        Observation,
+        cgroup::{CgroupObservation, PidCgroups},
+        meminfo::MeminfoObservation,
+        processes::ProcessesObservation,
+        smaps::ObjectsObservation,
+        sysv::SysvObservation,
     },
     records::Record,
 };
@@ -28,13 +35,17 @@ pub fn records(
         .find_map(|o| o.downcast_ref::<MeminfoObservation>())
         .and_then(|m| m.get("Shmem"));
     let tmpfs: Option<TmpfsInputs> = observations().find_map(tmpfs_inputs);
+    let processes = observations().find_map(|o| o.downcast_ref::<ProcessesObservation>());
+    let cgroups = processes.map(PidCgroups::new);
     let join = SysvJoin::new(sysv, objects);
 
     for obs in observations() {
         if let Some(o) = obs.downcast_ref::<ObjectsObservation>() {
-            o.records_except(out, |x| join.is_joined(x));
+            o.records_except(out, |x| join.is_joined(x), cgroups.as_ref());
         } else if let Some(s) = obs.downcast_ref::<SysvObservation>() {
             join.segment_records(s, out);
+        } else if let Some(c) = obs.downcast_ref::<CgroupObservation>() {
+            c.records_with(processes, out);
         } else {
             obs.records(out);
         }

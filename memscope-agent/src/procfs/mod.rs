@@ -9,6 +9,7 @@ use std::{
     sync::Arc,
 };
 
+pub mod cgroup;
 pub mod cmdline;
 pub mod counters;
 pub mod dev;
@@ -245,6 +246,41 @@ impl ProcFs {
         let mut f = File::open(path).map_err(|e| ProcError::from_io(path.to_path_buf(), e))?;
         f.read_to_end(buf)
             .map_err(|e| ProcError::from_io(path.to_path_buf(), e))?;
+        self.counters.add(class, buf.len());
+        Ok(())
+    }
+
+    /// Reads a file from a tree the agent does not trust (a cgroup hierarchy): a symlink as the last
+    /// component is refused (`O_NOFOLLOW`), so is anything but a regular file (a FIFO would block),
+    /// and a file over `max_bytes` is an error rather than a memory hog. Counted under `class`.
+    pub fn read_untrusted(
+        &self,
+        path: &Path,
+        class: FileClass,
+        buf: &mut Vec<u8>,
+        max_bytes: u64,
+    ) -> Result<(), ProcError> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        buf.clear();
+        let err = |e| ProcError::from_io(path.to_path_buf(), e);
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)
+            .map_err(err)?;
+        if !f.metadata().map_err(err)?.is_file() {
+            return Err(ProcError::Io {
+                path: path.to_path_buf(),
+                source: io::Error::other("not a regular file"),
+            });
+        }
+        f.take(max_bytes + 1).read_to_end(buf).map_err(err)?;
+        if buf.len() as u64 > max_bytes {
+            return Err(ProcError::Io {
+                path: path.to_path_buf(),
+                source: io::Error::other(format!("larger than {max_bytes} bytes")),
+            });
+        }
         self.counters.add(class, buf.len());
         Ok(())
     }

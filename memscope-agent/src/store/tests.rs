@@ -40,6 +40,9 @@ fn procs(list: &[(u32, u64)]) -> Result<Option<Box<dyn Observation>>, CollectErr
                 threads: 1,
                 start_ticks: 1,
                 kernel_thread: false,
+                cgroup: None,
+                container: None,
+                unit: None,
                 numbers: Numbers::Exact,
                 memory: Memory {
                     pss_bytes: pss,
