@@ -3,7 +3,9 @@
 //!
 //! Sources per process: `statm` every run (cheap: no page walk), then — only where the cost ladder
 //! (`ladder.rs`) says so — `stat` (identity: start time, ppid, state, threads), `status` (name, uid,
-//! and the fallback numbers) and `smaps_rollup` (the exact numbers); `cmdline` once per process.
+//! and the fallback numbers) and `smaps_rollup` (the exact numbers); `cmdline` and `cgroup` (the
+//! memory cgroup, and the container, pod and systemd unit its path shows) once per process and
+//! again after an exec (seen as a new name).
 //! Between re-reads a process's record keeps the numbers of its last read (at most `max_staleness`
 //! old).
 //! Numbers are `exact` (from `smaps_rollup`), `approximate` (`smaps_rollup` unreadable, values from
@@ -15,15 +17,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::debug;
 
-use super::{CollectCtx, CollectError, Collector, Observation, ToRecords, UserNames};
+use super::{BuildCtx, CollectCtx, CollectError, Collector, CollectorDef, Observation, UserNames};
 use crate::{
-    config::ProcessesConfig,
-    ladder::{Ladder, Tier, TierPolicy, TierStats},
+    collectors::cgroup::container::{Container, classify},
+    config::{ByteSize, Interval},
+    ladder::{Ladder, TierPolicy, TierStats},
+    proc_events::{Scope, Subscription},
     procfs::{
         FileClass, ProcError, ProcFs,
+        cgroup::parse_proc_cgroup,
         cmdline::{join_cmdline, parse_cmdline},
         counters::MemCounters,
         escape::Name,
@@ -34,6 +39,45 @@ use crate::{
     },
     records::Record,
 };
+
+/// The `processes` collector.
+pub struct Processes;
+
+impl CollectorDef for Processes {
+    const NAME: &'static str = "processes";
+    type Config = ProcessesConfig;
+    fn build(config: &ProcessesConfig, ctx: &BuildCtx<'_>) -> Box<dyn Collector> {
+        Box::new(ProcessesCollector::new(config, ctx.events.subscribe()))
+    }
+}
+
+/// `[collectors.processes]`: per-process rollups, re-read on the cost ladder.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessesConfig {
+    pub enabled: bool,
+    pub interval: Option<Interval>,
+    /// Re-read a process's `smaps_rollup` when its resident + shared memory moved by this much.
+    pub min_change: ByteSize,
+    /// Re-read a process whose last read is this old: the bound on how stale any number is.
+    pub max_staleness: Interval,
+    /// Time a run may spend re-reading; the rest rolls to the next run, oldest first.
+    pub budget: Interval,
+}
+
+impl Default for ProcessesConfig {
+    fn default() -> Self {
+        ProcessesConfig {
+            enabled: true,
+            interval: None,
+            min_change: ByteSize(64 << 10),
+            max_staleness: Interval(Duration::from_secs(300)),
+            budget: Interval(Duration::from_secs(2)),
+        }
+    }
+}
+
+section!(ProcessesConfig);
 
 /// How trustworthy a process's numbers are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -88,17 +132,6 @@ impl Memory {
             pss_shmem_bytes: s.rss_shmem.unwrap_or(0),
         }
     }
-
-    fn add(&mut self, o: &Memory) {
-        self.rss_bytes += o.rss_bytes;
-        self.pss_bytes += o.pss_bytes;
-        self.uss_bytes += o.uss_bytes;
-        self.swap_bytes += o.swap_bytes;
-        self.swap_pss_bytes += o.swap_pss_bytes;
-        self.pss_anon_bytes += o.pss_anon_bytes;
-        self.pss_file_bytes += o.pss_file_bytes;
-        self.pss_shmem_bytes += o.pss_shmem_bytes;
-    }
 }
 
 /// Totals over a process and all its descendants.
@@ -126,6 +159,12 @@ pub struct ProcessRecord {
     /// Start time in clock ticks after boot: with the pid, identifies the process across pid reuse.
     pub start_ticks: u64,
     pub kernel_thread: bool,
+    /// The memory cgroup's path, as `/proc/PID/cgroup` shows it (the v1 `memory` line or v2 `0::`).
+    pub cgroup: Option<Name>,
+    /// The container, pod and QoS the cgroup path shows.
+    pub container: Option<Container>,
+    /// The innermost systemd `.service` or `.scope` of the cgroup path.
+    pub unit: Option<Name>,
     pub numbers: Numbers,
     #[serde(flatten)]
     pub memory: Memory,
@@ -142,9 +181,11 @@ pub struct ProcessesObservation {
     pub vanished: u32,
     /// Per-process errors other than gone/denied (each carries its path).
     pub errors: Vec<String>,
+    /// The `rollup` tier's statistics after this run.
+    pub tier: TierStats,
 }
 
-impl ToRecords for ProcessesObservation {
+impl Observation for ProcessesObservation {
     fn records(&self, out: &mut Vec<Record>) {
         for p in &self.processes {
             out.push(Record::new("process", p.pid.to_string(), p));
@@ -166,12 +207,24 @@ impl ToRecords for ProcessesObservation {
         }
         out.extend(self.errors.iter().map(|e| format!("processes: {e}")));
     }
+
+    fn tier(&self) -> Option<(&'static str, &TierStats)> {
+        Some(("rollup", &self.tier))
+    }
+
+    fn forget_processes(&mut self, exited: &std::collections::HashSet<u32>) -> bool {
+        self.processes.retain(|r| !exited.contains(&r.pid));
+        true
+    }
 }
 
 /// What is kept per process between runs.
 struct Known {
     start_ticks: u64,
+    /// The name at the last cmdline/cgroup read: a new name means an exec.
+    name: Name,
     cmdline: Name,
+    cgroup: CgroupOf,
     /// The record from the last read of `smaps_rollup`/`status`.
     record: Option<ProcessRecord>,
 }
@@ -182,11 +235,13 @@ pub struct ProcessesCollector {
     ladder: Ladder,
     budget: Duration,
     stats: TierStats,
+    events: Subscription,
     buf: Vec<u8>,
 }
 
 impl ProcessesCollector {
-    pub fn new(config: &ProcessesConfig) -> Self {
+    /// `events`: this collector's subscription to the tracker's stream.
+    pub fn new(config: &ProcessesConfig, events: Subscription) -> Self {
         ProcessesCollector {
             known: HashMap::new(),
             users: UserNames::default(),
@@ -195,11 +250,13 @@ impl ProcessesCollector {
                     min_change_bytes: config.min_change.0,
                     max_staleness: config.max_staleness.get(),
                     layout_changes: false,
+                    scope: Scope::ALL,
                 },
                 page_size(),
             ),
             budget: config.budget.get(),
             stats: TierStats::default(),
+            events,
             buf: Vec::with_capacity(8192),
         }
     }
@@ -213,13 +270,13 @@ impl ProcessesCollector {
     ) -> Result<ProcessRecord, ProcError> {
         let stat: Stat = procfs.read_parsed(
             &procfs.pid_path(pid, "stat"),
-            FileClass::Other,
+            FileClass::OTHER,
             &mut self.buf,
             parse_stat,
         )?;
         let status = match procfs.read_parsed(
             &procfs.pid_path(pid, "status"),
-            FileClass::Status,
+            FileClass::STATUS,
             &mut self.buf,
             parse_status,
         ) {
@@ -234,7 +291,7 @@ impl ProcessesCollector {
         } else {
             match procfs.read_parsed(
                 &procfs.pid_path(pid, "smaps_rollup"),
-                FileClass::SmapsRollup,
+                FileClass::SMAPS_ROLLUP,
                 &mut self.buf,
                 parse_smaps_rollup,
             ) {
@@ -254,24 +311,32 @@ impl ProcessesCollector {
             Numbers::Exact => {}
         }
 
-        let cmdline = match self.known.get(&pid) {
-            Some(k) if k.start_ticks == stat.starttime_ticks => k.cmdline.clone(),
+        let name = status
+            .as_ref()
+            .map_or_else(|| stat.comm.clone(), |s| s.name.clone());
+        let (cmdline, cgroup) = match self.known.get(&pid) {
+            Some(k) if k.start_ticks == stat.starttime_ticks && k.name == name => {
+                (k.cmdline.clone(), k.cgroup.clone())
+            }
             _ => {
                 let cmdline =
-                    match procfs.read(&procfs.pid_path(pid, "cmdline"), FileClass::Cmdline) {
+                    match procfs.read(&procfs.pid_path(pid, "cmdline"), FileClass::CMDLINE) {
                         Ok(bytes) => join_cmdline(&parse_cmdline(&bytes)),
                         Err(e) if e.is_denied() => Name::default(),
                         Err(e) => return Err(e),
                     };
+                let cgroup = CgroupOf::read(procfs, pid, &mut obs.errors);
                 self.known.insert(
                     pid,
                     Known {
                         start_ticks: stat.starttime_ticks,
+                        name: name.clone(),
                         cmdline: cmdline.clone(),
+                        cgroup: cgroup.clone(),
                         record: None,
                     },
                 );
-                cmdline
+                (cmdline, cgroup)
             }
         };
 
@@ -280,9 +345,7 @@ impl ProcessesCollector {
         Ok(ProcessRecord {
             pid,
             ppid: status.as_ref().map_or(stat.ppid, |s| s.ppid),
-            name: status
-                .as_ref()
-                .map_or_else(|| stat.comm.clone(), |s| s.name.clone()),
+            name,
             cmdline,
             uid,
             user,
@@ -290,6 +353,9 @@ impl ProcessesCollector {
             threads: stat.num_threads,
             start_ticks: stat.starttime_ticks,
             kernel_thread,
+            cgroup: cgroup.path,
+            container: cgroup.container,
+            unit: cgroup.unit,
             numbers,
             memory,
             subtree: Subtree::default(),
@@ -297,21 +363,73 @@ impl ProcessesCollector {
     }
 }
 
+/// A process's memory cgroup and what its path shows, read once per process.
+#[derive(Debug, Clone, Default)]
+struct CgroupOf {
+    path: Option<Name>,
+    container: Option<Container>,
+    unit: Option<Name>,
+}
+
+impl CgroupOf {
+    /// Reads `/proc/PID/cgroup`. Unreadable (no cgroup support, denied, gone: the other reads say
+    /// so) leaves it unknown; garbage is an error with the path.
+    fn read(procfs: &ProcFs, pid: u32, errors: &mut Vec<String>) -> CgroupOf {
+        let path = procfs.pid_path(pid, "cgroup");
+        let parsed = procfs
+            .read(&path, crate::collectors::cgroup::CGROUP_FILES)
+            .and_then(|bytes| {
+                parse_proc_cgroup(&bytes).map_err(|source| ProcError::Parse {
+                    path: path.clone(),
+                    source,
+                })
+            });
+        match parsed {
+            Ok(c) => match c.memory_path() {
+                Some(p) => {
+                    let class = classify(p);
+                    CgroupOf {
+                        path: Some(Name::new(p)),
+                        container: class.container,
+                        unit: class.unit,
+                    }
+                }
+                None => CgroupOf::default(),
+            },
+            Err(e) if e.is_gone() || e.is_denied() => CgroupOf::default(),
+            Err(e) => {
+                errors.push(e.to_string());
+                CgroupOf::default()
+            }
+        }
+    }
+}
+
 impl Collector for ProcessesCollector {
     fn name(&self) -> &'static str {
-        "processes"
+        Processes::NAME
     }
 
-    fn collect(&mut self, ctx: &CollectCtx<'_>) -> Result<Option<Observation>, CollectError> {
+    fn uses_statm_pass(&self) -> bool {
+        true
+    }
+
+    fn collect(
+        &mut self,
+        ctx: &CollectCtx<'_>,
+    ) -> Result<Option<Box<dyn Observation>>, CollectError> {
         let start = Instant::now();
-        let pass = super::statm_pass(ctx, &mut self.buf)?;
+        let pass = ctx.statm_pass(&mut self.buf)?;
         let mut obs = ProcessesObservation::default();
 
-        // Tier 1: statm of every process, every run.
-        let (mut live, vanished) =
-            self.ladder
-                .observe_all(&pass, &ctx.shared.dirty, Tier::Rollup, start);
-        obs.vanished += vanished;
+        // Tier 1: the tracker's events, then statm of every process, every run.
+        let tier1 = self.ladder.run_tier1(&pass, &self.events.take(), start);
+        let mut live = tier1.live;
+        obs.vanished += tier1.vanished;
+        // A pid whose process exited, forked anew or was reused: its old record must not stand.
+        for pid in &tier1.forgotten {
+            self.known.remove(pid);
+        }
         self.known.retain(|pid, _| live.contains(pid));
 
         // Tier 2: smaps_rollup where the ladder says so, within the budget.
@@ -348,7 +466,7 @@ impl Collector for ProcessesCollector {
         }
         self.ladder.set_run_length(start.elapsed());
         self.stats.finish_run(&self.ladder, carried, Instant::now());
-        ctx.shared.set_tier_stats("rollup", self.stats.clone());
+        obs.tier = self.stats.clone();
 
         obs.processes = pass
             .processes
@@ -358,7 +476,7 @@ impl Collector for ProcessesCollector {
             .filter_map(|pid| self.known.get(pid).and_then(|k| k.record.clone()))
             .collect();
         compute_subtrees(&mut obs.processes);
-        Ok(Some(Observation::Processes(obs)))
+        Ok(Some(Box::new(obs)))
     }
 }
 
@@ -419,15 +537,6 @@ pub fn compute_subtrees(procs: &mut [ProcessRecord]) {
     }
 }
 
-/// Sum of the memory of all processes (for tests and the ledger).
-pub fn total_memory(procs: &[ProcessRecord]) -> Memory {
-    let mut m = Memory::default();
-    for p in procs {
-        m.add(&p.memory);
-    }
-    m
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -444,6 +553,9 @@ mod tests {
             threads: 1,
             start_ticks: 0,
             kernel_thread: false,
+            cgroup: None,
+            container: None,
+            unit: None,
             numbers: Numbers::Exact,
             memory: Memory {
                 pss_bytes: pss,
@@ -503,7 +615,7 @@ mod tree_tests {
     use std::path::Path;
 
     use super::*;
-    use crate::{collectors::CollectCtx, ladder::Shared};
+    use crate::collectors::CollectCtx;
 
     fn fixtures() -> std::path::PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/proc")
@@ -520,6 +632,7 @@ mod tree_tests {
             "smaps_rollup",
             "smaps",
             "cmdline",
+            "cgroup",
         ] {
             if !skip.contains(&f) {
                 std::fs::copy(fixtures().join(from.to_string()).join(f), dst.join(f))
@@ -530,12 +643,9 @@ mod tree_tests {
 
     fn collect(root: &Path) -> ProcessesObservation {
         let procfs = ProcFs::new(root);
-        let shared = Shared::default();
-        let mut c = ProcessesCollector::new(&ProcessesConfig::default());
-        match c.collect(&CollectCtx::once(&procfs, &shared)) {
-            Ok(Some(Observation::Processes(o))) => o,
-            other => panic!("unexpected {other:?}"),
-        }
+        let mut c = ProcessesCollector::new(&ProcessesConfig::default(), Subscription::detached());
+        crate::collectors::observed::<ProcessesObservation>(c.collect(&CollectCtx::once(&procfs)))
+            .unwrap_or_else(|e| panic!("unexpected: {e}"))
     }
 
     #[test]
@@ -593,5 +703,69 @@ mod tree_tests {
             parent.subtree.pss_bytes,
             parent.memory.pss_bytes + p.memory.pss_bytes
         );
+    }
+
+    #[test]
+    fn cgroup_and_container_are_read_once_and_again_after_an_exec() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        copy_pid(dir.path(), 44, 44, &[]);
+        let procfs = ProcFs::new(dir.path());
+        let mut c = ProcessesCollector::new(&ProcessesConfig::default(), Subscription::detached());
+        let mut run = || {
+            crate::collectors::observed::<ProcessesObservation>(
+                c.collect(&CollectCtx::once(&procfs)),
+            )
+            .unwrap_or_else(|e| panic!("unexpected: {e}"))
+            .processes
+            .into_iter()
+            .next()
+            .expect("44")
+        };
+        let p = run();
+        let cgroup = p.cgroup.as_ref().map(|n| n.lossy().into_owned());
+        assert!(
+            cgroup
+                .as_deref()
+                .is_some_and(|c| c.ends_with("/cri-containerd-9e0f5d4c3b2a1908f7e6d5c4b3a29180f7e6d5c4b3a2918070f6e5d4c3b2a190.scope")),
+            "{cgroup:?}"
+        );
+        let k = p.container.expect("container");
+        assert_eq!(k.runtime, Some("containerd"));
+        assert_eq!(
+            k.pod_uid.as_deref(),
+            Some("6b5e1a52-0c4f-4f8e-9d2a-7c3b1e0f9a84")
+        );
+        assert_eq!(
+            k.qos,
+            Some(crate::collectors::cgroup::container::Qos::Burstable)
+        );
+        let json = Record::new("process", "44", &run()).body;
+        assert!(
+            json.contains("\"container\":{\"runtime\":\"containerd\",\"id\":\"9e0f"),
+            "{json}"
+        );
+
+        // Moved to another cgroup, and resident memory moved (so the process is re-read): the
+        // cgroup is read once per process, so the record keeps the first one…
+        let pid = dir.path().join("44");
+        std::fs::write(pid.join("cgroup"), "0::/system.slice/cron.service\n").expect("write");
+        std::fs::write(pid.join("statm"), "730 4410 414 5 0 89 0\n").expect("write");
+        let status = std::fs::read_to_string(pid.join("status")).expect("status");
+        std::fs::write(pid.join("status"), status.replace("PPid:\t43", "PPid:\t1")).expect("write");
+        let again = run();
+        assert_eq!(again.ppid, 1, "re-read (the new PPid shows)");
+        assert_eq!(again.cgroup, p.cgroup);
+        // …until an exec (a new name): then cmdline and cgroup are read again.
+        let status = std::fs::read_to_string(pid.join("status")).expect("status");
+        std::fs::write(
+            pid.join("status"),
+            status.replace("Name:\tsleep", "Name:\tcron"),
+        )
+        .expect("write");
+        std::fs::write(pid.join("statm"), "730 441 414 5 0 89 0\n").expect("write");
+        let p = run();
+        assert_eq!(p.cgroup, Some(Name::from("/system.slice/cron.service")));
+        assert_eq!(p.unit, Some(Name::from("cron.service")));
+        assert_eq!(p.container, None);
     }
 }

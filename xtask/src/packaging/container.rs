@@ -77,7 +77,7 @@ pub fn check(rootfs: &Path, agent: &Path, config_toml: &str, dir: &Path) -> anyh
     let test_config = dir.join("container-ebpf.toml");
     super::write_world_readable(
         &test_config,
-        "[agent]\ninterval = \"1s\"\nproc_root = \"/host/proc\"\ntracker = \"ebpf\"\n[collectors.tmpfs]\nenabled = false\n",
+        "[agent]\ninterval = \"1s\"\nproc_root = \"/host/proc\"\ntracker = \"ebpf\"\n[collectors.cgroup]\nroot = \"/host/sys/fs/cgroup\"\n[collectors.tmpfs]\nenabled = false\n",
     )?;
     let name = format!("memscope-packaging-{}", std::process::id());
     let run = |extra: &[&str]| {
@@ -101,7 +101,7 @@ pub fn check(rootfs: &Path, agent: &Path, config_toml: &str, dir: &Path) -> anyh
                 "-v",
                 "/proc:/host/proc:ro",
                 "-v",
-                "/sys/fs/cgroup:/sys/fs/cgroup:ro",
+                "/sys/fs/cgroup:/host/sys/fs/cgroup:ro",
             ])
             .args(["-v", "/sys/kernel/btf:/sys/kernel/btf:ro"])
             .args(["-v", "/sys/kernel/tracing:/sys/kernel/tracing:ro"])

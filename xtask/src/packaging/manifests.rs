@@ -4,8 +4,8 @@
 //!   read-only; exactly the capabilities the caps check proved ([`super::caps::CAPS`]), all
 //!   others dropped, not privileged, non-root; the node name passed as `--host`; tolerations for
 //!   every taint; a memory limit at least twice the peak RSS measured in this run.
-//! - ConfigMap: its memscope.toml passes the agent's own `check-config`, and its `proc_root` is
-//!   where the DaemonSet mounts the host's /proc.
+//! - ConfigMap: its memscope.toml passes the agent's own `check-config`, and its `proc_root` and
+//!   cgroup `root` are where the DaemonSet mounts the host's /proc and /sys/fs/cgroup.
 //! - Containerfile: multi-stage, the final user is the DaemonSet's, and the file capabilities
 //!   are the same four.
 
@@ -19,7 +19,7 @@ use super::caps::CAPS;
 /// Host paths the agent reads, and where the DaemonSet must mount them (read-only).
 const HOST_MOUNTS: [(&str, &str); 4] = [
     ("/proc", "/host/proc"),
-    ("/sys/fs/cgroup", "/sys/fs/cgroup"),
+    ("/sys/fs/cgroup", "/host/sys/fs/cgroup"),
     ("/sys/kernel/btf", "/sys/kernel/btf"),
     ("/sys/kernel/tracing", "/sys/kernel/tracing"),
 ];
@@ -155,11 +155,15 @@ fn check_configmap(cm: &Value, agent: &Path, dir: &Path) -> anyhow::Result<Strin
         "the ConfigMap's memscope.toml is rejected: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    ensure!(
-        toml.lines()
-            .any(|l| l.trim() == "proc_root = \"/host/proc\""),
-        "the ConfigMap's proc_root is not /host/proc (where the DaemonSet mounts the host's /proc)"
-    );
+    for (line, mount) in [
+        ("proc_root = \"/host/proc\"", "/proc"),
+        ("root = \"/host/sys/fs/cgroup\"", "/sys/fs/cgroup"),
+    ] {
+        ensure!(
+            toml.lines().any(|l| l.trim() == line),
+            "the ConfigMap lacks `{line}` (where the DaemonSet mounts the host's {mount})"
+        );
+    }
     Ok(toml.to_owned())
 }
 

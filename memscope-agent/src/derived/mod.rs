@@ -1,0 +1,57 @@
+//! Records derived from several collectors at emission time: [`records`] builds every record of an
+//! emission from the latest observations, with the SysV join ([`sysv_join`]: a segment and its
+//! `/SYSV…` smaps object are one record), the fair shares of `cgroup` records (summed over the
+//! `processes` observation, see [`crate::collectors::cgroup`]) and the shared-memory ledger
+//! ([`ledger`]).
+
+use crate::{
+    collectors::{
+        Observation,
+        cgroup::{CgroupObservation, PidCgroups},
+        meminfo::MeminfoObservation,
+        processes::ProcessesObservation,
+        smaps::ObjectsObservation,
+        sysv::SysvObservation,
+    },
+    records::Record,
+};
+
+pub mod ledger;
+pub mod sysv_join;
+
+use ledger::{TmpfsInputs, tmpfs_inputs};
+use sysv_join::SysvJoin;
+
+/// All records of one emission from the latest observations, with the joins and the ledger.
+pub fn records(
+    latest: &[(&'static str, Option<Box<dyn Observation>>)],
+    out: &mut Vec<Record>,
+    warnings: &mut Vec<String>,
+) {
+    let observations = || latest.iter().filter_map(|(_, o)| o.as_deref());
+    let objects = observations().find_map(|o| o.downcast_ref::<ObjectsObservation>());
+    let sysv = observations().find_map(|o| o.downcast_ref::<SysvObservation>());
+    let shmem = observations()
+        .find_map(|o| o.downcast_ref::<MeminfoObservation>())
+        .and_then(|m| m.get("Shmem"));
+    let tmpfs: Option<TmpfsInputs> = observations().find_map(tmpfs_inputs);
+    let processes = observations().find_map(|o| o.downcast_ref::<ProcessesObservation>());
+    let cgroups = processes.map(PidCgroups::new);
+    let join = SysvJoin::new(sysv, objects);
+
+    for obs in observations() {
+        if let Some(o) = obs.downcast_ref::<ObjectsObservation>() {
+            o.records_except(out, |x| join.is_joined(x), cgroups.as_ref());
+        } else if let Some(s) = obs.downcast_ref::<SysvObservation>() {
+            join.segment_records(s, out);
+        } else if let Some(c) = obs.downcast_ref::<CgroupObservation>() {
+            c.records_with(processes, out);
+        } else {
+            obs.records(out);
+        }
+        obs.warnings(warnings);
+    }
+    if let Some(l) = ledger::ledger(shmem, tmpfs.as_ref(), sysv, objects) {
+        out.push(Record::new("shmem_ledger", "", &l));
+    }
+}
