@@ -55,6 +55,9 @@ pub struct Memory {
     pub pss_anon_bytes: u64,
     pub pss_file_bytes: u64,
     pub pss_shmem_bytes: u64,
+    /// Hugetlb pages mapped (`Shared_Hugetlb + Private_Hugetlb`, or `HugetlbPages` of `status`):
+    /// not part of RSS or PSS.
+    pub hugetlb_bytes: u64,
 }
 
 impl Memory {
@@ -69,6 +72,7 @@ impl Memory {
             pss_anon_bytes: c.pss_anon.unwrap_or(0),
             pss_file_bytes: c.pss_file.unwrap_or(0),
             pss_shmem_bytes: c.pss_shmem.unwrap_or(0),
+            hugetlb_bytes: c.hugetlb(),
         }
     }
 
@@ -86,6 +90,7 @@ impl Memory {
             pss_anon_bytes: s.rss_anon.unwrap_or(0),
             pss_file_bytes: s.rss_file.unwrap_or(0),
             pss_shmem_bytes: s.rss_shmem.unwrap_or(0),
+            hugetlb_bytes: s.hugetlb_pages.unwrap_or(0),
         }
     }
 }

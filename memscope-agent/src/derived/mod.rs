@@ -1,6 +1,6 @@
 //! Records derived from several collectors at emission time: [`records`] builds every record of an
 //! emission from the latest observations, with the SysV join ([`sysv_join`]: a segment and its
-//! `/SYSV…` smaps object are one record) and the shared-memory ledger ([`ledger`]).
+//! `/SYSV…` smaps object are one record) and the shared-memory and hugetlb ledgers ([`ledger`]).
 
 use crate::{
     collectors::{Observation, ToRecords},
@@ -10,7 +10,6 @@ use crate::{
 pub mod ledger;
 pub mod sysv_join;
 
-use ledger::{TmpfsInputs, tmpfs_inputs};
 use sysv_join::SysvJoin;
 
 /// All records of one emission from the latest observations, with the joins and the ledger.
@@ -28,11 +27,22 @@ pub fn records(
         Observation::Sysv(x) => Some(x),
         _ => None,
     });
-    let shmem = observations().find_map(|o| match o {
-        Observation::Meminfo(m) => m.get("Shmem"),
-        _ => None,
-    });
-    let tmpfs: Option<TmpfsInputs> = observations().find_map(tmpfs_inputs);
+    let inputs = ledger::Inputs {
+        meminfo: observations().find_map(|o| match o {
+            Observation::Meminfo(m) => Some(m),
+            _ => None,
+        }),
+        processes: observations().find_map(|o| match o {
+            Observation::Processes(p) => Some(p),
+            _ => None,
+        }),
+        objects,
+        sysv,
+        tmpfs: observations().find_map(|o| match o {
+            Observation::Tmpfs(t) => Some(t),
+            _ => None,
+        }),
+    };
     let join = SysvJoin::new(sysv, objects);
 
     for obs in observations() {
@@ -52,7 +62,10 @@ pub fn records(
             }
         }
     }
-    if let Some(l) = ledger::ledger(shmem, tmpfs.as_ref(), sysv, objects) {
+    if let Some(l) = ledger::ledger(&inputs) {
         out.push(Record::new("shmem_ledger", "", &l));
+    }
+    if let Some(l) = ledger::hugetlb_ledger(&inputs) {
+        out.push(Record::new("hugetlb_ledger", "", &l));
     }
 }

@@ -18,9 +18,11 @@ pub fn fold_process(
     parse_smaps(text, |m| {
         let (key, label, deleted) = classify(&m, tmpfs_devs);
         let mem = ObjectMemory::from_counters(&m.counters);
+        let hugetlb = m.is_hugetlb();
         match index.get(&key) {
             Some(&i) => {
                 let o = &mut objects[i];
+                o.hugetlb |= hugetlb;
                 o.memory.add(&mem);
                 o.mappings += 1;
                 o.mapped_bytes += m.size();
@@ -31,6 +33,7 @@ pub fn fold_process(
                     key,
                     label,
                     deleted,
+                    hugetlb,
                     memory: mem,
                     mappings: 1,
                     mapped_bytes: m.size(),
@@ -41,10 +44,13 @@ pub fn fold_process(
     Ok(objects)
 }
 
-/// Folds per-process objects into shared objects, largest PSS first; consumers largest first.
+/// Folds per-process objects into shared objects, largest first (PSS plus hugetlb); consumers
+/// likewise.
 pub fn fold_shared<'a>(procs: impl IntoIterator<Item = &'a ProcessObjects>) -> Vec<SharedObject> {
     let mut index: HashMap<&'a ObjectKey, usize> = HashMap::new();
     let mut shared: Vec<SharedObject> = Vec::new();
+    // Per shared object, the largest `Shared_Hugetlb` of one mapper.
+    let mut max_shared_hugetlb: Vec<u64> = Vec::new();
     for p in procs {
         for o in &p.objects {
             let consumer = Consumer {
@@ -52,21 +58,28 @@ pub fn fold_shared<'a>(procs: impl IntoIterator<Item = &'a ProcessObjects>) -> V
                 name: p.name.clone(),
                 pss_bytes: o.memory.pss_bytes,
                 rss_bytes: o.memory.rss_bytes,
+                hugetlb_bytes: o.memory.hugetlb_bytes(),
             };
             match index.get(&o.key) {
                 Some(&i) => {
                     let s = &mut shared[i];
+                    s.hugetlb |= o.hugetlb;
                     s.memory.add(&o.memory);
+                    max_shared_hugetlb[i] =
+                        max_shared_hugetlb[i].max(o.memory.shared_hugetlb_bytes);
                     s.mappers += 1;
                     s.mappings += o.mappings;
                     s.consumers.push(consumer);
                 }
                 None => {
                     index.insert(&o.key, shared.len());
+                    max_shared_hugetlb.push(o.memory.shared_hugetlb_bytes);
                     shared.push(SharedObject {
                         key: o.key.clone(),
                         label: o.label.clone(),
                         deleted: o.deleted,
+                        hugetlb: o.hugetlb,
+                        hugetlb_bytes: 0,
                         memory: o.memory,
                         mappers: 1,
                         mappings: o.mappings,
@@ -76,16 +89,12 @@ pub fn fold_shared<'a>(procs: impl IntoIterator<Item = &'a ProcessObjects>) -> V
             }
         }
     }
-    for s in &mut shared {
+    for (s, max_shared) in shared.iter_mut().zip(max_shared_hugetlb) {
+        s.hugetlb_bytes = s.memory.private_hugetlb_bytes + max_shared;
         s.consumers
-            .sort_by(|a, b| b.pss_bytes.cmp(&a.pss_bytes).then(a.pid.cmp(&b.pid)));
+            .sort_by(|a, b| b.weight().cmp(&a.weight()).then(a.pid.cmp(&b.pid)));
     }
-    shared.sort_by(|a, b| {
-        b.memory
-            .pss_bytes
-            .cmp(&a.memory.pss_bytes)
-            .then_with(|| a.key.cmp(&b.key))
-    });
+    shared.sort_by(|a, b| b.weight().cmp(&a.weight()).then_with(|| a.key.cmp(&b.key)));
     shared
 }
 

@@ -56,6 +56,8 @@ pub struct SmapsCollector {
     ladder: Ladder,
     stats: TierStats,
     cache: HashMap<u32, ProcessObjects>,
+    /// Processes whose last smaps read was denied.
+    denied: HashSet<u32>,
     buf: Vec<u8>,
 }
 
@@ -77,6 +79,7 @@ impl SmapsCollector {
             ),
             stats: TierStats::default(),
             cache: HashMap::new(),
+            denied: HashSet::new(),
             buf: Vec::with_capacity(1 << 20),
         }
     }
@@ -182,6 +185,7 @@ impl Collector for SmapsCollector {
                         p.reads += old.reads;
                     }
                     obs.processes_read += 1;
+                    self.denied.remove(&pid);
                     self.stats.count(reason);
                     self.ladder.done(pid, Instant::now());
                     reread.insert(pid);
@@ -209,6 +213,7 @@ impl Collector for SmapsCollector {
                         self.ladder.forget(pid);
                     } else if e.is_denied() {
                         obs.inaccessible += 1;
+                        self.denied.insert(pid);
                     } else {
                         debug!(pid, error = %e, "smaps read failed");
                         obs.errors.push(e.to_string());
@@ -217,6 +222,8 @@ impl Collector for SmapsCollector {
             }
         }
         obs.processes_reused = self.cache.len().saturating_sub(reread.len()) as u32;
+        self.denied.retain(|pid| live.contains(pid));
+        obs.unreadable = self.denied.len() as u32;
 
         let mut procs: Vec<&ProcessObjects> = self.cache.values().collect();
         procs.sort_by_key(|p| p.pid);
@@ -226,8 +233,7 @@ impl Collector for SmapsCollector {
             .objects
             .iter()
             .filter(|o| {
-                o.memory.pss_bytes >= floor
-                    || (self.own_rows.contains(&o.key) && o.memory.pss_bytes >= floor / 2)
+                o.weight() >= floor || (self.own_rows.contains(&o.key) && o.weight() >= floor / 2)
             })
             .map(|o| o.key.clone())
             .collect();

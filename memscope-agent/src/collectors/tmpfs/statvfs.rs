@@ -45,3 +45,24 @@ pub fn statvfs(path: &Path) -> Result<FsStat, String> {
         inodes_limit,
     })
 }
+
+/// Whether `path` (a file, or a `/proc/PID/fd/N` link, which `statfs` follows) lives on hugetlbfs:
+/// an `MFD_HUGETLB` memfd or a hugetlbfs file, whose pages are hugetlb, not `Shmem`.
+pub fn is_hugetlbfs(path: &Path) -> std::io::Result<bool> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "path holds a NUL byte")
+    })?;
+    // SAFETY: an all-zero statfs is a valid value to be overwritten.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is NUL-terminated and `st` is a valid, writable statfs.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // The magic's C type differs between libc targets (`c_long`, `c_uint`): compare as i64.
+    #[expect(
+        clippy::unnecessary_cast,
+        reason = "f_type and the magic differ in type per target"
+    )]
+    let hugetlbfs = st.f_type as i64 == libc::HUGETLBFS_MAGIC as i64;
+    Ok(hugetlbfs)
+}
