@@ -13,6 +13,15 @@
 //! `memhog shm-deleted PATH BYTES` — creates the file PATH (on a tmpfs such as `/dev/shm`), writes
 //! BYTES into it (every page), unlinks it and keeps the descriptor: memory no path reaches.
 //! `memhog memfd NAME BYTES` — a memfd named NAME with BYTES written, held only by its descriptor.
+//! `memhog names TAG` — names with a literal backslash: the `/dev/shm` file
+//! `/dev/shm/memscope-lit\101oct-TAG.bin` and the memfd `acc-priv\101x`, 1 MiB each, mapped shared,
+//! touched and kept (the memfd's descriptor too). Prints one JSON line (`shm_path`, `shm_inode`,
+//! `memfd_name`, `memfd_inode`), then `ready`; the test removes the file.
+//! `memhog hugetlb BYTES` — a `SHM_HUGETLB` SysV segment and an `MFD_HUGETLB` memfd of BYTES each
+//! (a multiple of the huge page size); one forked child attaches and maps both and touches every
+//! page; the parent keeps only the memfd's descriptor and marks the segment for destroy. Prints one
+//! JSON line (`child`, `shmid`, `memfd_inode`, `memfd_dev` as `major:minor`), then `ready`. Needs
+//! huge pages reserved (`/proc/sys/vm/nr_hugepages`).
 //! `memhog worker BYTES` — for the ladder bench: BYTES of private anonymous memory touched and one
 //! page of its own executable mapped shared; prints `ready`; then on each SIGUSR1 maps and touches a
 //! new 256 KiB anonymous region, unmapping the oldest once more than [`WORKER_REGIONS`] are held (a
@@ -211,6 +220,98 @@ fn shared(size: usize, n: usize, unmapped: usize) -> anyhow::Result<()> {
     ready_and_wait()
 }
 
+/// Creates a memfd named `name` with `flags`, `bytes` long.
+fn memfd(name: &str, flags: libc::c_uint, bytes: usize) -> anyhow::Result<libc::c_int> {
+    let c = std::ffi::CString::new(name)?;
+    // SAFETY: a valid NUL-terminated name; the result is checked.
+    let fd = check(
+        unsafe { libc::memfd_create(c.as_ptr(), flags) },
+        "memfd_create",
+    )?;
+    // SAFETY: `fd` is the descriptor just created.
+    check(
+        unsafe { libc::ftruncate(fd, bytes as libc::off_t) },
+        "ftruncate memfd",
+    )?;
+    Ok(fd)
+}
+
+fn names(tag: &str) -> anyhow::Result<()> {
+    const SIZE: usize = 1 << 20;
+    let shm_path = format!("/dev/shm/memscope-lit\\101oct-{tag}.bin");
+    let shm_fd = create_file(&shm_path, SIZE)?;
+    touch(map_shared_fd(shm_fd, SIZE)?, SIZE);
+    let memfd_name = "acc-priv\\101x";
+    let fd = memfd(memfd_name, 0, SIZE)?;
+    touch(map_shared_fd(fd, SIZE)?, SIZE);
+    let info = serde_json::json!({
+        "shm_path": shm_path,
+        "shm_inode": inode_of(shm_fd)?,
+        "memfd_name": memfd_name,
+        "memfd_inode": inode_of(fd)?,
+    });
+    writeln!(std::io::stdout(), "{info}")?;
+    ready_and_wait()
+}
+
+fn hugetlb(bytes: usize) -> anyhow::Result<()> {
+    // SAFETY: plain SysV call; the result is checked.
+    let shmid = check(
+        unsafe {
+            libc::shmget(
+                libc::IPC_PRIVATE,
+                bytes,
+                libc::IPC_CREAT | libc::SHM_HUGETLB | 0o600,
+            )
+        },
+        "shmget(SHM_HUGETLB)",
+    )?;
+    let fd = memfd("memscope-live-hugetlb", libc::MFD_HUGETLB, bytes)?;
+    // SAFETY: fstat into a zeroed struct we own.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    check(unsafe { libc::fstat(fd, &mut st) }, "fstat")?;
+    let mut pipe = [0 as libc::c_int; 2];
+    check(unsafe { libc::pipe(pipe.as_mut_ptr()) }, "pipe")?;
+    // SAFETY: the child only maps, touches, writes one byte and pauses.
+    let child = check(unsafe { libc::fork() }, "fork")?;
+    if child == 0 {
+        // SAFETY: syscalls on descriptors and a segment this process holds; on any failure the
+        // child exits, and the parent sees the pipe close.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            let seg = libc::shmat(shmid, std::ptr::null(), 0);
+            let Ok(map) = map_shared_fd(fd, bytes) else {
+                libc::_exit(1)
+            };
+            if seg as isize == -1 {
+                libc::_exit(1);
+            }
+            touch(seg.cast(), bytes);
+            touch(map, bytes);
+            libc::write(pipe[1], [1u8].as_ptr().cast(), 1);
+            loop {
+                libc::pause();
+            }
+        }
+    }
+    // SAFETY: closing our copy of the write end, then a blocking read of one byte.
+    unsafe { libc::close(pipe[1]) };
+    let mut byte = [0u8; 1];
+    if unsafe { libc::read(pipe[0], byte.as_mut_ptr().cast(), 1) } != 1 {
+        anyhow::bail!("the hugetlb child failed (are huge pages reserved?)");
+    }
+    // SAFETY: marks the segment for destroy: it goes when the child does.
+    unsafe { libc::shmctl(shmid, libc::IPC_RMID, std::ptr::null_mut()) };
+    let info = serde_json::json!({
+        "child": child,
+        "shmid": shmid,
+        "memfd_inode": st.st_ino,
+        "memfd_dev": format!("{}:{}", libc::major(st.st_dev), libc::minor(st.st_dev)),
+    });
+    writeln!(std::io::stdout(), "{info}")?;
+    ready_and_wait()
+}
+
 fn inode_of_path(path: &str) -> anyhow::Result<u64> {
     use std::os::unix::fs::MetadataExt;
     Ok(std::fs::metadata(path)?.ino())
@@ -358,6 +459,8 @@ fn main() -> anyhow::Result<()> {
             let _held = f;
             ready_and_wait()
         }
+        ["names", tag] => names(tag),
+        ["hugetlb", bytes] => hugetlb(bytes.parse()?),
         ["memfd", name, bytes] => {
             let bytes: usize = bytes.parse()?;
             let cname = std::ffi::CString::new(*name)?;
@@ -373,7 +476,7 @@ fn main() -> anyhow::Result<()> {
             ready_and_wait()
         }
         _ => anyhow::bail!(
-            "usage: memhog anon BYTES | memhog shared SIZE N UNMAPPED | memhog shm-deleted PATH BYTES | memhog memfd NAME BYTES | memhog worker BYTES"
+            "usage: memhog anon BYTES | memhog shared SIZE N UNMAPPED | memhog shm-deleted PATH BYTES | memhog memfd NAME BYTES | memhog names TAG | memhog hugetlb BYTES | memhog worker BYTES"
         ),
     }
 }
