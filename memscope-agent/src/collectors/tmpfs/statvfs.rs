@@ -1,6 +1,6 @@
 //! `statvfs(3)` of a mounted filesystem: its block and inode limits and usage.
 
-use std::{ffi::CString, os::unix::ffi::OsStrExt, path::Path};
+use std::{os::unix::ffi::OsStrExt, path::Path};
 
 /// What `statvfs` says of a tmpfs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,15 +13,11 @@ pub struct FsStat {
 }
 
 pub fn statvfs(path: &Path) -> Result<FsStat, String> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| format!("{}: path holds a NUL byte", path.display()))?;
-    // SAFETY: an all-zero statvfs is a valid value to be overwritten.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is NUL-terminated and `st` is a valid, writable statvfs.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(format!("{}: statvfs: {e}", path.display()));
+    if path.as_os_str().as_bytes().contains(&0) {
+        return Err(format!("{}: path holds a NUL byte", path.display()));
     }
+    let st = rustix::fs::statvfs(path)
+        .map_err(|e| format!("{}: statvfs: {}", path.display(), std::io::Error::from(e)))?;
     let frsize = st.f_frsize;
     let blocks = st.f_blocks;
     let files = st.f_files;
@@ -49,20 +45,40 @@ pub fn statvfs(path: &Path) -> Result<FsStat, String> {
 /// Whether `path` (a file, or a `/proc/PID/fd/N` link, which `statfs` follows) lives on hugetlbfs:
 /// an `MFD_HUGETLB` memfd or a hugetlbfs file, whose pages are hugetlb, not `Shmem`.
 pub fn is_hugetlbfs(path: &Path) -> std::io::Result<bool> {
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| {
-        std::io::Error::new(std::io::ErrorKind::InvalidInput, "path holds a NUL byte")
-    })?;
-    // SAFETY: an all-zero statfs is a valid value to be overwritten.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is NUL-terminated and `st` is a valid, writable statfs.
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // The magic's C type differs between libc targets (`c_long`, `c_uint`): compare as i64.
+    /// `HUGETLBFS_MAGIC` of `linux/magic.h`.
+    const HUGETLBFS_MAGIC: u64 = 0x9584_58f6;
+    let st = rustix::fs::statfs(path)?;
+    // `f_type`'s C type differs between targets (signed on some): compare its low 32 bits.
     #[expect(
-        clippy::unnecessary_cast,
-        reason = "f_type and the magic differ in type per target"
+        clippy::cast_sign_loss,
+        reason = "f_type is a signed integer on this target; the magic is its bit pattern"
     )]
-    let hugetlbfs = st.f_type as i64 == libc::HUGETLBFS_MAGIC as i64;
-    Ok(hugetlbfs)
+    let magic = (st.f_type as u64) & 0xffff_ffff;
+    Ok(magic == HUGETLBFS_MAGIC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        statvfs(dir.path()).expect("statvfs of an existing directory");
+        let missing = dir.path().join("missing");
+        let e = statvfs(&missing).expect_err("missing path");
+        assert!(
+            e.starts_with(&missing.display().to_string()) && e.contains("statvfs"),
+            "{e}"
+        );
+        let nul = Path::new(std::ffi::OsStr::from_bytes(b"/tmp/a\0b"));
+        assert!(statvfs(nul).expect_err("NUL").contains("NUL byte"));
+    }
+
+    #[test]
+    fn a_plain_directory_is_not_hugetlbfs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(!is_hugetlbfs(dir.path()).expect("statfs"));
+        assert!(is_hugetlbfs(&dir.path().join("missing")).is_err());
+    }
 }
