@@ -122,17 +122,7 @@ fn create_file(path: &str, bytes: usize) -> anyhow::Result<libc::c_int> {
 
 fn shared(size: usize, n: usize, unmapped: usize) -> anyhow::Result<()> {
     let me = std::process::id();
-    // memfd
-    let name = std::ffi::CString::new("memscope-live")?;
-    // SAFETY: plain syscalls; every result is checked.
-    let memfd = check(
-        unsafe { libc::memfd_create(name.as_ptr(), 0) },
-        "memfd_create",
-    )?;
-    check(
-        unsafe { libc::ftruncate(memfd, size as libc::off_t) },
-        "ftruncate memfd",
-    )?;
+    let memfd = memfd("memscope-live", 0, size)?;
     let memfd_map = map_shared_fd(memfd, size)?;
     touch(memfd_map, size);
     // /dev/shm file
@@ -463,12 +453,7 @@ fn main() -> anyhow::Result<()> {
         ["hugetlb", bytes] => hugetlb(bytes.parse()?),
         ["memfd", name, bytes] => {
             let bytes: usize = bytes.parse()?;
-            let cname = std::ffi::CString::new(*name)?;
-            // SAFETY: a valid NUL-terminated name; the result is checked below.
-            let fd = unsafe { libc::memfd_create(cname.as_ptr(), 0) };
-            if fd < 0 {
-                anyhow::bail!("memfd_create {name}: {}", std::io::Error::last_os_error());
-            }
+            let fd = memfd(name, 0, 0)?;
             // SAFETY: `fd` is a fresh descriptor that nothing else owns.
             let mut f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
             fill(&mut f, bytes)?;

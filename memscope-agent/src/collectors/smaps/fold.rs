@@ -211,6 +211,45 @@ Shared_Clean:          4 kB
     }
 
     #[test]
+    fn hugetlb_objects_count_their_pages_once_and_rank_by_them() {
+        // Three processes map one hugetlb memfd of 6 MiB: 4 MiB shared by all, and each of two
+        // has 1 MiB only it maps (private to it).
+        let smaps = |shared_kb: u64, private_kb: u64| {
+            format!(
+                "7f0000000000-7f0000600000 rw-s 00000000 00:11 900 /memfd:ht (deleted)\n\
+                 Rss: 0 kB\nPss: 0 kB\nShared_Hugetlb: {shared_kb} kB\n\
+                 Private_Hugetlb: {private_kb} kB\nVmFlags: rd wr sh mr mw me ms ht\n\
+                 7f0000600000-7f0000700000 rw-p 00000000 00:00 0\nRss: 8 kB\nPss: 8 kB\n"
+            )
+        };
+        let a = proc_objects(1, "a", &smaps(4096, 1024));
+        let b = proc_objects(2, "b", &smaps(4096, 1024));
+        let c = proc_objects(3, "c", &smaps(4096, 0));
+        let shared = fold_shared([&a, &b, &c]);
+        let ht = &shared[0];
+        assert_eq!(
+            ht.key.id(),
+            "memfd:0:17:900",
+            "ranked first by its hugetlb pages"
+        );
+        assert!(ht.hugetlb);
+        assert_eq!(ht.memory.pss_bytes, 0);
+        assert_eq!(
+            ht.hugetlb_bytes,
+            6 << 20,
+            "4 MiB shared once, plus 1 MiB twice"
+        );
+        assert_eq!(
+            ht.memory.shared_hugetlb_bytes,
+            12 << 20,
+            "summed over mappers"
+        );
+        assert_eq!(ht.consumers[0].hugetlb_bytes, 5 << 20);
+        assert_eq!(ht.consumers[2].pid, 3);
+        assert!(!shared[1].hugetlb);
+    }
+
+    #[test]
     fn same_path_different_inode_stays_two_objects() {
         let text = "\
 7f0000000000-7f0000001000 rw-s 00000000 00:1b 500                        /dev/shm/same (deleted)
