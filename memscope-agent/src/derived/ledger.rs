@@ -604,9 +604,9 @@ mod tests {
         );
         assert_eq!(h.memfd_bytes, 4 << 20);
         assert_eq!(h.anon_bytes, 2 << 20);
-        assert_eq!(h.file_bytes, 0);
-        assert_eq!(h.explained_bytes, 10 << 20);
-        assert_eq!(h.unexplained_bytes, 2 << 20);
+        assert_eq!(h.file_bytes, 2 << 20, "the hugetlbfs file");
+        assert_eq!(h.explained_bytes, 12 << 20);
+        assert_eq!(h.unexplained_bytes, 0);
 
         // The objects: hugetlb marked, sized by their hugetlb pages, not folded away as empty.
         let sysv_obj = objects

@@ -475,7 +475,7 @@ VmFlags: rd wr mr mw me gd ac
     #[test]
     fn fixture_accuracy_names_hugetlb_and_cow() {
         let v = parse_smaps_vec(&fixture("cases/smaps_accuracy")).expect("parse");
-        assert_eq!(v.len(), 6);
+        assert_eq!(v.len(), 7);
         // smaps escapes only the newline: `\101` is four bytes of the name.
         assert_eq!(
             v[0].path,
@@ -498,7 +498,7 @@ VmFlags: rd wr mr mw me gd ac
         assert_eq!((sysv.counters.rss, sysv.counters.pss), (0, 0));
         assert_eq!(sysv.counters.hugetlb(), 4 << 20);
         assert_eq!(sysv.kernel_page_size, 2 << 20);
-        assert!(v[4].is_hugetlb() && v[5].is_hugetlb());
+        assert!(v[4].is_hugetlb() && v[5].is_hugetlb() && v[6].is_hugetlb());
         assert_eq!(v[5].path, MappingPath::Anonymous);
         assert!(!v[0].is_hugetlb());
     }
