@@ -446,6 +446,36 @@ fn names_with_a_backslash_stay_byte_exact_in_every_record() {
     );
 }
 
+#[test]
+fn copy_on_write_pages_of_a_private_tmpfs_mapping_are_not_the_files() {
+    require_root("live");
+    const BYTES: u64 = 2 << 20;
+    let path = format!("/dev/shm/memscope-live-cow-{}", std::process::id());
+    let _guard = RemoveOnDrop(vec![PathBuf::from(&path)]);
+    let hog = Child::spawn(&["cow", &path, &BYTES.to_string()]);
+    let info: Value = serde_json::from_str(&hog.info[0]).expect("memhog info");
+    let mut config = Config::default();
+    config.collectors.smaps.min_object_pss = memscope_agent::config::ByteSize(0);
+    let lines = run_once(config).expect("agent runs");
+    let file = object(&lines, |o| {
+        o["object_kind"] == "tmpfs" && o["inode"] == info["inode"]
+    });
+    // Every page is mapped; the written half is anonymous copies, the rest the file's pages.
+    assert_eq!(file["rss_bytes"].as_u64(), Some(BYTES), "{file}");
+    assert_eq!(file["anonymous_bytes"].as_u64(), Some(BYTES / 2), "{file}");
+    // The ledger's mapped tmpfs is the tmpfs objects' PSS without their copy-on-write pages.
+    let own: u64 = lines
+        .iter()
+        .filter(|l| l["kind"] == "object" && l["object_kind"] == "tmpfs")
+        .map(|l| {
+            let pss = l["pss_bytes"].as_u64().expect("pss");
+            pss.saturating_sub(l["anonymous_bytes"].as_u64().expect("anonymous"))
+        })
+        .sum();
+    let ledger = only(&lines, "shmem_ledger");
+    assert_eq!(ledger["tmpfs_mapped_bytes"].as_u64(), Some(own), "{ledger}");
+}
+
 /// Reserves huge pages for a test and gives the old `nr_hugepages` back on drop.
 struct HugePages {
     old: u64,

@@ -22,6 +22,10 @@
 //! page; the parent keeps only the memfd's descriptor and marks the segment for destroy. Prints one
 //! JSON line (`child`, `shmid`, `memfd_inode`, `memfd_dev` as `major:minor`), then `ready`. Needs
 //! huge pages reserved (`/proc/sys/vm/nr_hugepages`).
+//! `memhog cow PATH BYTES` — creates the file PATH (on a tmpfs such as `/dev/shm`) with BYTES
+//! written, maps it `MAP_PRIVATE`, reads every page and writes the first half: that half becomes
+//! copy-on-write anonymous pages, the other half stays the file's. Prints the inode as a JSON line,
+//! then `ready`; the test removes the file.
 //! `memhog worker BYTES` — for the ladder bench: BYTES of private anonymous memory touched and one
 //! page of its own executable mapped shared; prints `ready`; then on each SIGUSR1 maps and touches a
 //! new 256 KiB anonymous region, unmapping the oldest once more than [`WORKER_REGIONS`] are held (a
@@ -302,6 +306,39 @@ fn hugetlb(bytes: usize) -> anyhow::Result<()> {
     ready_and_wait()
 }
 
+fn cow(path: &str, bytes: usize) -> anyhow::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
+    fill(&mut f, bytes)?;
+    // SAFETY: a fresh private mapping of a file we hold open; checked for failure below.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE,
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        anyhow::bail!("mmap {path}: {}", std::io::Error::last_os_error());
+    }
+    fault_in(p.cast(), bytes);
+    touch(p.cast(), bytes / 2);
+    writeln!(
+        std::io::stdout(),
+        "{}",
+        serde_json::json!({ "inode": inode_of_path(path)? })
+    )?;
+    ready_and_wait()
+}
+
 fn inode_of_path(path: &str) -> anyhow::Result<u64> {
     use std::os::unix::fs::MetadataExt;
     Ok(std::fs::metadata(path)?.ino())
@@ -450,6 +487,7 @@ fn main() -> anyhow::Result<()> {
             ready_and_wait()
         }
         ["names", tag] => names(tag),
+        ["cow", path, bytes] => cow(path, bytes.parse()?),
         ["hugetlb", bytes] => hugetlb(bytes.parse()?),
         ["memfd", name, bytes] => {
             let bytes: usize = bytes.parse()?;
@@ -461,7 +499,7 @@ fn main() -> anyhow::Result<()> {
             ready_and_wait()
         }
         _ => anyhow::bail!(
-            "usage: memhog anon BYTES | memhog shared SIZE N UNMAPPED | memhog shm-deleted PATH BYTES | memhog memfd NAME BYTES | memhog names TAG | memhog hugetlb BYTES | memhog worker BYTES"
+            "usage: memhog anon BYTES | memhog shared SIZE N UNMAPPED | memhog shm-deleted PATH BYTES | memhog memfd NAME BYTES | memhog names TAG | memhog hugetlb BYTES | memhog cow PATH BYTES | memhog worker BYTES"
         ),
     }
 }
