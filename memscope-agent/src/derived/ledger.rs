@@ -95,8 +95,9 @@ pub struct HugetlbLedger {
     pub incomplete: Vec<String>,
 }
 
-/// Why a ledger is partial: shared by both ledgers.
-fn incomplete_reasons(i: &Inputs<'_>) -> Vec<String> {
+/// Why a ledger is partial: shared by both ledgers. Unmeasured tmpfs mounts matter to the `Shmem`
+/// ledger only (`tmpfs_mounts`).
+fn incomplete_reasons(i: &Inputs<'_>, tmpfs_mounts: bool) -> Vec<String> {
     let mut why = Vec::new();
     for (present, name, what) in [
         (i.objects.is_some(), "smaps", "mapped objects"),
@@ -140,9 +141,11 @@ fn incomplete_reasons(i: &Inputs<'_>) -> Vec<String> {
         }
     }
     if let Some(t) = i.tmpfs {
-        for m in t.unmeasured() {
-            let cause = m.error.as_deref().unwrap_or("hidden under another mount");
-            why.push(format!("tmpfs {}: not measured ({cause})", m.dev));
+        if tmpfs_mounts {
+            for m in t.unmeasured() {
+                let cause = m.error.as_deref().unwrap_or("hidden under another mount");
+                why.push(format!("tmpfs {}: not measured ({cause})", m.dev));
+            }
         }
         if let Some(scan) = t.fd_scan
             && scan.denied > 0
@@ -253,7 +256,7 @@ pub fn ledger(i: &Inputs<'_>) -> Option<Ledger> {
     });
     let explained_bytes =
         tmpfs_bytes + sysv_bytes + memfd_bytes + shared_anon_bytes + unreadable_shmem_bytes;
-    let incomplete = incomplete_reasons(i);
+    let incomplete = incomplete_reasons(i, true);
     Some(Ledger {
         shmem_bytes,
         tmpfs_bytes,
@@ -319,7 +322,7 @@ pub fn hugetlb_ledger(i: &Inputs<'_>) -> Option<HugetlbLedger> {
     }
     let used_bytes = pool_bytes.saturating_sub(free_bytes);
     let explained_bytes = sysv + memfd_bytes + file_bytes + anon_bytes;
-    let incomplete = incomplete_reasons(i);
+    let incomplete = incomplete_reasons(i, false);
     Some(HugetlbLedger {
         pool_bytes,
         free_bytes,
@@ -593,6 +596,7 @@ mod tests {
         assert!(l.complete, "{:?}", l.incomplete);
 
         let h = hugetlb_ledger(&inputs).expect("hugetlb ledger");
+        assert!(h.complete, "{:?}", h.incomplete);
         assert_eq!(
             (h.pool_bytes, h.free_bytes, h.used_bytes),
             (20 << 20, 8 << 20, 12 << 20)
