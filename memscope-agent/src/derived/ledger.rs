@@ -459,6 +459,9 @@ mod tests {
             threads: 1,
             start_ticks: 1,
             kernel_thread: false,
+            cgroup: None,
+            container: None,
+            unit: None,
             numbers,
             memory: Memory {
                 pss_shmem_bytes: shmem,

@@ -1,9 +1,11 @@
 //! Records derived from several collectors at emission time: [`records`] builds every record of an
 //! emission from the latest observations, with the SysV join ([`sysv_join`]: a segment and its
-//! `/SYSV…` smaps object are one record) and the shared-memory and hugetlb ledgers ([`ledger`]).
+//! `/SYSV…` smaps object are one record), the fair shares of `cgroup` records (summed over the
+//! `processes` observation, see [`crate::collectors::cgroup`]) and the shared-memory and hugetlb
+//! ledgers ([`ledger`]).
 
 use crate::{
-    collectors::{Observation, ToRecords},
+    collectors::{Observation, ToRecords, cgroup::PidCgroups},
     records::Record,
 };
 
@@ -27,15 +29,16 @@ pub fn records(
         Observation::Sysv(x) => Some(x),
         _ => None,
     });
+    let processes = observations().find_map(|o| match o {
+        Observation::Processes(p) => Some(p),
+        _ => None,
+    });
     let inputs = ledger::Inputs {
         meminfo: observations().find_map(|o| match o {
             Observation::Meminfo(m) => Some(m),
             _ => None,
         }),
-        processes: observations().find_map(|o| match o {
-            Observation::Processes(p) => Some(p),
-            _ => None,
-        }),
+        processes,
         objects,
         sysv,
         tmpfs: observations().find_map(|o| match o {
@@ -43,17 +46,22 @@ pub fn records(
             _ => None,
         }),
     };
+    let cgroups = processes.map(PidCgroups::new);
     let join = SysvJoin::new(sysv, objects);
 
     for obs in observations() {
         match obs {
             Observation::Objects(o) => {
-                o.records_except(out, |x| join.is_joined(x));
+                o.records_except(out, |x| join.is_joined(x), cgroups.as_ref());
                 o.warnings(warnings);
             }
             Observation::Sysv(s) => {
                 join.segment_records(s, out);
                 s.warnings(warnings);
+            }
+            Observation::Cgroup(c) => {
+                c.records_with(processes, out);
+                c.warnings(warnings);
             }
             other => {
                 let r = other.as_records();
