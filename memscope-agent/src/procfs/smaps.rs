@@ -70,7 +70,7 @@ impl Mapping {
     /// `MAP_HUGETLB`): `ht` in `VmFlags`, or hugetlb pages counted. Its pages are in
     /// `Shared_Hugetlb`/`Private_Hugetlb`, never in `Rss`/`Pss`.
     pub fn is_hugetlb(&self) -> bool {
-        self.vm_flags.split_ascii_whitespace().any(|f| f == "ht") || self.counters.hugetlb() > 0
+        self.counters.hugetlb() > 0 || self.vm_flags.split_ascii_whitespace().any(|f| f == "ht")
     }
 }
 
