@@ -476,13 +476,12 @@ pub fn compute_subtrees(procs: &mut [ProcessRecord]) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn proc(pid: u32, ppid: u32, pss: u64) -> ProcessRecord {
+impl ProcessRecord {
+    /// A record for tests: `pid` (parent 0) with `numbers` and `memory`, everything else neutral.
+    pub(crate) fn test(pid: u32, numbers: Numbers, memory: Memory) -> ProcessRecord {
         ProcessRecord {
             pid,
-            ppid,
+            ppid: 0,
             name: Name::from("x"),
             cmdline: Name::default(),
             uid: Some(0),
@@ -494,13 +493,26 @@ mod tests {
             cgroup: None,
             container: None,
             unit: None,
-            numbers: Numbers::Exact,
-            memory: Memory {
-                pss_bytes: pss,
-                rss_bytes: pss * 2,
-                ..Memory::default()
-            },
+            numbers,
+            memory,
             subtree: Subtree::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proc(pid: u32, ppid: u32, pss: u64) -> ProcessRecord {
+        let memory = Memory {
+            pss_bytes: pss,
+            rss_bytes: pss * 2,
+            ..Memory::default()
+        };
+        ProcessRecord {
+            ppid,
+            ..ProcessRecord::test(pid, Numbers::Exact, memory)
         }
     }
 

@@ -354,7 +354,7 @@ mod tests {
     use super::*;
     use crate::{
         collectors::{
-            processes::{Memory, ProcessRecord, Subtree},
+            processes::{Memory, ProcessRecord},
             smaps::{ObjectMemory, ProcessObjects, fold_process, fold_shared},
             sysv::Segment,
             tmpfs::{FdScanSummary, OpenShmemFile, TmpfsMount},
@@ -448,27 +448,11 @@ mod tests {
     }
 
     fn process(pid: u32, numbers: Numbers, shmem: u64) -> ProcessRecord {
-        ProcessRecord {
-            pid,
-            ppid: 0,
-            name: Name::from("p"),
-            cmdline: Name::default(),
-            uid: Some(0),
-            user: None,
-            state: "S".into(),
-            threads: 1,
-            start_ticks: 1,
-            kernel_thread: false,
-            cgroup: None,
-            container: None,
-            unit: None,
-            numbers,
-            memory: Memory {
-                pss_shmem_bytes: shmem,
-                ..Memory::default()
-            },
-            subtree: Subtree::default(),
-        }
+        let memory = Memory {
+            pss_shmem_bytes: shmem,
+            ..Memory::default()
+        };
+        ProcessRecord::test(pid, numbers, memory)
     }
 
     #[test]
