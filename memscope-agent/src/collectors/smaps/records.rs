@@ -8,9 +8,10 @@ use serde::Serialize;
 use super::object::{Consumer, ObjectKey, ObjectKind, ObjectMemory, SharedObject};
 use crate::{
     collectors::{
-        ToRecords,
+        Observation,
         cgroup::{CgroupShare, PidCgroups},
     },
+    ladder::TierStats,
     procfs::{Dev, escape::Name},
     records::Record,
 };
@@ -99,6 +100,8 @@ pub struct ObjectsObservation {
     /// objects are missing.
     pub unreadable: u32,
     pub errors: Vec<String>,
+    /// The `smaps` tier's statistics after this run.
+    pub tier: TierStats,
 }
 
 impl ObjectsObservation {
@@ -186,7 +189,7 @@ impl ObjectsObservation {
     }
 }
 
-impl ToRecords for ObjectsObservation {
+impl Observation for ObjectsObservation {
     fn records(&self, out: &mut Vec<Record>) {
         self.records_except(out, |_| false, None);
     }
@@ -199,6 +202,10 @@ impl ToRecords for ObjectsObservation {
             ));
         }
         out.extend(self.errors.iter().map(|e| format!("smaps: {e}")));
+    }
+
+    fn tier(&self) -> Option<(&'static str, &TierStats)> {
+        Some(("smaps", &self.tier))
     }
 }
 
