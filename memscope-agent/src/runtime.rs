@@ -163,6 +163,9 @@ pub async fn run(
         t.abort();
         let _ = t.await;
     }
+    // A late run still going holds a sender: the store stops on this message, not on the channel
+    // closing.
+    let _ = tx.send(StoreMsg::Stop).await;
     drop(scheduler);
     drop(tx);
     match store_task.await {
@@ -518,6 +521,7 @@ mod tests {
                 StoreMsg::Tracker(_) => "tracker".into(),
                 StoreMsg::Emit => "emit".into(),
                 StoreMsg::Exit { pid } => format!("exit {pid}"),
+                StoreMsg::Stop => "stop".into(),
             });
         }
         out.sort();
