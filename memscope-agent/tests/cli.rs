@@ -235,23 +235,48 @@ fn unprivileged_run_falls_back_to_polling_with_one_log_line() {
     if unsafe { libc::geteuid() } == 0 {
         cmd.uid(65534).gid(65534);
     }
-    let child = cmd
+    let mut child = cmd
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn the agent");
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // Read stdout as it comes and stop the agent once it has emitted twice (no fixed sleep: a
+    // loaded host may take long for the first emission).
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        let mut all = Vec::new();
+        let mut snapshots = 0;
+        for line in std::io::BufReader::new(stdout).split(b'\n') {
+            let Ok(line) = line else { break };
+            if line.windows(17).any(|w| w == b"\"kind\":\"snapshot\"") {
+                snapshots += 1;
+                if snapshots == 2 {
+                    let _ = seen_tx.send(());
+                }
+            }
+            all.extend_from_slice(&line);
+            all.push(b'\n');
+        }
+        all
+    });
+    let emitted_twice = seen_rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .is_ok();
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     let out = child.wait_with_output().expect("agent output");
+    let stdout = reader.join().expect("stdout reader");
     let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(emitted_twice, "no second emission within 120 s: {stderr}");
     assert!(out.status.success(), "clean exit on SIGTERM: {stderr}");
     let fallbacks = stderr
         .lines()
         .filter(|l| l.contains("running in polling mode"))
         .count();
     assert_eq!(fallbacks, 1, "exactly one fallback line in: {stderr}");
-    let lines = json_lines(&out.stdout);
+    let lines = json_lines(&stdout);
     let snapshots: Vec<&Value> = lines.iter().filter(|l| l["kind"] == "snapshot").collect();
     assert!(
         snapshots.len() >= 2,
