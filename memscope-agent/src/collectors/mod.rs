@@ -203,7 +203,10 @@ pub const REGISTRY: &[CollectorSpec] = &[
         build: |config, _| {
             let c = &config.collectors.smaps;
             c.enabled.then(|| Registered {
-                collector: Box::new(smaps::SmapsCollector::new(c)),
+                collector: Box::new(
+                    smaps::SmapsCollector::new(c)
+                        .max_mount_namespaces(config.agent.max_mount_namespaces),
+                ),
                 interval: config.collector_interval(c.interval),
             })
         },
@@ -223,7 +226,10 @@ pub const REGISTRY: &[CollectorSpec] = &[
         build: |config, _| {
             let c = &config.collectors.tmpfs;
             c.enabled.then(|| Registered {
-                collector: Box::new(tmpfs::TmpfsCollector::new(c)),
+                collector: Box::new(
+                    tmpfs::TmpfsCollector::new(c)
+                        .max_mount_namespaces(config.agent.max_mount_namespaces),
+                ),
                 interval: config.collector_interval(c.interval),
             })
         },

@@ -38,6 +38,9 @@ pub struct AgentConfig {
     pub proc_root: PathBuf,
     /// How layout changes are detected: `auto` (eBPF, else polling), `ebpf` (required), `polling`.
     pub tracker: TrackerMode,
+    /// Mount namespaces read besides the agent's own (one `mountinfo` each, for the tmpfs
+    /// collector and the smaps `tmpfs` classification); 0: only the agent's own.
+    pub max_mount_namespaces: u32,
 }
 
 impl Default for AgentConfig {
@@ -47,6 +50,7 @@ impl Default for AgentConfig {
             host: String::new(),
             proc_root: PathBuf::from("/proc"),
             tracker: TrackerMode::Auto,
+            max_mount_namespaces: 256,
         }
     }
 }

@@ -1,8 +1,11 @@
 //! The **shared-memory ledger** (`shmem_ledger` record). It puts meminfo `Shmem` (resident shmem/tmpfs pages) next to what explains it:
 //!
-//! - `tmpfs_bytes`: allocated bytes of every reachable tmpfs superblock (statvfs), split into
+//! - `tmpfs_bytes`: allocated bytes of every reachable tmpfs superblock (statvfs), in every mount
+//!   namespace the agent could read (containers' own `/dev/shm` included), split into
 //!   `tmpfs_mapped_bytes` (PSS of tmpfs file objects in smaps: resident pages some process maps,
 //!   each counted once) and `tmpfs_unmapped_bytes` (the rest: files no process maps);
+//! - `devtmpfs_bytes`: allocated bytes of the devtmpfs superblock (`/dev`; shmem too, so its pages
+//!   count in `Shmem`; device nodes hold none, regular files written under `/dev` do);
 //! - `sysv_bytes`: resident bytes of SysV segments (`/proc/sysvipc/shm` rss; PSS of their smaps
 //!   objects on kernels without that column);
 //! - `memfd_bytes`: per memfd inode, the larger of its fd-held allocation (fstat) and its mapped PSS;
@@ -28,6 +31,8 @@ use crate::collectors::{
 pub struct TmpfsInputs {
     /// Allocated bytes over reachable tmpfs superblocks.
     pub allocated_bytes: u64,
+    /// Allocated bytes over reachable devtmpfs superblocks.
+    pub devtmpfs_bytes: u64,
     /// Memfds held by file descriptors: (inode, allocated bytes).
     pub memfds: Vec<(u64, u64)>,
 }
@@ -38,6 +43,7 @@ pub struct Ledger {
     pub tmpfs_bytes: u64,
     pub tmpfs_mapped_bytes: u64,
     pub tmpfs_unmapped_bytes: u64,
+    pub devtmpfs_bytes: u64,
     pub sysv_bytes: u64,
     pub memfd_bytes: u64,
     pub shared_anon_bytes: u64,
@@ -59,6 +65,7 @@ pub fn ledger(
     };
     let tmpfs_mapped_bytes = pss_of(ObjectKind::Tmpfs);
     let tmpfs_bytes = tmpfs.map_or(0, |t| t.allocated_bytes);
+    let devtmpfs_bytes = tmpfs.map_or(0, |t| t.devtmpfs_bytes);
     let sysv_bytes = match sysv.and_then(SysvObservation::resident_bytes) {
         Some(rss) => rss,
         None => pss_of(ObjectKind::Sysv),
@@ -81,12 +88,14 @@ pub fn ledger(
     }
     let memfd_bytes = memfds.values().sum();
     let shared_anon_bytes = pss_of(ObjectKind::SharedAnon);
-    let explained_bytes = tmpfs_bytes + sysv_bytes + memfd_bytes + shared_anon_bytes;
+    let explained_bytes =
+        tmpfs_bytes + devtmpfs_bytes + sysv_bytes + memfd_bytes + shared_anon_bytes;
     Some(Ledger {
         shmem_bytes,
         tmpfs_bytes,
         tmpfs_mapped_bytes,
         tmpfs_unmapped_bytes: tmpfs_bytes.saturating_sub(tmpfs_mapped_bytes),
+        devtmpfs_bytes,
         sysv_bytes,
         memfd_bytes,
         shared_anon_bytes,
@@ -106,7 +115,8 @@ pub fn ledger(
 pub fn tmpfs_inputs(obs: &Observation) -> Option<TmpfsInputs> {
     match obs {
         Observation::Tmpfs(t) => Some(TmpfsInputs {
-            allocated_bytes: t.measured_allocated_bytes(),
+            allocated_bytes: t.measured_allocated_bytes("tmpfs"),
+            devtmpfs_bytes: t.measured_allocated_bytes("devtmpfs"),
             memfds: t.memfd_allocations(),
         }),
         _ => None,
@@ -171,6 +181,7 @@ mod tests {
         };
         let tmpfs = TmpfsInputs {
             allocated_bytes: 1000,
+            devtmpfs_bytes: 8,
             // memfd 20 is held by an fd with 400 allocated (more than its 200 mapped); 22 only by fd.
             memfds: vec![(20, 400), (22, 30)],
         };
@@ -181,8 +192,9 @@ mod tests {
         assert_eq!(l.sysv_bytes, 1000, "segment rss, not the smaps PSS as well");
         assert_eq!(l.memfd_bytes, 400 + 50 + 30);
         assert_eq!(l.shared_anon_bytes, 70);
-        assert_eq!(l.explained_bytes, 1000 + 1000 + 480 + 70);
-        assert_eq!(l.unexplained_bytes, 3000 - 2550);
+        assert_eq!(l.devtmpfs_bytes, 8, "its own field, not in tmpfs_bytes");
+        assert_eq!(l.explained_bytes, 1000 + 8 + 1000 + 480 + 70);
+        assert_eq!(l.unexplained_bytes, 3000 - 2558);
     }
 
     #[test]

@@ -28,9 +28,11 @@ pub struct MountInfo {
     pub super_options: String,
 }
 
+pub mod namespaces;
 mod topology;
 
-pub use topology::{Superblock, select_superblocks, tmpfs_devices};
+pub use namespaces::{MountNamespaces, MountNs, NsRef, discover};
+pub use topology::{NsMounts, SHMEM_FSTYPES, Superblock, Via, select_superblocks, tmpfs_devices};
 
 fn text_field(f: &[u8]) -> String {
     lossy(&decode_octal(f)).into_owned()

@@ -56,6 +56,8 @@ pub struct SmapsCollector {
     ladder: Ladder,
     stats: TierStats,
     cache: HashMap<u32, ProcessObjects>,
+    /// Mount namespaces read for the tmpfs devices besides the agent's own.
+    max_namespaces: usize,
     buf: Vec<u8>,
 }
 
@@ -77,8 +79,15 @@ impl SmapsCollector {
             ),
             stats: TierStats::default(),
             cache: HashMap::new(),
+            max_namespaces: crate::config::AgentConfig::default().max_mount_namespaces as usize,
             buf: Vec::with_capacity(1 << 20),
         }
+    }
+
+    /// Reads at most `n` mount namespaces besides the agent's own (`[agent] max_mount_namespaces`).
+    pub fn max_mount_namespaces(mut self, n: u32) -> Self {
+        self.max_namespaces = n as usize;
+        self
     }
 
     /// Reads one process's smaps into its objects.
@@ -143,7 +152,7 @@ impl Collector for SmapsCollector {
 
     fn collect(&mut self, ctx: &CollectCtx<'_>) -> Result<Option<Observation>, CollectError> {
         let start = Instant::now();
-        let tmpfs_devs = tmpfs_devices(ctx.procfs, &mut self.buf)?;
+        let tmpfs_devs = tmpfs_devices(ctx.procfs, self.max_namespaces, &mut self.buf)?;
         let pass = super::statm_pass(ctx, &mut self.buf)?;
         let mut obs = ObjectsObservation {
             min_object_pss: self.min_object_pss,

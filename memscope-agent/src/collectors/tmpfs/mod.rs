@@ -2,17 +2,24 @@
 //! directories, and the memory no path reaches (deleted-but-open files) — plus the memfds held only by
 //! file descriptors.
 //!
-//! Mounts come from `self/mountinfo` under the [`ProcFs`] root. Bind mounts of one superblock (same
-//! `major:minor`) are one entry, walked once through the mount whose root is `/` (else the first
-//! reachable one). A mount stacked under another on the same mount point (or under a hidden parent)
-//! cannot be reached by path: it is reported `hidden` and neither walked nor measured. Mount points
-//! are host paths, looked up under `host_root`; before anything is read through a path, its device
-//! is checked against the superblock's, so a wrong `host_root` or an undetected overmount gives an
-//! error on that mount rather than another filesystem's numbers.
+//! Mounts come from the mount table (`PID/mountinfo`) of one member of every mount namespace under
+//! the [`ProcFs`] root (at most `[agent] max_mount_namespaces` besides the agent's own; see
+//! [`crate::procfs::mountinfo::namespaces`]), so a container's own `/dev/shm` is seen too. Mounts of
+//! one superblock (same `major:minor`), bind mounts and the same superblock in several namespaces,
+//! are one entry, walked once through a mount whose root is `/` (the agent's own namespace first),
+//! else the first reachable one. A mount stacked under another on the same mount point (or under a
+//! hidden parent) cannot be reached by path: a superblock hidden in every namespace is reported
+//! `hidden` and neither walked nor measured. Mount points of the agent's own namespace are looked
+//! up under `host_root`, those of another namespace under `/proc/PID/root` of its member; either way
+//! the mount point is resolved inside that root, following no symlink ([`resolve`]), and its device
+//! is checked against the superblock's before anything is read, so a wrong `host_root`, an
+//! undetected overmount or a hostile container gives an error on that mount rather than another
+//! filesystem's numbers. devtmpfs (`/dev`) is measured the same way: its pages count in `Shmem`.
 //!
 //! Records, one entity per line:
 //!
-//! - `{"kind":"tmpfs", "dev":"0:27", "mount_points":[…], "fs_options":"rw,size=1024k",
+//! - `{"kind":"tmpfs", "dev":"0:27", "fstype":"tmpfs"|"devtmpfs", "mount_points":[…],
+//!   "namespaces":[{"mnt_ns","pid","mount_points"}], "walk_ns":{"mnt_ns","pid"}, "fs_options":"rw,size=1024k",
 //!   "size_option":"1024k"|"50%"|null, "size_option_bytes", "limit_bytes", "allocated_bytes",
 //!   "inodes_used", "inodes_limit", "walk_root", "walked_bytes", "walked_size_bytes",
 //!   "unreachable_bytes", "files", "dirs", "hidden", "truncated", "truncated_reason", "walk_errors",
@@ -31,7 +38,7 @@
 
 use std::{
     collections::HashSet,
-    os::unix::{ffi::OsStrExt, fs::MetadataExt},
+    os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
 };
 
@@ -42,18 +49,19 @@ use crate::{
         Dev, ProcFs,
         escape::Name,
         meminfo::field,
-        mountinfo::{Superblock, option_value, select_superblocks},
+        mountinfo::{MountNamespaces, Superblock, discover, option_value, select_superblocks},
         page_size,
     },
 };
 
 pub mod fds;
 mod records;
+pub mod resolve;
 mod statvfs;
 pub mod walk;
 
 pub use fds::OpenShmemFile;
-pub use records::{FdScanSummary, TmpfsMount, TmpfsObservation};
+pub use records::{FdScanSummary, NsMountPoints, TmpfsMount, TmpfsObservation};
 use statvfs::statvfs;
 pub use walk::{TopEntry, Truncation};
 
@@ -101,16 +109,24 @@ pub fn host_path(host_root: &Path, path: &Name) -> PathBuf {
 /// The collector. Holds its config; keeps nothing between runs but a read buffer.
 pub struct TmpfsCollector {
     config: TmpfsConfig,
+    max_namespaces: usize,
     buf: Vec<u8>,
 }
 
 impl TmpfsCollector {
-    /// A collector with the `[collectors.tmpfs]` settings.
+    /// A collector with the `[collectors.tmpfs]` settings and the default namespace bound.
     pub fn new(config: &TmpfsConfig) -> Self {
         TmpfsCollector {
             config: config.clone(),
+            max_namespaces: crate::config::AgentConfig::default().max_mount_namespaces as usize,
             buf: Vec::new(),
         }
+    }
+
+    /// Reads at most `n` mount namespaces besides the agent's own (`[agent] max_mount_namespaces`).
+    pub fn max_mount_namespaces(mut self, n: u32) -> Self {
+        self.max_namespaces = n as usize;
+        self
     }
 
     fn limits(&self) -> walk::WalkLimits {
@@ -122,15 +138,32 @@ impl TmpfsCollector {
         }
     }
 
-    /// Measures and walks one superblock.
-    fn measure(&self, sb: &Superblock, mem_total: Option<u64>) -> TmpfsMount {
+    /// Measures and walks one superblock, reaching it in the namespace of `sb.via`.
+    fn measure(
+        &self,
+        sb: &Superblock,
+        nss: &MountNamespaces,
+        procfs: &ProcFs,
+        mem_total: Option<u64>,
+    ) -> TmpfsMount {
+        let ns_ref = |i: usize| nss.namespaces.get(i).map(|n| n.ns).unwrap_or_default();
         let size_value = option_value(&sb.super_options, "size").filter(|v| !v.is_empty());
         let size_option_bytes = size_value
             .and_then(|v| SizeOption::parse(v).ok())
             .and_then(|s| s.bytes(mem_total, page_size()));
         let mut m = TmpfsMount {
             dev: sb.dev,
+            fstype: sb.fstype.clone(),
             mount_points: sb.mount_points.clone(),
+            namespaces: sb
+                .namespaces
+                .iter()
+                .map(|n| NsMountPoints {
+                    ns: ns_ref(n.ns),
+                    mount_points: n.mount_points.clone(),
+                })
+                .collect(),
+            walk_ns: None,
             fs_options: sb.super_options.clone(),
             size_option: size_value.map(str::to_string),
             size_option_bytes,
@@ -158,26 +191,39 @@ impl TmpfsCollector {
         let Some(via) = &sb.via else {
             return m;
         };
-        let path = host_path(&self.config.host_root, &via.mount_point);
+        let ns = ns_ref(via.ns);
+        // The agent's own namespace through host_root; another through its member's root.
+        let root = match ns.pid {
+            None => self.config.host_root.clone(),
+            Some(pid) => procfs.pid_path(pid, "root"),
+        };
+        let path = host_path(&root, &via.mount.mount_point);
+        let dir = match resolve::open_mount_point(&root, &via.mount.mount_point, &path) {
+            Ok(d) => d,
+            Err(e) => {
+                m.error = Some(e);
+                return m;
+            }
+        };
         // The path must lead to this superblock, not to whatever is mounted over it or to the
         // agent's own filesystem when host_root is wrong.
-        match std::fs::metadata(&path) {
-            Ok(meta) if Dev::from_st_dev(meta.dev()) == sb.dev => {}
-            Ok(meta) => {
+        match rustix::fs::fstat(&dir.fd) {
+            Ok(st) if Dev::from_st_dev(st.st_dev) == sb.dev => {}
+            Ok(st) => {
                 m.error = Some(format!(
                     "{}: on device {}, not {} (mounted over, or wrong host_root)",
                     path.display(),
-                    Dev::from_st_dev(meta.dev()),
+                    Dev::from_st_dev(st.st_dev),
                     sb.dev
                 ));
                 return m;
             }
             Err(e) => {
-                m.error = Some(format!("{}: {e}", path.display()));
+                m.error = Some(format!("{}: {}", path.display(), std::io::Error::from(e)));
                 return m;
             }
         }
-        match statvfs(&path) {
+        match statvfs(&dir.fd, &path) {
             Ok(st) => {
                 m.limit_bytes = st.limit_bytes;
                 m.allocated_bytes = st.allocated_bytes;
@@ -189,7 +235,9 @@ impl TmpfsCollector {
                 return m;
             }
         }
-        let r = walk::walk(&path, &via.mount_point, &self.limits());
+        m.walk_ns = Some(ns);
+        let via = &via.mount;
+        let r = walk::walk(&dir.walk_path(), &via.mount_point, &self.limits());
         // Only a complete walk from the filesystem's root says what no path reaches.
         let whole = r.truncated.is_none() && r.errors == 0 && via.root.as_bytes() == b"/";
         m.walk_root = Some(via.root.clone());
@@ -254,9 +302,12 @@ impl Collector for TmpfsCollector {
     }
 
     fn collect(&mut self, ctx: &CollectCtx<'_>) -> Result<Option<Observation>, CollectError> {
-        let mounts = ctx.procfs.self_mountinfo(&mut self.buf)?;
-        let superblocks = select_superblocks(&mounts);
-        let mut obs = TmpfsObservation::default();
+        let nss = discover(ctx.procfs, self.max_namespaces, &mut self.buf)?;
+        let superblocks = select_superblocks(nss.tables());
+        let mut obs = TmpfsObservation {
+            warnings: nss.warnings(),
+            ..TmpfsObservation::default()
+        };
         let needs_mem_total = superblocks
             .iter()
             .any(|s| option_value(&s.super_options, "size").is_some_and(|v| v.ends_with('%')));
@@ -266,7 +317,7 @@ impl Collector for TmpfsCollector {
             None
         };
         for sb in &superblocks {
-            let m = self.measure(sb, mem_total);
+            let m = self.measure(sb, &nss, ctx.procfs, mem_total);
             if let Some(e) = &m.error {
                 obs.warnings.push(format!("{}: {e}", sb.dev));
             }
@@ -276,7 +327,7 @@ impl Collector for TmpfsCollector {
                     sb.dev,
                     sb.via
                         .as_ref()
-                        .map_or_else(Default::default, |v| v.mount_point.lossy()),
+                        .map_or_else(Default::default, |v| v.mount.mount_point.lossy()),
                     match r {
                         Truncation::MaxEntries => "max_entries",
                         Truncation::MaxWalkTime => "max_walk_time",
@@ -313,6 +364,8 @@ impl Collector for TmpfsCollector {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::MetadataExt;
+
     use super::*;
     use crate::collectors::ToRecords;
 
@@ -456,7 +509,7 @@ mod tests {
         assert_eq!(m.error, None);
         assert!(m.limit_bytes.is_some());
         assert_eq!(
-            Some(obs.measured_allocated_bytes()),
+            Some(obs.measured_allocated_bytes("tmpfs")),
             m.allocated_bytes,
             "the one mount is measured"
         );
@@ -482,12 +535,15 @@ mod tests {
         };
         let sb = Superblock {
             dev: dev(0, 27),
+            fstype: "tmpfs".into(),
             mount_points: vec![],
             super_options: String::new(),
+            namespaces: vec![],
             via: None,
         };
         let c = TmpfsCollector::new(&TmpfsConfig::default());
-        let mut mounts = vec![c.measure(&sb, None)];
+        let procfs = ProcFs::new("/nonexistent");
+        let mut mounts = vec![c.measure(&sb, &MountNamespaces::default(), &procfs, None)];
         attribute_deleted(
             &mut mounts,
             vec![
@@ -503,7 +559,7 @@ mod tests {
             ..TmpfsObservation::default()
         };
         assert_eq!(
-            obs.measured_allocated_bytes(),
+            obs.measured_allocated_bytes("tmpfs"),
             0,
             "a hidden mount is not measured"
         );
