@@ -367,7 +367,7 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     use super::*;
-    use crate::collectors::ToRecords;
+    use crate::{collectors::ToRecords, procfs::mountinfo::NsRef};
 
     fn dev(major: u32, minor: u32) -> Dev {
         Dev { major, minor }
@@ -520,6 +520,98 @@ mod tests {
         assert!(m.unreachable_bytes.is_some());
         assert_eq!(m.deleted_open_files, None, "fd scan off");
         assert_eq!(obs.fd_scan, None);
+    }
+
+    /// A second mount namespace (pid 42's, with 43 in it too) that mounts a filesystem the agent's
+    /// own does not: it is reached through `42/root` (here a link to a directory standing in for the
+    /// container's root), measured, walked and listed with its namespace; the smaps classification
+    /// sees its device as tmpfs. A superblock hidden in that namespace is reported hidden; a hostile
+    /// namespace link is a warning.
+    #[test]
+    fn a_tmpfs_only_in_another_namespace_is_reached_through_its_root() {
+        use std::os::unix::fs::symlink;
+        let croot = tempfile::tempdir().expect("tempdir");
+        let shm = croot.path().join("dev/shm");
+        std::fs::create_dir_all(&shm).expect("mkdir");
+        std::fs::write(shm.join("f"), vec![1u8; 8192]).expect("write");
+        let d = Dev::from_st_dev(std::fs::metadata(&shm).expect("stat").dev());
+        let proc = tempfile::tempdir().expect("tempdir");
+        let add = |who: &str, ns: &str, mountinfo: &str| {
+            let dir = proc.path().join(who);
+            std::fs::create_dir_all(dir.join("ns")).expect("mkdir");
+            symlink(ns, dir.join("ns/mnt")).expect("symlink");
+            std::fs::write(dir.join("mountinfo"), mountinfo).expect("write");
+        };
+        add("self", "mnt:[1]", "1 0 8:1 / / rw - ext4 /dev/sda rw\n");
+        std::fs::copy(
+            proc.path().join("self/mountinfo"),
+            proc.path().join("self/mountinfo.bak"),
+        )
+        .expect("copy");
+        let container = format!(
+            "100 99 0:80 / / rw - overlay overlay rw\n\
+             101 100 {}:{} / /dev/shm rw - tmpfs shm rw,size=64k\n\
+             102 100 0:95 / /stacked rw - tmpfs tmpfs rw,size=4k\n\
+             103 102 0:96 / /stacked rw - tmpfs tmpfs rw,size=4k\n",
+            d.major, d.minor
+        );
+        add("42", "mnt:[2]", &container);
+        add("43", "mnt:[2]", "garbage that is never read\n");
+        add("44", "mnt:[", "");
+        symlink(croot.path(), proc.path().join("42/root")).expect("symlink");
+        let procfs = ProcFs::new(proc.path());
+        let config = TmpfsConfig {
+            scan_fds: false,
+            ..TmpfsConfig::default()
+        };
+        let obs = collect(&procfs, &config);
+        let m = obs.mount(d).unwrap_or_else(|| panic!("no {d}: {obs:?}"));
+        assert_eq!(m.error, None);
+        assert_eq!(m.fstype, "tmpfs");
+        assert_eq!(m.mount_points, vec![Name::from("/dev/shm")]);
+        let ns = NsRef {
+            inode: Some(2),
+            pid: Some(42),
+        };
+        assert_eq!(
+            m.namespaces,
+            vec![NsMountPoints {
+                ns,
+                mount_points: vec![Name::from("/dev/shm")]
+            }]
+        );
+        assert_eq!(m.walk_ns, Some(ns));
+        assert_eq!(m.files, 1);
+        assert_eq!(m.top_files[0].path, Name::from("/dev/shm/f"));
+        assert!(obs.mount(dev(0, 95)).expect("stacked").hidden);
+        assert!(!obs.mount(dev(0, 96)).expect("on top").hidden);
+        assert!(
+            obs.warnings.iter().any(|w| w.contains("44/ns/mnt")),
+            "{:?}",
+            obs.warnings
+        );
+        let mut recs = Vec::new();
+        obs.records(&mut recs);
+        let v: serde_json::Value =
+            serde_json::from_str(&format!("{{{}}}", recs[0].body)).expect("json");
+        assert_eq!(v["namespaces"][0]["mnt_ns"], 2);
+        assert_eq!(v["namespaces"][0]["pid"], 42);
+        assert_eq!(v["walk_ns"]["pid"], 42);
+
+        let mut buf = Vec::new();
+        let devs = crate::collectors::smaps::tmpfs_devices(&procfs, 4, &mut buf).expect("devs");
+        assert!(devs.contains(&d) && devs.contains(&dev(0, 95)));
+        let own_only = crate::collectors::smaps::tmpfs_devices(&procfs, 0, &mut buf).expect("devs");
+        assert!(
+            own_only.is_empty(),
+            "the agent's own namespace has no tmpfs"
+        );
+        // With the bound at 0, the tmpfs collector does not see it either.
+        let mut c = TmpfsCollector::new(&config).max_mount_namespaces(0);
+        match c.collect(&CollectCtx::once(&procfs, &Default::default())) {
+            Ok(Some(Observation::Tmpfs(o))) => assert!(o.mounts.is_empty()),
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]
