@@ -32,8 +32,10 @@ impl MountDir {
 /// Opens `mount_point` (an absolute path as mountinfo shows it) under `root`; errors name `shown`.
 pub fn open_mount_point(root: &Path, mount_point: &Name, shown: &Path) -> Result<MountDir, String> {
     let dir_flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
-    let root_fd = rustix::fs::open(root, dir_flags, Mode::empty())
-        .map_err(|e| format!("{}: open root: {}", root.display(), std::io::Error::from(e)))?;
+    let root_fd = rustix::fs::open(root, dir_flags, Mode::empty()).map_err(|e| {
+        let e = std::io::Error::from(e);
+        format!("{}: root {}: {e}", shown.display(), root.display())
+    })?;
     let rel = mount_point.as_bytes();
     let rel = rel.strip_prefix(b"/").unwrap_or(rel);
     let rel = if rel.is_empty() { &b"."[..] } else { rel };
