@@ -13,6 +13,9 @@
 //! `memhog shm-deleted PATH BYTES` — creates the file PATH (on a tmpfs such as `/dev/shm`), writes
 //! BYTES into it (every page), unlinks it and keeps the descriptor: memory no path reaches.
 //! `memhog memfd NAME BYTES` — a memfd named NAME with BYTES written, held only by its descriptor.
+//! `memhog map-file PATH BYTES` — creates the file PATH of BYTES, maps it shared and writes every
+//! page through the mapping; prints `{"inode":N}`, then `ready`. The live test runs it in a mount
+//! namespace of its own, with PATH on a tmpfs mounted only there.
 //! `memhog worker BYTES` — for the ladder bench: BYTES of private anonymous memory touched and one
 //! page of its own executable mapped shared; prints `ready`; then on each SIGUSR1 maps and touches a
 //! new 256 KiB anonymous region, unmapping the oldest once more than [`WORKER_REGIONS`] are held (a
@@ -372,8 +375,17 @@ fn main() -> anyhow::Result<()> {
             let _held = f;
             ready_and_wait()
         }
+        ["map-file", path, bytes] => {
+            let bytes: usize = bytes.parse()?;
+            let fd = create_file(path, bytes)?;
+            let p = map_shared_fd(fd, bytes)?;
+            touch(p, bytes);
+            let mut out = std::io::stdout();
+            writeln!(out, "{{\"inode\":{}}}", inode_of(fd)?)?;
+            ready_and_wait()
+        }
         _ => anyhow::bail!(
-            "usage: memhog anon BYTES | memhog shared SIZE N UNMAPPED | memhog shm-deleted PATH BYTES | memhog memfd NAME BYTES | memhog worker BYTES"
+            "usage: memhog anon BYTES | memhog shared SIZE N UNMAPPED | memhog shm-deleted PATH BYTES | memhog memfd NAME BYTES | memhog map-file PATH BYTES | memhog worker BYTES"
         ),
     }
 }
