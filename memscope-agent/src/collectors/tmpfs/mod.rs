@@ -42,7 +42,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::{CollectCtx, CollectError, Collector, Observation};
+use super::{
+    CollectCtx, CollectError, Collector, Observation, cgroup::container::Container,
+    processes::CgroupOf,
+};
 use crate::{
     config::{TmpfsConfig, parse_byte_size},
     procfs::{
@@ -144,6 +147,7 @@ impl TmpfsCollector {
         sb: &Superblock,
         nss: &MountNamespaces,
         procfs: &ProcFs,
+        containers: &[Option<Container>],
         mem_total: Option<u64>,
     ) -> TmpfsMount {
         let ns_ref = |i: usize| nss.namespaces.get(i).map(|n| n.ns).unwrap_or_default();
@@ -160,6 +164,7 @@ impl TmpfsCollector {
                 .iter()
                 .map(|n| NsMountPoints {
                     ns: ns_ref(n.ns),
+                    container: containers.get(n.ns).cloned().flatten(),
                     mount_points: n.mount_points.clone(),
                 })
                 .collect(),
@@ -304,10 +309,21 @@ impl Collector for TmpfsCollector {
     fn collect(&mut self, ctx: &CollectCtx<'_>) -> Result<Option<Observation>, CollectError> {
         let nss = discover(ctx.procfs, self.max_namespaces, &mut self.buf)?;
         let superblocks = select_superblocks(nss.tables());
+        // The container of each namespace, from its member's cgroup path.
+        let mut cgroup_errors = Vec::new();
+        let containers: Vec<Option<Container>> = nss
+            .namespaces
+            .iter()
+            .map(|n| {
+                n.ns.pid
+                    .and_then(|pid| CgroupOf::read(ctx.procfs, pid, &mut cgroup_errors).container)
+            })
+            .collect();
         let mut obs = TmpfsObservation {
             warnings: nss.warnings(),
             ..TmpfsObservation::default()
         };
+        obs.warnings.extend(cgroup_errors);
         let needs_mem_total = superblocks
             .iter()
             .any(|s| option_value(&s.super_options, "size").is_some_and(|v| v.ends_with('%')));
@@ -317,7 +333,7 @@ impl Collector for TmpfsCollector {
             None
         };
         for sb in &superblocks {
-            let m = self.measure(sb, &nss, ctx.procfs, mem_total);
+            let m = self.measure(sb, &nss, ctx.procfs, &containers, mem_total);
             if let Some(e) = &m.error {
                 obs.warnings.push(format!("{}: {e}", sb.dev));
             }
@@ -559,6 +575,12 @@ mod tests {
         add("43", "mnt:[2]", "garbage that is never read\n");
         add("44", "mnt:[", "");
         symlink(croot.path(), proc.path().join("42/root")).expect("symlink");
+        let id = "3f1c2a9b8e7d6c5b4a3f2e1d0c9b8a7f6e5d4c3b2a1f0e9d8c7b6a5f4e3d2c1b";
+        std::fs::write(
+            proc.path().join("42/cgroup"),
+            format!("0::/system.slice/docker-{id}.scope\n"),
+        )
+        .expect("write");
         let procfs = ProcFs::new(proc.path());
         let config = TmpfsConfig {
             scan_fds: false,
@@ -573,13 +595,14 @@ mod tests {
             inode: Some(2),
             pid: Some(42),
         };
-        assert_eq!(
-            m.namespaces,
-            vec![NsMountPoints {
-                ns,
-                mount_points: vec![Name::from("/dev/shm")]
-            }]
-        );
+        assert_eq!(m.namespaces.len(), 1);
+        assert_eq!(m.namespaces[0].ns, ns);
+        assert_eq!(m.namespaces[0].mount_points, vec![Name::from("/dev/shm")]);
+        let c = m.namespaces[0]
+            .container
+            .as_ref()
+            .expect("a docker container");
+        assert_eq!((c.runtime, c.id.as_deref()), (Some("docker"), Some(id)));
         assert_eq!(m.walk_ns, Some(ns));
         assert_eq!(m.files, 1);
         assert_eq!(m.top_files[0].path, Name::from("/dev/shm/f"));
@@ -597,6 +620,7 @@ mod tests {
         assert_eq!(v["namespaces"][0]["mnt_ns"], 2);
         assert_eq!(v["namespaces"][0]["pid"], 42);
         assert_eq!(v["walk_ns"]["pid"], 42);
+        assert_eq!(v["namespaces"][0]["container"]["id"], id);
 
         let mut buf = Vec::new();
         let devs = crate::collectors::smaps::tmpfs_devices(&procfs, 4, &mut buf).expect("devs");
@@ -635,7 +659,7 @@ mod tests {
         };
         let c = TmpfsCollector::new(&TmpfsConfig::default());
         let procfs = ProcFs::new("/nonexistent");
-        let mut mounts = vec![c.measure(&sb, &MountNamespaces::default(), &procfs, None)];
+        let mut mounts = vec![c.measure(&sb, &MountNamespaces::default(), &procfs, &[], None)];
         attribute_deleted(
             &mut mounts,
             vec![

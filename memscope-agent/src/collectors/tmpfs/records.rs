@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use super::{OpenShmemFile, TopEntry, Truncation};
 use crate::{
-    collectors::ToRecords,
+    collectors::{ToRecords, cgroup::container::Container},
     procfs::{Dev, escape::Name, mountinfo::NsRef},
     records::Record,
 };
@@ -14,6 +14,8 @@ use crate::{
 pub struct NsMountPoints {
     #[serde(flatten)]
     pub ns: NsRef,
+    /// The container its member's cgroup path shows (null when none, or for the agent's own).
+    pub container: Option<Container>,
     pub mount_points: Vec<Name>,
 }
 
