@@ -60,14 +60,19 @@ impl Drop for Child {
     }
 }
 
-fn rollup_pss(pid: libc::pid_t) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).expect("smaps_rollup");
+/// The `FIELD: N kB` line of a /proc file, in bytes.
+fn kb_field(path: &str, field: &str) -> u64 {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let kb: u64 = text
         .lines()
-        .find_map(|l| l.strip_prefix("Pss:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("Pss line");
+        .unwrap_or_else(|| panic!("{path}: no {field} line"));
     kb * 1024
+}
+
+fn rollup_pss(pid: libc::pid_t) -> u64 {
+    kb_field(&format!("/proc/{pid}/smaps_rollup"), "Pss")
 }
 
 /// The record of `kind` whose `field` is `value`.
@@ -395,13 +400,7 @@ fn memfd_held_by_a_descriptor_is_reported_with_its_holder() {
 
 /// `Shmem` from /proc/meminfo, in bytes.
 fn meminfo_shmem() -> u64 {
-    let text = std::fs::read_to_string("/proc/meminfo").expect("meminfo");
-    let kb: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Shmem:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("Shmem line");
-    kb * 1024
+    kb_field("/proc/meminfo", "Shmem")
 }
 
 /// The agent's ledger: (Shmem, unexplained).
