@@ -1,4 +1,5 @@
-//! `/proc/PID/mountinfo` (here `/proc/self/mountinfo`): one mount per line,
+//! `/proc/PID/mountinfo` (`self`'s, and one member's per other mount namespace: [`namespaces`]):
+//! one mount per line,
 //! `id parent major:minor root mount_point options [optional…] - fstype source super_options`.
 
 use super::{

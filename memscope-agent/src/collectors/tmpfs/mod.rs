@@ -559,11 +559,6 @@ mod tests {
             std::fs::write(dir.join("mountinfo"), mountinfo).expect("write");
         };
         add("self", "mnt:[1]", "1 0 8:1 / / rw - ext4 /dev/sda rw\n");
-        std::fs::copy(
-            proc.path().join("self/mountinfo"),
-            proc.path().join("self/mountinfo.bak"),
-        )
-        .expect("copy");
         let container = format!(
             "100 99 0:80 / / rw - overlay overlay rw\n\
              101 100 {}:{} / /dev/shm rw - tmpfs shm rw,size=64k\n\
