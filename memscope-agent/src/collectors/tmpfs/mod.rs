@@ -40,14 +40,17 @@ use std::{
     collections::HashSet,
     os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
+use serde::Deserialize;
+
 use super::{
-    CollectCtx, CollectError, Collector, Observation, cgroup::container::Container,
-    processes::CgroupOf,
+    BuildCtx, CollectCtx, CollectError, Collector, CollectorDef, Observation,
+    cgroup::container::Container, processes::CgroupOf,
 };
 use crate::{
-    config::{TmpfsConfig, parse_byte_size},
+    config::{Interval, Positive, parse_byte_size},
     procfs::{
         Dev, ProcFs,
         escape::Name,
@@ -108,6 +111,68 @@ pub fn host_path(host_root: &Path, path: &Name) -> PathBuf {
     let rel = rel.strip_prefix(b"/").unwrap_or(rel);
     host_root.join(std::ffi::OsStr::from_bytes(rel))
 }
+
+/// The `tmpfs` collector.
+pub struct Tmpfs;
+
+impl CollectorDef for Tmpfs {
+    const NAME: &'static str = "tmpfs";
+    type Config = TmpfsConfig;
+    fn build(config: &TmpfsConfig, ctx: &BuildCtx<'_>) -> Box<dyn Collector> {
+        Box::new(TmpfsCollector::new(config).max_mount_namespaces(ctx.max_mount_namespaces))
+    }
+}
+
+/// `[collectors.tmpfs]`: every tmpfs superblock (limit, allocated, largest files and directories)
+/// and the tmpfs files and memfds held open only by file descriptors.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TmpfsConfig {
+    pub enabled: bool,
+    /// Default one minute: walks and fd scans are the costliest reads after smaps.
+    pub interval: Option<Interval>,
+    /// Where the host's `/` is visible to the agent (`"/host"` in a container); mount points from
+    /// mountinfo are looked up under it.
+    pub host_root: PathBuf,
+    /// Largest files kept per mount (also bounds the deleted-but-open files listed per mount).
+    pub top_files: Positive,
+    /// Largest directories (by the total of their subtree) kept per mount.
+    pub top_dirs: Positive,
+    /// A walk stops (reported `truncated`) after this many entries…
+    pub max_entries: Positive,
+    /// …or after this long.
+    pub max_walk_time: Interval,
+    /// Scan `/proc/PID/fd` for deleted-but-open tmpfs files and memfds.
+    pub scan_fds: bool,
+    /// Holder pids listed per open file (all are counted).
+    pub max_holders: Positive,
+}
+
+impl Default for TmpfsConfig {
+    fn default() -> Self {
+        TmpfsConfig {
+            enabled: true,
+            interval: Some(Interval(Duration::from_secs(60))),
+            host_root: PathBuf::from("/"),
+            top_files: Positive(20),
+            top_dirs: Positive(20),
+            max_entries: Positive(200_000),
+            max_walk_time: Interval(Duration::from_secs(2)),
+            scan_fds: true,
+            max_holders: Positive(16),
+        }
+    }
+}
+
+section!(TmpfsConfig, |c: &TmpfsConfig| {
+    if c.host_root.as_os_str().is_empty() {
+        return Err((
+            "host_root",
+            "must not be empty (use \"/\" for the agent's own root)".to_string(),
+        ));
+    }
+    Ok(())
+});
 
 /// The collector. Holds its config; keeps nothing between runs but a read buffer.
 pub struct TmpfsCollector {
@@ -303,10 +368,13 @@ fn attribute_deleted(mounts: &mut [TmpfsMount], deleted: Vec<OpenShmemFile>, top
 
 impl Collector for TmpfsCollector {
     fn name(&self) -> &'static str {
-        "tmpfs"
+        Tmpfs::NAME
     }
 
-    fn collect(&mut self, ctx: &CollectCtx<'_>) -> Result<Option<Observation>, CollectError> {
+    fn collect(
+        &mut self,
+        ctx: &CollectCtx<'_>,
+    ) -> Result<Option<Box<dyn Observation>>, CollectError> {
         let nss = discover(ctx.procfs, self.max_namespaces, &mut self.buf)?;
         let superblocks = select_superblocks(nss.tables());
         // The container of each namespace, from its member's cgroup path.
@@ -374,7 +442,7 @@ impl Collector for TmpfsCollector {
                 denied: scan.denied,
             });
         }
-        Ok(Some(Observation::Tmpfs(obs)))
+        Ok(Some(Box::new(obs)))
     }
 }
 
@@ -383,7 +451,7 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     use super::*;
-    use crate::{collectors::ToRecords, procfs::mountinfo::NsRef};
+    use crate::{collectors::Observation, procfs::mountinfo::NsRef};
 
     fn dev(major: u32, minor: u32) -> Dev {
         Dev { major, minor }
@@ -428,10 +496,10 @@ mod tests {
     }
 
     fn collect(procfs: &ProcFs, config: &TmpfsConfig) -> TmpfsObservation {
-        match TmpfsCollector::new(config).collect(&CollectCtx::once(procfs, &Default::default())) {
-            Ok(Some(Observation::Tmpfs(o))) => o,
-            other => panic!("unexpected {other:?}"),
-        }
+        crate::collectors::observed::<TmpfsObservation>(
+            TmpfsCollector::new(config).collect(&CollectCtx::once(procfs)),
+        )
+        .unwrap_or_else(|e| panic!("unexpected: {e}"))
     }
 
     /// A fake `/proc` whose mountinfo puts a tmpfs on a directory that is not one: the device check
@@ -626,11 +694,13 @@ mod tests {
             "the agent's own namespace has no tmpfs"
         );
         // With the bound at 0, the tmpfs collector does not see it either.
-        let mut c = TmpfsCollector::new(&config).max_mount_namespaces(0);
-        match c.collect(&CollectCtx::once(&procfs, &Default::default())) {
-            Ok(Some(Observation::Tmpfs(o))) => assert!(o.mounts.is_empty()),
-            other => panic!("unexpected {other:?}"),
-        }
+        let own_only = crate::collectors::observed::<TmpfsObservation>(
+            TmpfsCollector::new(&config)
+                .max_mount_namespaces(0)
+                .collect(&CollectCtx::once(&procfs)),
+        )
+        .unwrap_or_else(|e| panic!("unexpected: {e}"));
+        assert!(own_only.mounts.is_empty());
     }
 
     #[test]

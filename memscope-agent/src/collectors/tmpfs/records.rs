@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use super::{OpenShmemFile, TopEntry, Truncation};
 use crate::{
-    collectors::{ToRecords, cgroup::container::Container},
+    collectors::{Observation, cgroup::container::Container},
     procfs::{Dev, escape::Name, mountinfo::NsRef},
     records::Record,
 };
@@ -119,7 +119,7 @@ impl TmpfsObservation {
     }
 }
 
-impl ToRecords for TmpfsObservation {
+impl Observation for TmpfsObservation {
     fn records(&self, out: &mut Vec<Record>) {
         for m in &self.mounts {
             out.push(Record::new("tmpfs", m.dev.to_string(), m));

@@ -125,7 +125,7 @@ impl ProcFs {
         let path = self.pid_path(pid, "mountinfo");
         self.read_parsed(
             &path,
-            crate::procfs::FileClass::Mountinfo,
+            crate::procfs::FileClass::MOUNTINFO,
             buf,
             super::parse_mountinfo,
         )
