@@ -109,6 +109,8 @@ pub struct SmapsCollector {
     cache: HashMap<u32, ProcessObjects>,
     /// Mount namespaces read for the tmpfs devices besides the agent's own.
     max_namespaces: usize,
+    /// Processes whose last smaps read was denied.
+    denied: HashSet<u32>,
     buf: Vec<u8>,
 }
 
@@ -134,6 +136,7 @@ impl SmapsCollector {
             events,
             cache: HashMap::new(),
             max_namespaces: crate::config::AgentConfig::default().max_mount_namespaces as usize,
+            denied: HashSet::new(),
             buf: Vec::with_capacity(1 << 20),
         }
     }
@@ -251,6 +254,7 @@ impl Collector for SmapsCollector {
                         p.reads += old.reads;
                     }
                     obs.processes_read += 1;
+                    self.denied.remove(&pid);
                     self.stats.count(reason);
                     self.ladder.done(pid, Instant::now());
                     reread.insert(pid);
@@ -275,9 +279,11 @@ impl Collector for SmapsCollector {
                     }
                     if e.is_gone() {
                         obs.vanished += 1;
+                        self.denied.remove(&pid);
                         self.ladder.forget(pid);
                     } else if e.is_denied() {
                         obs.inaccessible += 1;
+                        self.denied.insert(pid);
                     } else {
                         debug!(pid, error = %e, "smaps read failed");
                         obs.errors.push(e.to_string());
@@ -286,6 +292,9 @@ impl Collector for SmapsCollector {
             }
         }
         obs.processes_reused = self.cache.len().saturating_sub(reread.len()) as u32;
+        self.denied
+            .retain(|pid| tier1.live.contains(pid) && !forgotten.contains(pid));
+        obs.unreadable = self.denied.len() as u32;
 
         let mut procs: Vec<&ProcessObjects> = self.cache.values().collect();
         procs.sort_by_key(|p| p.pid);
@@ -295,8 +304,7 @@ impl Collector for SmapsCollector {
             .objects
             .iter()
             .filter(|o| {
-                o.memory.pss_bytes >= floor
-                    || (self.own_rows.contains(&o.key) && o.memory.pss_bytes >= floor / 2)
+                o.weight() >= floor || (self.own_rows.contains(&o.key) && o.weight() >= floor / 2)
             })
             .map(|o| o.key.clone())
             .collect();

@@ -67,7 +67,7 @@ mod statvfs;
 pub mod walk;
 
 pub use fds::OpenShmemFile;
-pub use records::{FdScanSummary, NsMountPoints, TmpfsMount, TmpfsObservation};
+pub use records::{FdScanSummary, NamespacesUnread, NsMountPoints, TmpfsMount, TmpfsObservation};
 use statvfs::statvfs;
 pub use walk::{TopEntry, Truncation};
 
@@ -389,6 +389,10 @@ impl Collector for TmpfsCollector {
             .collect();
         let mut obs = TmpfsObservation {
             warnings: nss.warnings(),
+            namespaces_unread: NamespacesUnread {
+                denied: nss.denied,
+                skipped: nss.skipped,
+            },
             ..TmpfsObservation::default()
         };
         obs.warnings.extend(cgroup_errors);
@@ -711,6 +715,7 @@ mod tests {
             name: Name::from("/dev/shm/x"),
             allocated_bytes: bytes,
             size_bytes: bytes,
+            hugetlb: false,
             holders: vec![1],
             holder_count: 1,
         };
