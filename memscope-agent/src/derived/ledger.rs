@@ -380,7 +380,7 @@ mod tests {
             processes::{Memory, ProcessRecord},
             smaps::{ObjectMemory, ProcessObjects, fold_process, fold_shared},
             sysv::Segment,
-            tmpfs::{FdScanSummary, OpenShmemFile, TmpfsMount},
+            tmpfs::{FdScanSummary, NamespacesUnread, OpenShmemFile, TmpfsMount},
         },
         procfs::{escape::Name, meminfo::MeminfoField, sysvipc::ShmSegment},
     };
@@ -748,6 +748,55 @@ mod tests {
                 ..Inputs::default()
             })
             .is_none()
+        );
+    }
+
+    /// devtmpfs is its own field (explained, not tmpfs); mount namespaces the agent could not read
+    /// make the ledger incomplete and say so.
+    #[test]
+    fn devtmpfs_is_its_own_field_and_unread_namespaces_are_reasons() {
+        let mut t = tmpfs(1000, Vec::new());
+        t.mounts.push(TmpfsMount {
+            dev: Dev { major: 0, minor: 6 },
+            fstype: "devtmpfs".into(),
+            allocated_bytes: Some(8192),
+            ..TmpfsMount::default()
+        });
+        let meminfo = meminfo(&[("Shmem", 10_000)]);
+        let (objects, sysv) = (ObjectsObservation::default(), SysvObservation::default());
+        let ledger_with = |t: &TmpfsObservation| {
+            ledger(&Inputs {
+                meminfo: Some(&meminfo),
+                objects: Some(&objects),
+                sysv: Some(&sysv),
+                tmpfs: Some(t),
+                ..Inputs::default()
+            })
+            .expect("ledger")
+        };
+        let l = ledger_with(&t);
+        assert_eq!((l.tmpfs_bytes, l.devtmpfs_bytes), (1000, 8192));
+        assert_eq!(l.explained_bytes, 1000 + 8192);
+        assert!(l.complete, "{:?}", l.incomplete);
+        t.namespaces_unread = NamespacesUnread {
+            denied: 3,
+            skipped: 2,
+        };
+        let l = ledger_with(&t);
+        assert!(!l.complete);
+        assert!(
+            l.incomplete
+                .iter()
+                .any(|w| w.contains("3 process(es) whose mount namespace is unreadable")),
+            "{:?}",
+            l.incomplete
+        );
+        assert!(
+            l.incomplete
+                .iter()
+                .any(|w| w.contains("2 mount namespace(s) beyond")),
+            "{:?}",
+            l.incomplete
         );
     }
 }
