@@ -85,6 +85,7 @@ pub async fn run(
         &BuildCtx {
             procfs: &procfs,
             events: &events,
+            max_mount_namespaces: config.agent.max_mount_namespaces,
         },
     );
     let (tx, rx) = mpsc::channel::<StoreMsg>(64);

@@ -206,11 +206,13 @@ pub struct Registered {
     pub interval: Duration,
 }
 
-/// What building a collector may use: the proc filesystem, and the tracker's event stream (a
-/// ladder collector subscribes here, once, so it receives every event exactly once).
+/// What building a collector may use: the proc filesystem, the tracker's event stream (a ladder
+/// collector subscribes here, once, so it receives every event exactly once), and the agent-wide
+/// `[agent] max_mount_namespaces` (smaps and tmpfs both read the mount namespaces).
 pub struct BuildCtx<'a> {
     pub procfs: &'a ProcFs,
     pub events: &'a ProcEvents,
+    pub max_mount_namespaces: u32,
 }
 
 /// One known collector: its name, and how to build it if the config enables it.
@@ -301,6 +303,7 @@ mod tests {
             &BuildCtx {
                 procfs: &procfs,
                 events: &events,
+                max_mount_namespaces: config.agent.max_mount_namespaces,
             },
         );
         let names: Vec<_> = built.iter().map(|r| r.collector.name()).collect();
@@ -318,6 +321,7 @@ mod tests {
             &BuildCtx {
                 procfs: &ProcFs::new("/nonexistent"),
                 events: &ProcEvents::default(),
+                max_mount_namespaces: config.agent.max_mount_namespaces,
             },
         );
         let names: Vec<_> = built.iter().map(|r| r.collector.name()).collect();

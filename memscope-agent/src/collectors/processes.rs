@@ -368,18 +368,19 @@ impl ProcessesCollector {
     }
 }
 
-/// A process's memory cgroup and what its path shows, read once per process.
+/// A process's memory cgroup and what its path shows, read once per process (the tmpfs collector
+/// reads it too, for the container of a mount namespace's member).
 #[derive(Debug, Clone, Default)]
-struct CgroupOf {
-    path: Option<Name>,
-    container: Option<Container>,
-    unit: Option<Name>,
+pub(crate) struct CgroupOf {
+    pub(crate) path: Option<Name>,
+    pub(crate) container: Option<Container>,
+    pub(crate) unit: Option<Name>,
 }
 
 impl CgroupOf {
     /// Reads `/proc/PID/cgroup`. Unreadable (no cgroup support, denied, gone: the other reads say
     /// so) leaves it unknown; garbage is an error with the path.
-    fn read(procfs: &ProcFs, pid: u32, errors: &mut Vec<String>) -> CgroupOf {
+    pub(crate) fn read(procfs: &ProcFs, pid: u32, errors: &mut Vec<String>) -> CgroupOf {
         let path = procfs.pid_path(pid, "cgroup");
         let parsed = procfs
             .read(&path, crate::collectors::cgroup::CGROUP_FILES)

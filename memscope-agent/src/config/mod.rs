@@ -39,6 +39,9 @@ pub struct AgentConfig {
     pub proc_root: PathBuf,
     /// How layout changes are detected: `auto` (eBPF, else polling), `ebpf` (required), `polling`.
     pub tracker: TrackerMode,
+    /// Mount namespaces read besides the agent's own (one `mountinfo` each, for the tmpfs
+    /// collector and the smaps `tmpfs` classification); 0: only the agent's own.
+    pub max_mount_namespaces: u32,
     /// Whether the agent may mount tracefs at `/sys/kernel/tracing` when it is not mounted (the
     /// eBPF tracker needs it). With `false` and no tracefs, the tracker falls back to polling.
     pub mount_tracefs: bool,
@@ -51,6 +54,7 @@ impl Default for AgentConfig {
             host: String::new(),
             proc_root: PathBuf::from("/proc"),
             tracker: TrackerMode::Auto,
+            max_mount_namespaces: 256,
             mount_tracefs: true,
         }
     }

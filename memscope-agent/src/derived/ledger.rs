@@ -2,10 +2,13 @@
 //!
 //! `shmem_ledger` puts meminfo `Shmem` (resident shmem/tmpfs pages) next to what explains it:
 //!
-//! - `tmpfs_bytes`: allocated bytes of every reachable tmpfs superblock (statvfs), split into
+//! - `tmpfs_bytes`: allocated bytes of every reachable tmpfs superblock (statvfs), in every mount
+//!   namespace the agent could read (containers' own `/dev/shm` included), split into
 //!   `tmpfs_mapped_bytes` (PSS of tmpfs file objects in smaps without the copy-on-write anonymous
 //!   pages of private mappings: the file's own pages some process maps, each counted once) and
 //!   `tmpfs_unmapped_bytes` (the rest: files no process maps);
+//! - `devtmpfs_bytes`: allocated bytes of the devtmpfs superblock (`/dev`; shmem too, so its pages
+//!   count in `Shmem`; device nodes hold none, regular files written under `/dev` do);
 //! - `sysv_bytes`: resident bytes of SysV segments that are not hugetlb (`/proc/sysvipc/shm` rss;
 //!   PSS of their smaps objects on kernels without that column);
 //! - `memfd_bytes`: per memfd `(dev, inode)` that is not hugetlb, the larger of its fd-held
@@ -61,6 +64,7 @@ pub struct Ledger {
     pub tmpfs_bytes: u64,
     pub tmpfs_mapped_bytes: u64,
     pub tmpfs_unmapped_bytes: u64,
+    pub devtmpfs_bytes: u64,
     pub sysv_bytes: u64,
     pub memfd_bytes: u64,
     pub shared_anon_bytes: u64,
@@ -146,6 +150,19 @@ fn incomplete_reasons(i: &Inputs<'_>, tmpfs_mounts: bool) -> Vec<String> {
                 let cause = m.error.as_deref().unwrap_or("hidden under another mount");
                 why.push(format!("tmpfs {}: not measured ({cause})", m.dev));
             }
+        }
+        if tmpfs_mounts && t.namespaces_unread.denied > 0 {
+            why.push(format!(
+                "tmpfs: {} process(es) whose mount namespace is unreadable (permission denied): \
+                 tmpfs mounts only there are not seen",
+                t.namespaces_unread.denied
+            ));
+        }
+        if tmpfs_mounts && t.namespaces_unread.skipped > 0 {
+            why.push(format!(
+                "tmpfs: {} mount namespace(s) beyond max_mount_namespaces not read",
+                t.namespaces_unread.skipped
+            ));
         }
         if let Some(scan) = t.fd_scan
             && scan.denied > 0
@@ -237,9 +254,10 @@ pub fn ledger(i: &Inputs<'_>) -> Option<Ledger> {
         })
     };
     let tmpfs_mapped_bytes = own_pss_of(ObjectKind::Tmpfs);
-    let tmpfs_bytes = i
+    let tmpfs_bytes = i.tmpfs.map_or(0, |t| t.measured_allocated_bytes("tmpfs"));
+    let devtmpfs_bytes = i
         .tmpfs
-        .map_or(0, TmpfsObservation::measured_allocated_bytes);
+        .map_or(0, |t| t.measured_allocated_bytes("devtmpfs"));
     let (sysv_bytes, _) = sysv_bytes(i);
     let memfd_bytes = memfds(i)
         .values()
@@ -254,14 +272,19 @@ pub fn ledger(i: &Inputs<'_>) -> Option<Ledger> {
             .map(|p| p.memory.pss_shmem_bytes)
             .sum()
     });
-    let explained_bytes =
-        tmpfs_bytes + sysv_bytes + memfd_bytes + shared_anon_bytes + unreadable_shmem_bytes;
+    let explained_bytes = tmpfs_bytes
+        + devtmpfs_bytes
+        + sysv_bytes
+        + memfd_bytes
+        + shared_anon_bytes
+        + unreadable_shmem_bytes;
     let incomplete = incomplete_reasons(i, true);
     Some(Ledger {
         shmem_bytes,
         tmpfs_bytes,
         tmpfs_mapped_bytes,
         tmpfs_unmapped_bytes: tmpfs_bytes.saturating_sub(tmpfs_mapped_bytes),
+        devtmpfs_bytes,
         sysv_bytes,
         memfd_bytes,
         shared_anon_bytes,
@@ -357,7 +380,7 @@ mod tests {
             processes::{Memory, ProcessRecord},
             smaps::{ObjectMemory, ProcessObjects, fold_process, fold_shared},
             sysv::Segment,
-            tmpfs::{FdScanSummary, OpenShmemFile, TmpfsMount},
+            tmpfs::{FdScanSummary, NamespacesUnread, OpenShmemFile, TmpfsMount},
         },
         procfs::{escape::Name, meminfo::MeminfoField, sysvipc::ShmSegment},
     };
@@ -438,12 +461,13 @@ mod tests {
                     major: 0,
                     minor: 27,
                 },
+                fstype: "tmpfs".into(),
                 allocated_bytes: Some(allocated),
                 ..TmpfsMount::default()
             }],
             memfds,
             fd_scan: Some(FdScanSummary::default()),
-            warnings: Vec::new(),
+            ..TmpfsObservation::default()
         }
     }
 
@@ -724,6 +748,55 @@ mod tests {
                 ..Inputs::default()
             })
             .is_none()
+        );
+    }
+
+    /// devtmpfs is its own field (explained, not tmpfs); mount namespaces the agent could not read
+    /// make the ledger incomplete and say so.
+    #[test]
+    fn devtmpfs_is_its_own_field_and_unread_namespaces_are_reasons() {
+        let mut t = tmpfs(1000, Vec::new());
+        t.mounts.push(TmpfsMount {
+            dev: Dev { major: 0, minor: 6 },
+            fstype: "devtmpfs".into(),
+            allocated_bytes: Some(8192),
+            ..TmpfsMount::default()
+        });
+        let meminfo = meminfo(&[("Shmem", 10_000)]);
+        let (objects, sysv) = (ObjectsObservation::default(), SysvObservation::default());
+        let ledger_with = |t: &TmpfsObservation| {
+            ledger(&Inputs {
+                meminfo: Some(&meminfo),
+                objects: Some(&objects),
+                sysv: Some(&sysv),
+                tmpfs: Some(t),
+                ..Inputs::default()
+            })
+            .expect("ledger")
+        };
+        let l = ledger_with(&t);
+        assert_eq!((l.tmpfs_bytes, l.devtmpfs_bytes), (1000, 8192));
+        assert_eq!(l.explained_bytes, 1000 + 8192);
+        assert!(l.complete, "{:?}", l.incomplete);
+        t.namespaces_unread = NamespacesUnread {
+            denied: 3,
+            skipped: 2,
+        };
+        let l = ledger_with(&t);
+        assert!(!l.complete);
+        assert!(
+            l.incomplete
+                .iter()
+                .any(|w| w.contains("3 process(es) whose mount namespace is unreadable")),
+            "{:?}",
+            l.incomplete
+        );
+        assert!(
+            l.incomplete
+                .iter()
+                .any(|w| w.contains("2 mount namespace(s) beyond")),
+            "{:?}",
+            l.incomplete
         );
     }
 }

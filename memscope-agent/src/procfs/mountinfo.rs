@@ -1,4 +1,5 @@
-//! `/proc/PID/mountinfo` (here `/proc/self/mountinfo`): one mount per line,
+//! `/proc/PID/mountinfo` (`self`'s, and one member's per other mount namespace: [`namespaces`]):
+//! one mount per line,
 //! `id parent major:minor root mount_point options [optional…] - fstype source super_options`.
 
 use super::{
@@ -28,9 +29,11 @@ pub struct MountInfo {
     pub super_options: String,
 }
 
+pub mod namespaces;
 mod topology;
 
-pub use topology::{Superblock, select_superblocks, tmpfs_devices};
+pub use namespaces::{MountNamespaces, MountNs, NsRef, discover};
+pub use topology::{NsMounts, SHMEM_FSTYPES, Superblock, Via, select_superblocks, tmpfs_devices};
 
 /// Undoes mountinfo's escaping of space, tab, newline and backslash (`\040 \011 \012 \134`).
 fn decode_mountinfo(f: &[u8]) -> Vec<u8> {

@@ -13,6 +13,9 @@
 //! `memhog shm-deleted PATH BYTES` — creates the file PATH (on a tmpfs such as `/dev/shm`), writes
 //! BYTES into it (every page), unlinks it and keeps the descriptor: memory no path reaches.
 //! `memhog memfd NAME BYTES` — a memfd named NAME with BYTES written, held only by its descriptor.
+//! `memhog map-file PATH BYTES` — creates the file PATH of BYTES, maps it shared and writes every
+//! page through the mapping; prints `{"inode":N}`, then `ready`. The live test runs it in a mount
+//! namespace of its own, with PATH on a tmpfs mounted only there.
 //! `memhog names TAG` — names with a literal backslash: the `/dev/shm` file
 //! `/dev/shm/memscope-lit\101oct-TAG.bin` and the memfd `acc-priv\101x`, 1 MiB each, mapped shared,
 //! touched and kept (the memfd's descriptor too). Prints one JSON line (`shm_path`, `shm_inode`,
@@ -498,8 +501,17 @@ fn main() -> anyhow::Result<()> {
             let _held = f;
             ready_and_wait()
         }
+        ["map-file", path, bytes] => {
+            let bytes: usize = bytes.parse()?;
+            let fd = create_file(path, bytes)?;
+            let p = map_shared_fd(fd, bytes)?;
+            touch(p, bytes);
+            let mut out = std::io::stdout();
+            writeln!(out, "{{\"inode\":{}}}", inode_of(fd)?)?;
+            ready_and_wait()
+        }
         _ => anyhow::bail!(
-            "usage: memhog anon BYTES | memhog shared SIZE N UNMAPPED | memhog shm-deleted PATH BYTES | memhog memfd NAME BYTES | memhog names TAG | memhog hugetlb BYTES | memhog cow PATH BYTES | memhog worker BYTES"
+            "usage: memhog anon BYTES | memhog shared SIZE N UNMAPPED | memhog shm-deleted PATH BYTES | memhog memfd NAME BYTES | memhog map-file PATH BYTES | memhog names TAG | memhog hugetlb BYTES | memhog cow PATH BYTES | memhog worker BYTES"
         ),
     }
 }

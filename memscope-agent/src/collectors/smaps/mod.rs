@@ -53,7 +53,10 @@ impl CollectorDef for Smaps {
     const NAME: &'static str = "smaps";
     type Config = SmapsConfig;
     fn build(config: &SmapsConfig, ctx: &BuildCtx<'_>) -> Box<dyn Collector> {
-        Box::new(SmapsCollector::new(config, ctx.events.subscribe()))
+        Box::new(
+            SmapsCollector::new(config, ctx.events.subscribe())
+                .max_mount_namespaces(ctx.max_mount_namespaces),
+        )
     }
 }
 
@@ -104,6 +107,8 @@ pub struct SmapsCollector {
     stats: TierStats,
     events: Subscription,
     cache: HashMap<u32, ProcessObjects>,
+    /// Mount namespaces read for the tmpfs devices besides the agent's own.
+    max_namespaces: usize,
     /// Processes whose last smaps read was denied.
     denied: HashSet<u32>,
     buf: Vec<u8>,
@@ -130,9 +135,16 @@ impl SmapsCollector {
             stats: TierStats::default(),
             events,
             cache: HashMap::new(),
+            max_namespaces: crate::config::AgentConfig::default().max_mount_namespaces as usize,
             denied: HashSet::new(),
             buf: Vec::with_capacity(1 << 20),
         }
+    }
+
+    /// Reads at most `n` mount namespaces besides the agent's own (`[agent] max_mount_namespaces`).
+    pub fn max_mount_namespaces(mut self, n: u32) -> Self {
+        self.max_namespaces = n as usize;
+        self
     }
 
     /// Reads one process's smaps into its objects.
@@ -204,7 +216,7 @@ impl Collector for SmapsCollector {
         ctx: &CollectCtx<'_>,
     ) -> Result<Option<Box<dyn Observation>>, CollectError> {
         let start = Instant::now();
-        let tmpfs_devs = tmpfs_devices(ctx.procfs, &mut self.buf)?;
+        let tmpfs_devs = tmpfs_devices(ctx.procfs, self.max_namespaces, &mut self.buf)?;
         let pass = ctx.statm_pass(&mut self.buf)?;
         let mut obs = ObjectsObservation {
             min_object_pss: self.min_object_pss,

@@ -2,17 +2,24 @@
 //! directories, and the memory no path reaches (deleted-but-open files) — plus the memfds held only by
 //! file descriptors.
 //!
-//! Mounts come from `self/mountinfo` under the [`ProcFs`] root. Bind mounts of one superblock (same
-//! `major:minor`) are one entry, walked once through the mount whose root is `/` (else the first
-//! reachable one). A mount stacked under another on the same mount point (or under a hidden parent)
-//! cannot be reached by path: it is reported `hidden` and neither walked nor measured. Mount points
-//! are host paths, looked up under `host_root`; before anything is read through a path, its device
-//! is checked against the superblock's, so a wrong `host_root` or an undetected overmount gives an
-//! error on that mount rather than another filesystem's numbers.
+//! Mounts come from the mount table (`PID/mountinfo`) of one member of every mount namespace under
+//! the [`ProcFs`] root (at most `[agent] max_mount_namespaces` besides the agent's own; see
+//! [`crate::procfs::mountinfo::namespaces`]), so a container's own `/dev/shm` is seen too. Mounts of
+//! one superblock (same `major:minor`), bind mounts and the same superblock in several namespaces,
+//! are one entry, walked once through a mount whose root is `/` (the agent's own namespace first),
+//! else the first reachable one. A mount stacked under another on the same mount point (or under a
+//! hidden parent) cannot be reached by path: a superblock hidden in every namespace is reported
+//! `hidden` and neither walked nor measured. Mount points of the agent's own namespace are looked
+//! up under `host_root`, those of another namespace under `/proc/PID/root` of its member; either way
+//! the mount point is resolved inside that root, following no symlink ([`resolve`]), and its device
+//! is checked against the superblock's before anything is read, so a wrong `host_root`, an
+//! undetected overmount or a hostile container gives an error on that mount rather than another
+//! filesystem's numbers. devtmpfs (`/dev`) is measured the same way: its pages count in `Shmem`.
 //!
 //! Records, one entity per line:
 //!
-//! - `{"kind":"tmpfs", "dev":"0:27", "mount_points":[…], "fs_options":"rw,size=1024k",
+//! - `{"kind":"tmpfs", "dev":"0:27", "fstype":"tmpfs"|"devtmpfs", "mount_points":[…],
+//!   "namespaces":[{"mnt_ns","pid","mount_points"}], "walk_ns":{"mnt_ns","pid"}, "fs_options":"rw,size=1024k",
 //!   "size_option":"1024k"|"50%"|null, "size_option_bytes", "limit_bytes", "allocated_bytes",
 //!   "inodes_used", "inodes_limit", "walk_root", "walked_bytes", "walked_size_bytes",
 //!   "unreachable_bytes", "files", "dirs", "hidden", "truncated", "truncated_reason", "walk_errors",
@@ -31,32 +38,36 @@
 
 use std::{
     collections::HashSet,
-    os::unix::{ffi::OsStrExt, fs::MetadataExt},
+    os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use serde::Deserialize;
 
-use super::{BuildCtx, CollectCtx, CollectError, Collector, CollectorDef, Observation};
+use super::{
+    BuildCtx, CollectCtx, CollectError, Collector, CollectorDef, Observation,
+    cgroup::container::Container, processes::CgroupOf,
+};
 use crate::{
     config::{Interval, Positive, parse_byte_size},
     procfs::{
         Dev, ProcFs,
         escape::Name,
         meminfo::field,
-        mountinfo::{Superblock, option_value, select_superblocks},
+        mountinfo::{MountNamespaces, Superblock, discover, option_value, select_superblocks},
         page_size,
     },
 };
 
 pub mod fds;
 mod records;
+pub mod resolve;
 mod statvfs;
 pub mod walk;
 
 pub use fds::OpenShmemFile;
-pub use records::{FdScanSummary, TmpfsMount, TmpfsObservation};
+pub use records::{FdScanSummary, NamespacesUnread, NsMountPoints, TmpfsMount, TmpfsObservation};
 use statvfs::statvfs;
 pub use walk::{TopEntry, Truncation};
 
@@ -107,8 +118,8 @@ pub struct Tmpfs;
 impl CollectorDef for Tmpfs {
     const NAME: &'static str = "tmpfs";
     type Config = TmpfsConfig;
-    fn build(config: &TmpfsConfig, _: &BuildCtx<'_>) -> Box<dyn Collector> {
-        Box::new(TmpfsCollector::new(config))
+    fn build(config: &TmpfsConfig, ctx: &BuildCtx<'_>) -> Box<dyn Collector> {
+        Box::new(TmpfsCollector::new(config).max_mount_namespaces(ctx.max_mount_namespaces))
     }
 }
 
@@ -166,16 +177,24 @@ section!(TmpfsConfig, |c: &TmpfsConfig| {
 /// The collector. Holds its config; keeps nothing between runs but a read buffer.
 pub struct TmpfsCollector {
     config: TmpfsConfig,
+    max_namespaces: usize,
     buf: Vec<u8>,
 }
 
 impl TmpfsCollector {
-    /// A collector with the `[collectors.tmpfs]` settings.
+    /// A collector with the `[collectors.tmpfs]` settings and the default namespace bound.
     pub fn new(config: &TmpfsConfig) -> Self {
         TmpfsCollector {
             config: config.clone(),
+            max_namespaces: crate::config::AgentConfig::default().max_mount_namespaces as usize,
             buf: Vec::new(),
         }
+    }
+
+    /// Reads at most `n` mount namespaces besides the agent's own (`[agent] max_mount_namespaces`).
+    pub fn max_mount_namespaces(mut self, n: u32) -> Self {
+        self.max_namespaces = n as usize;
+        self
     }
 
     fn limits(&self) -> walk::WalkLimits {
@@ -187,15 +206,34 @@ impl TmpfsCollector {
         }
     }
 
-    /// Measures and walks one superblock.
-    fn measure(&self, sb: &Superblock, mem_total: Option<u64>) -> TmpfsMount {
+    /// Measures and walks one superblock, reaching it in the namespace of `sb.via`.
+    fn measure(
+        &self,
+        sb: &Superblock,
+        nss: &MountNamespaces,
+        procfs: &ProcFs,
+        containers: &[Option<Container>],
+        mem_total: Option<u64>,
+    ) -> TmpfsMount {
+        let ns_ref = |i: usize| nss.namespaces.get(i).map(|n| n.ns).unwrap_or_default();
         let size_value = option_value(&sb.super_options, "size").filter(|v| !v.is_empty());
         let size_option_bytes = size_value
             .and_then(|v| SizeOption::parse(v).ok())
             .and_then(|s| s.bytes(mem_total, page_size()));
         let mut m = TmpfsMount {
             dev: sb.dev,
+            fstype: sb.fstype.clone(),
             mount_points: sb.mount_points.clone(),
+            namespaces: sb
+                .namespaces
+                .iter()
+                .map(|n| NsMountPoints {
+                    ns: ns_ref(n.ns),
+                    container: containers.get(n.ns).cloned().flatten(),
+                    mount_points: n.mount_points.clone(),
+                })
+                .collect(),
+            walk_ns: None,
             fs_options: sb.super_options.clone(),
             size_option: size_value.map(str::to_string),
             size_option_bytes,
@@ -223,26 +261,39 @@ impl TmpfsCollector {
         let Some(via) = &sb.via else {
             return m;
         };
-        let path = host_path(&self.config.host_root, &via.mount_point);
+        let ns = ns_ref(via.ns);
+        // The agent's own namespace through host_root; another through its member's root.
+        let root = match ns.pid {
+            None => self.config.host_root.clone(),
+            Some(pid) => procfs.pid_path(pid, "root"),
+        };
+        let path = host_path(&root, &via.mount.mount_point);
+        let dir = match resolve::open_mount_point(&root, &via.mount.mount_point, &path) {
+            Ok(d) => d,
+            Err(e) => {
+                m.error = Some(e);
+                return m;
+            }
+        };
         // The path must lead to this superblock, not to whatever is mounted over it or to the
         // agent's own filesystem when host_root is wrong.
-        match std::fs::metadata(&path) {
-            Ok(meta) if Dev::from_st_dev(meta.dev()) == sb.dev => {}
-            Ok(meta) => {
+        match rustix::fs::fstat(&dir.fd) {
+            Ok(st) if Dev::from_st_dev(st.st_dev) == sb.dev => {}
+            Ok(st) => {
                 m.error = Some(format!(
                     "{}: on device {}, not {} (mounted over, or wrong host_root)",
                     path.display(),
-                    Dev::from_st_dev(meta.dev()),
+                    Dev::from_st_dev(st.st_dev),
                     sb.dev
                 ));
                 return m;
             }
             Err(e) => {
-                m.error = Some(format!("{}: {e}", path.display()));
+                m.error = Some(format!("{}: {}", path.display(), std::io::Error::from(e)));
                 return m;
             }
         }
-        match statvfs(&path) {
+        match statvfs(&dir.fd, &path) {
             Ok(st) => {
                 m.limit_bytes = st.limit_bytes;
                 m.allocated_bytes = st.allocated_bytes;
@@ -254,7 +305,9 @@ impl TmpfsCollector {
                 return m;
             }
         }
-        let r = walk::walk(&path, &via.mount_point, &self.limits());
+        m.walk_ns = Some(ns);
+        let via = &via.mount;
+        let r = walk::walk(&dir.walk_path(), &via.mount_point, &self.limits());
         // Only a complete walk from the filesystem's root says what no path reaches.
         let whole = r.truncated.is_none() && r.errors == 0 && via.root.as_bytes() == b"/";
         m.walk_root = Some(via.root.clone());
@@ -322,9 +375,27 @@ impl Collector for TmpfsCollector {
         &mut self,
         ctx: &CollectCtx<'_>,
     ) -> Result<Option<Box<dyn Observation>>, CollectError> {
-        let mounts = ctx.procfs.self_mountinfo(&mut self.buf)?;
-        let superblocks = select_superblocks(&mounts);
-        let mut obs = TmpfsObservation::default();
+        let nss = discover(ctx.procfs, self.max_namespaces, &mut self.buf)?;
+        let superblocks = select_superblocks(nss.tables());
+        // The container of each namespace, from its member's cgroup path.
+        let mut cgroup_errors = Vec::new();
+        let containers: Vec<Option<Container>> = nss
+            .namespaces
+            .iter()
+            .map(|n| {
+                n.ns.pid
+                    .and_then(|pid| CgroupOf::read(ctx.procfs, pid, &mut cgroup_errors).container)
+            })
+            .collect();
+        let mut obs = TmpfsObservation {
+            warnings: nss.warnings(),
+            namespaces_unread: NamespacesUnread {
+                denied: nss.denied,
+                skipped: nss.skipped,
+            },
+            ..TmpfsObservation::default()
+        };
+        obs.warnings.extend(cgroup_errors);
         let needs_mem_total = superblocks
             .iter()
             .any(|s| option_value(&s.super_options, "size").is_some_and(|v| v.ends_with('%')));
@@ -334,7 +405,7 @@ impl Collector for TmpfsCollector {
             None
         };
         for sb in &superblocks {
-            let m = self.measure(sb, mem_total);
+            let m = self.measure(sb, &nss, ctx.procfs, &containers, mem_total);
             if let Some(e) = &m.error {
                 obs.warnings.push(format!("{}: {e}", sb.dev));
             }
@@ -344,7 +415,7 @@ impl Collector for TmpfsCollector {
                     sb.dev,
                     sb.via
                         .as_ref()
-                        .map_or_else(Default::default, |v| v.mount_point.lossy()),
+                        .map_or_else(Default::default, |v| v.mount.mount_point.lossy()),
                     match r {
                         Truncation::MaxEntries => "max_entries",
                         Truncation::MaxWalkTime => "max_walk_time",
@@ -381,8 +452,10 @@ impl Collector for TmpfsCollector {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::MetadataExt;
+
     use super::*;
-    use crate::collectors::Observation;
+    use crate::{collectors::Observation, procfs::mountinfo::NsRef};
 
     fn dev(major: u32, minor: u32) -> Dev {
         Dev { major, minor }
@@ -524,7 +597,7 @@ mod tests {
         assert_eq!(m.error, None);
         assert!(m.limit_bytes.is_some());
         assert_eq!(
-            Some(obs.measured_allocated_bytes()),
+            Some(obs.measured_allocated_bytes("tmpfs")),
             m.allocated_bytes,
             "the one mount is measured"
         );
@@ -535,6 +608,103 @@ mod tests {
         assert!(m.unreachable_bytes.is_some());
         assert_eq!(m.deleted_open_files, None, "fd scan off");
         assert_eq!(obs.fd_scan, None);
+    }
+
+    /// A second mount namespace (pid 42's, with 43 in it too) that mounts a filesystem the agent's
+    /// own does not: it is reached through `42/root` (here a link to a directory standing in for the
+    /// container's root), measured, walked and listed with its namespace; the smaps classification
+    /// sees its device as tmpfs. A superblock hidden in that namespace is reported hidden; a hostile
+    /// namespace link is a warning.
+    #[test]
+    fn a_tmpfs_only_in_another_namespace_is_reached_through_its_root() {
+        use std::os::unix::fs::symlink;
+        let croot = tempfile::tempdir().expect("tempdir");
+        let shm = croot.path().join("dev/shm");
+        std::fs::create_dir_all(&shm).expect("mkdir");
+        std::fs::write(shm.join("f"), vec![1u8; 8192]).expect("write");
+        let d = Dev::from_st_dev(std::fs::metadata(&shm).expect("stat").dev());
+        let proc = tempfile::tempdir().expect("tempdir");
+        let add = |who: &str, ns: &str, mountinfo: &str| {
+            let dir = proc.path().join(who);
+            std::fs::create_dir_all(dir.join("ns")).expect("mkdir");
+            symlink(ns, dir.join("ns/mnt")).expect("symlink");
+            std::fs::write(dir.join("mountinfo"), mountinfo).expect("write");
+        };
+        add("self", "mnt:[1]", "1 0 8:1 / / rw - ext4 /dev/sda rw\n");
+        let container = format!(
+            "100 99 0:80 / / rw - overlay overlay rw\n\
+             101 100 {}:{} / /dev/shm rw - tmpfs shm rw,size=64k\n\
+             102 100 0:95 / /stacked rw - tmpfs tmpfs rw,size=4k\n\
+             103 102 0:96 / /stacked rw - tmpfs tmpfs rw,size=4k\n",
+            d.major, d.minor
+        );
+        add("42", "mnt:[2]", &container);
+        add("43", "mnt:[2]", "garbage that is never read\n");
+        add("44", "mnt:[", "");
+        symlink(croot.path(), proc.path().join("42/root")).expect("symlink");
+        let id = "3f1c2a9b8e7d6c5b4a3f2e1d0c9b8a7f6e5d4c3b2a1f0e9d8c7b6a5f4e3d2c1b";
+        std::fs::write(
+            proc.path().join("42/cgroup"),
+            format!("0::/system.slice/docker-{id}.scope\n"),
+        )
+        .expect("write");
+        let procfs = ProcFs::new(proc.path());
+        let config = TmpfsConfig {
+            scan_fds: false,
+            ..TmpfsConfig::default()
+        };
+        let obs = collect(&procfs, &config);
+        let m = obs.mount(d).unwrap_or_else(|| panic!("no {d}: {obs:?}"));
+        assert_eq!(m.error, None);
+        assert_eq!(m.fstype, "tmpfs");
+        assert_eq!(m.mount_points, vec![Name::from("/dev/shm")]);
+        let ns = NsRef {
+            inode: Some(2),
+            pid: Some(42),
+        };
+        assert_eq!(m.namespaces.len(), 1);
+        assert_eq!(m.namespaces[0].ns, ns);
+        assert_eq!(m.namespaces[0].mount_points, vec![Name::from("/dev/shm")]);
+        let c = m.namespaces[0]
+            .container
+            .as_ref()
+            .expect("a docker container");
+        assert_eq!((c.runtime, c.id.as_deref()), (Some("docker"), Some(id)));
+        assert_eq!(m.walk_ns, Some(ns));
+        assert_eq!(m.files, 1);
+        assert_eq!(m.top_files[0].path, Name::from("/dev/shm/f"));
+        assert!(obs.mount(dev(0, 95)).expect("stacked").hidden);
+        assert!(!obs.mount(dev(0, 96)).expect("on top").hidden);
+        assert!(
+            obs.warnings.iter().any(|w| w.contains("44/ns/mnt")),
+            "{:?}",
+            obs.warnings
+        );
+        let mut recs = Vec::new();
+        obs.records(&mut recs);
+        let v: serde_json::Value =
+            serde_json::from_str(&format!("{{{}}}", recs[0].body)).expect("json");
+        assert_eq!(v["namespaces"][0]["mnt_ns"], 2);
+        assert_eq!(v["namespaces"][0]["pid"], 42);
+        assert_eq!(v["walk_ns"]["pid"], 42);
+        assert_eq!(v["namespaces"][0]["container"]["id"], id);
+
+        let mut buf = Vec::new();
+        let devs = crate::collectors::smaps::tmpfs_devices(&procfs, 4, &mut buf).expect("devs");
+        assert!(devs.contains(&d) && devs.contains(&dev(0, 95)));
+        let own_only = crate::collectors::smaps::tmpfs_devices(&procfs, 0, &mut buf).expect("devs");
+        assert!(
+            own_only.is_empty(),
+            "the agent's own namespace has no tmpfs"
+        );
+        // With the bound at 0, the tmpfs collector does not see it either.
+        let own_only = crate::collectors::observed::<TmpfsObservation>(
+            TmpfsCollector::new(&config)
+                .max_mount_namespaces(0)
+                .collect(&CollectCtx::once(&procfs)),
+        )
+        .unwrap_or_else(|e| panic!("unexpected: {e}"));
+        assert!(own_only.mounts.is_empty());
     }
 
     #[test]
@@ -551,12 +721,15 @@ mod tests {
         };
         let sb = Superblock {
             dev: dev(0, 27),
+            fstype: "tmpfs".into(),
             mount_points: vec![],
             super_options: String::new(),
+            namespaces: vec![],
             via: None,
         };
         let c = TmpfsCollector::new(&TmpfsConfig::default());
-        let mut mounts = vec![c.measure(&sb, None)];
+        let procfs = ProcFs::new("/nonexistent");
+        let mut mounts = vec![c.measure(&sb, &MountNamespaces::default(), &procfs, &[], None)];
         attribute_deleted(
             &mut mounts,
             vec![
@@ -572,7 +745,7 @@ mod tests {
             ..TmpfsObservation::default()
         };
         assert_eq!(
-            obs.measured_allocated_bytes(),
+            obs.measured_allocated_bytes("tmpfs"),
             0,
             "a hidden mount is not measured"
         );

@@ -4,16 +4,34 @@ use serde::Serialize;
 
 use super::{OpenShmemFile, TopEntry, Truncation};
 use crate::{
-    collectors::Observation,
-    procfs::{Dev, escape::Name},
+    collectors::{Observation, cgroup::container::Container},
+    procfs::{Dev, escape::Name, mountinfo::NsRef},
     records::Record,
 };
+
+/// A mount namespace that mounts a superblock, and where.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NsMountPoints {
+    #[serde(flatten)]
+    pub ns: NsRef,
+    /// The container its member's cgroup path shows (null when none, or for the agent's own).
+    pub container: Option<Container>,
+    pub mount_points: Vec<Name>,
+}
 
 /// The `tmpfs` record body: one superblock.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct TmpfsMount {
     pub dev: Dev,
+    /// `tmpfs` or `devtmpfs`.
+    pub fstype: String,
+    /// Mount points in the first namespace that mounts it (the agent's own when it does).
     pub mount_points: Vec<Name>,
+    /// Every mount namespace that mounts it (the agent's own first, with `pid` null).
+    pub namespaces: Vec<NsMountPoints>,
+    /// The namespace the superblock was measured and walked in (paths in `top_files` are its mount
+    /// points); null when not reached.
+    pub walk_ns: Option<NsRef>,
     pub fs_options: String,
     /// The `size=` value as written (`"50%"`, `"1g"`), if any.
     pub size_option: Option<String>,
@@ -73,6 +91,16 @@ pub struct TmpfsObservation {
     pub fd_scan: Option<FdScanSummary>,
     /// Problems worth a line in the `snapshot` record (each names its path).
     pub warnings: Vec<String>,
+    /// Processes whose mount namespace was not readable, and namespaces beyond the bound: tmpfs
+    /// mounts only there are not seen.
+    pub namespaces_unread: NamespacesUnread,
+}
+
+/// What the namespace discovery could not read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NamespacesUnread {
+    pub denied: u32,
+    pub skipped: u32,
 }
 
 impl TmpfsObservation {
@@ -81,10 +109,15 @@ impl TmpfsObservation {
         self.mounts.iter().find(|m| m.dev == dev)
     }
 
-    /// Allocated bytes summed over the superblocks that could be measured (hidden ones and those
-    /// with an error have no `allocated_bytes` and are left out): the ledger's tmpfs total.
-    pub fn measured_allocated_bytes(&self) -> u64 {
-        self.mounts.iter().filter_map(|m| m.allocated_bytes).sum()
+    /// Allocated bytes summed over the superblocks of `fstype` (`tmpfs`, `devtmpfs`) that could be
+    /// measured (hidden ones and those with an error have no `allocated_bytes` and are left out):
+    /// the ledger's tmpfs and devtmpfs totals.
+    pub fn measured_allocated_bytes(&self, fstype: &str) -> u64 {
+        self.mounts
+            .iter()
+            .filter(|m| m.fstype == fstype)
+            .filter_map(|m| m.allocated_bytes)
+            .sum()
     }
 
     /// Superblocks that could not be measured (hidden, or an error): their allocation is missing

@@ -197,14 +197,24 @@ pub fn walk(root: &Path, label: &Name, limits: &WalkLimits) -> WalkResult {
                 continue;
             }
         };
-        // `symlink_metadata`: walkdir does not follow links here.
-        let meta = match entry.metadata() {
+        // `symlink_metadata`: walkdir does not follow links here, except the root, which may be
+        // a link (`/proc/self/fd/N` of an opened mount point) that walkdir descends through.
+        // An error is `None` when the entry vanished meanwhile: nothing left to count.
+        let meta = if entry.depth() == 0 {
+            std::fs::metadata(entry.path())
+                .map_err(|e| (!is_not_found(&e)).then(|| format!("{}: {e}", root.display())))
+        } else {
+            entry
+                .metadata()
+                .map_err(|e| (!e.io_error().is_some_and(is_not_found)).then(|| e.to_string()))
+        };
+        let meta = match meta {
             Ok(m) => m,
-            Err(e) if e.io_error().is_some_and(is_not_found) => continue,
-            Err(e) => {
+            Err(None) => continue,
+            Err(Some(e)) => {
                 r.errors += 1;
                 if r.first_error.is_none() {
-                    r.first_error = Some(e.to_string());
+                    r.first_error = Some(e);
                 }
                 continue;
             }
@@ -475,5 +485,25 @@ mod tests {
         let r = walk(&dir.path().join("nope"), &Name::from("/m"), &limits());
         assert_eq!((r.files, r.dirs, r.errors), (0, 0, 1));
         assert!(r.first_error.is_some_and(|e| e.contains("nope")));
+    }
+
+    /// The root may be a link (an opened mount point's `/proc/self/fd/N`): it is walked through,
+    /// while a link below it is still not followed.
+    #[test]
+    fn a_root_link_is_walked_through_links_below_are_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tree = dir.path().join("tree");
+        fs::create_dir(&tree).expect("mkdir");
+        dense(&tree.join("f"), 8192);
+        std::os::unix::fs::symlink(dir.path(), tree.join("up")).expect("symlink");
+        std::os::unix::fs::symlink(&tree, dir.path().join("root-link")).expect("symlink");
+        let r = walk(&dir.path().join("root-link"), &Name::from("/m"), &limits());
+        assert_eq!((r.dirs, r.errors), (1, 0));
+        assert_eq!(r.files, 2, "f and the link itself");
+        assert!(top(&r.top_files, "/m/f").is_some(), "{:?}", r.top_files);
+        assert_eq!(
+            r.allocated_bytes,
+            allocated(&tree.join("f")) + allocated(&tree.join("up"))
+        );
     }
 }

@@ -6,21 +6,46 @@ use std::collections::{HashMap, HashSet};
 use super::MountInfo;
 use crate::procfs::{Dev, escape::Name};
 
-/// One tmpfs superblock and its mounts, as mountinfo shows them.
+/// The filesystem types whose superblocks are shmem (their pages count in meminfo `Shmem`).
+pub const SHMEM_FSTYPES: [&str; 2] = ["tmpfs", "devtmpfs"];
+
+/// Where one namespace mounts a superblock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NsMounts {
+    /// Index of the namespace in the tables given to [`select_superblocks`] (0: the agent's own).
+    pub ns: usize,
+    /// Its mount points there, in mountinfo order.
+    pub mount_points: Vec<Name>,
+}
+
+/// The mount a superblock is measured and walked through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Via {
+    /// Index of the namespace (as in [`NsMounts::ns`]).
+    pub ns: usize,
+    pub mount: MountInfo,
+}
+
+/// One tmpfs (or devtmpfs) superblock and its mounts in every namespace, as mountinfo shows them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Superblock {
     pub dev: Dev,
-    /// Every mount point of the superblock, in mountinfo order.
+    /// `tmpfs` or `devtmpfs`.
+    pub fstype: String,
+    /// Every mount point of the superblock in the first namespace that mounts it (the agent's own
+    /// when it does), in mountinfo order.
     pub mount_points: Vec<Name>,
     /// The per-superblock options (`rw,size=1024k,mode=755`).
     pub super_options: String,
-    /// The mount to walk and measure through: root `/` if any reachable mount has it, else the first
-    /// reachable one. `None` when every mount is hidden.
-    pub via: Option<MountInfo>,
+    /// Every namespace that mounts it, in namespace order.
+    pub namespaces: Vec<NsMounts>,
+    /// The mount to walk and measure through: a reachable one whose root is `/` if any (the agent's
+    /// own namespace first), else the first reachable one. `None` when every mount is hidden.
+    pub via: Option<Via>,
 }
 
 impl Superblock {
-    /// Every mount of the superblock is stacked under another: no path reaches it.
+    /// Every mount of the superblock, in every namespace, is stacked under another: no path reaches it.
     pub fn hidden(&self) -> bool {
         self.via.is_none()
     }
@@ -61,44 +86,71 @@ fn hidden_mounts(mounts: &[MountInfo]) -> HashSet<u32> {
         .collect()
 }
 
-/// Groups the tmpfs mounts of a mountinfo by superblock, in order of first appearance.
-pub fn select_superblocks(mounts: &[MountInfo]) -> Vec<Superblock> {
-    let hidden = hidden_mounts(mounts);
+/// Groups the tmpfs and devtmpfs mounts of every namespace's mount table by superblock (device),
+/// in order of first appearance. Table 0 is the agent's own namespace.
+pub fn select_superblocks<'a>(
+    tables: impl IntoIterator<Item = &'a [MountInfo]>,
+) -> Vec<Superblock> {
     let mut out: Vec<Superblock> = Vec::new();
-    for m in mounts.iter().filter(|m| m.fstype == "tmpfs") {
-        let dev = m.dev;
-        let i = match out.iter().position(|s| s.dev == dev) {
-            Some(i) => i,
-            None => {
-                out.push(Superblock {
-                    dev,
+    for (ns, mounts) in tables.into_iter().enumerate() {
+        let hidden = hidden_mounts(mounts);
+        for m in mounts
+            .iter()
+            .filter(|m| SHMEM_FSTYPES.contains(&m.fstype.as_str()))
+        {
+            let i = match out.iter().position(|s| s.dev == m.dev) {
+                Some(i) => i,
+                None => {
+                    out.push(Superblock {
+                        dev: m.dev,
+                        fstype: m.fstype.clone(),
+                        mount_points: Vec::new(),
+                        super_options: m.super_options.clone(),
+                        namespaces: Vec::new(),
+                        via: None,
+                    });
+                    out.len() - 1
+                }
+            };
+            let sb = &mut out[i];
+            if sb.namespaces.last().is_none_or(|n| n.ns != ns) {
+                sb.namespaces.push(NsMounts {
+                    ns,
                     mount_points: Vec::new(),
-                    super_options: m.super_options.clone(),
-                    via: None,
                 });
-                out.len() - 1
             }
-        };
-        let sb = &mut out[i];
-        if !sb.mount_points.contains(&m.mount_point) {
-            sb.mount_points.push(m.mount_point.clone());
-        }
-        let reachable = !hidden.contains(&m.mount_id);
-        let better = match &sb.via {
-            None => true,
-            Some(v) => v.root.as_bytes() != b"/" && m.root.as_bytes() == b"/",
-        };
-        if reachable && better {
-            sb.via = Some(m.clone());
+            let first_ns = sb.namespaces.len() == 1;
+            if let Some(n) = sb.namespaces.last_mut()
+                && !n.mount_points.contains(&m.mount_point)
+            {
+                n.mount_points.push(m.mount_point.clone());
+                if first_ns {
+                    sb.mount_points.push(m.mount_point.clone());
+                }
+            }
+            // Whole filesystem first, then the agent's own namespace (no /proc/PID/root hop).
+            let score = |root: &Name, ns: usize| (root.as_bytes() == b"/", ns == 0);
+            let better = match &sb.via {
+                None => true,
+                Some(v) => score(&m.root, ns) > score(&v.mount.root, v.ns),
+            };
+            if better && !hidden.contains(&m.mount_id) {
+                sb.via = Some(Via {
+                    ns,
+                    mount: m.clone(),
+                });
+            }
         }
     }
     out
 }
 
-/// Devices of the tmpfs mounts of a mountinfo.
-pub fn tmpfs_devices(mounts: &[MountInfo]) -> HashSet<Dev> {
-    mounts
-        .iter()
+/// Devices of the tmpfs mounts of some mount tables (devtmpfs is not among them: its files are
+/// device nodes, and a mapped device is no tmpfs file).
+pub fn tmpfs_devices<'a>(tables: impl IntoIterator<Item = &'a [MountInfo]>) -> HashSet<Dev> {
+    tables
+        .into_iter()
+        .flatten()
         .filter(|m| m.fstype == "tmpfs")
         .map(|m| m.dev)
         .collect()
@@ -123,7 +175,8 @@ mod tests {
 ";
 
     fn sbs() -> Vec<Superblock> {
-        select_superblocks(&parse_mountinfo(MOUNTINFO.as_bytes()).expect("parse"))
+        let m = parse_mountinfo(MOUNTINFO.as_bytes()).expect("parse");
+        select_superblocks([m.as_slice()])
     }
 
     fn dev(major: u32, minor: u32) -> Dev {
@@ -146,12 +199,12 @@ mod tests {
         );
         let via = b.via.as_ref().expect("reachable");
         assert_eq!(
-            (via.mount_id, via.mount_point.lossy()),
+            (via.mount.mount_id, via.mount.mount_point.lossy()),
             (22, "/mnt/all".into())
         );
         // Only a subdirectory bind: walked through it.
         let via = s[2].via.as_ref().expect("reachable");
-        assert_eq!(via.root, Name::from("/sub"));
+        assert_eq!(via.mount.root, Name::from("/sub"));
     }
 
     #[test]
@@ -171,7 +224,7 @@ mod tests {
     #[test]
     fn fixture_shm_mounted_twice_hides_the_lower_one() {
         let m = parse_mountinfo(&fixture("proc/self/mountinfo")).expect("parse");
-        let s = select_superblocks(&m);
+        let s = select_superblocks([m.as_slice()]);
         let shm: Vec<_> = s
             .iter()
             .filter(|s| s.mount_points == vec![Name::from("/dev/shm")])
@@ -179,7 +232,79 @@ mod tests {
         assert_eq!(shm.len(), 2);
         assert_eq!((shm[0].dev, shm[0].hidden()), (dev(0, 23), true));
         assert_eq!((shm[1].dev, shm[1].hidden()), (dev(0, 27), false));
-        assert_eq!(shm[1].via.as_ref().map(|v| v.mount_id), Some(60));
-        assert_eq!(s.len(), 4, "0:25, 0:28 and the two /dev/shm");
+        assert_eq!(shm[1].via.as_ref().map(|v| v.mount.mount_id), Some(60));
+        assert_eq!(
+            s.len(),
+            5,
+            "0:25, 0:28, the two /dev/shm and devtmpfs on /dev"
+        );
+        let dev_fs = s.iter().find(|s| s.fstype == "devtmpfs").expect("devtmpfs");
+        assert_eq!(dev_fs.mount_points, vec![Name::from("/dev")]);
+        assert!(!tmpfs_devices([m.as_slice()]).contains(&dev_fs.dev));
+    }
+
+    /// The agent's namespace and a container's: the host's /dev/shm is bind-mounted into the
+    /// container (one superblock, two namespaces); the container has a tmpfs of its own on /dev/shm
+    /// stacked over nothing, a tmpfs the host also has but hidden there, and one hidden in both.
+    const HOST: &str = "\
+1 0 8:1 / / rw - ext4 /dev/sda rw
+2 1 0:27 / /dev/shm rw - tmpfs tmpfs rw,size=64m
+3 1 0:60 / /hidden rw - tmpfs tmpfs rw,size=4k
+4 3 0:61 / /hidden rw - tmpfs tmpfs rw,size=8k
+5 1 0:70 / /both-hidden rw - tmpfs tmpfs rw,size=4k
+6 5 0:71 / /both-hidden rw - tmpfs tmpfs rw,size=4k
+";
+    const CONTAINER: &str = "\
+100 99 0:80 / / rw - overlay overlay rw
+101 100 0:27 /sub /host-shm rw - tmpfs tmpfs rw,size=64m
+102 100 0:90 / /dev/shm rw - tmpfs shm rw,size=65536k
+103 100 0:60 / /seen-here rw - tmpfs tmpfs rw,size=4k
+104 100 0:70 / /x rw - tmpfs tmpfs rw,size=4k
+105 104 0:72 / /x rw - tmpfs tmpfs rw,size=4k
+";
+
+    #[test]
+    fn superblocks_across_namespaces() {
+        let host = parse_mountinfo(HOST.as_bytes()).expect("parse");
+        let container = parse_mountinfo(CONTAINER.as_bytes()).expect("parse");
+        let s = select_superblocks([host.as_slice(), container.as_slice()]);
+        let find = |d: Dev| s.iter().find(|s| s.dev == d).expect("dev");
+        // Shared by bind: one superblock, both namespaces, walked in the agent's own from its root.
+        let shared = find(dev(0, 27));
+        let ns: Vec<(usize, Vec<Name>)> = shared
+            .namespaces
+            .iter()
+            .map(|n| (n.ns, n.mount_points.clone()))
+            .collect();
+        assert_eq!(
+            ns,
+            [
+                (0, vec![Name::from("/dev/shm")]),
+                (1, vec![Name::from("/host-shm")])
+            ]
+        );
+        assert_eq!(shared.mount_points, vec![Name::from("/dev/shm")]);
+        assert_eq!(shared.via.as_ref().map(|v| v.ns), Some(0));
+        // Only in the container: reached there.
+        let own = find(dev(0, 90));
+        assert_eq!(own.namespaces.len(), 1);
+        assert_eq!(own.namespaces[0].ns, 1);
+        assert_eq!(own.mount_points, vec![Name::from("/dev/shm")]);
+        let via = own.via.as_ref().expect("reachable in the container");
+        assert_eq!((via.ns, via.mount.mount_id), (1, 102));
+        // Hidden on the host, reachable in the container: measured there.
+        let h = find(dev(0, 60));
+        assert!(!h.hidden());
+        assert_eq!(
+            h.via.as_ref().map(|v| (v.ns, v.mount.mount_id)),
+            Some((1, 103))
+        );
+        assert_eq!(h.namespaces.len(), 2);
+        // Hidden in both: hidden.
+        assert!(find(dev(0, 70)).hidden());
+        assert!(!find(dev(0, 72)).hidden());
+        let devs = tmpfs_devices([host.as_slice(), container.as_slice()]);
+        assert!(devs.contains(&dev(0, 90)) && devs.contains(&dev(0, 27)));
+        assert!(!devs.contains(&dev(0, 80)), "overlay is no tmpfs");
     }
 }
