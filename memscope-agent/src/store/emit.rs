@@ -23,7 +23,19 @@ impl Store {
     /// Before the first emission nothing is written: the exit goes into the first emission, after
     /// its `snapshot`. The process is dropped from the state so the next emission neither re-sends
     /// it nor reports its exit twice.
-    pub fn exit_now(&mut self, pid: u32, now: SystemTime) -> Vec<u8> {
+    ///
+    /// [`ExitCause::OomKill`] (the tracker's `oom:mark_victim` event, which comes before the
+    /// process is gone) adds `"reason":"oom_kill"`; the tracker's exit event that follows for the
+    /// same pid then writes nothing.
+    pub fn exit_now(&mut self, pid: u32, cause: ExitCause, now: SystemTime) -> Vec<u8> {
+        let oom = cause == ExitCause::OomKill;
+        if oom {
+            if !self.oom_killed.insert(pid) {
+                return Vec::new(); // a second mark_victim for the same victim
+            }
+        } else if self.oom_killed.remove(&pid) {
+            return Vec::new(); // its exit went out with the OOM event
+        }
         let key = ("process", pid.to_string());
         let gone = std::collections::HashSet::from([pid]);
         for (_, o) in &mut self.latest {
@@ -33,10 +45,13 @@ impl Store {
         }
         self.exited.insert(pid);
         if self.seq == 0 {
-            self.early_exits.push(pid);
+            self.early_exits.push((pid, cause));
             return Vec::new();
         }
-        let body = exit_body(self.sent.remove(&key), pid);
+        let mut body = exit_body(self.sent.remove(&key), pid);
+        if oom {
+            body.push_str(OOM_REASON);
+        }
         let ts = rfc3339(now);
         let header = Header {
             ts: &ts,
@@ -90,10 +105,13 @@ impl Store {
         let early_exits = std::mem::take(&mut self.early_exits);
         let gone_records: Vec<Record> = early_exits
             .iter()
-            .map(|pid| Record {
+            .map(|(pid, cause)| Record {
                 kind: "exit",
                 key: pid.to_string(),
-                body: format!("\"pid\":{pid},\"known\":false"),
+                body: match cause {
+                    ExitCause::OomKill => format!("\"pid\":{pid},\"known\":false{OOM_REASON}"),
+                    ExitCause::Exit => format!("\"pid\":{pid},\"known\":false"),
+                },
             })
             .chain(gone.iter().map(|(kind, key, body)| {
                 if *kind == "process" {
@@ -182,6 +200,18 @@ impl Store {
         out
     }
 }
+
+/// Why the tracker says a process is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitCause {
+    /// It exited (or was killed by anything but the OOM killer): the record has no `reason`.
+    Exit,
+    /// The OOM killer chose it (`oom:mark_victim`).
+    OomKill,
+}
+
+/// Appended to the body of an `exit` record of an OOM-killed process.
+const OOM_REASON: &str = ",\"reason\":\"oom_kill\"";
 
 /// The body of an `exit` record sent at once: the last body sent for the process, or the
 /// `known: false` form when its numbers were never sent.
