@@ -45,6 +45,9 @@ pub struct Store {
     /// the tracker's OOM event, awaiting the tracker's exit event for the same process, which then
     /// sends nothing.
     pub(super) oom_killed: HashSet<u32>,
+    /// Each cgroup's `events.oom_kill` at the last emission (by cgroup path), for inferring the
+    /// reason of an exit seen by polling.
+    pub(super) oom_kills: HashMap<String, u64>,
     /// Collectors late for the coming emission.
     pub(super) late: Vec<&'static str>,
     /// The tracker's counters as last reported.
@@ -71,6 +74,7 @@ impl Store {
             exited: std::collections::HashSet::new(),
             early_exits: Vec::new(),
             oom_killed: HashSet::new(),
+            oom_kills: HashMap::new(),
             late: Vec::new(),
             tracker_stats: TrackerStats::default(),
         }
