@@ -2,6 +2,10 @@
 //! 64 MiB limit and a child in it. The `cgroup` record's usage and limit equal the kernel's files,
 //! the child's `process` record names the cgroup, and its PSS shows in the cgroup's fair share.
 //! Uses the v1 memory controller where the host has it (the development VM), else cgroup v2.
+//!
+//! OOM kills: a child in such a cgroup (swap off) driven to twice the limit is killed; with the eBPF
+//! tracker and with polling, its `exit` record says `"reason": "oom_kill"` (inferred, and marked
+//! so, with polling) and the cgroup's `events.oom_kill` moved from 0.
 
 use std::{
     io::{BufRead, BufReader},
