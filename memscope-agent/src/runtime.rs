@@ -24,7 +24,7 @@ use crate::{
     proc_events::{ProcEvent, ProcEvents},
     procfs::{OpenFiles, ProcFs},
     sinks::Sink,
-    store::{self, Store, StoreConfig, StoreMsg, TrackerInfo},
+    store::{self, ExitCause, Store, StoreConfig, StoreMsg, TrackerInfo},
     tracker::{self, DirtySource, PollingSource, Tracker, TrackerState, TrackerStats},
 };
 
@@ -125,8 +125,18 @@ pub async fn run(
         tokio::spawn(async move {
             while let Some(ev) = rx.recv().await {
                 events.publish_lifecycle(&ev);
-                if ev.kind == event_kind::EXIT
-                    && tx.send(StoreMsg::Exit { pid: ev.tgid }).await.is_err()
+                let cause = match ev.kind {
+                    event_kind::EXIT => ExitCause::Exit,
+                    event_kind::OOM_KILL => ExitCause::OomKill,
+                    _ => continue,
+                };
+                if tx
+                    .send(StoreMsg::Exit {
+                        pid: ev.tgid,
+                        cause,
+                    })
+                    .await
+                    .is_err()
                 {
                     break;
                 }
@@ -521,7 +531,7 @@ mod tests {
                 StoreMsg::Skipped { collector } => format!("skipped {collector}"),
                 StoreMsg::Tracker(_) => "tracker".into(),
                 StoreMsg::Emit => "emit".into(),
-                StoreMsg::Exit { pid } => format!("exit {pid}"),
+                StoreMsg::Exit { pid, cause } => format!("exit {pid} {cause:?}"),
                 StoreMsg::Stop => "stop".into(),
             });
         }

@@ -80,6 +80,11 @@ pub mod event_kind {
     pub const EXIT: u32 = 3;
     /// `tgid` called `shmget`; `arg` is the requested size in bytes.
     pub const SHMGET: u32 = 4;
+    /// The OOM killer chose `tgid` as its victim (`oom:mark_victim`); its EXIT follows once the
+    /// kill is delivered. `tgid` is the victim task's id as the tracepoint gives it (`pid`): the
+    /// thread group leader's id except when the killer picked a non-leader thread (a thread group
+    /// whose leader has already released its memory).
+    pub const OOM_KILL: u32 = 5;
 }
 
 /// Bits of [`LifecycleEvent::flags`].
@@ -131,7 +136,8 @@ pub struct Config {
     pub exit_group_dead_off: u32,
     /// `syscalls:sys_enter_shmget` field `size` (8 bytes).
     pub shmget_size_off: u32,
-    pub _pad: u32,
+    /// `oom:mark_victim` field `pid` (4 bytes), or [`OFFSET_ABSENT`] (the program is then not attached).
+    pub oom_pid_off: u32,
 }
 
 /// Per-CPU counters in [`COUNTERS_MAP`] slot 0.

@@ -281,6 +281,25 @@ fn try_exit(ctx: &TracePointContext) -> Result<u32, u32> {
     Ok(emit(ctx, event_kind::EXIT, tgid, 0, flags, 0))
 }
 
+/// `oom:mark_victim`: the OOM killer chose a victim. Runs in the context of the task that hit the
+/// limit (often not the victim), so the victim comes from the record's `pid` field.
+#[tracepoint]
+pub fn memscope_oom(ctx: TracePointContext) -> u32 {
+    match try_oom(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn try_oom(ctx: &TracePointContext) -> Result<u32, u32> {
+    let cfg = config().ok_or(0_u32)?;
+    if cfg.oom_pid_off == OFFSET_ABSENT {
+        return Ok(0);
+    }
+    let pid: i32 = read_field(ctx, cfg.oom_pid_off)?;
+    let pid = u32::try_from(pid).map_err(|_| 1_u32)?;
+    Ok(emit(ctx, event_kind::OOM_KILL, pid, 0, 0, 0))
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {

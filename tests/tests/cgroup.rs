@@ -2,6 +2,10 @@
 //! 64 MiB limit and a child in it. The `cgroup` record's usage and limit equal the kernel's files,
 //! the child's `process` record names the cgroup, and its PSS shows in the cgroup's fair share.
 //! Uses the v1 memory controller where the host has it (the development VM), else cgroup v2.
+//!
+//! OOM kills: a child in such a cgroup (swap off) driven to twice the limit is killed; with the eBPF
+//! tracker and with polling, its `exit` record says `"reason": "oom_kill"` (inferred, and marked
+//! so, with polling) and the cgroup's `events.oom_kill` moved from 0.
 
 use std::{
     io::{BufRead, BufReader},
@@ -75,6 +79,26 @@ impl TestCgroup {
     /// Starts `memhog anon` inside the cgroup: the child joins it before exec, so everything it
     /// touches is charged there. Returns its pid once it is `ready`.
     fn spawn_child(&mut self) -> u32 {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_memhog"));
+        cmd.args(["anon", CHILD_BYTES]).stdout(Stdio::piped());
+        let pid = self.spawn(cmd);
+        let stdout = self
+            .child
+            .as_mut()
+            .and_then(|c| c.stdout.take())
+            .expect("stdout");
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        while line.trim() != "ready" {
+            line.clear();
+            let n = reader.read_line(&mut line).expect("read memhog");
+            assert!(n > 0, "memhog exited before ready");
+        }
+        pid
+    }
+
+    /// Starts `cmd` inside the cgroup (it joins before exec); returns its pid.
+    fn spawn(&mut self, mut cmd: Command) -> u32 {
         let procs = std::ffi::CString::new(
             self.dir
                 .join("cgroup.procs")
@@ -82,8 +106,6 @@ impl TestCgroup {
                 .into_encoded_bytes(),
         )
         .expect("path without NUL");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_memhog"));
-        cmd.args(["anon", CHILD_BYTES]).stdout(Stdio::piped());
         // SAFETY: between fork and exec only raw syscalls (open, write, close through rustix, no
         // allocation: the path is a CString made before the fork); "0" moves the writing process
         // itself.
@@ -99,17 +121,9 @@ impl TestCgroup {
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().expect("spawn memhog in the cgroup");
-        let stdout = child.stdout.take().expect("stdout");
+        let child = cmd.spawn().expect("spawn a child in the cgroup");
         let pid = child.id();
         self.child = Some(child);
-        let mut reader = BufReader::new(stdout);
-        let mut line = String::new();
-        while line.trim() != "ready" {
-            line.clear();
-            let n = reader.read_line(&mut line).expect("read memhog");
-            assert!(n > 0, "memhog exited before ready");
-        }
         pid
     }
 }
@@ -199,4 +213,183 @@ fn a_cgroup_with_a_limit_and_a_child_matches_the_kernel_and_carries_its_fair_sha
         .find(|l| l["kind"] == "cgroup" && l["path"] == "/")
         .expect("root cgroup record");
     assert!(root["fair"]["pss_bytes"].as_u64().expect("root pss") >= pss);
+}
+
+/// What the OOM test's child touches: twice the cgroup's limit.
+const OOM_BYTES: &str = "134217728";
+
+impl TestCgroup {
+    /// No swap for the cgroup, so a child past the limit is OOM-killed rather than swapped out.
+    fn no_swap(&self) {
+        let writes: &[(&str, String)] = if self.limit_file == "memory.limit_in_bytes" {
+            &[
+                ("memory.swappiness", "0".into()),
+                ("memory.memsw.limit_in_bytes", LIMIT.to_string()),
+            ]
+        } else {
+            &[("memory.swap.max", "0".into())]
+        };
+        for (file, value) in writes {
+            let path = self.dir.join(file);
+            // memsw/swap files are absent when the kernel does no swap accounting: then there is
+            // nothing to turn off beyond swappiness.
+            if path.exists() {
+                std::fs::write(&path, value).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            }
+        }
+    }
+}
+
+/// Runs the agent (in this process, on its own thread) with a 1 s interval and `tracker`, its
+/// output in a file; stops it on drop.
+struct RunningAgent {
+    out: PathBuf,
+    _dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl RunningAgent {
+    fn start(tracker: memscope_agent::config::TrackerMode) -> RunningAgent {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("out.jsonl");
+        let mut config = config();
+        config.agent.tracker = tracker;
+        config.agent.interval = memscope_agent::config::Interval(std::time::Duration::from_secs(1));
+        config.output.sink = memscope_agent::config::SinkKind::File;
+        config.output.path = Some(out.clone());
+        let sink = memscope_agent::runtime::open_sink(&config).expect("open the sink");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(memscope_agent::runtime::run(config, sink, false, async {
+                let _ = stopped.await;
+            }))
+        });
+        RunningAgent {
+            out,
+            _dir: dir,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// The complete lines written so far.
+    fn lines(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for RunningAgent {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            match t.join() {
+                Ok(Err(e)) => eprintln!("agent: {e:#}"),
+                Err(_) => eprintln!("agent thread panicked"),
+                Ok(Ok(())) => {}
+            }
+        }
+    }
+}
+
+/// Drives a child in a 64 MiB cgroup past the limit with the agent running under `tracker`: an
+/// `exit` record with `"reason": "oom_kill"` arrives for that pid (with `reason_inferred` exactly
+/// when `inferred`), and the cgroup record's `events.oom_kill` moved from 0.
+fn oom_kill_is_reported(tracker: memscope_agent::config::TrackerMode, inferred: bool) {
+    require_root("cgroup");
+    let mut cg = TestCgroup::create();
+    cg.no_swap();
+    let agent = RunningAgent::start(tracker);
+    // A shell first, so the agent sends the process before it dies (an exit seen by polling is
+    // reported only for a process it had sent); it then execs memhog under the same pid.
+    let mut cmd = Command::new("sh");
+    cmd.args([
+        "-c",
+        &format!(
+            "sleep 3; exec {} anon {OOM_BYTES}",
+            env!("CARGO_BIN_EXE_memhog")
+        ),
+    ])
+    .stdout(Stdio::null());
+    let pid = cg.spawn(cmd);
+    let status = cg
+        .child
+        .as_mut()
+        .expect("child")
+        .wait()
+        .expect("wait for the child");
+    use std::os::unix::process::ExitStatusExt as _;
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "the child was not OOM-killed: {status:?}"
+    );
+    cg.child = None;
+    assert!(cg.read_oom_kill() >= 1, "the kernel counted the kill");
+
+    // Wait (bounded, for a failure message rather than a hang) for the exit record and a cgroup
+    // record showing the kill.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let (exit, counts) = loop {
+        let lines = agent.lines();
+        let exit = lines
+            .iter()
+            .find(|l| l["kind"] == "exit" && l["pid"] == pid)
+            .cloned();
+        let counts: Vec<u64> = lines
+            .iter()
+            .filter(|l| l["kind"] == "cgroup" && l["path"] == cg.rel.as_str())
+            .filter_map(|l| l["events"]["oom_kill"].as_u64())
+            .collect();
+        if exit.is_some() && counts.last().is_some_and(|&n| n >= 1) {
+            break (exit, counts);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no exit record for {pid} with the kill counted after 30 s: exit {exit:?}, oom_kill counts {counts:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let exit = exit.expect("exit record");
+    assert_eq!(exit["reason"], "oom_kill", "{exit}");
+    assert_eq!(exit["cgroup"], cg.rel.as_str(), "{exit}");
+    assert_eq!(exit.get("reason_inferred").is_some(), inferred, "{exit}");
+    assert_eq!(counts.first(), Some(&0), "the counter moved: {counts:?}");
+}
+
+impl TestCgroup {
+    /// The kernel's OOM kill count of the cgroup.
+    fn read_oom_kill(&self) -> u64 {
+        let file = if self.limit_file == "memory.limit_in_bytes" {
+            "memory.oom_control"
+        } else {
+            "memory.events"
+        };
+        let path = self.dir.join(file);
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        text.lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{}: no oom_kill line: {text:?}", path.display()))
+    }
+}
+
+#[test]
+fn an_oom_kill_with_ebpf_sends_the_exit_with_its_reason() {
+    oom_kill_is_reported(memscope_agent::config::TrackerMode::Ebpf, false);
+}
+
+#[test]
+fn an_oom_kill_without_ebpf_is_inferred_from_the_cgroup_counter() {
+    oom_kill_is_reported(memscope_agent::config::TrackerMode::Polling, true);
 }

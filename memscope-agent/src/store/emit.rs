@@ -23,7 +23,19 @@ impl Store {
     /// Before the first emission nothing is written: the exit goes into the first emission, after
     /// its `snapshot`. The process is dropped from the state so the next emission neither re-sends
     /// it nor reports its exit twice.
-    pub fn exit_now(&mut self, pid: u32, now: SystemTime) -> Vec<u8> {
+    ///
+    /// [`ExitCause::OomKill`] (the tracker's `oom:mark_victim` event, which comes before the
+    /// process is gone) adds `"reason":"oom_kill"`; the tracker's exit event that follows for the
+    /// same pid then writes nothing.
+    pub fn exit_now(&mut self, pid: u32, cause: ExitCause, now: SystemTime) -> Vec<u8> {
+        let oom = cause == ExitCause::OomKill;
+        if oom {
+            if !self.oom_killed.insert(pid) {
+                return Vec::new(); // a second mark_victim for the same victim
+            }
+        } else if self.oom_killed.remove(&pid) {
+            return Vec::new(); // its exit went out with the OOM event
+        }
         let key = ("process", pid.to_string());
         let gone = std::collections::HashSet::from([pid]);
         for (_, o) in &mut self.latest {
@@ -33,10 +45,13 @@ impl Store {
         }
         self.exited.insert(pid);
         if self.seq == 0 {
-            self.early_exits.push(pid);
+            self.early_exits.push((pid, cause));
             return Vec::new();
         }
-        let body = exit_body(self.sent.remove(&key), pid);
+        let mut body = exit_body(self.sent.remove(&key), pid);
+        if oom {
+            body.push_str(OOM_REASON);
+        }
         let ts = rfc3339(now);
         let header = Header {
             ts: &ts,
@@ -87,20 +102,29 @@ impl Store {
             .map(|((kind, key), body)| (kind, key, body))
             .collect();
         gone.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        let oom_kills = oom_kill_counts(&records);
         let early_exits = std::mem::take(&mut self.early_exits);
         let gone_records: Vec<Record> = early_exits
             .iter()
-            .map(|pid| Record {
+            .map(|(pid, cause)| Record {
                 kind: "exit",
                 key: pid.to_string(),
-                body: format!("\"pid\":{pid},\"known\":false"),
+                body: match cause {
+                    ExitCause::OomKill => format!("\"pid\":{pid},\"known\":false{OOM_REASON}"),
+                    ExitCause::Exit => format!("\"pid\":{pid},\"known\":false"),
+                },
             })
             .chain(gone.iter().map(|(kind, key, body)| {
                 if *kind == "process" {
+                    let mut body = body.clone();
+                    if oom_kill_moved(&body, &self.oom_kills, &oom_kills) {
+                        body.push_str(OOM_REASON);
+                        body.push_str(",\"reason_inferred\":true");
+                    }
                     Record {
                         kind: "exit",
                         key: key.clone(),
-                        body: body.clone(),
+                        body,
                     }
                 } else {
                     Record::new("removed", key.clone(), &RemovedBody { entity: kind, key })
@@ -108,6 +132,7 @@ impl Store {
             }))
             .collect();
         self.sent = next_sent;
+        self.oom_kills = oom_kills;
 
         let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
         for (kind, _) in &out_records {
@@ -183,11 +208,86 @@ impl Store {
     }
 }
 
+/// Why the tracker says a process is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitCause {
+    /// It exited (or was killed by anything but the OOM killer): the record has no `reason`.
+    Exit,
+    /// The OOM killer chose it (`oom:mark_victim`).
+    OomKill,
+}
+
+/// `events.oom_kill` of every `cgroup` record, by cgroup path.
+fn oom_kill_counts(records: &[Record]) -> HashMap<String, u64> {
+    records
+        .iter()
+        .filter(|r| r.kind == "cgroup")
+        .filter_map(|r| {
+            let v: serde_json::Value = serde_json::from_str(&format!("{{{}}}", r.body)).ok()?;
+            Some((r.key.clone(), v["events"]["oom_kill"].as_u64()?))
+        })
+        .collect()
+}
+
+/// Whether the cgroup a gone process's last body names saw an OOM kill since the last emission
+/// (both counts known and the count grew): its exit is then inferred to be that kill.
+fn oom_kill_moved(body: &str, before: &HashMap<String, u64>, now: &HashMap<String, u64>) -> bool {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&format!("{{{body}}}")) else {
+        return false;
+    };
+    let Some(cgroup) = v["cgroup"].as_str() else {
+        return false;
+    };
+    matches!((before.get(cgroup), now.get(cgroup)), (Some(b), Some(n)) if n > b)
+}
+
+/// Appended to the body of an `exit` record of an OOM-killed process.
+const OOM_REASON: &str = ",\"reason\":\"oom_kill\"";
+
 /// The body of an `exit` record sent at once: the last body sent for the process, or the
 /// `known: false` form when its numbers were never sent.
 fn exit_body(sent: Option<String>, pid: u32) -> String {
     match sent {
         Some(b) => format!("{b},\"at_once\":true"),
         None => format!("\"pid\":{pid},\"known\":false,\"at_once\":true"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exit_is_inferred_oom_killed_only_when_its_cgroup_counter_grew() {
+        let records = [
+            Record {
+                kind: "cgroup",
+                key: "/a".into(),
+                body: r#""path":"/a","events":{"oom":1,"oom_kill":3}"#.into(),
+            },
+            Record {
+                kind: "cgroup",
+                key: "/b".into(),
+                body: r#""path":"/b","events":{}"#.into(),
+            },
+            Record {
+                kind: "process",
+                key: "1".into(),
+                body: r#""pid":1,"events":{"oom_kill":9}"#.into(),
+            },
+        ];
+        let now = oom_kill_counts(&records);
+        assert_eq!(now, HashMap::from([("/a".to_owned(), 3)]));
+        let before = HashMap::from([("/a".to_owned(), 2)]);
+        let in_a = r#""pid":7,"cgroup":"/a","pss_bytes":10"#;
+        assert!(oom_kill_moved(in_a, &before, &now));
+        assert!(!oom_kill_moved(in_a, &now, &now), "no new kill");
+        assert!(
+            !oom_kill_moved(in_a, &HashMap::new(), &now),
+            "no earlier count: unknown, not inferred"
+        );
+        assert!(!oom_kill_moved(r#""pid":7,"cgroup":"/b""#, &before, &now));
+        assert!(!oom_kill_moved(r#""pid":7"#, &before, &now), "no cgroup");
+        assert!(!oom_kill_moved("garbage{", &before, &now));
     }
 }

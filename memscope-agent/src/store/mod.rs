@@ -29,6 +29,7 @@ use tokio::sync::mpsc;
 use tracing::error;
 
 pub use bodies::{CollectorStatus, LadderReport, SelfCost, TrackerInfo};
+pub use emit::ExitCause;
 pub use state::{Store, StoreConfig};
 
 use crate::{
@@ -54,8 +55,8 @@ pub enum StoreMsg {
     Tracker(TrackerStats),
     /// Emit now.
     Emit,
-    /// The tracker saw a process exit: send its `exit` record at once.
-    Exit { pid: u32 },
+    /// The tracker saw a process exit, or the OOM killer choose it: send its `exit` record at once.
+    Exit { pid: u32, cause: ExitCause },
     /// The agent stops: flush and end, even while a late run (holding a sender) still goes.
     Stop,
 }
@@ -81,8 +82,8 @@ pub async fn run(
             StoreMsg::Skipped { collector } => store.skipped(collector),
             StoreMsg::Tracker(stats) => store.set_tracker_stats(stats),
             StoreMsg::Stop => break,
-            StoreMsg::Exit { pid } => {
-                let out = store.exit_now(pid, SystemTime::now());
+            StoreMsg::Exit { pid, cause } => {
+                let out = store.exit_now(pid, cause, SystemTime::now());
                 if !out.is_empty()
                     && let Err(e) = sink.write_batch(&out).await
                 {

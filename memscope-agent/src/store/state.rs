@@ -40,7 +40,14 @@ pub struct Store {
     /// Processes reported by `exit_now` since the last processes observation.
     pub(super) exited: HashSet<u32>,
     /// Exits seen before the first emission: sent in it, after its `snapshot`.
-    pub(super) early_exits: Vec<u32>,
+    pub(super) early_exits: Vec<(u32, super::emit::ExitCause)>,
+    /// Processes whose `exit` was sent (or queued in `early_exits`) with `"reason": "oom_kill"` on
+    /// the tracker's OOM event, awaiting the tracker's exit event for the same process, which then
+    /// sends nothing.
+    pub(super) oom_killed: HashSet<u32>,
+    /// Each cgroup's `events.oom_kill` at the last emission (by cgroup path), for inferring the
+    /// reason of an exit seen by polling.
+    pub(super) oom_kills: HashMap<String, u64>,
     /// Collectors late for the coming emission.
     pub(super) late: Vec<&'static str>,
     /// The tracker's counters as last reported.
@@ -66,6 +73,8 @@ impl Store {
             lines_dropped: 0,
             exited: std::collections::HashSet::new(),
             early_exits: Vec::new(),
+            oom_killed: HashSet::new(),
+            oom_kills: HashMap::new(),
             late: Vec::new(),
             tracker_stats: TrackerStats::default(),
         }

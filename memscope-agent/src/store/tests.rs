@@ -149,7 +149,8 @@ fn an_exit_before_the_first_emission_follows_its_snapshot() {
     let mut s = store(EmitMode::Full, 10);
     s.apply("processes", Duration::ZERO, procs(&[(1, 10), (2, 20)]));
     assert!(
-        s.exit_now(2, SystemTime::UNIX_EPOCH).is_empty(),
+        s.exit_now(2, ExitCause::Exit, SystemTime::UNIX_EPOCH)
+            .is_empty(),
         "nothing is written before the first snapshot"
     );
     let e = emit(&mut s);
@@ -168,11 +169,11 @@ fn an_exit_carries_figures_only_when_they_were_sent() {
     emit(&mut s);
     // Observed (2) but never sent: known false, even though the store holds its numbers.
     s.apply("processes", Duration::ZERO, procs(&[(1, 10), (2, 20)]));
-    let two = lines(&s.exit_now(2, SystemTime::UNIX_EPOCH));
+    let two = lines(&s.exit_now(2, ExitCause::Exit, SystemTime::UNIX_EPOCH));
     assert_eq!(kinds(&two), ["exit"]);
     assert_eq!(two[0]["known"], false);
     assert_eq!(two[0]["seq"], 0);
-    let one = lines(&s.exit_now(1, SystemTime::UNIX_EPOCH));
+    let one = lines(&s.exit_now(1, ExitCause::Exit, SystemTime::UNIX_EPOCH));
     assert_eq!(
         one[0]["pss_bytes"], 10,
         "sent before: its last sent numbers"
@@ -257,6 +258,47 @@ fn agent_record_reports_own_cost_and_reads() {
     assert_eq!(agent["proc_bytes_read_by_file"]["smaps_rollup"], 0);
     assert_eq!(agent["lines_emitted"], 2);
     assert_eq!(v[0]["ts"], "1970-01-01T00:00:00.000Z");
+}
+
+#[test]
+fn an_oom_kill_sends_the_exit_with_its_reason_once() {
+    let mut s = store(EmitMode::Full, 10);
+    s.apply("processes", Duration::ZERO, procs(&[(1, 10), (2, 20)]));
+    emit(&mut s);
+    let oom = lines(&s.exit_now(1, ExitCause::OomKill, SystemTime::UNIX_EPOCH));
+    assert_eq!(kinds(&oom), ["exit"]);
+    assert_eq!(oom[0]["reason"], "oom_kill");
+    assert_eq!(oom[0]["pss_bytes"], 10, "its last sent numbers");
+    assert!(
+        s.exit_now(1, ExitCause::OomKill, SystemTime::UNIX_EPOCH)
+            .is_empty(),
+        "a repeated mark_victim sends nothing"
+    );
+    assert!(
+        s.exit_now(1, ExitCause::Exit, SystemTime::UNIX_EPOCH)
+            .is_empty(),
+        "the exit event that follows sends nothing"
+    );
+    let plain = lines(&s.exit_now(2, ExitCause::Exit, SystemTime::UNIX_EPOCH));
+    assert!(plain[0].get("reason").is_none(), "other exits: no reason");
+}
+
+#[test]
+fn an_oom_kill_before_the_first_emission_keeps_its_reason() {
+    let mut s = store(EmitMode::Full, 10);
+    s.apply("processes", Duration::ZERO, procs(&[(1, 10), (2, 20)]));
+    assert!(
+        s.exit_now(2, ExitCause::OomKill, SystemTime::UNIX_EPOCH)
+            .is_empty()
+    );
+    assert!(
+        s.exit_now(2, ExitCause::Exit, SystemTime::UNIX_EPOCH)
+            .is_empty()
+    );
+    let e = emit(&mut s);
+    assert_eq!(kinds(&e), ["snapshot", "process", "exit", "agent"]);
+    assert_eq!(e[2]["reason"], "oom_kill");
+    assert_eq!(e[0]["records"]["exit"], 1, "one exit, not two");
 }
 
 #[tokio::test]

@@ -124,21 +124,12 @@ impl EbpfSource {
         let logger = start_logger(&mut ebpf);
         write_config(&mut ebpf, config)?;
         for (name, category, tracepoint) in PROGRAMS {
-            let failed = |source| TrackerError::Program {
-                name,
-                category,
-                tracepoint,
-                source: Box::new(source),
-            };
-            let program: &mut TracePoint = ebpf
-                .program_mut(name)
-                .ok_or(TrackerError::MissingProgram { name })?
-                .try_into()
-                .map_err(failed)?;
-            program
-                .load()
-                .and_then(|()| program.attach(category, tracepoint).map(drop))
-                .map_err(failed)?;
+            attach_tracepoint(&mut ebpf, name, category, tracepoint)?;
+        }
+        // Optional: without `oom:mark_victim` the OOM kill is inferred from the cgroup counters.
+        let oom = config.oom_pid_off != memscope_common::OFFSET_ABSENT;
+        if oom {
+            attach_tracepoint(&mut ebpf, OOM_PROGRAM, "oom", "mark_victim")?;
         }
         attach_fork(&mut ebpf, &kernel_btf)?;
         let dirty = ebpf
@@ -163,7 +154,7 @@ impl EbpfSource {
             .map_err(TrackerError::Thread)?;
         tracing::debug!(
             elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
-            programs = PROGRAMS.len() + 1,
+            programs = PROGRAMS.len() + 1 + usize::from(oom),
             tracefs = %tracefs.display(),
             "eBPF programs loaded and attached"
         );
@@ -327,6 +318,33 @@ fn raise_memlock_limit() {
 }
 
 /// The fork program is `tp_btf` (it reads the child's `task_struct`); it needs the kernel's BTF.
+/// The program attached to `oom:mark_victim` when the kernel has it.
+const OOM_PROGRAM: &str = "memscope_oom";
+
+/// Loads the classic tracepoint program `name` and attaches it to `category:tracepoint`.
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    category: &'static str,
+    tracepoint: &'static str,
+) -> Result<(), TrackerError> {
+    let failed = |source| TrackerError::Program {
+        name,
+        category,
+        tracepoint,
+        source: Box::new(source),
+    };
+    let program: &mut TracePoint = ebpf
+        .program_mut(name)
+        .ok_or(TrackerError::MissingProgram { name })?
+        .try_into()
+        .map_err(failed)?;
+    program
+        .load()
+        .and_then(|()| program.attach(category, tracepoint).map(drop))
+        .map_err(failed)
+}
+
 fn attach_fork(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), TrackerError> {
     const NAME: &str = "memscope_fork";
     let program_error = |source| TrackerError::Program {

@@ -90,6 +90,8 @@ fn required(fields: &[Field], path: &Path, name: &str, sizes: &[u32]) -> Result<
 pub struct Formats {
     pub exit: (PathBuf, String),
     pub shmget: (PathBuf, String),
+    /// `oom:mark_victim`, when the kernel has it (`None`: no OOM events, the kill is inferred).
+    pub oom: Option<(PathBuf, String)>,
 }
 
 impl Formats {
@@ -104,6 +106,15 @@ impl Formats {
         Ok(Self {
             exit: read("sched/sched_process_exit")?,
             shmget: read("syscalls/sys_enter_shmget")?,
+            oom: match read("oom/mark_victim") {
+                Ok(f) => Some(f),
+                Err(TrackerError::Format { source, .. })
+                    if source.kind() == io::ErrorKind::NotFound =>
+                {
+                    None
+                }
+                Err(e) => return Err(e),
+            },
         })
     }
 
@@ -116,13 +127,17 @@ impl Formats {
         let exit_group_dead_off =
             field(&parse_format(exit), exit_path, "group_dead", &[1])?.unwrap_or(OFFSET_ABSENT);
         let shmget_size_off = required(&parse_format(shmget), shmget_path, "size", &[8])?;
+        let oom_pid_off = match &self.oom {
+            Some((path, text)) => required(&parse_format(text), path, "pid", &[4])?,
+            None => OFFSET_ABSENT,
+        };
         Ok(Config {
             agent_tgid,
             flags: CONFIG_READY,
             task_tgid_off,
             exit_group_dead_off,
             shmget_size_off,
-            _pad: 0,
+            oom_pid_off,
         })
     }
 }
@@ -271,7 +286,32 @@ format:
         Formats {
             exit: ("exit/format".into(), exit.to_owned()),
             shmget: ("shmget/format".into(), shmget.to_owned()),
+            oom: None,
         }
+    }
+
+    /// `oom:mark_victim` on 6.18 (this VM), trimmed to the fields before `comm`'s payload.
+    const MARK_VICTIM_6_18: &str =
+        "\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:int pid;\toffset:8;\tsize:4;\tsigned:1;
+\tfield:__data_loc char[] comm;\toffset:12;\tsize:4;\tsigned:0;
+\tfield:unsigned long total_vm;\toffset:16;\tsize:8;\tsigned:0;
+";
+
+    #[test]
+    fn oom_victim_offset_when_the_kernel_has_mark_victim() -> Result<(), TrackerError> {
+        let mut f = formats(EXIT_6_18, SHMGET);
+        assert_eq!(f.config(1, 0)?.oom_pid_off, OFFSET_ABSENT, "no tracepoint");
+        f.oom = Some(("oom/format".into(), MARK_VICTIM_6_18.to_owned()));
+        assert_eq!(f.config(1, 0)?.oom_pid_off, 8);
+        f.oom = Some(("oom/format".into(), SHMGET.to_owned()));
+        assert!(matches!(
+            f.config(1, 0),
+            Err(TrackerError::FormatField { ref problem, .. }) if problem.contains("no field pid")
+        ));
+        Ok(())
     }
 
     #[test]
