@@ -4,7 +4,8 @@
 //! [`collectors`] (one per source behind [`collectors::Collector`]), [`store`] (owns the snapshot,
 //! decides what to emit), [`records`] (the JSON-lines format), [`sinks`] (stdout, rotating file),
 //! [`config`] (TOML), [`runtime`] (the scheduler and the store task), [`ladder`] (what to re-read
-//! when), [`tracker`] (eBPF dirty tracking, or polling), [`ledger`] (derived records).
+//! when), [`tracker`] (eBPF dirty tracking, or polling), [`ledger`] (derived records), [`view`] (`show` tables and the HTML `report`, readers of the
+//! records).
 
 pub mod collectors;
 pub mod config;
@@ -16,3 +17,4 @@ pub mod runtime;
 pub mod sinks;
 pub mod store;
 pub mod tracker;
+pub mod view;
