@@ -129,3 +129,17 @@ pub fn mmap_munmap_pair() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+pub mod synth;
+
+/// The agent's records of one `--once` run over `fixtures/proc`, as the golden test makes them
+/// (host `golden`; tmpfs mounts point at a host root that does not exist, so nothing of this
+/// machine is measured).
+pub fn once_over_fixtures() -> anyhow::Result<Vec<Value>> {
+    let root = workspace_root();
+    let mut config = Config::default();
+    config.agent.host = "golden".to_string();
+    config.agent.proc_root = root.join("fixtures/proc");
+    config.collectors.tmpfs.host_root = root.join("fixtures/no-host-root");
+    run_once(config)
+}

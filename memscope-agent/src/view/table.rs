@@ -248,9 +248,9 @@ fn host_table(state: &State) -> Table {
             col("AVAILABLE", Align::Right),
             col("BUFF/CACHE", Align::Right),
             col("SHMEM", Align::Right),
-            col("SWAP USED", Align::Right),
-            col("SWAP TOTAL", Align::Right),
-            col("HUGETLB", Align::Right),
+            optional(col("SWAP USED", Align::Right), 1),
+            optional(col("SWAP TOTAL", Align::Right), 3),
+            optional(col("HUGETLB", Align::Right), 2),
         ],
     );
     if let Some(m) = state.singleton("meminfo") {
@@ -499,7 +499,7 @@ fn sysv_table(state: &State) -> Table {
         vec![
             col("SHMID", Align::Right),
             col("KEY", Align::Left),
-            text("OWNER"),
+            optional(text("OWNER"), 3),
             col("SIZE", Align::Right),
             col("RESIDENT", Align::Right),
             optional(col("SWAPPED", Align::Right), 2),
