@@ -30,7 +30,7 @@ struct Cli {
     #[arg(long)]
     once: bool,
     /// Log filter for the agent's own logs on stderr (tracing env-filter syntax); RUST_LOG also works.
-    #[arg(long, value_name = "FILTER", default_value = "info")]
+    #[arg(long, global = true, value_name = "FILTER", default_value = "info")]
     log: String,
     #[command(subcommand)]
     command: Option<Command>,

@@ -23,6 +23,8 @@ pub struct SynthOptions {
     pub interval_s: u64,
     /// `None`: `emit = "full"`; `Some(n)`: `changes` with a keyframe every n emissions.
     pub keyframe_every: Option<u64>,
+    /// Small `worker-N` processes beside the named ones (a bigger host for the benchmark).
+    pub extra_processes: usize,
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -164,6 +166,16 @@ pub fn synthesize(base: &[Value], opts: &SynthOptions) -> String {
             period: *period,
         })
         .collect();
+    for k in 0..opts.extra_processes {
+        procs.push(Proc {
+            template: template.clone(),
+            pid: 20_000 + k as u64,
+            name: format!("worker-{k}"),
+            base: (4.0 + (k % 16) as f64) * MIB,
+            amp: 0.1,
+            period: 700.0 + (k % 50) as f64 * 40.0,
+        });
+    }
     // memhog: grows 4 MiB per emission from 50 MiB; killed at 1.2 GiB (after 288 emissions), back
     // 5 emissions later with a new pid.
     let hog_limit = 1200.0 * MIB;

@@ -208,6 +208,7 @@ fn a_changes_stream_rebuilds_the_full_state_at_every_emission() {
             emissions: n,
             interval_s: 10,
             keyframe_every: None,
+            extra_processes: 0,
         },
     );
     let changes = synthesize(
@@ -216,6 +217,7 @@ fn a_changes_stream_rebuilds_the_full_state_at_every_emission() {
             emissions: n,
             interval_s: 10,
             keyframe_every: Some(10),
+            extra_processes: 0,
         },
     );
     assert!(
@@ -244,6 +246,7 @@ fn report_of_a_stream_has_treemap_plots_and_marked_oom_kills() {
             emissions: 720,
             interval_s: 10,
             keyframe_every: Some(10),
+            extra_processes: 0,
         },
     );
     let data = read_stream(stream.as_bytes(), None, None).expect("reads");

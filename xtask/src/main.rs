@@ -1,12 +1,14 @@
 //! `cargo xtask`: what cargo alone can't do — toolchain setup, the test lanes, golden updates, benches.
 //!
 //! `cargo xtask test` is the one test command (README, CI): it sets up the eBPF toolchain, checks
-//! formatting and lints, runs the unprivileged lane, then the privileged lane (root + BPF), which
-//! fails loudly when it cannot run.
+//! formatting and lints, runs the unprivileged lane (unit, CLI, golden and view tests), the view
+//! lane (the HTML report in headless chromium), then the privileged lane (root + BPF), which fails
+//! loudly when it cannot run.
 
 mod ladder_bench;
 mod probe_bench;
 mod setup;
+mod view_bench;
 
 use std::process::Command;
 
@@ -30,7 +32,14 @@ enum Cmd {
     },
     /// Only the privileged lane (needs root).
     TestPrivileged,
-    /// Regenerate fixtures/golden/*.jsonl from fixtures/proc.
+    /// Only the view lane: the HTML report in headless chromium (installs chromium when missing).
+    TestView,
+    /// What `show` costs against `--once`, and how long `report` takes on a day-sized stream.
+    ViewBench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Regenerate fixtures/golden/ (once.jsonl, show.txt) from fixtures/proc.
     GoldenUpdate,
     /// Install the eBPF toolchain (nightly rust-src, bpf-linker for the nightly's LLVM). Idempotent.
     Setup,
@@ -48,11 +57,21 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Test { skip_privileged } => test(skip_privileged),
         Cmd::TestPrivileged => privileged_lane(),
+        Cmd::TestView => view_lane(),
+        Cmd::ViewBench { args } => view_bench::run(&args),
         Cmd::Setup => setup::setup_ebpf_toolchain(),
         Cmd::ProbeBench => probe_bench::run(),
         Cmd::Bench { args } => ladder_bench::run(&args),
         Cmd::GoldenUpdate => cargo(
-            &["test", "-p", "memscope-tests", "--test", "golden"],
+            &[
+                "test",
+                "-p",
+                "memscope-tests",
+                "--test",
+                "golden",
+                "--test",
+                "view",
+            ],
             &[("MEMSCOPE_UPDATE_GOLDEN", "1")],
         ),
     }
@@ -111,7 +130,19 @@ fn test(skip_privileged: bool) -> Result<()> {
     )?;
     // Unprivileged lane: unit tests, CLI tests, golden end-to-end over fixtures.
     cargo(&["test", "--workspace", "--exclude", "memscope-tests"], &[])?;
-    cargo(&["test", "-p", "memscope-tests", "--test", "golden"], &[])?;
+    cargo(
+        &[
+            "test",
+            "-p",
+            "memscope-tests",
+            "--test",
+            "golden",
+            "--test",
+            "view",
+        ],
+        &[],
+    )?;
+    view_lane()?;
     if skip_privileged {
         eprintln!(
             "xtask: *** privileged lane SKIPPED (--skip-privileged): live and eBPF tests did not run ***"
@@ -119,6 +150,15 @@ fn test(skip_privileged: bool) -> Result<()> {
         return Ok(());
     }
     privileged_lane()
+}
+
+/// The view lane: the report opened in headless chromium (installed from Debian when missing).
+fn view_lane() -> Result<()> {
+    setup::apt_install("chromium", &["chromium"])?;
+    cargo(
+        &["test", "-p", "memscope-tests", "--test", "view_browser"],
+        &[],
+    )
 }
 
 fn privileged_lane() -> Result<()> {

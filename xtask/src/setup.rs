@@ -251,3 +251,38 @@ mod tests {
         Ok(())
     }
 }
+
+/// Installs Debian packages whose command `probe` is missing: `apt-get update` once, then
+/// `apt-get install -y PACKAGES` (needs root, as CI has). Idempotent: nothing runs when `probe`
+/// is on the PATH.
+pub fn apt_install(probe: &str, packages: &[&str]) -> anyhow::Result<()> {
+    if on_path(probe) {
+        eprintln!("setup: {probe}: present");
+        return Ok(());
+    }
+    if !crate::is_root() {
+        bail!(
+            "{probe} is missing and installing it needs root: run `sudo apt-get install {}`",
+            packages.join(" ")
+        );
+    }
+    eprintln!("setup: {probe}: missing, installing {}", packages.join(" "));
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q"])
+        .args(packages)
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    if !on_path(probe) {
+        bail!(
+            "{probe} is still missing after installing {}",
+            packages.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// Whether an executable named `name` is on the PATH.
+fn on_path(name: &str) -> bool {
+    env::var_os("PATH")
+        .is_some_and(|paths| env::split_paths(&paths).any(|d| d.join(name).is_file()))
+}

@@ -109,7 +109,6 @@ struct ProcSeries {
     name: String,
     pid: u64,
     points: Vec<(u32, u64)>,
-    max: u64,
 }
 
 /// An exit and when it happened (seconds since the first emission).
@@ -278,7 +277,6 @@ pub fn read_stream(
                         series.pid = pid;
                     }
                     series.points.push((idx, pss));
-                    series.max = series.max.max(pss);
                 }
                 let chosen = match at {
                     None => false,
@@ -815,24 +813,8 @@ pub fn render_html(data: &ReportData, top: usize) -> String {
         html.push('\n');
     }
 
-    // Top processes' PSS.
-    let mut procs: Vec<&ProcSeries> = data.procs.values().collect();
-    procs.sort_by(|a, b| b.max.cmp(&a.max).then(a.pid.cmp(&b.pid)));
-    let series: Vec<Series> = procs
-        .iter()
-        .take(top)
-        .map(|p| {
-            let pts: Vec<(f64, f64)> = p
-                .points
-                .iter()
-                .map(|(i, v)| (times.get(*i as usize).copied().unwrap_or(0.0), *v as f64))
-                .collect();
-            Series {
-                label: format!("{} ({})", p.name, p.pid),
-                points: thin(&pts, span),
-            }
-        })
-        .collect();
+    // Top processes' PSS, by name: processes with one name (workers, restarts) are summed.
+    let series = program_series(data, top, span);
     let oom: Vec<(f64, f64, String)> = data
         .exits
         .iter()
@@ -845,7 +827,11 @@ pub fn render_html(data: &ReportData, top: usize) -> String {
             )
         })
         .collect();
-    let _ = writeln!(html, "<h2>Top {} processes by PSS</h2>", series.len());
+    let _ = writeln!(
+        html,
+        "<h2>Top {} processes by peak PSS</h2>\n<p class=\"meta\">Processes with the same name are summed (label: name and pid, or the number of pids).</p>",
+        series.len()
+    );
     html.push_str(&time_plot(
         "plot-processes",
         "PSS of the top processes (red cross: OOM kill)",
@@ -895,6 +881,57 @@ pub fn render_html(data: &ReportData, top: usize) -> String {
     exits_table(&mut html, &data.exits);
     html.push_str("</body></html>\n");
     html
+}
+
+/// The PSS series of the `top` names with the highest peak; each sums the processes of that name
+/// alive at each emission.
+fn program_series(data: &ReportData, top: usize, span: f64) -> Vec<Series> {
+    struct Program {
+        sum: Vec<Option<u64>>,
+        pids: Vec<u64>,
+    }
+    let n = data.times.len();
+    let mut by_name: HashMap<&str, Program> = HashMap::new();
+    for p in data.procs.values() {
+        let prog = by_name.entry(p.name.as_str()).or_insert_with(|| Program {
+            sum: vec![None; n],
+            pids: Vec::new(),
+        });
+        prog.pids.push(p.pid);
+        for (i, v) in &p.points {
+            if let Some(slot) = prog.sum.get_mut(*i as usize) {
+                *slot = Some(slot.unwrap_or(0) + v);
+            }
+        }
+    }
+    let mut ranked: Vec<(&str, Program, u64)> = by_name
+        .into_iter()
+        .map(|(name, p)| {
+            let peak = p.sum.iter().flatten().copied().max().unwrap_or(0);
+            (name, p, peak)
+        })
+        .collect();
+    ranked.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(b.0)));
+    ranked
+        .into_iter()
+        .take(top)
+        .map(|(name, p, _)| {
+            let pts: Vec<(f64, f64)> = p
+                .sum
+                .iter()
+                .enumerate()
+                .filter_map(|(i, v)| v.map(|v| (data.times[i], v as f64)))
+                .collect();
+            let label = match p.pids.as_slice() {
+                [pid] => format!("{name} ({pid})"),
+                pids => format!("{name} ({} pids)", pids.len()),
+            };
+            Series {
+                label,
+                points: thin(&pts, span),
+            }
+        })
+        .collect()
 }
 
 /// Most exits listed; every OOM kill is listed whatever the count.
@@ -980,6 +1017,47 @@ mod tests {
         assert!(t.len() <= MAX_POINTS + 1, "{}", t.len());
         assert!(t.iter().any(|p| p.1 == 99.0), "peak kept");
         assert_eq!(thin(&pts[..10], 10.0).len(), 10);
+    }
+
+    #[test]
+    fn treemap_kinds_partition_memtotal_without_double_counting() {
+        let stream = [
+            r#"{"kind":"snapshot","seq":0,"ts":"2026-11-26T00:00:00Z","keyframe":true}"#,
+            r#"{"kind":"meminfo","MemTotal_bytes":10000,"MemFree_bytes":3000,"Cached_bytes":2000,"Shmem_bytes":500,"Buffers_bytes":100,"SReclaimable_bytes":200,"SUnreclaim_bytes":300,"KernelStack_bytes":50,"PageTables_bytes":50}"#,
+            r#"{"kind":"process","pid":1,"name":"a","pss_bytes":1500,"pss_anon_bytes":1000,"pss_file_bytes":400,"pss_shmem_bytes":100}"#,
+            r#"{"kind":"process","pid":2,"name":"b","pss_bytes":700,"pss_file_bytes":200,"pss_shmem_bytes":0}"#,
+            r#"{"kind":"object","id":"file:1:2:3","object_kind":"file","label":"/lib/x.so","pss_bytes":600}"#,
+            r#"{"kind":"object","id":"memfd:0:1:9","object_kind":"memfd","label":"memfd:m","pss_bytes":100}"#,
+            r#"{"kind":"tmpfs","dev":"0:27","mount_points":["/dev/shm"],"allocated_bytes":250}"#,
+            r#"{"kind":"shmem_ledger","shmem_bytes":500,"memfd_bytes":150,"unexplained_bytes":100}"#,
+            r#"{"kind":"agent","seq":0}"#,
+        ]
+        .join("\n");
+        let (state, _) = super::super::state::rebuild(&stream);
+        let groups = treemap_groups(&state);
+        let total: u64 = groups.iter().map(Group::bytes).sum();
+        assert_eq!(total, 10_000, "the kinds add up to MemTotal");
+        let of = |label: &str| {
+            groups
+                .iter()
+                .find(|g| g.label.starts_with(label))
+                .map_or(0, Group::bytes)
+        };
+        assert_eq!(
+            of("processes"),
+            1000 + 500,
+            "anonymous PSS (b: PSS - file - shmem)"
+        );
+        assert_eq!(of("mapped files"), 600);
+        // tmpfs 250 + memfd object 100 + fd-held memfd 50 + unexplained 100.
+        assert_eq!(of("shared memory"), 500);
+        assert_eq!(of("page cache"), 2000 - 500 - 600);
+        assert_eq!(of("kernel"), 600);
+        assert_eq!(of("free"), 3000);
+        assert_eq!(
+            of("other"),
+            10_000 - 1500 - 600 - 500 - 900 - 600 - 100 - 3000
+        );
     }
 
     #[test]
