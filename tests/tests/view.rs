@@ -120,7 +120,7 @@ fn process_rows_show_the_records_figures() {
     for row in &rows {
         let rec = procs
             .iter()
-            .find(|p| p["pid"].to_string() == row[0])
+            .find(|p| p["pid"].as_u64().map(|v| v.to_string()).as_deref() == Some(row[0].as_str()))
             .unwrap_or_else(|| panic!("no record for row {row:?}"));
         assert_eq!(row[1], rec["user"].as_str().expect("user"));
         assert_eq!(row[2], rec["name"].as_str().expect("name"));
@@ -164,8 +164,11 @@ fn narrow_terminal_tables_fit() {
     }
 }
 
+/// Entities by (kind, key): the record without its header fields.
+type Entities = BTreeMap<(String, String), String>;
+
 /// The state's entities without the header fields (`ts`, `seq` differ for unchanged entities).
-fn entities(state: &State) -> BTreeMap<(String, String), String> {
+fn entities(state: &State) -> Entities {
     let mut out = BTreeMap::new();
     for kind in state.kinds() {
         for e in state.entities(kind) {
@@ -183,7 +186,7 @@ fn entities(state: &State) -> BTreeMap<(String, String), String> {
     out
 }
 
-fn states_per_emission(stream: &str) -> (Vec<BTreeMap<(String, String), String>>, usize) {
+fn states_per_emission(stream: &str) -> (Vec<Entities>, usize) {
     let mut r = Rebuilder::new();
     let mut out = Vec::new();
     let mut exits = 0;

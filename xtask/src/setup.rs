@@ -224,34 +224,6 @@ fn run(command: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn llvm_major_from_rustc_vv() -> anyhow::Result<()> {
-        let vv = "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)\nbinary: rustc\nhost: x86_64-unknown-linux-gnu\nrelease: 1.97.0-nightly\nLLVM version: 22.1.4\n";
-        assert_eq!(llvm_major(vv)?, 22);
-        assert!(llvm_major("rustc 1.0\n").is_err());
-        Ok(())
-    }
-
-    #[test]
-    fn finds_libllvm_by_major() -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
-        fs::write(dir.path().join("librustc_driver.so"), b"")?;
-        fs::write(dir.path().join("libLLVM.so.22.1-rust-1.97.0-nightly"), b"")?;
-        assert_eq!(
-            find_libllvm(dir.path(), 22)?
-                .file_name()
-                .and_then(|n| n.to_str()),
-            Some("libLLVM.so.22.1-rust-1.97.0-nightly")
-        );
-        assert!(find_libllvm(dir.path(), 23).is_err());
-        Ok(())
-    }
-}
-
 /// Installs Debian packages whose command `probe` is missing: `apt-get update` once, then
 /// `apt-get install -y PACKAGES` (needs root, as CI has). Idempotent: nothing runs when `probe`
 /// is on the PATH.
@@ -285,4 +257,32 @@ pub fn apt_install(probe: &str, packages: &[&str]) -> anyhow::Result<()> {
 fn on_path(name: &str) -> bool {
     env::var_os("PATH")
         .is_some_and(|paths| env::split_paths(&paths).any(|d| d.join(name).is_file()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llvm_major_from_rustc_vv() -> anyhow::Result<()> {
+        let vv = "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)\nbinary: rustc\nhost: x86_64-unknown-linux-gnu\nrelease: 1.97.0-nightly\nLLVM version: 22.1.4\n";
+        assert_eq!(llvm_major(vv)?, 22);
+        assert!(llvm_major("rustc 1.0\n").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn finds_libllvm_by_major() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        fs::write(dir.path().join("librustc_driver.so"), b"")?;
+        fs::write(dir.path().join("libLLVM.so.22.1-rust-1.97.0-nightly"), b"")?;
+        assert_eq!(
+            find_libllvm(dir.path(), 22)?
+                .file_name()
+                .and_then(|n| n.to_str()),
+            Some("libLLVM.so.22.1-rust-1.97.0-nightly")
+        );
+        assert!(find_libllvm(dir.path(), 23).is_err());
+        Ok(())
+    }
 }
