@@ -145,6 +145,8 @@ pub struct ReportData {
     pub emissions: u64,
     pub lines: u64,
     pub unreadable: u64,
+    /// Emissions cut short (the agent stopped mid-write), left out.
+    pub cut: u64,
     /// Emission times, seconds since the first.
     times: Vec<f64>,
     meminfo: Vec<Vec<f64>>,
@@ -205,6 +207,7 @@ pub fn read_stream(
         emissions: 0,
         lines: 0,
         unreadable: 0,
+        cut: 0,
         times: Vec::new(),
         meminfo: vec![Vec::new(); MEMINFO_SERIES.len()],
         ledger: vec![Vec::new(); LEDGER_SERIES.len()],
@@ -300,6 +303,7 @@ pub fn read_stream(
     bar.finish_and_clear();
     data.emissions = rb.emissions;
     data.unreadable = rb.unreadable;
+    data.cut = rb.cut;
     if data.emissions == 0 {
         anyhow::bail!(
             "no emission in the stream ({} lines, {} unreadable): is it memscope's JSON lines?",
@@ -772,7 +776,7 @@ td.n{text-align:right}tr.oom td{background:#fde2e2}.badge{background:#c62828;col
 
 /// The whole page.
 pub fn render_html(data: &ReportData, top: usize) -> String {
-    let span = data.times.last().copied().unwrap_or(0.0);
+    let span = data.times.iter().copied().fold(0.0, f64::max);
     let times = &data.times;
     let mut html = String::with_capacity(1 << 20);
     let title = format!("memscope report: {}", data.host);
@@ -784,13 +788,18 @@ pub fn render_html(data: &ReportData, top: usize) -> String {
     );
     let _ = writeln!(
         html,
-        "<p class=\"meta\">{} emissions from {} to {}; {} lines{}.</p>",
+        "<p class=\"meta\">{} emissions from {} to {}; {} lines{}{}.</p>",
         data.emissions,
         escape(&data.first_ts),
         escape(&data.last_ts),
         data.lines,
         if data.unreadable > 0 {
             format!(", {} unreadable lines skipped", data.unreadable)
+        } else {
+            String::new()
+        },
+        if data.cut > 0 {
+            format!(", {} emissions cut short left out", data.cut)
         } else {
             String::new()
         }

@@ -235,6 +235,8 @@ pub struct Rebuilder {
     pub emissions: u64,
     /// Lines that were not records.
     pub unreadable: u64,
+    /// Emissions cut short (a `snapshot` before the previous emission's `agent` record).
+    pub cut: u64,
 }
 
 impl Rebuilder {
@@ -271,8 +273,11 @@ impl Rebuilder {
         match line.kind.as_str() {
             "snapshot" => {
                 // A snapshot while one is open: the previous emission was cut short (the agent
-                // stopped mid-write); it is closed as it stands.
-                let cut = self.open;
+                // stopped mid-write). It is not reported as an emission; its records stay applied
+                // until the next keyframe replaces them.
+                if self.open {
+                    self.cut += 1;
+                }
                 if line.keyframe.unwrap_or(false) {
                     s.entities.clear();
                     s.complete = true;
@@ -282,10 +287,6 @@ impl Rebuilder {
                 s.host = line.host.clone();
                 s.snapshot = Some(raw.to_string());
                 self.open = true;
-                if cut {
-                    self.emissions += 1;
-                    return Step::Emission;
-                }
                 Step::Applied
             }
             "agent" => {
@@ -407,6 +408,18 @@ mod tests {
         assert!(r.state().complete);
         assert_eq!(pss_of(r.state()), [("p1".to_string(), 10)], "pid 9 dropped");
         assert_eq!(r.emissions, 2);
+        // An emission cut short (no `agent` record) is not reported; the next one is.
+        for l in [snap(7, false), proc_line(7, 1, 11)] {
+            assert_eq!(r.push(&l), Step::Applied);
+        }
+        assert_eq!(r.push(&snap(0, true)), Step::Applied);
+        assert_eq!(r.push(&agent(0)), Step::Emission);
+        assert_eq!((r.emissions, r.cut), (3, 1));
+        assert_eq!(
+            r.state().entities("process").count(),
+            0,
+            "keyframe cleared it"
+        );
     }
 
     #[test]
