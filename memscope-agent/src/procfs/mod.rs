@@ -14,6 +14,7 @@ use std::{
 
 pub mod cmdline;
 pub mod counters;
+pub mod dev;
 pub mod escape;
 pub mod meminfo;
 pub mod mountinfo;
@@ -27,6 +28,10 @@ mod text;
 
 #[cfg(test)]
 mod robustness_tests;
+
+pub use dev::Dev;
+/// The 1-based line of a byte offset in a text (also the config's error lines).
+pub(crate) use text::line_at;
 
 /// What a `/proc` read was for; bytes read are counted per class for the `agent` record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -241,6 +246,21 @@ impl ProcFs {
         })
     }
 
+    /// `meminfo`, parsed.
+    pub fn meminfo(&self, buf: &mut Vec<u8>) -> Result<Vec<meminfo::MeminfoField>, ProcError> {
+        let path = self.path("meminfo");
+        self.read_parsed(&path, FileClass::Meminfo, buf, meminfo::parse_meminfo)
+    }
+
+    /// The agent's own mount table, `self/mountinfo`, parsed.
+    pub fn self_mountinfo(
+        &self,
+        buf: &mut Vec<u8>,
+    ) -> Result<Vec<mountinfo::MountInfo>, ProcError> {
+        let path = self.path("self/mountinfo");
+        self.read_parsed(&path, FileClass::Mountinfo, buf, mountinfo::parse_mountinfo)
+    }
+
     /// The numeric entries of the root (process ids), sorted.
     pub fn pids(&self) -> Result<Vec<u32>, ProcError> {
         let rd =
@@ -338,9 +358,7 @@ impl OpenFiles {
 
 /// The system page size in bytes.
 pub fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if v > 0 { v as u64 } else { 4096 }
+    rustix::param::page_size() as u64
 }
 
 #[cfg(test)]
