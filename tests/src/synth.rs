@@ -65,9 +65,8 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
-/// A synthetic process: its record template and how its PSS moves.
+/// A synthetic process and how its PSS moves.
 struct Proc {
-    template: Value,
     pid: u64,
     name: String,
     base: f64,
@@ -98,6 +97,18 @@ fn with_header(kind: &str, t: &str, seq: u64, body: &Value) -> String {
         }
     }
     Value::Object(o).to_string()
+}
+
+/// A process record from the template: pid, name (also the command line), start ticks, memory.
+fn process_record(template: &Value, pid: u64, name: &str, pss: u64) -> Value {
+    let mut r = template.clone();
+    r["pid"] = json!(pid);
+    r["ppid"] = json!(1);
+    r["name"] = json!(name);
+    r["cmdline"] = json!(name);
+    r["start_ticks"] = json!(pid * 3);
+    set_memory(&mut r, pss);
+    r
 }
 
 fn set_memory(p: &mut Value, pss: u64) {
@@ -158,7 +169,6 @@ pub fn synthesize(base: &[Value], opts: &SynthOptions) -> String {
         .iter()
         .enumerate()
         .map(|(i, (name, base, amp, period))| Proc {
-            template: template.clone(),
             pid: 1000 + i as u64 * 17,
             name: (*name).to_string(),
             base: base * MIB,
@@ -168,7 +178,6 @@ pub fn synthesize(base: &[Value], opts: &SynthOptions) -> String {
         .collect();
     for k in 0..opts.extra_processes {
         procs.push(Proc {
-            template: template.clone(),
             pid: 20_000 + k as u64,
             name: format!("worker-{k}"),
             base: (4.0 + (k % 16) as f64) * MIB,
@@ -200,13 +209,7 @@ pub fn synthesize(base: &[Value], opts: &SynthOptions) -> String {
             let phase = i as f64 / p.period * std::f64::consts::TAU + p.pid as f64;
             // Quantized to 64 KiB, so unchanged processes send nothing in `changes` mode.
             let pss = (p.base * (1.0 + p.amp * phase.sin()) / 65536.0).round() * 65536.0;
-            let mut r = p.template.clone();
-            r["pid"] = json!(p.pid);
-            r["ppid"] = json!(1);
-            r["name"] = json!(p.name);
-            r["cmdline"] = json!(p.name);
-            r["start_ticks"] = json!(p.pid * 3);
-            set_memory(&mut r, pss as u64);
+            let r = process_record(&template, p.pid, &p.name, pss as u64);
             total_pss += pss;
             now.insert(("process", p.pid.to_string()), r);
         }
@@ -226,12 +229,7 @@ pub fn synthesize(base: &[Value], opts: &SynthOptions) -> String {
                     out.push('\n');
                 }
             } else {
-                let mut r = template.clone();
-                r["pid"] = json!(pid);
-                r["name"] = json!("memhog");
-                r["cmdline"] = json!("memhog --grow");
-                r["start_ticks"] = json!(pid * 3);
-                set_memory(&mut r, pss as u64);
+                let r = process_record(&template, pid, "memhog", pss as u64);
                 total_pss += pss;
                 now.insert(("process", pid.to_string()), r);
             }
@@ -241,11 +239,7 @@ pub fn synthesize(base: &[Value], opts: &SynthOptions) -> String {
         }
         if i % 50 < 3 && i >= 3 {
             let pid = 9000 + (i / 50) as u64;
-            let mut r = template.clone();
-            r["pid"] = json!(pid);
-            r["name"] = json!("cron-job");
-            r["start_ticks"] = json!(pid * 3);
-            set_memory(&mut r, (30.0 * MIB) as u64);
+            let r = process_record(&template, pid, "cron-job", (30.0 * MIB) as u64);
             now.insert(("process", pid.to_string()), r);
         }
         for (kind, key, v) in &others {

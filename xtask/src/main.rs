@@ -62,20 +62,21 @@ fn main() -> Result<()> {
         Cmd::Setup => setup::setup_ebpf_toolchain(),
         Cmd::ProbeBench => probe_bench::run(),
         Cmd::Bench { args } => ladder_bench::run(&args),
-        Cmd::GoldenUpdate => cargo(
-            &[
-                "test",
-                "-p",
-                "memscope-tests",
-                "--test",
-                "golden",
-                "--test",
-                "view",
-            ],
-            &[("MEMSCOPE_UPDATE_GOLDEN", "1")],
-        ),
+        Cmd::GoldenUpdate => cargo(GOLDEN_TESTS, &[("MEMSCOPE_UPDATE_GOLDEN", "1")]),
     }
 }
+
+/// The golden tests over `fixtures/proc`: the records (`once.jsonl`) and `show`'s tables
+/// (`show.txt`); `golden-update` runs them with `MEMSCOPE_UPDATE_GOLDEN=1`.
+const GOLDEN_TESTS: &[&str] = &[
+    "test",
+    "-p",
+    "memscope-tests",
+    "--test",
+    "golden",
+    "--test",
+    "view",
+];
 
 /// Runs `cargo ARGS` from the workspace root with extra environment, failing on a non-zero exit.
 fn cargo(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
@@ -89,6 +90,26 @@ fn cargo(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
         .with_context(|| format!("running {cargo} {}", args.join(" ")))?;
     if !status.success() {
         bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Where `cargo build --release` puts binaries (`CARGO_TARGET_DIR` or `target/`, then `release/`).
+fn release_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), std::path::PathBuf::from)
+        .join("release")
+}
+
+/// Runs a release binary built from the workspace with `args`, failing on a non-zero exit.
+fn run_release_bin(name: &str, args: &[String]) -> Result<()> {
+    let bin = release_dir().join(name);
+    let status = Command::new(&bin)
+        .args(args)
+        .status()
+        .with_context(|| format!("running {}", bin.display()))?;
+    if !status.success() {
+        bail!("{name} failed: {status}");
     }
     Ok(())
 }
@@ -130,18 +151,7 @@ fn test(skip_privileged: bool) -> Result<()> {
     )?;
     // Unprivileged lane: unit tests, CLI tests, golden end-to-end over fixtures.
     cargo(&["test", "--workspace", "--exclude", "memscope-tests"], &[])?;
-    cargo(
-        &[
-            "test",
-            "-p",
-            "memscope-tests",
-            "--test",
-            "golden",
-            "--test",
-            "view",
-        ],
-        &[],
-    )?;
+    cargo(GOLDEN_TESTS, &[])?;
     view_lane()?;
     if skip_privileged {
         eprintln!(
