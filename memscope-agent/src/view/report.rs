@@ -57,6 +57,12 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
             args.stream.with_extension("html")
         }
     });
+    if output == args.stream {
+        anyhow::bail!(
+            "{}: the report would overwrite the stream; name another file with -o",
+            output.display()
+        );
+    }
     let at = args.at.as_deref().map(Moment::parse).transpose()?;
     let started = Instant::now();
     let (input, len): (Box<dyn Read>, Option<u64>) = if args.stream.as_os_str() == "-" {

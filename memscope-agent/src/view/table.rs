@@ -1,7 +1,7 @@
 //! `memscope-agent show`: the rebuilt state as aligned text tables that fit the terminal width.
 //!
-//! Sections: host summary, top processes, top shared objects, tmpfs mounts, SysV segments, the
-//! `Shmem` ledger, then the snapshot's warnings. A table wider than the terminal first shortens its
+//! Sections: host summary, top processes, top shared objects, cgroups (when the stream has
+//! `cgroup` records), tmpfs mounts, SysV segments, the `Shmem` ledger, then the snapshot's warnings. A table wider than the terminal first shortens its
 //! text columns (names, labels, paths; cut with `…`), then leaves out its optional columns.
 
 use std::fmt::Write as _;
@@ -426,6 +426,55 @@ fn object_table(state: &State, opts: &ShowOptions) -> Table {
     t
 }
 
+/// `cgroup` records (the cgroup collector), largest usage first: the kernel's charge beside the
+/// fair share (PSS summed over the cgroup's processes). Shown only when the stream has them.
+fn cgroup_table(state: &State, opts: &ShowOptions) -> Option<Table> {
+    let mut groups = state.values("cgroup");
+    if groups.is_empty() {
+        return None;
+    }
+    groups.sort_by_key(|g| std::cmp::Reverse(field_u64(g, "usage_bytes").unwrap_or(0)));
+    let mut t = Table::new(
+        format!(
+            "CGROUPS (top {} of {} by usage)",
+            opts.top.min(groups.len()),
+            groups.len()
+        ),
+        vec![
+            text("CGROUP"),
+            optional(text("CONTAINER/UNIT"), 2),
+            col("USAGE", Align::Right),
+            col("LIMIT", Align::Right),
+            col("FAIR PSS", Align::Right),
+            optional(col("PROCS", Align::Right), 1),
+            col("OOM KILLS", Align::Right),
+        ],
+    );
+    for g in groups.iter().take(opts.top) {
+        let fair = g.get("fair").filter(|f| !f.is_null());
+        let owner = owner_label(&serde_json::json!({ "container": g.get("container") }))
+            .or_else(|| field_text(g, "unit"))
+            .unwrap_or_default();
+        let mut path = field_text(g, "path").unwrap_or_default();
+        if let Some(n) = field_u64(g, "cgroups") {
+            let _ = write!(path, " ({n} cgroups)");
+        }
+        t.rows.push(vec![
+            path,
+            owner,
+            size(g, "usage_bytes"),
+            size(g, "limit_bytes"),
+            fair.map_or_else(|| "-".to_string(), |f| size(f, "pss_bytes")),
+            fair.and_then(|f| field_text(f, "processes"))
+                .unwrap_or_else(|| "-".to_string()),
+            g.get("events")
+                .and_then(|e| field_text(e, "oom_kill"))
+                .unwrap_or_else(|| "-".to_string()),
+        ]);
+    }
+    Some(t)
+}
+
 fn tmpfs_table(state: &State) -> Table {
     let mut mounts = state.values("tmpfs");
     mounts.sort_by_key(|m| std::cmp::Reverse(field_u64(m, "allocated_bytes").unwrap_or(0)));
@@ -626,6 +675,9 @@ pub fn render(state: &State, opts: &ShowOptions) -> String {
     host_table(state).render(opts.width, &mut out);
     process_table(state, opts).render(opts.width, &mut out);
     object_table(state, opts).render(opts.width, &mut out);
+    if let Some(t) = cgroup_table(state, opts) {
+        t.render(opts.width, &mut out);
+    }
     tmpfs_table(state).render(opts.width, &mut out);
     sysv_table(state).render(opts.width, &mut out);
     ledger_table(state).render(opts.width, &mut out);
@@ -670,6 +722,62 @@ mod tests {
         let mut s = String::new();
         t.render(width, &mut s);
         s.lines().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn cgroups_and_containers_show_when_records_have_them() {
+        let stream = [
+            r#"{"kind":"snapshot","seq":0,"keyframe":true}"#,
+            r#"{"kind":"process","pid":7,"name":"nginx","pss_bytes":2048,"cgroup":"/system.slice/docker-ab.scope","container":{"runtime":"docker","id":"abcdef0123456789abcd"}}"#,
+            r#"{"kind":"process","pid":8,"name":"sshd","pss_bytes":1024,"cgroup":"/system.slice/ssh.service","container":null}"#,
+            r#"{"kind":"cgroup","path":"/system.slice/ssh.service","usage_bytes":4194304,"limit_bytes":null,"events":{"oom_kill":0},"fair":{"processes":1,"pss_bytes":1024},"unit":"ssh.service"}"#,
+            r#"{"kind":"cgroup","path":"/kubepods","usage_bytes":8388608,"limit_bytes":67108864,"events":{"oom_kill":2},"fair":{"processes":3,"pss_bytes":5242880},"container":{"runtime":"containerd","id":"9e0f5d4c3b2a1908"}}"#,
+            r#"{"kind":"agent","seq":0}"#,
+        ]
+        .join("\n");
+        let (state, _) = super::super::state::rebuild(&stream);
+        let out = render(&state, &ShowOptions::default());
+        let lines: Vec<&str> = out.lines().collect();
+        let procs = lines
+            .iter()
+            .position(|l| l.starts_with("PROCESSES"))
+            .expect("processes");
+        assert!(
+            lines[procs + 1].ends_with("CGROUP/CONTAINER"),
+            "{}",
+            lines[procs + 1]
+        );
+        assert!(
+            lines[procs + 2].ends_with("docker:abcdef012345"),
+            "{}",
+            lines[procs + 2]
+        );
+        assert!(
+            lines[procs + 3].ends_with("/system.slice/ssh.service"),
+            "{}",
+            lines[procs + 3]
+        );
+        let cg = lines
+            .iter()
+            .position(|l| l.starts_with("CGROUPS"))
+            .expect("cgroup table");
+        assert_eq!(
+            lines[cg + 2]
+                .split("  ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect::<Vec<_>>(),
+            [
+                "/kubepods",
+                "containerd:9e0f5d4c3b2a",
+                "8.0 MiB",
+                "64.0 MiB",
+                "5.0 MiB",
+                "3",
+                "2"
+            ]
+        );
+        assert!(lines[cg + 3].contains("ssh.service") && lines[cg + 3].contains("4.0 MiB"));
     }
 
     #[test]
