@@ -150,5 +150,7 @@ pub fn once_over_fixtures() -> anyhow::Result<Vec<Value>> {
     config.agent.host = "golden".to_string();
     config.agent.proc_root = root.join("fixtures/proc");
     config.collectors.tmpfs.host_root = root.join("fixtures/no-host-root");
+    // The fixture processes' /proc/PID/cgroup point into this v2 tree (see fixtures/README.md).
+    config.collectors.cgroup.root = root.join("fixtures/cgroup/v2");
     run_once(config)
 }

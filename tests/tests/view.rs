@@ -108,7 +108,19 @@ fn process_rows_show_the_records_figures() {
         .position(|l| l.starts_with("PROCESSES"))
         .expect("process table");
     let header = cells(lines[start + 1]);
-    assert_eq!(header, ["PID", "USER", "NAME", "PSS", "USS", "RSS", "SWAP"]);
+    assert_eq!(
+        header,
+        [
+            "PID",
+            "USER",
+            "NAME",
+            "PSS",
+            "USS",
+            "RSS",
+            "SWAP",
+            "CGROUP/CONTAINER"
+        ]
+    );
     let rows: Vec<Vec<String>> = lines[start + 2..]
         .iter()
         .take_while(|l| !l.is_empty() && !l.starts_with('…') && !l.starts_with('~'))
@@ -139,6 +151,13 @@ fn process_rows_show_the_records_figures() {
                 row[0]
             );
         }
+        let owner = memscope_agent::view::owner_label(rec).unwrap_or_default();
+        assert_eq!(
+            row.get(7).map_or("", String::as_str),
+            owner,
+            "cgroup of pid {}",
+            row[0]
+        );
         let uss = rec["uss_bytes"].as_u64().expect("uss");
         assert!(uss <= last_uss, "sorted by USS, descending");
         last_uss = uss;
