@@ -465,28 +465,19 @@ fn treemap_groups(state: &State) -> Vec<Group> {
         }
     }
 
-    let kernel = vec![
-        Leaf {
-            label: "slab, reclaimable".into(),
-            bytes: mi("SReclaimable"),
-        },
-        Leaf {
-            label: "slab, unreclaimable".into(),
-            bytes: mi("SUnreclaim"),
-        },
-        Leaf {
-            label: "kernel stacks".into(),
-            bytes: mi("KernelStack"),
-        },
-        Leaf {
-            label: "page tables".into(),
-            bytes: mi("PageTables"),
-        },
-        Leaf {
-            label: "per-cpu".into(),
-            bytes: mi("Percpu"),
-        },
-    ];
+    let kernel: Vec<Leaf> = [
+        ("slab, reclaimable", "SReclaimable"),
+        ("slab, unreclaimable", "SUnreclaim"),
+        ("kernel stacks", "KernelStack"),
+        ("page tables", "PageTables"),
+        ("per-cpu", "Percpu"),
+    ]
+    .into_iter()
+    .map(|(label, field)| Leaf {
+        label: label.to_string(),
+        bytes: mi(field),
+    })
+    .collect();
     let hugetlb = field_u64(&m, "Hugetlb_bytes").unwrap_or_else(|| mi("HugePages_Total"));
     let single = |label: &str, bytes: u64| {
         vec![Leaf {
