@@ -31,8 +31,9 @@ struct Cli {
     #[arg(long)]
     once: bool,
     /// Log filter for the agent's own logs on stderr (tracing env-filter syntax); RUST_LOG also works.
-    #[arg(long, global = true, value_name = "FILTER", default_value = "info")]
-    log: String,
+    /// Default: `info`; `warn` for `show` and `report`, whose output is for a person.
+    #[arg(long, global = true, value_name = "FILTER")]
+    log: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -89,7 +90,12 @@ fn load_config(path: Option<&PathBuf>) -> Result<(Config, Option<String>, String
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs(&cli.log);
+    let quiet = matches!(cli.command, Some(Command::Show { .. } | Command::Report(_)));
+    init_logs(
+        cli.log
+            .as_deref()
+            .unwrap_or(if quiet { "warn" } else { "info" }),
+    );
     match &cli.command {
         Some(Command::PrintDefaultConfig) => {
             #[expect(
