@@ -22,7 +22,7 @@ use serde_json::Value;
 
 use super::{
     field_text, field_u64, human_bytes,
-    state::{Exit, Rebuilder, State, Step},
+    state::{Exit, Line, Rebuilder, State, Step},
     treemap::{Rect, squarify},
 };
 
@@ -231,6 +231,8 @@ pub fn read_stream(
     };
     let mut buf = Vec::with_capacity(4096);
     let mut since_tick = 0u64;
+    // The chosen moment's emission has closed and its state is not copied yet.
+    let mut pending = false;
     loop {
         buf.clear();
         let n = reader.read_until(b'\n', &mut buf).context("read")?;
@@ -248,6 +250,24 @@ pub fn read_stream(
             }
         }
         let line = String::from_utf8_lossy(&buf);
+        // The chosen emission's state is copied once, when the next emission opens (or at the
+        // end): then it holds that emission and the exits sent at once after it.
+        if let Some(next) = pending
+            .then(|| line.contains("snapshot").then(|| Line::parse(&line)))
+            .flatten()
+            .flatten()
+            .filter(|l| l.kind == "snapshot")
+        {
+            let next = ts_secs(&next.ts);
+            let past = match at {
+                Some(Moment::Time(_)) => at_time.is_some_and(|a| next.is_none_or(|x| x > a)),
+                _ => true,
+            };
+            if past {
+                data.moment = Some(rb.state().clone());
+                pending = false;
+            }
+        }
         match rb.push(&line) {
             Step::Emission => {
                 let s = rb.state();
@@ -292,9 +312,7 @@ pub fn read_stream(
                     Some(Moment::Seq(q)) => s.seq == Some(*q),
                     Some(Moment::Time(_)) => at_time.is_some_and(|a| secs.is_some_and(|x| x <= a)),
                 };
-                if chosen {
-                    data.moment = Some(s.clone());
-                }
+                pending |= chosen;
             }
             Step::Exit(exit) => {
                 let base = t0.unwrap_or(0.0);
@@ -317,12 +335,11 @@ pub fn read_stream(
             data.unreadable
         );
     }
-    match at {
-        None => data.moment = Some(rb.into_state()),
-        Some(m) if data.moment.is_none() => {
-            anyhow::bail!("--at {m:?}: no emission at that moment in the stream")
-        }
-        Some(_) => {}
+    if at.is_none() || pending {
+        data.moment = Some(rb.into_state());
+    }
+    if let (Some(m), None) = (at, &data.moment) {
+        anyhow::bail!("--at {m:?}: no emission at that moment in the stream");
     }
     Ok(data)
 }
@@ -1064,6 +1081,47 @@ mod tests {
             of("other"),
             10_000 - 1500 - 600 - 500 - 900 - 600 - 100 - 3000
         );
+    }
+
+    #[test]
+    fn the_treemap_shows_the_chosen_moment() {
+        let mut stream = String::new();
+        for seq in 0..5u64 {
+            let _ = writeln!(
+                stream,
+                r#"{{"kind":"snapshot","seq":{seq},"ts":"2026-11-26T00:00:{:02}Z","keyframe":true}}"#,
+                seq * 10
+            );
+            let _ = writeln!(
+                stream,
+                r#"{{"kind":"process","pid":{},"name":"p{seq}","pss_bytes":1}}"#,
+                100 + seq
+            );
+            let _ = writeln!(stream, r#"{{"kind":"agent","seq":{seq}}}"#);
+        }
+        let name_at = |at: Option<&str>| {
+            let m = at.map(|a| Moment::parse(a).expect("moment"));
+            let d = read_stream(stream.as_bytes(), None, m.as_ref()).expect("reads");
+            let s = d.moment.expect("a moment");
+            s.entities("process")
+                .map(|e| e.name.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(name_at(None), ["p4"], "default: the last emission");
+        assert_eq!(name_at(Some("2")), ["p2"]);
+        assert_eq!(
+            name_at(Some("2026-11-26T00:00:25Z")),
+            ["p2"],
+            "last at or before"
+        );
+        assert_eq!(name_at(Some("2026-11-26T00:00:30Z")), ["p3"]);
+        assert_eq!(name_at(Some("2026-11-27T00:00:00Z")), ["p4"]);
+        let m = Moment::parse("2026-11-25T00:00:00Z").expect("moment");
+        assert!(
+            read_stream(stream.as_bytes(), None, Some(&m)).is_err(),
+            "before the stream"
+        );
+        assert!(read_stream(stream.as_bytes(), None, Some(&Moment::Seq(9))).is_err());
     }
 
     #[test]
