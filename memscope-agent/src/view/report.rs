@@ -252,12 +252,12 @@ pub fn read_stream(
         let line = String::from_utf8_lossy(&buf);
         // The chosen emission's state is copied once, when the next emission opens (or at the
         // end): then it holds that emission and the exits sent at once after it.
-        if let Some(next) = pending
-            .then(|| line.contains("snapshot").then(|| Line::parse(&line)))
-            .flatten()
-            .flatten()
-            .filter(|l| l.kind == "snapshot")
-        {
+        let next_snapshot = if pending && line.contains("snapshot") {
+            Line::parse(&line).filter(|l| l.kind == "snapshot")
+        } else {
+            None
+        };
+        if let Some(next) = next_snapshot {
             let next = ts_secs(&next.ts);
             let past = match at {
                 Some(Moment::Time(_)) => at_time.is_some_and(|a| next.is_none_or(|x| x > a)),
