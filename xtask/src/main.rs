@@ -5,7 +5,9 @@
 //! lane (the HTML report in headless chromium), then the privileged lane (root + BPF), which fails
 //! loudly when it cannot run.
 
+mod ebpf_object;
 mod ladder_bench;
+mod packaging;
 mod probe_bench;
 mod setup;
 mod view_bench;
@@ -24,7 +26,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Everything: setup, fmt, clippy, unprivileged tests, privileged tests.
+    /// Everything: setup, fmt, clippy, unprivileged tests, the eBPF object check, privileged
+    /// tests, packaging.
     Test {
         /// Skip the privileged lane (root + BPF). Says so loudly; CI never passes this.
         #[arg(long)]
@@ -39,10 +42,19 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Only the packaging lane (root): the agent built without the eBPF toolchain attaches, least
+    /// privilege, systemd unit, .deb, Kubernetes manifests.
+    TestPackaging,
     /// Regenerate fixtures/golden/ (once.jsonl, show.txt) from fixtures/proc.
     GoldenUpdate,
     /// Install the eBPF toolchain (nightly rust-src, bpf-linker for the nightly's LLVM). Idempotent.
     Setup,
+    /// Rebuild the committed eBPF object and its stamp (memscope-ebpf/prebuilt/). `--check`: fail
+    /// when the committed object is stale or the pinned toolchain does not rebuild it exactly.
+    EbpfObject {
+        #[arg(long)]
+        check: bool,
+    },
     /// Measure the tracepoint programs' overhead on a 4 KiB mmap+munmap loop (root).
     ProbeBench,
     /// Cost ladder: polling vs eBPF steady-state tick vs a full smaps pass (root). Extra arguments
@@ -59,7 +71,10 @@ fn main() -> Result<()> {
         Cmd::TestPrivileged => privileged_lane(),
         Cmd::TestView => view_lane(),
         Cmd::ViewBench { args } => view_bench::run(&args),
+        Cmd::TestPackaging => packaging::lane(&workspace_root()),
         Cmd::Setup => setup::setup_ebpf_toolchain(),
+        Cmd::EbpfObject { check: false } => ebpf_object::refresh(&workspace_root()),
+        Cmd::EbpfObject { check: true } => ebpf_object::check(&workspace_root()),
         Cmd::ProbeBench => probe_bench::run(),
         Cmd::Bench { args } => ladder_bench::run(&args),
         Cmd::GoldenUpdate => cargo(GOLDEN_TESTS, &[("MEMSCOPE_UPDATE_GOLDEN", "1")]),
@@ -103,13 +118,16 @@ fn release_dir() -> std::path::PathBuf {
 
 /// Runs a release binary built from the workspace with `args`, failing on a non-zero exit.
 fn run_release_bin(name: &str, args: &[String]) -> Result<()> {
-    let bin = release_dir().join(name);
-    let status = Command::new(&bin)
-        .args(args)
+    run_checked(Command::new(release_dir().join(name)).args(args))
+}
+
+/// Runs `command`, failing on a non-zero exit.
+fn run_checked(command: &mut Command) -> Result<()> {
+    let status = command
         .status()
-        .with_context(|| format!("running {}", bin.display()))?;
+        .with_context(|| format!("running {command:?}"))?;
     if !status.success() {
-        bail!("{name} failed: {status}");
+        bail!("{command:?} failed: {status}");
     }
     Ok(())
 }
@@ -152,19 +170,22 @@ fn test(skip_privileged: bool) -> Result<()> {
     // Unprivileged lane: unit tests, CLI tests, golden end-to-end over fixtures.
     cargo(&["test", "--workspace", "--exclude", "memscope-tests"], &[])?;
     cargo(GOLDEN_TESTS, &[])?;
+    // The committed eBPF object must match the sources and rebuild byte for byte.
+    ebpf_object::check(&workspace_root())?;
     view_lane()?;
     if skip_privileged {
         eprintln!(
-            "xtask: *** privileged lane SKIPPED (--skip-privileged): live and eBPF tests did not run ***"
+            "xtask: *** privileged and packaging lanes SKIPPED (--skip-privileged): live, eBPF and packaging tests did not run ***"
         );
         return Ok(());
     }
-    privileged_lane()
+    privileged_lane()?;
+    packaging::lane(&workspace_root())
 }
 
 /// The view lane: the report opened in headless chromium (installed from Debian when missing).
 fn view_lane() -> Result<()> {
-    setup::apt_install("chromium", &["chromium"])?;
+    packaging::ensure_program("chromium", &["chromium"])?;
     cargo(
         &["test", "-p", "memscope-tests", "--test", "view_browser"],
         &[],
