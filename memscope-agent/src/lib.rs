@@ -5,7 +5,8 @@
 //! decides what to emit), [`records`] (the JSON-lines format), [`sinks`] (stdout, rotating file),
 //! [`config`] (TOML), [`runtime`] (the scheduler and the store task), [`ladder`] (what to re-read
 //! when), [`tracker`] (eBPF dirty tracking, or polling), [`derived`] (records built from several
-//! collectors: the SysV join and the shared-memory ledger).
+//! collectors: the SysV join and the shared-memory ledger), [`view`] (`show` tables and the HTML
+//! `report`, readers of the records).
 
 pub mod collectors;
 pub mod config;
@@ -18,3 +19,4 @@ pub mod runtime;
 pub mod sinks;
 pub mod store;
 pub mod tracker;
+pub mod view;

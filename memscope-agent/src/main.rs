@@ -7,6 +7,10 @@ use clap::{Parser, Subcommand};
 use memscope_agent::{
     config::{Config, DEFAULT_CONFIG_TOML},
     sinks::check_output,
+    view::{
+        report::ReportArgs,
+        table::{ShowOptions, SortKey},
+    },
 };
 use tracing::error;
 
@@ -21,7 +25,7 @@ struct Cli {
     #[arg(long, global = true, value_name = "PATH")]
     config: Option<PathBuf>,
     /// Root of the proc filesystem; overrides `[agent] proc_root`.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, global = true, value_name = "PATH")]
     proc_root: Option<PathBuf>,
     /// Host name written into every record; overrides `[agent] host` (a DaemonSet passes the
     /// node's name: a pod's own host name is the pod's).
@@ -31,8 +35,9 @@ struct Cli {
     #[arg(long)]
     once: bool,
     /// Log filter for the agent's own logs on stderr (tracing env-filter syntax); RUST_LOG also works.
-    #[arg(long, value_name = "FILTER", default_value = "info")]
-    log: String,
+    /// Default: `info`; `warn` for `show` and `report`, whose output is for a person.
+    #[arg(long, global = true, value_name = "FILTER")]
+    log: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -43,6 +48,23 @@ enum Command {
     CheckConfig { path: PathBuf },
     /// Print the built-in default configuration.
     PrintDefaultConfig,
+    /// One collection (as `--once`), printed as tables that fit the terminal.
+    Show {
+        /// Rows per table (processes, shared objects).
+        #[arg(long, default_value_t = 15, value_name = "N")]
+        top: usize,
+        /// Order processes by this figure (descending).
+        #[arg(long, value_enum, default_value_t = SortKey::Pss)]
+        sort: SortKey,
+        /// Print the JSON lines instead of tables (what `--once` sends to the sink).
+        #[arg(long)]
+        json: bool,
+        /// Table width in columns (default: the terminal's, else $COLUMNS, else 100).
+        #[arg(long, value_name = "COLUMNS")]
+        width: Option<usize>,
+    },
+    /// Write one self-contained HTML report (treemap, time plots, exits) from a recorded stream.
+    Report(ReportArgs),
 }
 
 fn init_logs(filter: &str) {
@@ -72,7 +94,12 @@ fn load_config(path: Option<&PathBuf>) -> Result<(Config, Option<String>, String
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs(&cli.log);
+    let quiet = matches!(cli.command, Some(Command::Show { .. } | Command::Report(_)));
+    init_logs(
+        cli.log
+            .as_deref()
+            .unwrap_or(if quiet { "warn" } else { "info" }),
+    );
     match &cli.command {
         Some(Command::PrintDefaultConfig) => {
             #[expect(
@@ -98,7 +125,16 @@ fn main() -> ExitCode {
                 }
             };
         }
-        None => {}
+        Some(Command::Report(args)) => {
+            return match memscope_agent::view::report::run(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    error!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::Show { .. }) | None => {}
     }
 
     let (mut config, src, origin) = match load_config(cli.config.as_ref()) {
@@ -114,23 +150,29 @@ fn main() -> ExitCode {
     if let Some(host) = cli.host {
         config.agent.host = host;
     }
+    if let Some(Command::Show {
+        top,
+        sort,
+        json,
+        width,
+    }) = &cli.command
+    {
+        // The sink is not used: the lines stay in memory, so the output settings are not checked.
+        let opts = ShowOptions {
+            top: *top,
+            sort: *sort,
+            width: width.unwrap_or_else(memscope_agent::view::table::terminal_width),
+        };
+        return show(config, &opts, *json);
+    }
     if let Err(e) = check_output(&config.output, src.as_deref(), &origin) {
         error!("{e}");
         return ExitCode::from(2);
     }
 
     raise_fd_limit();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .max_blocking_threads(8)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            error!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = async_runtime() else {
+        return ExitCode::FAILURE;
     };
     let sink = match memscope_agent::runtime::open_sink(&config) {
         Ok(s) => s,
@@ -144,6 +186,54 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The agent's async runtime (two workers; `/proc` reads go to the blocking pool).
+fn async_runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(8)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            error!("cannot start the async runtime: {e}");
+            None
+        }
+    }
+}
+
+/// `show`: one collection through the `--once` path, printed as tables (or as the JSON lines).
+fn show(config: Config, opts: &ShowOptions, json: bool) -> ExitCode {
+    use std::io::Write as _;
+    raise_fd_limit();
+    let Some(runtime) = async_runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let lines = match runtime.block_on(memscope_agent::view::collect_once(config)) {
+        Ok(l) => l,
+        Err(e) => {
+            error!("{e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let out = if json {
+        lines
+    } else {
+        let (state, _) = memscope_agent::view::state::rebuild(&String::from_utf8_lossy(&lines));
+        memscope_agent::view::table::render(&state, opts).into_bytes()
+    };
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(&out).and_then(|()| stdout.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        // `show | head` closes the pipe early: not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("writing to stdout: {e}");
             ExitCode::FAILURE
         }
     }

@@ -310,3 +310,90 @@ fn host_flag_names_every_record() {
         assert_eq!(line["host"], "node-7", "{line}");
     }
 }
+
+#[test]
+fn show_prints_tables_and_json_falls_back_to_records() {
+    let out = run(agent()
+        .args([
+            "show",
+            "--width",
+            "90",
+            "--top",
+            "2",
+            "--sort",
+            "rss",
+            "--proc-root",
+        ])
+        .arg(fixtures()));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("UTF-8 tables");
+    for section in [
+        "HOST",
+        "PROCESSES (top 2 of 4 by RSS)",
+        "SHARED OBJECTS",
+        "TMPFS MOUNTS",
+        "SYSV SEGMENTS",
+        "SHMEM LEDGER",
+    ] {
+        assert!(text.contains(section), "no {section} in:\n{text}");
+    }
+    assert!(
+        text.lines().all(|l| l.chars().count() <= 90),
+        "fits 90 columns:\n{text}"
+    );
+    // python3 (RSS 20.1 MiB) before fx) worker (17.9 MiB); sleep is not in the top 2.
+    let p = text.find("python3").expect("python3 shown");
+    let w = text.find("fx) worker").expect("worker shown");
+    assert!(p < w, "sorted by RSS");
+    assert!(text.contains("… 2 more processes"));
+
+    let out = run(agent()
+        .args(["show", "--json", "--proc-root"])
+        .arg(fixtures()));
+    assert!(out.status.success());
+    let lines = json_lines(&out.stdout);
+    assert_eq!(kinds(&lines).first(), Some(&"snapshot"));
+    assert_eq!(kinds(&lines).last(), Some(&"agent"));
+    assert_eq!(kinds(&lines).iter().filter(|k| **k == "process").count(), 4);
+}
+
+#[test]
+fn report_of_a_missing_or_empty_stream_fails_with_the_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("nope.jsonl");
+    let out = run(agent().arg("report").arg(&missing));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nope.jsonl"), "{err}");
+
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "not json\n").expect("write");
+    let out = run(agent().arg("report").arg(&empty));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no emission"));
+    assert!(!dir.path().join("empty.html").exists(), "no report written");
+}
+
+#[test]
+fn report_writes_html_from_a_recorded_once_stream() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = run(agent().args(["--once", "--proc-root"]).arg(fixtures()));
+    assert!(out.status.success());
+    let stream = dir.path().join("rec.jsonl");
+    std::fs::write(&stream, &out.stdout).expect("write stream");
+    let out = run(agent().arg("report").arg(&stream).args(["--at", "0"]));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let html = std::fs::read_to_string(dir.path().join("rec.html")).expect("rec.html written");
+    assert!(html.contains("<svg id=\"treemap\""));
+    assert!(html.contains("fx) worker (43)"), "process in the treemap");
+    let out = run(agent().arg("report").arg(&stream).args(["--at", "7"]));
+    assert_eq!(out.status.code(), Some(1), "no emission with seq 7");
+}

@@ -138,3 +138,19 @@ pub fn mmap_munmap_pair() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+pub mod synth;
+
+/// The agent's records of one `--once` run over `fixtures/proc`, as the golden test makes them
+/// (host `golden`; tmpfs mounts point at a host root that does not exist, so nothing of this
+/// machine is measured).
+pub fn once_over_fixtures() -> anyhow::Result<Vec<Value>> {
+    let root = workspace_root();
+    let mut config = Config::default();
+    config.agent.host = "golden".to_string();
+    config.agent.proc_root = root.join("fixtures/proc");
+    config.collectors.tmpfs.host_root = root.join("fixtures/no-host-root");
+    // The fixture processes' /proc/PID/cgroup point into this v2 tree (see fixtures/README.md).
+    config.collectors.cgroup.root = root.join("fixtures/cgroup/v2");
+    run_once(config)
+}

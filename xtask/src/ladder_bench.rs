@@ -41,15 +41,5 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     if !status.success() {
         bail!("building the ladder bench failed: {status}");
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| root.join("target"), std::path::PathBuf::from);
-    let bench = target.join("release").join("ladder_bench");
-    let status = Command::new(&bench)
-        .args(args)
-        .status()
-        .with_context(|| format!("running {}", bench.display()))?;
-    if !status.success() {
-        bail!("ladder_bench failed: {status}");
-    }
-    Ok(())
+    crate::run_release_bin("ladder_bench", args)
 }

@@ -1,14 +1,16 @@
 //! `cargo xtask`: what cargo alone can't do — toolchain setup, the test lanes, golden updates, benches.
 //!
 //! `cargo xtask test` is the one test command (README, CI): it sets up the eBPF toolchain, checks
-//! formatting and lints, runs the unprivileged lane, then the privileged lane (root + BPF), which
-//! fails loudly when it cannot run.
+//! formatting and lints, runs the unprivileged lane (unit, CLI, golden and view tests), the view
+//! lane (the HTML report in headless chromium), then the privileged lane (root + BPF), which fails
+//! loudly when it cannot run.
 
 mod ebpf_object;
 mod ladder_bench;
 mod packaging;
 mod probe_bench;
 mod setup;
+mod view_bench;
 
 use std::process::Command;
 
@@ -33,10 +35,17 @@ enum Cmd {
     },
     /// Only the privileged lane (needs root).
     TestPrivileged,
+    /// Only the view lane: the HTML report in headless chromium (installs chromium when missing).
+    TestView,
+    /// What `show` costs against `--once`, and how long `report` takes on a day-sized stream.
+    ViewBench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Only the packaging lane (root): the agent built without the eBPF toolchain attaches, least
     /// privilege, systemd unit, .deb, Kubernetes manifests.
     TestPackaging,
-    /// Regenerate fixtures/golden/*.jsonl from fixtures/proc.
+    /// Regenerate fixtures/golden/ (once.jsonl, show.txt) from fixtures/proc.
     GoldenUpdate,
     /// Install the eBPF toolchain (nightly rust-src, bpf-linker for the nightly's LLVM). Idempotent.
     Setup,
@@ -60,18 +69,29 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Test { skip_privileged } => test(skip_privileged),
         Cmd::TestPrivileged => privileged_lane(),
+        Cmd::TestView => view_lane(),
+        Cmd::ViewBench { args } => view_bench::run(&args),
         Cmd::TestPackaging => packaging::lane(&workspace_root()),
         Cmd::Setup => setup::setup_ebpf_toolchain(),
         Cmd::EbpfObject { check: false } => ebpf_object::refresh(&workspace_root()),
         Cmd::EbpfObject { check: true } => ebpf_object::check(&workspace_root()),
         Cmd::ProbeBench => probe_bench::run(),
         Cmd::Bench { args } => ladder_bench::run(&args),
-        Cmd::GoldenUpdate => cargo(
-            &["test", "-p", "memscope-tests", "--test", "golden"],
-            &[("MEMSCOPE_UPDATE_GOLDEN", "1")],
-        ),
+        Cmd::GoldenUpdate => cargo(GOLDEN_TESTS, &[("MEMSCOPE_UPDATE_GOLDEN", "1")]),
     }
 }
+
+/// The golden tests over `fixtures/proc`: the records (`once.jsonl`) and `show`'s tables
+/// (`show.txt`); `golden-update` runs them with `MEMSCOPE_UPDATE_GOLDEN=1`.
+const GOLDEN_TESTS: &[&str] = &[
+    "test",
+    "-p",
+    "memscope-tests",
+    "--test",
+    "golden",
+    "--test",
+    "view",
+];
 
 /// Runs `cargo ARGS` from the workspace root with extra environment, failing on a non-zero exit.
 fn cargo(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
@@ -87,6 +107,18 @@ fn cargo(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
         bail!("cargo {} failed ({status})", args.join(" "));
     }
     Ok(())
+}
+
+/// Where `cargo build --release` puts binaries (`CARGO_TARGET_DIR` or `target/`, then `release/`).
+fn release_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), std::path::PathBuf::from)
+        .join("release")
+}
+
+/// Runs a release binary built from the workspace with `args`, failing on a non-zero exit.
+fn run_release_bin(name: &str, args: &[String]) -> Result<()> {
+    run_checked(Command::new(release_dir().join(name)).args(args))
 }
 
 /// Runs `command`, failing on a non-zero exit.
@@ -137,9 +169,10 @@ fn test(skip_privileged: bool) -> Result<()> {
     )?;
     // Unprivileged lane: unit tests, CLI tests, golden end-to-end over fixtures.
     cargo(&["test", "--workspace", "--exclude", "memscope-tests"], &[])?;
-    cargo(&["test", "-p", "memscope-tests", "--test", "golden"], &[])?;
+    cargo(GOLDEN_TESTS, &[])?;
     // The committed eBPF object must match the sources and rebuild byte for byte.
     ebpf_object::check(&workspace_root())?;
+    view_lane()?;
     if skip_privileged {
         eprintln!(
             "xtask: *** privileged and packaging lanes SKIPPED (--skip-privileged): live, eBPF and packaging tests did not run ***"
@@ -148,6 +181,15 @@ fn test(skip_privileged: bool) -> Result<()> {
     }
     privileged_lane()?;
     packaging::lane(&workspace_root())
+}
+
+/// The view lane: the report opened in headless chromium (installed from Debian when missing).
+fn view_lane() -> Result<()> {
+    packaging::ensure_program("chromium", &["chromium"])?;
+    cargo(
+        &["test", "-p", "memscope-tests", "--test", "view_browser"],
+        &[],
+    )
 }
 
 fn privileged_lane() -> Result<()> {

@@ -214,7 +214,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 /// Installs Debian packages when `program` is missing (`apt-get update` first, once per call).
-fn ensure_program(program: &str, packages: &[&str]) -> anyhow::Result<()> {
+pub(crate) fn ensure_program(program: &str, packages: &[&str]) -> anyhow::Result<()> {
     if find_on_path(program).is_some() {
         return Ok(());
     }
