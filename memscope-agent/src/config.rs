@@ -393,6 +393,18 @@ impl fmt::Display for ConfigError {
     }
 }
 
+impl ConfigError {
+    /// An error about `key`, placed on its line when the config text `src` is given.
+    pub fn at_key(origin: &str, src: Option<&str>, key: &str, message: String) -> ConfigError {
+        ConfigError {
+            origin: origin.to_string(),
+            line: src.and_then(|s| KeyLines::scan(s).line_of_key(key)),
+            key: Some(key.to_string()),
+            message,
+        }
+    }
+}
+
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -455,25 +467,6 @@ impl Config {
             ));
         }
         Ok(())
-    }
-
-    /// Checks what can only be checked against the machine: the output file can be opened for
-    /// appending (it is created if missing, never truncated). `src` is the config text, for the line.
-    pub fn check_environment(&self, src: Option<&str>, origin: &str) -> Result<(), ConfigError> {
-        if self.output.sink != SinkKind::File {
-            return Ok(());
-        }
-        let Some(path) = &self.output.path else {
-            return Ok(());
-        };
-        crate::sinks::file::open_append(path)
-            .map(drop)
-            .map_err(|e| ConfigError {
-                origin: origin.to_string(),
-                line: src.and_then(|s| KeyLines::scan(s).line_of_key("output.path")),
-                key: Some("output.path".to_string()),
-                message: format!("cannot open {} for writing: {e}", path.display()),
-            })
     }
 
     /// The interval of a collector: its own, else the agent's.
@@ -693,24 +686,6 @@ keyframe_every = 4
     fn file_sink_needs_a_path() {
         let e = err("[output]\nsink = \"file\"\n");
         assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("output.sink")));
-    }
-
-    #[test]
-    fn unwritable_file_path_is_found_by_the_environment_check() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let blocker = dir.path().join("a-file");
-        std::fs::write(&blocker, b"x").expect("write");
-        // A path under a regular file cannot be created, even by root.
-        let src = format!(
-            "[output]\nsink = \"file\"\npath = \"{}\"\n",
-            blocker.join("out.jsonl").display()
-        );
-        let c = Config::parse(&src, "t.toml").expect("syntactically fine");
-        let e = c
-            .check_environment(Some(&src), "t.toml")
-            .expect_err("must fail");
-        assert_eq!((e.line, e.key.as_deref()), (Some(3), Some("output.path")));
-        assert!(e.message.contains("cannot open"), "{e}");
     }
 
     #[test]

@@ -4,7 +4,10 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use memscope_agent::config::{Config, DEFAULT_CONFIG_TOML};
+use memscope_agent::{
+    config::{Config, ConfigError, DEFAULT_CONFIG_TOML, SinkKind},
+    sinks::Sink,
+};
 use tracing::error;
 
 #[derive(Parser, Debug)]
@@ -32,7 +35,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Validate a config file (syntax, values, and that the output file can be opened) and exit.
+    /// Validate a config file (syntax, values, and that the output file could be opened, creating
+    /// nothing) and exit.
     CheckConfig { path: PathBuf },
     /// Print the built-in default configuration.
     PrintDefaultConfig,
@@ -63,6 +67,22 @@ fn load_config(path: Option<&PathBuf>) -> Result<(Config, Option<String>, String
     }
 }
 
+/// Checks the output without creating anything (the sink's own rules: directory, link, owner).
+fn check_output(config: &Config, src: Option<&str>, origin: &str) -> Result<(), ConfigError> {
+    Sink::check(&config.output).map_err(|e| {
+        let key = match config.output.sink {
+            SinkKind::File => "output.path",
+            SinkKind::Stdout => "output.sink",
+        };
+        ConfigError::at_key(
+            origin,
+            src,
+            key,
+            format!("cannot open the output for writing: {e}"),
+        )
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(&cli.log);
@@ -79,8 +99,7 @@ fn main() -> ExitCode {
         }
         Some(Command::CheckConfig { path }) => {
             return match load_config(Some(path)).and_then(|(c, src, origin)| {
-                c.check_environment(src.as_deref(), &origin)
-                    .map_err(|e| e.to_string())
+                check_output(&c, src.as_deref(), &origin).map_err(|e| e.to_string())
             }) {
                 Ok(()) => {
                     eprintln!("{}: ok", path.display());
@@ -105,7 +124,7 @@ fn main() -> ExitCode {
     if let Some(root) = cli.proc_root {
         config.agent.proc_root = root;
     }
-    if let Err(e) = config.check_environment(src.as_deref(), &origin) {
+    if let Err(e) = check_output(&config, src.as_deref(), &origin) {
         error!("{e}");
         return ExitCode::from(2);
     }

@@ -115,7 +115,7 @@ pub async fn run(
 
     let (tx, rx) = mpsc::channel::<StoreMsg>(64);
     let shared = Arc::new(Shared::default());
-    let store_task = tokio::spawn(store_loop(
+    let mut store_task = tokio::spawn(store_loop(
         store,
         sink,
         rx,
@@ -157,16 +157,26 @@ pub async fn run(
             }
         }
     };
-    tokio::select! {
-        () = scheduler => {}
-        () = shutdown => info!("shutdown requested"),
-    }
+    // The store task ends early only when the output is gone (a broken pipe): stop at once rather
+    // than at the next tick's send.
+    let store_ended = tokio::select! {
+        () = scheduler => None,
+        () = shutdown => {
+            info!("shutdown requested");
+            None
+        }
+        ended = &mut store_task => Some(ended),
+    };
     if let Some(t) = events_task {
         t.abort();
         let _ = t.await;
     }
     drop(tx);
-    match store_task.await {
+    let ended = match store_ended {
+        Some(ended) => ended,
+        None => store_task.await,
+    };
+    match ended {
         Ok(result) => result,
         Err(e) => Err(anyhow::anyhow!("store task failed: {e}")),
     }
@@ -312,7 +322,10 @@ async fn store_loop(
             StoreMsg::Exit { pid } => {
                 let out = store.exit_now(pid, SystemTime::now());
                 if let Err(e) = sink.write_batch(&out).await {
-                    store.count_dropped(1);
+                    store.count_dropped(e.dropped_lines);
+                    if e.is_broken_pipe() {
+                        return Err(anyhow::anyhow!("output closed (broken pipe)"));
+                    }
                     error!(error = %e, pid, "sink write failed; exit record dropped");
                 }
             }
@@ -331,12 +344,11 @@ async fn store_loop(
                     .unwrap_or_default();
                 let out = store.emit(SystemTime::now(), &cost, procfs.counters(), &ladder);
                 if let Err(e) = sink.write_batch(&out).await {
-                    let lines = out.iter().filter(|b| **b == b'\n').count() as u64;
-                    store.count_dropped(lines);
-                    if e.kind() == std::io::ErrorKind::BrokenPipe {
+                    store.count_dropped(e.dropped_lines);
+                    if e.is_broken_pipe() {
                         return Err(anyhow::anyhow!("output closed (broken pipe)"));
                     }
-                    error!(error = %e, lines, "sink write failed; lines dropped");
+                    error!(error = %e, "sink write failed; lines dropped");
                 }
             }
         }
