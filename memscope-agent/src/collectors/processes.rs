@@ -89,15 +89,17 @@ impl Memory {
         }
     }
 
+    /// Adds `o` field by field, saturating: figures from a hostile tree must not wrap.
     fn add(&mut self, o: &Memory) {
-        self.rss_bytes += o.rss_bytes;
-        self.pss_bytes += o.pss_bytes;
-        self.uss_bytes += o.uss_bytes;
-        self.swap_bytes += o.swap_bytes;
-        self.swap_pss_bytes += o.swap_pss_bytes;
-        self.pss_anon_bytes += o.pss_anon_bytes;
-        self.pss_file_bytes += o.pss_file_bytes;
-        self.pss_shmem_bytes += o.pss_shmem_bytes;
+        let s = |a: &mut u64, b: u64| *a = a.saturating_add(b);
+        s(&mut self.rss_bytes, o.rss_bytes);
+        s(&mut self.pss_bytes, o.pss_bytes);
+        s(&mut self.uss_bytes, o.uss_bytes);
+        s(&mut self.swap_bytes, o.swap_bytes);
+        s(&mut self.swap_pss_bytes, o.swap_pss_bytes);
+        s(&mut self.pss_anon_bytes, o.pss_anon_bytes);
+        s(&mut self.pss_file_bytes, o.pss_file_bytes);
+        s(&mut self.pss_shmem_bytes, o.pss_shmem_bytes);
     }
 }
 
@@ -225,6 +227,11 @@ impl ProcessesCollector {
         ) {
             Ok(s) => Some(s),
             Err(e) if e.is_denied() => None,
+            // A garbage status loses its own fields only: stat and smaps_rollup still say the rest.
+            Err(e @ ProcError::Parse { .. }) => {
+                obs.errors.push(e.to_string());
+                None
+            }
             Err(e) => return Err(e),
         };
         // No mm (kernel thread, zombie): zero memory, and smaps_rollup would fail with ESRCH.
@@ -240,10 +247,16 @@ impl ProcessesCollector {
             ) {
                 Ok(Some(c)) => (Numbers::Exact, Memory::from_rollup(&c)),
                 Ok(None) => (Numbers::Exact, Memory::default()),
-                Err(e) if e.is_denied() => match &status {
-                    Some(s) => (Numbers::Approximate, Memory::from_status(s)),
-                    None => (Numbers::Inaccessible, Memory::default()),
-                },
+                // Unreadable (denied) or unparsable (truncated, garbage): status has the rest.
+                Err(e) if e.is_denied() || matches!(e, ProcError::Parse { .. }) => {
+                    if !e.is_denied() {
+                        obs.errors.push(e.to_string());
+                    }
+                    match &status {
+                        Some(s) => (Numbers::Approximate, Memory::from_status(s)),
+                        None => (Numbers::Inaccessible, Memory::default()),
+                    }
+                }
                 Err(e) => return Err(e),
             }
         };
@@ -410,11 +423,12 @@ pub fn compute_subtrees(procs: &mut [ProcessRecord]) {
         {
             let s = procs[i].subtree;
             let t = &mut procs[parent].subtree;
-            t.processes += s.processes;
-            t.rss_bytes += s.rss_bytes;
-            t.pss_bytes += s.pss_bytes;
-            t.uss_bytes += s.uss_bytes;
-            t.swap_bytes += s.swap_bytes;
+            // Saturating: figures from a hostile tree must not wrap.
+            t.processes = t.processes.saturating_add(s.processes);
+            t.rss_bytes = t.rss_bytes.saturating_add(s.rss_bytes);
+            t.pss_bytes = t.pss_bytes.saturating_add(s.pss_bytes);
+            t.uss_bytes = t.uss_bytes.saturating_add(s.uss_bytes);
+            t.swap_bytes = t.swap_bytes.saturating_add(s.swap_bytes);
         }
     }
 }
@@ -487,6 +501,18 @@ mod tests {
         compute_subtrees(&mut ps);
         assert_eq!(ps[0].subtree.pss_bytes, u64::from(n));
         assert_eq!(ps[0].subtree.processes, n);
+    }
+
+    #[test]
+    fn subtree_sums_saturate_instead_of_wrapping() {
+        let mut ps = vec![
+            proc(1, 0, u64::MAX / 2),
+            proc(2, 1, u64::MAX / 2),
+            proc(3, 1, 4096),
+        ];
+        compute_subtrees(&mut ps);
+        assert_eq!(ps[0].subtree.pss_bytes, u64::MAX);
+        assert_eq!(ps[0].subtree.rss_bytes, u64::MAX);
     }
 
     #[test]
@@ -572,6 +598,60 @@ mod tree_tests {
         assert_eq!(k.numbers, Numbers::Exact);
         assert_eq!(k.memory, Memory::default());
         assert_eq!(obs.vanished, 0);
+    }
+
+    #[test]
+    fn a_truncated_rollup_falls_back_to_status_as_approximate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        copy_pid(dir.path(), 44, 44, &[]);
+        let rollup = dir.path().join("44/smaps_rollup");
+        let text = std::fs::read(&rollup).expect("read");
+        // Cut in the middle of a value line: `Pss:  12` without its unit.
+        let cut = text
+            .windows(4)
+            .position(|w| w == b"Pss:")
+            .map(|i| i + 12)
+            .expect("a Pss line");
+        std::fs::write(&rollup, &text[..cut]).expect("truncate");
+        let obs = collect(dir.path());
+        assert_eq!(
+            obs.processes.len(),
+            1,
+            "the process is kept: {:?}",
+            obs.errors
+        );
+        let p = &obs.processes[0];
+        assert_eq!(p.numbers, Numbers::Approximate);
+        assert!(p.memory.rss_bytes > 0);
+        assert_eq!(obs.approximate, 1);
+        assert!(
+            obs.errors.iter().any(|e| e.contains("44/smaps_rollup")),
+            "{:?}",
+            obs.errors
+        );
+    }
+
+    #[test]
+    fn a_garbage_status_keeps_the_process_with_what_stat_and_rollup_say() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        copy_pid(dir.path(), 44, 44, &[]);
+        std::fs::write(dir.path().join("44/status"), b"\xff garbage\n").expect("garbage");
+        let obs = collect(dir.path());
+        assert_eq!(
+            obs.processes.len(),
+            1,
+            "the process is kept: {:?}",
+            obs.errors
+        );
+        let p = &obs.processes[0];
+        assert_eq!(p.numbers, Numbers::Exact, "smaps_rollup was fine");
+        assert_eq!(p.name, Name::from("sleep"), "the name comes from stat");
+        assert!(p.memory.pss_bytes > 0);
+        assert!(
+            obs.errors.iter().any(|e| e.contains("44/status")),
+            "{:?}",
+            obs.errors
+        );
     }
 
     #[test]
