@@ -17,6 +17,7 @@ pub mod counters;
 pub mod escape;
 pub mod meminfo;
 pub mod mountinfo;
+pub mod redact;
 pub mod smaps;
 pub mod smaps_rollup;
 pub mod stat;
