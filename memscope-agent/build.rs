@@ -4,7 +4,8 @@
 //! The eBPF build needs the `nightly` toolchain with `rust-src` and `bpf-linker` on `PATH`
 //! (`cargo xtask setup` installs them). Without them the agent is built without the object
 //! (`--cfg memscope_no_ebpf`) and runs in polling mode, after a cargo warning.
-//! `MEMSCOPE_REQUIRE_EBPF=1` (CI) turns a missing toolchain or a failed eBPF build into an error.
+//! `MEMSCOPE_REQUIRE_EBPF=1` (CI) turns a missing toolchain or a failed eBPF build into an error;
+//! `MEMSCOPE_NO_EBPF=1` (the fuzz build) skips the eBPF object on purpose.
 
 use std::{
     env,
@@ -36,6 +37,12 @@ fn main() -> anyhow::Result<()> {
     }
 
     let require = env::var("MEMSCOPE_REQUIRE_EBPF").is_ok_and(|v| v == "1");
+    // Builds that only need the parsers (the fuzz targets) skip the eBPF object.
+    println!("cargo::rerun-if-env-changed=MEMSCOPE_NO_EBPF");
+    if !require && env::var("MEMSCOPE_NO_EBPF").is_ok_and(|v| v == "1") {
+        println!("cargo::rustc-cfg=memscope_no_ebpf");
+        return Ok(());
+    }
     match build(workspace) {
         Ok(()) => Ok(()),
         Err(err) if require => {

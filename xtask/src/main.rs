@@ -1,9 +1,10 @@
 //! `cargo xtask`: what cargo alone can't do — toolchain setup, the test lanes, golden updates, benches.
 //!
 //! `cargo xtask test` is the one test command (README, CI): it sets up the eBPF toolchain, checks
-//! formatting and lints, runs the unprivileged lane, then the privileged lane (root + BPF), which
-//! fails loudly when it cannot run.
+//! formatting and lints, runs the unprivileged lane, a short fuzz run of every parser, then the
+//! privileged lane (root + BPF), which fails loudly when it cannot run.
 
+mod fuzz;
 mod ladder_bench;
 mod probe_bench;
 mod setup;
@@ -36,6 +37,13 @@ enum Cmd {
     Setup,
     /// Measure the tracepoint programs' overhead on a 4 KiB mmap+munmap loop (root).
     ProbeBench,
+    /// Fuzz the /proc parsers (cargo-fuzz, nightly): every target, or the ones named, for N
+    /// seconds each. Installs cargo-fuzz if missing.
+    Fuzz {
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        targets: Vec<String>,
+    },
     /// Cost ladder: polling vs eBPF steady-state tick vs a full smaps pass (root). Extra arguments
     /// go to the bench (`cargo xtask bench -- --workers 500`).
     Bench {
@@ -51,6 +59,7 @@ fn main() -> Result<()> {
         Cmd::Setup => setup::setup_ebpf_toolchain(),
         Cmd::ProbeBench => probe_bench::run(),
         Cmd::Bench { args } => ladder_bench::run(&args),
+        Cmd::Fuzz { seconds, targets } => fuzz::run(seconds, &targets),
         Cmd::GoldenUpdate => cargo(
             &["test", "-p", "memscope-tests", "--test", "golden"],
             &[("MEMSCOPE_UPDATE_GOLDEN", "1")],
@@ -112,6 +121,8 @@ fn test(skip_privileged: bool) -> Result<()> {
     // Unprivileged lane: unit tests, CLI tests, golden end-to-end over fixtures.
     cargo(&["test", "--workspace", "--exclude", "memscope-tests"], &[])?;
     cargo(&["test", "-p", "memscope-tests", "--test", "golden"], &[])?;
+    // Every /proc parser under libFuzzer, briefly (`cargo xtask fuzz` for a long run).
+    fuzz::run(fuzz::LANE_SECONDS, &[])?;
     if skip_privileged {
         eprintln!(
             "xtask: *** privileged lane SKIPPED (--skip-privileged): live and eBPF tests did not run ***"
