@@ -88,19 +88,6 @@ impl Memory {
             pss_shmem_bytes: s.rss_shmem.unwrap_or(0),
         }
     }
-
-    /// Adds `o` field by field, saturating: figures from a hostile tree must not wrap.
-    fn add(&mut self, o: &Memory) {
-        let s = |a: &mut u64, b: u64| *a = a.saturating_add(b);
-        s(&mut self.rss_bytes, o.rss_bytes);
-        s(&mut self.pss_bytes, o.pss_bytes);
-        s(&mut self.uss_bytes, o.uss_bytes);
-        s(&mut self.swap_bytes, o.swap_bytes);
-        s(&mut self.swap_pss_bytes, o.swap_pss_bytes);
-        s(&mut self.pss_anon_bytes, o.pss_anon_bytes);
-        s(&mut self.pss_file_bytes, o.pss_file_bytes);
-        s(&mut self.pss_shmem_bytes, o.pss_shmem_bytes);
-    }
 }
 
 /// Totals over a process and all its descendants.
@@ -431,15 +418,6 @@ pub fn compute_subtrees(procs: &mut [ProcessRecord]) {
             t.swap_bytes = t.swap_bytes.saturating_add(s.swap_bytes);
         }
     }
-}
-
-/// Sum of the memory of all processes (for tests and the ledger).
-pub fn total_memory(procs: &[ProcessRecord]) -> Memory {
-    let mut m = Memory::default();
-    for p in procs {
-        m.add(&p.memory);
-    }
-    m
 }
 
 #[cfg(test)]
