@@ -67,8 +67,40 @@ fn load_config(path: Option<&PathBuf>) -> Result<(Config, Option<String>, String
     }
 }
 
-/// Checks the output without creating anything (the sink's own rules: directory, link, owner).
-fn check_output(config: &Config, src: Option<&str>, origin: &str) -> Result<(), ConfigError> {
+/// Checks the config against this machine, creating nothing: the directories it reads exist, and
+/// the output passes the sink's own rules (directory, link, owner). `proc_from_cli`: the proc root
+/// came from `--proc-root`, not the file.
+fn check_environment(
+    config: &Config,
+    src: Option<&str>,
+    origin: &str,
+    proc_from_cli: bool,
+) -> Result<(), ConfigError> {
+    let mut dirs = vec![("agent.proc_root", &config.agent.proc_root)];
+    if config.collectors.tmpfs.enabled {
+        dirs.push((
+            "collectors.tmpfs.host_root",
+            &config.collectors.tmpfs.host_root,
+        ));
+    }
+    for (key, dir) in dirs {
+        if !dir.is_dir() {
+            let why = match std::fs::metadata(dir) {
+                Ok(_) => "is not a directory".to_string(),
+                Err(e) => e.to_string(),
+            };
+            let message = format!("{}: {why}", dir.display());
+            if key == "agent.proc_root" && proc_from_cli {
+                return Err(ConfigError {
+                    origin: "--proc-root".to_string(),
+                    line: None,
+                    key: None,
+                    message,
+                });
+            }
+            return Err(ConfigError::at_key(origin, src, key, message));
+        }
+    }
     Sink::check(&config.output).map_err(|e| {
         let key = match config.output.sink {
             SinkKind::File => "output.path",
@@ -99,7 +131,7 @@ fn main() -> ExitCode {
         }
         Some(Command::CheckConfig { path }) => {
             return match load_config(Some(path)).and_then(|(c, src, origin)| {
-                check_output(&c, src.as_deref(), &origin).map_err(|e| e.to_string())
+                check_environment(&c, src.as_deref(), &origin, false).map_err(|e| e.to_string())
             }) {
                 Ok(()) => {
                     eprintln!("{}: ok", path.display());
@@ -121,10 +153,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let proc_from_cli = cli.proc_root.is_some();
     if let Some(root) = cli.proc_root {
         config.agent.proc_root = root;
     }
-    if let Err(e) = check_output(&config, src.as_deref(), &origin) {
+    if let Err(e) = check_environment(&config, src.as_deref(), &origin, proc_from_cli) {
         error!("{e}");
         return ExitCode::from(2);
     }

@@ -377,3 +377,48 @@ fn the_output_file_is_0640_even_under_umask_000() {
     let mode = std::fs::metadata(&sink).expect("sink").mode() & 0o7777;
     assert_eq!(mode, 0o640, "mode {mode:o}");
 }
+
+#[test]
+fn out_of_range_values_are_rejected_with_exit_2() {
+    assert_rejected(
+        "[agent]\ninterval = \"1ns\"\n",
+        &["line 2", "agent.interval", "out of range"],
+    );
+    assert_rejected(
+        "[agent]\ninterval = \"100y\"\n",
+        &["line 2", "agent.interval", "out of range"],
+    );
+    assert_rejected(
+        "[output]\nmax_bytes = 1\n",
+        &["line 2", "output.max_bytes", "out of range"],
+    );
+    assert_rejected(
+        "[agent]\ninterval = \" 1 s\"\n",
+        &["line 2", "agent.interval", "no spaces"],
+    );
+}
+
+#[test]
+fn a_missing_proc_root_is_rejected_with_exit_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(dir.path(), "[agent]\nproc_root = \"/nonexistent/proc\"\n");
+    for out in [
+        run(agent().args(["--once", "--config"]).arg(&cfg)),
+        run(agent().arg("check-config").arg(&cfg)),
+    ] {
+        assert_eq!(out.status.code(), Some(2));
+        assert!(out.stdout.is_empty());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for needle in ["line 2", "agent.proc_root", "/nonexistent/proc"] {
+            assert!(stderr.contains(needle), "{needle:?} not in: {stderr}");
+        }
+    }
+    let out = run(agent().args(["--once", "--proc-root", "/nonexistent/proc"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--proc-root") && stderr.contains("/nonexistent/proc"),
+        "{stderr}"
+    );
+}

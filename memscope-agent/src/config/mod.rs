@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::procfs::line_at;
 
+pub mod bounds;
 mod error;
 mod units;
 
@@ -267,7 +268,7 @@ impl Config {
         Ok(config)
     }
 
-    /// Rules that span several keys.
+    /// Rules that span several keys, and the range of every bounded setting ([`bounds`]).
     fn validate(&self) -> Result<(), (&'static str, String)> {
         if self.output.sink == SinkKind::File {
             match &self.output.path {
@@ -283,9 +284,6 @@ impl Config {
                 Some(_) => {}
             }
         }
-        if self.output.max_bytes.0 == 0 {
-            return Err(("output.max_bytes", "must be positive".to_string()));
-        }
         if self.agent.proc_root.as_os_str().is_empty() {
             return Err(("agent.proc_root", "must not be empty".to_string()));
         }
@@ -295,7 +293,7 @@ impl Config {
                 "must not be empty (use \"/\" for the agent's own root)".to_string(),
             ));
         }
-        Ok(())
+        bounds::check_all(self)
     }
 
     /// The interval of a collector: its own, else the agent's.
@@ -443,7 +441,7 @@ keyframe_every = 4
         let e = err("[output]\nmax_bytes = \"12 parsecs\"\n");
         assert!(e.message.contains("unknown unit"), "{e}");
         let e = err("[output]\nmax_bytes = 0\n");
-        assert!(e.message.contains("positive"), "{e}");
+        assert!(e.message.contains("out of range"), "{e}");
         let e = err("[output]\nemit = \"sometimes\"\n");
         assert_eq!(e.key.as_deref(), Some("output.emit"));
         let e = err("[output]\nsink = \"kafka\"\n");

@@ -1,0 +1,218 @@
+//! The documented range of every numeric setting (the README's configuration table lists them).
+//! A value outside its range is a config error naming the key, its line and the range, so a typo
+//! like `interval = "1ns"` (4000 emissions a second) or `max_bytes = 1` (one line per file) stops
+//! the agent with exit 2 instead of running badly.
+
+use std::time::Duration;
+
+use super::{Config, Interval};
+
+/// An inclusive range of a setting.
+#[derive(Clone, Copy, Debug)]
+pub struct Bound<T> {
+    pub min: T,
+    pub max: T,
+}
+
+const fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+const fn millis(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
+
+/// `[agent] interval` and every collector's `interval`: 100 ms to one day.
+pub const INTERVAL: Bound<Duration> = Bound {
+    min: millis(100),
+    max: secs(86_400),
+};
+/// `max_staleness`: one second to a week.
+pub const MAX_STALENESS: Bound<Duration> = Bound {
+    min: secs(1),
+    max: secs(7 * 86_400),
+};
+/// `budget` and `max_walk_time`: 10 ms to one hour.
+pub const BUDGET: Bound<Duration> = Bound {
+    min: millis(10),
+    max: secs(3_600),
+};
+/// `min_change` and `min_object_pss`: 0 to 1 TiB.
+pub const THRESHOLD: Bound<u64> = Bound {
+    min: 0,
+    max: 1 << 40,
+};
+/// `[output] max_bytes`: 64 KiB (an emission's larger lines fit) to 1 TiB.
+pub const MAX_BYTES: Bound<u64> = Bound {
+    min: 64 << 10,
+    max: 1 << 40,
+};
+/// `[output] keep`: 1 to 1000 rotated files.
+pub const KEEP: Bound<u32> = Bound { min: 1, max: 1000 };
+/// `[output] keyframe_every`: 1 to 100000 emissions.
+pub const KEYFRAME_EVERY: Bound<u32> = Bound {
+    min: 1,
+    max: 100_000,
+};
+/// List lengths: `top_consumers`, `top_files`, `top_dirs`, `max_holders`: 1 to 10000.
+pub const TOP: Bound<u32> = Bound {
+    min: 1,
+    max: 10_000,
+};
+/// `[collectors.tmpfs] max_entries`: 1 to 100 million.
+pub const MAX_ENTRIES: Bound<u32> = Bound {
+    min: 1,
+    max: 100_000_000,
+};
+
+fn check<T: PartialOrd + Copy>(
+    key: &'static str,
+    value: T,
+    bound: Bound<T>,
+    show: impl Fn(T) -> String,
+) -> Result<(), (&'static str, String)> {
+    if value < bound.min || value > bound.max {
+        return Err((
+            key,
+            format!(
+                "{} is out of range: must be from {} to {}",
+                show(value),
+                show(bound.min),
+                show(bound.max)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn duration(
+    key: &'static str,
+    v: Interval,
+    b: Bound<Duration>,
+) -> Result<(), (&'static str, String)> {
+    check(key, v.get(), b, |d| {
+        format!("\"{}\"", humantime::format_duration(d))
+    })
+}
+
+fn bytes(key: &'static str, v: u64, b: Bound<u64>) -> Result<(), (&'static str, String)> {
+    check(key, v, b, |n| n.to_string())
+}
+
+fn count(key: &'static str, v: u32, b: Bound<u32>) -> Result<(), (&'static str, String)> {
+    check(key, v, b, |n| n.to_string())
+}
+
+/// Checks every bounded setting; the first one out of range is the error.
+pub fn check_all(c: &Config) -> Result<(), (&'static str, String)> {
+    duration("agent.interval", c.agent.interval, INTERVAL)?;
+    let col = &c.collectors;
+    let intervals = [
+        ("collectors.meminfo.interval", col.meminfo.interval),
+        ("collectors.processes.interval", col.processes.interval),
+        ("collectors.smaps.interval", col.smaps.interval),
+        ("collectors.sysv.interval", col.sysv.interval),
+        ("collectors.tmpfs.interval", col.tmpfs.interval),
+    ];
+    for (key, v) in intervals {
+        if let Some(v) = v {
+            duration(key, v, INTERVAL)?;
+        }
+    }
+    let p = &col.processes;
+    bytes("collectors.processes.min_change", p.min_change.0, THRESHOLD)?;
+    duration(
+        "collectors.processes.max_staleness",
+        p.max_staleness,
+        MAX_STALENESS,
+    )?;
+    duration("collectors.processes.budget", p.budget, BUDGET)?;
+    let s = &col.smaps;
+    bytes("collectors.smaps.min_change", s.min_change.0, THRESHOLD)?;
+    bytes(
+        "collectors.smaps.min_object_pss",
+        s.min_object_pss.0,
+        THRESHOLD,
+    )?;
+    duration(
+        "collectors.smaps.max_staleness",
+        s.max_staleness,
+        MAX_STALENESS,
+    )?;
+    duration("collectors.smaps.budget", s.budget, BUDGET)?;
+    count("collectors.smaps.top_consumers", s.top_consumers.0, TOP)?;
+    let t = &col.tmpfs;
+    count("collectors.tmpfs.top_files", t.top_files.0, TOP)?;
+    count("collectors.tmpfs.top_dirs", t.top_dirs.0, TOP)?;
+    count("collectors.tmpfs.max_entries", t.max_entries.0, MAX_ENTRIES)?;
+    duration("collectors.tmpfs.max_walk_time", t.max_walk_time, BUDGET)?;
+    count("collectors.tmpfs.max_holders", t.max_holders.0, TOP)?;
+    let o = &c.output;
+    bytes("output.max_bytes", o.max_bytes.0, MAX_BYTES)?;
+    count("output.keep", o.keep.0, KEEP)?;
+    count("output.keyframe_every", o.keyframe_every.0, KEYFRAME_EVERY)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn rejected(src: &str, key: &str, line: usize) -> String {
+        match Config::parse(src, "t.toml") {
+            Ok(c) => panic!("{src:?} must be rejected, got {c:?}"),
+            Err(e) => {
+                assert_eq!(e.key.as_deref(), Some(key), "{e}");
+                assert_eq!(e.line, Some(line), "{e}");
+                e.message
+            }
+        }
+    }
+
+    #[test]
+    fn values_out_of_range_name_key_line_and_range() {
+        let m = rejected("[agent]\ninterval = \"1ns\"\n", "agent.interval", 2);
+        assert!(
+            m.contains("out of range") && m.contains("100ms") && m.contains("1day"),
+            "{m}"
+        );
+        rejected("[agent]\ninterval = \"100y\"\n", "agent.interval", 2);
+        let m = rejected("[output]\nmax_bytes = 1\n", "output.max_bytes", 2);
+        assert!(m.contains("65536"), "{m}");
+        rejected(
+            "[collectors.tmpfs]\n\ninterval = \"10ms\"\n",
+            "collectors.tmpfs.interval",
+            3,
+        );
+        rejected(
+            "[collectors.processes]\nmax_staleness = \"500ms\"\n",
+            "collectors.processes.max_staleness",
+            2,
+        );
+        rejected(
+            "[collectors.smaps]\nbudget = \"2d\"\n",
+            "collectors.smaps.budget",
+            2,
+        );
+        rejected("[output]\nkeep = 5000\n", "output.keep", 2);
+        rejected(
+            "[collectors.smaps]\ntop_consumers = 100000\n",
+            "collectors.smaps.top_consumers",
+            2,
+        );
+        rejected(
+            "[collectors.smaps]\nmin_object_pss = \"2T\"\n",
+            "collectors.smaps.min_object_pss",
+            2,
+        );
+    }
+
+    #[test]
+    fn the_ends_of_each_range_are_accepted() {
+        Config::parse(
+            "[agent]\ninterval = \"100ms\"\n[collectors.tmpfs]\ninterval = \"1day\"\n\
+             [output]\nmax_bytes = \"64KiB\"\nkeep = 1000\n[collectors.smaps]\nmin_change = 0\n",
+            "t.toml",
+        )
+        .expect("in range");
+    }
+}
