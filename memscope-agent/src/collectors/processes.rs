@@ -20,7 +20,7 @@ use tracing::debug;
 
 use super::{CollectCtx, CollectError, Collector, Observation, ToRecords, UserNames};
 use crate::{
-    config::ProcessesConfig,
+    config::{CmdlineMode, ProcessesConfig},
     ladder::{Ladder, Tier, TierPolicy, TierStats},
     procfs::{
         FileClass, ProcError, ProcFs,
@@ -28,6 +28,7 @@ use crate::{
         counters::MemCounters,
         escape::Name,
         page_size,
+        redact::{name_only, redact},
         smaps_rollup::parse_smaps_rollup,
         stat::{Stat, parse_stat},
         status::{Status, parse_status},
@@ -170,8 +171,19 @@ pub struct ProcessesCollector {
     users: UserNames,
     ladder: Ladder,
     budget: Duration,
+    cmdline: CmdlineMode,
     stats: TierStats,
     buf: Vec<u8>,
+}
+
+/// The `cmdline` field: `/proc/PID/cmdline` joined with spaces, as much of it as `mode` allows.
+fn render_cmdline(mode: CmdlineMode, raw: &[u8]) -> Name {
+    let args = parse_cmdline(raw);
+    match mode {
+        CmdlineMode::Full => join_cmdline(&args),
+        CmdlineMode::Redacted => join_cmdline(&redact(&args)),
+        CmdlineMode::NameOnly => name_only(&args),
+    }
 }
 
 impl ProcessesCollector {
@@ -188,6 +200,7 @@ impl ProcessesCollector {
                 page_size(),
             ),
             budget: config.budget.get(),
+            cmdline: config.cmdline,
             stats: TierStats::default(),
             buf: Vec::with_capacity(8192),
         }
@@ -259,7 +272,7 @@ impl ProcessesCollector {
             _ => {
                 let cmdline =
                     match procfs.read(&procfs.pid_path(pid, "cmdline"), FileClass::Cmdline) {
-                        Ok(bytes) => join_cmdline(&parse_cmdline(&bytes)),
+                        Ok(bytes) => render_cmdline(self.cmdline, &bytes),
                         Err(e) if e.is_denied() => Name::default(),
                         Err(e) => return Err(e),
                     };
@@ -630,6 +643,38 @@ mod tree_tests {
             "{:?}",
             obs.errors
         );
+    }
+
+    #[test]
+    fn command_lines_are_redacted_by_default_and_full_or_name_only_on_request() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        copy_pid(dir.path(), 44, 44, &[]);
+        std::fs::write(
+            dir.path().join("44/cmdline"),
+            b"/usr/bin/mysql\0-uroot\0-pS3cret\0shop\0",
+        )
+        .expect("cmdline");
+        let run = |mode| {
+            let procfs = ProcFs::new(dir.path());
+            let shared = Shared::default();
+            let mut c = ProcessesCollector::new(&ProcessesConfig {
+                cmdline: mode,
+                ..ProcessesConfig::default()
+            });
+            match c.collect(&CollectCtx::once(&procfs, &shared)) {
+                Ok(Some(Observation::Processes(o))) => o.processes[0].cmdline.clone(),
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        assert_eq!(
+            collect(dir.path()).processes[0].cmdline,
+            Name::from("/usr/bin/mysql -uroot -p*** shop")
+        );
+        assert_eq!(
+            run(CmdlineMode::Full),
+            Name::from("/usr/bin/mysql -uroot -pS3cret shop")
+        );
+        assert_eq!(run(CmdlineMode::NameOnly), Name::from("mysql"));
     }
 
     #[test]

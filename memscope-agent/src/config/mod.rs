@@ -105,6 +105,8 @@ pub struct ProcessesConfig {
     pub max_staleness: Interval,
     /// Time a run may spend re-reading; the rest rolls to the next run, oldest first.
     pub budget: Interval,
+    /// How much of each command line is sent.
+    pub cmdline: CmdlineMode,
 }
 
 impl Default for ProcessesConfig {
@@ -115,8 +117,23 @@ impl Default for ProcessesConfig {
             min_change: ByteSize(64 << 10),
             max_staleness: Interval(Duration::from_secs(300)),
             budget: Interval(Duration::from_secs(2)),
+            cmdline: CmdlineMode::Redacted,
         }
     }
+}
+
+/// `[collectors.processes] cmdline`: command lines carry passwords and tokens, and the records go
+/// to a log pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CmdlineMode {
+    /// As the process has it.
+    Full,
+    /// Secrets replaced with `***` ([`crate::procfs::redact`]).
+    #[default]
+    Redacted,
+    /// The program's name only.
+    NameOnly,
 }
 
 /// `[collectors.smaps]`: shared objects from `/proc/PID/smaps`, re-read on the cost ladder.
