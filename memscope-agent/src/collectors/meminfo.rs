@@ -20,6 +20,8 @@ pub struct MeminfoCollector {
 #[derive(Debug, Clone, Default)]
 pub struct MeminfoObservation {
     pub fields: Vec<MeminfoField>,
+    /// Lines that were skipped (each names the path and line).
+    pub warnings: Vec<String>,
 }
 
 impl MeminfoObservation {
@@ -35,10 +37,13 @@ impl Collector for MeminfoCollector {
 
     fn collect(&mut self, ctx: &CollectCtx<'_>) -> Result<Option<Observation>, CollectError> {
         let path = ctx.procfs.path("meminfo");
-        let fields =
+        let (fields, warnings) =
             ctx.procfs
-                .read_parsed(&path, FileClass::Meminfo, &mut self.buf, parse_meminfo)?;
-        Ok(Some(Observation::Meminfo(MeminfoObservation { fields })))
+                .read_lenient(&path, FileClass::Meminfo, &mut self.buf, parse_meminfo)?;
+        Ok(Some(Observation::Meminfo(MeminfoObservation {
+            fields,
+            warnings,
+        })))
     }
 }
 
@@ -73,6 +78,10 @@ impl ToRecords for MeminfoObservation {
     fn records(&self, out: &mut Vec<Record>) {
         out.push(Record::new("meminfo", "", &Fields(&self.fields)));
     }
+
+    fn warnings(&self, out: &mut Vec<String>) {
+        out.extend(self.warnings.iter().map(|w| format!("meminfo: {w}")));
+    }
 }
 
 #[cfg(test)]
@@ -106,6 +115,33 @@ mod tests {
         assert_eq!(
             recs[0].body,
             "\"MemTotal_bytes\":1024000,\"Active_anon_bytes\":2048,\"HugePages_Total_bytes\":6291456,\"Hugepagesize_bytes\":2097152"
+        );
+    }
+
+    #[test]
+    fn one_bad_value_skips_that_field_with_a_warning_naming_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("meminfo"),
+            "MemTotal:       1000 kB\nShmem:    garbage kB\nMemFree:  10 kB\n",
+        )
+        .expect("write");
+        let procfs = ProcFs::new(dir.path());
+        let obs = match MeminfoCollector::default()
+            .collect(&CollectCtx::once(&procfs, &Default::default()))
+        {
+            Ok(Some(Observation::Meminfo(o))) => o,
+            other => panic!("unexpected {other:?}"),
+        };
+        assert_eq!(obs.get("MemTotal"), Some(1_024_000));
+        assert_eq!(obs.get("MemFree"), Some(10_240));
+        assert_eq!(obs.get("Shmem"), None);
+        let mut w = Vec::new();
+        obs.warnings(&mut w);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("meminfo: line 2") && w[0].contains("Shmem"),
+            "{w:?}"
         );
     }
 

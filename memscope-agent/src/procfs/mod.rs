@@ -186,6 +186,14 @@ impl ParseError {
     }
 }
 
+/// What a line-by-line parser could read, and the lines it skipped (each with its line number and
+/// what was wrong). One malformed line costs that line, not the whole file.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Lenient<T> {
+    pub value: T,
+    pub skipped: Vec<ParseError>,
+}
+
 /// The `/proc` tree memscope reads, rooted anywhere (a fixture tree in tests).
 #[derive(Clone, Debug)]
 pub struct ProcFs {
@@ -255,6 +263,24 @@ impl ProcFs {
             path: path.to_path_buf(),
             source,
         })
+    }
+
+    /// Reads `path` and parses it with a lenient parser: the value, and one warning per skipped
+    /// line, naming the path and the line (`/proc/meminfo: line 3: … (skipped)`).
+    pub fn read_lenient<T>(
+        &self,
+        path: &Path,
+        class: FileClass,
+        buf: &mut Vec<u8>,
+        parse: impl FnOnce(&[u8]) -> Lenient<T>,
+    ) -> Result<(T, Vec<String>), ProcError> {
+        self.read_into(path, class, buf)?;
+        let Lenient { value, skipped } = parse(buf);
+        let warnings = skipped
+            .iter()
+            .map(|e| format!("{}: {e} (skipped)", path.display()))
+            .collect();
+        Ok((value, warnings))
     }
 
     /// The numeric entries of the root (process ids), sorted.

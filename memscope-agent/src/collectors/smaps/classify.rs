@@ -90,13 +90,16 @@ pub fn classify(m: &Mapping, tmpfs_devs: &HashSet<Dev>) -> (ObjectKey, Name, boo
     }
 }
 
-/// Devices of tmpfs mounts, from `self/mountinfo`.
-pub fn tmpfs_devices(procfs: &ProcFs, buf: &mut Vec<u8>) -> Result<HashSet<Dev>, ProcError> {
-    let mounts = procfs.read_parsed(
+/// Devices of tmpfs mounts, from `self/mountinfo`, and a warning per malformed (skipped) line.
+pub fn tmpfs_devices(
+    procfs: &ProcFs,
+    buf: &mut Vec<u8>,
+) -> Result<(HashSet<Dev>, Vec<String>), ProcError> {
+    let (mounts, skipped) = procfs.read_lenient(
         &procfs.path("self/mountinfo"),
         FileClass::Mountinfo,
         buf,
         parse_mountinfo,
     )?;
-    Ok(mountinfo::tmpfs_devices(&mounts))
+    Ok((mountinfo::tmpfs_devices(&mounts), skipped))
 }

@@ -143,11 +143,12 @@ impl Collector for SmapsCollector {
 
     fn collect(&mut self, ctx: &CollectCtx<'_>) -> Result<Option<Observation>, CollectError> {
         let start = Instant::now();
-        let tmpfs_devs = tmpfs_devices(ctx.procfs, &mut self.buf)?;
+        let (tmpfs_devs, skipped) = tmpfs_devices(ctx.procfs, &mut self.buf)?;
         let pass = super::statm_pass(ctx, &mut self.buf)?;
         let mut obs = ObjectsObservation {
             min_object_pss: self.min_object_pss,
             top_consumers: self.top_consumers,
+            errors: skipped,
             ..ObjectsObservation::default()
         };
 

@@ -215,8 +215,11 @@ impl TmpfsCollector {
     /// `MemTotal` from meminfo, read only when a `size=N%` needs it.
     fn mem_total(&mut self, procfs: &ProcFs, warnings: &mut Vec<String>) -> Option<u64> {
         let path = procfs.path("meminfo");
-        match procfs.read_parsed(&path, FileClass::Meminfo, &mut self.buf, parse_meminfo) {
-            Ok(fields) => field(&fields, "MemTotal"),
+        match procfs.read_lenient(&path, FileClass::Meminfo, &mut self.buf, parse_meminfo) {
+            Ok((fields, skipped)) => {
+                warnings.extend(skipped);
+                field(&fields, "MemTotal")
+            }
             Err(e) => {
                 warnings.push(format!("size=N% needs MemTotal: {e}"));
                 None
@@ -256,11 +259,14 @@ impl Collector for TmpfsCollector {
 
     fn collect(&mut self, ctx: &CollectCtx<'_>) -> Result<Option<Observation>, CollectError> {
         let path = ctx.procfs.path("self/mountinfo");
-        let mounts =
+        let (mounts, skipped) =
             ctx.procfs
-                .read_parsed(&path, FileClass::Mountinfo, &mut self.buf, parse_mountinfo)?;
+                .read_lenient(&path, FileClass::Mountinfo, &mut self.buf, parse_mountinfo)?;
         let superblocks = select_superblocks(&mounts);
-        let mut obs = TmpfsObservation::default();
+        let mut obs = TmpfsObservation {
+            warnings: skipped,
+            ..TmpfsObservation::default()
+        };
         let needs_mem_total = superblocks
             .iter()
             .any(|s| option_value(&s.super_options, "size").is_some_and(|v| v.ends_with('%')));
@@ -429,6 +435,35 @@ mod tests {
         assert_eq!(v["hidden"], false);
         assert_eq!(v["limit_bytes"], serde_json::Value::Null);
         assert_eq!(v["truncated_reason"], serde_json::Value::Null);
+    }
+
+    /// One malformed mountinfo line costs that line: the other mounts are still measured, and the
+    /// skipped line is a warning naming it.
+    #[test]
+    fn a_malformed_mountinfo_line_is_skipped_with_a_warning() {
+        let proc = tempfile::tempdir().expect("tempdir");
+        let host = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(proc.path().join("self")).expect("mkdir");
+        std::fs::write(
+            proc.path().join("self/mountinfo"),
+            "1 0 8:1 / / rw - ext4 /dev/sda rw\n\
+             garbage line\n\
+             3 1 0:92 / /missing rw - tmpfs tmpfs rw,size=1m\n",
+        )
+        .expect("write");
+        let config = TmpfsConfig {
+            host_root: host.path().to_path_buf(),
+            ..TmpfsConfig::default()
+        };
+        let obs = collect(&ProcFs::new(proc.path()), &config);
+        assert_eq!(obs.mounts.len(), 1, "the good tmpfs line is used");
+        assert!(
+            obs.warnings
+                .iter()
+                .any(|w| w.contains("mountinfo: line 2") && w.contains("skipped")),
+            "{:?}",
+            obs.warnings
+        );
     }
 
     /// The collector end to end on the agent's own machine, through a tempdir standing in for a

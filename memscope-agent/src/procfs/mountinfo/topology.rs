@@ -123,7 +123,7 @@ mod tests {
 ";
 
     fn sbs() -> Vec<Superblock> {
-        select_superblocks(&parse_mountinfo(MOUNTINFO.as_bytes()).expect("parse"))
+        select_superblocks(&parse_mountinfo(MOUNTINFO.as_bytes()).value)
     }
 
     fn dev(major: u32, minor: u32) -> Dev {
@@ -170,7 +170,7 @@ mod tests {
 
     #[test]
     fn fixture_shm_mounted_twice_hides_the_lower_one() {
-        let m = parse_mountinfo(&fixture("proc/self/mountinfo")).expect("parse");
+        let m = parse_mountinfo(&fixture("proc/self/mountinfo")).value;
         let s = select_superblocks(&m);
         let shm: Vec<_> = s
             .iter()
