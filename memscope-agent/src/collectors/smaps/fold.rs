@@ -23,7 +23,7 @@ pub fn fold_process(
                 let o = &mut objects[i];
                 o.memory.add(&mem);
                 o.mappings += 1;
-                o.mapped_bytes += m.size();
+                o.mapped_bytes = o.mapped_bytes.saturating_add(m.size());
             }
             None => {
                 index.insert(key.clone(), objects.len());

@@ -102,15 +102,17 @@ impl ObjectMemory {
         }
     }
 
+    /// Adds `o` field by field, saturating: figures from a hostile tree must not wrap.
     pub fn add(&mut self, o: &ObjectMemory) {
-        self.pss_bytes += o.pss_bytes;
-        self.rss_bytes += o.rss_bytes;
-        self.swap_bytes += o.swap_bytes;
-        self.swap_pss_bytes += o.swap_pss_bytes;
-        self.private_clean_bytes += o.private_clean_bytes;
-        self.private_dirty_bytes += o.private_dirty_bytes;
-        self.shared_clean_bytes += o.shared_clean_bytes;
-        self.shared_dirty_bytes += o.shared_dirty_bytes;
+        let s = |a: &mut u64, b: u64| *a = a.saturating_add(b);
+        s(&mut self.pss_bytes, o.pss_bytes);
+        s(&mut self.rss_bytes, o.rss_bytes);
+        s(&mut self.swap_bytes, o.swap_bytes);
+        s(&mut self.swap_pss_bytes, o.swap_pss_bytes);
+        s(&mut self.private_clean_bytes, o.private_clean_bytes);
+        s(&mut self.private_dirty_bytes, o.private_dirty_bytes);
+        s(&mut self.shared_clean_bytes, o.shared_clean_bytes);
+        s(&mut self.shared_dirty_bytes, o.shared_dirty_bytes);
     }
 }
 

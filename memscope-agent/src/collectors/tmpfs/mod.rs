@@ -239,7 +239,11 @@ fn attribute_deleted(mounts: &mut [TmpfsMount], deleted: Vec<OpenShmemFile>, top
             continue;
         };
         m.deleted_open_files = Some(m.deleted_open_files.unwrap_or(0) + 1);
-        m.deleted_open_bytes = Some(m.deleted_open_bytes.unwrap_or(0) + f.allocated_bytes);
+        m.deleted_open_bytes = Some(
+            m.deleted_open_bytes
+                .unwrap_or(0)
+                .saturating_add(f.allocated_bytes),
+        );
         m.deleted_open.push(f);
     }
     for m in mounts {
