@@ -89,6 +89,14 @@ mod tests {
     use super::*;
     use crate::procfs::ProcFs;
 
+    fn collect(root: &std::path::Path) -> MeminfoObservation {
+        let procfs = ProcFs::new(root);
+        match MeminfoCollector::default().collect(&CollectCtx::once(&procfs, &Default::default())) {
+            Ok(Some(Observation::Meminfo(o))) => o,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
     #[test]
     fn field_names() {
         assert_eq!(json_field_name("MemTotal"), "MemTotal_bytes");
@@ -104,12 +112,7 @@ mod tests {
             "MemTotal:       1000 kB\nActive(anon):      2 kB\nHugePages_Total:       3\nHugepagesize:       2048 kB\n",
         )
         .expect("write");
-        let procfs = ProcFs::new(dir.path());
-        let mut c = MeminfoCollector::default();
-        let obs = match c.collect(&CollectCtx::once(&procfs, &Default::default())) {
-            Ok(Some(Observation::Meminfo(o))) => o,
-            other => panic!("unexpected {other:?}"),
-        };
+        let obs = collect(dir.path());
         let mut recs = Vec::new();
         obs.records(&mut recs);
         assert_eq!(
@@ -126,13 +129,7 @@ mod tests {
             "MemTotal:       1000 kB\nShmem:    garbage kB\nMemFree:  10 kB\n",
         )
         .expect("write");
-        let procfs = ProcFs::new(dir.path());
-        let obs = match MeminfoCollector::default()
-            .collect(&CollectCtx::once(&procfs, &Default::default()))
-        {
-            Ok(Some(Observation::Meminfo(o))) => o,
-            other => panic!("unexpected {other:?}"),
-        };
+        let obs = collect(dir.path());
         assert_eq!(obs.get("MemTotal"), Some(1_024_000));
         assert_eq!(obs.get("MemFree"), Some(10_240));
         assert_eq!(obs.get("Shmem"), None);

@@ -546,13 +546,33 @@ mod tree_tests {
     }
 
     fn collect(root: &Path) -> ProcessesObservation {
+        collect_with(root, &ProcessesConfig::default())
+    }
+
+    fn collect_with(root: &Path, config: &ProcessesConfig) -> ProcessesObservation {
         let procfs = ProcFs::new(root);
         let shared = Shared::default();
-        let mut c = ProcessesCollector::new(&ProcessesConfig::default());
+        let mut c = ProcessesCollector::new(config);
         match c.collect(&CollectCtx::once(&procfs, &shared)) {
             Ok(Some(Observation::Processes(o))) => o,
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    /// The one process of `obs`, kept although `file` was bad, which a warning names.
+    fn kept_despite(obs: &ProcessesObservation, file: &str) -> ProcessRecord {
+        assert_eq!(
+            obs.processes.len(),
+            1,
+            "the process is kept: {:?}",
+            obs.errors
+        );
+        assert!(
+            obs.errors.iter().any(|e| e.contains(file)),
+            "{file} not named in {:?}",
+            obs.errors
+        );
+        obs.processes[0].clone()
     }
 
     #[test]
@@ -605,21 +625,10 @@ mod tree_tests {
             .expect("a Pss line");
         std::fs::write(&rollup, &text[..cut]).expect("truncate");
         let obs = collect(dir.path());
-        assert_eq!(
-            obs.processes.len(),
-            1,
-            "the process is kept: {:?}",
-            obs.errors
-        );
-        let p = &obs.processes[0];
+        let p = kept_despite(&obs, "44/smaps_rollup");
         assert_eq!(p.numbers, Numbers::Approximate);
         assert!(p.memory.rss_bytes > 0);
         assert_eq!(obs.approximate, 1);
-        assert!(
-            obs.errors.iter().any(|e| e.contains("44/smaps_rollup")),
-            "{:?}",
-            obs.errors
-        );
     }
 
     #[test]
@@ -627,22 +636,10 @@ mod tree_tests {
         let dir = tempfile::tempdir().expect("tempdir");
         copy_pid(dir.path(), 44, 44, &[]);
         std::fs::write(dir.path().join("44/status"), b"\xff garbage\n").expect("garbage");
-        let obs = collect(dir.path());
-        assert_eq!(
-            obs.processes.len(),
-            1,
-            "the process is kept: {:?}",
-            obs.errors
-        );
-        let p = &obs.processes[0];
+        let p = kept_despite(&collect(dir.path()), "44/status");
         assert_eq!(p.numbers, Numbers::Exact, "smaps_rollup was fine");
         assert_eq!(p.name, Name::from("sleep"), "the name comes from stat");
         assert!(p.memory.pss_bytes > 0);
-        assert!(
-            obs.errors.iter().any(|e| e.contains("44/status")),
-            "{:?}",
-            obs.errors
-        );
     }
 
     #[test]
@@ -654,17 +651,14 @@ mod tree_tests {
             b"/usr/bin/mysql\0-uroot\0-pS3cret\0shop\0",
         )
         .expect("cmdline");
-        let run = |mode| {
-            let procfs = ProcFs::new(dir.path());
-            let shared = Shared::default();
-            let mut c = ProcessesCollector::new(&ProcessesConfig {
-                cmdline: mode,
+        let run = |cmdline| {
+            let config = ProcessesConfig {
+                cmdline,
                 ..ProcessesConfig::default()
-            });
-            match c.collect(&CollectCtx::once(&procfs, &shared)) {
-                Ok(Some(Observation::Processes(o))) => o.processes[0].cmdline.clone(),
-                other => panic!("unexpected {other:?}"),
-            }
+            };
+            collect_with(dir.path(), &config).processes[0]
+                .cmdline
+                .clone()
         };
         assert_eq!(
             collect(dir.path()).processes[0].cmdline,

@@ -175,35 +175,39 @@ mod tests {
             m.contains("out of range") && m.contains("100ms") && m.contains("1day"),
             "{m}"
         );
-        rejected("[agent]\ninterval = \"100y\"\n", "agent.interval", 2);
         let m = rejected("[output]\nmax_bytes = 1\n", "output.max_bytes", 2);
         assert!(m.contains("65536"), "{m}");
-        rejected(
-            "[collectors.tmpfs]\n\ninterval = \"10ms\"\n",
-            "collectors.tmpfs.interval",
-            3,
-        );
-        rejected(
-            "[collectors.processes]\nmax_staleness = \"500ms\"\n",
-            "collectors.processes.max_staleness",
-            2,
-        );
-        rejected(
-            "[collectors.smaps]\nbudget = \"2d\"\n",
-            "collectors.smaps.budget",
-            2,
-        );
-        rejected("[output]\nkeep = 5000\n", "output.keep", 2);
-        rejected(
-            "[collectors.smaps]\ntop_consumers = 100000\n",
-            "collectors.smaps.top_consumers",
-            2,
-        );
-        rejected(
-            "[collectors.smaps]\nmin_object_pss = \"2T\"\n",
-            "collectors.smaps.min_object_pss",
-            2,
-        );
+        for (src, key, line) in [
+            ("[agent]\ninterval = \"100y\"\n", "agent.interval", 2),
+            (
+                "[collectors.tmpfs]\n\ninterval = \"10ms\"\n",
+                "collectors.tmpfs.interval",
+                3,
+            ),
+            (
+                "[collectors.processes]\nmax_staleness = \"500ms\"\n",
+                "collectors.processes.max_staleness",
+                2,
+            ),
+            (
+                "[collectors.smaps]\nbudget = \"2d\"\n",
+                "collectors.smaps.budget",
+                2,
+            ),
+            ("[output]\nkeep = 5000\n", "output.keep", 2),
+            (
+                "[collectors.smaps]\ntop_consumers = 100000\n",
+                "collectors.smaps.top_consumers",
+                2,
+            ),
+            (
+                "[collectors.smaps]\nmin_object_pss = \"2T\"\n",
+                "collectors.smaps.min_object_pss",
+                2,
+            ),
+        ] {
+            rejected(src, key, line);
+        }
     }
 
     #[test]
