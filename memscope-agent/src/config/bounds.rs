@@ -94,11 +94,12 @@ fn duration(
     })
 }
 
-fn bytes(key: &'static str, v: u64, b: Bound<u64>) -> Result<(), (&'static str, String)> {
-    check(key, v, b, |n| n.to_string())
-}
-
-fn count(key: &'static str, v: u32, b: Bound<u32>) -> Result<(), (&'static str, String)> {
+/// A byte size or a count, shown as a plain number.
+fn number<T: PartialOrd + Copy + std::fmt::Display>(
+    key: &'static str,
+    v: T,
+    b: Bound<T>,
+) -> Result<(), (&'static str, String)> {
     check(key, v, b, |n| n.to_string())
 }
 
@@ -119,7 +120,7 @@ pub fn check_all(c: &Config) -> Result<(), (&'static str, String)> {
         }
     }
     let p = &col.processes;
-    bytes("collectors.processes.min_change", p.min_change.0, THRESHOLD)?;
+    number("collectors.processes.min_change", p.min_change.0, THRESHOLD)?;
     duration(
         "collectors.processes.max_staleness",
         p.max_staleness,
@@ -127,8 +128,8 @@ pub fn check_all(c: &Config) -> Result<(), (&'static str, String)> {
     )?;
     duration("collectors.processes.budget", p.budget, BUDGET)?;
     let s = &col.smaps;
-    bytes("collectors.smaps.min_change", s.min_change.0, THRESHOLD)?;
-    bytes(
+    number("collectors.smaps.min_change", s.min_change.0, THRESHOLD)?;
+    number(
         "collectors.smaps.min_object_pss",
         s.min_object_pss.0,
         THRESHOLD,
@@ -139,17 +140,17 @@ pub fn check_all(c: &Config) -> Result<(), (&'static str, String)> {
         MAX_STALENESS,
     )?;
     duration("collectors.smaps.budget", s.budget, BUDGET)?;
-    count("collectors.smaps.top_consumers", s.top_consumers.0, TOP)?;
+    number("collectors.smaps.top_consumers", s.top_consumers.0, TOP)?;
     let t = &col.tmpfs;
-    count("collectors.tmpfs.top_files", t.top_files.0, TOP)?;
-    count("collectors.tmpfs.top_dirs", t.top_dirs.0, TOP)?;
-    count("collectors.tmpfs.max_entries", t.max_entries.0, MAX_ENTRIES)?;
+    number("collectors.tmpfs.top_files", t.top_files.0, TOP)?;
+    number("collectors.tmpfs.top_dirs", t.top_dirs.0, TOP)?;
+    number("collectors.tmpfs.max_entries", t.max_entries.0, MAX_ENTRIES)?;
     duration("collectors.tmpfs.max_walk_time", t.max_walk_time, BUDGET)?;
-    count("collectors.tmpfs.max_holders", t.max_holders.0, TOP)?;
+    number("collectors.tmpfs.max_holders", t.max_holders.0, TOP)?;
     let o = &c.output;
-    bytes("output.max_bytes", o.max_bytes.0, MAX_BYTES)?;
-    count("output.keep", o.keep.0, KEEP)?;
-    count("output.keyframe_every", o.keyframe_every.0, KEYFRAME_EVERY)?;
+    number("output.max_bytes", o.max_bytes.0, MAX_BYTES)?;
+    number("output.keep", o.keep.0, KEEP)?;
+    number("output.keyframe_every", o.keyframe_every.0, KEYFRAME_EVERY)?;
     Ok(())
 }
 
