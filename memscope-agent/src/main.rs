@@ -5,8 +5,8 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use memscope_agent::{
-    config::{Config, ConfigError, DEFAULT_CONFIG_TOML, SinkKind},
-    sinks::Sink,
+    config::{Config, ConfigError, DEFAULT_CONFIG_TOML},
+    sinks::check_output,
 };
 use tracing::error;
 
@@ -101,18 +101,7 @@ fn check_environment(
             return Err(ConfigError::at_key(origin, src, key, message));
         }
     }
-    Sink::check(&config.output).map_err(|e| {
-        let key = match config.output.sink {
-            SinkKind::File => "output.path",
-            SinkKind::Stdout => "output.sink",
-        };
-        ConfigError::at_key(
-            origin,
-            src,
-            key,
-            format!("cannot open the output for writing: {e}"),
-        )
-    })
+    check_output(&config.output, src, origin)
 }
 
 fn main() -> ExitCode {

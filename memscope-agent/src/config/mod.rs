@@ -276,12 +276,9 @@ impl Config {
                 message: e.message().trim().to_string(),
             }
         })?;
-        config.validate().map_err(|(key, message)| ConfigError {
-            origin: origin.to_string(),
-            line: keys.line_of_key(key),
-            key: Some(key.to_string()),
-            message,
-        })?;
+        config
+            .validate()
+            .map_err(|(key, message)| ConfigError::at_key(origin, Some(src), key, message))?;
         Ok(config)
     }
 

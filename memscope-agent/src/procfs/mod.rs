@@ -283,6 +283,24 @@ impl ProcFs {
         Ok((value, warnings))
     }
 
+    /// `meminfo`, parsed, and a warning per skipped line.
+    pub fn meminfo(
+        &self,
+        buf: &mut Vec<u8>,
+    ) -> Result<(Vec<meminfo::MeminfoField>, Vec<String>), ProcError> {
+        let path = self.path("meminfo");
+        self.read_lenient(&path, FileClass::Meminfo, buf, meminfo::parse_meminfo)
+    }
+
+    /// The agent's own mount table, `self/mountinfo`, parsed, and a warning per skipped line.
+    pub fn self_mountinfo(
+        &self,
+        buf: &mut Vec<u8>,
+    ) -> Result<(Vec<mountinfo::MountInfo>, Vec<String>), ProcError> {
+        let path = self.path("self/mountinfo");
+        self.read_lenient(&path, FileClass::Mountinfo, buf, mountinfo::parse_mountinfo)
+    }
+
     /// The numeric entries of the root (process ids), sorted.
     pub fn pids(&self) -> Result<Vec<u32>, ProcError> {
         let rd =
@@ -407,9 +425,7 @@ impl OpenFiles {
 
 /// The system page size in bytes.
 pub fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if v > 0 { v as u64 } else { 4096 }
+    rustix::param::page_size() as u64
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::{io, path::Path};
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::config::{OutputConfig, SinkKind};
+use crate::config::{ConfigError, OutputConfig, SinkKind};
 
 pub mod file;
 
@@ -32,6 +32,27 @@ pub fn count_lines(buf: &[u8]) -> u64 {
     buf.split_inclusive(|b| *b == b'\n').count() as u64
 }
 
+/// Checks the output the config asks for, creating nothing (for `check-config` and the start):
+/// for a file sink, the rules of [`file::check_path`]. `src` is the config text, for the error's
+/// line.
+pub fn check_output(
+    output: &OutputConfig,
+    src: Option<&str>,
+    origin: &str,
+) -> Result<(), ConfigError> {
+    let (SinkKind::File, Some(path)) = (output.sink, &output.path) else {
+        return Ok(());
+    };
+    file::check_path(path, file::Trust::current()).map_err(|e| {
+        ConfigError::at_key(
+            origin,
+            src,
+            "output.path",
+            format!("cannot open the output for writing: {e}"),
+        )
+    })
+}
+
 /// A destination for JSON lines.
 pub enum Sink {
     Writer(WriterSink<Box<dyn AsyncWrite + Send + Unpin>>),
@@ -39,15 +60,6 @@ pub enum Sink {
 }
 
 impl Sink {
-    /// Checks the output the config asks for without creating anything (for `check-config`):
-    /// for a file sink, see [`file::check_path`].
-    pub fn check(output: &OutputConfig) -> io::Result<()> {
-        match output.sink {
-            SinkKind::Stdout => Ok(()),
-            SinkKind::File => file::check_path(file_path(output)?, file::Trust::current()),
-        }
-    }
-
     /// Opens the sink the config asks for. For a file sink the file is opened (created, appended to)
     /// now, so a bad path fails before anything is collected.
     pub fn open(output: &OutputConfig) -> io::Result<Sink> {
@@ -129,6 +141,22 @@ impl<W: AsyncWrite + Unpin> WriterSink<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unwritable_file_path_is_found_by_the_output_check() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blocker = dir.path().join("a-file");
+        std::fs::write(&blocker, b"x").expect("write");
+        // A path under a regular file cannot be created, even by root.
+        let src = format!(
+            "[output]\nsink = \"file\"\npath = \"{}\"\n",
+            blocker.join("out.jsonl").display()
+        );
+        let c = crate::config::Config::parse(&src, "t.toml").expect("syntactically fine");
+        let e = check_output(&c.output, Some(&src), "t.toml").expect_err("must fail");
+        assert_eq!((e.line, e.key.as_deref()), (Some(3), Some("output.path")));
+        assert!(e.message.contains("cannot open"), "{e}");
+    }
 
     #[tokio::test]
     async fn writer_sink_writes_batches_whole() {

@@ -4,9 +4,9 @@ use std::collections::HashSet;
 
 use super::object::{ObjectKey, ObjectKind};
 use crate::procfs::{
-    Dev, FileClass, ProcError, ProcFs,
+    Dev, ProcError, ProcFs,
     escape::Name,
-    mountinfo::{self, parse_mountinfo},
+    mountinfo::{self},
     smaps::{Mapping, MappingPath},
 };
 
@@ -95,11 +95,6 @@ pub fn tmpfs_devices(
     procfs: &ProcFs,
     buf: &mut Vec<u8>,
 ) -> Result<(HashSet<Dev>, Vec<String>), ProcError> {
-    let (mounts, skipped) = procfs.read_lenient(
-        &procfs.path("self/mountinfo"),
-        FileClass::Mountinfo,
-        buf,
-        parse_mountinfo,
-    )?;
+    let (mounts, skipped) = procfs.self_mountinfo(buf)?;
     Ok((mountinfo::tmpfs_devices(&mounts), skipped))
 }
