@@ -200,15 +200,19 @@ impl RotatingFile {
         if let Err(e) = self.ensure_open() {
             return Err(fail(rest, e));
         }
+        // At most one rotation per line: after it, the next line goes out whatever the size.
+        let mut rotated = false;
         while !rest.is_empty() {
             let room = self.max_bytes.saturating_sub(self.size);
-            let take = fitting_prefix(rest, room, self.size == 0);
+            let take = fitting_prefix(rest, room, self.size == 0 || rotated);
             if take == 0 {
                 if let Err(e) = self.rotate() {
                     return Err(fail(rest, e));
                 }
+                rotated = true;
                 continue;
             }
+            rotated = false;
             let (chunk, tail) = rest.split_at(take);
             let written = match &mut self.file {
                 Some((f, _)) => f.write_all(chunk),
@@ -408,13 +412,13 @@ fn refused(path: &Path, why: &str) -> io::Error {
     )
 }
 
-/// Length of the longest run of whole lines at the start of `buf` that fits in `room` bytes; when
-/// `empty` (a fresh file), at least the first line, however long.
-fn fitting_prefix(buf: &[u8], room: u64, empty: bool) -> usize {
+/// Length of the longest run of whole lines at the start of `buf` that fits in `room` bytes; with
+/// `at_least_one` (a fresh file), at least the first line, however long.
+fn fitting_prefix(buf: &[u8], room: u64, at_least_one: bool) -> usize {
     let mut end = 0usize;
     for line in buf.split_inclusive(|b| *b == b'\n') {
         let next = end + line.len();
-        if next as u64 > room && !(empty && end == 0) {
+        if next as u64 > room && !(at_least_one && end == 0) {
             break;
         }
         end = next;
