@@ -65,7 +65,7 @@ pub fn run(seconds: u64, only: &[String]) -> Result<()> {
     let root = workspace_root();
     let target_dir = root.join("target/fuzz");
     eprintln!("xtask: building the fuzz targets (nightly, ASan, debug assertions)");
-    cargo_fuzz(&root, &["build", "-a"], &target_dir)?;
+    cargo_fuzz(&root, "build", &target_dir, &["-a"])?;
     for (name, seeds) in TARGETS {
         if !only.is_empty() && !only.iter().any(|o| o == name) {
             continue;
@@ -84,8 +84,9 @@ pub fn run(seconds: u64, only: &[String]) -> Result<()> {
         let max_time = format!("-max_total_time={seconds}");
         cargo_fuzz(
             &root,
+            "run",
+            &target_dir,
             &[
-                "run",
                 "-a",
                 name,
                 &corpus,
@@ -97,20 +98,18 @@ pub fn run(seconds: u64, only: &[String]) -> Result<()> {
                 "-max_len=262144",
                 "-print_final_stats=1",
             ],
-            &target_dir,
         )
         .with_context(|| format!("fuzz target {name} failed; see fuzz/artifacts/{name}/"))?;
     }
     Ok(())
 }
 
-fn cargo_fuzz(root: &Path, args: &[&str], target_dir: &Path) -> Result<()> {
+/// `cargo +nightly fuzz SUB --target-dir DIR ARGS…` (ARGS may hold `--` and libFuzzer flags).
+fn cargo_fuzz(root: &Path, sub: &str, target_dir: &Path, args: &[&str]) -> Result<()> {
     let status = Command::new("cargo")
-        .arg("+nightly")
-        .arg("fuzz")
-        .args(args)
-        .arg("--target-dir")
+        .args(["+nightly", "fuzz", sub, "--target-dir"])
         .arg(target_dir)
+        .args(args)
         // The parsers need no eBPF object; skip building it for the sanitizer build.
         .env("MEMSCOPE_NO_EBPF", "1")
         .env_remove("MEMSCOPE_REQUIRE_EBPF")
@@ -118,7 +117,10 @@ fn cargo_fuzz(root: &Path, args: &[&str], target_dir: &Path) -> Result<()> {
         .status()
         .context("running `cargo +nightly fuzz`")?;
     if !status.success() {
-        bail!("`cargo +nightly fuzz {}` failed ({status})", args.join(" "));
+        bail!(
+            "`cargo +nightly fuzz {sub} {}` failed ({status})",
+            args.join(" ")
+        );
     }
     Ok(())
 }
