@@ -55,6 +55,8 @@ fn once_over_fixtures_matches_golden() {
     // The fixture's mount points are not this host's: a host root that does not exist makes every
     // tmpfs mount an error of its own (reported, not fatal) instead of measuring the live machine.
     config.collectors.tmpfs.host_root = root.join("fixtures/no-host-root");
+    // The fixture processes' /proc/PID/cgroup point into this v2 tree (see fixtures/README.md).
+    config.collectors.cgroup.root = root.join("fixtures/cgroup/v2");
     let lines = run_once(config).expect("agent runs over fixtures");
     // Paths under the workspace (in error messages) do not depend on where it is checked out.
     let prefix = root.display().to_string();

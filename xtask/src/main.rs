@@ -149,6 +149,8 @@ fn privileged_lane() -> Result<()> {
             "ebpf",
             "--test",
             "ladder",
+            "--test",
+            "cgroup",
             "--",
             "--test-threads=1",
         ],

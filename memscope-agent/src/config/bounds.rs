@@ -36,7 +36,7 @@ pub const BUDGET: Bound<Duration> = Bound {
     min: millis(10),
     max: secs(3_600),
 };
-/// `min_change` and `min_object_pss`: 0 to 1 TiB.
+/// `min_change`, `min_object_pss` and cgroup `min_usage`: 0 to 1 TiB.
 pub const THRESHOLD: Bound<u64> = Bound {
     min: 0,
     max: 1 << 40,
@@ -53,10 +53,18 @@ pub const KEYFRAME_EVERY: Bound<u32> = Bound {
     min: 1,
     max: 100_000,
 };
-/// List lengths: `top_consumers`, `top_files`, `top_dirs`, `max_holders`: 1 to 10000.
+/// List lengths: `top_consumers`, `top_files`, `top_dirs`, `max_holders`, cgroup `max_records`:
+/// 1 to 10000.
 pub const TOP: Bound<u32> = Bound {
     min: 1,
     max: 10_000,
+};
+/// `[collectors.cgroup] max_depth`: 1 to 1000 levels.
+pub const CGROUP_DEPTH: Bound<u32> = Bound { min: 1, max: 1000 };
+/// `[collectors.cgroup] max_cgroups`: 1 to a million.
+pub const MAX_CGROUPS: Bound<u32> = Bound {
+    min: 1,
+    max: 1_000_000,
 };
 /// `[collectors.tmpfs] max_entries`: 1 to 100 million.
 pub const MAX_ENTRIES: Bound<u32> = Bound {
@@ -113,6 +121,7 @@ pub fn check_all(c: &Config) -> Result<(), (&'static str, String)> {
         ("collectors.smaps.interval", col.smaps.interval),
         ("collectors.sysv.interval", col.sysv.interval),
         ("collectors.tmpfs.interval", col.tmpfs.interval),
+        ("collectors.cgroup.interval", col.cgroup.interval),
     ];
     for (key, v) in intervals {
         if let Some(v) = v {
@@ -147,6 +156,15 @@ pub fn check_all(c: &Config) -> Result<(), (&'static str, String)> {
     number("collectors.tmpfs.max_entries", t.max_entries.0, MAX_ENTRIES)?;
     duration("collectors.tmpfs.max_walk_time", t.max_walk_time, BUDGET)?;
     number("collectors.tmpfs.max_holders", t.max_holders.0, TOP)?;
+    let g = &col.cgroup;
+    number("collectors.cgroup.max_depth", g.max_depth.0, CGROUP_DEPTH)?;
+    number(
+        "collectors.cgroup.max_cgroups",
+        g.max_cgroups.0,
+        MAX_CGROUPS,
+    )?;
+    number("collectors.cgroup.max_records", g.max_records.0, TOP)?;
+    number("collectors.cgroup.min_usage", g.min_usage.0, THRESHOLD)?;
     let o = &c.output;
     number("output.max_bytes", o.max_bytes.0, MAX_BYTES)?;
     number("output.keep", o.keep.0, KEEP)?;
@@ -196,6 +214,11 @@ mod tests {
                 2,
             ),
             ("[output]\nkeep = 5000\n", "output.keep", 2),
+            (
+                "[collectors.cgroup]\nmax_cgroups = 2000000\n",
+                "collectors.cgroup.max_cgroups",
+                2,
+            ),
             (
                 "[collectors.smaps]\ntop_consumers = 100000\n",
                 "collectors.smaps.top_consumers",

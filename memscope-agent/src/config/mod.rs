@@ -73,6 +73,7 @@ pub struct CollectorsConfig {
     pub smaps: SmapsConfig,
     pub sysv: CollectorToggle,
     pub tmpfs: TmpfsConfig,
+    pub cgroup: crate::collectors::cgroup::CgroupConfig,
 }
 
 /// The settings every collector has.
@@ -301,6 +302,7 @@ impl Config {
         if self.agent.proc_root.as_os_str().is_empty() {
             return Err(("agent.proc_root", "must not be empty".to_string()));
         }
+        self.collectors.cgroup.validate()?;
         if self.collectors.tmpfs.host_root.as_os_str().is_empty() {
             return Err((
                 "collectors.tmpfs.host_root",

@@ -12,6 +12,7 @@ use std::{
     },
 };
 
+pub mod cgroup;
 pub mod cmdline;
 pub mod counters;
 pub mod dev;
@@ -45,6 +46,7 @@ pub enum FileClass {
     Cmdline,
     Mountinfo,
     Sysvipc,
+    Cgroup,
     Other,
 }
 
@@ -60,7 +62,7 @@ impl FileClass {
         }
     }
 
-    pub const ALL: [FileClass; 9] = [
+    pub const ALL: [FileClass; 10] = [
         FileClass::Meminfo,
         FileClass::Status,
         FileClass::Statm,
@@ -69,6 +71,7 @@ impl FileClass {
         FileClass::Cmdline,
         FileClass::Mountinfo,
         FileClass::Sysvipc,
+        FileClass::Cgroup,
         FileClass::Other,
     ];
 
@@ -82,6 +85,7 @@ impl FileClass {
             FileClass::Cmdline => "cmdline",
             FileClass::Mountinfo => "mountinfo",
             FileClass::Sysvipc => "sysvipc",
+            FileClass::Cgroup => "cgroup",
             FileClass::Other => "other",
         }
     }
@@ -90,8 +94,8 @@ impl FileClass {
 /// Bytes and reads per [`FileClass`], shared by every clone of one [`ProcFs`].
 #[derive(Debug, Default)]
 pub struct ReadCounters {
-    bytes: [AtomicU64; 9],
-    reads: [AtomicU64; 9],
+    bytes: [AtomicU64; FileClass::ALL.len()],
+    reads: [AtomicU64; FileClass::ALL.len()],
 }
 
 impl ReadCounters {
@@ -241,6 +245,41 @@ impl ProcFs {
         let read = read_capped(&f, class.read_cap(), buf);
         self.counters.add(class, buf.len());
         read.map_err(|e| ProcError::from_io(path.to_path_buf(), e))
+    }
+
+    /// Reads a file from a tree the agent does not trust (a cgroup hierarchy): a symlink as the last
+    /// component is refused (`O_NOFOLLOW`), so is anything but a regular file (a FIFO would block),
+    /// and a file over `max_bytes` is an error rather than a memory hog. Counted under `class`.
+    pub fn read_untrusted(
+        &self,
+        path: &Path,
+        class: FileClass,
+        buf: &mut Vec<u8>,
+        max_bytes: u64,
+    ) -> Result<(), ProcError> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        buf.clear();
+        let err = |e| ProcError::from_io(path.to_path_buf(), e);
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)
+            .map_err(err)?;
+        if !f.metadata().map_err(err)?.is_file() {
+            return Err(ProcError::Io {
+                path: path.to_path_buf(),
+                source: io::Error::other("not a regular file"),
+            });
+        }
+        f.take(max_bytes + 1).read_to_end(buf).map_err(err)?;
+        if buf.len() as u64 > max_bytes {
+            return Err(ProcError::Io {
+                path: path.to_path_buf(),
+                source: io::Error::other(format!("larger than {max_bytes} bytes")),
+            });
+        }
+        self.counters.add(class, buf.len());
+        Ok(())
     }
 
     /// Reads `path` whole, counting the bytes under `class`.
