@@ -6,8 +6,19 @@
 
 use serde::{Serialize, Serializer, ser::SerializeMap};
 
-use super::{CollectCtx, CollectError, Collector, Observation, ToRecords};
+use super::{BuildCtx, CollectCtx, CollectError, Collector, CollectorDef, Observation, Toggle};
 use crate::{procfs::meminfo::MeminfoField, records::Record};
+
+/// The `meminfo` collector.
+pub struct Meminfo;
+
+impl CollectorDef for Meminfo {
+    const NAME: &'static str = "meminfo";
+    type Config = Toggle;
+    fn build(_: &Toggle, _: &BuildCtx<'_>) -> Box<dyn Collector> {
+        Box::new(MeminfoCollector::default())
+    }
+}
 
 #[derive(Default)]
 pub struct MeminfoCollector {
@@ -29,15 +40,15 @@ impl MeminfoObservation {
 
 impl Collector for MeminfoCollector {
     fn name(&self) -> &'static str {
-        "meminfo"
+        Meminfo::NAME
     }
 
-    fn collect(&mut self, ctx: &CollectCtx<'_>) -> Result<Option<Observation>, CollectError> {
+    fn collect(
+        &mut self,
+        ctx: &CollectCtx<'_>,
+    ) -> Result<Option<Box<dyn Observation>>, CollectError> {
         let (fields, warnings) = ctx.procfs.meminfo(&mut self.buf)?;
-        Ok(Some(Observation::Meminfo(MeminfoObservation {
-            fields,
-            warnings,
-        })))
+        Ok(Some(Box::new(MeminfoObservation { fields, warnings })))
     }
 }
 
@@ -68,7 +79,7 @@ impl Serialize for Fields<'_> {
     }
 }
 
-impl ToRecords for MeminfoObservation {
+impl Observation for MeminfoObservation {
     fn records(&self, out: &mut Vec<Record>) {
         out.push(Record::new("meminfo", "", &Fields(&self.fields)));
     }
@@ -85,10 +96,10 @@ mod tests {
 
     fn collect(root: &std::path::Path) -> MeminfoObservation {
         let procfs = ProcFs::new(root);
-        match MeminfoCollector::default().collect(&CollectCtx::once(&procfs, &Default::default())) {
-            Ok(Some(Observation::Meminfo(o))) => o,
-            other => panic!("unexpected {other:?}"),
-        }
+        crate::collectors::observed::<MeminfoObservation>(
+            MeminfoCollector::default().collect(&CollectCtx::once(&procfs)),
+        )
+        .unwrap_or_else(|e| panic!("unexpected: {e}"))
     }
 
     #[test]
@@ -141,7 +152,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let procfs = ProcFs::new(dir.path());
         let err = MeminfoCollector::default()
-            .collect(&CollectCtx::once(&procfs, &Default::default()))
+            .collect(&CollectCtx::once(&procfs))
             .expect_err("no meminfo");
         assert!(err.to_string().contains("meminfo"), "{err}");
     }

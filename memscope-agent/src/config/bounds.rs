@@ -92,7 +92,8 @@ fn check<T: PartialOrd + Copy>(
     Ok(())
 }
 
-fn duration(
+/// A duration setting within its range; `key` as the section names it.
+pub fn duration(
     key: &'static str,
     v: Interval,
     b: Bound<Duration>,
@@ -102,8 +103,8 @@ fn duration(
     })
 }
 
-/// A byte size or a count, shown as a plain number.
-fn number<T: PartialOrd + Copy + std::fmt::Display>(
+/// A byte size or a count within its range, shown as a plain number.
+pub fn number<T: PartialOrd + Copy + std::fmt::Display>(
     key: &'static str,
     v: T,
     b: Bound<T>,
@@ -111,65 +112,14 @@ fn number<T: PartialOrd + Copy + std::fmt::Display>(
     check(key, v, b, |n| n.to_string())
 }
 
-/// Checks every bounded setting; the first one out of range is the error.
-pub fn check_all(c: &Config) -> Result<(), (&'static str, String)> {
+/// `[agent]` and `[output]`. Each collector section checks its own keys (its `section!`
+/// validation), and every section's `interval` is checked against [`INTERVAL`] for all.
+pub fn check_agent_and_output(c: &Config) -> Result<(), (&'static str, String)> {
     duration("agent.interval", c.agent.interval, INTERVAL)?;
-    let col = &c.collectors;
-    let intervals = [
-        ("collectors.meminfo.interval", col.meminfo.interval),
-        ("collectors.processes.interval", col.processes.interval),
-        ("collectors.smaps.interval", col.smaps.interval),
-        ("collectors.sysv.interval", col.sysv.interval),
-        ("collectors.tmpfs.interval", col.tmpfs.interval),
-        ("collectors.cgroup.interval", col.cgroup.interval),
-    ];
-    for (key, v) in intervals {
-        if let Some(v) = v {
-            duration(key, v, INTERVAL)?;
-        }
-    }
-    let p = &col.processes;
-    number("collectors.processes.min_change", p.min_change.0, THRESHOLD)?;
-    duration(
-        "collectors.processes.max_staleness",
-        p.max_staleness,
-        MAX_STALENESS,
-    )?;
-    duration("collectors.processes.budget", p.budget, BUDGET)?;
-    let s = &col.smaps;
-    number("collectors.smaps.min_change", s.min_change.0, THRESHOLD)?;
-    number(
-        "collectors.smaps.min_object_pss",
-        s.min_object_pss.0,
-        THRESHOLD,
-    )?;
-    duration(
-        "collectors.smaps.max_staleness",
-        s.max_staleness,
-        MAX_STALENESS,
-    )?;
-    duration("collectors.smaps.budget", s.budget, BUDGET)?;
-    number("collectors.smaps.top_consumers", s.top_consumers.0, TOP)?;
-    let t = &col.tmpfs;
-    number("collectors.tmpfs.top_files", t.top_files.0, TOP)?;
-    number("collectors.tmpfs.top_dirs", t.top_dirs.0, TOP)?;
-    number("collectors.tmpfs.max_entries", t.max_entries.0, MAX_ENTRIES)?;
-    duration("collectors.tmpfs.max_walk_time", t.max_walk_time, BUDGET)?;
-    number("collectors.tmpfs.max_holders", t.max_holders.0, TOP)?;
-    let g = &col.cgroup;
-    number("collectors.cgroup.max_depth", g.max_depth.0, CGROUP_DEPTH)?;
-    number(
-        "collectors.cgroup.max_cgroups",
-        g.max_cgroups.0,
-        MAX_CGROUPS,
-    )?;
-    number("collectors.cgroup.max_records", g.max_records.0, TOP)?;
-    number("collectors.cgroup.min_usage", g.min_usage.0, THRESHOLD)?;
     let o = &c.output;
     number("output.max_bytes", o.max_bytes.0, MAX_BYTES)?;
     number("output.keep", o.keep.0, KEEP)?;
-    number("output.keyframe_every", o.keyframe_every.0, KEYFRAME_EVERY)?;
-    Ok(())
+    number("output.keyframe_every", o.keyframe_every.0, KEYFRAME_EVERY)
 }
 
 #[cfg(test)]
