@@ -422,3 +422,20 @@ fn a_missing_proc_root_is_rejected_with_exit_2() {
         "{stderr}"
     );
 }
+
+#[test]
+fn host_flag_names_every_record() {
+    let out = run(agent()
+        .args(["--once", "--host", "node-7", "--proc-root"])
+        .arg(fixtures()));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = json_lines(&out.stdout);
+    assert!(lines.len() > 2, "{} lines", lines.len());
+    for line in &lines {
+        assert_eq!(line["host"], "node-7", "{line}");
+    }
+}

@@ -4,8 +4,10 @@
 //! formatting and lints, runs the unprivileged lane, a short fuzz run of every parser, then the
 //! privileged lane (root + BPF), which fails loudly when it cannot run.
 
+mod ebpf_object;
 mod fuzz;
 mod ladder_bench;
+mod packaging;
 mod probe_bench;
 mod setup;
 
@@ -23,7 +25,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Everything: setup, fmt, clippy, unprivileged tests, privileged tests.
+    /// Everything: setup, fmt, clippy, unprivileged tests, the eBPF object check, privileged
+    /// tests, packaging.
     Test {
         /// Skip the privileged lane (root + BPF). Says so loudly; CI never passes this.
         #[arg(long)]
@@ -31,10 +34,19 @@ enum Cmd {
     },
     /// Only the privileged lane (needs root).
     TestPrivileged,
+    /// Only the packaging lane (root): the agent built without the eBPF toolchain attaches, least
+    /// privilege, systemd unit, .deb, Kubernetes manifests.
+    TestPackaging,
     /// Regenerate fixtures/golden/*.jsonl from fixtures/proc.
     GoldenUpdate,
     /// Install the eBPF toolchain (nightly rust-src, bpf-linker for the nightly's LLVM). Idempotent.
     Setup,
+    /// Rebuild the committed eBPF object and its stamp (memscope-ebpf/prebuilt/). `--check`: fail
+    /// when the committed object is stale or the pinned toolchain does not rebuild it exactly.
+    EbpfObject {
+        #[arg(long)]
+        check: bool,
+    },
     /// Measure the tracepoint programs' overhead on a 4 KiB mmap+munmap loop (root).
     ProbeBench,
     /// Fuzz the /proc parsers (cargo-fuzz, nightly): every target, or the ones named, for N
@@ -56,7 +68,10 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Test { skip_privileged } => test(skip_privileged),
         Cmd::TestPrivileged => privileged_lane(),
+        Cmd::TestPackaging => packaging::lane(&workspace_root()),
         Cmd::Setup => setup::setup_ebpf_toolchain(),
+        Cmd::EbpfObject { check: false } => ebpf_object::refresh(&workspace_root()),
+        Cmd::EbpfObject { check: true } => ebpf_object::check(&workspace_root()),
         Cmd::ProbeBench => probe_bench::run(),
         Cmd::Bench { args } => ladder_bench::run(&args),
         Cmd::Fuzz { seconds, targets } => fuzz::run(seconds, &targets),
@@ -79,6 +94,17 @@ fn cargo(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
         .with_context(|| format!("running {cargo} {}", args.join(" ")))?;
     if !status.success() {
         bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Runs `command`, failing on a non-zero exit.
+fn run_checked(command: &mut Command) -> Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("running {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed: {status}");
     }
     Ok(())
 }
@@ -123,13 +149,16 @@ fn test(skip_privileged: bool) -> Result<()> {
     cargo(&["test", "-p", "memscope-tests", "--test", "golden"], &[])?;
     // Every /proc parser under libFuzzer, briefly (`cargo xtask fuzz` for a long run).
     fuzz::run(fuzz::LANE_SECONDS, &[])?;
+    // The committed eBPF object must match the sources and rebuild byte for byte.
+    ebpf_object::check(&workspace_root())?;
     if skip_privileged {
         eprintln!(
-            "xtask: *** privileged lane SKIPPED (--skip-privileged): live and eBPF tests did not run ***"
+            "xtask: *** privileged and packaging lanes SKIPPED (--skip-privileged): live, eBPF and packaging tests did not run ***"
         );
         return Ok(());
     }
-    privileged_lane()
+    privileged_lane()?;
+    packaging::lane(&workspace_root())
 }
 
 fn privileged_lane() -> Result<()> {
