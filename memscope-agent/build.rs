@@ -14,6 +14,7 @@
 //! `MEMSCOPE_REQUIRE_EBPF=1` (CI) turns 3, and a failed source build, into an error.
 //! The toolchain check re-runs when the toolchain appears or goes (see
 //! `memscope_build::toolchain::watch_paths`).
+//! `MEMSCOPE_NO_EBPF=1` (the fuzz build, which needs only the parsers) skips the object on purpose.
 
 use std::{
     env, fs,
@@ -53,6 +54,12 @@ fn main() -> anyhow::Result<()> {
     let out_dir = PathBuf::from(env::var("OUT_DIR").context("OUT_DIR")?);
     let dest = out_dir.join(object::BIN);
     let require = env::var("MEMSCOPE_REQUIRE_EBPF").is_ok_and(|v| v == "1");
+    // Builds that only need the parsers (the fuzz targets) skip the eBPF object.
+    println!("cargo::rerun-if-env-changed=MEMSCOPE_NO_EBPF");
+    if !require && env::var("MEMSCOPE_NO_EBPF").is_ok_and(|v| v == "1") {
+        println!("cargo::rustc-cfg=memscope_no_ebpf");
+        return Ok(());
+    }
     match provide_object(workspace, &out_dir, &dest, require) {
         Ok(()) => Ok(()),
         Err(err) if require => {

@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use memscope_agent::{
-    config::{Config, DEFAULT_CONFIG_TOML},
+    config::{Config, ConfigError, DEFAULT_CONFIG_TOML},
     sinks::check_output,
     view::{
         report::ReportArgs,
@@ -44,7 +44,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Validate a config file (syntax, values, and that the output file can be opened) and exit.
+    /// Validate a config file (syntax, values, and that the output file could be opened, creating
+    /// nothing) and exit.
     CheckConfig { path: PathBuf },
     /// Print the built-in default configuration.
     PrintDefaultConfig,
@@ -92,6 +93,43 @@ fn load_config(path: Option<&PathBuf>) -> Result<(Config, Option<String>, String
     }
 }
 
+/// Checks the config against this machine, creating nothing: the directories it reads exist, and
+/// the output passes the sink's own rules (directory, link, owner). `proc_from_cli`: the proc root
+/// came from `--proc-root`, not the file.
+fn check_environment(
+    config: &Config,
+    src: Option<&str>,
+    origin: &str,
+    proc_from_cli: bool,
+) -> Result<(), ConfigError> {
+    let mut dirs = vec![("agent.proc_root", &config.agent.proc_root)];
+    if config.collectors.tmpfs.enabled {
+        dirs.push((
+            "collectors.tmpfs.host_root",
+            &config.collectors.tmpfs.host_root,
+        ));
+    }
+    for (key, dir) in dirs {
+        if !dir.is_dir() {
+            let why = match std::fs::metadata(dir) {
+                Ok(_) => "is not a directory".to_string(),
+                Err(e) => e.to_string(),
+            };
+            let message = format!("{}: {why}", dir.display());
+            if key == "agent.proc_root" && proc_from_cli {
+                return Err(ConfigError {
+                    origin: "--proc-root".to_string(),
+                    line: None,
+                    key: None,
+                    message,
+                });
+            }
+            return Err(ConfigError::at_key(origin, src, key, message));
+        }
+    }
+    check_output(&config.output, src, origin)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let quiet = matches!(cli.command, Some(Command::Show { .. } | Command::Report(_)));
@@ -113,7 +151,7 @@ fn main() -> ExitCode {
         }
         Some(Command::CheckConfig { path }) => {
             return match load_config(Some(path)).and_then(|(c, src, origin)| {
-                check_output(&c.output, src.as_deref(), &origin).map_err(|e| e.to_string())
+                check_environment(&c, src.as_deref(), &origin, false).map_err(|e| e.to_string())
             }) {
                 Ok(()) => {
                     eprintln!("{}: ok", path.display());
@@ -144,6 +182,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let proc_from_cli = cli.proc_root.is_some();
     if let Some(root) = cli.proc_root {
         config.agent.proc_root = root;
     }
@@ -165,7 +204,7 @@ fn main() -> ExitCode {
         };
         return show(config, &opts, *json);
     }
-    if let Err(e) = check_output(&config.output, src.as_deref(), &origin) {
+    if let Err(e) = check_environment(&config, src.as_deref(), &origin, proc_from_cli) {
         error!("{e}");
         return ExitCode::from(2);
     }

@@ -116,7 +116,7 @@ pub async fn run(
         tracker_info,
         &names,
     );
-    let store_task = tokio::spawn(store::run(store, sink, rx, procfs.clone()));
+    let mut store_task = tokio::spawn(store::run(store, sink, rx, procfs.clone()));
 
     // Lifecycle events: into the ladders' stream; an exit also becomes an `exit` record at once.
     let events_task = lifecycle.map(|mut rx| {
@@ -166,10 +166,16 @@ pub async fn run(
             }
         }
     };
-    tokio::select! {
-        () = ticks => {}
-        () = shutdown => info!("shutdown requested"),
-    }
+    // The store task ends early only when the output is gone (a broken pipe): stop at once rather
+    // than at the next tick's send.
+    let store_ended = tokio::select! {
+        () = ticks => None,
+        () = shutdown => {
+            info!("shutdown requested");
+            None
+        }
+        ended = &mut store_task => Some(ended),
+    };
     if let Some(t) = events_task {
         t.abort();
         let _ = t.await;
@@ -179,7 +185,11 @@ pub async fn run(
     let _ = tx.send(StoreMsg::Stop).await;
     drop(scheduler);
     drop(tx);
-    match store_task.await {
+    let ended = match store_ended {
+        Some(ended) => ended,
+        None => store_task.await,
+    };
+    match ended {
         Ok(result) => result,
         Err(e) => Err(anyhow::anyhow!("store task failed: {e}")),
     }

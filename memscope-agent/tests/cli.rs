@@ -2,7 +2,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::{Command, ExitStatus, Output},
 };
 
 use serde_json::Value;
@@ -292,6 +292,160 @@ fn unprivileged_run_falls_back_to_polling_with_one_log_line() {
             "the snapshot says why: {s}"
         );
     }
+}
+
+/// Waits for `child` to exit, up to `limit`; kills it (and fails) if it does not.
+fn wait_or_kill(child: &mut std::process::Child, limit: std::time::Duration) -> ExitStatus {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the agent did not exit within {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_closed_stdout_stops_the_agent_at_the_first_write_not_an_interval_later() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // One emission an hour: an agent that waits for the next tick to notice never exits in time.
+    let cfg = write_config(
+        dir.path(),
+        "[agent]\ninterval = \"1h\"\ntracker = \"polling\"\n",
+    );
+    let mut child = agent()
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--proc-root")
+        .arg(fixtures())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the agent");
+    drop(child.stdout.take());
+    let status = wait_or_kill(&mut child, std::time::Duration::from_secs(120));
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        std::io::Read::read_to_string(&mut e, &mut stderr).expect("stderr");
+    }
+    assert!(!status.success(), "a lost output is an error: {stderr}");
+    assert!(stderr.contains("broken pipe"), "{stderr}");
+}
+
+#[test]
+fn check_config_creates_no_output_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sink = dir.path().join("out.jsonl");
+    let cfg = write_config(
+        dir.path(),
+        &format!("[output]\nsink = \"file\"\npath = \"{}\"\n", sink.display()),
+    );
+    let check = run(agent().arg("check-config").arg(&cfg));
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(
+        !sink.exists(),
+        "check-config must not create {}",
+        sink.display()
+    );
+}
+
+#[test]
+fn a_symlinked_output_path_is_rejected_with_exit_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "secret\n").expect("seed");
+    let sink = dir.path().join("out.jsonl");
+    std::os::unix::fs::symlink(&victim, &sink).expect("symlink");
+    assert_rejected(
+        &format!("[output]\nsink = \"file\"\npath = \"{}\"\n", sink.display()),
+        &["line 3", "output.path", "symbolic link"],
+    );
+    assert_eq!(std::fs::read_to_string(&victim).expect("read"), "secret\n");
+}
+
+#[test]
+fn the_output_file_is_0640_even_under_umask_000() {
+    use std::os::unix::{fs::MetadataExt, process::CommandExt};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sink = dir.path().join("out.jsonl");
+    let cfg = write_config(
+        dir.path(),
+        &format!("[output]\nsink = \"file\"\npath = \"{}\"\n", sink.display()),
+    );
+    let mut cmd = agent();
+    cmd.args(["--once", "--config"])
+        .arg(&cfg)
+        .arg("--proc-root")
+        .arg(fixtures());
+    // SAFETY: umask is async-signal-safe and touches only the child's own state.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0);
+            Ok(())
+        });
+    }
+    let out = run(&mut cmd);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = std::fs::metadata(&sink).expect("sink").mode() & 0o7777;
+    assert_eq!(mode, 0o640, "mode {mode:o}");
+}
+
+#[test]
+fn out_of_range_values_are_rejected_with_exit_2() {
+    assert_rejected(
+        "[agent]\ninterval = \"1ns\"\n",
+        &["line 2", "agent.interval", "out of range"],
+    );
+    assert_rejected(
+        "[agent]\ninterval = \"100y\"\n",
+        &["line 2", "agent.interval", "out of range"],
+    );
+    assert_rejected(
+        "[output]\nmax_bytes = 1\n",
+        &["line 2", "output.max_bytes", "out of range"],
+    );
+    assert_rejected(
+        "[agent]\ninterval = \" 1 s\"\n",
+        &["line 2", "agent.interval", "no spaces"],
+    );
+}
+
+#[test]
+fn a_missing_proc_root_is_rejected_with_exit_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(dir.path(), "[agent]\nproc_root = \"/nonexistent/proc\"\n");
+    for out in [
+        run(agent().args(["--once", "--config"]).arg(&cfg)),
+        run(agent().arg("check-config").arg(&cfg)),
+    ] {
+        assert_eq!(out.status.code(), Some(2));
+        assert!(out.stdout.is_empty());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for needle in ["line 2", "agent.proc_root", "/nonexistent/proc"] {
+            assert!(stderr.contains(needle), "{needle:?} not in: {stderr}");
+        }
+    }
+    let out = run(agent().args(["--once", "--proc-root", "/nonexistent/proc"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--proc-root") && stderr.contains("/nonexistent/proc"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -24,11 +24,13 @@ fn fixture_lines() -> (Vec<Value>, String) {
     (records, text)
 }
 
+/// The tables of `text`, with the checkout's path replaced in the records before rendering, so
+/// truncated cells do not depend on where the repository is cloned.
 fn show_text(text: &str, opts: &ShowOptions) -> String {
-    let (mut state, _) = rebuild(text);
-    state.ts = "<ts>".to_string();
     let prefix = workspace_root().display().to_string();
-    render(&state, opts).replace(&prefix, "<workspace>")
+    let (mut state, _) = rebuild(&text.replace(&prefix, "<workspace>"));
+    state.ts = "<ts>".to_string();
+    render(&state, opts)
 }
 
 /// Splits a table line into cells at runs of two or more spaces.

@@ -1,11 +1,12 @@
 //! `cargo xtask`: what cargo alone can't do — toolchain setup, the test lanes, golden updates, benches.
 //!
 //! `cargo xtask test` is the one test command (README, CI): it sets up the eBPF toolchain, checks
-//! formatting and lints, runs the unprivileged lane (unit, CLI, golden and view tests), the view
-//! lane (the HTML report in headless chromium), then the privileged lane (root + BPF), which fails
-//! loudly when it cannot run.
+//! formatting and lints, runs the unprivileged lane (unit, CLI, golden and view tests), a short
+//! fuzz run of every parser, the view lane (the HTML report in headless chromium), then the
+//! privileged lane (root + BPF), which fails loudly when it cannot run.
 
 mod ebpf_object;
+mod fuzz;
 mod ladder_bench;
 mod packaging;
 mod probe_bench;
@@ -57,6 +58,13 @@ enum Cmd {
     },
     /// Measure the tracepoint programs' overhead on a 4 KiB mmap+munmap loop (root).
     ProbeBench,
+    /// Fuzz the /proc parsers (cargo-fuzz, nightly): every target, or the ones named, for N
+    /// seconds each. Installs cargo-fuzz if missing.
+    Fuzz {
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        targets: Vec<String>,
+    },
     /// Cost ladder: polling vs eBPF steady-state tick vs a full smaps pass (root). Extra arguments
     /// go to the bench (`cargo xtask bench -- --workers 500`).
     Bench {
@@ -77,6 +85,7 @@ fn main() -> Result<()> {
         Cmd::EbpfObject { check: true } => ebpf_object::check(&workspace_root()),
         Cmd::ProbeBench => probe_bench::run(),
         Cmd::Bench { args } => ladder_bench::run(&args),
+        Cmd::Fuzz { seconds, targets } => fuzz::run(seconds, &targets),
         Cmd::GoldenUpdate => cargo(GOLDEN_TESTS, &[("MEMSCOPE_UPDATE_GOLDEN", "1")]),
     }
 }
@@ -170,6 +179,8 @@ fn test(skip_privileged: bool) -> Result<()> {
     // Unprivileged lane: unit tests, CLI tests, golden end-to-end over fixtures.
     cargo(&["test", "--workspace", "--exclude", "memscope-tests"], &[])?;
     cargo(GOLDEN_TESTS, &[])?;
+    // Every /proc parser under libFuzzer, briefly (`cargo xtask fuzz` for a long run).
+    fuzz::run(fuzz::LANE_SECONDS, &[])?;
     // The committed eBPF object must match the sources and rebuild byte for byte.
     ebpf_object::check(&workspace_root())?;
     view_lane()?;

@@ -28,6 +28,8 @@ pub struct MeminfoCollector {
 #[derive(Debug, Clone, Default)]
 pub struct MeminfoObservation {
     pub fields: Vec<MeminfoField>,
+    /// Lines that were skipped (each names the path and line).
+    pub warnings: Vec<String>,
 }
 
 impl MeminfoObservation {
@@ -45,8 +47,8 @@ impl Collector for MeminfoCollector {
         &mut self,
         ctx: &CollectCtx<'_>,
     ) -> Result<Option<Box<dyn Observation>>, CollectError> {
-        let fields = ctx.procfs.meminfo(&mut self.buf)?;
-        Ok(Some(Box::new(MeminfoObservation { fields })))
+        let (fields, warnings) = ctx.procfs.meminfo(&mut self.buf)?;
+        Ok(Some(Box::new(MeminfoObservation { fields, warnings })))
     }
 }
 
@@ -81,12 +83,24 @@ impl Observation for MeminfoObservation {
     fn records(&self, out: &mut Vec<Record>) {
         out.push(Record::new("meminfo", "", &Fields(&self.fields)));
     }
+
+    fn warnings(&self, out: &mut Vec<String>) {
+        out.extend(self.warnings.iter().map(|w| format!("meminfo: {w}")));
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::procfs::ProcFs;
+
+    fn collect(root: &std::path::Path) -> MeminfoObservation {
+        let procfs = ProcFs::new(root);
+        crate::collectors::observed::<MeminfoObservation>(
+            MeminfoCollector::default().collect(&CollectCtx::once(&procfs)),
+        )
+        .unwrap_or_else(|e| panic!("unexpected: {e}"))
+    }
 
     #[test]
     fn field_names() {
@@ -103,17 +117,33 @@ mod tests {
             "MemTotal:       1000 kB\nActive(anon):      2 kB\nHugePages_Total:       3\nHugepagesize:       2048 kB\n",
         )
         .expect("write");
-        let procfs = ProcFs::new(dir.path());
-        let mut c = MeminfoCollector::default();
-        let obs = crate::collectors::observed::<MeminfoObservation>(
-            c.collect(&CollectCtx::once(&procfs)),
-        )
-        .unwrap_or_else(|e| panic!("unexpected: {e}"));
+        let obs = collect(dir.path());
         let mut recs = Vec::new();
         obs.records(&mut recs);
         assert_eq!(
             recs[0].body,
             "\"MemTotal_bytes\":1024000,\"Active_anon_bytes\":2048,\"HugePages_Total_bytes\":6291456,\"Hugepagesize_bytes\":2097152"
+        );
+    }
+
+    #[test]
+    fn one_bad_value_skips_that_field_with_a_warning_naming_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("meminfo"),
+            "MemTotal:       1000 kB\nShmem:    garbage kB\nMemFree:  10 kB\n",
+        )
+        .expect("write");
+        let obs = collect(dir.path());
+        assert_eq!(obs.get("MemTotal"), Some(1_024_000));
+        assert_eq!(obs.get("MemFree"), Some(10_240));
+        assert_eq!(obs.get("Shmem"), None);
+        let mut w = Vec::new();
+        obs.warnings(&mut w);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("meminfo: line 2") && w[0].contains("Shmem"),
+            "{w:?}"
         );
     }
 

@@ -247,9 +247,19 @@ macro_rules! collectors {
         impl CollectorsConfig {
             /// The sections' own checks, keys named in full (`collectors.<name>.<key>`).
             pub fn validate(&self) -> Result<(), (String, String)> {
-                $(self.$field.validate().map_err(|(key, why)| {
-                    (format!("collectors.{}.{key}", stringify!($field)), why)
-                })?;)*
+                $(self.$field
+                    .interval()
+                    .map_or(Ok(()), |i| {
+                        $crate::config::bounds::duration(
+                            "interval",
+                            i,
+                            $crate::config::bounds::INTERVAL,
+                        )
+                    })
+                    .and_then(|()| self.$field.validate())
+                    .map_err(|(key, why)| {
+                        (format!("collectors.{}.{key}", stringify!($field)), why)
+                    })?;)*
                 Ok(())
             }
         }

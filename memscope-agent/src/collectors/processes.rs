@@ -33,6 +33,7 @@ use crate::{
         counters::MemCounters,
         escape::Name,
         page_size,
+        redact::{name_only, redact},
         smaps_rollup::parse_smaps_rollup,
         stat::{Stat, parse_stat},
         status::{Status, parse_status},
@@ -63,6 +64,8 @@ pub struct ProcessesConfig {
     pub max_staleness: Interval,
     /// Time a run may spend re-reading; the rest rolls to the next run, oldest first.
     pub budget: Interval,
+    /// How much of each command line is sent.
+    pub cmdline: CmdlineMode,
 }
 
 impl Default for ProcessesConfig {
@@ -73,11 +76,31 @@ impl Default for ProcessesConfig {
             min_change: ByteSize(64 << 10),
             max_staleness: Interval(Duration::from_secs(300)),
             budget: Interval(Duration::from_secs(2)),
+            cmdline: CmdlineMode::Redacted,
         }
     }
 }
 
-section!(ProcessesConfig);
+section!(ProcessesConfig, |c: &ProcessesConfig| {
+    use crate::config::bounds::{BUDGET, MAX_STALENESS, THRESHOLD, duration, number};
+    number("min_change", c.min_change.0, THRESHOLD)?;
+    duration("max_staleness", c.max_staleness, MAX_STALENESS)?;
+    duration("budget", c.budget, BUDGET)
+});
+
+/// `[collectors.processes] cmdline`: command lines carry passwords and tokens, and the records go
+/// to a log pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CmdlineMode {
+    /// As the process has it.
+    Full,
+    /// Secrets replaced with `***` ([`crate::procfs::redact`]).
+    #[default]
+    Redacted,
+    /// The program's name only.
+    NameOnly,
+}
 
 /// How trustworthy a process's numbers are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -239,9 +262,20 @@ pub struct ProcessesCollector {
     users: UserNames,
     ladder: Ladder,
     budget: Duration,
+    cmdline: CmdlineMode,
     stats: TierStats,
     events: Subscription,
     buf: Vec<u8>,
+}
+
+/// The `cmdline` field: `/proc/PID/cmdline` joined with spaces, as much of it as `mode` allows.
+fn render_cmdline(mode: CmdlineMode, raw: &[u8]) -> Name {
+    let args = parse_cmdline(raw);
+    match mode {
+        CmdlineMode::Full => join_cmdline(&args),
+        CmdlineMode::Redacted => join_cmdline(&redact(&args)),
+        CmdlineMode::NameOnly => name_only(&args),
+    }
 }
 
 impl ProcessesCollector {
@@ -260,6 +294,7 @@ impl ProcessesCollector {
                 page_size(),
             ),
             budget: config.budget.get(),
+            cmdline: config.cmdline,
             stats: TierStats::default(),
             events,
             buf: Vec::with_capacity(8192),
@@ -287,6 +322,11 @@ impl ProcessesCollector {
         ) {
             Ok(s) => Some(s),
             Err(e) if e.is_denied() => None,
+            // A garbage status loses its own fields only: stat and smaps_rollup still say the rest.
+            Err(e @ ProcError::Parse { .. }) => {
+                obs.errors.push(e.to_string());
+                None
+            }
             Err(e) => return Err(e),
         };
         // No mm (kernel thread, zombie): zero memory, and smaps_rollup would fail with ESRCH.
@@ -302,10 +342,16 @@ impl ProcessesCollector {
             ) {
                 Ok(Some(c)) => (Numbers::Exact, Memory::from_rollup(&c)),
                 Ok(None) => (Numbers::Exact, Memory::default()),
-                Err(e) if e.is_denied() => match &status {
-                    Some(s) => (Numbers::Approximate, Memory::from_status(s)),
-                    None => (Numbers::Inaccessible, Memory::default()),
-                },
+                // Unreadable (denied) or unparsable (truncated, garbage): status has the rest.
+                Err(e) if e.is_denied() || matches!(e, ProcError::Parse { .. }) => {
+                    if !e.is_denied() {
+                        obs.errors.push(e.to_string());
+                    }
+                    match &status {
+                        Some(s) => (Numbers::Approximate, Memory::from_status(s)),
+                        None => (Numbers::Inaccessible, Memory::default()),
+                    }
+                }
                 Err(e) => return Err(e),
             }
         };
@@ -326,7 +372,7 @@ impl ProcessesCollector {
             _ => {
                 let cmdline =
                     match procfs.read(&procfs.pid_path(pid, "cmdline"), FileClass::CMDLINE) {
-                        Ok(bytes) => join_cmdline(&parse_cmdline(&bytes)),
+                        Ok(bytes) => render_cmdline(self.cmdline, &bytes),
                         Err(e) if e.is_denied() => Name::default(),
                         Err(e) => return Err(e),
                     };
@@ -534,11 +580,12 @@ pub fn compute_subtrees(procs: &mut [ProcessRecord]) {
         {
             let s = procs[i].subtree;
             let t = &mut procs[parent].subtree;
-            t.processes += s.processes;
-            t.rss_bytes += s.rss_bytes;
-            t.pss_bytes += s.pss_bytes;
-            t.uss_bytes += s.uss_bytes;
-            t.swap_bytes += s.swap_bytes;
+            // Saturating: figures from a hostile tree must not wrap.
+            t.processes = t.processes.saturating_add(s.processes);
+            t.rss_bytes = t.rss_bytes.saturating_add(s.rss_bytes);
+            t.pss_bytes = t.pss_bytes.saturating_add(s.pss_bytes);
+            t.uss_bytes = t.uss_bytes.saturating_add(s.uss_bytes);
+            t.swap_bytes = t.swap_bytes.saturating_add(s.swap_bytes);
         }
     }
 }
@@ -620,6 +667,18 @@ mod tests {
     }
 
     #[test]
+    fn subtree_sums_saturate_instead_of_wrapping() {
+        let mut ps = vec![
+            proc(1, 0, u64::MAX / 2),
+            proc(2, 1, u64::MAX / 2),
+            proc(3, 1, 4096),
+        ];
+        compute_subtrees(&mut ps);
+        assert_eq!(ps[0].subtree.pss_bytes, u64::MAX);
+        assert_eq!(ps[0].subtree.rss_bytes, u64::MAX);
+    }
+
+    #[test]
     fn ppid_cycles_terminate() {
         let mut ps = vec![proc(1, 2, 1), proc(2, 1, 1)];
         compute_subtrees(&mut ps);
@@ -660,10 +719,30 @@ mod tree_tests {
     }
 
     fn collect(root: &Path) -> ProcessesObservation {
+        collect_with(root, &ProcessesConfig::default())
+    }
+
+    fn collect_with(root: &Path, config: &ProcessesConfig) -> ProcessesObservation {
         let procfs = ProcFs::new(root);
-        let mut c = ProcessesCollector::new(&ProcessesConfig::default(), Subscription::detached());
+        let mut c = ProcessesCollector::new(config, Subscription::detached());
         crate::collectors::observed::<ProcessesObservation>(c.collect(&CollectCtx::once(&procfs)))
             .unwrap_or_else(|e| panic!("unexpected: {e}"))
+    }
+
+    /// The one process of `obs`, kept although `file` was bad, which a warning names.
+    fn kept_despite(obs: &ProcessesObservation, file: &str) -> ProcessRecord {
+        assert_eq!(
+            obs.processes.len(),
+            1,
+            "the process is kept: {:?}",
+            obs.errors
+        );
+        assert!(
+            obs.errors.iter().any(|e| e.contains(file)),
+            "{file} not named in {:?}",
+            obs.errors
+        );
+        obs.processes[0].clone()
     }
 
     #[test]
@@ -700,6 +779,66 @@ mod tree_tests {
         assert_eq!(k.numbers, Numbers::Exact);
         assert_eq!(k.memory, Memory::default());
         assert_eq!(obs.vanished, 0);
+    }
+
+    #[test]
+    fn a_truncated_rollup_falls_back_to_status_as_approximate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        copy_pid(dir.path(), 44, 44, &[]);
+        let rollup = dir.path().join("44/smaps_rollup");
+        let text = std::fs::read(&rollup).expect("read");
+        // Cut in the middle of a value line: `Pss:  12` without its unit.
+        let cut = text
+            .windows(4)
+            .position(|w| w == b"Pss:")
+            .map(|i| i + 12)
+            .expect("a Pss line");
+        std::fs::write(&rollup, &text[..cut]).expect("truncate");
+        let obs = collect(dir.path());
+        let p = kept_despite(&obs, "44/smaps_rollup");
+        assert_eq!(p.numbers, Numbers::Approximate);
+        assert!(p.memory.rss_bytes > 0);
+        assert_eq!(obs.approximate, 1);
+    }
+
+    #[test]
+    fn a_garbage_status_keeps_the_process_with_what_stat_and_rollup_say() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        copy_pid(dir.path(), 44, 44, &[]);
+        std::fs::write(dir.path().join("44/status"), b"\xff garbage\n").expect("garbage");
+        let p = kept_despite(&collect(dir.path()), "44/status");
+        assert_eq!(p.numbers, Numbers::Exact, "smaps_rollup was fine");
+        assert_eq!(p.name, Name::from("sleep"), "the name comes from stat");
+        assert!(p.memory.pss_bytes > 0);
+    }
+
+    #[test]
+    fn command_lines_are_redacted_by_default_and_full_or_name_only_on_request() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        copy_pid(dir.path(), 44, 44, &[]);
+        std::fs::write(
+            dir.path().join("44/cmdline"),
+            b"/usr/bin/mysql\0-uroot\0-pS3cret\0shop\0",
+        )
+        .expect("cmdline");
+        let run = |cmdline| {
+            let config = ProcessesConfig {
+                cmdline,
+                ..ProcessesConfig::default()
+            };
+            collect_with(dir.path(), &config).processes[0]
+                .cmdline
+                .clone()
+        };
+        assert_eq!(
+            collect(dir.path()).processes[0].cmdline,
+            Name::from("/usr/bin/mysql -uroot -p*** shop")
+        );
+        assert_eq!(
+            run(CmdlineMode::Full),
+            Name::from("/usr/bin/mysql -uroot -pS3cret shop")
+        );
+        assert_eq!(run(CmdlineMode::NameOnly), Name::from("mysql"));
     }
 
     #[test]

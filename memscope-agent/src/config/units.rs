@@ -5,7 +5,8 @@ use std::{fmt, time::Duration};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
-/// A strictly positive duration written as a string with a unit: `"500ms"`, `"10s"`, `"5m"`.
+/// A strictly positive duration written as a string with a unit and no spaces: `"500ms"`, `"10s"`,
+/// `"5m"`, `"1h30m"`.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Interval(pub Duration);
 
@@ -30,7 +31,12 @@ impl<'de> Deserialize<'de> for Interval {
                 f.write_str(r#"a positive duration string such as "10s", "500ms" or "5m""#)
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<Interval, E> {
-                let t = s.trim();
+                if s.chars().any(char::is_whitespace) {
+                    return Err(E::custom(format!(
+                        r#"invalid duration {s:?}: no spaces (write e.g. "1s", "1h30m")"#
+                    )));
+                }
+                let t = s;
                 if t.starts_with('-') {
                     return Err(E::custom(format!("duration must be positive, got {s:?}")));
                 }
@@ -77,7 +83,10 @@ pub struct ByteSize(pub u64);
 /// Parses `"100MiB"`, `"1G"`, `"4096"`, `"10 kB"` into bytes. Binary multiples for every unit
 /// (`k`/`K`/`KiB`/`kB` all mean 1024), as the kernel does in tmpfs `size=`.
 pub fn parse_byte_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
+    if s.trim() != s {
+        return Err(format!("invalid size {s:?}: no leading or trailing spaces"));
+    }
+    let t = s;
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: u64 = num
@@ -145,5 +154,19 @@ mod tests {
         assert_eq!(parse_byte_size("2G"), Ok(2 << 30));
         assert!(parse_byte_size("").is_err());
         assert!(parse_byte_size("99999999999T").is_err());
+        assert!(parse_byte_size(" 1k").is_err());
+        assert!(parse_byte_size("1k ").is_err());
+    }
+
+    #[test]
+    fn durations_with_spaces_are_rejected() {
+        use crate::config::Config;
+        for v in [" 1 s", "1 s", "1s ", " 1s", "1h 30m"] {
+            let e =
+                Config::parse(&format!("[agent]\ninterval = \"{v}\"\n"), "t.toml").expect_err(v);
+            assert_eq!(e.key.as_deref(), Some("agent.interval"));
+            assert!(e.message.contains("no spaces"), "{e}");
+        }
+        Config::parse("[agent]\ninterval = \"1h30m\"\n", "t.toml").expect("1h30m");
     }
 }

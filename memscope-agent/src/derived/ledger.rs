@@ -426,6 +426,7 @@ mod tests {
                     bytes: *bytes,
                 })
                 .collect(),
+            warnings: Vec::new(),
         }
     }
 

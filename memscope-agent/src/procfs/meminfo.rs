@@ -1,7 +1,7 @@
 //! `/proc/meminfo`: `Key:   N kB` lines, host-wide totals.
 
 use super::{
-    ParseError,
+    Lenient, ParseError,
     text::{lines, lossy, parse_kb, split_key},
 };
 
@@ -24,25 +24,35 @@ const HUGEPAGE_COUNTS: [&str; 4] = [
 
 /// Parses `/proc/meminfo` into every field, in file order, converted to bytes.
 ///
-/// `Hugepagesize` may come after the `HugePages_*` counts it scales; a file with `HugePages_*`
-/// counts but no `Hugepagesize` is an error. Unknown fields are kept; blank lines are skipped.
-pub fn parse_meminfo(text: &[u8]) -> Result<Vec<MeminfoField>, ParseError> {
+/// `Hugepagesize` may come after the `HugePages_*` counts it scales. Unknown fields are kept; blank
+/// lines are skipped. A malformed line (no `Key:`, a value that is not `N kB`) is skipped and
+/// reported, and so are `HugePages_*` counts without a `Hugepagesize` or that overflow in bytes:
+/// one bad value never costs the other fields.
+pub fn parse_meminfo(text: &[u8]) -> Lenient<Vec<MeminfoField>> {
     let mut out = Vec::with_capacity(64);
-    // (index in `out`, line) of each HugePages_* count, scaled once Hugepagesize is known.
+    let mut skipped = Vec::new();
     let mut counts: Vec<(usize, usize)> = Vec::new();
     let mut hugepagesize = None;
     for line in lines(text) {
         if line.bytes.trim_ascii().is_empty() {
             continue;
         }
-        let (key, value) = split_key(line.bytes)
-            .ok_or_else(|| ParseError::new(line.no, "expected `Key: value`"))?;
-        let key = key.trim_ascii();
-        if key.is_empty() {
-            return Err(ParseError::new(line.no, "empty field name"));
-        }
-        let bytes = parse_kb(value, line.no, key)?;
-        let name = lossy(key).into_owned();
+        let field = split_key(line.bytes)
+            .ok_or_else(|| ParseError::new(line.no, "expected `Key: value`"))
+            .and_then(|(key, value)| {
+                let key = key.trim_ascii();
+                if key.is_empty() {
+                    return Err(ParseError::new(line.no, "empty field name"));
+                }
+                Ok((lossy(key).into_owned(), parse_kb(value, line.no, key)?))
+            });
+        let (name, bytes) = match field {
+            Ok(f) => f,
+            Err(e) => {
+                skipped.push(e);
+                continue;
+            }
+        };
         if name == "Hugepagesize" {
             hugepagesize = Some(bytes);
         }
@@ -51,19 +61,29 @@ pub fn parse_meminfo(text: &[u8]) -> Result<Vec<MeminfoField>, ParseError> {
         }
         out.push(MeminfoField { name, bytes });
     }
-    if let Some(&(_, first_line)) = counts.first() {
-        let size = hugepagesize.ok_or_else(|| {
-            ParseError::new(first_line, "HugePages_* counts without Hugepagesize")
-        })?;
-        for (i, line) in counts {
-            if let Some(f) = out.get_mut(i) {
-                f.bytes = f.bytes.checked_mul(size).ok_or_else(|| {
-                    ParseError::new(line, format!("{}: value overflows u64 bytes", f.name))
-                })?;
+    let mut drop = Vec::new();
+    for (i, line) in counts {
+        let Some(f) = out.get_mut(i) else { continue };
+        match hugepagesize.and_then(|size| f.bytes.checked_mul(size)) {
+            Some(b) => f.bytes = b,
+            None => {
+                let why = if hugepagesize.is_none() {
+                    "a HugePages_* count without Hugepagesize"
+                } else {
+                    "value overflows u64 bytes"
+                };
+                skipped.push(ParseError::new(line, format!("{}: {why}", f.name)));
+                drop.push(i);
             }
         }
     }
-    Ok(out)
+    for i in drop.into_iter().rev() {
+        out.remove(i);
+    }
+    Lenient {
+        value: out,
+        skipped,
+    }
 }
 
 /// The value in bytes of the field `name` (exact kernel spelling), if present.
@@ -81,7 +101,7 @@ mod tests {
         let text =
             b"MemTotal:       16384 kB\nActive(anon):     100 kB\nHugePages_Total:       3\n\
 HugePages_Free:        1\nHugepagesize:       2048 kB\nFutureField:  7 kB\n";
-        let f = parse_meminfo(text).expect("parse");
+        let f = parse_meminfo(text).value;
         let names: Vec<_> = f.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(
             names,
@@ -103,30 +123,35 @@ HugePages_Free:        1\nHugepagesize:       2048 kB\nFutureField:  7 kB\n";
     }
 
     #[test]
-    fn hugepages_without_size_is_an_error() {
-        let err = parse_meminfo(b"MemTotal: 1 kB\nHugePages_Total: 2\n").expect_err("error");
-        assert_eq!(err.line, 2);
-        // Without any HugePages_* line, no Hugepagesize is needed (old or non-hugetlb kernels).
-        assert!(parse_meminfo(b"MemTotal: 1 kB\n").is_ok());
+    fn hugepages_without_size_are_skipped_and_the_rest_kept() {
+        let m = parse_meminfo(b"MemTotal: 1 kB\nHugePages_Total: 2\n");
+        assert_eq!(m.value.len(), 1);
+        assert_eq!(field(&m.value, "MemTotal"), Some(1024));
+        assert_eq!(m.skipped.len(), 1);
+        assert_eq!(m.skipped[0].line, 2);
+        assert!(
+            m.skipped[0].message.contains("HugePages_Total"),
+            "{:?}",
+            m.skipped
+        );
+        assert!(parse_meminfo(b"MemTotal: 1 kB\n").skipped.is_empty());
     }
 
     #[test]
-    fn malformed_lines_carry_line_numbers() {
-        assert_eq!(
-            parse_meminfo(b"MemTotal: 1 kB\nnonsense\n").map_err(|e| e.line),
-            Err(2)
-        );
-        assert_eq!(
-            parse_meminfo(b"A: 1 kB\nB: x kB\n").map_err(|e| e.line),
-            Err(2)
-        );
-        assert_eq!(parse_meminfo(b"A: 1 MB\n").map_err(|e| e.line), Err(1));
-        assert_eq!(parse_meminfo(b"").map(|f| f.len()), Ok(0));
+    fn one_bad_value_skips_that_field_only() {
+        let m =
+            parse_meminfo(b"MemTotal: 1 kB\nnonsense\nShmem: x kB\nMemFree: 1 MB\nCached: 3 kB\n");
+        let names: Vec<_> = m.value.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["MemTotal", "Cached"]);
+        let lines: Vec<_> = m.skipped.iter().map(|e| e.line).collect();
+        assert_eq!(lines, [2, 3, 4]);
+        assert!(m.skipped[1].message.contains("Shmem"), "{:?}", m.skipped);
+        assert_eq!(parse_meminfo(b"").value.len(), 0);
     }
 
     #[test]
     fn fixture_capture() {
-        let f = parse_meminfo(&fixture("proc/meminfo")).expect("parse");
+        let f = parse_meminfo(&fixture("proc/meminfo")).value;
         assert!(f.len() > 40);
         let total = field(&f, "MemTotal").expect("MemTotal");
         assert!(total > 0 && total.is_multiple_of(1024));
@@ -138,7 +163,7 @@ HugePages_Free:        1\nHugepagesize:       2048 kB\nFutureField:  7 kB\n";
 
     #[test]
     fn fixture_hugepages_case() {
-        let f = parse_meminfo(&fixture("cases/meminfo_hugepages")).expect("parse");
+        let f = parse_meminfo(&fixture("cases/meminfo_hugepages")).value;
         assert_eq!(field(&f, "Hugepagesize"), Some(1 << 30));
         assert_eq!(field(&f, "HugePages_Total"), Some(4 << 30));
         assert_eq!(field(&f, "HugePages_Free"), Some(3 << 30));

@@ -16,6 +16,7 @@ pub mod dev;
 pub mod escape;
 pub mod meminfo;
 pub mod mountinfo;
+pub mod redact;
 pub mod smaps;
 pub mod smaps_rollup;
 pub mod stat;
@@ -63,6 +64,19 @@ impl FileClass {
 
     pub const fn new(name: &'static str) -> FileClass {
         FileClass(name)
+    }
+
+    /// The most a single read of this class may return. `/proc` files are generated text of bounded
+    /// size, but a fake or broken tree (or `/dev/zero` bind-mounted over `smaps`) is endless: a read
+    /// stops at the cap with an error naming the path. `smaps` gets room for a process at a raised
+    /// `vm.max_map_count` (262144 mappings at about 1 KiB each); every other file is far below
+    /// 16 MiB.
+    pub fn read_cap(self) -> u64 {
+        if self == FileClass::SMAPS {
+            512 << 20
+        } else {
+            16 << 20
+        }
     }
 
     pub fn name(self) -> &'static str {
@@ -200,6 +214,14 @@ impl ParseError {
     }
 }
 
+/// What a line-by-line parser could read, and the lines it skipped (each with its line number and
+/// what was wrong). One malformed line costs that line, not the whole file.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Lenient<T> {
+    pub value: T,
+    pub skipped: Vec<ParseError>,
+}
+
 /// The `/proc` tree memscope reads, rooted anywhere (a fixture tree in tests).
 #[derive(Clone, Debug)]
 pub struct ProcFs {
@@ -243,11 +265,10 @@ impl ProcFs {
         buf: &mut Vec<u8>,
     ) -> Result<(), ProcError> {
         buf.clear();
-        let mut f = File::open(path).map_err(|e| ProcError::from_io(path.to_path_buf(), e))?;
-        f.read_to_end(buf)
-            .map_err(|e| ProcError::from_io(path.to_path_buf(), e))?;
+        let f = File::open(path).map_err(|e| ProcError::from_io(path.to_path_buf(), e))?;
+        let read = read_capped(&f, class.read_cap(), buf);
         self.counters.add(class, buf.len());
-        Ok(())
+        read.map_err(|e| ProcError::from_io(path.to_path_buf(), e))
     }
 
     /// Reads a file from a tree the agent does not trust (a cgroup hierarchy): a symlink as the last
@@ -307,19 +328,40 @@ impl ProcFs {
         })
     }
 
-    /// `meminfo`, parsed.
-    pub fn meminfo(&self, buf: &mut Vec<u8>) -> Result<Vec<meminfo::MeminfoField>, ProcError> {
-        let path = self.path("meminfo");
-        self.read_parsed(&path, FileClass::MEMINFO, buf, meminfo::parse_meminfo)
+    /// Reads `path` and parses it with a lenient parser: the value, and one warning per skipped
+    /// line, naming the path and the line (`/proc/meminfo: line 3: … (skipped)`).
+    pub fn read_lenient<T>(
+        &self,
+        path: &Path,
+        class: FileClass,
+        buf: &mut Vec<u8>,
+        parse: impl FnOnce(&[u8]) -> Lenient<T>,
+    ) -> Result<(T, Vec<String>), ProcError> {
+        self.read_into(path, class, buf)?;
+        let Lenient { value, skipped } = parse(buf);
+        let warnings = skipped
+            .iter()
+            .map(|e| format!("{}: {e} (skipped)", path.display()))
+            .collect();
+        Ok((value, warnings))
     }
 
-    /// The agent's own mount table, `self/mountinfo`, parsed.
+    /// `meminfo`, parsed, and a warning per skipped line.
+    pub fn meminfo(
+        &self,
+        buf: &mut Vec<u8>,
+    ) -> Result<(Vec<meminfo::MeminfoField>, Vec<String>), ProcError> {
+        let path = self.path("meminfo");
+        self.read_lenient(&path, FileClass::MEMINFO, buf, meminfo::parse_meminfo)
+    }
+
+    /// The agent's own mount table, `self/mountinfo`, parsed, and a warning per skipped line.
     pub fn self_mountinfo(
         &self,
         buf: &mut Vec<u8>,
-    ) -> Result<Vec<mountinfo::MountInfo>, ProcError> {
+    ) -> Result<(Vec<mountinfo::MountInfo>, Vec<String>), ProcError> {
         let path = self.path("self/mountinfo");
-        self.read_parsed(&path, FileClass::MOUNTINFO, buf, mountinfo::parse_mountinfo)
+        self.read_lenient(&path, FileClass::MOUNTINFO, buf, mountinfo::parse_mountinfo)
     }
 
     /// The numeric entries of the root (process ids), sorted.
@@ -329,17 +371,37 @@ impl ProcFs {
         let mut pids = Vec::new();
         for entry in rd {
             let entry = entry.map_err(|e| ProcError::from_io(self.root.clone(), e))?;
-            if let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            {
+            if let Some(pid) = parse_pid(entry.file_name().as_encoded_bytes()) {
                 pids.push(pid);
             }
         }
         pids.sort_unstable();
         Ok(pids)
     }
+}
+
+/// A process directory name as the kernel writes it: decimal digits, no sign, no leading zero, not
+/// 0, within `u32`. `043` and `+44` are not pids (in a fake or tampered tree they would duplicate
+/// pids 43 and 44).
+pub fn parse_pid(name: &[u8]) -> Option<u32> {
+    if name.first() == Some(&b'0') {
+        return None;
+    }
+    text::parse_u32(name)
+}
+
+/// Reads `f` to its end into `buf` (appending), failing once more than `cap` bytes came.
+fn read_capped(f: &File, cap: u64, buf: &mut Vec<u8>) -> io::Result<()> {
+    let mut limited = f.take(cap.saturating_add(1));
+    limited.read_to_end(buf)?;
+    if buf.len() as u64 > cap {
+        buf.truncate(usize::try_from(cap).unwrap_or(usize::MAX));
+        return Err(io::Error::new(
+            io::ErrorKind::FileTooLarge,
+            format!("larger than {cap} bytes; stopped reading there"),
+        ));
+    }
+    Ok(())
 }
 
 /// Open `/proc/PID/<file>` descriptors kept between passes, so a per-tick read of every process is a
@@ -390,6 +452,7 @@ impl OpenFiles {
         buf: &mut Vec<u8>,
     ) -> Result<Reopened, ProcError> {
         use std::os::unix::fs::FileExt;
+        let cap = self.class.read_cap();
         let read_all = |f: &File, buf: &mut Vec<u8>| -> io::Result<()> {
             buf.clear();
             let mut chunk = [0u8; 4096];
@@ -399,6 +462,12 @@ impl OpenFiles {
                     return Ok(());
                 }
                 buf.extend_from_slice(&chunk[..n]);
+                if buf.len() as u64 > cap {
+                    return Err(io::Error::new(
+                        io::ErrorKind::FileTooLarge,
+                        format!("larger than {cap} bytes; stopped reading there"),
+                    ));
+                }
             }
         };
         let path = || procfs.pid_path(pid, self.file);
@@ -446,6 +515,51 @@ pub fn page_size() -> u64 {
 #[cfg(test)]
 mod open_files_tests {
     use super::*;
+
+    #[test]
+    fn only_canonical_pid_names_are_pids() {
+        for (name, want) in [
+            ("1", Some(1)),
+            ("43", Some(43)),
+            ("4294967295", Some(u32::MAX)),
+            ("043", None),
+            ("+44", None),
+            ("0", None),
+            ("-1", None),
+            ("4294967296", None),
+            ("", None),
+            ("self", None),
+            ("4 4", None),
+        ] {
+            assert_eq!(parse_pid(name.as_bytes()), want, "{name:?}");
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        for d in ["43", "043", "+44", "44", "self"] {
+            std::fs::create_dir(dir.path().join(d)).expect("mkdir");
+        }
+        assert_eq!(ProcFs::new(dir.path()).pids().expect("pids"), vec![43, 44]);
+    }
+
+    #[test]
+    fn an_endless_file_stops_at_the_cap_with_its_path() {
+        let procfs = ProcFs::new("/");
+        let zero = Path::new("/dev/zero");
+        let mut buf = Vec::new();
+        let e = procfs
+            .read_into(zero, FileClass::STATUS, &mut buf)
+            .expect_err("endless");
+        assert!(e.to_string().contains("/dev/zero"), "{e}");
+        assert!(e.to_string().contains("larger than"), "{e}");
+        assert_eq!(buf.len() as u64, FileClass::STATUS.read_cap());
+        let mut files = OpenFiles::new("zero", FileClass::STATM, 4);
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("7")).expect("mkdir");
+        std::os::unix::fs::symlink(zero, dir.path().join("7/zero")).expect("link");
+        let e = files
+            .read(&ProcFs::new(dir.path()), 7, &mut buf)
+            .expect_err("endless");
+        assert!(e.to_string().contains("7/zero"), "{e}");
+    }
 
     #[test]
     fn a_collector_counts_its_own_file_class_without_a_central_list() {

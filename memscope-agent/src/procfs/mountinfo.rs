@@ -3,7 +3,7 @@
 //! `id parent major:minor root mount_point options [optional…] - fstype source super_options`.
 
 use super::{
-    Dev, ParseError,
+    Dev, Lenient, ParseError,
     escape::{MOUNTINFO_ESCAPED, Name, decode_escapes},
     text::{lines, lossy, parse_u32},
 };
@@ -47,53 +47,61 @@ fn text_field(f: &[u8]) -> String {
 /// Parses `/proc/PID/mountinfo`. Optional fields run up to the lone `-` separator; fields are
 /// separated by single spaces (spaces inside paths are escaped as `\040`), so an empty source is
 /// kept as an empty name. Extra fields after the super options (none today) are ignored.
-pub fn parse_mountinfo(text: &[u8]) -> Result<Vec<MountInfo>, ParseError> {
-    let mut out = Vec::new();
+///
+/// A malformed line is skipped and reported ([`Lenient::skipped`]); the other mounts stay usable.
+pub fn parse_mountinfo(text: &[u8]) -> Lenient<Vec<MountInfo>> {
+    let mut out: Lenient<Vec<MountInfo>> = Lenient::default();
     for line in lines(text) {
         if line.bytes.trim_ascii().is_empty() {
             continue;
         }
-        let no = line.no;
-        let mut it = line.bytes.split(|&b| b == b' ');
-        let mut next = |what: &str| {
-            it.next()
-                .ok_or_else(|| ParseError::new(no, format!("missing {what}")))
-        };
-        let num = |f: &[u8], what: &str| {
-            parse_u32(f).ok_or_else(|| ParseError::new(no, format!("bad {what} {:?}", lossy(f))))
-        };
-        let mount_id = num(next("mount id")?, "mount id")?;
-        let parent_id = num(next("parent id")?, "parent id")?;
-        let dev = next("major:minor")?;
-        let dev = Dev::parse(dev, 10)
-            .ok_or_else(|| ParseError::new(no, format!("bad major:minor {:?}", lossy(dev))))?;
-        let root = Name(decode_mountinfo(next("root")?));
-        let mount_point = Name(decode_mountinfo(next("mount point")?));
-        let mount_options = text_field(next("mount options")?);
-        let mut optional_fields = Vec::new();
-        loop {
-            match next("`-` separator")? {
-                b"-" => break,
-                f => optional_fields.push(text_field(f)),
-            }
+        match parse_line(line.no, line.bytes) {
+            Ok(m) => out.value.push(m),
+            Err(e) => out.skipped.push(e),
         }
-        let fstype = text_field(next("fstype")?);
-        let source = Name(decode_mountinfo(next("source")?));
-        let super_options = text_field(next("super options")?);
-        out.push(MountInfo {
-            mount_id,
-            parent_id,
-            dev,
-            root,
-            mount_point,
-            mount_options,
-            optional_fields,
-            fstype,
-            source,
-            super_options,
-        });
     }
-    Ok(out)
+    out
+}
+
+fn parse_line(no: usize, line: &[u8]) -> Result<MountInfo, ParseError> {
+    let mut it = line.split(|&b| b == b' ');
+    let mut next = |what: &str| {
+        it.next()
+            .ok_or_else(|| ParseError::new(no, format!("missing {what}")))
+    };
+    let num = |f: &[u8], what: &str| {
+        parse_u32(f).ok_or_else(|| ParseError::new(no, format!("bad {what} {:?}", lossy(f))))
+    };
+    let mount_id = num(next("mount id")?, "mount id")?;
+    let parent_id = num(next("parent id")?, "parent id")?;
+    let dev = next("major:minor")?;
+    let dev = Dev::parse(dev, 10)
+        .ok_or_else(|| ParseError::new(no, format!("bad major:minor {:?}", lossy(dev))))?;
+    let root = Name(decode_mountinfo(next("root")?));
+    let mount_point = Name(decode_mountinfo(next("mount point")?));
+    let mount_options = text_field(next("mount options")?);
+    let mut optional_fields = Vec::new();
+    loop {
+        match next("`-` separator")? {
+            b"-" => break,
+            f => optional_fields.push(text_field(f)),
+        }
+    }
+    let fstype = text_field(next("fstype")?);
+    let source = Name(decode_mountinfo(next("source")?));
+    let super_options = text_field(next("super options")?);
+    Ok(MountInfo {
+        mount_id,
+        parent_id,
+        dev,
+        root,
+        mount_point,
+        mount_options,
+        optional_fields,
+        fstype,
+        source,
+        super_options,
+    })
 }
 
 /// The value of `key` in comma-separated options (`option_value("rw,size=64k", "size")` is
@@ -116,7 +124,7 @@ mod tests {
     #[test]
     fn inline_line_with_optional_fields() {
         let t = b"36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 shared:7 - ext3 /dev/root rw,errors=continue\n";
-        let m = parse_mountinfo(t).expect("parse");
+        let m = parse_mountinfo(t).value;
         assert_eq!(m.len(), 1);
         let m = &m[0];
         assert_eq!((m.mount_id, m.parent_id), (36, 35));
@@ -140,19 +148,23 @@ mod tests {
     }
 
     #[test]
-    fn errors() {
-        assert_eq!(
-            parse_mountinfo(b"1 2 0:1 / / rw - x y z\nbad\n").map_err(|e| e.line),
-            Err(2)
-        );
-        // No separator.
-        assert_eq!(
-            parse_mountinfo(b"1 2 0:1 / / rw shared:1\n").map_err(|e| e.line),
-            Err(1)
-        );
-        assert!(parse_mountinfo(b"1 2 01 / / rw - x y z\n").is_err());
-        assert!(parse_mountinfo(b"1 x 0:1 / / rw - x y z\n").is_err());
-        assert_eq!(parse_mountinfo(b"").map(|v| v.len()), Ok(0));
+    fn a_malformed_line_is_skipped_and_the_rest_kept() {
+        let m = parse_mountinfo(b"1 2 0:1 / / rw - x y z\nbad\n3 1 0:2 / /b rw - tmpfs t rw\n");
+        let ids: Vec<u32> = m.value.iter().map(|m| m.mount_id).collect();
+        assert_eq!(ids, [1, 3]);
+        assert_eq!(m.skipped.iter().map(|e| e.line).collect::<Vec<_>>(), [2]);
+        // No separator; a bad device; a bad parent id.
+        for bad in [
+            &b"1 2 0:1 / / rw shared:1\n"[..],
+            b"1 2 01 / / rw - x y z\n",
+            b"1 x 0:1 / / rw - x y z\n",
+        ] {
+            let m = parse_mountinfo(bad);
+            assert!(m.value.is_empty());
+            assert_eq!(m.skipped.len(), 1);
+            assert_eq!(m.skipped[0].line, 1);
+        }
+        assert_eq!(parse_mountinfo(b""), Lenient::default());
     }
 
     #[test]
@@ -170,7 +182,7 @@ mod tests {
 
     #[test]
     fn fixture_escapes() {
-        let m = parse_mountinfo(&fixture("cases/mountinfo_escapes")).expect("parse");
+        let m = parse_mountinfo(&fixture("cases/mountinfo_escapes")).value;
         assert_eq!(m.len(), 5);
         assert_eq!(m[1].mount_point, Name::from("/mnt/my disk"));
         assert_eq!(m[1].source, Name::from("/dev/disk with\tspace"));
@@ -191,7 +203,7 @@ mod tests {
 
     #[test]
     fn fixture_capture() {
-        let m = parse_mountinfo(&fixture("proc/self/mountinfo")).expect("parse");
+        let m = parse_mountinfo(&fixture("proc/self/mountinfo")).value;
         assert!(m.len() > 5);
         let shm: Vec<_> = m
             .iter()

@@ -79,3 +79,67 @@ fn no_panic_on_corruption() {
         }
     }
 }
+
+mod properties {
+    //! Any bytes, and lines built from the pieces `/proc` files are made of: no parser panics, and
+    //! redaction keeps the arguments.
+    use proptest::prelude::*;
+
+    use super::run_all;
+    use crate::procfs::{cmdline::parse_cmdline, parse_pid, redact::redact};
+
+    /// Text made of `/proc`-like tokens: keys, numbers near the edges of u64, units, separators.
+    fn proc_like() -> impl Strategy<Value = Vec<u8>> {
+        let token = prop_oneof![
+            Just(b"Rss:".to_vec()),
+            Just(b"Pss:".to_vec()),
+            Just(b"MemTotal:".to_vec()),
+            Just(b"HugePages_Total:".to_vec()),
+            Just(b"Hugepagesize:".to_vec()),
+            Just(b"Name:".to_vec()),
+            Just(b"Uid:".to_vec()),
+            Just(b" kB".to_vec()),
+            Just(b"18446744073709551615".to_vec()),
+            Just(b"18446744073709551616".to_vec()),
+            Just(b"-1".to_vec()),
+            Just(b"7f00-7fff rw-s 00000000 00:01 1024 /memfd:x (deleted)".to_vec()),
+            Just(b" - tmpfs tmpfs rw".to_vec()),
+            Just(b"\\040".to_vec()),
+            Just(b"(".to_vec()),
+            Just(b")".to_vec()),
+            Just(b"\n".to_vec()),
+            Just(b"\t".to_vec()),
+            Just(b" ".to_vec()),
+            any::<u64>().prop_map(|n| n.to_string().into_bytes()),
+            proptest::collection::vec(any::<u8>(), 0..8),
+        ];
+        proptest::collection::vec(token, 0..64).prop_map(|t| t.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+        #[test]
+        fn no_parser_panics_on_any_bytes(b in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            run_all(&b);
+        }
+
+        #[test]
+        fn no_parser_panics_on_proc_like_text(b in proc_like()) {
+            run_all(&b);
+        }
+
+        #[test]
+        fn redaction_keeps_the_argument_count(b in proc_like()) {
+            let args = parse_cmdline(&b);
+            prop_assert_eq!(redact(&args).len(), args.len());
+        }
+
+        #[test]
+        fn a_pid_name_is_its_own_decimal(n in any::<u32>()) {
+            prop_assert_eq!(parse_pid(n.to_string().as_bytes()), (n > 0).then_some(n));
+            prop_assert_eq!(parse_pid(format!("0{n}").as_bytes()), None);
+            prop_assert_eq!(parse_pid(format!("+{n}").as_bytes()), None);
+        }
+    }
+}

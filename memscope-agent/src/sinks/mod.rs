@@ -1,7 +1,9 @@
 //! Where the JSON lines go. A sink takes whole emissions (a batch of complete lines) and never
 //! splits a line. Sinks are generic over the writer, so they are tested against a `Vec<u8>`.
+//! A write that fails says how many lines were lost ([`WriteError::dropped_lines`]), so the store
+//! can report them in the next `agent` record.
 
-use std::io;
+use std::{io, path::Path};
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
@@ -9,8 +11,30 @@ use crate::config::{ConfigError, OutputConfig, SinkKind};
 
 pub mod file;
 
-/// Checks what the config cannot check alone: the output file can be opened for appending (it is
-/// created if missing, never truncated). `src` is the config text, for the error's line.
+/// A batch (or part of one) that could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error("{source} ({dropped_lines} line(s) dropped)")]
+pub struct WriteError {
+    /// Lines of the batch that were not written.
+    pub dropped_lines: u64,
+    pub source: io::Error,
+}
+
+impl WriteError {
+    /// The reader of stdout went away: nothing will ever be read again.
+    pub fn is_broken_pipe(&self) -> bool {
+        self.source.kind() == io::ErrorKind::BrokenPipe
+    }
+}
+
+/// Lines in `buf` (a final line without its `\n` counts too).
+pub fn count_lines(buf: &[u8]) -> u64 {
+    buf.split_inclusive(|b| *b == b'\n').count() as u64
+}
+
+/// Checks the output the config asks for, creating nothing (for `check-config` and the start):
+/// for a file sink, the rules of [`file::check_path`]. `src` is the config text, for the error's
+/// line.
 pub fn check_output(
     output: &OutputConfig,
     src: Option<&str>,
@@ -19,12 +43,12 @@ pub fn check_output(
     let (SinkKind::File, Some(path)) = (output.sink, &output.path) else {
         return Ok(());
     };
-    file::open_append(path).map(drop).map_err(|e| {
+    file::check_path(path, file::Trust::current()).map_err(|e| {
         ConfigError::at_key(
             origin,
             src,
             "output.path",
-            format!("cannot open {} for writing: {e}", path.display()),
+            format!("cannot open the output for writing: {e}"),
         )
     })
 }
@@ -41,21 +65,16 @@ impl Sink {
     pub fn open(output: &OutputConfig) -> io::Result<Sink> {
         match output.sink {
             SinkKind::Stdout => Ok(Sink::Writer(WriterSink::new(Box::new(tokio::io::stdout())))),
-            SinkKind::File => {
-                let path = output.path.clone().ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::InvalidInput, "output.path is not set")
-                })?;
-                Ok(Sink::File(file::RotatingFile::open(
-                    path,
-                    output.max_bytes.0,
-                    output.keep.0,
-                )?))
-            }
+            SinkKind::File => Ok(Sink::File(file::RotatingFile::open(
+                file_path(output)?.to_path_buf(),
+                output.max_bytes.0,
+                output.keep.0,
+            )?)),
         }
     }
 
     /// Writes one emission: `lines` holds complete lines, each ending in `\n`.
-    pub async fn write_batch(&mut self, lines: &[u8]) -> io::Result<()> {
+    pub async fn write_batch(&mut self, lines: &[u8]) -> Result<(), WriteError> {
         match self {
             Sink::Writer(w) => w.write_batch(lines).await,
             Sink::File(f) => off_the_workers(|| f.write_batch(lines)),
@@ -65,9 +84,17 @@ impl Sink {
     pub async fn flush(&mut self) -> io::Result<()> {
         match self {
             Sink::Writer(w) => w.flush().await,
-            Sink::File(f) => off_the_workers(|| f.flush()),
+            // Every batch went out in whole `write` calls: nothing is buffered.
+            Sink::File(_) => Ok(()),
         }
     }
+}
+
+fn file_path(output: &OutputConfig) -> io::Result<&Path> {
+    output
+        .path
+        .as_deref()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "output.path is not set"))
 }
 
 /// Runs blocking file I/O without stalling the async workers: on a multi-threaded runtime the
@@ -91,9 +118,15 @@ impl<W: AsyncWrite + Unpin> WriterSink<W> {
         WriterSink { writer }
     }
 
-    pub async fn write_batch(&mut self, lines: &[u8]) -> io::Result<()> {
-        self.writer.write_all(lines).await?;
-        self.writer.flush().await
+    pub async fn write_batch(&mut self, lines: &[u8]) -> Result<(), WriteError> {
+        let written = match self.writer.write_all(lines).await {
+            Ok(()) => self.writer.flush().await,
+            Err(e) => Err(e),
+        };
+        written.map_err(|source| WriteError {
+            dropped_lines: count_lines(lines),
+            source,
+        })
     }
 
     pub async fn flush(&mut self) -> io::Result<()> {
@@ -134,5 +167,25 @@ mod tests {
         sink.write_batch(b"{\"c\":3}\n").await.expect("write");
         let out = sink.into_inner();
         assert_eq!(out, b"{\"a\":1}\n{\"b\":2}\n{\"c\":3}\n");
+    }
+
+    #[tokio::test]
+    async fn a_closed_pipe_is_a_broken_pipe_with_every_line_counted() {
+        let (reader, writer) = tokio::io::duplex(64);
+        drop(reader);
+        let mut sink = WriterSink::new(writer);
+        let e = sink
+            .write_batch(b"{\"a\":1}\n{\"b\":2}\n")
+            .await
+            .expect_err("no reader");
+        assert!(e.is_broken_pipe(), "{e}");
+        assert_eq!(e.dropped_lines, 2);
+    }
+
+    #[test]
+    fn lines_are_counted() {
+        assert_eq!(count_lines(b""), 0);
+        assert_eq!(count_lines(b"a\nb\n"), 2);
+        assert_eq!(count_lines(b"a\nb"), 2);
     }
 }

@@ -87,7 +87,10 @@ pub async fn run(
                 if !out.is_empty()
                     && let Err(e) = sink.write_batch(&out).await
                 {
-                    store.count_dropped(1);
+                    store.count_dropped(e.dropped_lines);
+                    if e.is_broken_pipe() {
+                        return Err(anyhow::anyhow!("output closed (broken pipe)"));
+                    }
                     error!(error = %e, pid, "sink write failed; exit record dropped");
                 }
             }
@@ -99,12 +102,11 @@ pub async fn run(
                     .unwrap_or_default();
                 let out = store.emit(SystemTime::now(), &cost, procfs.counters());
                 if let Err(e) = sink.write_batch(&out).await {
-                    let lines = out.iter().filter(|b| **b == b'\n').count() as u64;
-                    store.count_dropped(lines);
-                    if e.kind() == std::io::ErrorKind::BrokenPipe {
+                    store.count_dropped(e.dropped_lines);
+                    if e.is_broken_pipe() {
                         return Err(anyhow::anyhow!("output closed (broken pipe)"));
                     }
-                    error!(error = %e, lines, "sink write failed; lines dropped");
+                    error!(error = %e, "sink write failed; lines dropped");
                 }
             }
         }

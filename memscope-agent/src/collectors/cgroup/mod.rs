@@ -89,7 +89,11 @@ section!(CgroupConfig, |c: &CgroupConfig| {
     if c.root.as_os_str().is_empty() {
         return Err(("root", "must not be empty".to_string()));
     }
-    Ok(())
+    use crate::config::bounds::{CGROUP_DEPTH, MAX_CGROUPS, THRESHOLD, TOP, number};
+    number("max_depth", c.max_depth.0, CGROUP_DEPTH)?;
+    number("max_cgroups", c.max_cgroups.0, MAX_CGROUPS)?;
+    number("max_records", c.max_records.0, TOP)?;
+    number("min_usage", c.min_usage.0, THRESHOLD)
 });
 
 /// Which cgroup hierarchy holds the memory controller.

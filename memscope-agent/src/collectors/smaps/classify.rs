@@ -91,12 +91,13 @@ pub fn classify(m: &Mapping, tmpfs_devs: &HashSet<Dev>) -> (ObjectKey, Name, boo
 }
 
 /// Devices of tmpfs mounts host-wide: in the agent's own mount namespace and in at most
-/// `max_namespaces` others (what cannot be read there is the tmpfs collector's to warn about).
+/// `max_namespaces` others, and a warning per malformed (skipped) mount table line (what else
+/// cannot be read there is the tmpfs collector's to warn about).
 pub fn tmpfs_devices(
     procfs: &ProcFs,
     max_namespaces: usize,
     buf: &mut Vec<u8>,
-) -> Result<HashSet<Dev>, ProcError> {
+) -> Result<(HashSet<Dev>, Vec<String>), ProcError> {
     let nss = mountinfo::discover(procfs, max_namespaces, buf)?;
-    Ok(mountinfo::tmpfs_devices(nss.tables()))
+    Ok((mountinfo::tmpfs_devices(nss.tables()), nss.skipped_lines))
 }

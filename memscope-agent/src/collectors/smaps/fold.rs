@@ -25,7 +25,7 @@ pub fn fold_process(
                 o.hugetlb |= hugetlb;
                 o.memory.add(&mem);
                 o.mappings += 1;
-                o.mapped_bytes += m.size();
+                o.mapped_bytes = o.mapped_bytes.saturating_add(m.size());
             }
             None => {
                 index.insert(key.clone(), objects.len());

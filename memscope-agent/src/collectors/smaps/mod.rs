@@ -91,7 +91,14 @@ impl Default for SmapsConfig {
     }
 }
 
-section!(SmapsConfig);
+section!(SmapsConfig, |c: &SmapsConfig| {
+    use crate::config::bounds::{BUDGET, MAX_STALENESS, THRESHOLD, TOP, duration, number};
+    number("min_change", c.min_change.0, THRESHOLD)?;
+    number("min_object_pss", c.min_object_pss.0, THRESHOLD)?;
+    duration("max_staleness", c.max_staleness, MAX_STALENESS)?;
+    duration("budget", c.budget, BUDGET)?;
+    number("top_consumers", c.top_consumers.0, TOP)
+});
 
 /// Objects get a row of their own from `min_object_pss` up, and keep it until they fall below half
 /// of it: an object whose PSS hovers around the floor does not flap between its own row and the
@@ -216,11 +223,12 @@ impl Collector for SmapsCollector {
         ctx: &CollectCtx<'_>,
     ) -> Result<Option<Box<dyn Observation>>, CollectError> {
         let start = Instant::now();
-        let tmpfs_devs = tmpfs_devices(ctx.procfs, self.max_namespaces, &mut self.buf)?;
+        let (tmpfs_devs, skipped) = tmpfs_devices(ctx.procfs, self.max_namespaces, &mut self.buf)?;
         let pass = ctx.statm_pass(&mut self.buf)?;
         let mut obs = ObjectsObservation {
             min_object_pss: self.min_object_pss,
             top_consumers: self.top_consumers,
+            errors: skipped,
             ..ObjectsObservation::default()
         };
 

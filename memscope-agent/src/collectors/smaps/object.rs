@@ -112,18 +112,20 @@ impl ObjectMemory {
         }
     }
 
+    /// Adds `o` field by field, saturating: figures from a hostile tree must not wrap.
     pub fn add(&mut self, o: &ObjectMemory) {
-        self.pss_bytes += o.pss_bytes;
-        self.rss_bytes += o.rss_bytes;
-        self.swap_bytes += o.swap_bytes;
-        self.swap_pss_bytes += o.swap_pss_bytes;
-        self.private_clean_bytes += o.private_clean_bytes;
-        self.private_dirty_bytes += o.private_dirty_bytes;
-        self.shared_clean_bytes += o.shared_clean_bytes;
-        self.shared_dirty_bytes += o.shared_dirty_bytes;
-        self.anonymous_bytes += o.anonymous_bytes;
-        self.shared_hugetlb_bytes += o.shared_hugetlb_bytes;
-        self.private_hugetlb_bytes += o.private_hugetlb_bytes;
+        let s = |a: &mut u64, b: u64| *a = a.saturating_add(b);
+        s(&mut self.pss_bytes, o.pss_bytes);
+        s(&mut self.rss_bytes, o.rss_bytes);
+        s(&mut self.swap_bytes, o.swap_bytes);
+        s(&mut self.swap_pss_bytes, o.swap_pss_bytes);
+        s(&mut self.private_clean_bytes, o.private_clean_bytes);
+        s(&mut self.private_dirty_bytes, o.private_dirty_bytes);
+        s(&mut self.shared_clean_bytes, o.shared_clean_bytes);
+        s(&mut self.shared_dirty_bytes, o.shared_dirty_bytes);
+        s(&mut self.anonymous_bytes, o.anonymous_bytes);
+        s(&mut self.shared_hugetlb_bytes, o.shared_hugetlb_bytes);
+        s(&mut self.private_hugetlb_bytes, o.private_hugetlb_bytes);
     }
 
     /// PSS of the object's own (file or shmem) pages: PSS without the copy-on-write anonymous
@@ -135,7 +137,8 @@ impl ObjectMemory {
 
     /// Hugetlb pages mapped, `Shared_Hugetlb + Private_Hugetlb`.
     pub fn hugetlb_bytes(&self) -> u64 {
-        self.shared_hugetlb_bytes + self.private_hugetlb_bytes
+        self.shared_hugetlb_bytes
+            .saturating_add(self.private_hugetlb_bytes)
     }
 }
 

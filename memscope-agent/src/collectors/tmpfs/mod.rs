@@ -171,7 +171,12 @@ section!(TmpfsConfig, |c: &TmpfsConfig| {
             "must not be empty (use \"/\" for the agent's own root)".to_string(),
         ));
     }
-    Ok(())
+    use crate::config::bounds::{BUDGET, MAX_ENTRIES, TOP, duration, number};
+    number("top_files", c.top_files.0, TOP)?;
+    number("top_dirs", c.top_dirs.0, TOP)?;
+    number("max_entries", c.max_entries.0, MAX_ENTRIES)?;
+    duration("max_walk_time", c.max_walk_time, BUDGET)?;
+    number("max_holders", c.max_holders.0, TOP)
 });
 
 /// The collector. Holds its config; keeps nothing between runs but a read buffer.
@@ -333,7 +338,10 @@ impl TmpfsCollector {
     /// `MemTotal` from meminfo, read only when a `size=N%` needs it.
     fn mem_total(&mut self, procfs: &ProcFs, warnings: &mut Vec<String>) -> Option<u64> {
         match procfs.meminfo(&mut self.buf) {
-            Ok(fields) => field(&fields, "MemTotal"),
+            Ok((fields, skipped)) => {
+                warnings.extend(skipped);
+                field(&fields, "MemTotal")
+            }
             Err(e) => {
                 warnings.push(format!("size=N% needs MemTotal: {e}"));
                 None
@@ -353,7 +361,11 @@ fn attribute_deleted(mounts: &mut [TmpfsMount], deleted: Vec<OpenShmemFile>, top
             continue;
         };
         m.deleted_open_files = Some(m.deleted_open_files.unwrap_or(0) + 1);
-        m.deleted_open_bytes = Some(m.deleted_open_bytes.unwrap_or(0) + f.allocated_bytes);
+        m.deleted_open_bytes = Some(
+            m.deleted_open_bytes
+                .unwrap_or(0)
+                .saturating_add(f.allocated_bytes),
+        );
         m.deleted_open.push(f);
     }
     for m in mounts {
@@ -568,6 +580,35 @@ mod tests {
         assert_eq!(v["truncated_reason"], serde_json::Value::Null);
     }
 
+    /// One malformed mountinfo line costs that line: the other mounts are still measured, and the
+    /// skipped line is a warning naming it.
+    #[test]
+    fn a_malformed_mountinfo_line_is_skipped_with_a_warning() {
+        let proc = tempfile::tempdir().expect("tempdir");
+        let host = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(proc.path().join("self")).expect("mkdir");
+        std::fs::write(
+            proc.path().join("self/mountinfo"),
+            "1 0 8:1 / / rw - ext4 /dev/sda rw\n\
+             garbage line\n\
+             3 1 0:92 / /missing rw - tmpfs tmpfs rw,size=1m\n",
+        )
+        .expect("write");
+        let config = TmpfsConfig {
+            host_root: host.path().to_path_buf(),
+            ..TmpfsConfig::default()
+        };
+        let obs = collect(&ProcFs::new(proc.path()), &config);
+        assert_eq!(obs.mounts.len(), 1, "the good tmpfs line is used");
+        assert!(
+            obs.warnings
+                .iter()
+                .any(|w| w.contains("mountinfo: line 2") && w.contains("skipped")),
+            "{:?}",
+            obs.warnings
+        );
+    }
+
     /// The collector end to end on the agent's own machine, through a tempdir standing in for a
     /// tmpfs: the mountinfo names the tempdir's real device, so it is measured and walked.
     #[test]
@@ -690,9 +731,11 @@ mod tests {
         assert_eq!(v["namespaces"][0]["container"]["id"], id);
 
         let mut buf = Vec::new();
-        let devs = crate::collectors::smaps::tmpfs_devices(&procfs, 4, &mut buf).expect("devs");
+        let (devs, _) =
+            crate::collectors::smaps::tmpfs_devices(&procfs, 4, &mut buf).expect("devs");
         assert!(devs.contains(&d) && devs.contains(&dev(0, 95)));
-        let own_only = crate::collectors::smaps::tmpfs_devices(&procfs, 0, &mut buf).expect("devs");
+        let (own_only, _) =
+            crate::collectors::smaps::tmpfs_devices(&procfs, 0, &mut buf).expect("devs");
         assert!(
             own_only.is_empty(),
             "the agent's own namespace has no tmpfs"

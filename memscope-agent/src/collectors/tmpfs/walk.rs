@@ -163,8 +163,8 @@ pub fn walk(root: &Path, label: &Name, limits: &WalkLimits) -> WalkResult {
         while stack.last().is_some_and(|d| d.depth >= depth) {
             let Some(d) = stack.pop() else { break };
             if let Some(parent) = stack.last_mut() {
-                parent.allocated += d.allocated;
-                parent.size += d.size;
+                parent.allocated = parent.allocated.saturating_add(d.allocated);
+                parent.size = parent.size.saturating_add(d.size);
             }
             if d.depth > 0 && top_dirs.wants(d.allocated) {
                 top_dirs.push(d.allocated, d.path, d.size);
@@ -243,11 +243,11 @@ pub fn walk(root: &Path, label: &Name, limits: &WalkLimits) -> WalkResult {
         let allocated = meta.blocks().saturating_mul(512);
         let size = meta.size();
         r.files += 1;
-        r.allocated_bytes += allocated;
-        r.size_bytes += size;
+        r.allocated_bytes = r.allocated_bytes.saturating_add(allocated);
+        r.size_bytes = r.size_bytes.saturating_add(size);
         if let Some(d) = stack.last_mut() {
-            d.allocated += allocated;
-            d.size += size;
+            d.allocated = d.allocated.saturating_add(allocated);
+            d.size = d.size.saturating_add(size);
         }
         if top_files.wants(allocated) {
             top_files.push(allocated, display_path(label, root, entry.path()), size);

@@ -51,6 +51,8 @@ pub struct MountNamespaces {
     /// Other problems (at most [`MAX_ERRORS`], each naming its path), and how many there were.
     pub errors: Vec<String>,
     pub error_count: u32,
+    /// Malformed mount table lines that were skipped, each naming its file and line.
+    pub skipped_lines: Vec<String>,
 }
 
 impl MountNamespaces {
@@ -82,6 +84,7 @@ impl MountNamespaces {
                 self.skipped
             ));
         }
+        out.extend(self.skipped_lines.iter().cloned());
         out.extend(self.errors.iter().map(|e| format!("mount namespaces: {e}")));
         if self.error_count as usize > self.errors.len() {
             out.push(format!(
@@ -120,10 +123,14 @@ impl ProcFs {
         })
     }
 
-    /// `PID/mountinfo`, parsed.
-    pub fn pid_mountinfo(&self, pid: u32, buf: &mut Vec<u8>) -> Result<Vec<MountInfo>, ProcError> {
+    /// `PID/mountinfo`, parsed, and a warning per malformed (skipped) line.
+    pub fn pid_mountinfo(
+        &self,
+        pid: u32,
+        buf: &mut Vec<u8>,
+    ) -> Result<(Vec<MountInfo>, Vec<String>), ProcError> {
         let path = self.pid_path(pid, "mountinfo");
-        self.read_parsed(
+        self.read_lenient(
             &path,
             crate::procfs::FileClass::MOUNTINFO,
             buf,
@@ -140,7 +147,8 @@ pub fn discover(
     buf: &mut Vec<u8>,
 ) -> Result<MountNamespaces, ProcError> {
     let mut out = MountNamespaces::default();
-    let own_mounts = procfs.self_mountinfo(buf)?;
+    let (own_mounts, skipped_lines) = procfs.self_mountinfo(buf)?;
+    out.skipped_lines = skipped_lines;
     let own = match procfs.mount_ns("self") {
         Ok(i) => Some(i),
         // A fixture tree, or a proc without namespace links.
@@ -187,8 +195,9 @@ pub fn discover(
             continue;
         }
         match procfs.pid_mountinfo(pid, buf) {
-            Ok(mounts) => {
+            Ok((mounts, skipped_lines)) => {
                 seen.insert(inode);
+                out.skipped_lines.extend(skipped_lines);
                 out.namespaces.push(MountNs {
                     ns: NsRef {
                         inode: Some(inode),

@@ -175,7 +175,7 @@ mod tests {
 ";
 
     fn sbs() -> Vec<Superblock> {
-        let m = parse_mountinfo(MOUNTINFO.as_bytes()).expect("parse");
+        let m = parse_mountinfo(MOUNTINFO.as_bytes()).value;
         select_superblocks([m.as_slice()])
     }
 
@@ -223,7 +223,7 @@ mod tests {
 
     #[test]
     fn fixture_shm_mounted_twice_hides_the_lower_one() {
-        let m = parse_mountinfo(&fixture("proc/self/mountinfo")).expect("parse");
+        let m = parse_mountinfo(&fixture("proc/self/mountinfo")).value;
         let s = select_superblocks([m.as_slice()]);
         let shm: Vec<_> = s
             .iter()
@@ -265,8 +265,8 @@ mod tests {
 
     #[test]
     fn superblocks_across_namespaces() {
-        let host = parse_mountinfo(HOST.as_bytes()).expect("parse");
-        let container = parse_mountinfo(CONTAINER.as_bytes()).expect("parse");
+        let host = parse_mountinfo(HOST.as_bytes()).value;
+        let container = parse_mountinfo(CONTAINER.as_bytes()).value;
         let s = select_superblocks([host.as_slice(), container.as_slice()]);
         let find = |d: Dev| s.iter().find(|s| s.dev == d).expect("dev");
         // Shared by bind: one superblock, both namespaces, walked in the agent's own from its root.
