@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use memscope_agent::config::{Config, SinkKind};
 use serde_json::Value;
 
+pub mod stream;
+
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

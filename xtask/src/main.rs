@@ -2,9 +2,10 @@
 //!
 //! `cargo xtask test` is the one test command (README, CI): it sets up the eBPF toolchain, checks
 //! formatting and lints, runs the unprivileged lane, then the privileged lane (root + BPF), which
-//! fails loudly when it cannot run.
+//! fails loudly when it cannot run, then the log-pipeline lane (rsyslog, chDB; installs them).
 
 mod ladder_bench;
+mod pipeline;
 mod probe_bench;
 mod setup;
 
@@ -22,14 +23,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Everything: setup, fmt, clippy, unprivileged tests, privileged tests.
+    /// Everything: setup, fmt, clippy, unprivileged tests, privileged tests, the pipeline lane.
     Test {
-        /// Skip the privileged lane (root + BPF). Says so loudly; CI never passes this.
+        /// Skip the privileged and pipeline lanes (root). Says so loudly; CI never passes this.
         #[arg(long)]
         skip_privileged: bool,
     },
     /// Only the privileged lane (needs root).
     TestPrivileged,
+    /// Only the log-pipeline lane: rsyslog end to end, fleet queries on chDB (installs both; root).
+    TestPipeline,
     /// Regenerate fixtures/golden/*.jsonl from fixtures/proc.
     GoldenUpdate,
     /// Install the eBPF toolchain (nightly rust-src, bpf-linker for the nightly's LLVM). Idempotent.
@@ -48,6 +51,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Test { skip_privileged } => test(skip_privileged),
         Cmd::TestPrivileged => privileged_lane(),
+        Cmd::TestPipeline => pipeline::lane(),
         Cmd::Setup => setup::setup_ebpf_toolchain(),
         Cmd::ProbeBench => probe_bench::run(),
         Cmd::Bench { args } => ladder_bench::run(&args),
@@ -114,11 +118,12 @@ fn test(skip_privileged: bool) -> Result<()> {
     cargo(&["test", "-p", "memscope-tests", "--test", "golden"], &[])?;
     if skip_privileged {
         eprintln!(
-            "xtask: *** privileged lane SKIPPED (--skip-privileged): live and eBPF tests did not run ***"
+            "xtask: *** privileged and pipeline lanes SKIPPED (--skip-privileged): live, eBPF and log-pipeline tests did not run ***"
         );
         return Ok(());
     }
-    privileged_lane()
+    privileged_lane()?;
+    pipeline::lane()
 }
 
 fn privileged_lane() -> Result<()> {

@@ -214,7 +214,7 @@ fn install_bpf_linker(cargo_home: &Path, sysroot: &Path, llvm_major: u32) -> any
     bpf_linker_state(cargo_home, llvm_major).context("bpf-linker still unusable after installing")
 }
 
-fn run(command: &mut Command) -> anyhow::Result<()> {
+pub(crate) fn run(command: &mut Command) -> anyhow::Result<()> {
     let status = command
         .status()
         .with_context(|| format!("running {command:?}"))?;

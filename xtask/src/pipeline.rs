@@ -1,0 +1,87 @@
+//! `cargo xtask test-pipeline`: the log-pipeline lane. Installs what it needs, then runs
+//! `tests/tests/pipeline.rs` (rsyslog ships the rotating file sink over RELP, end to end) and
+//! `tests/tests/fleet.rs` (the documented ClickHouse queries on chDB, an in-process ClickHouse).
+//!
+//! - rsyslog and rsyslog-relp from Debian (`apt-get`, root), when `rsyslogd` or its RELP output
+//!   module is missing;
+//! - chDB from PyPI (`chdb-core`, pinned) in a virtualenv at `target/pipeline-venv`, when it does
+//!   not import there.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::setup::run;
+
+/// The chDB release the fleet queries were written and checked against.
+const CHDB_CORE: &str = "chdb-core==26.9.0";
+const RSYSLOG_RELP_MODULE: &str = "/usr/lib/x86_64-linux-gnu/rsyslog/omrelp.so";
+
+pub fn lane() -> Result<()> {
+    ensure_rsyslog()?;
+    let python = ensure_chdb()?;
+    crate::cargo(&["build", "-p", "memscope-agent"], &[])?;
+    let python = python.display().to_string();
+    crate::cargo(
+        &["test", "-p", "memscope-tests", "--test", "pipeline"],
+        &[("MEMSCOPE_CHDB_PYTHON", python.as_str())],
+    )
+}
+
+fn ensure_rsyslog() -> Result<()> {
+    if Path::new("/usr/sbin/rsyslogd").exists() && Path::new(RSYSLOG_RELP_MODULE).exists() {
+        eprintln!("pipeline: rsyslog with RELP: present");
+        return Ok(());
+    }
+    if !crate::is_root() {
+        bail!(
+            "the pipeline lane needs rsyslog and rsyslog-relp (Debian) and installs them with apt-get, \
+             which needs root: run `sudo cargo xtask test-pipeline`"
+        );
+    }
+    eprintln!("pipeline: installing rsyslog and rsyslog-relp with apt-get");
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    run(Command::new("apt-get")
+        .args([
+            "install",
+            "-y",
+            "-q",
+            "--no-install-recommends",
+            "rsyslog",
+            "rsyslog-relp",
+        ])
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// Returns the virtualenv's python, with chDB importable.
+fn ensure_chdb() -> Result<PathBuf> {
+    let venv = crate::workspace_root().join("target/pipeline-venv");
+    let python = venv.join("bin/python");
+    if imports_chdb(&python) {
+        eprintln!("pipeline: chDB in {}: present", venv.display());
+        return Ok(python);
+    }
+    eprintln!("pipeline: installing {CHDB_CORE} into {}", venv.display());
+    let python3 = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string());
+    run(Command::new(&python3).arg("-m").arg("venv").arg(&venv))
+        .with_context(|| format!("creating a virtualenv at {} with {python3}", venv.display()))?;
+    run(Command::new(&python).args(["-m", "pip", "install", "-q", CHDB_CORE]))?;
+    if !imports_chdb(&python) {
+        bail!(
+            "{}: chdb does not import after installing {CHDB_CORE}",
+            python.display()
+        );
+    }
+    Ok(python)
+}
+
+fn imports_chdb(python: &Path) -> bool {
+    python.exists()
+        && Command::new(python)
+            .args(["-c", "import chdb"])
+            .status()
+            .is_ok_and(|s| s.success())
+}
