@@ -15,6 +15,27 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
+/// The agent binary, for tests that run it as a process: `MEMSCOPE_AGENT_BIN`, else the one cargo
+/// built next to the running test (`target/<profile>/memscope-agent`). Panics, saying how to build
+/// it, when it is missing.
+pub fn agent_bin() -> PathBuf {
+    let bin = std::env::var_os("MEMSCOPE_AGENT_BIN")
+        .map(PathBuf::from)
+        .or_else(|| {
+            // target/<profile>/deps/<test>-<hash> -> target/<profile>/memscope-agent
+            let exe = std::env::current_exe().ok()?;
+            Some(exe.parent()?.parent()?.join("memscope-agent"))
+        })
+        .expect("cannot locate the agent binary");
+    assert!(
+        bin.exists(),
+        "{}: no agent binary; run `cargo build -p memscope-agent` first (`cargo xtask \
+         test-pipeline` does), or set MEMSCOPE_AGENT_BIN",
+        bin.display()
+    );
+    bin
+}
+
 /// Runs the agent once with `config` (its output redirected to a temporary file) and returns the
 /// emitted lines parsed as JSON.
 pub fn run_once(mut config: Config) -> anyhow::Result<Vec<Value>> {

@@ -19,6 +19,7 @@ use std::{
 };
 
 use memscope_tests::{
+    agent_bin,
     stream::{Line, identity, read_jsonl, rotated_files},
     workspace_root,
 };
@@ -93,25 +94,6 @@ fn find_rsyslogd() -> PathBuf {
             "rsyslogd not found: the pipeline lane needs the Debian packages rsyslog and \
              rsyslog-relp; run it through `cargo xtask test-pipeline`, which installs them",
         )
-}
-
-/// The agent binary: `MEMSCOPE_AGENT_BIN`, else the one cargo built next to this test.
-fn agent_bin() -> PathBuf {
-    let bin = std::env::var_os("MEMSCOPE_AGENT_BIN")
-        .map(PathBuf::from)
-        .or_else(|| {
-            // target/<profile>/deps/pipeline-<hash> -> target/<profile>/memscope-agent
-            let exe = std::env::current_exe().ok()?;
-            Some(exe.parent()?.parent()?.join("memscope-agent"))
-        })
-        .expect("cannot locate the agent binary");
-    assert!(
-        bin.exists(),
-        "{}: no agent binary; run `cargo build -p memscope-agent` first (`cargo xtask \
-         test-pipeline` does), or set MEMSCOPE_AGENT_BIN",
-        bin.display()
-    );
-    bin
 }
 
 /// A loopback TCP port that was free a moment ago.

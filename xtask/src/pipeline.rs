@@ -1,9 +1,10 @@
 //! `cargo xtask test-pipeline`: the log-pipeline lane. Installs what it needs, then runs
 //! `tests/tests/pipeline.rs` (rsyslog ships the rotating file sink over RELP, end to end) and
-//! `tests/tests/fleet.rs` (the documented ClickHouse queries on chDB, an in-process ClickHouse).
+//! `tests/tests/fleet.rs` (the documented ClickHouse queries on chDB, an in-process ClickHouse) and
+//! `tests/tests/shipper_configs.rs` (the Vector, Fluent Bit and systemd configs).
 //!
-//! - rsyslog and rsyslog-relp from Debian (`apt-get`, root), when `rsyslogd` or its RELP output
-//!   module is missing;
+//! - rsyslog, rsyslog-relp and systemd (for `systemd-analyze verify`) from Debian (`apt-get`,
+//!   root), when missing;
 //! - chDB from PyPI (`chdb-core`, pinned) in a virtualenv at `target/pipeline-venv`, when it does
 //!   not import there.
 
@@ -21,38 +22,55 @@ const CHDB_CORE: &str = "chdb-core==26.9.0";
 const RSYSLOG_RELP_MODULE: &str = "/usr/lib/x86_64-linux-gnu/rsyslog/omrelp.so";
 
 pub fn lane() -> Result<()> {
-    ensure_rsyslog()?;
+    ensure_debian_packages()?;
     let python = ensure_chdb()?;
     crate::cargo(&["build", "-p", "memscope-agent"], &[])?;
     let python = python.display().to_string();
     crate::cargo(
-        &["test", "-p", "memscope-tests", "--test", "pipeline"],
+        &[
+            "test",
+            "-p",
+            "memscope-tests",
+            "--test",
+            "pipeline",
+            "--test",
+            "fleet",
+            "--test",
+            "shipper_configs",
+        ],
         &[("MEMSCOPE_CHDB_PYTHON", python.as_str())],
     )
 }
 
-fn ensure_rsyslog() -> Result<()> {
-    if Path::new("/usr/sbin/rsyslogd").exists() && Path::new(RSYSLOG_RELP_MODULE).exists() {
-        eprintln!("pipeline: rsyslog with RELP: present");
+/// Debian packages the lane runs, each with a file that shows it is installed.
+const DEBIAN_PACKAGES: [(&str, &str); 3] = [
+    ("rsyslog", "/usr/sbin/rsyslogd"),
+    ("rsyslog-relp", RSYSLOG_RELP_MODULE),
+    ("systemd", "/usr/bin/systemd-analyze"),
+];
+
+fn ensure_debian_packages() -> Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .filter(|(_, file)| !Path::new(file).exists())
+        .map(|(package, _)| *package)
+        .collect();
+    if missing.is_empty() {
+        eprintln!("pipeline: rsyslog, rsyslog-relp, systemd-analyze: present");
         return Ok(());
     }
     if !crate::is_root() {
         bail!(
-            "the pipeline lane needs rsyslog and rsyslog-relp (Debian) and installs them with apt-get, \
-             which needs root: run `sudo cargo xtask test-pipeline`"
+            "the pipeline lane needs the Debian packages {} and installs them with apt-get, which \
+             needs root: run `sudo cargo xtask test-pipeline`",
+            missing.join(", ")
         );
     }
-    eprintln!("pipeline: installing rsyslog and rsyslog-relp with apt-get");
+    eprintln!("pipeline: installing {} with apt-get", missing.join(", "));
     run(Command::new("apt-get").args(["update", "-q"]))?;
     run(Command::new("apt-get")
-        .args([
-            "install",
-            "-y",
-            "-q",
-            "--no-install-recommends",
-            "rsyslog",
-            "rsyslog-relp",
-        ])
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
