@@ -141,6 +141,20 @@ fn count_lines(path: &Path) -> usize {
         .unwrap_or(0)
 }
 
+/// The size of one emission on this host now: `memscope-agent --once` on stdout.
+fn emission_bytes(agent: &Path) -> u64 {
+    let out = Command::new(agent)
+        .args(["--once", "--log", "warn"])
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", agent.display()));
+    assert!(
+        out.status.success(),
+        "memscope-agent --once: {}",
+        out.status
+    );
+    out.stdout.len() as u64
+}
+
 /// Runs the agent until its sink has rotated at least `rotations` more times (bounded), then
 /// stops it with SIGTERM.
 fn run_agent(agent: &Path, config: &Path, sink: &Path, log: &Path, rotations: usize) {
@@ -233,7 +247,8 @@ fn check_truth(truth: &[Line]) {
         );
         complete += 1;
     }
-    assert!(complete >= 10, "only {complete} emissions in the truth");
+    // Eight rotations take several emissions in each of the two runs, however large they are.
+    assert!(complete >= 4, "only {complete} emissions in the truth");
 }
 
 #[test]
@@ -343,14 +358,16 @@ fn rsyslog_ships_every_line_exactly_once_across_rotation_and_restart() {
         &fwd_log,
     );
 
-    // 500 ms interval; 256 KiB is about four emissions on a quiet host (see forwarder.conf for why
-    // not less); keep = 1000 so that the agent's files hold everything it wrote.
+    // 500 ms interval; max_bytes about four emissions of this host, as it is now (a shared host
+    // can be busy): forwarder.conf says why not less. keep = 1000 so that the agent's files hold
+    // everything it wrote.
+    let max_bytes = (4 * emission_bytes(&agent)).max(256 << 10);
     let agent_conf = d.join("agent.toml");
     write(
         &agent_conf,
         format!(
             "[agent]\ninterval = \"500ms\"\nhost = \"pipeline-lane\"\n\n[output]\nsink = \
-             \"file\"\npath = {:?}\nmax_bytes = \"256KiB\"\nkeep = 1000\n",
+             \"file\"\npath = {:?}\nmax_bytes = {max_bytes}\nkeep = 1000\n",
             sink.display().to_string()
         ),
     );
