@@ -4,12 +4,13 @@
 //! [`collectors`] (one per source behind [`collectors::Collector`]), [`store`] (owns the snapshot,
 //! decides what to emit), [`records`] (the JSON-lines format), [`sinks`] (stdout, rotating file),
 //! [`config`] (TOML), [`runtime`] (the scheduler and the store task), [`ladder`] (what to re-read
-//! when), [`tracker`] (eBPF dirty tracking, or polling), [`ledger`] (derived records).
+//! when), [`tracker`] (eBPF dirty tracking, or polling), [`derived`] (records built from several
+//! collectors: the SysV join and the shared-memory ledger).
 
 pub mod collectors;
 pub mod config;
+pub mod derived;
 pub mod ladder;
-pub mod ledger;
 pub mod procfs;
 pub mod records;
 pub mod runtime;

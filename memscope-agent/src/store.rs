@@ -294,7 +294,7 @@ impl Store {
                 .is_multiple_of(u64::from(self.config.keyframe_every.max(1)));
         let mut records = Vec::new();
         let mut warnings = Vec::new();
-        crate::ledger::emission_records(&self.latest, &mut records, &mut warnings);
+        crate::derived::records(&self.latest, &mut records, &mut warnings);
         for name in &self.ran {
             if let Some(s) = self.status.get(name)
                 && let Some(e) = &s.last_error

@@ -128,27 +128,36 @@ impl Drop for TestChild {
     }
 }
 
-/// Maps one anonymous 4 KiB page and unmaps it: the syscall pair the tracepoint programs watch
-/// (the probe benchmark's loop, and the eBPF lane's "the agent's own mmaps are not marked").
+/// Maps one anonymous private read-write 4 KiB page, untouched. Allocates nothing, so the eBPF
+/// lane's test child can call it between commands without other memory-layout syscalls.
 #[inline]
-pub fn mmap_munmap_pair() -> anyhow::Result<()> {
-    use anyhow::Context as _;
-    // SAFETY: maps one anonymous page, touches nothing, unmaps it.
-    unsafe {
-        let page = libc::mmap(
+pub fn map_anon_page() -> std::io::Result<std::ptr::NonNull<u8>> {
+    // SAFETY: a new anonymous private mapping at an address the kernel chooses; nothing aliases it.
+    let page = unsafe {
+        libc::mmap(
             std::ptr::null_mut(),
             4096,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
             -1,
             0,
-        );
-        if page == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error()).context("mmap");
-        }
-        if libc::munmap(page, 4096) != 0 {
-            return Err(std::io::Error::last_os_error()).context("munmap");
-        }
+        )
+    };
+    if page == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    std::ptr::NonNull::new(page.cast()).ok_or_else(|| std::io::Error::other("mmap returned null"))
+}
+
+/// Maps one anonymous 4 KiB page and unmaps it: the syscall pair the tracepoint programs watch
+/// (the probe benchmark's loop, and the eBPF lane's "the agent's own mmaps are not marked").
+#[inline]
+pub fn mmap_munmap_pair() -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let page = map_anon_page().context("mmap")?;
+    // SAFETY: `page` is the one-page mapping just made; nothing refers to it.
+    if unsafe { libc::munmap(page.as_ptr().cast(), 4096) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("munmap");
     }
     Ok(())
 }

@@ -9,8 +9,8 @@ use std::{
 };
 
 use memscope_agent::{
-    collectors::tmpfs::Dev,
     config::{Config, Positive},
+    procfs::Dev,
 };
 use memscope_tests::{require_root, run_once};
 use serde_json::Value;
@@ -64,11 +64,20 @@ fn rollup_pss(pid: libc::pid_t) -> u64 {
     kb * 1024
 }
 
-fn process(lines: &[Value], pid: libc::pid_t) -> &Value {
+/// The record of `kind` whose `field` is `value`.
+fn record<'a, T>(lines: &'a [Value], kind: &str, field: &str, value: T) -> &'a Value
+where
+    Value: PartialEq<T>,
+    T: std::fmt::Debug + Copy,
+{
     lines
         .iter()
-        .find(|l| l["kind"] == "process" && l["pid"] == pid)
-        .unwrap_or_else(|| panic!("no process record for pid {pid}"))
+        .find(|l| l["kind"].as_str() == Some(kind) && l[field] == value)
+        .unwrap_or_else(|| panic!("no {kind} record with {field} {value:?}"))
+}
+
+fn process(lines: &[Value], pid: libc::pid_t) -> &Value {
+    record(lines, "process", "pid", pid)
 }
 
 #[test]
@@ -301,13 +310,6 @@ fn tmpfs_config() -> Config {
     config
 }
 
-fn tmpfs_record<'a>(lines: &'a [Value], dev: &str) -> &'a Value {
-    lines
-        .iter()
-        .find(|l| l["kind"] == "tmpfs" && l["dev"] == dev)
-        .unwrap_or_else(|| panic!("no tmpfs record for {dev}"))
-}
-
 #[test]
 fn tmpfs_reports_a_dev_shm_file_and_a_deleted_file_held_open() {
     require_root("live");
@@ -327,7 +329,7 @@ fn tmpfs_reports_a_dev_shm_file_and_a_deleted_file_held_open() {
     let child = Child::spawn(&["shm-deleted", &deleted_path, &deleted_size.to_string()]);
 
     let lines = run_once(tmpfs_config()).expect("agent runs");
-    let shm = tmpfs_record(&lines, &dev);
+    let shm = record(&lines, "tmpfs", "dev", dev.as_str());
     assert_eq!(shm["hidden"], false);
     assert_eq!(shm["error"], Value::Null, "{shm}");
     assert!(

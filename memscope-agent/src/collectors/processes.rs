@@ -88,17 +88,6 @@ impl Memory {
             pss_shmem_bytes: s.rss_shmem.unwrap_or(0),
         }
     }
-
-    fn add(&mut self, o: &Memory) {
-        self.rss_bytes += o.rss_bytes;
-        self.pss_bytes += o.pss_bytes;
-        self.uss_bytes += o.uss_bytes;
-        self.swap_bytes += o.swap_bytes;
-        self.swap_pss_bytes += o.swap_pss_bytes;
-        self.pss_anon_bytes += o.pss_anon_bytes;
-        self.pss_file_bytes += o.pss_file_bytes;
-        self.pss_shmem_bytes += o.pss_shmem_bytes;
-    }
 }
 
 /// Totals over a process and all its descendants.
@@ -417,15 +406,6 @@ pub fn compute_subtrees(procs: &mut [ProcessRecord]) {
             t.swap_bytes += s.swap_bytes;
         }
     }
-}
-
-/// Sum of the memory of all processes (for tests and the ledger).
-pub fn total_memory(procs: &[ProcessRecord]) -> Memory {
-    let mut m = Memory::default();
-    for p in procs {
-        m.add(&p.memory);
-    }
-    m
 }
 
 #[cfg(test)]

@@ -80,29 +80,22 @@ impl MemCounters {
     /// changing nothing, when `key` is not a counter (e.g. `KernelPageSize`, `VmFlags`, new fields).
     pub fn apply_line(&mut self, key: &[u8], value_kb: u64) -> bool {
         let v = value_kb.saturating_mul(1024);
+        // Counters that later kernels added are `Option`s: `Some` once printed.
+        let optional = match key {
+            b"Pss_Dirty" => Some(&mut self.pss_dirty),
+            b"Pss_Anon" => Some(&mut self.pss_anon),
+            b"Pss_File" => Some(&mut self.pss_file),
+            b"Pss_Shmem" => Some(&mut self.pss_shmem),
+            b"KSM" => Some(&mut self.ksm),
+            _ => None,
+        };
+        if let Some(slot) = optional {
+            *slot = Some(v);
+            return true;
+        }
         let slot = match key {
             b"Rss" => &mut self.rss,
             b"Pss" => &mut self.pss,
-            b"Pss_Dirty" => {
-                self.pss_dirty = Some(v);
-                return true;
-            }
-            b"Pss_Anon" => {
-                self.pss_anon = Some(v);
-                return true;
-            }
-            b"Pss_File" => {
-                self.pss_file = Some(v);
-                return true;
-            }
-            b"Pss_Shmem" => {
-                self.pss_shmem = Some(v);
-                return true;
-            }
-            b"KSM" => {
-                self.ksm = Some(v);
-                return true;
-            }
             b"Shared_Clean" => &mut self.shared_clean,
             b"Shared_Dirty" => &mut self.shared_dirty,
             b"Private_Clean" => &mut self.private_clean,

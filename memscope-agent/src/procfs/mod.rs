@@ -14,6 +14,7 @@ use std::{
 
 pub mod cmdline;
 pub mod counters;
+pub mod dev;
 pub mod escape;
 pub mod meminfo;
 pub mod mountinfo;
@@ -27,6 +28,10 @@ mod text;
 
 #[cfg(test)]
 mod robustness_tests;
+
+pub use dev::Dev;
+/// The 1-based line of a byte offset in a text (also the config's error lines).
+pub(crate) use text::line_at;
 
 /// What a `/proc` read was for; bytes read are counted per class for the `agent` record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

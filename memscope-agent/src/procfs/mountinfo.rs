@@ -2,7 +2,7 @@
 //! `id parent major:minor root mount_point options [optional…] - fstype source super_options`.
 
 use super::{
-    ParseError,
+    Dev, ParseError,
     escape::{Name, decode_octal},
     text::{lines, lossy, parse_u32},
 };
@@ -12,9 +12,8 @@ use super::{
 pub struct MountInfo {
     pub mount_id: u32,
     pub parent_id: u32,
-    /// `st_dev` major of files on this mount; matches the `major:minor` of smaps headers.
-    pub major: u32,
-    pub minor: u32,
+    /// `st_dev` of files on this mount; matches the `major:minor` of smaps headers.
+    pub dev: Dev,
     /// The root of the mount within its filesystem.
     pub root: Name,
     pub mount_point: Name,
@@ -28,6 +27,10 @@ pub struct MountInfo {
     /// Per-superblock options (`rw,size=1024k,mode=755` for tmpfs).
     pub super_options: String,
 }
+
+mod topology;
+
+pub use topology::{Superblock, select_superblocks, tmpfs_devices};
 
 fn text_field(f: &[u8]) -> String {
     lossy(&decode_octal(f)).into_owned()
@@ -54,12 +57,8 @@ pub fn parse_mountinfo(text: &[u8]) -> Result<Vec<MountInfo>, ParseError> {
         let mount_id = num(next("mount id")?, "mount id")?;
         let parent_id = num(next("parent id")?, "parent id")?;
         let dev = next("major:minor")?;
-        let colon = dev
-            .iter()
-            .position(|&b| b == b':')
+        let dev = Dev::parse(dev, 10)
             .ok_or_else(|| ParseError::new(no, format!("bad major:minor {:?}", lossy(dev))))?;
-        let major = num(dev.get(..colon).unwrap_or_default(), "major")?;
-        let minor = num(dev.get(colon + 1..).unwrap_or_default(), "minor")?;
         let root = Name(decode_octal(next("root")?));
         let mount_point = Name(decode_octal(next("mount point")?));
         let mount_options = text_field(next("mount options")?);
@@ -76,8 +75,7 @@ pub fn parse_mountinfo(text: &[u8]) -> Result<Vec<MountInfo>, ParseError> {
         out.push(MountInfo {
             mount_id,
             parent_id,
-            major,
-            minor,
+            dev,
             root,
             mount_point,
             mount_options,
@@ -113,7 +111,14 @@ mod tests {
         let m = parse_mountinfo(t).expect("parse");
         assert_eq!(m.len(), 1);
         let m = &m[0];
-        assert_eq!((m.mount_id, m.parent_id, m.major, m.minor), (36, 35, 98, 0));
+        assert_eq!((m.mount_id, m.parent_id), (36, 35));
+        assert_eq!(
+            m.dev,
+            Dev {
+                major: 98,
+                minor: 0
+            }
+        );
         assert_eq!(m.root, Name::from("/mnt1"));
         assert_eq!(m.mount_point, Name::from("/mnt2"));
         assert_eq!(m.mount_options, "rw,noatime");
@@ -189,7 +194,11 @@ mod tests {
                 .all(|m| option_value(&m.super_options, "size").is_some())
         );
         // The smaps of pid 43 maps /dev/shm/memscope-fixture from device 00:1b = 0:27.
-        assert!(shm.iter().any(|m| (m.major, m.minor) == (0, 27)));
+        assert!(shm.iter().any(|m| m.dev
+            == Dev {
+                major: 0,
+                minor: 27
+            }));
         assert!(m.iter().any(|m| m.mount_point == Name::from("/")));
     }
 }

@@ -6,7 +6,7 @@
 //! allocates only for its path and its `VmFlags` string.
 
 use super::{
-    ParseError,
+    Dev, ParseError,
     counters::{MemCounters, parse_kb_value},
     escape::{Name, decode_octal},
     text::{Line, lines, lossy, parse_radix, parse_u64, split_key},
@@ -48,8 +48,7 @@ pub struct Mapping {
     pub end: u64,
     pub perms: Perms,
     pub offset: u64,
-    pub dev_major: u32,
-    pub dev_minor: u32,
+    pub dev: Dev,
     pub inode: u64,
     pub path: MappingPath,
     pub counters: MemCounters,
@@ -124,17 +123,7 @@ fn parse_header(line: &[u8], no: usize) -> Result<Mapping, ParseError> {
     let off = token(&mut rest);
     let offset = parse_radix(off, 16).ok_or_else(|| bad("offset", off))?;
     let dev = token(&mut rest);
-    let (dev_major, dev_minor) = match dev.iter().position(|&b| b == b':') {
-        Some(c) => (
-            parse_radix(dev.get(..c).unwrap_or_default(), 16).and_then(|v| u32::try_from(v).ok()),
-            parse_radix(dev.get(c + 1..).unwrap_or_default(), 16)
-                .and_then(|v| u32::try_from(v).ok()),
-        ),
-        None => (None, None),
-    };
-    let (Some(dev_major), Some(dev_minor)) = (dev_major, dev_minor) else {
-        return Err(bad("device", dev));
-    };
+    let dev = Dev::parse(dev, 16).ok_or_else(|| bad("device", dev))?;
     let ino = token(&mut rest);
     let inode = parse_u64(ino).ok_or_else(|| bad("inode", ino))?;
     // The path starts after the padding and runs to the end of the line, spaces included.
@@ -144,8 +133,7 @@ fn parse_header(line: &[u8], no: usize) -> Result<Mapping, ParseError> {
         end,
         perms,
         offset,
-        dev_major,
-        dev_minor,
+        dev,
         inode,
         path,
         ..Mapping::default()
@@ -327,7 +315,16 @@ VmFlags: rd wr mr mw me gd ac
                 ..Perms::default()
             }
         );
-        assert_eq!((a.dev_major, a.dev_minor, a.inode), (0xfe, 0, 1234));
+        assert_eq!(
+            (a.dev, a.inode),
+            (
+                Dev {
+                    major: 0xfe,
+                    minor: 0
+                },
+                1234
+            )
+        );
         assert_eq!(
             a.path,
             MappingPath::File {

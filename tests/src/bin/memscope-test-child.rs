@@ -26,19 +26,9 @@ fn main() {
         }
         let command = buf.get(..n).unwrap_or_default();
         if command.starts_with(b"mmap") {
-            // SAFETY: anonymous private mapping of one page; we only write inside it.
-            unsafe {
-                let page = libc::mmap(
-                    std::ptr::null_mut(),
-                    4096,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                );
-                if page != libc::MAP_FAILED {
-                    page.cast::<u8>().write_volatile(1);
-                }
+            if let Ok(page) = memscope_tests::map_anon_page() {
+                // SAFETY: `page` is a fresh writable one-page mapping owned by nobody else.
+                unsafe { page.as_ptr().write_volatile(1) };
             }
         } else if command.starts_with(b"memfd") {
             const SIZE: usize = 256 << 10;

@@ -13,8 +13,7 @@ use std::{
 
 use serde::Serialize;
 
-use super::Dev;
-use crate::procfs::{ProcError, ProcFs, escape::Name};
+use crate::procfs::{Dev, ProcError, ProcFs, escape::Name};
 
 const DELETED: &[u8] = b" (deleted)";
 const MEMFD: &[u8] = b"/memfd:";

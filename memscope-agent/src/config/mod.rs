@@ -3,16 +3,21 @@
 //! Every table rejects unknown keys. Errors name the file, the line and the key
 //! (`memscope.toml: line 3: agent.interval: …`), so a fleet operator can fix a file without guessing.
 
-use std::{
-    fmt,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{path::PathBuf, time::Duration};
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
+use serde::{Deserialize, Serialize};
+
+use crate::procfs::line_at;
+
+mod error;
+mod units;
+
+pub use error::ConfigError;
+use error::KeyLines;
+pub use units::{ByteSize, Interval, Positive, parse_byte_size};
 
 /// The documented default configuration; [`Config::default`] equals it (a test proves it).
-pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../config/memscope.toml");
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../../config/memscope.toml");
 
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -240,176 +245,12 @@ impl Default for OutputConfig {
     }
 }
 
-/// A strictly positive duration written as a string with a unit: `"500ms"`, `"10s"`, `"5m"`.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Interval(pub Duration);
-
-impl Interval {
-    pub fn get(self) -> Duration {
-        self.0
-    }
-}
-
-impl fmt::Debug for Interval {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", humantime::format_duration(self.0))
-    }
-}
-
-impl<'de> Deserialize<'de> for Interval {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl de::Visitor<'_> for V {
-            type Value = Interval;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str(r#"a positive duration string such as "10s", "500ms" or "5m""#)
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Interval, E> {
-                let t = s.trim();
-                if t.starts_with('-') {
-                    return Err(E::custom(format!("duration must be positive, got {s:?}")));
-                }
-                let d = humantime::parse_duration(t).map_err(|e| {
-                    E::custom(format!(
-                        r#"invalid duration {s:?}: {e} (write e.g. "10s", "500ms", "5m")"#
-                    ))
-                })?;
-                if d.is_zero() {
-                    return Err(E::custom(format!("duration must be positive, got {s:?}")));
-                }
-                Ok(Interval(d))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Interval, E> {
-                Err(E::custom(format!(
-                    r#"a duration needs a unit: write "{v}s" rather than {v}{}"#,
-                    if v <= 0 {
-                        " (and it must be positive)"
-                    } else {
-                        ""
-                    }
-                )))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Interval, E> {
-                Err(E::custom(format!(
-                    r#"a duration needs a unit: write e.g. "{v}s" as a string"#
-                )))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-impl Serialize for Interval {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(self.0).to_string())
-    }
-}
-
-/// A size in bytes: an integer, or a string with a unit (`"100MiB"`, `"1G"`, `"512k"`); >= 0.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ByteSize(pub u64);
-
-/// Parses `"100MiB"`, `"1G"`, `"4096"`, `"10 kB"` into bytes. Binary multiples for every unit
-/// (`k`/`K`/`KiB`/`kB` all mean 1024), as the kernel does in tmpfs `size=`.
-pub fn parse_byte_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid size {s:?}: expected a number with an optional unit"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        "t" | "tb" | "tib" => 1 << 40,
-        other => return Err(format!("invalid size {s:?}: unknown unit {other:?}")),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("invalid size {s:?}: too large"))
-}
-
-impl<'de> Deserialize<'de> for ByteSize {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl de::Visitor<'_> for V {
-            type Value = ByteSize;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str(r#"a size in bytes, or a string such as "100MiB""#)
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
-                u64::try_from(v)
-                    .map(ByteSize)
-                    .map_err(|_| E::custom(format!("size must not be negative, got {v}")))
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<ByteSize, E> {
-                parse_byte_size(s).map(ByteSize).map_err(E::custom)
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// An integer >= 1.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Positive(pub u32);
-
-impl<'de> Deserialize<'de> for Positive {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = i64::deserialize(d)?;
-        match u32::try_from(v) {
-            Ok(n) if n >= 1 => Ok(Positive(n)),
-            _ => Err(de::Error::custom(format!(
-                "must be an integer from 1 to {}, got {v}",
-                u32::MAX
-            ))),
-        }
-    }
-}
-
-/// A configuration error, located in its file.
-#[derive(Debug, thiserror::Error)]
-pub struct ConfigError {
-    /// The file (or `<built-in>`).
-    pub origin: String,
-    /// 1-based line, when known.
-    pub line: Option<usize>,
-    /// Dotted key, when known (`output.path`).
-    pub key: Option<String>,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.origin)?;
-        if let Some(line) = self.line {
-            write!(f, ": line {line}")?;
-        }
-        if let Some(key) = &self.key {
-            write!(f, ": {key}")?;
-        }
-        write!(f, ": {}", self.message)
-    }
-}
-
 impl Config {
-    /// Reads and validates a config file.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            origin: path.display().to_string(),
-            line: None,
-            key: None,
-            message: format!("cannot read config file: {e}"),
-        })?;
-        Config::parse(&src, &path.display().to_string())
-    }
-
     /// Parses and validates TOML text; `origin` names it in errors.
     pub fn parse(src: &str, origin: &str) -> Result<Config, ConfigError> {
         let keys = KeyLines::scan(src);
         let config: Config = toml::from_str(src).map_err(|e| {
-            let line = e.span().map(|s| line_of_offset(src, s.start));
+            let line = e.span().map(|s| line_at(src.as_bytes(), s.start));
             ConfigError {
                 origin: origin.to_string(),
                 line,
@@ -479,67 +320,6 @@ impl Config {
     /// The interval of a collector: its own, else the agent's.
     pub fn collector_interval(&self, own: Option<Interval>) -> Duration {
         own.unwrap_or(self.agent.interval).get()
-    }
-}
-
-fn line_of_offset(src: &str, offset: usize) -> usize {
-    let end = offset.min(src.len());
-    src.as_bytes()[..end]
-        .iter()
-        .filter(|b| **b == b'\n')
-        .count()
-        + 1
-}
-
-/// Where each `key = value` of a TOML document is, by dotted key. A line scanner, good for the
-/// plain layout config files use (`[table]` headers and `key = value` lines); a key it cannot
-/// place simply gets no line number.
-struct KeyLines {
-    entries: Vec<(usize, String)>,
-}
-
-impl KeyLines {
-    fn scan(src: &str) -> KeyLines {
-        let mut table = String::new();
-        let mut entries = Vec::new();
-        for (i, raw) in src.lines().enumerate() {
-            let line = raw.trim();
-            if line.starts_with('#') || line.is_empty() {
-                continue;
-            }
-            if let Some(rest) = line.strip_prefix('[') {
-                let name = rest
-                    .split(']')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .trim_matches('[');
-                table = name.replace(' ', "");
-                entries.push((i + 1, table.clone()));
-                continue;
-            }
-            if let Some((k, _)) = line.split_once('=') {
-                let k = k.trim().trim_matches('"');
-                let full = if table.is_empty() {
-                    k.to_string()
-                } else {
-                    format!("{table}.{k}")
-                };
-                entries.push((i + 1, full));
-            }
-        }
-        KeyLines { entries }
-    }
-
-    fn key_on_line(&self, line: usize) -> Option<&str> {
-        self.entries
-            .iter()
-            .find(|(l, _)| *l == line)
-            .map(|(_, k)| k.as_str())
-    }
-
-    fn line_of_key(&self, key: &str) -> Option<usize> {
-        self.entries.iter().find(|(_, k)| k == key).map(|(l, _)| *l)
     }
 }
 
@@ -735,15 +515,5 @@ keyframe_every = 4
             (e.line, e.key.as_deref()),
             (Some(3), Some("collectors.tmpfs.host_root"))
         );
-    }
-
-    #[test]
-    fn byte_sizes() {
-        assert_eq!(parse_byte_size("4096"), Ok(4096));
-        assert_eq!(parse_byte_size("1k"), Ok(1024));
-        assert_eq!(parse_byte_size("10 MiB"), Ok(10 << 20));
-        assert_eq!(parse_byte_size("2G"), Ok(2 << 30));
-        assert!(parse_byte_size("").is_err());
-        assert!(parse_byte_size("99999999999T").is_err());
     }
 }

@@ -1,7 +1,4 @@
-//! Records derived from several collectors at emission time: the SysV join (a segment and its
-//! `/SYSV…` smaps object are one record) and the **shared-memory ledger**.
-//!
-//! The ledger puts meminfo `Shmem` (resident shmem/tmpfs pages) next to what explains it:
+//! The **shared-memory ledger** (`shmem_ledger` record). It puts meminfo `Shmem` (resident shmem/tmpfs pages) next to what explains it:
 //!
 //! - `tmpfs_bytes`: allocated bytes of every reachable tmpfs superblock (statvfs), split into
 //!   `tmpfs_mapped_bytes` (PSS of tmpfs file objects in smaps: resident pages some process maps,
@@ -16,17 +13,14 @@
 //! `Shmem` does not: with swap in use the remainder can be negative. `sources` says which
 //! collectors contributed; a missing one leaves its part at zero.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use crate::{
-    collectors::{
-        Observation, ToRecords,
-        smaps::{ObjectKey, ObjectKind, ObjectsObservation},
-        sysv::SysvObservation,
-    },
-    records::Record,
+use crate::collectors::{
+    Observation,
+    smaps::{ObjectKey, ObjectKind, ObjectsObservation},
+    sysv::SysvObservation,
 };
 
 /// What the tmpfs collector contributes to the ledger.
@@ -108,68 +102,8 @@ pub fn ledger(
     })
 }
 
-/// All records of one emission from the latest observations, with the joins and the ledger.
-pub fn emission_records(
-    latest: &[(&'static str, Option<Observation>)],
-    out: &mut Vec<Record>,
-    warnings: &mut Vec<String>,
-) {
-    let observations = || latest.iter().filter_map(|(_, o)| o.as_ref());
-    let objects = observations().find_map(|o| match o {
-        Observation::Objects(x) => Some(x),
-        _ => None,
-    });
-    let sysv = observations().find_map(|o| match o {
-        Observation::Sysv(x) => Some(x),
-        _ => None,
-    });
-    let shmem = observations().find_map(|o| match o {
-        Observation::Meminfo(m) => m.get("Shmem"),
-        _ => None,
-    });
-    let tmpfs: Option<TmpfsInputs> = observations().find_map(tmpfs_inputs);
-    let joined: HashSet<u64> = sysv
-        .map(|s| s.segments.iter().map(|seg| seg.shm.shmid).collect())
-        .unwrap_or_default();
-
-    for obs in observations() {
-        match obs {
-            Observation::Objects(o) => {
-                o.records_except(
-                    out,
-                    |x| matches!(x.key, ObjectKey::Sysv { shmid } if joined.contains(&shmid)),
-                );
-                o.warnings(warnings);
-            }
-            Observation::Sysv(s) => {
-                let top = objects.map_or(0, |o| o.top_consumers);
-                for seg in &s.segments {
-                    let object = objects.and_then(|o| {
-                        o.of_kind(ObjectKind::Sysv).find(|x| {
-                            x.key
-                                == ObjectKey::Sysv {
-                                    shmid: seg.shm.shmid,
-                                }
-                        })
-                    });
-                    out.push(seg.record(object, top));
-                }
-                s.warnings(warnings);
-            }
-            other => {
-                let r = other.as_records();
-                r.records(out);
-                r.warnings(warnings);
-            }
-        }
-    }
-    if let Some(l) = ledger(shmem, tmpfs.as_ref(), sysv, objects) {
-        out.push(Record::new("shmem_ledger", "", &l));
-    }
-}
-
 /// The tmpfs collector's part of the ledger, if `obs` is its observation.
-fn tmpfs_inputs(obs: &Observation) -> Option<TmpfsInputs> {
+pub fn tmpfs_inputs(obs: &Observation) -> Option<TmpfsInputs> {
     match obs {
         Observation::Tmpfs(t) => Some(TmpfsInputs {
             allocated_bytes: t.measured_allocated_bytes(),
@@ -206,8 +140,7 @@ mod tests {
     fn inode(kind: ObjectKind, inode: u64) -> ObjectKey {
         ObjectKey::Inode {
             kind,
-            major: 0,
-            minor: 1,
+            dev: crate::procfs::Dev { major: 0, minor: 1 },
             inode,
         }
     }

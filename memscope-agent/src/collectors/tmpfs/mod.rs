@@ -30,62 +30,32 @@
 //! ledger shows mapped vs unmapped, never the sum.
 
 use std::{
-    collections::{HashMap, HashSet},
-    ffi::CString,
-    fmt,
+    collections::HashSet,
     os::unix::{ffi::OsStrExt, fs::MetadataExt},
     path::{Path, PathBuf},
 };
 
-use serde::{Serialize, Serializer};
-
-use super::{CollectCtx, CollectError, Collector, Observation, ToRecords};
+use super::{CollectCtx, CollectError, Collector, Observation};
 use crate::{
     config::{TmpfsConfig, parse_byte_size},
     procfs::{
-        FileClass, ProcFs,
+        Dev, FileClass, ProcFs,
         escape::Name,
         meminfo::{field, parse_meminfo},
-        mountinfo::{MountInfo, option_value, parse_mountinfo},
+        mountinfo::{Superblock, option_value, parse_mountinfo, select_superblocks},
         page_size,
     },
-    records::Record,
 };
 
 pub mod fds;
+mod records;
+mod statvfs;
 pub mod walk;
 
 pub use fds::OpenShmemFile;
+pub use records::{FdScanSummary, TmpfsMount, TmpfsObservation};
+use statvfs::statvfs;
 pub use walk::{TopEntry, Truncation};
-
-/// A device number (`st_dev`, mountinfo `major:minor`); serialized as `"major:minor"`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Dev {
-    pub major: u32,
-    pub minor: u32,
-}
-
-impl Dev {
-    /// Splits a raw `st_dev`.
-    pub fn from_st_dev(dev: u64) -> Dev {
-        Dev {
-            major: libc::major(dev),
-            minor: libc::minor(dev),
-        }
-    }
-}
-
-impl fmt::Display for Dev {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.major, self.minor)
-    }
-}
-
-impl Serialize for Dev {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
 
 /// A tmpfs `size=` option.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,249 +91,11 @@ impl SizeOption {
     }
 }
 
-/// One tmpfs superblock and its mounts, as mountinfo shows them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Superblock {
-    pub dev: Dev,
-    /// Every mount point of the superblock, in mountinfo order.
-    pub mount_points: Vec<Name>,
-    /// The per-superblock options (`rw,size=1024k,mode=755`).
-    pub super_options: String,
-    /// The mount to walk and measure through: root `/` if any reachable mount has it, else the first
-    /// reachable one. `None` when every mount is hidden.
-    pub via: Option<MountInfo>,
-}
-
-impl Superblock {
-    /// Every mount of the superblock is stacked under another: no path reaches it.
-    pub fn hidden(&self) -> bool {
-        self.via.is_none()
-    }
-}
-
-/// Mounts that cannot be reached by path: stacked under another mount on the same mount point, or
-/// below a mount that is (unless they are themselves the mount stacked on top).
-fn hidden_mounts(mounts: &[MountInfo]) -> HashSet<u32> {
-    let by_id: HashMap<u32, &MountInfo> = mounts.iter().map(|m| (m.mount_id, m)).collect();
-    let covered = |m: &MountInfo| {
-        mounts.iter().any(|n| {
-            n.mount_id != m.mount_id && n.parent_id == m.mount_id && n.mount_point == m.mount_point
-        })
-    };
-    // Whether the path of `m`'s mount point leads to `m`: walk up the parents. A mount stacked on
-    // its parent (same mount point) shares the parent's location; any other mount needs its parent
-    // to be the visible one at its mount point. Bounded by the mount count against broken cycles.
-    let reachable = |start: &MountInfo| {
-        if covered(start) {
-            return false;
-        }
-        let mut m = start;
-        for _ in 0..mounts.len() {
-            let Some(p) = by_id.get(&m.parent_id).filter(|p| p.mount_id != m.mount_id) else {
-                return true;
-            };
-            if p.mount_point != m.mount_point && covered(p) {
-                return false;
-            }
-            m = p;
-        }
-        true
-    };
-    mounts
-        .iter()
-        .filter(|m| !reachable(m))
-        .map(|m| m.mount_id)
-        .collect()
-}
-
-/// Groups the tmpfs mounts of a mountinfo by superblock, in order of first appearance.
-pub fn select_superblocks(mounts: &[MountInfo]) -> Vec<Superblock> {
-    let hidden = hidden_mounts(mounts);
-    let mut out: Vec<Superblock> = Vec::new();
-    for m in mounts.iter().filter(|m| m.fstype == "tmpfs") {
-        let dev = Dev {
-            major: m.major,
-            minor: m.minor,
-        };
-        let i = match out.iter().position(|s| s.dev == dev) {
-            Some(i) => i,
-            None => {
-                out.push(Superblock {
-                    dev,
-                    mount_points: Vec::new(),
-                    super_options: m.super_options.clone(),
-                    via: None,
-                });
-                out.len() - 1
-            }
-        };
-        let sb = &mut out[i];
-        if !sb.mount_points.contains(&m.mount_point) {
-            sb.mount_points.push(m.mount_point.clone());
-        }
-        let reachable = !hidden.contains(&m.mount_id);
-        let better = match &sb.via {
-            None => true,
-            Some(v) => v.root.as_bytes() != b"/" && m.root.as_bytes() == b"/",
-        };
-        if reachable && better {
-            sb.via = Some(m.clone());
-        }
-    }
-    out
-}
-
 /// `host_root` + an absolute host path.
 pub fn host_path(host_root: &Path, path: &Name) -> PathBuf {
     let rel = path.as_bytes();
     let rel = rel.strip_prefix(b"/").unwrap_or(rel);
     host_root.join(std::ffi::OsStr::from_bytes(rel))
-}
-
-/// What `statvfs` says of a tmpfs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FsStat {
-    /// `None` for an unlimited tmpfs (`size=0`): the kernel then reports no block counts.
-    limit_bytes: Option<u64>,
-    allocated_bytes: Option<u64>,
-    inodes_used: Option<u64>,
-    inodes_limit: Option<u64>,
-}
-
-fn statvfs(path: &Path) -> Result<FsStat, String> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| format!("{}: path holds a NUL byte", path.display()))?;
-    // SAFETY: an all-zero statvfs is a valid value to be overwritten.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is NUL-terminated and `st` is a valid, writable statvfs.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(format!("{}: statvfs: {e}", path.display()));
-    }
-    let frsize = st.f_frsize;
-    let blocks = st.f_blocks;
-    let files = st.f_files;
-    let (limit_bytes, allocated_bytes) = if blocks > 0 {
-        (
-            Some(blocks.saturating_mul(frsize)),
-            Some(blocks.saturating_sub(st.f_bfree).saturating_mul(frsize)),
-        )
-    } else {
-        (None, None)
-    };
-    let (inodes_used, inodes_limit) = if files > 0 {
-        (Some(files.saturating_sub(st.f_ffree)), Some(files))
-    } else {
-        (None, None)
-    };
-    Ok(FsStat {
-        limit_bytes,
-        allocated_bytes,
-        inodes_used,
-        inodes_limit,
-    })
-}
-
-/// The `tmpfs` record body: one superblock.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TmpfsMount {
-    pub dev: Dev,
-    pub mount_points: Vec<Name>,
-    pub fs_options: String,
-    /// The `size=` value as written (`"50%"`, `"1g"`), if any.
-    pub size_option: Option<String>,
-    /// `size_option` in bytes, rounded up to pages (a percentage is of `MemTotal`).
-    pub size_option_bytes: Option<u64>,
-    pub limit_bytes: Option<u64>,
-    /// Bytes allocated on the superblock (statvfs used blocks), files reachable or not.
-    pub allocated_bytes: Option<u64>,
-    pub inodes_used: Option<u64>,
-    pub inodes_limit: Option<u64>,
-    /// The directory of the filesystem the walk started from (`/` unless only a bind mount of a
-    /// subdirectory is reachable); null when not walked.
-    pub walk_root: Option<Name>,
-    /// Allocation of the files reachable by path (hard links once).
-    pub walked_bytes: Option<u64>,
-    /// Apparent size of the same files.
-    pub walked_size_bytes: Option<u64>,
-    /// `allocated_bytes - walked_bytes`, when the walk covered the whole filesystem (from its root,
-    /// not truncated, no entry unreadable).
-    pub unreachable_bytes: Option<u64>,
-    pub files: u64,
-    pub dirs: u64,
-    /// Every mount of the superblock is stacked under another: not reachable by path.
-    pub hidden: bool,
-    pub truncated: bool,
-    pub truncated_reason: Option<Truncation>,
-    /// Entries the walk could not read (permission denied, I/O errors; vanished ones are skipped).
-    pub walk_errors: u64,
-    pub top_files: Vec<TopEntry>,
-    pub top_dirs: Vec<TopEntry>,
-    /// Deleted files on this superblock held open by descriptors (null when fds are not scanned).
-    pub deleted_open_files: Option<u64>,
-    pub deleted_open_bytes: Option<u64>,
-    /// The largest of them (at most `top_files`).
-    pub deleted_open: Vec<OpenShmemFile>,
-    /// Why the mount could not be measured or walked.
-    pub error: Option<String>,
-}
-
-/// The descriptor scan's own numbers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct FdScanSummary {
-    pub pids_scanned: u32,
-    /// Processes whose descriptors were not readable (permission denied).
-    pub denied: u32,
-}
-
-/// The collector's complete view.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TmpfsObservation {
-    /// One per tmpfs superblock, in mountinfo order.
-    pub mounts: Vec<TmpfsMount>,
-    /// Memfds held by descriptors (sorted by dev, inode); the ledger joins them with smaps memfd
-    /// objects by inode. Empty when `scan_fds` is off.
-    pub memfds: Vec<OpenShmemFile>,
-    /// `None` when `scan_fds` is off.
-    pub fd_scan: Option<FdScanSummary>,
-    /// Problems worth a line in the `snapshot` record (each names its path).
-    pub warnings: Vec<String>,
-}
-
-impl TmpfsObservation {
-    /// The entry of a superblock.
-    pub fn mount(&self, dev: Dev) -> Option<&TmpfsMount> {
-        self.mounts.iter().find(|m| m.dev == dev)
-    }
-
-    /// Allocated bytes summed over the superblocks that could be measured (hidden ones and those
-    /// with an error have no `allocated_bytes` and are left out): the ledger's tmpfs total.
-    pub fn measured_allocated_bytes(&self) -> u64 {
-        self.mounts.iter().filter_map(|m| m.allocated_bytes).sum()
-    }
-
-    /// `(inode, allocated_bytes)` of every fd-held memfd, for a join with smaps memfd objects.
-    pub fn memfd_allocations(&self) -> Vec<(u64, u64)> {
-        self.memfds
-            .iter()
-            .map(|f| (f.inode, f.allocated_bytes))
-            .collect()
-    }
-}
-
-impl ToRecords for TmpfsObservation {
-    fn records(&self, out: &mut Vec<Record>) {
-        for m in &self.mounts {
-            out.push(Record::new("tmpfs", m.dev.to_string(), m));
-        }
-        for f in &self.memfds {
-            out.push(Record::new("memfd", format!("{}/{}", f.dev, f.inode), f));
-        }
-    }
-
-    fn warnings(&self, out: &mut Vec<String>) {
-        out.extend(self.warnings.iter().map(|w| format!("tmpfs: {w}")));
-    }
 }
 
 /// The collector. Holds its config; keeps nothing between runs but a read buffer.
@@ -586,86 +318,10 @@ impl Collector for TmpfsCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn fixture(rel: &str) -> Vec<u8> {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../fixtures")
-            .join(rel);
-        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-    }
-
-    const MOUNTINFO: &str = "\
-1 0 8:1 / / rw - ext4 /dev/sda rw
-20 1 0:30 / /run rw - tmpfs tmpfs rw,size=10%
-21 1 0:31 /data /srv/data rw - tmpfs tmpfs rw,size=1g
-22 1 0:31 / /mnt/all rw - tmpfs tmpfs rw,size=1g
-23 1 0:31 /data /var/data rw - tmpfs tmpfs rw,size=1g
-24 1 0:32 /sub /only-sub rw - tmpfs tmpfs rw,size=64m
-30 1 0:40 / /stacked rw - tmpfs tmpfs rw,size=4096
-31 30 0:41 / /stacked rw - tmpfs tmpfs rw,size=8192
-32 30 0:42 / /stacked/inner rw - tmpfs tmpfs rw,size=12k
-40 1 0:50 / /ramfs rw - ramfs ramfs rw
-";
-
-    fn sbs() -> Vec<Superblock> {
-        select_superblocks(&parse_mountinfo(MOUNTINFO.as_bytes()).expect("parse"))
-    }
+    use crate::collectors::ToRecords;
 
     fn dev(major: u32, minor: u32) -> Dev {
         Dev { major, minor }
-    }
-
-    #[test]
-    fn bind_mounts_are_one_superblock_walked_from_its_root() {
-        let s = sbs();
-        let devs: Vec<String> = s.iter().map(|s| s.dev.to_string()).collect();
-        assert_eq!(devs, ["0:30", "0:31", "0:32", "0:40", "0:41", "0:42"]);
-        let b = &s[1];
-        assert_eq!(
-            b.mount_points,
-            vec![
-                Name::from("/srv/data"),
-                Name::from("/mnt/all"),
-                Name::from("/var/data")
-            ]
-        );
-        let via = b.via.as_ref().expect("reachable");
-        assert_eq!(
-            (via.mount_id, via.mount_point.lossy()),
-            (22, "/mnt/all".into())
-        );
-        // Only a subdirectory bind: walked through it.
-        let via = s[2].via.as_ref().expect("reachable");
-        assert_eq!(via.root, Name::from("/sub"));
-    }
-
-    #[test]
-    fn stacked_mounts_and_their_children_are_hidden() {
-        let s = sbs();
-        let find = |d: Dev| s.iter().find(|s| s.dev == d).expect("dev");
-        assert!(find(dev(0, 40)).hidden(), "mount 30 is under mount 31");
-        assert!(!find(dev(0, 41)).hidden());
-        assert!(find(dev(0, 42)).hidden(), "its parent is hidden");
-        assert!(!find(dev(0, 30)).hidden());
-        assert!(
-            s.iter().all(|s| s.dev != dev(0, 50)),
-            "only tmpfs is reported"
-        );
-    }
-
-    #[test]
-    fn fixture_shm_mounted_twice_hides_the_lower_one() {
-        let m = parse_mountinfo(&fixture("proc/self/mountinfo")).expect("parse");
-        let s = select_superblocks(&m);
-        let shm: Vec<_> = s
-            .iter()
-            .filter(|s| s.mount_points == vec![Name::from("/dev/shm")])
-            .collect();
-        assert_eq!(shm.len(), 2);
-        assert_eq!((shm[0].dev, shm[0].hidden()), (dev(0, 23), true));
-        assert_eq!((shm[1].dev, shm[1].hidden()), (dev(0, 27), false));
-        assert_eq!(shm[1].via.as_ref().map(|v| v.mount_id), Some(60));
-        assert_eq!(s.len(), 4, "0:25, 0:28 and the two /dev/shm");
     }
 
     #[test]

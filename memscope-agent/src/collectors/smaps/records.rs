@@ -1,0 +1,205 @@
+//! The `smaps` collector's observation and its `object` records: one row per object with a row of
+//! its own, one `other` row per kind for the rest.
+
+use std::collections::HashSet;
+
+use serde::Serialize;
+
+use super::object::{Consumer, ObjectKey, ObjectKind, ObjectMemory, SharedObject};
+use crate::{
+    collectors::ToRecords,
+    procfs::{Dev, escape::Name},
+    records::Record,
+};
+
+/// The `object` record body.
+#[derive(Serialize)]
+struct ObjectBody<'a> {
+    id: String,
+    object_kind: ObjectKind,
+    label: &'a Name,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dev: Option<Dev>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inode: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shmid: Option<u64>,
+    deleted: bool,
+    #[serde(flatten)]
+    sharing: Sharing<'a>,
+}
+
+/// How an object is shared: its memory, its mappers and the top consumers (in `object` records,
+/// and as `mapped` in `sysv` records).
+#[derive(Serialize)]
+pub struct Sharing<'a> {
+    #[serde(flatten)]
+    pub memory: &'a ObjectMemory,
+    pub mappers: u32,
+    pub mappings: u32,
+    pub top: &'a [Consumer],
+}
+
+impl SharedObject {
+    /// The object's sharing with its `top_consumers` largest consumers.
+    pub fn sharing(&self, top_consumers: usize) -> Sharing<'_> {
+        Sharing {
+            memory: &self.memory,
+            mappers: self.mappers,
+            mappings: self.mappings,
+            top: &self.consumers[..self.consumers.len().min(top_consumers)],
+        }
+    }
+}
+
+/// The `other` row of one kind: objects below the PSS floor, folded.
+#[derive(Serialize)]
+struct OtherBody {
+    id: String,
+    object_kind: ObjectKind,
+    label: String,
+    /// Objects folded into this row.
+    objects: u64,
+    #[serde(flatten)]
+    memory: ObjectMemory,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ObjectsObservation {
+    /// Every object, largest PSS first.
+    pub objects: Vec<SharedObject>,
+    /// Objects below this PSS are folded into `other` rows in the records.
+    pub min_object_pss: u64,
+    /// The objects given a row of their own, when the collector chose them with hysteresis (see
+    /// [`super::SmapsCollector`]); `None`: every object at or above `min_object_pss`.
+    pub own_rows: Option<HashSet<ObjectKey>>,
+    /// Consumers listed per object in the records.
+    pub top_consumers: usize,
+    /// Processes whose smaps was read this run, and those reused from an earlier read.
+    pub processes_read: u32,
+    pub processes_reused: u32,
+    pub vanished: u32,
+    pub inaccessible: u32,
+    pub errors: Vec<String>,
+}
+
+impl ObjectsObservation {
+    /// Objects of one kind.
+    pub fn of_kind(&self, kind: ObjectKind) -> impl Iterator<Item = &SharedObject> {
+        self.objects.iter().filter(move |o| o.key.kind() == kind)
+    }
+
+    /// The record body of one object.
+    pub fn object_record(&self, o: &SharedObject) -> Record {
+        let (dev, inode, shmid) = match &o.key {
+            ObjectKey::Inode { dev, inode, .. } => (Some(*dev), Some(*inode), None),
+            ObjectKey::Sysv { shmid } => (None, None, Some(*shmid)),
+            _ => (None, None, None),
+        };
+        let id = o.key.id();
+        Record::new(
+            "object",
+            id.clone(),
+            &ObjectBody {
+                id,
+                object_kind: o.key.kind(),
+                label: &o.label,
+                dev,
+                inode,
+                shmid,
+                deleted: o.deleted,
+                sharing: o.sharing(self.top_consumers),
+            },
+        )
+    }
+
+    /// Records for every object except those `skip` selects (the SysV ones are joined elsewhere).
+    pub fn records_except(&self, out: &mut Vec<Record>, skip: impl Fn(&SharedObject) -> bool) {
+        let mut others: Vec<(ObjectKind, u64, ObjectMemory)> = Vec::new();
+        for o in self.objects.iter().filter(|o| !skip(o)) {
+            let own_row = match &self.own_rows {
+                Some(rows) => rows.contains(&o.key),
+                None => o.memory.pss_bytes >= self.min_object_pss,
+            };
+            if own_row || o.key.kind() == ObjectKind::Sysv {
+                out.push(self.object_record(o));
+            } else {
+                let kind = o.key.kind();
+                match others.iter_mut().find(|(k, _, _)| *k == kind) {
+                    Some((_, n, m)) => {
+                        *n += 1;
+                        m.add(&o.memory);
+                    }
+                    None => others.push((kind, 1, o.memory)),
+                }
+            }
+        }
+        others.sort_by_key(|(k, _, _)| *k);
+        for (kind, objects, memory) in others {
+            let id = format!("other:{}", kind.as_str());
+            out.push(Record::new(
+                "object",
+                id.clone(),
+                &OtherBody {
+                    id,
+                    object_kind: kind,
+                    label: format!("other {} objects", kind.as_str()),
+                    objects,
+                    memory,
+                },
+            ));
+        }
+    }
+}
+
+impl ToRecords for ObjectsObservation {
+    fn records(&self, out: &mut Vec<Record>) {
+        self.records_except(out, |_| false);
+    }
+
+    fn warnings(&self, out: &mut Vec<String>) {
+        if self.inaccessible > 0 {
+            out.push(format!(
+                "smaps: {} process(es) inaccessible (permission denied); their objects are missing",
+                self.inaccessible
+            ));
+        }
+        out.extend(self.errors.iter().map(|e| format!("smaps: {e}")));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collectors::smaps::fold::{fold_shared, tests::SMAPS, tests::proc_objects};
+
+    #[test]
+    fn small_objects_fold_into_other_rows() {
+        let a = proc_objects(10, "a", SMAPS);
+        let obs = ObjectsObservation {
+            objects: fold_shared([&a]),
+            min_object_pss: 600 * 1024,
+            top_consumers: 1,
+            ..ObjectsObservation::default()
+        };
+        let mut recs = Vec::new();
+        obs.records(&mut recs);
+        let ids: Vec<&str> = recs.iter().map(|r| r.key.as_str()).collect();
+        // memfd 1024k, sysv (always), others below 600k are folded per kind.
+        assert!(ids.contains(&"memfd:0:1:77"));
+        assert!(ids.contains(&"sysv:5"));
+        assert!(ids.contains(&"other:file"));
+        assert!(ids.contains(&"other:heap"));
+        assert!(!ids.contains(&"heap"));
+        let total: u64 = recs
+            .iter()
+            .map(|r| {
+                let v: serde_json::Value =
+                    serde_json::from_str(&format!("{{{}}}", r.body)).expect("json");
+                v["pss_bytes"].as_u64().expect("pss")
+            })
+            .sum();
+        let want: u64 = obs.objects.iter().map(|o| o.memory.pss_bytes).sum();
+        assert_eq!(total, want, "folding keeps the sum");
+    }
+}
