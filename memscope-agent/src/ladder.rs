@@ -301,7 +301,7 @@ impl DirtyHub {
 }
 
 /// Re-reads per tier and reason, and what was left for the next tick; reported in the `agent` record.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct TierStats {
     /// Reads by reason since start.
     pub rereads: std::collections::BTreeMap<&'static str, u64>,

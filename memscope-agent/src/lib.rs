@@ -5,7 +5,7 @@
 //! decides what to emit), [`records`] (the JSON-lines format), [`sinks`] (stdout, rotating file),
 //! [`config`] (TOML), [`runtime`] (the scheduler and the store task), [`ladder`] (what to re-read
 //! when), [`tracker`] (eBPF dirty tracking, or polling), [`derived`] (records built from several
-//! collectors: the SysV join and the shared-memory ledger).
+//! collectors: the SysV join and the shared-memory ledger), [`schema`] (the records' JSON Schemas).
 
 pub mod collectors;
 pub mod config;
@@ -14,6 +14,7 @@ pub mod ladder;
 pub mod procfs;
 pub mod records;
 pub mod runtime;
+pub mod schema;
 pub mod sinks;
 pub mod store;
 pub mod tracker;

@@ -32,7 +32,7 @@ pub struct StoreConfig {
 }
 
 /// The tracker's state as reported in the `snapshot` record.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct TrackerInfo {
     /// `ebpf` or `polling`.
     pub mode: String,
@@ -42,7 +42,7 @@ pub struct TrackerInfo {
 }
 
 /// A collector's run history, reported in the `agent` and `snapshot` records.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, schemars::JsonSchema)]
 pub struct CollectorStatus {
     pub runs: u64,
     pub failures: u64,
@@ -53,7 +53,7 @@ pub struct CollectorStatus {
 }
 
 /// The agent's own cost, measured by the caller at emission time.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, schemars::JsonSchema)]
 pub struct SelfCost {
     pub cpu_user_us: u64,
     pub cpu_system_us: u64,
@@ -87,7 +87,7 @@ impl SelfCost {
 }
 
 /// What the agent's cost ladder and tracker did, for the `agent` record.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, schemars::JsonSchema)]
 pub struct LadderReport {
     /// Per tier (`rollup`, `smaps`): re-reads by reason, carry-over, age of the oldest number.
     pub tiers: BTreeMap<&'static str, crate::ladder::TierStats>,
@@ -100,8 +100,8 @@ pub struct LadderReport {
     pub events_lost: u64,
 }
 
-#[derive(Serialize)]
-struct SnapshotBody<'a> {
+#[derive(Serialize, schemars::JsonSchema)]
+pub(crate) struct SnapshotBody<'a> {
     mode: &'static str,
     keyframe: bool,
     interval_ms: u64,
@@ -115,7 +115,7 @@ struct SnapshotBody<'a> {
     warnings: &'a [String],
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, schemars::JsonSchema)]
 struct RunSummary<'a> {
     ok: bool,
     duration_us: u64,
@@ -123,8 +123,8 @@ struct RunSummary<'a> {
     error: Option<&'a str>,
 }
 
-#[derive(Serialize)]
-struct AgentBody<'a> {
+#[derive(Serialize, schemars::JsonSchema)]
+pub(crate) struct AgentBody<'a> {
     pid: u32,
     version: &'static str,
     uptime_ms: u64,
@@ -142,8 +142,8 @@ struct AgentBody<'a> {
     lines_dropped: u64,
 }
 
-#[derive(Serialize)]
-struct RemovedBody<'a> {
+#[derive(Serialize, schemars::JsonSchema)]
+pub(crate) struct RemovedBody<'a> {
     entity: &'a str,
     key: &'a str,
 }

@@ -36,6 +36,18 @@ pub fn agent_bin() -> PathBuf {
     bin
 }
 
+/// The golden run's config: the agent over `fixtures/proc`, host `golden`.
+pub fn golden_config() -> Config {
+    let root = workspace_root();
+    let mut config = Config::default();
+    config.agent.host = "golden".to_string();
+    config.agent.proc_root = root.join("fixtures/proc");
+    // The fixture's mount points are not this host's: a host root that does not exist makes every
+    // tmpfs mount an error of its own (reported, not fatal) instead of measuring the live machine.
+    config.collectors.tmpfs.host_root = root.join("fixtures/no-host-root");
+    config
+}
+
 /// Runs the agent once with `config` (its output redirected to a temporary file) and returns the
 /// emitted lines parsed as JSON.
 pub fn run_once(mut config: Config) -> anyhow::Result<Vec<Value>> {

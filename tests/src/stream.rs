@@ -102,6 +102,61 @@ pub fn identity(v: &Value) -> (String, String, String, String) {
     (field(v, "ts"), field(v, "seq"), field(v, "kind"), entity(v))
 }
 
+/// Validates records against the checked-in schemas under `schema/memscope.v1/`, strictly: the
+/// published schemas leave unknown fields open (a consumer keeps working when a field is added),
+/// but here `unevaluatedProperties: false` is set on each record, so a field the types do not
+/// declare fails.
+pub struct SchemaValidator {
+    by_kind: std::collections::BTreeMap<String, jsonschema::Validator>,
+}
+
+impl SchemaValidator {
+    pub fn strict() -> SchemaValidator {
+        let dir = crate::workspace_root()
+            .join("schema")
+            .join(memscope_agent::records::SCHEMA);
+        let mut by_kind = std::collections::BTreeMap::new();
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.expect("dir entry").path();
+            let Some(kind) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".json"))
+            else {
+                continue;
+            };
+            let text = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let mut schema: Value =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            schema["unevaluatedProperties"] = Value::Bool(false);
+            let validator = jsonschema::draft202012::new(&schema)
+                .unwrap_or_else(|e| panic!("{}: not a valid schema: {e}", path.display()));
+            by_kind.insert(kind.to_string(), validator);
+        }
+        assert!(!by_kind.is_empty(), "{}: no schemas", dir.display());
+        SchemaValidator { by_kind }
+    }
+
+    /// Ok, or every error (path and message) in one string.
+    pub fn validate(&self, record: &Value) -> Result<(), String> {
+        let kind = record.get("kind").and_then(Value::as_str).unwrap_or("");
+        let validator = self
+            .by_kind
+            .get(kind)
+            .ok_or_else(|| format!("no schema for kind {kind:?}"))?;
+        let errors: Vec<String> = validator
+            .iter_errors(record)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

@@ -1,8 +1,7 @@
 //! Golden end-to-end: the agent run once over `fixtures/proc`, volatile fields dropped, compared with
 //! `fixtures/golden/once.jsonl`. `cargo xtask golden-update` (MEMSCOPE_UPDATE_GOLDEN=1) rewrites it.
 
-use memscope_agent::config::Config;
-use memscope_tests::{run_once, workspace_root};
+use memscope_tests::{golden_config, run_once, workspace_root};
 use serde_json::Value;
 
 /// Removes what differs from run to run (time, the agent's own cost, durations).
@@ -49,13 +48,7 @@ fn normalize(mut v: Value) -> Value {
 #[test]
 fn once_over_fixtures_matches_golden() {
     let root = workspace_root();
-    let mut config = Config::default();
-    config.agent.host = "golden".to_string();
-    config.agent.proc_root = root.join("fixtures/proc");
-    // The fixture's mount points are not this host's: a host root that does not exist makes every
-    // tmpfs mount an error of its own (reported, not fatal) instead of measuring the live machine.
-    config.collectors.tmpfs.host_root = root.join("fixtures/no-host-root");
-    let lines = run_once(config).expect("agent runs over fixtures");
+    let lines = run_once(golden_config()).expect("agent runs over fixtures");
     // Paths under the workspace (in error messages) do not depend on where it is checked out.
     let prefix = root.display().to_string();
     let got: String = lines

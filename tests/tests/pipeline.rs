@@ -20,7 +20,7 @@ use std::{
 
 use memscope_tests::{
     agent_bin,
-    stream::{Line, identity, read_jsonl, rotated_files},
+    stream::{Line, SchemaValidator, identity, read_jsonl, rotated_files},
     workspace_root,
 };
 use serde_json::Value;
@@ -386,6 +386,13 @@ fn rsyslog_ships_every_line_exactly_once_across_rotation_and_restart() {
         .flat_map(|f| read_jsonl(f).unwrap_or_else(|e| panic!("the agent's file: {e:#}")))
         .collect();
     check_truth(&truth);
+    // Every line the agent wrote (eBPF exits included, when run as root) fits its kind's schema.
+    let validator = SchemaValidator::strict();
+    for l in &truth {
+        if let Err(e) = validator.validate(&l.value) {
+            panic!("{}: does not fit the schema: {e}", describe(l));
+        }
+    }
     let runs = truth
         .iter()
         .filter(|l| l.value["kind"] == "snapshot" && l.value["seq"] == 0)

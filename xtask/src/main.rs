@@ -35,6 +35,8 @@ enum Cmd {
     TestPipeline,
     /// Regenerate fixtures/golden/*.jsonl from fixtures/proc.
     GoldenUpdate,
+    /// Regenerate the JSON Schemas under schema/ from the record types.
+    SchemaUpdate,
     /// Install the eBPF toolchain (nightly rust-src, bpf-linker for the nightly's LLVM). Idempotent.
     Setup,
     /// Measure the tracepoint programs' overhead on a 4 KiB mmap+munmap loop (root).
@@ -55,6 +57,17 @@ fn main() -> Result<()> {
         Cmd::Setup => setup::setup_ebpf_toolchain(),
         Cmd::ProbeBench => probe_bench::run(),
         Cmd::Bench { args } => ladder_bench::run(&args),
+        Cmd::SchemaUpdate => cargo(
+            &[
+                "test",
+                "-p",
+                "memscope-tests",
+                "--test",
+                "schema",
+                "checked_in_schemas_match_the_record_types",
+            ],
+            &[("MEMSCOPE_UPDATE_SCHEMA", "1")],
+        ),
         Cmd::GoldenUpdate => cargo(
             &["test", "-p", "memscope-tests", "--test", "golden"],
             &[("MEMSCOPE_UPDATE_GOLDEN", "1")],
@@ -115,7 +128,18 @@ fn test(skip_privileged: bool) -> Result<()> {
     )?;
     // Unprivileged lane: unit tests, CLI tests, golden end-to-end over fixtures.
     cargo(&["test", "--workspace", "--exclude", "memscope-tests"], &[])?;
-    cargo(&["test", "-p", "memscope-tests", "--test", "golden"], &[])?;
+    cargo(
+        &[
+            "test",
+            "-p",
+            "memscope-tests",
+            "--test",
+            "golden",
+            "--test",
+            "schema",
+        ],
+        &[],
+    )?;
     if skip_privileged {
         eprintln!(
             "xtask: *** privileged and pipeline lanes SKIPPED (--skip-privileged): live, eBPF and log-pipeline tests did not run ***"

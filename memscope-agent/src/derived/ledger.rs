@@ -32,7 +32,7 @@ pub struct TmpfsInputs {
     pub memfds: Vec<(u64, u64)>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Ledger {
     pub shmem_bytes: u64,
     pub tmpfs_bytes: u64,

@@ -41,6 +41,7 @@ pub use fold::{fold_process, fold_shared};
 pub use object::{
     Consumer, ObjectKey, ObjectKind, ObjectMemory, ProcessObject, ProcessObjects, SharedObject,
 };
+pub(crate) use records::{ObjectBody, OtherBody};
 pub use records::{ObjectsObservation, Sharing};
 
 /// Objects get a row of their own from `min_object_pss` up, and keep it until they fall below half

@@ -13,8 +13,8 @@ use crate::{
 };
 
 /// The `object` record body.
-#[derive(Serialize)]
-struct ObjectBody<'a> {
+#[derive(Serialize, schemars::JsonSchema)]
+pub(crate) struct ObjectBody<'a> {
     id: String,
     object_kind: ObjectKind,
     label: &'a Name,
@@ -31,7 +31,7 @@ struct ObjectBody<'a> {
 
 /// How an object is shared: its memory, its mappers and the top consumers (in `object` records,
 /// and as `mapped` in `sysv` records).
-#[derive(Serialize)]
+#[derive(Serialize, schemars::JsonSchema)]
 pub struct Sharing<'a> {
     #[serde(flatten)]
     pub memory: &'a ObjectMemory,
@@ -53,8 +53,8 @@ impl SharedObject {
 }
 
 /// The `other` row of one kind: objects below the PSS floor, folded.
-#[derive(Serialize)]
-struct OtherBody {
+#[derive(Serialize, schemars::JsonSchema)]
+pub(crate) struct OtherBody {
     id: String,
     object_kind: ObjectKind,
     label: String,

@@ -10,7 +10,7 @@ use crate::{
 };
 
 /// The `tmpfs` record body: one superblock.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct TmpfsMount {
     pub dev: Dev,
     pub mount_points: Vec<Name>,
