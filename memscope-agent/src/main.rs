@@ -4,7 +4,10 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use memscope_agent::config::{Config, DEFAULT_CONFIG_TOML};
+use memscope_agent::{
+    config::{Config, DEFAULT_CONFIG_TOML},
+    sinks::check_output,
+};
 use tracing::error;
 
 #[derive(Parser, Debug)]
@@ -79,8 +82,7 @@ fn main() -> ExitCode {
         }
         Some(Command::CheckConfig { path }) => {
             return match load_config(Some(path)).and_then(|(c, src, origin)| {
-                c.check_environment(src.as_deref(), &origin)
-                    .map_err(|e| e.to_string())
+                check_output(&c.output, src.as_deref(), &origin).map_err(|e| e.to_string())
             }) {
                 Ok(()) => {
                     eprintln!("{}: ok", path.display());
@@ -105,7 +107,7 @@ fn main() -> ExitCode {
     if let Some(root) = cli.proc_root {
         config.agent.proc_root = root;
     }
-    if let Err(e) = config.check_environment(src.as_deref(), &origin) {
+    if let Err(e) = check_output(&config.output, src.as_deref(), &origin) {
         error!("{e}");
         return ExitCode::from(2);
     }

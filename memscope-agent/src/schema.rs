@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use crate::{
     collectors::{
+        cgroup::{CgroupBody, OtherBody as OtherCgroupBody},
         meminfo::Fields,
         processes::ProcessRecord,
         smaps::{ObjectBody, OtherBody},
@@ -47,10 +48,11 @@ struct ExitExtra {
 }
 
 /// The kinds, in the order an emission writes them (then the ones sent on changes).
-pub const KINDS: [&str; 11] = [
+pub const KINDS: [&str; 12] = [
     "snapshot",
     "meminfo",
     "process",
+    "cgroup",
     "object",
     "sysv",
     "tmpfs",
@@ -68,6 +70,10 @@ fn body(kind: &str, g: &mut SchemaGenerator) -> Value {
         "snapshot" => s(g.subschema_for::<SnapshotBody<'static>>()),
         "meminfo" => s(g.subschema_for::<Fields<'static>>()),
         "process" => s(g.subschema_for::<ProcessRecord>()),
+        "cgroup" => json!({ "anyOf": [
+            s(g.subschema_for::<CgroupBody<'static>>()),
+            s(g.subschema_for::<OtherCgroupBody>()),
+        ]}),
         "object" => json!({ "anyOf": [
             s(g.subschema_for::<ObjectBody<'static>>()),
             s(g.subschema_for::<OtherBody>()),

@@ -455,6 +455,9 @@ mod tests {
                     threads: 1,
                     start_ticks: 1,
                     kernel_thread: false,
+                    cgroup: None,
+                    container: None,
+                    unit: None,
                     numbers: Numbers::Exact,
                     memory: Memory {
                         pss_bytes: pss,

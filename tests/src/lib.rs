@@ -45,6 +45,8 @@ pub fn golden_config() -> Config {
     // The fixture's mount points are not this host's: a host root that does not exist makes every
     // tmpfs mount an error of its own (reported, not fatal) instead of measuring the live machine.
     config.collectors.tmpfs.host_root = root.join("fixtures/no-host-root");
+    // The fixture processes' /proc/PID/cgroup point into this v2 tree (see fixtures/README.md).
+    config.collectors.cgroup.root = root.join("fixtures/cgroup/v2");
     config
 }
 

@@ -167,6 +167,8 @@ fn privileged_lane() -> Result<()> {
             "ebpf",
             "--test",
             "ladder",
+            "--test",
+            "cgroup",
             "--",
             "--test-threads=1",
         ],

@@ -7,10 +7,7 @@
 use serde::{Serialize, Serializer, ser::SerializeMap};
 
 use super::{CollectCtx, CollectError, Collector, Observation, ToRecords};
-use crate::{
-    procfs::{FileClass, meminfo::MeminfoField, meminfo::parse_meminfo},
-    records::Record,
-};
+use crate::{procfs::meminfo::MeminfoField, records::Record};
 
 #[derive(Default)]
 pub struct MeminfoCollector {
@@ -34,10 +31,7 @@ impl Collector for MeminfoCollector {
     }
 
     fn collect(&mut self, ctx: &CollectCtx<'_>) -> Result<Option<Observation>, CollectError> {
-        let path = ctx.procfs.path("meminfo");
-        let fields =
-            ctx.procfs
-                .read_parsed(&path, FileClass::Meminfo, &mut self.buf, parse_meminfo)?;
+        let fields = ctx.procfs.meminfo(&mut self.buf)?;
         Ok(Some(Observation::Meminfo(MeminfoObservation { fields })))
     }
 }

@@ -14,6 +14,7 @@ use crate::{
     records::Record,
 };
 
+pub mod cgroup;
 pub mod meminfo;
 pub mod processes;
 pub mod smaps;
@@ -129,6 +130,7 @@ pub enum Observation {
     Objects(smaps::ObjectsObservation),
     Sysv(sysv::SysvObservation),
     Tmpfs(tmpfs::TmpfsObservation),
+    Cgroup(cgroup::CgroupObservation),
 }
 
 /// Turns an observation into records, and says what is worth a warning in the `snapshot` record.
@@ -145,6 +147,7 @@ impl Observation {
             Observation::Objects(o) => o,
             Observation::Sysv(o) => o,
             Observation::Tmpfs(o) => o,
+            Observation::Cgroup(o) => o,
         }
     }
 }
@@ -228,6 +231,16 @@ pub const REGISTRY: &[CollectorSpec] = &[
             })
         },
     },
+    CollectorSpec {
+        name: "cgroup",
+        build: |config, _| {
+            let c = &config.collectors.cgroup;
+            c.enabled.then(|| Registered {
+                collector: Box::new(cgroup::CgroupCollector::new(c)),
+                interval: config.collector_interval(c.interval),
+            })
+        },
+    },
 ];
 
 /// Builds the enabled collectors.
@@ -259,6 +272,6 @@ mod tests {
         config.collectors.tmpfs.enabled = false;
         let built = build_collectors(&config, &ProcFs::new("/nonexistent"));
         let names: Vec<_> = built.iter().map(|r| r.collector.name()).collect();
-        assert_eq!(names, vec!["meminfo", "smaps", "sysv"]);
+        assert_eq!(names, vec!["meminfo", "smaps", "sysv", "cgroup"]);
     }
 }

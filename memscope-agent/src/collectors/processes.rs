@@ -3,7 +3,9 @@
 //!
 //! Sources per process: `statm` every run (cheap: no page walk), then — only where the cost ladder
 //! (`ladder.rs`) says so — `stat` (identity: start time, ppid, state, threads), `status` (name, uid,
-//! and the fallback numbers) and `smaps_rollup` (the exact numbers); `cmdline` once per process.
+//! and the fallback numbers) and `smaps_rollup` (the exact numbers); `cmdline` and `cgroup` (the
+//! memory cgroup, and the container, pod and systemd unit its path shows) once per process and
+//! again after an exec (seen as a new name).
 //! Between re-reads a process's record keeps the numbers of its last read (at most `max_staleness`
 //! old).
 //! Numbers are `exact` (from `smaps_rollup`), `approximate` (`smaps_rollup` unreadable, values from
@@ -20,10 +22,12 @@ use tracing::debug;
 
 use super::{CollectCtx, CollectError, Collector, Observation, ToRecords, UserNames};
 use crate::{
+    collectors::cgroup::container::{Container, classify},
     config::ProcessesConfig,
     ladder::{Ladder, Tier, TierPolicy, TierStats},
     procfs::{
         FileClass, ProcError, ProcFs,
+        cgroup::parse_proc_cgroup,
         cmdline::{join_cmdline, parse_cmdline},
         counters::MemCounters,
         escape::Name,
@@ -115,6 +119,12 @@ pub struct ProcessRecord {
     /// Start time in clock ticks after boot: with the pid, identifies the process across pid reuse.
     pub start_ticks: u64,
     pub kernel_thread: bool,
+    /// The memory cgroup's path, as `/proc/PID/cgroup` shows it (the v1 `memory` line or v2 `0::`).
+    pub cgroup: Option<Name>,
+    /// The container, pod and QoS the cgroup path shows.
+    pub container: Option<Container>,
+    /// The innermost systemd `.service` or `.scope` of the cgroup path.
+    pub unit: Option<Name>,
     pub numbers: Numbers,
     #[serde(flatten)]
     pub memory: Memory,
@@ -160,7 +170,10 @@ impl ToRecords for ProcessesObservation {
 /// What is kept per process between runs.
 struct Known {
     start_ticks: u64,
+    /// The name at the last cmdline/cgroup read: a new name means an exec.
+    name: Name,
     cmdline: Name,
+    cgroup: CgroupOf,
     /// The record from the last read of `smaps_rollup`/`status`.
     record: Option<ProcessRecord>,
 }
@@ -243,8 +256,13 @@ impl ProcessesCollector {
             Numbers::Exact => {}
         }
 
-        let cmdline = match self.known.get(&pid) {
-            Some(k) if k.start_ticks == stat.starttime_ticks => k.cmdline.clone(),
+        let name = status
+            .as_ref()
+            .map_or_else(|| stat.comm.clone(), |s| s.name.clone());
+        let (cmdline, cgroup) = match self.known.get(&pid) {
+            Some(k) if k.start_ticks == stat.starttime_ticks && k.name == name => {
+                (k.cmdline.clone(), k.cgroup.clone())
+            }
             _ => {
                 let cmdline =
                     match procfs.read(&procfs.pid_path(pid, "cmdline"), FileClass::Cmdline) {
@@ -252,15 +270,18 @@ impl ProcessesCollector {
                         Err(e) if e.is_denied() => Name::default(),
                         Err(e) => return Err(e),
                     };
+                let cgroup = CgroupOf::read(procfs, pid, &mut obs.errors);
                 self.known.insert(
                     pid,
                     Known {
                         start_ticks: stat.starttime_ticks,
+                        name: name.clone(),
                         cmdline: cmdline.clone(),
+                        cgroup: cgroup.clone(),
                         record: None,
                     },
                 );
-                cmdline
+                (cmdline, cgroup)
             }
         };
 
@@ -269,9 +290,7 @@ impl ProcessesCollector {
         Ok(ProcessRecord {
             pid,
             ppid: status.as_ref().map_or(stat.ppid, |s| s.ppid),
-            name: status
-                .as_ref()
-                .map_or_else(|| stat.comm.clone(), |s| s.name.clone()),
+            name,
             cmdline,
             uid,
             user,
@@ -279,10 +298,53 @@ impl ProcessesCollector {
             threads: stat.num_threads,
             start_ticks: stat.starttime_ticks,
             kernel_thread,
+            cgroup: cgroup.path,
+            container: cgroup.container,
+            unit: cgroup.unit,
             numbers,
             memory,
             subtree: Subtree::default(),
         })
+    }
+}
+
+/// A process's memory cgroup and what its path shows, read once per process.
+#[derive(Debug, Clone, Default)]
+struct CgroupOf {
+    path: Option<Name>,
+    container: Option<Container>,
+    unit: Option<Name>,
+}
+
+impl CgroupOf {
+    /// Reads `/proc/PID/cgroup`. Unreadable (no cgroup support, denied, gone: the other reads say
+    /// so) leaves it unknown; garbage is an error with the path.
+    fn read(procfs: &ProcFs, pid: u32, errors: &mut Vec<String>) -> CgroupOf {
+        let path = procfs.pid_path(pid, "cgroup");
+        let parsed = procfs.read(&path, FileClass::Cgroup).and_then(|bytes| {
+            parse_proc_cgroup(&bytes).map_err(|source| ProcError::Parse {
+                path: path.clone(),
+                source,
+            })
+        });
+        match parsed {
+            Ok(c) => match c.memory_path() {
+                Some(p) => {
+                    let class = classify(p);
+                    CgroupOf {
+                        path: Some(Name::new(p)),
+                        container: class.container,
+                        unit: class.unit,
+                    }
+                }
+                None => CgroupOf::default(),
+            },
+            Err(e) if e.is_gone() || e.is_denied() => CgroupOf::default(),
+            Err(e) => {
+                errors.push(e.to_string());
+                CgroupOf::default()
+            }
+        }
     }
 }
 
@@ -424,6 +486,9 @@ mod tests {
             threads: 1,
             start_ticks: 0,
             kernel_thread: false,
+            cgroup: None,
+            container: None,
+            unit: None,
             numbers: Numbers::Exact,
             memory: Memory {
                 pss_bytes: pss,
@@ -500,6 +565,7 @@ mod tree_tests {
             "smaps_rollup",
             "smaps",
             "cmdline",
+            "cgroup",
         ] {
             if !skip.contains(&f) {
                 std::fs::copy(fixtures().join(from.to_string()).join(f), dst.join(f))
@@ -573,5 +639,64 @@ mod tree_tests {
             parent.subtree.pss_bytes,
             parent.memory.pss_bytes + p.memory.pss_bytes
         );
+    }
+
+    #[test]
+    fn cgroup_and_container_are_read_once_and_again_after_an_exec() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        copy_pid(dir.path(), 44, 44, &[]);
+        let procfs = ProcFs::new(dir.path());
+        let shared = Shared::default();
+        let mut c = ProcessesCollector::new(&ProcessesConfig::default());
+        let mut run = || match c.collect(&CollectCtx::once(&procfs, &shared)) {
+            Ok(Some(Observation::Processes(o))) => o.processes.into_iter().next().expect("44"),
+            other => panic!("unexpected {other:?}"),
+        };
+        let p = run();
+        let cgroup = p.cgroup.as_ref().map(|n| n.lossy().into_owned());
+        assert!(
+            cgroup
+                .as_deref()
+                .is_some_and(|c| c.ends_with("/cri-containerd-9e0f5d4c3b2a1908f7e6d5c4b3a29180f7e6d5c4b3a2918070f6e5d4c3b2a190.scope")),
+            "{cgroup:?}"
+        );
+        let k = p.container.expect("container");
+        assert_eq!(k.runtime, Some("containerd"));
+        assert_eq!(
+            k.pod_uid.as_deref(),
+            Some("6b5e1a52-0c4f-4f8e-9d2a-7c3b1e0f9a84")
+        );
+        assert_eq!(
+            k.qos,
+            Some(crate::collectors::cgroup::container::Qos::Burstable)
+        );
+        let json = Record::new("process", "44", &run()).body;
+        assert!(
+            json.contains("\"container\":{\"runtime\":\"containerd\",\"id\":\"9e0f"),
+            "{json}"
+        );
+
+        // Moved to another cgroup, and resident memory moved (so the process is re-read): the
+        // cgroup is read once per process, so the record keeps the first one…
+        let pid = dir.path().join("44");
+        std::fs::write(pid.join("cgroup"), "0::/system.slice/cron.service\n").expect("write");
+        std::fs::write(pid.join("statm"), "730 4410 414 5 0 89 0\n").expect("write");
+        let status = std::fs::read_to_string(pid.join("status")).expect("status");
+        std::fs::write(pid.join("status"), status.replace("PPid:\t43", "PPid:\t1")).expect("write");
+        let again = run();
+        assert_eq!(again.ppid, 1, "re-read (the new PPid shows)");
+        assert_eq!(again.cgroup, p.cgroup);
+        // …until an exec (a new name): then cmdline and cgroup are read again.
+        let status = std::fs::read_to_string(pid.join("status")).expect("status");
+        std::fs::write(
+            pid.join("status"),
+            status.replace("Name:\tsleep", "Name:\tcron"),
+        )
+        .expect("write");
+        std::fs::write(pid.join("statm"), "730 441 414 5 0 89 0\n").expect("write");
+        let p = run();
+        assert_eq!(p.cgroup, Some(Name::from("/system.slice/cron.service")));
+        assert_eq!(p.unit, Some(Name::from("cron.service")));
+        assert_eq!(p.container, None);
     }
 }

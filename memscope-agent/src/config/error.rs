@@ -14,6 +14,18 @@ pub struct ConfigError {
     pub message: String,
 }
 
+impl ConfigError {
+    /// An error about `key`, located on its line of `src` (the config text) when it is there.
+    pub fn at_key(origin: &str, src: Option<&str>, key: &str, message: String) -> ConfigError {
+        ConfigError {
+            origin: origin.to_string(),
+            line: src.and_then(|s| KeyLines::scan(s).line_of_key(key)),
+            key: Some(key.to_string()),
+            message,
+        }
+    }
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.origin)?;

@@ -72,6 +72,7 @@ pub struct CollectorsConfig {
     pub smaps: SmapsConfig,
     pub sysv: CollectorToggle,
     pub tmpfs: TmpfsConfig,
+    pub cgroup: crate::collectors::cgroup::CgroupConfig,
 }
 
 /// The settings every collector has.
@@ -258,12 +259,9 @@ impl Config {
                 message: e.message().trim().to_string(),
             }
         })?;
-        config.validate().map_err(|(key, message)| ConfigError {
-            origin: origin.to_string(),
-            line: keys.line_of_key(key),
-            key: Some(key.to_string()),
-            message,
-        })?;
+        config
+            .validate()
+            .map_err(|(key, message)| ConfigError::at_key(origin, Some(src), key, message))?;
         Ok(config)
     }
 
@@ -289,6 +287,7 @@ impl Config {
         if self.agent.proc_root.as_os_str().is_empty() {
             return Err(("agent.proc_root", "must not be empty".to_string()));
         }
+        self.collectors.cgroup.validate()?;
         if self.collectors.tmpfs.host_root.as_os_str().is_empty() {
             return Err((
                 "collectors.tmpfs.host_root",
@@ -296,25 +295,6 @@ impl Config {
             ));
         }
         Ok(())
-    }
-
-    /// Checks what can only be checked against the machine: the output file can be opened for
-    /// appending (it is created if missing, never truncated). `src` is the config text, for the line.
-    pub fn check_environment(&self, src: Option<&str>, origin: &str) -> Result<(), ConfigError> {
-        if self.output.sink != SinkKind::File {
-            return Ok(());
-        }
-        let Some(path) = &self.output.path else {
-            return Ok(());
-        };
-        crate::sinks::file::open_append(path)
-            .map(drop)
-            .map_err(|e| ConfigError {
-                origin: origin.to_string(),
-                line: src.and_then(|s| KeyLines::scan(s).line_of_key("output.path")),
-                key: Some("output.path".to_string()),
-                message: format!("cannot open {} for writing: {e}", path.display()),
-            })
     }
 
     /// The interval of a collector: its own, else the agent's.
@@ -473,24 +453,6 @@ keyframe_every = 4
     fn file_sink_needs_a_path() {
         let e = err("[output]\nsink = \"file\"\n");
         assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("output.sink")));
-    }
-
-    #[test]
-    fn unwritable_file_path_is_found_by_the_environment_check() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let blocker = dir.path().join("a-file");
-        std::fs::write(&blocker, b"x").expect("write");
-        // A path under a regular file cannot be created, even by root.
-        let src = format!(
-            "[output]\nsink = \"file\"\npath = \"{}\"\n",
-            blocker.join("out.jsonl").display()
-        );
-        let c = Config::parse(&src, "t.toml").expect("syntactically fine");
-        let e = c
-            .check_environment(Some(&src), "t.toml")
-            .expect_err("must fail");
-        assert_eq!((e.line, e.key.as_deref()), (Some(3), Some("output.path")));
-        assert!(e.message.contains("cannot open"), "{e}");
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! Records derived from several collectors at emission time: [`records`] builds every record of an
 //! emission from the latest observations, with the SysV join ([`sysv_join`]: a segment and its
-//! `/SYSV…` smaps object are one record) and the shared-memory ledger ([`ledger`]).
+//! `/SYSV…` smaps object are one record), the fair shares of `cgroup` records (summed over the
+//! `processes` observation, see [`crate::collectors::cgroup`]) and the shared-memory ledger
+//! ([`ledger`]).
 
 use crate::{
-    collectors::{Observation, ToRecords},
+    collectors::{Observation, ToRecords, cgroup::PidCgroups},
     records::Record,
 };
 
@@ -33,17 +35,26 @@ pub fn records(
         _ => None,
     });
     let tmpfs: Option<TmpfsInputs> = observations().find_map(tmpfs_inputs);
+    let processes = observations().find_map(|o| match o {
+        Observation::Processes(p) => Some(p),
+        _ => None,
+    });
+    let cgroups = processes.map(PidCgroups::new);
     let join = SysvJoin::new(sysv, objects);
 
     for obs in observations() {
         match obs {
             Observation::Objects(o) => {
-                o.records_except(out, |x| join.is_joined(x));
+                o.records_except(out, |x| join.is_joined(x), cgroups.as_ref());
                 o.warnings(warnings);
             }
             Observation::Sysv(s) => {
                 join.segment_records(s, out);
                 s.warnings(warnings);
+            }
+            Observation::Cgroup(c) => {
+                c.records_with(processes, out);
+                c.warnings(warnings);
             }
             other => {
                 let r = other.as_records();

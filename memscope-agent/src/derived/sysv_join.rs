@@ -49,3 +49,65 @@ impl<'a> SysvJoin<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        collectors::{smaps::ObjectMemory, sysv::Segment},
+        procfs::{escape::Name, sysvipc::ShmSegment},
+    };
+
+    fn sysv_object(shmid: u64, pss: u64) -> SharedObject {
+        SharedObject {
+            key: ObjectKey::Sysv { shmid },
+            label: Name::from("SYSV00000001"),
+            deleted: true,
+            memory: ObjectMemory {
+                pss_bytes: pss,
+                ..ObjectMemory::default()
+            },
+            mappers: 1,
+            mappings: 1,
+            consumers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_segment_and_its_object_are_one_record() {
+        let sysv = SysvObservation {
+            segments: vec![Segment {
+                shm: ShmSegment {
+                    shmid: 4,
+                    size: 8192,
+                    ..ShmSegment::default()
+                },
+                owner: None,
+            }],
+        };
+        let objects = ObjectsObservation {
+            objects: vec![sysv_object(4, 4096), sysv_object(9, 512)],
+            ..ObjectsObservation::default()
+        };
+        let join = SysvJoin::new(Some(&sysv), Some(&objects));
+        assert!(join.is_joined(&objects.objects[0]));
+        assert!(
+            !join.is_joined(&objects.objects[1]),
+            "an object without a segment stays an object"
+        );
+        let mut out = Vec::new();
+        join.segment_records(&sysv, &mut out);
+        assert_eq!(out.len(), 1);
+        let v: serde_json::Value =
+            serde_json::from_str(&format!("{{{}}}", out[0].body)).expect("json");
+        assert_eq!(v["shmid"], 4);
+        assert_eq!(v["mapped"]["pss_bytes"], 4096);
+
+        let alone = SysvJoin::new(Some(&sysv), None);
+        let mut out = Vec::new();
+        alone.segment_records(&sysv, &mut out);
+        let v: serde_json::Value =
+            serde_json::from_str(&format!("{{{}}}", out[0].body)).expect("json");
+        assert!(v["mapped"].is_null(), "no smaps collector: nothing joined");
+    }
+}

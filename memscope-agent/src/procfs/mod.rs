@@ -12,6 +12,7 @@ use std::{
     },
 };
 
+pub mod cgroup;
 pub mod cmdline;
 pub mod counters;
 pub mod dev;
@@ -44,11 +45,12 @@ pub enum FileClass {
     Cmdline,
     Mountinfo,
     Sysvipc,
+    Cgroup,
     Other,
 }
 
 impl FileClass {
-    pub const ALL: [FileClass; 9] = [
+    pub const ALL: [FileClass; 10] = [
         FileClass::Meminfo,
         FileClass::Status,
         FileClass::Statm,
@@ -57,6 +59,7 @@ impl FileClass {
         FileClass::Cmdline,
         FileClass::Mountinfo,
         FileClass::Sysvipc,
+        FileClass::Cgroup,
         FileClass::Other,
     ];
 
@@ -70,6 +73,7 @@ impl FileClass {
             FileClass::Cmdline => "cmdline",
             FileClass::Mountinfo => "mountinfo",
             FileClass::Sysvipc => "sysvipc",
+            FileClass::Cgroup => "cgroup",
             FileClass::Other => "other",
         }
     }
@@ -78,8 +82,8 @@ impl FileClass {
 /// Bytes and reads per [`FileClass`], shared by every clone of one [`ProcFs`].
 #[derive(Debug, Default)]
 pub struct ReadCounters {
-    bytes: [AtomicU64; 9],
-    reads: [AtomicU64; 9],
+    bytes: [AtomicU64; FileClass::ALL.len()],
+    reads: [AtomicU64; FileClass::ALL.len()],
 }
 
 impl ReadCounters {
@@ -224,6 +228,41 @@ impl ProcFs {
         Ok(())
     }
 
+    /// Reads a file from a tree the agent does not trust (a cgroup hierarchy): a symlink as the last
+    /// component is refused (`O_NOFOLLOW`), so is anything but a regular file (a FIFO would block),
+    /// and a file over `max_bytes` is an error rather than a memory hog. Counted under `class`.
+    pub fn read_untrusted(
+        &self,
+        path: &Path,
+        class: FileClass,
+        buf: &mut Vec<u8>,
+        max_bytes: u64,
+    ) -> Result<(), ProcError> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        buf.clear();
+        let err = |e| ProcError::from_io(path.to_path_buf(), e);
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)
+            .map_err(err)?;
+        if !f.metadata().map_err(err)?.is_file() {
+            return Err(ProcError::Io {
+                path: path.to_path_buf(),
+                source: io::Error::other("not a regular file"),
+            });
+        }
+        f.take(max_bytes + 1).read_to_end(buf).map_err(err)?;
+        if buf.len() as u64 > max_bytes {
+            return Err(ProcError::Io {
+                path: path.to_path_buf(),
+                source: io::Error::other(format!("larger than {max_bytes} bytes")),
+            });
+        }
+        self.counters.add(class, buf.len());
+        Ok(())
+    }
+
     /// Reads `path` whole, counting the bytes under `class`.
     pub fn read(&self, path: &Path, class: FileClass) -> Result<Vec<u8>, ProcError> {
         let mut buf = Vec::new();
@@ -244,6 +283,21 @@ impl ProcFs {
             path: path.to_path_buf(),
             source,
         })
+    }
+
+    /// `meminfo`, parsed.
+    pub fn meminfo(&self, buf: &mut Vec<u8>) -> Result<Vec<meminfo::MeminfoField>, ProcError> {
+        let path = self.path("meminfo");
+        self.read_parsed(&path, FileClass::Meminfo, buf, meminfo::parse_meminfo)
+    }
+
+    /// The agent's own mount table, `self/mountinfo`, parsed.
+    pub fn self_mountinfo(
+        &self,
+        buf: &mut Vec<u8>,
+    ) -> Result<Vec<mountinfo::MountInfo>, ProcError> {
+        let path = self.path("self/mountinfo");
+        self.read_parsed(&path, FileClass::Mountinfo, buf, mountinfo::parse_mountinfo)
     }
 
     /// The numeric entries of the root (process ids), sorted.
@@ -343,9 +397,7 @@ impl OpenFiles {
 
 /// The system page size in bytes.
 pub fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if v > 0 { v as u64 } else { 4096 }
+    rustix::param::page_size() as u64
 }
 
 #[cfg(test)]

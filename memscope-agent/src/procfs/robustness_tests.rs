@@ -2,9 +2,17 @@
 //! panics are not.
 
 use super::{
-    cmdline::parse_cmdline, meminfo::parse_meminfo, mountinfo::parse_mountinfo, smaps::parse_smaps,
-    smaps_rollup::parse_smaps_rollup, stat::parse_stat, statm::parse_statm, status::parse_status,
-    sysvipc::parse_sysvipc_shm, text::fixture,
+    cgroup::{parse_flat_keyed, parse_limit, parse_proc_cgroup, parse_psi},
+    cmdline::parse_cmdline,
+    meminfo::parse_meminfo,
+    mountinfo::parse_mountinfo,
+    smaps::parse_smaps,
+    smaps_rollup::parse_smaps_rollup,
+    stat::parse_stat,
+    statm::parse_statm,
+    status::parse_status,
+    sysvipc::parse_sysvipc_shm,
+    text::fixture,
 };
 
 fn run_all(b: &[u8]) {
@@ -17,9 +25,13 @@ fn run_all(b: &[u8]) {
     let _ = parse_cmdline(b);
     let _ = parse_mountinfo(b);
     let _ = parse_sysvipc_shm(b);
+    let _ = parse_proc_cgroup(b);
+    let _ = parse_flat_keyed(b);
+    let _ = parse_psi(b);
+    let _ = parse_limit(b);
 }
 
-const FILES: [&str; 14] = [
+const FILES: [&str; 18] = [
     "proc/meminfo",
     "proc/self/mountinfo",
     "proc/sysvipc/shm",
@@ -34,6 +46,10 @@ const FILES: [&str; 14] = [
     "cases/sysvipc_shm_old_kernel",
     "cases/meminfo_hugepages",
     "cases/smaps_rollup_old_kernel",
+    "cgroup/proc-pid-cgroup/v1-hybrid",
+    "cgroup/v1/memory/memory.stat",
+    "cgroup/v2/memory.stat",
+    "cgroup/v2/memory.pressure",
 ];
 
 #[test]

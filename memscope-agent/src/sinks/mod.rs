@@ -5,9 +5,29 @@ use std::io;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::config::{OutputConfig, SinkKind};
+use crate::config::{ConfigError, OutputConfig, SinkKind};
 
 pub mod file;
+
+/// Checks what the config cannot check alone: the output file can be opened for appending (it is
+/// created if missing, never truncated). `src` is the config text, for the error's line.
+pub fn check_output(
+    output: &OutputConfig,
+    src: Option<&str>,
+    origin: &str,
+) -> Result<(), ConfigError> {
+    let (SinkKind::File, Some(path)) = (output.sink, &output.path) else {
+        return Ok(());
+    };
+    file::open_append(path).map(drop).map_err(|e| {
+        ConfigError::at_key(
+            origin,
+            src,
+            "output.path",
+            format!("cannot open {} for writing: {e}", path.display()),
+        )
+    })
+}
 
 /// A destination for JSON lines.
 pub enum Sink {
@@ -88,6 +108,22 @@ impl<W: AsyncWrite + Unpin> WriterSink<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unwritable_file_path_is_found_by_the_output_check() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blocker = dir.path().join("a-file");
+        std::fs::write(&blocker, b"x").expect("write");
+        // A path under a regular file cannot be created, even by root.
+        let src = format!(
+            "[output]\nsink = \"file\"\npath = \"{}\"\n",
+            blocker.join("out.jsonl").display()
+        );
+        let c = crate::config::Config::parse(&src, "t.toml").expect("syntactically fine");
+        let e = check_output(&c.output, Some(&src), "t.toml").expect_err("must fail");
+        assert_eq!((e.line, e.key.as_deref()), (Some(3), Some("output.path")));
+        assert!(e.message.contains("cannot open"), "{e}");
+    }
 
     #[tokio::test]
     async fn writer_sink_writes_batches_whole() {

@@ -4,9 +4,9 @@ use std::collections::HashSet;
 
 use super::object::{ObjectKey, ObjectKind};
 use crate::procfs::{
-    Dev, FileClass, ProcError, ProcFs,
+    Dev, ProcError, ProcFs,
     escape::Name,
-    mountinfo::{self, parse_mountinfo},
+    mountinfo::{self},
     smaps::{Mapping, MappingPath},
 };
 
@@ -92,11 +92,6 @@ pub fn classify(m: &Mapping, tmpfs_devs: &HashSet<Dev>) -> (ObjectKey, Name, boo
 
 /// Devices of tmpfs mounts, from `self/mountinfo`.
 pub fn tmpfs_devices(procfs: &ProcFs, buf: &mut Vec<u8>) -> Result<HashSet<Dev>, ProcError> {
-    let mounts = procfs.read_parsed(
-        &procfs.path("self/mountinfo"),
-        FileClass::Mountinfo,
-        buf,
-        parse_mountinfo,
-    )?;
+    let mounts = procfs.self_mountinfo(buf)?;
     Ok(mountinfo::tmpfs_devices(&mounts))
 }

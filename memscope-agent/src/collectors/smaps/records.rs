@@ -7,7 +7,10 @@ use serde::Serialize;
 
 use super::object::{Consumer, ObjectKey, ObjectKind, ObjectMemory, SharedObject};
 use crate::{
-    collectors::ToRecords,
+    collectors::{
+        ToRecords,
+        cgroup::{CgroupShare, PidCgroups},
+    },
     procfs::{Dev, escape::Name},
     records::Record,
 };
@@ -38,6 +41,10 @@ pub struct Sharing<'a> {
     pub mappers: u32,
     pub mappings: u32,
     pub top: &'a [Consumer],
+    /// The cgroups of the mappers, largest PSS first (object records, when processes know their
+    /// cgroups).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_cgroups: Option<Vec<CgroupShare<'a>>>,
 }
 
 impl SharedObject {
@@ -48,6 +55,7 @@ impl SharedObject {
             mappers: self.mappers,
             mappings: self.mappings,
             top: &self.consumers[..self.consumers.len().min(top_consumers)],
+            top_cgroups: None,
         }
     }
 }
@@ -89,8 +97,8 @@ impl ObjectsObservation {
         self.objects.iter().filter(move |o| o.key.kind() == kind)
     }
 
-    /// The record body of one object.
-    pub fn object_record(&self, o: &SharedObject) -> Record {
+    /// The record body of one object, with its top cgroups when `cgroups` is given.
+    pub fn object_record(&self, o: &SharedObject, cgroups: Option<&PidCgroups<'_>>) -> Record {
         let (dev, inode, shmid) = match &o.key {
             ObjectKey::Inode { dev, inode, .. } => (Some(*dev), Some(*inode), None),
             ObjectKey::Sysv { shmid } => (None, None, Some(*shmid)),
@@ -108,13 +116,29 @@ impl ObjectsObservation {
                 inode,
                 shmid,
                 deleted: o.deleted,
-                sharing: o.sharing(self.top_consumers),
+                sharing: Sharing {
+                    top_cgroups: cgroups.map(|c| {
+                        c.top(
+                            o.consumers
+                                .iter()
+                                .map(|x| (x.pid, x.pss_bytes, x.rss_bytes)),
+                            self.top_consumers,
+                        )
+                    }),
+                    ..o.sharing(self.top_consumers)
+                },
             },
         )
     }
 
-    /// Records for every object except those `skip` selects (the SysV ones are joined elsewhere).
-    pub fn records_except(&self, out: &mut Vec<Record>, skip: impl Fn(&SharedObject) -> bool) {
+    /// Records for every object except those `skip` selects (the SysV ones are joined elsewhere);
+    /// with `cgroups`, each lists its top cgroups.
+    pub fn records_except(
+        &self,
+        out: &mut Vec<Record>,
+        skip: impl Fn(&SharedObject) -> bool,
+        cgroups: Option<&PidCgroups<'_>>,
+    ) {
         let mut others: Vec<(ObjectKind, u64, ObjectMemory)> = Vec::new();
         for o in self.objects.iter().filter(|o| !skip(o)) {
             let own_row = match &self.own_rows {
@@ -122,7 +146,7 @@ impl ObjectsObservation {
                 None => o.memory.pss_bytes >= self.min_object_pss,
             };
             if own_row || o.key.kind() == ObjectKind::Sysv {
-                out.push(self.object_record(o));
+                out.push(self.object_record(o, cgroups));
             } else {
                 let kind = o.key.kind();
                 match others.iter_mut().find(|(k, _, _)| *k == kind) {
@@ -154,7 +178,7 @@ impl ObjectsObservation {
 
 impl ToRecords for ObjectsObservation {
     fn records(&self, out: &mut Vec<Record>) {
-        self.records_except(out, |_| false);
+        self.records_except(out, |_| false, None);
     }
 
     fn warnings(&self, out: &mut Vec<String>) {

@@ -184,6 +184,13 @@ mod tests {
 
     use super::*;
 
+    /// A new memfd named `name`, as a file.
+    fn memfd(name: &str) -> fs::File {
+        rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::empty())
+            .map(fs::File::from)
+            .unwrap_or_else(|e| panic!("memfd_create: {e}"))
+    }
+
     #[test]
     fn candidates_from_link_targets() {
         assert_eq!(
@@ -212,15 +219,7 @@ mod tests {
         let gone = files.path().join("gone (deleted)");
 
         // A real memfd and a real unlinked file, held by this process.
-        // SAFETY: a valid NUL-terminated name; the fd is checked and owned below.
-        let raw = unsafe { libc::memfd_create(c"memscope-test".as_ptr(), 0) };
-        assert!(
-            raw >= 0,
-            "memfd_create: {}",
-            std::io::Error::last_os_error()
-        );
-        // SAFETY: `raw` is a fresh descriptor we own.
-        let mut memfd = unsafe { <fs::File as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+        let mut memfd = memfd("memscope-test");
         memfd.write_all(&vec![7u8; 12288]).expect("write memfd");
         let deleted_path = files.path().join("held");
         let mut deleted = fs::File::create(&deleted_path).expect("create");
@@ -278,11 +277,7 @@ mod tests {
 
     #[test]
     fn holders_are_deduplicated_and_bounded() {
-        // SAFETY: a valid NUL-terminated name; the fd is checked and owned below.
-        let raw = unsafe { libc::memfd_create(c"memscope-holders".as_ptr(), 0) };
-        assert!(raw >= 0);
-        // SAFETY: `raw` is a fresh descriptor we own.
-        let memfd = unsafe { <fs::File as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+        let memfd = memfd("memscope-holders");
         let proc = tempfile::tempdir().expect("tempdir");
         let _dup = memfd.try_clone().expect("dup");
         let real = format!("/proc/{}/fd", std::process::id());

@@ -39,10 +39,10 @@ use super::{CollectCtx, CollectError, Collector, Observation};
 use crate::{
     config::{TmpfsConfig, parse_byte_size},
     procfs::{
-        Dev, FileClass, ProcFs,
+        Dev, ProcFs,
         escape::Name,
-        meminfo::{field, parse_meminfo},
-        mountinfo::{Superblock, option_value, parse_mountinfo, select_superblocks},
+        meminfo::field,
+        mountinfo::{Superblock, option_value, select_superblocks},
         page_size,
     },
 };
@@ -214,8 +214,7 @@ impl TmpfsCollector {
 
     /// `MemTotal` from meminfo, read only when a `size=N%` needs it.
     fn mem_total(&mut self, procfs: &ProcFs, warnings: &mut Vec<String>) -> Option<u64> {
-        let path = procfs.path("meminfo");
-        match procfs.read_parsed(&path, FileClass::Meminfo, &mut self.buf, parse_meminfo) {
+        match procfs.meminfo(&mut self.buf) {
             Ok(fields) => field(&fields, "MemTotal"),
             Err(e) => {
                 warnings.push(format!("size=N% needs MemTotal: {e}"));
@@ -255,10 +254,7 @@ impl Collector for TmpfsCollector {
     }
 
     fn collect(&mut self, ctx: &CollectCtx<'_>) -> Result<Option<Observation>, CollectError> {
-        let path = ctx.procfs.path("self/mountinfo");
-        let mounts =
-            ctx.procfs
-                .read_parsed(&path, FileClass::Mountinfo, &mut self.buf, parse_mountinfo)?;
+        let mounts = ctx.procfs.self_mountinfo(&mut self.buf)?;
         let superblocks = select_superblocks(&mounts);
         let mut obs = TmpfsObservation::default();
         let needs_mem_total = superblocks

@@ -1,6 +1,6 @@
 //! `statvfs(3)` of a mounted filesystem: its block and inode limits and usage.
 
-use std::{ffi::CString, os::unix::ffi::OsStrExt, path::Path};
+use std::{os::unix::ffi::OsStrExt, path::Path};
 
 /// What `statvfs` says of a tmpfs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,15 +13,11 @@ pub struct FsStat {
 }
 
 pub fn statvfs(path: &Path) -> Result<FsStat, String> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| format!("{}: path holds a NUL byte", path.display()))?;
-    // SAFETY: an all-zero statvfs is a valid value to be overwritten.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is NUL-terminated and `st` is a valid, writable statvfs.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(format!("{}: statvfs: {e}", path.display()));
+    if path.as_os_str().as_bytes().contains(&0) {
+        return Err(format!("{}: path holds a NUL byte", path.display()));
     }
+    let st = rustix::fs::statvfs(path)
+        .map_err(|e| format!("{}: statvfs: {}", path.display(), std::io::Error::from(e)))?;
     let frsize = st.f_frsize;
     let blocks = st.f_blocks;
     let files = st.f_files;
@@ -44,4 +40,23 @@ pub fn statvfs(path: &Path) -> Result<FsStat, String> {
         inodes_used,
         inodes_limit,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        statvfs(dir.path()).expect("statvfs of an existing directory");
+        let missing = dir.path().join("missing");
+        let e = statvfs(&missing).expect_err("missing path");
+        assert!(
+            e.starts_with(&missing.display().to_string()) && e.contains("statvfs"),
+            "{e}"
+        );
+        let nul = Path::new(std::ffi::OsStr::from_bytes(b"/tmp/a\0b"));
+        assert!(statvfs(nul).expect_err("NUL").contains("NUL byte"));
+    }
 }
