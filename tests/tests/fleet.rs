@@ -7,9 +7,9 @@
 //!
 //! The recorded stream has no OOM kills and no losses (a healthy agent reports none), so the
 //! stream is loaded a second time with a few lines changed or added (marked `synthetic` below):
-//! exits with `"reason": "oom_kill"` and a `cgroup` (the form issue 8 plans), and agent records
-//! reporting dropped marks, lost events and dropped lines. That way those two queries are checked
-//! on a non-empty answer too.
+//! exits with `"reason": "oom_kill"` and a `cgroup` (the form issue 8 plans), `cgroup` records
+//! whose `oom_kill` counter rises, and agent records reporting dropped marks, lost events and
+//! dropped lines. That way those queries are checked on a non-empty answer too.
 //!
 //! Needs `MEMSCOPE_CHDB_PYTHON`: a python with `chdb` importable. `cargo xtask test-pipeline`
 //! installs it and sets it; without it this test fails loudly.
@@ -26,11 +26,12 @@ use serde_json::{Map, Value, json};
 
 type Row = Map<String, Value>;
 
-const QUERIES: [&str; 5] = [
+const QUERIES: [&str; 6] = [
     "top_processes",
     "top_objects",
     "shmem_unexplained",
     "oom_kills",
+    "oom_kill_counters",
     "agent_losses",
 ];
 
@@ -287,6 +288,35 @@ fn expected_oom_kills(stream: &[Value]) -> Vec<Row> {
         .collect()
 }
 
+fn expected_oom_kill_counters(stream: &[Value]) -> Vec<Row> {
+    // (host, cgroup) -> (min counter, max counter, last ts)
+    let mut groups: BTreeMap<(String, String), (i64, i64, String)> = BTreeMap::new();
+    for v in stream.iter().filter(|v| s(v, "kind") == "cgroup") {
+        let Some(n) = v["events"]["oom_kill"].as_i64() else {
+            continue;
+        };
+        let g = groups
+            .entry((s(v, "host"), text(v, "path")))
+            .or_insert((n, n, String::new()));
+        g.0 = g.0.min(n);
+        g.1 = g.1.max(n);
+        g.2 = g.2.clone().max(ch_time(&s(v, "ts")));
+    }
+    let mut rows: Vec<_> = groups
+        .into_iter()
+        .filter(|(_, (lo, hi, _))| hi > lo)
+        .collect();
+    rows.sort_by(|a, b| (a.1.0 - a.1.1, &a.0).cmp(&(b.1.0 - b.1.1, &b.0)));
+    rows.into_iter()
+        .map(|((host, cgroup), (lo, hi, last))| {
+            row(json!({
+                "host": host, "cgroup": cgroup, "oom_kills": hi - lo,
+                "oom_kill_counter": hi, "last_seen": last,
+            }))
+        })
+        .collect()
+}
+
 fn expected_agent_losses(stream: &[Value]) -> Vec<Row> {
     let counters = ["dirty_marks_dropped", "events_lost", "lines_dropped"];
     let mut groups: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
@@ -318,6 +348,7 @@ fn expected(query: &str, stream: &[Value]) -> Vec<Row> {
         "top_objects" => expected_top_objects(stream),
         "shmem_unexplained" => expected_shmem_unexplained(stream),
         "oom_kills" => expected_oom_kills(stream),
+        "oom_kill_counters" => expected_oom_kill_counters(stream),
         "agent_losses" => expected_agent_losses(stream),
         other => panic!("no independent computation for query {other}"),
     }
@@ -400,6 +431,34 @@ fn with_synthetic_events(stream: &[Value]) -> Vec<Value> {
         e
     };
     let slice = "/system.slice/cache.service";
+    // cgroup records (the recorded stream predates the cgroup collector): the cache service's
+    // oom_kill counter rises from 3 to 5, the web service's stays at 1, and one cgroup has none.
+    let cgroup = |host: &str, ts: &str, seq: i64, path: &str, oom_kill: Option<i64>| {
+        json!({
+            "schema": "memscope.v1", "kind": "cgroup", "ts": ts, "host": host, "seq": seq,
+            "path": path, "hierarchy": "v2", "usage_bytes": 1 << 30,
+            "events": { "oom": oom_kill, "oom_kill": oom_kill, "max": 0, "high": 0 },
+        })
+    };
+    out.extend([
+        cgroup("cache-1", "2026-11-28T09:20:32.985Z", 0, slice, Some(3)),
+        cgroup("cache-1", "2026-11-28T09:20:35.963Z", 3, slice, Some(5)),
+        cgroup(
+            "web-1",
+            "2026-11-28T09:20:28.424Z",
+            0,
+            "/system.slice/web",
+            Some(1),
+        ),
+        cgroup(
+            "web-1",
+            "2026-11-28T09:20:31.398Z",
+            3,
+            "/system.slice/web",
+            Some(1),
+        ),
+        cgroup("db-1", "2026-11-28T09:20:26.808Z", 3, "/", None),
+    ]);
     out.extend([
         exit(
             "cache-1",
@@ -454,11 +513,15 @@ fn documented_fleet_queries_agree_with_the_stream() {
     check("recorded", &recorded, &engine_answers(&fixture));
 
     let synthetic = with_synthetic_events(&recorded);
-    for q in ["oom_kills", "agent_losses"] {
+    for (q, rows) in [
+        ("oom_kills", 2),
+        ("oom_kill_counters", 1),
+        ("agent_losses", 2),
+    ] {
         assert_eq!(
             expected(q, &synthetic).len(),
-            2,
-            "{q}: two hosts in the synthetic answer"
+            rows,
+            "{q}: rows in the synthetic answer"
         );
     }
     let dir = tempfile::tempdir().expect("tempdir");
