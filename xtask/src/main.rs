@@ -8,6 +8,7 @@ mod ladder_bench;
 mod pipeline;
 mod probe_bench;
 mod setup;
+mod volume;
 
 use std::process::Command;
 
@@ -37,6 +38,12 @@ enum Cmd {
     GoldenUpdate,
     /// Regenerate the JSON Schemas under schema/ from the record types.
     SchemaUpdate,
+    /// Bytes per day the agent writes on this host, `emit = "full"` and `"changes"` side by side
+    /// (`cargo xtask volume -- --seconds 120 --interval 10s`).
+    Volume {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Install the eBPF toolchain (nightly rust-src, bpf-linker for the nightly's LLVM). Idempotent.
     Setup,
     /// Measure the tracepoint programs' overhead on a 4 KiB mmap+munmap loop (root).
@@ -57,6 +64,7 @@ fn main() -> Result<()> {
         Cmd::Setup => setup::setup_ebpf_toolchain(),
         Cmd::ProbeBench => probe_bench::run(),
         Cmd::Bench { args } => ladder_bench::run(&args),
+        Cmd::Volume { args } => volume::run(&args),
         Cmd::SchemaUpdate => cargo(
             &[
                 "test",
