@@ -49,3 +49,11 @@ SELECT
     CAST(line, 'JSON(pid UInt32, keyframe Bool, pss_bytes Int64, rss_bytes Int64, mappers Int64, shmem_bytes Int64, unexplained_bytes Int64, dirty_marks_dropped Int64, events_lost Int64, lines_dropped Int64)') AS data
 FROM memscope.records_in
 WHERE JSONExtractString(line, 'schema') = 'memscope.v1';
+
+-- Each host's latest keyframe (a snapshot with keyframe = true: with emit = "full" every emission,
+-- with emit = "changes" every keyframe_every-th): the emission that holds the host's whole state.
+CREATE VIEW IF NOT EXISTS memscope.latest_keyframes AS
+SELECT host, argMax(seq, ts) AS last_seq, max(ts) AS last_ts
+FROM memscope.records
+WHERE kind = 'snapshot' AND data.keyframe
+GROUP BY host;

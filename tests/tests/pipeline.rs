@@ -327,17 +327,18 @@ fn rsyslog_ships_every_line_exactly_once_across_rotation_and_restart() {
         );
     }
 
-    let rx_log = d.join("receiver.log");
-    let mut receiver = Proc::spawn(
-        "rsyslogd (receiver)",
-        Command::new(&rsyslogd)
-            .arg("-n")
+    // rsyslogd in the foreground (-n) with its own config and pid file; its output in `<role>.log`.
+    let rsyslog = |name: &'static str, role: &str, conf: &Path| -> (Proc, PathBuf) {
+        let log = d.join(format!("{role}.log"));
+        let mut cmd = Command::new(&rsyslogd);
+        cmd.arg("-n")
             .arg("-f")
-            .arg(&rx_conf)
+            .arg(conf)
             .arg("-i")
-            .arg(d.join("receiver.pid")),
-        &rx_log,
-    );
+            .arg(d.join(format!("{role}.pid")));
+        (Proc::spawn(name, &mut cmd, &log), log)
+    };
+    let (mut receiver, rx_log) = rsyslog("rsyslogd (receiver)", "receiver", &rx_conf);
     let listening = wait_for(Duration::from_secs(20), || {
         receiver.assert_running(&rx_log);
         TcpStream::connect((Ipv4Addr::LOCALHOST, port.parse::<u16>().expect("port"))).is_ok()
@@ -346,17 +347,7 @@ fn rsyslog_ships_every_line_exactly_once_across_rotation_and_restart() {
         listening,
         "the receiver does not listen on 127.0.0.1:{port}"
     );
-    let fwd_log = d.join("forwarder.log");
-    let mut forwarder = Proc::spawn(
-        "rsyslogd (forwarder)",
-        Command::new(&rsyslogd)
-            .arg("-n")
-            .arg("-f")
-            .arg(&fwd_conf)
-            .arg("-i")
-            .arg(d.join("forwarder.pid")),
-        &fwd_log,
-    );
+    let (mut forwarder, fwd_log) = rsyslog("rsyslogd (forwarder)", "forwarder", &fwd_conf);
 
     // 500 ms interval; max_bytes about four emissions of this host, as it is now (a shared host
     // can be busy): forwarder.conf says why not less. keep = 1000 so that the agent's files hold

@@ -2,13 +2,7 @@
 -- keyframe, grouped by kind and label (a library, a /dev/shm file, a memfd name). SysV segments
 -- are `sysv` records (joined with their mappings), labelled by key. `other:*` rows are the small
 -- objects each agent folded together.
-WITH latest AS
-(
-    SELECT host, argMax(seq, ts) AS last_seq, max(ts) AS last_ts
-    FROM memscope.records
-    WHERE kind = 'snapshot' AND data.keyframe
-    GROUP BY host
-),
+WITH
 objects AS
 (
     SELECT
@@ -18,7 +12,7 @@ objects AS
         r.data.pss_bytes AS pss_bytes,
         r.data.mappers AS mappers
     FROM memscope.records AS r
-    INNER JOIN latest AS l ON r.host = l.host AND r.ts = l.last_ts AND r.seq = l.last_seq
+    INNER JOIN memscope.latest_keyframes AS l ON r.host = l.host AND r.ts = l.last_ts AND r.seq = l.last_seq
     WHERE r.kind = 'object'
     UNION ALL
     SELECT
@@ -28,7 +22,7 @@ objects AS
         ifNull(r.data.mapped.pss_bytes.:Int64, 0),
         ifNull(r.data.mapped.mappers.:Int64, 0)
     FROM memscope.records AS r
-    INNER JOIN latest AS l ON r.host = l.host AND r.ts = l.last_ts AND r.seq = l.last_seq
+    INNER JOIN memscope.latest_keyframes AS l ON r.host = l.host AND r.ts = l.last_ts AND r.seq = l.last_seq
     WHERE r.kind = 'sysv'
 )
 SELECT
