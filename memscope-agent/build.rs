@@ -1,116 +1,131 @@
-//! Builds memscope's eBPF programs (`memscope-ebpf`, bin `memscope-probes`) with `aya-build` and
-//! leaves the object in `OUT_DIR` for `include_bytes_aligned!`.
+//! Puts memscope's eBPF object (`memscope-ebpf`, bin `memscope-probes`) in `OUT_DIR` for
+//! `include_bytes_aligned!`. In order:
 //!
-//! The eBPF build needs the `nightly` toolchain with `rust-src` and `bpf-linker` on `PATH`
-//! (`cargo xtask setup` installs them). Without them the agent is built without the object
-//! (`--cfg memscope_no_ebpf`) and runs in polling mode, after a cargo warning.
-//! `MEMSCOPE_REQUIRE_EBPF=1` (CI) turns a missing toolchain or a failed eBPF build into an error.
+//! 1. **Toolchain present** (the nightly pinned in `memscope-ebpf/rust-toolchain.toml` with
+//!    `rust-src`, and `bpf-linker`; see `memscope_build::toolchain`): build the object from source.
+//!    If the committed object does not match (stale stamp, or other bytes), say so in a cargo
+//!    warning naming `cargo xtask ebpf-object`.
+//! 2. **No toolchain**: use the committed object (`memscope-ebpf/prebuilt/`) if its stamp matches
+//!    the sources. That is how `cargo run`, `cargo install`, the .deb and the image get eBPF on
+//!    stable Rust alone.
+//! 3. **Neither**: a cargo warning, and the agent is built without the object
+//!    (`--cfg memscope_no_ebpf`): it runs in polling mode.
+//!
+//! `MEMSCOPE_REQUIRE_EBPF=1` (CI) turns 3, and a failed source build, into an error.
+//! The toolchain check re-runs when the toolchain appears or goes (see
+//! `memscope_build::toolchain::watch_paths`).
 
 use std::{
-    env,
+    env, fs,
     path::{Path, PathBuf},
-    process::Command,
 };
 
-use anyhow::{Context as _, anyhow, bail};
-
-const EBPF_PACKAGE: &str = "memscope-ebpf";
-const EBPF_BIN: &str = "memscope-probes";
-const NIGHTLY: &str = "nightly";
+use anyhow::{Context as _, anyhow};
+use memscope_build::{REFRESH_COMMAND, object, sha256_hex, stamp, toolchain};
 
 fn main() -> anyhow::Result<()> {
     println!("cargo::rustc-check-cfg=cfg(memscope_no_ebpf)");
     println!("cargo::rerun-if-env-changed=MEMSCOPE_REQUIRE_EBPF");
-    println!("cargo::rerun-if-env-changed=PATH");
-
+    for var in toolchain::WATCH_ENV {
+        println!("cargo::rerun-if-env-changed={var}");
+    }
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?);
     let workspace = manifest_dir
         .parent()
         .context("memscope-agent has no parent directory")?;
-    // aya-build watches only the eBPF crate's folder; the ABI and the locked versions matter too.
-    for watched in ["memscope-common", "Cargo.lock"] {
+    // The stamp's inputs (memscope-build is a build-dependency: cargo tracks it already).
+    for watched in [
+        "memscope-ebpf",
+        "memscope-common",
+        "Cargo.lock",
+        "Cargo.toml",
+    ] {
         println!(
             "cargo::rerun-if-changed={}",
             workspace.join(watched).display()
         );
     }
+    let channel = toolchain::pinned_channel(workspace).ok();
+    for path in toolchain::watch_paths(channel.as_deref()) {
+        println!("cargo::rerun-if-changed={}", path.display());
+    }
 
+    let out_dir = PathBuf::from(env::var("OUT_DIR").context("OUT_DIR")?);
+    let dest = out_dir.join(object::BIN);
     let require = env::var("MEMSCOPE_REQUIRE_EBPF").is_ok_and(|v| v == "1");
-    match build(workspace) {
+    match provide_object(workspace, &out_dir, &dest, require) {
         Ok(()) => Ok(()),
         Err(err) if require => {
             Err(err.context("MEMSCOPE_REQUIRE_EBPF=1: the eBPF object is required"))
         }
         Err(err) => {
-            println!(
-                "cargo::warning=memscope: building without eBPF (the agent will run in polling mode): {err:#}"
-            );
-            println!(
-                "cargo::warning=memscope: run `cargo xtask setup` to install the eBPF toolchain"
-            );
+            warn(&format!(
+                "building without eBPF (the agent will run in polling mode): {err:#}"
+            ));
+            warn("run `cargo xtask setup` to install the eBPF toolchain");
             println!("cargo::rustc-cfg=memscope_no_ebpf");
             Ok(())
         }
     }
 }
 
-fn build(workspace: &Path) -> anyhow::Result<()> {
-    check_toolchain()?;
-    // aya-build relays every line of the nested cargo's stderr as a cargo warning; keep only
-    // real diagnostics by silencing its progress lines ("Compiling …").
-    // SAFETY: build scripts are single-threaded here; nothing reads the environment concurrently.
-    unsafe { env::set_var("CARGO_TERM_QUIET", "true") };
-    let root_dir = workspace.join(EBPF_PACKAGE);
-    let root_dir = root_dir
-        .to_str()
-        .with_context(|| format!("{} is not UTF-8", root_dir.display()))?;
-    aya_build::build_ebpf(
-        [aya_build::Package {
-            name: EBPF_PACKAGE,
-            root_dir,
-            ..Default::default()
-        }],
-        aya_build::Toolchain::Nightly,
-    )
-    .context("building the eBPF programs failed")?;
-    let out_dir = PathBuf::from(env::var("OUT_DIR").context("OUT_DIR")?);
-    let object = out_dir.join(EBPF_BIN);
-    if !object.is_file() {
-        // AYA_BUILD_SKIP=1 makes aya-build return without building.
-        bail!("the eBPF build left no {}", object.display());
+/// Writes the object to `dest`, built from source or committed; the error says why neither works.
+fn provide_object(
+    workspace: &Path,
+    out_dir: &Path,
+    dest: &Path,
+    require: bool,
+) -> anyhow::Result<()> {
+    let committed =
+        stamp::inputs(workspace).and_then(|current| stamp::committed_object(workspace, &current));
+    let no_toolchain = match toolchain::check(workspace) {
+        Ok(toolchain) => match object::build(workspace, &toolchain, &out_dir.join("ebpf-target")) {
+            Ok(built) => {
+                let bytes =
+                    fs::read(&built).with_context(|| format!("reading {}", built.display()))?;
+                compare_with_committed(&bytes, &committed, &toolchain.rustc_version);
+                return write(dest, &bytes);
+            }
+            Err(err) if require => return Err(err),
+            Err(err) => {
+                warn(&format!("{err:#}"));
+                anyhow!("the eBPF build from source failed")
+            }
+        },
+        Err(err) => err,
+    };
+    match committed {
+        Ok((_, bytes)) => write(dest, &bytes),
+        Err(why) => Err(anyhow!(
+            "no eBPF toolchain ({no_toolchain:#}), and the committed object cannot be used ({why:#})"
+        )),
     }
-    Ok(())
 }
 
-/// Fails with a readable reason when the nightly toolchain, its `rust-src` or `bpf-linker` is missing.
-fn check_toolchain() -> anyhow::Result<()> {
-    let linker = find_on_path("bpf-linker").ok_or_else(|| anyhow!("bpf-linker is not on PATH"))?;
-    println!("cargo::rerun-if-changed={}", linker.display());
-
-    let output = Command::new("rustup")
-        .args(["run", NIGHTLY, "rustc", "--print", "sysroot"])
-        .output()
-        .context("running `rustup run nightly rustc --print sysroot`")?;
-    if !output.status.success() {
-        bail!(
-            "the {NIGHTLY} toolchain is not usable: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
+/// Warns when the object built from source is not the committed one.
+fn compare_with_committed(
+    built: &[u8],
+    committed: &anyhow::Result<(stamp::Stamp, Vec<u8>)>,
+    rustc_version: &str,
+) {
+    match committed {
+        Ok((stamp, _)) if stamp.object_sha256 == sha256_hex(built) => {}
+        Ok((stamp, _)) => warn(&format!(
+            "the eBPF object built from source differs from the committed one although its inputs match (built with {rustc_version}, committed one with {}); run `{REFRESH_COMMAND}`",
+            stamp.built_with
+        )),
+        Err(why) => warn(&format!(
+            "eBPF object built from source; the committed one does not match: {why:#}"
+        )),
     }
-    let sysroot = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
-    let core = sysroot.join("lib/rustlib/src/rust/library/core/Cargo.toml");
-    if !core.is_file() {
-        bail!(
-            "the {NIGHTLY} toolchain has no rust-src component ({} missing)",
-            core.display()
-        );
-    }
-    Ok(())
 }
 
-fn find_on_path(program: &str) -> Option<PathBuf> {
-    let path = env::var_os("PATH")?;
-    env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file())
+fn write(dest: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    fs::write(dest, bytes).with_context(|| format!("writing {}", dest.display()))
+}
+
+fn warn(message: &str) {
+    for line in message.lines() {
+        println!("cargo::warning=memscope: {line}");
+    }
 }

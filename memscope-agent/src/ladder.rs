@@ -6,6 +6,8 @@
 //!
 //! - `new`: never read (or its pid was reused);
 //! - `dirty`: the eBPF tracker saw a layout change (mmap, munmap, brk, shm*, exec…);
+//! - `overflow`: the tracker lost marks or events (dirty map or ring buffer full), so every process
+//!   is suspect; served oldest number first, under the budget;
 //! - `layout`: `statm`'s virtual size changed (polling mode's stand-in for `dirty`);
 //! - `residency`: resident or shared pages moved by at least the tier's threshold since its last read;
 //! - `shared_change`: an object it maps gained or lost a mapper (smaps tier);
@@ -15,20 +17,26 @@
 //! nothing is skipped forever.
 
 use std::{
-    collections::{HashMap, HashSet},
-    sync::Mutex,
+    collections::{BTreeMap, HashMap, HashSet},
     time::{Duration, Instant},
 };
 
 use serde::Serialize;
 
-use crate::procfs::statm::Statm;
+use crate::{
+    proc_events::{ProcEvent, Scope},
+    procfs::{
+        FileClass, OpenFiles, ProcError, ProcFs, Reopened,
+        statm::{Statm, parse_statm},
+    },
+};
 
 /// Why a process is re-read. Ordered by urgency (lowest first served first among equally old).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Reason {
     New,
     Dirty,
+    Overflow,
     Layout,
     Residency,
     SharedChange,
@@ -36,9 +44,10 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 6] = [
+    pub const ALL: [Reason; 7] = [
         Reason::New,
         Reason::Dirty,
+        Reason::Overflow,
         Reason::Layout,
         Reason::Residency,
         Reason::SharedChange,
@@ -49,6 +58,7 @@ impl Reason {
         match self {
             Reason::New => "new",
             Reason::Dirty => "dirty",
+            Reason::Overflow => "overflow",
             Reason::Layout => "layout",
             Reason::Residency => "residency",
             Reason::SharedChange => "shared_change",
@@ -66,6 +76,8 @@ pub struct TierPolicy {
     pub max_staleness: Duration,
     /// Whether a change of `statm`'s virtual size makes a process due (smaps tier: the layout).
     pub layout_changes: bool,
+    /// The tracker marks this tier acts on.
+    pub scope: Scope,
 }
 
 #[derive(Debug, Clone)]
@@ -116,7 +128,10 @@ impl Ladder {
     fn set_pending(e: &mut Entry, reason: Reason, now: Instant) {
         match &mut e.pending {
             // Keep the oldest "since" (carry-over order) and the most urgent reason.
-            Some((r, _)) => *r = (*r).min(reason),
+            Some((r, since)) => {
+                *r = (*r).min(reason);
+                *since = (*since).min(now);
+            }
             None => e.pending = Some((reason, now)),
         }
     }
@@ -186,36 +201,82 @@ impl Ladder {
         }
     }
 
-    /// Tier 1 of a run: feeds every process's `statm` from this tick's pass, forgets processes
-    /// that are gone, then applies the tracker's marks for `tier`. Returns the live pids and how
-    /// many vanished. An unreadable `statm` (hidepid) keeps the process: the next tier says why.
-    pub fn observe_all(
-        &mut self,
-        pass: &StatmPass,
-        dirty: &DirtyHub,
-        tier: Tier,
-        now: Instant,
-    ) -> (HashSet<u32>, u32) {
-        let mut live = HashSet::with_capacity(pass.processes.len());
-        let mut vanished = 0;
+    /// Tier 1 of a run: applies the tracker's events (in order), then feeds every process's `statm`
+    /// from this tick's pass and forgets processes that are gone. An unreadable `statm` (hidepid)
+    /// keeps the process: the next tier says why.
+    ///
+    /// - `Exit`: forgotten now; the pid is left out of this run even if `/proc` still lists it (a
+    ///   zombie not yet reaped); if it is listed next run, it is someone `new`.
+    /// - `Fork` and a reused pid (`StatmRead::Reused`): forgotten, then `new`.
+    /// - `Exec` and a `Mark` whose scope this tier cares about: `dirty`.
+    /// - `Overflow`: every process is due (`overflow`), oldest number first.
+    pub fn run_tier1(&mut self, pass: &StatmPass, events: &[ProcEvent], now: Instant) -> Tier1 {
+        let mut out = Tier1::default();
+        let mut exited: HashSet<u32> = HashSet::new();
+        let mut dirty: Vec<u32> = Vec::new();
+        let mut overflow = false;
+        for ev in events {
+            match *ev {
+                ProcEvent::Exit { pid } => {
+                    self.forget(pid);
+                    dirty.retain(|p| *p != pid);
+                    exited.insert(pid);
+                    out.forgotten.push(pid);
+                }
+                ProcEvent::Fork { pid } => {
+                    self.forget(pid);
+                    dirty.retain(|p| *p != pid);
+                    exited.remove(&pid);
+                    out.forgotten.push(pid);
+                }
+                ProcEvent::Exec { pid } => dirty.push(pid),
+                ProcEvent::Mark { pid, scope } if scope.intersects(self.policy.scope) => {
+                    dirty.push(pid);
+                }
+                ProcEvent::Mark { .. } => {}
+                ProcEvent::Overflow => overflow = true,
+            }
+        }
+        out.live.reserve(pass.processes.len());
         for &(pid, read) in &pass.processes {
+            if exited.contains(&pid) {
+                continue;
+            }
             match read {
                 StatmRead::Read(statm) => {
-                    live.insert(pid);
+                    out.live.insert(pid);
                     self.observe(pid, statm, now);
                 }
-                StatmRead::Gone => vanished += 1,
+                StatmRead::Reused(statm) => {
+                    self.forget(pid);
+                    out.forgotten.push(pid);
+                    out.live.insert(pid);
+                    self.observe(pid, statm, now);
+                }
+                StatmRead::Gone => out.vanished += 1,
                 StatmRead::Unreadable => {
-                    live.insert(pid);
+                    out.live.insert(pid);
                     self.observe(pid, Statm::default(), now);
                 }
             }
         }
-        self.retain(&live);
-        for pid in dirty.take(tier) {
+        self.retain(&out.live);
+        for pid in dirty {
             self.mark(pid, Reason::Dirty, now);
         }
-        (live, vanished)
+        if overflow {
+            self.mark_all(Reason::Overflow, now);
+        }
+        out
+    }
+
+    /// Marks every tracked process due for `reason`, each since its last read, so the budget
+    /// serves the oldest numbers first.
+    pub fn mark_all(&mut self, reason: Reason, now: Instant) {
+        for e in self.entries.values_mut() {
+            let since = e.last_read.unwrap_or(now).min(now);
+            Self::set_pending(e, reason, since);
+        }
     }
 
     /// Records how long a run took (from its statm pass to its emission). The next run re-reads a
@@ -252,59 +313,23 @@ impl Ladder {
     }
 }
 
-/// Dirty marks from the tracker, handed to each tier that consumes them. A mark is delivered to
-/// every consumer exactly once.
+/// What tier 1 of a run found.
 #[derive(Debug, Default)]
-pub struct DirtyHub {
-    inner: Mutex<HubInner>,
-}
-
-#[derive(Debug, Default)]
-struct HubInner {
-    /// Marks not yet taken, per consumer.
-    pending: [HashSet<u32>; 2],
-    received: u64,
-}
-
-/// A consumer of dirty marks.
-#[derive(Debug, Clone, Copy)]
-pub enum Tier {
-    Rollup = 0,
-    Smaps = 1,
-}
-
-impl DirtyHub {
-    /// Adds marks (tgids) for every consumer.
-    pub fn publish(&self, tgids: impl IntoIterator<Item = u32>) {
-        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        for t in tgids {
-            g.received += 1;
-            for set in &mut g.pending {
-                set.insert(t);
-            }
-        }
-    }
-
-    /// Takes the marks not yet taken by `tier`.
-    pub fn take(&self, tier: Tier) -> HashSet<u32> {
-        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        std::mem::take(&mut g.pending[tier as usize])
-    }
-
-    /// Marks received since start.
-    pub fn received(&self) -> u64 {
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .received
-    }
+pub struct Tier1 {
+    /// Processes alive in this run.
+    pub live: HashSet<u32>,
+    /// Processes that vanished during the pass.
+    pub vanished: u32,
+    /// Pids whose earlier process is gone (exit, fork, reuse): a collector drops what it kept for
+    /// them, so a new process under an old pid is never reported with the old one's numbers.
+    pub forgotten: Vec<u32>,
 }
 
 /// Re-reads per tier and reason, and what was left for the next tick; reported in the `agent` record.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct TierStats {
     /// Reads by reason since start.
-    pub rereads: std::collections::BTreeMap<&'static str, u64>,
+    pub rereads: BTreeMap<&'static str, u64>,
     /// Processes due but left for the next tick by the time budget, in the last run.
     pub carried_over: u64,
     /// Age in ms of the oldest number this tier holds, at its last run.
@@ -328,6 +353,84 @@ impl TierStats {
     }
 }
 
+/// What tier 1 saw of one process this tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatmRead {
+    Read(Statm),
+    /// The descriptor kept open for this pid says its process is gone (ESRCH), yet the pid is in
+    /// `/proc` again: another process has it. Read afresh.
+    Reused(Statm),
+    /// The process vanished (ENOENT/ESRCH).
+    Gone,
+    /// `statm` unreadable for another reason (hidepid…): the process is live, its numbers unknown.
+    Unreadable,
+}
+
+/// One tick's tier-1 pass: every process id and its `statm`, in pid order. The scheduler reads it
+/// once per tick (when a ladder collector is due) and hands it to every collector in
+/// [`crate::collectors::CollectCtx`]: both tiers see the same pids at the same moment, and the
+/// pass, the ladder's fixed cost per tick, is paid once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatmPass {
+    pub processes: Vec<(u32, StatmRead)>,
+}
+
+impl StatmPass {
+    /// Reads the pass through `files`, the `statm` descriptors kept open between passes (which
+    /// notice a reused pid; see [`OpenFiles::read`]).
+    pub fn read(
+        procfs: &ProcFs,
+        files: &mut OpenFiles,
+        buf: &mut Vec<u8>,
+    ) -> Result<StatmPass, ProcError> {
+        let pids = procfs.pids()?;
+        files.retain_sorted(&pids);
+        let mut processes = Vec::with_capacity(pids.len());
+        for pid in pids {
+            let read = match files.read(procfs, pid, buf) {
+                Ok(reopened) => match (parse_statm(buf), reopened) {
+                    (Ok(statm), Reopened::No) => StatmRead::Read(statm),
+                    (Ok(statm), Reopened::OtherProcess) => StatmRead::Reused(statm),
+                    (Err(_), _) => StatmRead::Unreadable,
+                },
+                Err(e) if e.is_gone() => StatmRead::Gone,
+                // statm is world-readable; if it is not (hidepid), the rollup tier says why.
+                Err(_) => StatmRead::Unreadable,
+            };
+            processes.push((pid, read));
+        }
+        Ok(StatmPass { processes })
+    }
+
+    /// A one-off pass with no kept descriptors (tests, `--once`).
+    pub fn read_once(procfs: &ProcFs, buf: &mut Vec<u8>) -> Result<StatmPass, ProcError> {
+        Self::read(procfs, &mut Self::files(0), buf)
+    }
+
+    /// The descriptor set a scheduler keeps between passes, holding at most `cap` descriptors.
+    pub fn files(cap: usize) -> OpenFiles {
+        OpenFiles::new("statm", FileClass::STATM, cap)
+    }
+}
+
+/// How many `statm` descriptors to keep open: the soft RLIMIT_NOFILE less a reserve for everything
+/// else the agent opens (the agent raises the soft limit to the hard one at start).
+pub fn statm_fd_cap() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur
+    } else {
+        1024
+    };
+    usize::try_from(soft)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(512)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,9 +451,137 @@ mod tests {
                 min_change_bytes: 16 * 4096,
                 max_staleness: Duration::from_secs(60),
                 layout_changes: true,
+                scope: Scope::LAYOUT,
             },
             4096,
         )
+    }
+
+    fn pass(list: &[(u32, StatmRead)]) -> StatmPass {
+        StatmPass {
+            processes: list.to_vec(),
+        }
+    }
+
+    fn read(resident: u64) -> StatmRead {
+        StatmRead::Read(statm(100, resident))
+    }
+
+    /// A ladder that has read pids 1..=n at t0.
+    fn read_all(n: u32, t0: Instant) -> Ladder {
+        let mut l = ladder();
+        let all: Vec<(u32, StatmRead)> = (1..=n).map(|p| (p, read(10))).collect();
+        l.run_tier1(&pass(&all), &[], t0);
+        for pid in 1..=n {
+            l.done(pid, t0);
+        }
+        l
+    }
+
+    #[test]
+    fn an_exit_is_forgotten_at_once_and_a_listed_pid_later_is_new() {
+        let t0 = Instant::now();
+        let mut l = read_all(2, t0);
+        let p = pass(&[(1, read(10)), (2, read(10))]);
+        let t1 = l.run_tier1(&p, &[ProcEvent::Exit { pid: 2 }], t0);
+        assert!(!t1.live.contains(&2), "an exited (zombie) pid is left out");
+        assert_eq!(t1.forgotten, [2]);
+        assert_eq!(l.len(), 1);
+        assert!(l.due().is_empty());
+        // Listed again next run, with no event: someone new has the pid.
+        l.run_tier1(&p, &[], t0);
+        assert_eq!(l.due(), vec![(2, Reason::New)]);
+    }
+
+    #[test]
+    fn a_fork_or_a_reused_pid_is_new_in_every_tier() {
+        let t0 = Instant::now();
+        let mut l = read_all(3, t0);
+        let t1 = l.run_tier1(
+            &pass(&[
+                (1, read(10)),
+                (2, StatmRead::Reused(statm(100, 10))),
+                (3, read(10)),
+            ]),
+            // Exit then fork of one pid between two runs: a new process under the old pid.
+            &[ProcEvent::Exit { pid: 3 }, ProcEvent::Fork { pid: 3 }],
+            t0,
+        );
+        assert_eq!(l.due(), vec![(2, Reason::New), (3, Reason::New)]);
+        assert!(t1.live.contains(&3));
+        assert_eq!(t1.forgotten, [3, 3, 2]);
+    }
+
+    #[test]
+    fn marks_and_execs_make_dirty_within_the_tier_scope() {
+        let t0 = Instant::now();
+        let mut l = read_all(3, t0);
+        let p = pass(&[(1, read(10)), (2, read(10)), (3, read(10))]);
+        l.run_tier1(
+            &p,
+            &[
+                ProcEvent::Mark {
+                    pid: 1,
+                    scope: Scope::RESIDENCY,
+                },
+                ProcEvent::Mark {
+                    pid: 2,
+                    scope: Scope::ALL,
+                },
+                ProcEvent::Exec { pid: 3 },
+                ProcEvent::Mark {
+                    pid: 99,
+                    scope: Scope::ALL,
+                },
+            ],
+            t0,
+        );
+        assert_eq!(
+            l.due(),
+            vec![(2, Reason::Dirty), (3, Reason::Dirty)],
+            "a residency-only mark is not this (layout) tier's business"
+        );
+    }
+
+    #[test]
+    fn overflow_schedules_everyone_oldest_number_first() {
+        let t0 = Instant::now();
+        let mut l = read_all(3, t0);
+        let s = Duration::from_secs;
+        // Read at different times: 2 is the oldest number, then 3, then 1.
+        l.done(1, t0 + s(3));
+        l.done(3, t0 + s(2));
+        l.done(2, t0 + s(1));
+        let p = pass(&[(1, read(10)), (2, read(10)), (3, read(10))]);
+        l.run_tier1(&p, &[], t0 + s(4));
+        assert!(l.due().is_empty());
+        l.run_tier1(&p, &[ProcEvent::Overflow], t0 + s(5));
+        assert_eq!(
+            l.due(),
+            vec![
+                (2, Reason::Overflow),
+                (3, Reason::Overflow),
+                (1, Reason::Overflow)
+            ]
+        );
+        let mut stats = TierStats::default();
+        stats.count(Reason::Overflow);
+        assert_eq!(stats.rereads["overflow"], 1);
+    }
+
+    #[test]
+    fn statm_pass_reads_through_kept_descriptors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pid_dir = dir.path().join("10");
+        std::fs::create_dir(&pid_dir).expect("mkdir");
+        std::fs::write(pid_dir.join("statm"), "1 2 3 4 0 5 0\n").expect("statm");
+        let procfs = ProcFs::new(dir.path());
+        let mut files = StatmPass::files(16);
+        let mut buf = Vec::new();
+        let a = StatmPass::read(&procfs, &mut files, &mut buf).expect("pass");
+        assert!(matches!(a.processes[..], [(10, StatmRead::Read(_))]));
+        let b = StatmPass::read(&procfs, &mut files, &mut buf).expect("pass");
+        assert_eq!(a, b, "through the kept descriptor");
     }
 
     #[test]
@@ -459,120 +690,5 @@ mod tests {
             l.due(),
             vec![(3, Reason::Dirty), (1, Reason::Dirty), (2, Reason::Dirty)]
         );
-    }
-
-    #[test]
-    fn statm_pass_is_read_once_per_tick_and_root() {
-        let shared = Shared::default();
-        let root = std::path::Path::new("/proc");
-        let mut reads = 0;
-        let mut read = |pid| {
-            reads += 1;
-            Ok::<_, ()>(StatmPass {
-                processes: vec![(pid, StatmRead::Gone)],
-            })
-        };
-        let a = shared.statm_pass(1, root, || read(1)).expect("read");
-        let b = shared.statm_pass(1, root, || read(2)).expect("reused");
-        assert_eq!(a, b, "the second tier of tick 1 reuses the pass");
-        let c = shared.statm_pass(2, root, || read(3)).expect("read");
-        assert_eq!(c.processes[0].0, 3, "a new tick reads again");
-        let d = shared
-            .statm_pass(2, std::path::Path::new("/other"), || read(4))
-            .expect("read");
-        assert_eq!(d.processes[0].0, 4, "another root reads again");
-        assert_eq!(reads, 3);
-    }
-
-    #[test]
-    fn hub_delivers_each_mark_to_each_tier_once() {
-        let hub = DirtyHub::default();
-        hub.publish([1, 2]);
-        assert_eq!(hub.take(Tier::Rollup), [1, 2].into_iter().collect());
-        assert!(hub.take(Tier::Rollup).is_empty());
-        hub.publish([3]);
-        assert_eq!(hub.take(Tier::Smaps), [1, 2, 3].into_iter().collect());
-        assert_eq!(hub.received(), 3);
-    }
-}
-
-/// What tier 1 saw of one process this tick.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StatmRead {
-    Read(Statm),
-    /// The process vanished (ENOENT/ESRCH).
-    Gone,
-    /// `statm` unreadable for another reason (hidepid…): the process is live, its numbers unknown.
-    Unreadable,
-}
-
-/// One tick's tier-1 pass: every process id and its `statm`, in pid order.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StatmPass {
-    pub processes: Vec<(u32, StatmRead)>,
-}
-
-/// State shared by the scheduler (which feeds tracker marks), the collectors (which consume them and
-/// report their tier statistics) and the store (which reports them in the `agent` record).
-#[derive(Debug, Default)]
-pub struct Shared {
-    pub dirty: DirtyHub,
-    tiers: Mutex<std::collections::BTreeMap<&'static str, TierStats>>,
-    tracker: Mutex<TrackerCounters>,
-    /// `statm` descriptors kept open between passes (see [`crate::procfs::OpenFiles`]).
-    pub statm_files: Mutex<Option<crate::procfs::OpenFiles>>,
-    /// The last tier-1 pass, by tick and `/proc` root.
-    statm: Mutex<Option<(u64, std::path::PathBuf, std::sync::Arc<StatmPass>)>>,
-}
-
-/// The tracker's own counters, as last read.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TrackerCounters {
-    pub marks_dropped: u64,
-    pub events_received: u64,
-    pub events_lost: u64,
-}
-
-impl Shared {
-    /// The tier-1 pass of `tick` over `root`: the first tier to ask in a tick runs `read`, the
-    /// others get its result. Both tiers need the same pid list and `statm`s at the same moment,
-    /// and this pass is the ladder's fixed cost per tick, so it is paid once, not once per tier.
-    /// The lock is held while `read` runs, so a tier asking meanwhile waits for the result.
-    pub fn statm_pass<E>(
-        &self,
-        tick: u64,
-        root: &std::path::Path,
-        read: impl FnOnce() -> Result<StatmPass, E>,
-    ) -> Result<std::sync::Arc<StatmPass>, E> {
-        let mut g = self.statm.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((t, r, pass)) = &*g
-            && *t == tick
-            && r == root
-        {
-            return Ok(std::sync::Arc::clone(pass));
-        }
-        let pass = std::sync::Arc::new(read()?);
-        *g = Some((tick, root.to_path_buf(), std::sync::Arc::clone(&pass)));
-        Ok(pass)
-    }
-
-    /// Replaces the statistics of `tier`.
-    pub fn set_tier_stats(&self, tier: &'static str, stats: TierStats) {
-        self.tiers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(tier, stats);
-    }
-
-    pub fn tier_stats(&self) -> std::collections::BTreeMap<&'static str, TierStats> {
-        self.tiers.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    pub fn set_tracker_counters(&self, c: TrackerCounters) {
-        *self.tracker.lock().unwrap_or_else(|p| p.into_inner()) = c;
-    }
-
-    pub fn tracker_counters(&self) -> TrackerCounters {
-        *self.tracker.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -11,6 +11,7 @@ pub mod collectors;
 pub mod config;
 pub mod derived;
 pub mod ladder;
+pub mod proc_events;
 pub mod procfs;
 pub mod records;
 pub mod runtime;

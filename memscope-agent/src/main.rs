@@ -23,6 +23,10 @@ struct Cli {
     /// Root of the proc filesystem; overrides `[agent] proc_root`.
     #[arg(long, value_name = "PATH")]
     proc_root: Option<PathBuf>,
+    /// Host name written into every record; overrides `[agent] host` (a DaemonSet passes the
+    /// node's name: a pod's own host name is the pod's).
+    #[arg(long, value_name = "NAME")]
+    host: Option<String>,
     /// One full emission, then exit.
     #[arg(long)]
     once: bool,
@@ -106,6 +110,9 @@ fn main() -> ExitCode {
     };
     if let Some(root) = cli.proc_root {
         config.agent.proc_root = root;
+    }
+    if let Some(host) = cli.host {
+        config.agent.host = host;
     }
     if let Err(e) = check_output(&config.output, src.as_deref(), &origin) {
         error!("{e}");

@@ -1,40 +1,32 @@
-//! The agent's main loop: a scheduler that runs due collectors on blocking threads each tick and
-//! feeds the store task, which owns the snapshot and writes emissions to the sink.
+//! The agent's main loop: a scheduler that, each tick, drains the tracker into the event stream,
+//! reads the `statm` pass once (when a ladder collector is due), runs the due collectors on
+//! blocking threads under a deadline, and feeds the store task, which owns the snapshot and writes
+//! emissions to the sink. The store learns everything through one channel ([`StoreMsg`]).
 
 use std::{
-    sync::{Arc, Mutex},
-    time::{Duration, Instant, SystemTime},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
 use memscope_common::event_kind;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    collectors::{CollectCtx, CollectError, Collector, Observation, build_collectors},
+    collectors::{BuildCtx, CollectCtx, CollectError, Collector, build_collectors},
     config::Config,
-    config::TrackerMode,
-    ladder::{Shared, TrackerCounters},
-    procfs::ProcFs,
+    config::{AgentConfig, TrackerMode},
+    ladder::{StatmPass, statm_fd_cap},
+    proc_events::{ProcEvent, ProcEvents},
+    procfs::{OpenFiles, ProcFs},
     sinks::Sink,
-    store::{LadderReport, SelfCost, Store, StoreConfig, TrackerInfo},
-    tracker::{self, DirtySource, PollingSource, Tracker, TrackerState},
+    store::{self, Store, StoreConfig, StoreMsg, TrackerInfo},
+    tracker::{self, DirtySource, PollingSource, Tracker, TrackerState, TrackerStats},
 };
-
-/// Messages to the store task.
-pub enum StoreMsg {
-    /// One collector run.
-    Collected {
-        collector: &'static str,
-        duration: Duration,
-        result: Result<Option<Observation>, CollectError>,
-    },
-    /// Emit now.
-    Emit,
-    /// The tracker saw a process exit: send its `exit` record at once.
-    Exit { pid: u32 },
-}
 
 /// Resolves the host name: the configured one, else the kernel's.
 pub fn host_name(config: &Config) -> String {
@@ -48,19 +40,19 @@ pub fn host_name(config: &Config) -> String {
         .unwrap_or_else(|| "unknown".to_string())
 }
 
-struct Slot {
-    name: &'static str,
-    collector: Arc<Mutex<Box<dyn Collector>>>,
-    /// Runs every `every` ticks.
-    every: u64,
-}
-
 /// Opens the configured sink; a bad output path fails here, before anything is collected.
 pub fn open_sink(config: &Config) -> anyhow::Result<Sink> {
     Sink::open(&config.output).with_context(|| match &config.output.path {
         Some(p) => format!("output.path: cannot open {}", p.display()),
         None => "cannot open the output".to_string(),
     })
+}
+
+/// The part of the tick a collector run may take before the emission goes out without it: half
+/// the agent interval. A run past it is reported `late`, its last observation stands, and it
+/// finishes in the background.
+pub fn collector_deadline(interval: Duration) -> Duration {
+    interval / 2
 }
 
 /// Runs the agent until `shutdown` resolves (or after one emission with `once`), writing to `sink`.
@@ -72,7 +64,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let procfs = ProcFs::new(&config.agent.proc_root);
     let interval = config.agent.interval.get();
-    let mut tracker = start_tracker(config.agent.tracker, once).await?;
+    let mut tracker = start_tracker(&config.agent, once).await?;
     let tracker_info = match tracker.source.state() {
         TrackerState::Ebpf => TrackerInfo {
             mode: "ebpf".to_string(),
@@ -83,18 +75,28 @@ pub async fn run(
             reason: Some(reason.clone()),
         },
     };
-    let events = tracker.events.take();
+    let lifecycle = tracker.events.take();
     let source = Arc::new(Mutex::new(tracker.source));
 
-    let slots: Vec<Slot> = build_collectors(&config, &procfs)
-        .into_iter()
-        .map(|r| Slot {
-            name: r.collector.name(),
-            collector: Arc::new(Mutex::new(r.collector)),
-            every: ticks_for(r.interval, interval),
-        })
-        .collect();
-    let names: Vec<&'static str> = slots.iter().map(|s| s.name).collect();
+    let events = ProcEvents::default();
+    let registered = build_collectors(
+        &config,
+        &BuildCtx {
+            procfs: &procfs,
+            events: &events,
+        },
+    );
+    let (tx, rx) = mpsc::channel::<StoreMsg>(64);
+    let scheduler = Scheduler::new(
+        registered
+            .into_iter()
+            .map(|r| (r.collector, ticks_for(r.interval, interval)))
+            .collect(),
+        procfs.clone(),
+        (!once).then(|| collector_deadline(interval)),
+        tx.clone(),
+    );
+    let names = scheduler.names();
     info!(
         collectors = ?names,
         interval = %humantime::format_duration(interval),
@@ -112,42 +114,37 @@ pub async fn run(
         tracker_info,
         &names,
     );
+    let store_task = tokio::spawn(store::run(store, sink, rx, procfs.clone()));
 
-    let (tx, rx) = mpsc::channel::<StoreMsg>(64);
-    let shared = Arc::new(Shared::default());
-    let store_task = tokio::spawn(store_loop(
-        store,
-        sink,
-        rx,
-        procfs.clone(),
-        Arc::clone(&shared),
-    ));
-
-    // Lifecycle events: exits become `exit` records at once; execs mark the process dirty.
-    let events_task = events.map(|mut rx| {
+    // Lifecycle events: into the ladders' stream; an exit also becomes an `exit` record at once.
+    let events_task = lifecycle.map(|mut rx| {
         let tx = tx.clone();
-        let shared = Arc::clone(&shared);
+        let events = events.clone();
         tokio::spawn(async move {
             while let Some(ev) = rx.recv().await {
-                match ev.kind {
-                    event_kind::EXIT if tx.send(StoreMsg::Exit { pid: ev.tgid }).await.is_err() => {
-                        break;
-                    }
-                    event_kind::EXEC => shared.dirty.publish([ev.tgid]),
-                    _ => {}
+                events.publish_lifecycle(&ev);
+                if ev.kind == event_kind::EXIT
+                    && tx.send(StoreMsg::Exit { pid: ev.tgid }).await.is_err()
+                {
+                    break;
                 }
             }
         })
     });
 
-    let scheduler = async {
+    let ticks = async {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut tick: u64 = 0;
+        let mut last = TrackerStats::default();
         loop {
             ticker.tick().await;
-            drain_tracker(&source, &shared).await;
-            run_due(&slots, &procfs, &shared, once, tick, &tx).await;
+            let stats = drain_tracker(&source, &events, last).await;
+            if tx.send(StoreMsg::Tracker(stats)).await.is_err() {
+                break;
+            }
+            last = stats;
+            scheduler.run_tick(tick, once).await;
             if tx.send(StoreMsg::Emit).await.is_err() {
                 break;
             }
@@ -158,13 +155,14 @@ pub async fn run(
         }
     };
     tokio::select! {
-        () = scheduler => {}
+        () = ticks => {}
         () = shutdown => info!("shutdown requested"),
     }
     if let Some(t) = events_task {
         t.abort();
         let _ = t.await;
     }
+    drop(scheduler);
     drop(tx);
     match store_task.await {
         Ok(result) => result,
@@ -173,7 +171,8 @@ pub async fn run(
 }
 
 /// Starts the tracker the config asks for. `--once` never loads eBPF: one pass reads everything.
-async fn start_tracker(mode: TrackerMode, once: bool) -> anyhow::Result<Tracker> {
+async fn start_tracker(agent: &AgentConfig, once: bool) -> anyhow::Result<Tracker> {
+    let mode = agent.tracker;
     let polling = |reason: &str| Tracker {
         source: Box::new(PollingSource::new(reason)),
         events: None,
@@ -184,9 +183,12 @@ async fn start_tracker(mode: TrackerMode, once: bool) -> anyhow::Result<Tracker>
     if once {
         return Ok(polling("one-shot run (--once): every process is read"));
     }
-    let pid = std::process::id();
+    let opts = tracker::StartOptions {
+        mount_tracefs: agent.mount_tracefs,
+        ..tracker::StartOptions::new(std::process::id())
+    };
     let tracker = tokio::task::spawn_blocking(move || {
-        let t = tracker::start(pid);
+        let t = tracker::start(&opts);
         release_freed_heap();
         t
     })
@@ -209,25 +211,50 @@ fn release_freed_heap() {
     }
 }
 
-/// Moves the tracker's dirty marks into the hub (a blocking drain, off the async workers).
-async fn drain_tracker(source: &Arc<Mutex<Box<dyn DirtySource>>>, shared: &Arc<Shared>) {
+/// Drains the tracker off the async workers (see [`drain_into`]).
+async fn drain_tracker(
+    source: &Arc<Mutex<Box<dyn DirtySource>>>,
+    events: &ProcEvents,
+    last: TrackerStats,
+) -> TrackerStats {
     let source = Arc::clone(source);
-    let shared = Arc::clone(shared);
+    let events = events.clone();
     let drained = tokio::task::spawn_blocking(move || {
         let mut s = source.lock().unwrap_or_else(|p| p.into_inner());
-        let marks = s.drain();
-        shared.dirty.publish(marks.iter().map(|m| m.tgid));
-        let st = s.stats();
-        shared.set_tracker_counters(TrackerCounters {
-            marks_dropped: st.marks_dropped,
-            events_received: st.events_received,
-            events_lost: st.events_lost,
-        });
+        drain_into(s.as_mut(), &events, last)
     })
     .await;
-    if let Err(e) = drained {
+    drained.unwrap_or_else(|e| {
         error!(error = %e, "draining the tracker failed");
+        last
+    })
+}
+
+/// One drain of the tracker: its marks go into the event stream, and when the kernel side dropped
+/// marks or lost events since the last drain (`last`), an [`ProcEvent::Overflow`] follows (every
+/// process is suspect). Returns the tracker's counters. Blocking.
+pub fn drain_into(
+    source: &mut dyn DirtySource,
+    events: &ProcEvents,
+    last: TrackerStats,
+) -> TrackerStats {
+    let marks = source.drain();
+    let stats = source.stats();
+    events.publish_marks(&marks);
+    if overflowed(&last, &stats) {
+        warn!(
+            marks_dropped = stats.marks_dropped,
+            events_lost = stats.events_lost,
+            "the tracker lost marks or events: every process is re-read (reason overflow)"
+        );
+        events.publish([ProcEvent::Overflow]);
     }
+    stats
+}
+
+/// Whether the tracker lost anything between two readings of its counters.
+fn overflowed(last: &TrackerStats, now: &TrackerStats) -> bool {
+    now.marks_dropped > last.marks_dropped || now.events_lost > last.events_lost
 }
 
 /// Number of agent ticks between runs of a collector with `interval` (rounded up, at least 1).
@@ -236,118 +263,335 @@ fn ticks_for(interval: Duration, tick: Duration) -> u64 {
     interval.as_nanos().div_ceil(t).max(1) as u64
 }
 
-/// Runs the collectors due at `tick` concurrently on blocking threads and sends their results.
-async fn run_due(
-    slots: &[Slot],
-    procfs: &ProcFs,
-    shared: &Arc<Shared>,
-    unbounded: bool,
-    tick: u64,
-    tx: &mpsc::Sender<StoreMsg>,
-) {
-    let mut handles = Vec::new();
-    for slot in slots.iter().filter(|s| tick.is_multiple_of(s.every)) {
+struct Slot {
+    name: &'static str,
+    collector: Arc<Mutex<Box<dyn Collector>>>,
+    /// Runs every `every` ticks.
+    every: u64,
+    statm: bool,
+    /// A run is going (perhaps in the background, past its deadline).
+    busy: Arc<AtomicBool>,
+}
+
+/// Runs the due collectors of a tick.
+pub struct Scheduler {
+    slots: Vec<Slot>,
+    procfs: ProcFs,
+    /// `statm` descriptors kept open between passes.
+    statm_files: Arc<Mutex<OpenFiles>>,
+    /// `None`: wait for every run (`--once`).
+    deadline: Option<Duration>,
+    tx: mpsc::Sender<StoreMsg>,
+}
+
+impl Scheduler {
+    /// `collectors` with their period in ticks.
+    pub fn new(
+        collectors: Vec<(Box<dyn Collector>, u64)>,
+        procfs: ProcFs,
+        deadline: Option<Duration>,
+        tx: mpsc::Sender<StoreMsg>,
+    ) -> Scheduler {
+        Scheduler {
+            slots: collectors
+                .into_iter()
+                .map(|(c, every)| Slot {
+                    name: c.name(),
+                    statm: c.uses_statm_pass(),
+                    collector: Arc::new(Mutex::new(c)),
+                    every,
+                    busy: Arc::default(),
+                })
+                .collect(),
+            procfs,
+            statm_files: Arc::new(Mutex::new(StatmPass::files(statm_fd_cap()))),
+            deadline,
+            tx,
+        }
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        self.slots.iter().map(|s| s.name).collect()
+    }
+
+    /// Waits until no run is going (tests).
+    #[cfg(test)]
+    async fn wait_idle(&self) {
+        while self.slots.iter().any(|s| s.busy.load(Ordering::Acquire)) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Runs the collectors due at `tick` concurrently on blocking threads. Each run's result goes
+    /// to the store as soon as it ends; this returns when all have ended or the deadline passed
+    /// (then the store hears `Late` for each still running). A collector still running from an
+    /// earlier tick is not started twice (`Skipped`).
+    pub async fn run_tick(&self, tick: u64, unbounded: bool) {
+        let started = tokio::time::Instant::now();
+        let mut due = Vec::new();
+        for slot in self.slots.iter().filter(|s| tick.is_multiple_of(s.every)) {
+            if slot.busy.swap(true, Ordering::AcqRel) {
+                debug!(collector = slot.name, "still running: this run is skipped");
+                if self
+                    .tx
+                    .send(StoreMsg::Skipped {
+                        collector: slot.name,
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            } else {
+                due.push(slot);
+            }
+        }
+        let statm = if due.iter().any(|s| s.statm) {
+            self.statm_pass().await
+        } else {
+            None
+        };
+        let mut running = Vec::new();
+        for slot in due {
+            running.push((slot.name, self.start(slot, tick, statm.clone(), unbounded)));
+        }
+        for (name, done) in running {
+            let ended = match self.deadline {
+                None => done.await.is_ok(),
+                Some(d) => tokio::time::timeout_at(started + d, done).await.is_ok(),
+            };
+            if !ended {
+                warn!(
+                    collector = name,
+                    "missed its deadline; the emission goes without it"
+                );
+                if self
+                    .tx
+                    .send(StoreMsg::Late { collector: name })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The tick's `statm` pass, read once for every ladder collector. `None` when it cannot be
+    /// read: each collector then reads (and reports the failure) itself.
+    async fn statm_pass(&self) -> Option<Arc<StatmPass>> {
+        let procfs = self.procfs.clone();
+        let files = Arc::clone(&self.statm_files);
+        let read = tokio::task::spawn_blocking(move || {
+            let mut files = files.lock().unwrap_or_else(|p| p.into_inner());
+            StatmPass::read(&procfs, &mut files, &mut Vec::with_capacity(256))
+        })
+        .await;
+        match read {
+            Ok(Ok(pass)) => Some(Arc::new(pass)),
+            Ok(Err(e)) => {
+                debug!(error = %e, "statm pass failed");
+                None
+            }
+            Err(e) => {
+                error!(error = %e, "statm pass panicked");
+                None
+            }
+        }
+    }
+
+    /// Starts one run in the background; the receiver resolves once its result is with the store.
+    fn start(
+        &self,
+        slot: &Slot,
+        tick: u64,
+        statm: Option<Arc<StatmPass>>,
+        unbounded: bool,
+    ) -> oneshot::Receiver<()> {
+        let (done_tx, done_rx) = oneshot::channel();
         let collector = Arc::clone(&slot.collector);
-        let procfs = procfs.clone();
-        let shared = Arc::clone(shared);
+        let busy = Arc::clone(&slot.busy);
+        let procfs = self.procfs.clone();
+        let tx = self.tx.clone();
         let name = slot.name;
-        handles.push((
-            name,
-            tokio::task::spawn_blocking(move || {
+        tokio::spawn(async move {
+            let run = tokio::task::spawn_blocking(move || {
                 let start = Instant::now();
                 // A collector that panicked earlier poisoned its mutex; it still gets to run.
                 let mut c = collector.lock().unwrap_or_else(|p| p.into_inner());
                 let result = c.collect(&CollectCtx {
                     procfs: &procfs,
                     tick,
-                    shared: &shared,
+                    statm,
                     unbounded,
                 });
                 (start.elapsed(), result)
-            }),
-        ));
-    }
-    for (name, handle) in handles {
-        let (duration, result) = match handle.await {
-            Ok(r) => r,
-            Err(e) => {
+            })
+            .await;
+            let (duration, result) = run.unwrap_or_else(|e| {
                 error!(collector = name, error = %e, "collector panicked");
                 (
                     Duration::ZERO,
                     Err(CollectError::Other(format!("collector panicked: {e}"))),
                 )
+            });
+            if let Err(e) = &result {
+                warn!(collector = name, error = %e, "collector failed");
+            } else {
+                debug!(collector = name, ?duration, "collected");
             }
-        };
-        if let Err(e) = &result {
-            warn!(collector = name, error = %e, "collector failed");
-        } else {
-            debug!(collector = name, ?duration, "collected");
-        }
-        let msg = StoreMsg::Collected {
-            collector: name,
-            duration,
-            result,
-        };
-        if tx.send(msg).await.is_err() {
-            return;
-        }
+            let _ = tx
+                .send(StoreMsg::Collected {
+                    collector: name,
+                    duration,
+                    result,
+                })
+                .await;
+            busy.store(false, Ordering::Release);
+            let _ = done_tx.send(());
+        });
+        done_rx
     }
-}
-
-/// The store task: applies observations, emits on request, writes to the sink; flushes at the end.
-async fn store_loop(
-    mut store: Store,
-    mut sink: Sink,
-    mut rx: mpsc::Receiver<StoreMsg>,
-    procfs: ProcFs,
-    shared: Arc<Shared>,
-) -> anyhow::Result<()> {
-    while let Some(msg) = rx.recv().await {
-        match msg {
-            StoreMsg::Collected {
-                collector,
-                duration,
-                result,
-            } => store.apply(collector, duration, result),
-            StoreMsg::Exit { pid } => {
-                let out = store.exit_now(pid, SystemTime::now());
-                if let Err(e) = sink.write_batch(&out).await {
-                    store.count_dropped(1);
-                    error!(error = %e, pid, "sink write failed; exit record dropped");
-                }
-            }
-            StoreMsg::Emit => {
-                let t = shared.tracker_counters();
-                let ladder = LadderReport {
-                    tiers: shared.tier_stats(),
-                    dirty_marks_received: shared.dirty.received(),
-                    dirty_marks_dropped: t.marks_dropped,
-                    events_received: t.events_received,
-                    events_lost: t.events_lost,
-                };
-                // getrusage and /proc/self/statm: cheap, but still a /proc read, so off the workers.
-                let cost = tokio::task::spawn_blocking(SelfCost::measure)
-                    .await
-                    .unwrap_or_default();
-                let out = store.emit(SystemTime::now(), &cost, procfs.counters(), &ladder);
-                if let Err(e) = sink.write_batch(&out).await {
-                    let lines = out.iter().filter(|b| **b == b'\n').count() as u64;
-                    store.count_dropped(lines);
-                    if e.kind() == std::io::ErrorKind::BrokenPipe {
-                        return Err(anyhow::anyhow!("output closed (broken pipe)"));
-                    }
-                    error!(error = %e, lines, "sink write failed; lines dropped");
-                }
-            }
-        }
-    }
-    sink.flush().await.context("flushing the output")?;
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::collectors::Observation;
+
+    /// A collector that blocks until the test lets it go, and counts its runs.
+    struct Slow {
+        release: std::sync::mpsc::Receiver<()>,
+        runs: Arc<std::sync::atomic::AtomicU32>,
+    }
+
+    impl Collector for Slow {
+        fn name(&self) -> &'static str {
+            "slow"
+        }
+        fn collect(
+            &mut self,
+            _: &CollectCtx<'_>,
+        ) -> Result<Option<Box<dyn Observation>>, CollectError> {
+            self.runs.fetch_add(1, Ordering::SeqCst);
+            self.release
+                .recv()
+                .map_err(|e| CollectError::Other(e.to_string()))?;
+            Ok(None)
+        }
+    }
+
+    struct Fast;
+
+    impl Collector for Fast {
+        fn name(&self) -> &'static str {
+            "fast"
+        }
+        fn collect(
+            &mut self,
+            _: &CollectCtx<'_>,
+        ) -> Result<Option<Box<dyn Observation>>, CollectError> {
+            Ok(None)
+        }
+    }
+
+    /// The messages sent so far, sorted (runs end in any order).
+    fn drain(rx: &mut mpsc::Receiver<StoreMsg>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            out.push(match m {
+                StoreMsg::Collected { collector, .. } => format!("collected {collector}"),
+                StoreMsg::Late { collector } => format!("late {collector}"),
+                StoreMsg::Skipped { collector } => format!("skipped {collector}"),
+                StoreMsg::Tracker(_) => "tracker".into(),
+                StoreMsg::Emit => "emit".into(),
+                StoreMsg::Exit { pid } => format!("exit {pid}"),
+            });
+        }
+        out.sort();
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_collector_is_late_not_run_twice_and_finishes_in_the_background() {
+        let (release, rx_release) = std::sync::mpsc::channel();
+        let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let (tx, mut rx) = mpsc::channel(64);
+        let collectors: Vec<(Box<dyn Collector>, u64)> = vec![
+            (
+                Box::new(Slow {
+                    release: rx_release,
+                    runs: Arc::clone(&runs),
+                }),
+                1,
+            ),
+            (Box::new(Fast), 1),
+        ];
+        let s = Scheduler::new(
+            collectors,
+            ProcFs::new("/nonexistent"),
+            // Far beyond what the fast one needs, even on a loaded host; the slow one never ends
+            // by itself, so it misses the deadline whatever the timing.
+            Some(Duration::from_secs(1)),
+            tx,
+        );
+        // Tick 0: the slow one blocks past its deadline; the tick still ends, the fast one is in.
+        s.run_tick(0, false).await;
+        assert_eq!(drain(&mut rx), ["collected fast", "late slow"]);
+        // Tick 1: still running, so it is skipped, not started twice.
+        s.run_tick(1, false).await;
+        assert_eq!(drain(&mut rx), ["collected fast", "skipped slow"]);
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        // Let it finish: its result reaches the store in the background.
+        release.send(()).expect("release");
+        let msg = rx.recv().await.expect("background result");
+        assert!(matches!(
+            msg,
+            StoreMsg::Collected {
+                collector: "slow",
+                ..
+            }
+        ));
+        s.wait_idle().await;
+        // Tick 2: free again, it runs (and is let go at once).
+        release.send(()).expect("release");
+        s.run_tick(2, true).await;
+        assert_eq!(drain(&mut rx), ["collected fast", "collected slow"]);
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn overflow_is_a_counter_that_grew() {
+        let base = TrackerStats {
+            marks_received: 10,
+            marks_dropped: 1,
+            events_received: 5,
+            events_lost: 2,
+        };
+        assert!(!overflowed(&base, &base));
+        assert!(!overflowed(
+            &base,
+            &TrackerStats {
+                marks_received: 99,
+                events_received: 99,
+                ..base
+            }
+        ));
+        assert!(overflowed(
+            &base,
+            &TrackerStats {
+                marks_dropped: 2,
+                ..base
+            }
+        ));
+        assert!(overflowed(
+            &base,
+            &TrackerStats {
+                events_lost: 3,
+                ..base
+            }
+        ));
+    }
 
     #[test]
     fn tick_rounding() {

@@ -97,7 +97,10 @@ fn body(kind: &str, g: &mut SchemaGenerator) -> Value {
 
 /// The schema of one record kind: header, then the body; definitions under `$defs`.
 pub fn record_schema(kind: &str) -> Value {
-    let mut g = SchemaSettings::draft2020_12().into_generator();
+    // The serialize contract: what the agent writes (a `skip_serializing_if` field is optional).
+    let mut g = SchemaSettings::draft2020_12()
+        .for_serialize()
+        .into_generator();
     let body = body(kind, &mut g);
     let defs: serde_json::Map<String, Value> = g.take_definitions(true);
     let mut schema = json!({

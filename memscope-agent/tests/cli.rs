@@ -268,3 +268,20 @@ fn unprivileged_run_falls_back_to_polling_with_one_log_line() {
         );
     }
 }
+
+#[test]
+fn host_flag_names_every_record() {
+    let out = run(agent()
+        .args(["--once", "--host", "node-7", "--proc-root"])
+        .arg(fixtures()));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = json_lines(&out.stdout);
+    assert!(lines.len() > 2, "{} lines", lines.len());
+    for line in &lines {
+        assert_eq!(line["host"], "node-7", "{line}");
+    }
+}

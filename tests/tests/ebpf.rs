@@ -22,7 +22,7 @@ static TRACKER: LazyLock<Mutex<Tracker>> = LazyLock::new(|| {
         "the eBPF lane must run as root (euid is {euid}); it never passes without eBPF"
     );
     let started = Instant::now();
-    let tracker = tracker::start(std::process::id());
+    let tracker = tracker::start(&tracker::StartOptions::new(std::process::id()));
     eprintln!("tracker started in {:?}", started.elapsed());
     if let TrackerState::Polling { reason } = tracker.source.state() {
         panic!("the tracker fell back to polling, so the eBPF lane cannot run: {reason}");
@@ -199,5 +199,41 @@ fn agent_own_mmaps_are_not_marked() {
         mark_of(&marks, std::process::id()),
         None,
         "the agent's own mmaps were marked"
+    );
+}
+
+fn memlock() -> libc::rlimit {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) };
+    assert_eq!(rc, 0, "getrlimit: {}", std::io::Error::last_os_error());
+    lim
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK: starting the tracker lifts it
+/// (unlimited with CAP_SYS_RESOURCE, else the soft limit up to the hard one).
+#[test]
+fn memlock_limit_is_lifted_before_loading() {
+    let _lane = tracker();
+    let before = memlock();
+    let lowered = libc::rlimit {
+        rlim_cur: 4096.min(before.rlim_max),
+        rlim_max: before.rlim_max,
+    };
+    // SAFETY: setrlimit reads the struct we own; lowering the soft limit needs no privilege.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lowered) };
+    assert_eq!(rc, 0, "setrlimit: {}", std::io::Error::last_os_error());
+    let second = tracker::start(&tracker::StartOptions::new(std::process::id()));
+    assert!(matches!(second.source.state(), TrackerState::Ebpf));
+    let after = memlock();
+    assert!(
+        after.rlim_cur == libc::RLIM_INFINITY || after.rlim_cur == before.rlim_max,
+        "soft RLIMIT_MEMLOCK {} (hard {}), lowered to {} before the start",
+        after.rlim_cur,
+        after.rlim_max,
+        lowered.rlim_cur
     );
 }

@@ -431,8 +431,8 @@ fn with_synthetic_events(stream: &[Value]) -> Vec<Value> {
         e
     };
     let slice = "/system.slice/cache.service";
-    // cgroup records (the recorded stream predates the cgroup collector): the cache service's
-    // oom_kill counter rises from 3 to 5, the web service's stays at 1, and one cgroup has none.
+    // cgroup records: the cache service's oom_kill counter rises from 3 to 5, the web service's
+    // stays at 1, and one cgroup has none.
     let cgroup = |host: &str, ts: &str, seq: i64, path: &str, oom_kill: Option<i64>| {
         json!({
             "schema": "memscope.v1", "kind": "cgroup", "ts": ts, "host": host, "seq": seq,

@@ -10,13 +10,15 @@ use std::{
 
 use memscope_agent::{
     collectors::{
-        CollectCtx, Collector, Observation,
-        smaps::{ObjectKind, ObjectsObservation, SmapsCollector},
+        CollectCtx, Collector, observed,
+        smaps::{ObjectKind, ObjectsObservation, SmapsCollector, SmapsConfig},
     },
-    config::{ByteSize, Config, Interval, SinkKind, SmapsConfig, TrackerMode},
-    ladder::{Shared, stale_after},
-    procfs::ProcFs,
-    tracker::{self, Tracker, TrackerState},
+    config::{ByteSize, Config, Interval, SinkKind, TrackerMode},
+    ladder::{StatmPass, TierStats, stale_after},
+    proc_events::ProcEvents,
+    procfs::{OpenFiles, ProcFs},
+    runtime::drain_into,
+    tracker::{self, Tracker, TrackerState, TrackerStats},
 };
 use memscope_tests::{TestChild, require_root};
 use serde_json::Value;
@@ -24,35 +26,61 @@ use serde_json::Value;
 const CHILD: &str = env!("CARGO_BIN_EXE_memscope-test-child");
 
 fn ebpf_tracker() -> Tracker {
+    ebpf_tracker_with(tracker::StartOptions::new(std::process::id()))
+}
+
+fn ebpf_tracker_with(opts: tracker::StartOptions) -> Tracker {
     require_root("ladder");
-    let t = tracker::start(std::process::id());
+    let t = tracker::start(&opts);
     if let TrackerState::Polling { reason } = t.source.state() {
         panic!("eBPF did not attach, so the ladder lane cannot run: {reason}");
     }
     t
 }
 
-/// One agent tick of the smaps tier, as the runtime does it: drain marks, then collect.
-fn tick(
-    tracker: &mut Tracker,
-    shared: &Shared,
-    procfs: &ProcFs,
-    smaps: &mut SmapsCollector,
-    n: u64,
-) -> ObjectsObservation {
-    shared
-        .dirty
-        .publish(tracker.source.drain().iter().map(|m| m.tgid));
-    let ctx = CollectCtx {
-        procfs,
-        tick: n,
-        shared,
-        unbounded: false,
-    };
-    match smaps.collect(&ctx) {
-        Ok(Some(Observation::Objects(o))) => o,
-        other => panic!("smaps collect: {other:?}"),
+/// What the runtime keeps between ticks: the event stream and the kept `statm` descriptors.
+struct Agent {
+    events: ProcEvents,
+    statm_files: OpenFiles,
+    procfs: ProcFs,
+    /// The tracker's counters at the last drain.
+    last: TrackerStats,
+}
+
+impl Agent {
+    fn new() -> Agent {
+        Agent {
+            events: ProcEvents::default(),
+            statm_files: StatmPass::files(4096),
+            procfs: ProcFs::new("/proc"),
+            last: TrackerStats::default(),
+        }
     }
+
+    /// One agent tick of the smaps tier, as the runtime does it: drain marks into the stream,
+    /// read the statm pass, then collect.
+    fn tick(
+        &mut self,
+        tracker: &mut Tracker,
+        smaps: &mut SmapsCollector,
+        n: u64,
+    ) -> ObjectsObservation {
+        self.last = drain_into(tracker.source.as_mut(), &self.events, self.last);
+        let pass = StatmPass::read(&self.procfs, &mut self.statm_files, &mut Vec::new())
+            .expect("statm pass");
+        let ctx = CollectCtx {
+            procfs: &self.procfs,
+            tick: n,
+            statm: Some(std::sync::Arc::new(pass)),
+            unbounded: false,
+        };
+        observed::<ObjectsObservation>(smaps.collect(&ctx))
+            .unwrap_or_else(|e| panic!("smaps collect: {e}"))
+    }
+}
+
+fn smaps_stats(obs: &ObjectsObservation) -> &TierStats {
+    &obs.tier
 }
 
 fn maps_test_memfd(obs: &ObjectsObservation, pid: u32) -> bool {
@@ -64,41 +92,38 @@ fn maps_test_memfd(obs: &ObjectsObservation, pid: u32) -> bool {
 #[test]
 fn dirty_child_is_reread_next_tick_and_idle_child_only_when_stale() {
     let mut tracker = ebpf_tracker();
-    let shared = Shared::default();
-    let procfs = ProcFs::new("/proc");
+    let mut agent = Agent::new();
     let max_staleness = Duration::from_secs(3);
-    let mut smaps = SmapsCollector::new(&SmapsConfig {
-        min_object_pss: ByteSize(0),
-        max_staleness: Interval(max_staleness),
-        // Residency moves of the children must not trigger reads: only marks and staleness.
-        min_change: ByteSize(1 << 30),
-        ..SmapsConfig::default()
-    });
+    let mut smaps = SmapsCollector::new(
+        &SmapsConfig {
+            min_object_pss: ByteSize(0),
+            max_staleness: Interval(max_staleness),
+            // Residency moves of the children must not trigger reads: only marks and staleness.
+            min_change: ByteSize(1 << 30),
+            ..SmapsConfig::default()
+        },
+        agent.events.subscribe(),
+    );
     let idle = TestChild::spawn(CHILD);
     let mut busy = TestChild::spawn(CHILD);
     let started = Instant::now();
-    let obs = tick(&mut tracker, &shared, &procfs, &mut smaps, 0);
+    let obs = agent.tick(&mut tracker, &mut smaps, 0);
     assert!(!maps_test_memfd(&obs, busy.pid()));
     assert_eq!(smaps.reads_of(idle.pid()), Some(1));
     assert_eq!(smaps.reads_of(busy.pid()), Some(1));
 
     // The busy child maps a memfd: the very next tick re-reads it and shows the object.
     busy.command("memfd");
-    let obs = tick(&mut tracker, &shared, &procfs, &mut smaps, 1);
+    let obs = agent.tick(&mut tracker, &mut smaps, 1);
     assert!(
         maps_test_memfd(&obs, busy.pid()),
         "the new memfd mapping is in the next emission"
     );
     assert_eq!(smaps.reads_of(busy.pid()), Some(2));
     assert!(
-        shared.tier_stats()["smaps"]
-            .rereads
-            .get("dirty")
-            .copied()
-            .unwrap_or(0)
-            >= 1,
+        smaps_stats(&obs).rereads.get("dirty").copied().unwrap_or(0) >= 1,
         "re-read because of a dirty mark: {:?}",
-        shared.tier_stats()
+        smaps_stats(&obs)
     );
 
     // The idle child is not re-read until its staleness deadline, then exactly once.
@@ -106,7 +131,7 @@ fn dirty_child_is_reread_next_tick_and_idle_child_only_when_stale() {
     let mut n = 2;
     while started.elapsed() + Duration::from_millis(300) < deadline {
         std::thread::sleep(Duration::from_millis(250));
-        tick(&mut tracker, &shared, &procfs, &mut smaps, n);
+        agent.tick(&mut tracker, &mut smaps, n);
         n += 1;
         if started.elapsed() < deadline {
             assert_eq!(
@@ -117,9 +142,10 @@ fn dirty_child_is_reread_next_tick_and_idle_child_only_when_stale() {
             );
         }
     }
+    let mut last = None;
     while started.elapsed() < max_staleness + Duration::from_millis(600) {
         std::thread::sleep(Duration::from_millis(250));
-        tick(&mut tracker, &shared, &procfs, &mut smaps, n);
+        last = Some(agent.tick(&mut tracker, &mut smaps, n));
         n += 1;
     }
     assert_eq!(
@@ -128,10 +154,11 @@ fn dirty_child_is_reread_next_tick_and_idle_child_only_when_stale() {
         "re-read once for staleness after {:?}",
         started.elapsed()
     );
-    let stats = shared.tier_stats();
-    assert!(stats["smaps"].rereads.get("stale").copied().unwrap_or(0) >= 1);
+    let last = last.expect("ticks after the deadline");
+    let stats = smaps_stats(&last);
+    assert!(stats.rereads.get("stale").copied().unwrap_or(0) >= 1);
     assert!(
-        u128::from(stats["smaps"].oldest_read_age_ms) <= max_staleness.as_millis() + 600,
+        u128::from(stats.oldest_read_age_ms) <= max_staleness.as_millis() + 600,
         "no number older than max_staleness (+ one tick): {stats:?}"
     );
 }
@@ -229,4 +256,264 @@ fn known_process_exit_carries_its_last_numbers() {
         exits[0]
     );
     assert_eq!(exits[0]["name"], "memscope-test-c", "comm is 15 bytes");
+}
+
+/// A pid namespace of its own (`unshare --pid --fork --mount-proc`), where the test decides which
+/// pid the next process gets (`ns_last_pid`), seen from the host through `/proc/<unshare>/root/proc`.
+/// Driven by lines on stdin; killed (with everything in it) on drop.
+struct PidNamespace {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    _dir: tempfile::TempDir,
+}
+
+impl PidNamespace {
+    /// `start PID CMD…`: waits for the process at PID to exit (if any), makes PID the next pid,
+    /// starts CMD in the background with its stdout to a FIFO, and answers its pid and its first
+    /// line of output.
+    fn new() -> PidNamespace {
+        require_root("ladder");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let script = r#"
+            fifo="$1"
+            while read -r cmd pid rest; do
+                case "$cmd" in
+                start)
+                    if [ -n "${p:-}" ]; then kill "$p"; wait "$p" 2>/dev/null || true; fi
+                    echo $((pid - 1)) > /proc/sys/kernel/ns_last_pid
+                    $rest > "$fifo" &
+                    p=$!
+                    read -r first < "$fifo"
+                    echo "$p $first"
+                    ;;
+                esac
+            done
+        "#;
+        let fifo = dir.path().join("fifo");
+        let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+        assert!(made.success(), "mkfifo {}", fifo.display());
+        let mut child = Command::new("unshare")
+            .args([
+                "--pid",
+                "--fork",
+                "--mount-proc",
+                "--kill-child",
+                "bash",
+                "-c",
+            ])
+            .arg(script)
+            .arg("bash")
+            .arg(&fifo)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("unshare (util-linux)");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        PidNamespace {
+            child,
+            stdin,
+            stdout,
+            _dir: dir,
+        }
+    }
+
+    /// A proc root for the collectors: `pid` of the namespace (whichever process has it when a
+    /// path is opened) and the host's `self` (the namespace's `self` means nothing to the test).
+    fn proc_root(&self, pid: u32) -> tempfile::TempDir {
+        let root = tempfile::tempdir().expect("tempdir");
+        let ns_proc = format!("/proc/{}/root/proc", self.child.id());
+        std::os::unix::fs::symlink(
+            format!("{ns_proc}/{pid}"),
+            root.path().join(pid.to_string()),
+        )
+        .expect("symlink pid");
+        std::os::unix::fs::symlink("/proc/self", root.path().join("self")).expect("symlink self");
+        root
+    }
+
+    /// Starts `command` as `pid` (ending the previous one first); returns its first output line.
+    fn start(&mut self, pid: u32, command: &str) -> String {
+        use std::io::{BufRead as _, Write as _};
+        writeln!(self.stdin, "start {pid} {command}").expect("write to the namespace");
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read");
+        let (got, first) = line.trim().split_once(' ').unwrap_or((line.trim(), ""));
+        assert_eq!(got, pid.to_string(), "the namespace gave another pid");
+        first.to_string()
+    }
+}
+
+impl Drop for PidNamespace {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polling mode (no tracker): a pid reused between two ticks is noticed through the kept `statm`
+/// descriptor, read as `new` in both tiers, and never reported with the old process's numbers,
+/// even where nothing else would make it due (huge `min_change`, long `max_staleness`).
+#[test]
+fn a_reused_pid_is_new_in_both_tiers_and_never_shows_the_old_numbers() {
+    use memscope_agent::collectors::processes::{ProcessesCollector, ProcessesConfig};
+    const PID: u32 = 100;
+    let mut ns = PidNamespace::new();
+    let memhog = env!("CARGO_BIN_EXE_memhog");
+    assert_eq!(ns.start(PID, &format!("{memhog} anon 8388608")), "ready");
+
+    let root = ns.proc_root(PID);
+    let procfs = ProcFs::new(root.path());
+    let events = ProcEvents::default();
+    let quiet = |c: ByteSize| (c, Interval(Duration::from_secs(3600)));
+    let (min_change, max_staleness) = quiet(ByteSize(1 << 40));
+    let mut processes = ProcessesCollector::new(
+        &ProcessesConfig {
+            min_change,
+            max_staleness,
+            ..ProcessesConfig::default()
+        },
+        events.subscribe(),
+    );
+    let mut smaps = SmapsCollector::new(
+        &SmapsConfig {
+            min_change,
+            max_staleness,
+            min_object_pss: ByteSize(0),
+            ..SmapsConfig::default()
+        },
+        events.subscribe(),
+    );
+    let mut files = StatmPass::files(64);
+    let mut tick = |n: u64| {
+        let pass = StatmPass::read(&procfs, &mut files, &mut Vec::new()).expect("statm pass");
+        let ctx = CollectCtx {
+            procfs: &procfs,
+            tick: n,
+            statm: Some(std::sync::Arc::new(pass)),
+            unbounded: false,
+        };
+        let p = observed::<memscope_agent::collectors::processes::ProcessesObservation>(
+            processes.collect(&ctx),
+        )
+        .unwrap_or_else(|e| panic!("processes: {e}"));
+        let o = observed::<ObjectsObservation>(smaps.collect(&ctx))
+            .unwrap_or_else(|e| panic!("smaps: {e}"));
+        (p, o)
+    };
+    let (p0, o0) = tick(0);
+    let old = p0
+        .processes
+        .iter()
+        .find(|r| r.pid == PID)
+        .expect("memhog reported")
+        .clone();
+    assert_eq!(old.name.lossy(), "memhog");
+    assert!(old.memory.rss_bytes >= 8 << 20, "{old:?}");
+    let old_anon = o0
+        .objects
+        .iter()
+        .any(|o| o.key.kind() == ObjectKind::Anon && o.consumers.iter().any(|c| c.pid == PID));
+    assert!(old_anon, "memhog's anon memory is an object");
+    let new_before = |p: &memscope_agent::collectors::processes::ProcessesObservation| {
+        p.tier.rereads.get("new").copied().unwrap_or(0)
+    };
+    let (rollup_new, smaps_new) = (
+        new_before(&p0),
+        o0.tier.rereads.get("new").copied().unwrap_or(0),
+    );
+
+    // The same pid, another process (with much less memory).
+    assert_eq!(ns.start(PID, &format!("{memhog} anon 4096")), "ready");
+    let (p1, o1) = tick(1);
+    let new = p1
+        .processes
+        .iter()
+        .find(|r| r.pid == PID)
+        .expect("the new process is reported");
+    assert_ne!(
+        new.start_ticks, old.start_ticks,
+        "re-read, not the old record: {new:?}"
+    );
+    assert!(
+        new.memory.rss_bytes < old.memory.rss_bytes,
+        "{new:?} vs {old:?}"
+    );
+    assert_eq!(
+        new_before(&p1),
+        rollup_new + 1,
+        "rollup tier: new {:?}",
+        p1.tier
+    );
+    assert_eq!(
+        o1.tier.rereads.get("new").copied().unwrap_or(0),
+        smaps_new + 1,
+        "smaps tier: new {:?}",
+        o1.tier
+    );
+    assert_eq!(smaps.reads_of(PID), Some(1), "a fresh smaps history");
+    let anon_of_new: u64 = o1
+        .objects
+        .iter()
+        .flat_map(|o| o.consumers.iter())
+        .filter(|c| c.pid == PID)
+        .map(|c| c.rss_bytes)
+        .sum();
+    assert!(
+        anon_of_new < 8 << 20,
+        "the old process's objects are gone: {anon_of_new}"
+    );
+}
+
+/// A dirty map of 2 entries flooded by 8 children: the kernel drops marks, the next drain sees
+/// `marks_dropped` grow, and every process is re-read with reason `overflow`, the idle ones too.
+#[test]
+fn lost_marks_make_every_process_due_as_overflow() {
+    let mut tracker = ebpf_tracker_with(tracker::StartOptions {
+        dirty_map_entries: Some(2),
+        ..tracker::StartOptions::new(std::process::id())
+    });
+    let mut agent = Agent::new();
+    let mut smaps = SmapsCollector::new(
+        &SmapsConfig {
+            // Only marks and overflow make anyone due; a budget that reads every process.
+            min_change: ByteSize(1 << 40),
+            max_staleness: Interval(Duration::from_secs(3600)),
+            budget: Interval(Duration::from_secs(600)),
+            ..SmapsConfig::default()
+        },
+        agent.events.subscribe(),
+    );
+    let idle = TestChild::spawn(CHILD);
+    let mut busy: Vec<TestChild> = (0..8).map(|_| TestChild::spawn(CHILD)).collect();
+    agent.tick(&mut tracker, &mut smaps, 0);
+    assert_eq!(smaps.reads_of(idle.pid()), Some(1));
+    let dropped_before = agent.last.marks_dropped;
+    for child in &mut busy {
+        child.command("mmap");
+    }
+    let obs = agent.tick(&mut tracker, &mut smaps, 1);
+    assert!(
+        agent.last.marks_dropped > dropped_before,
+        "8 marks into a 2-entry map: some dropped ({:?})",
+        agent.last
+    );
+    assert!(
+        obs.tier.rereads.get("overflow").copied().unwrap_or(0) >= 1,
+        "re-reads for overflow: {:?}",
+        obs.tier
+    );
+    assert_eq!(
+        smaps.reads_of(idle.pid()),
+        Some(2),
+        "the idle child, never marked, is re-read too"
+    );
+    for child in &busy {
+        assert_eq!(
+            smaps.reads_of(child.pid()),
+            Some(2),
+            "each busy child re-read once"
+        );
+    }
 }

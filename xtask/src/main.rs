@@ -4,7 +4,9 @@
 //! formatting and lints, runs the unprivileged lane, then the privileged lane (root + BPF), which
 //! fails loudly when it cannot run, then the log-pipeline lane (rsyslog, chDB; installs them).
 
+mod ebpf_object;
 mod ladder_bench;
+mod packaging;
 mod pipeline;
 mod probe_bench;
 mod setup;
@@ -24,7 +26,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Everything: setup, fmt, clippy, unprivileged tests, privileged tests, the pipeline lane.
+    /// Everything: setup, fmt, clippy, unprivileged tests, the eBPF object check, privileged
+    /// tests, packaging, the pipeline lane.
     Test {
         /// Skip the privileged and pipeline lanes (root). Says so loudly; CI never passes this.
         #[arg(long)]
@@ -32,6 +35,9 @@ enum Cmd {
     },
     /// Only the privileged lane (needs root).
     TestPrivileged,
+    /// Only the packaging lane (root): the agent built without the eBPF toolchain attaches, least
+    /// privilege, systemd unit, .deb, Kubernetes manifests.
+    TestPackaging,
     /// Only the log-pipeline lane: rsyslog end to end, fleet queries on chDB (installs both; root).
     TestPipeline,
     /// Regenerate fixtures/golden/*.jsonl from fixtures/proc.
@@ -46,6 +52,12 @@ enum Cmd {
     },
     /// Install the eBPF toolchain (nightly rust-src, bpf-linker for the nightly's LLVM). Idempotent.
     Setup,
+    /// Rebuild the committed eBPF object and its stamp (memscope-ebpf/prebuilt/). `--check`: fail
+    /// when the committed object is stale or the pinned toolchain does not rebuild it exactly.
+    EbpfObject {
+        #[arg(long)]
+        check: bool,
+    },
     /// Measure the tracepoint programs' overhead on a 4 KiB mmap+munmap loop (root).
     ProbeBench,
     /// Cost ladder: polling vs eBPF steady-state tick vs a full smaps pass (root). Extra arguments
@@ -60,8 +72,11 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Test { skip_privileged } => test(skip_privileged),
         Cmd::TestPrivileged => privileged_lane(),
+        Cmd::TestPackaging => packaging::lane(&workspace_root()),
         Cmd::TestPipeline => pipeline::lane(),
         Cmd::Setup => setup::setup_ebpf_toolchain(),
+        Cmd::EbpfObject { check: false } => ebpf_object::refresh(&workspace_root()),
+        Cmd::EbpfObject { check: true } => ebpf_object::check(&workspace_root()),
         Cmd::ProbeBench => probe_bench::run(),
         Cmd::Bench { args } => ladder_bench::run(&args),
         Cmd::Volume { args } => volume::run(&args),
@@ -95,6 +110,28 @@ fn cargo(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
         .with_context(|| format!("running {cargo} {}", args.join(" ")))?;
     if !status.success() {
         bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Installs Debian packages with apt-get (`apt-get update` first), non-interactively.
+fn apt_install(packages: &[&str]) -> Result<()> {
+    run_checked(Command::new("apt-get").args(["update", "-qq"]))?;
+    run_checked(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+/// Runs `command`, failing on a non-zero exit.
+fn run_checked(command: &mut Command) -> Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("running {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed: {status}");
     }
     Ok(())
 }
@@ -148,13 +185,16 @@ fn test(skip_privileged: bool) -> Result<()> {
         ],
         &[],
     )?;
+    // The committed eBPF object must match the sources and rebuild byte for byte.
+    ebpf_object::check(&workspace_root())?;
     if skip_privileged {
         eprintln!(
-            "xtask: *** privileged and pipeline lanes SKIPPED (--skip-privileged): live, eBPF and log-pipeline tests did not run ***"
+            "xtask: *** privileged, packaging and pipeline lanes SKIPPED (--skip-privileged): live, eBPF, packaging and log-pipeline tests did not run ***"
         );
         return Ok(());
     }
     privileged_lane()?;
+    packaging::lane(&workspace_root())?;
     pipeline::lane()
 }
 

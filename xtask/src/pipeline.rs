@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::setup::run;
+use crate::run_checked as run;
 
 /// The chDB release the fleet queries were written and checked against.
 const CHDB_CORE: &str = "chdb-core==26.9.0";
@@ -67,11 +67,7 @@ fn ensure_debian_packages() -> Result<()> {
         );
     }
     eprintln!("pipeline: installing {} with apt-get", missing.join(", "));
-    run(Command::new("apt-get").args(["update", "-q"]))?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    crate::apt_install(&missing)
 }
 
 /// Returns the virtualenv's python, with chDB importable.

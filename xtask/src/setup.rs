@@ -1,124 +1,85 @@
 //! `cargo xtask setup`: installs what the eBPF build needs on a fresh machine.
 //!
-//! - the `nightly` toolchain's `rust-src` component (the programs are built with `-Z build-std=core`);
+//! - the nightly pinned in `memscope-ebpf/rust-toolchain.toml`, with `rust-src` (the programs are
+//!   built with `-Z build-std=core`);
 //! - `bpf-linker` built against the nightly's own LLVM (no system LLVM of that version exists here):
 //!   the nightly sysroot's `libLLVM.so.NN*` is symlinked into `$CARGO_HOME/bpf-linker-llvm/lib`, and
 //!   `LLVM_PREFIX=… cargo install bpf-linker --no-default-features --features llvm-NN` links to it.
 //!
-//! Idempotent: when everything is in place it only runs `rustc +nightly -vV` and `bpf-linker --version`.
+//! Each step is the shared check of `memscope_build::toolchain` (the one memscope-agent's build.rs
+//! runs), followed by the fix when it fails. Idempotent: when everything is in place it only runs
+//! the checks.
 
 use std::{
-    env, fs,
+    fs,
     os::unix::fs::symlink,
     path::{Path, PathBuf},
     process::Command,
 };
 
 use anyhow::{Context as _, bail};
+use memscope_build::toolchain;
 
-const NIGHTLY: &str = "nightly";
-
-/// Installs (when missing or stale) the nightly `rust-src` and an LLVM-matched `bpf-linker`.
+/// Installs (when missing or stale) the pinned nightly with `rust-src` and an LLVM-matched
+/// `bpf-linker`, then runs the same check as memscope-agent's build.rs.
 pub fn setup_ebpf_toolchain() -> anyhow::Result<()> {
-    let version = nightly_version()?;
-    let llvm_major = llvm_major(&version)?;
-    let sysroot = nightly_sysroot()?;
+    let workspace = crate::workspace_root();
+    let channel = toolchain::pinned_channel(&workspace)?;
+    let sysroot = match toolchain::sysroot(&channel) {
+        Ok(sysroot) => sysroot,
+        Err(why) => {
+            eprintln!(
+                "setup: {why:#}; running `rustup toolchain install {channel} --profile minimal --component rust-src`"
+            );
+            crate::run_checked(Command::new("rustup").args([
+                "toolchain",
+                "install",
+                &channel,
+                "--profile",
+                "minimal",
+                "--component",
+                "rust-src",
+            ]))?;
+            toolchain::sysroot(&channel)?
+        }
+    };
+    if let Err(why) = toolchain::check_rust_src(&channel, &sysroot) {
+        eprintln!("setup: {why:#}; running `rustup component add rust-src --toolchain {channel}`");
+        crate::run_checked(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            &channel,
+        ]))?;
+        toolchain::check_rust_src(&channel, &sysroot)?;
+    }
+    let llvm_major = toolchain::llvm_major(&toolchain::rustc_vv(&channel)?)?;
     eprintln!(
-        "setup: nightly toolchain at {} (LLVM {llvm_major})",
+        "setup: {channel} at {} (LLVM {llvm_major}) with rust-src",
         sysroot.display()
     );
 
-    let core = sysroot.join("lib/rustlib/src/rust/library/core/Cargo.toml");
-    if core.is_file() {
-        eprintln!("setup: rust-src for {NIGHTLY}: present");
-    } else {
-        eprintln!(
-            "setup: rust-src for {NIGHTLY}: missing, running `rustup component add rust-src --toolchain {NIGHTLY}`"
-        );
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))?;
-    }
-
-    let cargo_home = cargo_home()?;
+    let cargo_home = toolchain::cargo_home()?;
+    // Point bpf-linker's libLLVM at the pinned toolchain, so updating another nightly cannot
+    // pull it away (a different LLVM makes `bpf-linker --version` fail below: reinstall).
+    link_libllvm(&cargo_home, &sysroot, llvm_major)?;
     match bpf_linker_state(&cargo_home, llvm_major) {
-        Ok(()) => {
-            eprintln!("setup: bpf-linker built for LLVM {llvm_major}: present");
-            return Ok(());
+        Ok(()) => eprintln!("setup: bpf-linker built for LLVM {llvm_major}: present"),
+        Err(why) => {
+            eprintln!("setup: bpf-linker needs (re)installing: {why:#}");
+            install_bpf_linker(&cargo_home, llvm_major)?;
         }
-        Err(why) => eprintln!("setup: bpf-linker needs (re)installing: {why:#}"),
     }
-    install_bpf_linker(&cargo_home, &sysroot, llvm_major)
-}
-
-fn nightly_version() -> anyhow::Result<String> {
-    let output = Command::new("rustc")
-        .args([&format!("+{NIGHTLY}"), "-vV"])
-        .output()
-        .context("running `rustc +nightly -vV` (is rustup installed?)")?;
-    if !output.status.success() {
-        eprintln!(
-            "setup: no usable {NIGHTLY} toolchain, running `rustup toolchain install {NIGHTLY} --profile minimal`"
-        );
-        run(Command::new("rustup").args([
-            "toolchain",
-            "install",
-            NIGHTLY,
-            "--profile",
-            "minimal",
-        ]))?;
-        return nightly_version_once();
-    }
-    String::from_utf8(output.stdout).context("`rustc +nightly -vV` printed non-UTF-8")
-}
-
-fn nightly_version_once() -> anyhow::Result<String> {
-    let output = Command::new("rustc")
-        .args([&format!("+{NIGHTLY}"), "-vV"])
-        .output()
-        .context("running `rustc +nightly -vV`")?;
-    if !output.status.success() {
-        bail!(
-            "`rustc +nightly -vV` failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    String::from_utf8(output.stdout).context("`rustc +nightly -vV` printed non-UTF-8")
-}
-
-/// The LLVM major version from `rustc -vV` output (`LLVM version: 22.1.4` → 22).
-pub fn llvm_major(rustc_vv: &str) -> anyhow::Result<u32> {
-    let version = rustc_vv
-        .lines()
-        .find_map(|line| line.strip_prefix("LLVM version:"))
-        .context("`rustc -vV` printed no `LLVM version:` line")?
-        .trim();
-    let major = version.split('.').next().unwrap_or_default();
-    major
-        .parse()
-        .with_context(|| format!("unexpected LLVM version {version:?}"))
-}
-
-fn nightly_sysroot() -> anyhow::Result<PathBuf> {
-    let output = Command::new("rustc")
-        .args([&format!("+{NIGHTLY}"), "--print", "sysroot"])
-        .output()
-        .context("running `rustc +nightly --print sysroot`")?;
-    if !output.status.success() {
-        bail!(
-            "`rustc +nightly --print sysroot` failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(PathBuf::from(
-        String::from_utf8_lossy(&output.stdout).trim(),
-    ))
-}
-
-fn cargo_home() -> anyhow::Result<PathBuf> {
-    if let Some(home) = env::var_os("CARGO_HOME") {
-        return Ok(PathBuf::from(home));
-    }
-    let home = env::var_os("HOME").context("neither CARGO_HOME nor HOME is set")?;
-    Ok(Path::new(&home).join(".cargo"))
+    let found = toolchain::check(&workspace)
+        .context("the eBPF toolchain check (the one build.rs runs) still fails after setup")?;
+    eprintln!(
+        "setup: eBPF toolchain ready: {} ({}), {}",
+        found.channel,
+        found.rustc_version,
+        found.linker.display()
+    );
+    Ok(())
 }
 
 /// `Ok` when an installed bpf-linker was built with `llvm-NN` for this LLVM major and runs.
@@ -182,7 +143,10 @@ fn find_libllvm(sysroot_lib: &Path, llvm_major: u32) -> anyhow::Result<PathBuf> 
         .with_context(|| format!("no {prefix}* in {}", sysroot_lib.display()))
 }
 
-fn install_bpf_linker(cargo_home: &Path, sysroot: &Path, llvm_major: u32) -> anyhow::Result<()> {
+/// Symlinks `$CARGO_HOME/bpf-linker-llvm/lib/{libLLVM.so, libLLVM.so.NN*}` to the sysroot's libLLVM
+/// (bpf-linker's RUNPATH). Each link is replaced atomically (rename), since other builds may be
+/// running bpf-linker at this moment.
+fn link_libllvm(cargo_home: &Path, sysroot: &Path, llvm_major: u32) -> anyhow::Result<PathBuf> {
     let libllvm = find_libllvm(&sysroot.join("lib"), llvm_major)?;
     let file_name = libllvm
         .file_name()
@@ -191,19 +155,28 @@ fn install_bpf_linker(cargo_home: &Path, sysroot: &Path, llvm_major: u32) -> any
     let lib = prefix.join("lib");
     fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
     for link in [lib.join("libLLVM.so"), lib.join(file_name)] {
-        if link.symlink_metadata().is_ok() {
-            fs::remove_file(&link).with_context(|| format!("removing {}", link.display()))?;
+        if fs::read_link(&link).is_ok_and(|target| target == libllvm) {
+            continue;
         }
-        symlink(&libllvm, &link)
-            .with_context(|| format!("linking {} -> {}", link.display(), libllvm.display()))?;
+        let tmp = lib.join(format!(".link-{}", std::process::id()));
+        let _ = fs::remove_file(&tmp);
+        symlink(&libllvm, &tmp)
+            .with_context(|| format!("linking {} -> {}", tmp.display(), libllvm.display()))?;
+        fs::rename(&tmp, &link)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), link.display()))?;
         eprintln!("setup: {} -> {}", link.display(), libllvm.display());
     }
+    Ok(prefix)
+}
+
+fn install_bpf_linker(cargo_home: &Path, llvm_major: u32) -> anyhow::Result<()> {
+    let prefix = cargo_home.join("bpf-linker-llvm");
     let feature = format!("llvm-{llvm_major}");
     eprintln!(
         "setup: LLVM_PREFIX={} cargo install bpf-linker --no-default-features --features {feature} --force (about a minute)",
         prefix.display()
     );
-    run(Command::new("cargo").env("LLVM_PREFIX", &prefix).args([
+    crate::run_checked(Command::new("cargo").env("LLVM_PREFIX", &prefix).args([
         "install",
         "bpf-linker",
         "--no-default-features",
@@ -214,27 +187,9 @@ fn install_bpf_linker(cargo_home: &Path, sysroot: &Path, llvm_major: u32) -> any
     bpf_linker_state(cargo_home, llvm_major).context("bpf-linker still unusable after installing")
 }
 
-pub(crate) fn run(command: &mut Command) -> anyhow::Result<()> {
-    let status = command
-        .status()
-        .with_context(|| format!("running {command:?}"))?;
-    if !status.success() {
-        bail!("{command:?} failed: {status}");
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn llvm_major_from_rustc_vv() -> anyhow::Result<()> {
-        let vv = "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)\nbinary: rustc\nhost: x86_64-unknown-linux-gnu\nrelease: 1.97.0-nightly\nLLVM version: 22.1.4\n";
-        assert_eq!(llvm_major(vv)?, 22);
-        assert!(llvm_major("rustc 1.0\n").is_err());
-        Ok(())
-    }
 
     #[test]
     fn finds_libllvm_by_major() -> anyhow::Result<()> {

@@ -6,8 +6,19 @@
 
 use serde::{Serialize, Serializer, ser::SerializeMap};
 
-use super::{CollectCtx, CollectError, Collector, Observation, ToRecords};
+use super::{BuildCtx, CollectCtx, CollectError, Collector, CollectorDef, Observation, Toggle};
 use crate::{procfs::meminfo::MeminfoField, records::Record};
+
+/// The `meminfo` collector.
+pub struct Meminfo;
+
+impl CollectorDef for Meminfo {
+    const NAME: &'static str = "meminfo";
+    type Config = Toggle;
+    fn build(_: &Toggle, _: &BuildCtx<'_>) -> Box<dyn Collector> {
+        Box::new(MeminfoCollector::default())
+    }
+}
 
 #[derive(Default)]
 pub struct MeminfoCollector {
@@ -27,12 +38,15 @@ impl MeminfoObservation {
 
 impl Collector for MeminfoCollector {
     fn name(&self) -> &'static str {
-        "meminfo"
+        Meminfo::NAME
     }
 
-    fn collect(&mut self, ctx: &CollectCtx<'_>) -> Result<Option<Observation>, CollectError> {
+    fn collect(
+        &mut self,
+        ctx: &CollectCtx<'_>,
+    ) -> Result<Option<Box<dyn Observation>>, CollectError> {
         let fields = ctx.procfs.meminfo(&mut self.buf)?;
-        Ok(Some(Observation::Meminfo(MeminfoObservation { fields })))
+        Ok(Some(Box::new(MeminfoObservation { fields })))
     }
 }
 
@@ -78,7 +92,7 @@ impl Serialize for Fields<'_> {
     }
 }
 
-impl ToRecords for MeminfoObservation {
+impl Observation for MeminfoObservation {
     fn records(&self, out: &mut Vec<Record>) {
         out.push(Record::new("meminfo", "", &Fields(&self.fields)));
     }
@@ -106,10 +120,10 @@ mod tests {
         .expect("write");
         let procfs = ProcFs::new(dir.path());
         let mut c = MeminfoCollector::default();
-        let obs = match c.collect(&CollectCtx::once(&procfs, &Default::default())) {
-            Ok(Some(Observation::Meminfo(o))) => o,
-            other => panic!("unexpected {other:?}"),
-        };
+        let obs = crate::collectors::observed::<MeminfoObservation>(
+            c.collect(&CollectCtx::once(&procfs)),
+        )
+        .unwrap_or_else(|e| panic!("unexpected: {e}"));
         let mut recs = Vec::new();
         obs.records(&mut recs);
         assert_eq!(
@@ -123,7 +137,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let procfs = ProcFs::new(dir.path());
         let err = MeminfoCollector::default()
-            .collect(&CollectCtx::once(&procfs, &Default::default()))
+            .collect(&CollectCtx::once(&procfs))
             .expect_err("no meminfo");
         assert!(err.to_string().contains("meminfo"), "{err}");
     }

@@ -1,18 +1,46 @@
 //! Collectors: one per source, behind the [`Collector`] trait, built from the config by
 //! [`build_collectors`].
 //!
-//! Adding a collector: write a module with a type implementing [`Collector`] and an observation type
-//! implementing [`ToRecords`]; add its config section to [`crate::config::CollectorsConfig`] (and to
-//! `config/memscope.toml`); add a variant to [`Observation`] and an entry to [`REGISTRY`]; test it
-//! against a fixture tree (`ProcFs::new(fixture_root)`).
+//! A collector is one module plus one line in the [`collectors!`] list below. The module declares,
+//! in one place ([`CollectorDef`]): its name, its `[collectors.<name>]` config section, its
+//! constructor, and (through its [`Observation`] type) how what it saw renders into records. The
+//! list generates [`REGISTRY`] and the typed [`CollectorsConfig`]; nothing else in the agent names
+//! a collector. Derived records that need one collector's observation downcast it
+//! ([`Observation::downcast_ref`]).
 
-use std::time::Duration;
+use std::{any::Any, fmt::Debug, sync::Arc, time::Duration};
+
+use serde::{Deserialize, de::DeserializeOwned};
 
 use crate::{
-    config::Config,
+    config::{Config, Interval},
+    ladder::{StatmPass, TierStats},
+    proc_events::ProcEvents,
     procfs::{ProcError, ProcFs},
     records::Record,
 };
+
+/// Implements [`Section`] for a config struct with `enabled` and `interval` fields, with an
+/// optional check of its own (`section!(T, |c: &T| …)`). Defined before the collector modules so
+/// they can use it.
+macro_rules! section {
+    ($ty:ty) => {
+        section!($ty, |_: &$ty| Ok(()));
+    };
+    ($ty:ty, $validate:expr) => {
+        impl $crate::collectors::Section for $ty {
+            fn enabled(&self) -> bool {
+                self.enabled
+            }
+            fn interval(&self) -> Option<$crate::config::Interval> {
+                self.interval
+            }
+            fn validate(&self) -> Result<(), (&'static str, String)> {
+                ($validate)(self)
+            }
+        }
+    };
+}
 
 pub mod cgroup;
 pub mod meminfo;
@@ -26,83 +54,31 @@ pub struct CollectCtx<'a> {
     pub procfs: &'a ProcFs,
     /// Emission counter of the run (0 for the first).
     pub tick: u64,
-    /// Tracker marks and tier statistics.
-    pub shared: &'a crate::ladder::Shared,
+    /// This tick's `statm` pass, read once by the scheduler when a ladder collector is due.
+    pub statm: Option<Arc<StatmPass>>,
     /// No time budget (`--once`: everything is read).
     pub unbounded: bool,
 }
 
 impl<'a> CollectCtx<'a> {
-    /// A context for tests and one-shot use: tick 0, no tracker, no budget.
-    pub fn once(procfs: &'a ProcFs, shared: &'a crate::ladder::Shared) -> Self {
+    /// A context for tests and one-shot use: tick 0, no pass read yet, no budget.
+    pub fn once(procfs: &'a ProcFs) -> Self {
         CollectCtx {
             procfs,
             tick: 0,
-            shared,
+            statm: None,
             unbounded: true,
         }
     }
-}
 
-/// Tier 1 of the cost ladder for this run: the pid list and every process's `statm`. Within one
-/// agent tick the first collector to ask reads it and the others reuse it (see
-/// [`crate::ladder::Shared::statm_pass`]); an unbounded run (`--once`, tests) always reads afresh.
-pub fn statm_pass(
-    ctx: &CollectCtx<'_>,
-    buf: &mut Vec<u8>,
-) -> Result<std::sync::Arc<crate::ladder::StatmPass>, ProcError> {
-    let read = |buf: &mut Vec<u8>| -> Result<crate::ladder::StatmPass, ProcError> {
-        use crate::{
-            ladder::StatmRead,
-            procfs::{FileClass, OpenFiles, statm::parse_statm},
-        };
-        let pids = ctx.procfs.pids()?;
-        let mut files = ctx
-            .shared
-            .statm_files
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let files =
-            files.get_or_insert_with(|| OpenFiles::new("statm", FileClass::Statm, statm_fd_cap()));
-        files.retain_sorted(&pids);
-        let mut processes = Vec::with_capacity(pids.len());
-        for pid in pids {
-            let read = match files.read(ctx.procfs, pid, buf) {
-                Ok(()) => match parse_statm(buf) {
-                    Ok(statm) => StatmRead::Read(statm),
-                    Err(_) => StatmRead::Unreadable,
-                },
-                Err(e) if e.is_gone() => StatmRead::Gone,
-                // statm is world-readable; if it is not (hidepid), the rollup tier says why.
-                Err(_) => StatmRead::Unreadable,
-            };
-            processes.push((pid, read));
+    /// Tier 1 of the cost ladder for this run: the scheduler's pass of this tick, or (a context
+    /// without one: `--once`, tests) a pass read now.
+    pub fn statm_pass(&self, buf: &mut Vec<u8>) -> Result<Arc<StatmPass>, ProcError> {
+        match &self.statm {
+            Some(pass) => Ok(Arc::clone(pass)),
+            None => StatmPass::read_once(self.procfs, buf).map(Arc::new),
         }
-        Ok(crate::ladder::StatmPass { processes })
-    };
-    if ctx.unbounded {
-        return read(buf).map(std::sync::Arc::new);
     }
-    ctx.shared
-        .statm_pass(ctx.tick, ctx.procfs.root(), || read(buf))
-}
-
-/// How many `statm` descriptors to keep open: the soft RLIMIT_NOFILE less a reserve for everything
-/// else the agent opens (the agent raises the soft limit to the hard one at start).
-fn statm_fd_cap() -> usize {
-    // SAFETY: getrlimit writes into the struct we own.
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
-        lim.rlim_cur
-    } else {
-        1024
-    };
-    usize::try_from(soft)
-        .unwrap_or(usize::MAX)
-        .saturating_sub(512)
 }
 
 /// A source of observations. `collect` runs on a blocking thread, never on an async worker.
@@ -111,7 +87,15 @@ fn statm_fd_cap() -> usize {
 /// in the `agent` record and never stops the other collectors.
 pub trait Collector: Send {
     fn name(&self) -> &'static str;
-    fn collect(&mut self, ctx: &CollectCtx<'_>) -> Result<Option<Observation>, CollectError>;
+    /// Whether it reads the tick's `statm` pass (a ladder collector): the scheduler reads the pass
+    /// only in ticks where such a collector is due.
+    fn uses_statm_pass(&self) -> bool {
+        false
+    }
+    fn collect(
+        &mut self,
+        ctx: &CollectCtx<'_>,
+    ) -> Result<Option<Box<dyn Observation>>, CollectError>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,33 +106,41 @@ pub enum CollectError {
     Other(String),
 }
 
-/// Everything a collector can report. Each observation is the collector's complete current view.
-#[derive(Debug, Clone)]
-pub enum Observation {
-    Meminfo(meminfo::MeminfoObservation),
-    Processes(processes::ProcessesObservation),
-    Objects(smaps::ObjectsObservation),
-    Sysv(sysv::SysvObservation),
-    Tmpfs(tmpfs::TmpfsObservation),
-    Cgroup(cgroup::CgroupObservation),
-}
-
-/// Turns an observation into records, and says what is worth a warning in the `snapshot` record.
-pub trait ToRecords {
+/// What one collector run saw: the collector's complete current view. It renders into records,
+/// says what is worth a warning in the `snapshot` record, and carries a ladder tier's statistics.
+pub trait Observation: Any + Send + Sync + Debug {
     fn records(&self, out: &mut Vec<Record>);
     fn warnings(&self, _out: &mut Vec<String>) {}
+    /// A ladder collector's tier statistics (tier name, stats), for the `agent` record.
+    fn tier(&self) -> Option<(&'static str, &TierStats)> {
+        None
+    }
+    /// Drops the records of processes whose exit was already reported (an observation with
+    /// per-process records: a run may have read a process just before it died). Returns whether
+    /// this observation holds per-process records.
+    fn forget_processes(&mut self, _exited: &std::collections::HashSet<u32>) -> bool {
+        false
+    }
 }
 
-impl Observation {
-    pub fn as_records(&self) -> &dyn ToRecords {
-        match self {
-            Observation::Meminfo(o) => o,
-            Observation::Processes(o) => o,
-            Observation::Objects(o) => o,
-            Observation::Sysv(o) => o,
-            Observation::Tmpfs(o) => o,
-            Observation::Cgroup(o) => o,
-        }
+impl dyn Observation {
+    /// This observation as its concrete type.
+    pub fn downcast_ref<T: Observation>(&self) -> Option<&T> {
+        (self as &dyn Any).downcast_ref()
+    }
+}
+
+/// The observation of a run as its concrete type (tests, benches): an error names what came instead.
+pub fn observed<T: Observation>(
+    run: Result<Option<Box<dyn Observation>>, CollectError>,
+) -> Result<T, String> {
+    match run {
+        Ok(Some(o)) => (o as Box<dyn Any>)
+            .downcast::<T>()
+            .map(|b| *b)
+            .map_err(|_| format!("not a {}", std::any::type_name::<T>())),
+        Ok(None) => Err("no observation".to_string()),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -167,87 +159,125 @@ impl UserNames {
     }
 }
 
+/// A collector type: its name, its `[collectors.<name>]` section, and how to build it. One impl
+/// per collector module, and one line in [`collectors!`].
+pub trait CollectorDef {
+    /// The collector's name: its `[collectors.<name>]` key, and its name in the records.
+    const NAME: &'static str;
+    /// Its config section (`deny_unknown_fields`, no `flatten`: errors keep file, line and key).
+    type Config: Section + DeserializeOwned + Default + Clone + PartialEq + Debug;
+    fn build(config: &Self::Config, ctx: &BuildCtx<'_>) -> Box<dyn Collector>;
+}
+
+/// What every collector section has, and its own checks beyond the types.
+pub trait Section {
+    fn enabled(&self) -> bool;
+    /// Its own interval; `None`: the agent's.
+    fn interval(&self) -> Option<Interval>;
+    /// Values the types accept but the collector cannot use: (key within the section, why).
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        Ok(())
+    }
+}
+
+/// The section of a collector with no settings of its own.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Toggle {
+    pub enabled: bool,
+    /// How often the collector runs; absent means `[agent] interval`. Rounded up to whole agent ticks.
+    pub interval: Option<Interval>,
+}
+
+impl Default for Toggle {
+    fn default() -> Self {
+        Toggle {
+            enabled: true,
+            interval: None,
+        }
+    }
+}
+
+section!(Toggle);
+
 /// A collector with its schedule.
 pub struct Registered {
     pub collector: Box<dyn Collector>,
     pub interval: Duration,
 }
 
+/// What building a collector may use: the proc filesystem, and the tracker's event stream (a
+/// ladder collector subscribes here, once, so it receives every event exactly once).
+pub struct BuildCtx<'a> {
+    pub procfs: &'a ProcFs,
+    pub events: &'a ProcEvents,
+}
+
 /// One known collector: its name, and how to build it if the config enables it.
 pub struct CollectorSpec {
     pub name: &'static str,
-    pub build: fn(&Config, &ProcFs) -> Option<Registered>,
+    pub build: fn(&Config, &BuildCtx<'_>) -> Option<Registered>,
 }
 
-/// Every collector memscope knows, in emission order.
-pub const REGISTRY: &[CollectorSpec] = &[
-    CollectorSpec {
-        name: "meminfo",
-        build: |config, _| {
-            let c = &config.collectors.meminfo;
-            c.enabled.then(|| Registered {
-                collector: Box::new(meminfo::MeminfoCollector::default()),
-                interval: config.collector_interval(c.interval),
-            })
-        },
-    },
-    CollectorSpec {
-        name: "processes",
-        build: |config, _| {
-            let c = &config.collectors.processes;
-            c.enabled.then(|| Registered {
-                collector: Box::new(processes::ProcessesCollector::new(c)),
-                interval: config.collector_interval(c.interval),
-            })
-        },
-    },
-    CollectorSpec {
-        name: "smaps",
-        build: |config, _| {
-            let c = &config.collectors.smaps;
-            c.enabled.then(|| Registered {
-                collector: Box::new(smaps::SmapsCollector::new(c)),
-                interval: config.collector_interval(c.interval),
-            })
-        },
-    },
-    CollectorSpec {
-        name: "sysv",
-        build: |config, _| {
-            let c = &config.collectors.sysv;
-            c.enabled.then(|| Registered {
-                collector: Box::new(sysv::SysvCollector::default()),
-                interval: config.collector_interval(c.interval),
-            })
-        },
-    },
-    CollectorSpec {
-        name: "tmpfs",
-        build: |config, _| {
-            let c = &config.collectors.tmpfs;
-            c.enabled.then(|| Registered {
-                collector: Box::new(tmpfs::TmpfsCollector::new(c)),
-                interval: config.collector_interval(c.interval),
-            })
-        },
-    },
-    CollectorSpec {
-        name: "cgroup",
-        build: |config, _| {
-            let c = &config.collectors.cgroup;
-            c.enabled.then(|| Registered {
-                collector: Box::new(cgroup::CgroupCollector::new(c)),
-                interval: config.collector_interval(c.interval),
-            })
-        },
-    },
-];
+/// Builds collector `D` from its section, if the section enables it.
+fn build_one<D: CollectorDef>(
+    section: &D::Config,
+    config: &Config,
+    ctx: &BuildCtx<'_>,
+) -> Option<Registered> {
+    section.enabled().then(|| Registered {
+        collector: D::build(section, ctx),
+        interval: config.collector_interval(section.interval()),
+    })
+}
+
+/// The list of collectors, once: generates [`CollectorsConfig`] (one section per collector) and
+/// [`REGISTRY`] (emission order).
+macro_rules! collectors {
+    ($($field:ident => $def:ty),* $(,)?) => {
+        /// `[collectors]`: one section per collector, `[collectors.<name>]`.
+        #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct CollectorsConfig {
+            $(pub $field: <$def as CollectorDef>::Config,)*
+        }
+
+        impl CollectorsConfig {
+            /// The sections' own checks, keys named in full (`collectors.<name>.<key>`).
+            pub fn validate(&self) -> Result<(), (String, String)> {
+                $(self.$field.validate().map_err(|(key, why)| {
+                    (format!("collectors.{}.{key}", stringify!($field)), why)
+                })?;)*
+                Ok(())
+            }
+        }
+
+        /// Every collector memscope knows, in emission order.
+        pub const REGISTRY: &[CollectorSpec] = &[$(CollectorSpec {
+            name: <$def as CollectorDef>::NAME,
+            build: |config, ctx| build_one::<$def>(&config.collectors.$field, config, ctx),
+        },)*];
+
+        /// The config keys of the sections, in [`REGISTRY`] order (a test holds them to the names).
+        #[cfg(test)]
+        const SECTION_KEYS: &[&str] = &[$(stringify!($field),)*];
+    };
+}
+
+collectors! {
+    meminfo => meminfo::Meminfo,
+    processes => processes::Processes,
+    smaps => smaps::Smaps,
+    sysv => sysv::Sysv,
+    tmpfs => tmpfs::Tmpfs,
+    cgroup => cgroup::Cgroup,
+}
 
 /// Builds the enabled collectors.
-pub fn build_collectors(config: &Config, procfs: &ProcFs) -> Vec<Registered> {
+pub fn build_collectors(config: &Config, ctx: &BuildCtx<'_>) -> Vec<Registered> {
     REGISTRY
         .iter()
-        .filter_map(|spec| (spec.build)(config, procfs))
+        .filter_map(|spec| (spec.build)(config, ctx))
         .collect()
 }
 
@@ -256,10 +286,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn section_keys_are_the_collector_names() {
+        let names: Vec<_> = REGISTRY.iter().map(|s| s.name).collect();
+        assert_eq!(names, SECTION_KEYS);
+    }
+
+    #[test]
     fn registry_names_match_collector_names() {
         let config = Config::default();
         let procfs = ProcFs::new("/nonexistent");
-        let built = build_collectors(&config, &procfs);
+        let events = ProcEvents::default();
+        let built = build_collectors(
+            &config,
+            &BuildCtx {
+                procfs: &procfs,
+                events: &events,
+            },
+        );
         let names: Vec<_> = built.iter().map(|r| r.collector.name()).collect();
         let spec_names: Vec<_> = REGISTRY.iter().map(|s| s.name).collect();
         assert_eq!(names, spec_names);
@@ -270,7 +313,13 @@ mod tests {
         let mut config = Config::default();
         config.collectors.processes.enabled = false;
         config.collectors.tmpfs.enabled = false;
-        let built = build_collectors(&config, &ProcFs::new("/nonexistent"));
+        let built = build_collectors(
+            &config,
+            &BuildCtx {
+                procfs: &ProcFs::new("/nonexistent"),
+                events: &ProcEvents::default(),
+            },
+        );
         let names: Vec<_> = built.iter().map(|r| r.collector.name()).collect();
         assert_eq!(names, vec!["meminfo", "smaps", "sysv", "cgroup"]);
     }

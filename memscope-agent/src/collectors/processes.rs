@@ -17,14 +17,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::debug;
 
-use super::{CollectCtx, CollectError, Collector, Observation, ToRecords, UserNames};
+use super::{BuildCtx, CollectCtx, CollectError, Collector, CollectorDef, Observation, UserNames};
 use crate::{
     collectors::cgroup::container::{Container, classify},
-    config::ProcessesConfig,
-    ladder::{Ladder, Tier, TierPolicy, TierStats},
+    config::{ByteSize, Interval},
+    ladder::{Ladder, TierPolicy, TierStats},
+    proc_events::{Scope, Subscription},
     procfs::{
         FileClass, ProcError, ProcFs,
         cgroup::parse_proc_cgroup,
@@ -38,6 +39,45 @@ use crate::{
     },
     records::Record,
 };
+
+/// The `processes` collector.
+pub struct Processes;
+
+impl CollectorDef for Processes {
+    const NAME: &'static str = "processes";
+    type Config = ProcessesConfig;
+    fn build(config: &ProcessesConfig, ctx: &BuildCtx<'_>) -> Box<dyn Collector> {
+        Box::new(ProcessesCollector::new(config, ctx.events.subscribe()))
+    }
+}
+
+/// `[collectors.processes]`: per-process rollups, re-read on the cost ladder.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessesConfig {
+    pub enabled: bool,
+    pub interval: Option<Interval>,
+    /// Re-read a process's `smaps_rollup` when its resident + shared memory moved by this much.
+    pub min_change: ByteSize,
+    /// Re-read a process whose last read is this old: the bound on how stale any number is.
+    pub max_staleness: Interval,
+    /// Time a run may spend re-reading; the rest rolls to the next run, oldest first.
+    pub budget: Interval,
+}
+
+impl Default for ProcessesConfig {
+    fn default() -> Self {
+        ProcessesConfig {
+            enabled: true,
+            interval: None,
+            min_change: ByteSize(64 << 10),
+            max_staleness: Interval(Duration::from_secs(300)),
+            budget: Interval(Duration::from_secs(2)),
+        }
+    }
+}
+
+section!(ProcessesConfig);
 
 /// How trustworthy a process's numbers are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
@@ -141,9 +181,11 @@ pub struct ProcessesObservation {
     pub vanished: u32,
     /// Per-process errors other than gone/denied (each carries its path).
     pub errors: Vec<String>,
+    /// The `rollup` tier's statistics after this run.
+    pub tier: TierStats,
 }
 
-impl ToRecords for ProcessesObservation {
+impl Observation for ProcessesObservation {
     fn records(&self, out: &mut Vec<Record>) {
         for p in &self.processes {
             out.push(Record::new("process", p.pid.to_string(), p));
@@ -165,6 +207,15 @@ impl ToRecords for ProcessesObservation {
         }
         out.extend(self.errors.iter().map(|e| format!("processes: {e}")));
     }
+
+    fn tier(&self) -> Option<(&'static str, &TierStats)> {
+        Some(("rollup", &self.tier))
+    }
+
+    fn forget_processes(&mut self, exited: &std::collections::HashSet<u32>) -> bool {
+        self.processes.retain(|r| !exited.contains(&r.pid));
+        true
+    }
 }
 
 /// What is kept per process between runs.
@@ -184,11 +235,13 @@ pub struct ProcessesCollector {
     ladder: Ladder,
     budget: Duration,
     stats: TierStats,
+    events: Subscription,
     buf: Vec<u8>,
 }
 
 impl ProcessesCollector {
-    pub fn new(config: &ProcessesConfig) -> Self {
+    /// `events`: this collector's subscription to the tracker's stream.
+    pub fn new(config: &ProcessesConfig, events: Subscription) -> Self {
         ProcessesCollector {
             known: HashMap::new(),
             users: UserNames::default(),
@@ -197,11 +250,13 @@ impl ProcessesCollector {
                     min_change_bytes: config.min_change.0,
                     max_staleness: config.max_staleness.get(),
                     layout_changes: false,
+                    scope: Scope::ALL,
                 },
                 page_size(),
             ),
             budget: config.budget.get(),
             stats: TierStats::default(),
+            events,
             buf: Vec::with_capacity(8192),
         }
     }
@@ -215,13 +270,13 @@ impl ProcessesCollector {
     ) -> Result<ProcessRecord, ProcError> {
         let stat: Stat = procfs.read_parsed(
             &procfs.pid_path(pid, "stat"),
-            FileClass::Other,
+            FileClass::OTHER,
             &mut self.buf,
             parse_stat,
         )?;
         let status = match procfs.read_parsed(
             &procfs.pid_path(pid, "status"),
-            FileClass::Status,
+            FileClass::STATUS,
             &mut self.buf,
             parse_status,
         ) {
@@ -236,7 +291,7 @@ impl ProcessesCollector {
         } else {
             match procfs.read_parsed(
                 &procfs.pid_path(pid, "smaps_rollup"),
-                FileClass::SmapsRollup,
+                FileClass::SMAPS_ROLLUP,
                 &mut self.buf,
                 parse_smaps_rollup,
             ) {
@@ -265,7 +320,7 @@ impl ProcessesCollector {
             }
             _ => {
                 let cmdline =
-                    match procfs.read(&procfs.pid_path(pid, "cmdline"), FileClass::Cmdline) {
+                    match procfs.read(&procfs.pid_path(pid, "cmdline"), FileClass::CMDLINE) {
                         Ok(bytes) => join_cmdline(&parse_cmdline(&bytes)),
                         Err(e) if e.is_denied() => Name::default(),
                         Err(e) => return Err(e),
@@ -321,12 +376,14 @@ impl CgroupOf {
     /// so) leaves it unknown; garbage is an error with the path.
     fn read(procfs: &ProcFs, pid: u32, errors: &mut Vec<String>) -> CgroupOf {
         let path = procfs.pid_path(pid, "cgroup");
-        let parsed = procfs.read(&path, FileClass::Cgroup).and_then(|bytes| {
-            parse_proc_cgroup(&bytes).map_err(|source| ProcError::Parse {
-                path: path.clone(),
-                source,
-            })
-        });
+        let parsed = procfs
+            .read(&path, crate::collectors::cgroup::CGROUP_FILES)
+            .and_then(|bytes| {
+                parse_proc_cgroup(&bytes).map_err(|source| ProcError::Parse {
+                    path: path.clone(),
+                    source,
+                })
+            });
         match parsed {
             Ok(c) => match c.memory_path() {
                 Some(p) => {
@@ -350,19 +407,29 @@ impl CgroupOf {
 
 impl Collector for ProcessesCollector {
     fn name(&self) -> &'static str {
-        "processes"
+        Processes::NAME
     }
 
-    fn collect(&mut self, ctx: &CollectCtx<'_>) -> Result<Option<Observation>, CollectError> {
+    fn uses_statm_pass(&self) -> bool {
+        true
+    }
+
+    fn collect(
+        &mut self,
+        ctx: &CollectCtx<'_>,
+    ) -> Result<Option<Box<dyn Observation>>, CollectError> {
         let start = Instant::now();
-        let pass = super::statm_pass(ctx, &mut self.buf)?;
+        let pass = ctx.statm_pass(&mut self.buf)?;
         let mut obs = ProcessesObservation::default();
 
-        // Tier 1: statm of every process, every run.
-        let (mut live, vanished) =
-            self.ladder
-                .observe_all(&pass, &ctx.shared.dirty, Tier::Rollup, start);
-        obs.vanished += vanished;
+        // Tier 1: the tracker's events, then statm of every process, every run.
+        let tier1 = self.ladder.run_tier1(&pass, &self.events.take(), start);
+        let mut live = tier1.live;
+        obs.vanished += tier1.vanished;
+        // A pid whose process exited, forked anew or was reused: its old record must not stand.
+        for pid in &tier1.forgotten {
+            self.known.remove(pid);
+        }
         self.known.retain(|pid, _| live.contains(pid));
 
         // Tier 2: smaps_rollup where the ladder says so, within the budget.
@@ -399,7 +466,7 @@ impl Collector for ProcessesCollector {
         }
         self.ladder.set_run_length(start.elapsed());
         self.stats.finish_run(&self.ladder, carried, Instant::now());
-        ctx.shared.set_tier_stats("rollup", self.stats.clone());
+        obs.tier = self.stats.clone();
 
         obs.processes = pass
             .processes
@@ -409,7 +476,7 @@ impl Collector for ProcessesCollector {
             .filter_map(|pid| self.known.get(pid).and_then(|k| k.record.clone()))
             .collect();
         compute_subtrees(&mut obs.processes);
-        Ok(Some(Observation::Processes(obs)))
+        Ok(Some(Box::new(obs)))
     }
 }
 
@@ -548,7 +615,7 @@ mod tree_tests {
     use std::path::Path;
 
     use super::*;
-    use crate::{collectors::CollectCtx, ladder::Shared};
+    use crate::collectors::CollectCtx;
 
     fn fixtures() -> std::path::PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/proc")
@@ -576,12 +643,9 @@ mod tree_tests {
 
     fn collect(root: &Path) -> ProcessesObservation {
         let procfs = ProcFs::new(root);
-        let shared = Shared::default();
-        let mut c = ProcessesCollector::new(&ProcessesConfig::default());
-        match c.collect(&CollectCtx::once(&procfs, &shared)) {
-            Ok(Some(Observation::Processes(o))) => o,
-            other => panic!("unexpected {other:?}"),
-        }
+        let mut c = ProcessesCollector::new(&ProcessesConfig::default(), Subscription::detached());
+        crate::collectors::observed::<ProcessesObservation>(c.collect(&CollectCtx::once(&procfs)))
+            .unwrap_or_else(|e| panic!("unexpected: {e}"))
     }
 
     #[test]
@@ -646,11 +710,16 @@ mod tree_tests {
         let dir = tempfile::tempdir().expect("tempdir");
         copy_pid(dir.path(), 44, 44, &[]);
         let procfs = ProcFs::new(dir.path());
-        let shared = Shared::default();
-        let mut c = ProcessesCollector::new(&ProcessesConfig::default());
-        let mut run = || match c.collect(&CollectCtx::once(&procfs, &shared)) {
-            Ok(Some(Observation::Processes(o))) => o.processes.into_iter().next().expect("44"),
-            other => panic!("unexpected {other:?}"),
+        let mut c = ProcessesCollector::new(&ProcessesConfig::default(), Subscription::detached());
+        let mut run = || {
+            crate::collectors::observed::<ProcessesObservation>(
+                c.collect(&CollectCtx::once(&procfs)),
+            )
+            .unwrap_or_else(|e| panic!("unexpected: {e}"))
+            .processes
+            .into_iter()
+            .next()
+            .expect("44")
         };
         let p = run();
         let cgroup = p.cgroup.as_ref().map(|n| n.lossy().into_owned());

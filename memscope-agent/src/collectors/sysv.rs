@@ -8,7 +8,7 @@
 use serde::Serialize;
 
 use super::{
-    CollectCtx, CollectError, Collector, Observation, ToRecords, UserNames,
+    BuildCtx, CollectCtx, CollectError, Collector, CollectorDef, Observation, Toggle, UserNames,
     smaps::{SharedObject, Sharing},
 };
 use crate::{
@@ -18,6 +18,17 @@ use crate::{
     },
     records::Record,
 };
+
+/// The `sysv` collector.
+pub struct Sysv;
+
+impl CollectorDef for Sysv {
+    const NAME: &'static str = "sysv";
+    type Config = Toggle;
+    fn build(_: &Toggle, _: &BuildCtx<'_>) -> Box<dyn Collector> {
+        Box::new(SysvCollector::default())
+    }
+}
 
 #[derive(Default)]
 pub struct SysvCollector {
@@ -97,7 +108,7 @@ impl Segment {
     }
 }
 
-impl ToRecords for SysvObservation {
+impl Observation for SysvObservation {
     fn records(&self, out: &mut Vec<Record>) {
         out.extend(self.segments.iter().map(|s| s.record(None, 0)));
     }
@@ -105,14 +116,17 @@ impl ToRecords for SysvObservation {
 
 impl Collector for SysvCollector {
     fn name(&self) -> &'static str {
-        "sysv"
+        Sysv::NAME
     }
 
-    fn collect(&mut self, ctx: &CollectCtx<'_>) -> Result<Option<Observation>, CollectError> {
+    fn collect(
+        &mut self,
+        ctx: &CollectCtx<'_>,
+    ) -> Result<Option<Box<dyn Observation>>, CollectError> {
         let path = ctx.procfs.path("sysvipc/shm");
         let segments =
             ctx.procfs
-                .read_parsed(&path, FileClass::Sysvipc, &mut self.buf, parse_sysvipc_shm)?;
+                .read_parsed(&path, FileClass::SYSVIPC, &mut self.buf, parse_sysvipc_shm)?;
         let segments = segments
             .into_iter()
             .map(|shm| {
@@ -120,7 +134,7 @@ impl Collector for SysvCollector {
                 Segment { shm, owner }
             })
             .collect();
-        Ok(Some(Observation::Sysv(SysvObservation { segments })))
+        Ok(Some(Box::new(SysvObservation { segments })))
     }
 }
 
@@ -140,12 +154,10 @@ mod tests {
         )
         .expect("write");
         let procfs = ProcFs::new(dir.path());
-        let obs = match SysvCollector::default()
-            .collect(&CollectCtx::once(&procfs, &Default::default()))
-        {
-            Ok(Some(Observation::Sysv(o))) => o,
-            other => panic!("unexpected {other:?}"),
-        };
+        let obs = crate::collectors::observed::<SysvObservation>(
+            SysvCollector::default().collect(&CollectCtx::once(&procfs)),
+        )
+        .unwrap_or_else(|e| panic!("unexpected: {e}"));
         assert_eq!(obs.resident_bytes(), Some(1 << 20));
         let mut recs = Vec::new();
         obs.records(&mut recs);

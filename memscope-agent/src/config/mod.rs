@@ -7,7 +7,7 @@ use std::{path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use crate::procfs::line_at;
+use crate::{collectors::CollectorsConfig, procfs::line_at};
 
 mod error;
 mod units;
@@ -23,6 +23,7 @@ pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../../config/memscope.tom
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub agent: AgentConfig,
+    /// One section per collector: declared by the collectors themselves (see [`crate::collectors`]).
     pub collectors: CollectorsConfig,
     pub output: OutputConfig,
 }
@@ -38,6 +39,9 @@ pub struct AgentConfig {
     pub proc_root: PathBuf,
     /// How layout changes are detected: `auto` (eBPF, else polling), `ebpf` (required), `polling`.
     pub tracker: TrackerMode,
+    /// Whether the agent may mount tracefs at `/sys/kernel/tracing` when it is not mounted (the
+    /// eBPF tracker needs it). With `false` and no tracefs, the tracker falls back to polling.
+    pub mount_tracefs: bool,
 }
 
 impl Default for AgentConfig {
@@ -47,6 +51,7 @@ impl Default for AgentConfig {
             host: String::new(),
             proc_root: PathBuf::from("/proc"),
             tracker: TrackerMode::Auto,
+            mount_tracefs: true,
         }
     }
 }
@@ -61,134 +66,6 @@ pub enum TrackerMode {
     Ebpf,
     /// Never load eBPF.
     Polling,
-}
-
-/// One sub-table per collector, `[collectors.<name>]`.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CollectorsConfig {
-    pub meminfo: CollectorToggle,
-    pub processes: ProcessesConfig,
-    pub smaps: SmapsConfig,
-    pub sysv: CollectorToggle,
-    pub tmpfs: TmpfsConfig,
-    pub cgroup: crate::collectors::cgroup::CgroupConfig,
-}
-
-/// The settings every collector has.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CollectorToggle {
-    pub enabled: bool,
-    /// How often the collector runs; absent means `[agent] interval`. Rounded up to whole agent ticks.
-    pub interval: Option<Interval>,
-}
-
-impl Default for CollectorToggle {
-    fn default() -> Self {
-        CollectorToggle {
-            enabled: true,
-            interval: None,
-        }
-    }
-}
-
-/// `[collectors.processes]`: per-process rollups, re-read on the cost ladder.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ProcessesConfig {
-    pub enabled: bool,
-    pub interval: Option<Interval>,
-    /// Re-read a process's `smaps_rollup` when its resident + shared memory moved by this much.
-    pub min_change: ByteSize,
-    /// Re-read a process whose last read is this old: the bound on how stale any number is.
-    pub max_staleness: Interval,
-    /// Time a run may spend re-reading; the rest rolls to the next run, oldest first.
-    pub budget: Interval,
-}
-
-impl Default for ProcessesConfig {
-    fn default() -> Self {
-        ProcessesConfig {
-            enabled: true,
-            interval: None,
-            min_change: ByteSize(64 << 10),
-            max_staleness: Interval(Duration::from_secs(300)),
-            budget: Interval(Duration::from_secs(2)),
-        }
-    }
-}
-
-/// `[collectors.smaps]`: shared objects from `/proc/PID/smaps`, re-read on the cost ladder.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SmapsConfig {
-    pub enabled: bool,
-    pub interval: Option<Interval>,
-    /// Objects whose PSS is below this are folded into one `other` row per kind (0: none folded).
-    pub min_object_pss: ByteSize,
-    /// Consumers (processes) listed per object, largest PSS first.
-    pub top_consumers: Positive,
-    /// Re-read a process's `smaps` when its resident + shared memory moved by this much, or when a
-    /// file object it maps gained or lost a mapper and that moves each share by this much.
-    pub min_change: ByteSize,
-    pub max_staleness: Interval,
-    pub budget: Interval,
-}
-
-impl Default for SmapsConfig {
-    fn default() -> Self {
-        SmapsConfig {
-            enabled: true,
-            interval: None,
-            min_object_pss: ByteSize(1 << 20),
-            top_consumers: Positive(5),
-            min_change: ByteSize(1 << 20),
-            max_staleness: Interval(Duration::from_secs(300)),
-            budget: Interval(Duration::from_secs(2)),
-        }
-    }
-}
-
-/// `[collectors.tmpfs]`: every tmpfs superblock (limit, allocated, largest files and directories)
-/// and the tmpfs files and memfds held open only by file descriptors.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TmpfsConfig {
-    pub enabled: bool,
-    /// Default one minute: walks and fd scans are the costliest reads after smaps.
-    pub interval: Option<Interval>,
-    /// Where the host's `/` is visible to the agent (`"/host"` in a container); mount points from
-    /// mountinfo are looked up under it.
-    pub host_root: PathBuf,
-    /// Largest files kept per mount (also bounds the deleted-but-open files listed per mount).
-    pub top_files: Positive,
-    /// Largest directories (by the total of their subtree) kept per mount.
-    pub top_dirs: Positive,
-    /// A walk stops (reported `truncated`) after this many entries…
-    pub max_entries: Positive,
-    /// …or after this long.
-    pub max_walk_time: Interval,
-    /// Scan `/proc/PID/fd` for deleted-but-open tmpfs files and memfds.
-    pub scan_fds: bool,
-    /// Holder pids listed per open file (all are counted).
-    pub max_holders: Positive,
-}
-
-impl Default for TmpfsConfig {
-    fn default() -> Self {
-        TmpfsConfig {
-            enabled: true,
-            interval: Some(Interval(Duration::from_secs(60))),
-            host_root: PathBuf::from("/"),
-            top_files: Positive(20),
-            top_dirs: Positive(20),
-            max_entries: Positive(200_000),
-            max_walk_time: Interval(Duration::from_secs(2)),
-            scan_fds: true,
-            max_holders: Positive(16),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -261,12 +138,18 @@ impl Config {
         })?;
         config
             .validate()
-            .map_err(|(key, message)| ConfigError::at_key(origin, Some(src), key, message))?;
+            .map_err(|(key, message)| ConfigError::at_key(origin, Some(src), &key, message))?;
         Ok(config)
     }
 
-    /// Rules that span several keys.
-    fn validate(&self) -> Result<(), (&'static str, String)> {
+    /// Rules that span several keys, then each collector section's own.
+    fn validate(&self) -> Result<(), (String, String)> {
+        self.validate_own()
+            .map_err(|(key, why)| (key.to_string(), why))?;
+        self.collectors.validate()
+    }
+
+    fn validate_own(&self) -> Result<(), (&'static str, String)> {
         if self.output.sink == SinkKind::File {
             match &self.output.path {
                 None => {
@@ -286,13 +169,6 @@ impl Config {
         }
         if self.agent.proc_root.as_os_str().is_empty() {
             return Err(("agent.proc_root", "must not be empty".to_string()));
-        }
-        self.collectors.cgroup.validate()?;
-        if self.collectors.tmpfs.host_root.as_os_str().is_empty() {
-            return Err((
-                "collectors.tmpfs.host_root",
-                "must not be empty (use \"/\" for the agent's own root)".to_string(),
-            ));
         }
         Ok(())
     }
@@ -333,6 +209,7 @@ mod tests {
 interval = "2s"
 host = "db-7"
 proc_root = "/host/proc"
+mount_tracefs = false
 
 [collectors.meminfo]
 enabled = false
@@ -354,6 +231,11 @@ keyframe_every = 4
         assert_eq!(c.agent.interval.get(), Duration::from_secs(2));
         assert_eq!(c.agent.host, "db-7");
         assert_eq!(c.agent.proc_root, PathBuf::from("/host/proc"));
+        assert!(!c.agent.mount_tracefs);
+        assert!(
+            Config::default().agent.mount_tracefs,
+            "mounting is allowed by default"
+        );
         assert!(!c.collectors.meminfo.enabled);
         assert!(c.collectors.processes.enabled);
         assert_eq!(
@@ -465,7 +347,10 @@ keyframe_every = 4
         let t = &c.collectors.tmpfs;
         assert_eq!(t.host_root, PathBuf::from("/host"));
         assert_eq!(t.top_files, Positive(5));
-        assert_eq!(t.top_dirs, TmpfsConfig::default().top_dirs);
+        assert_eq!(
+            t.top_dirs,
+            crate::collectors::tmpfs::TmpfsConfig::default().top_dirs
+        );
         assert_eq!(t.max_walk_time.get(), Duration::from_millis(500));
         assert!(!t.scan_fds && t.enabled);
         let e = err("[collectors.tmpfs]\ntop_filez = 3\n");

@@ -21,6 +21,7 @@ use crate::collectors::{
     Observation,
     smaps::{ObjectKey, ObjectKind, ObjectsObservation},
     sysv::SysvObservation,
+    tmpfs::TmpfsObservation,
 };
 
 /// What the tmpfs collector contributes to the ledger.
@@ -103,14 +104,12 @@ pub fn ledger(
 }
 
 /// The tmpfs collector's part of the ledger, if `obs` is its observation.
-pub fn tmpfs_inputs(obs: &Observation) -> Option<TmpfsInputs> {
-    match obs {
-        Observation::Tmpfs(t) => Some(TmpfsInputs {
-            allocated_bytes: t.measured_allocated_bytes(),
-            memfds: t.memfd_allocations(),
-        }),
-        _ => None,
-    }
+pub fn tmpfs_inputs(obs: &dyn Observation) -> Option<TmpfsInputs> {
+    let t = obs.downcast_ref::<TmpfsObservation>()?;
+    Some(TmpfsInputs {
+        allocated_bytes: t.measured_allocated_bytes(),
+        memfds: t.memfd_allocations(),
+    })
 }
 
 #[cfg(test)]

@@ -5,7 +5,14 @@
 //! ([`ledger`]).
 
 use crate::{
-    collectors::{Observation, ToRecords, cgroup::PidCgroups},
+    collectors::{
+        Observation,
+        cgroup::{CgroupObservation, PidCgroups},
+        meminfo::MeminfoObservation,
+        processes::ProcessesObservation,
+        smaps::ObjectsObservation,
+        sysv::SysvObservation,
+    },
     records::Record,
 };
 
@@ -17,51 +24,32 @@ use sysv_join::SysvJoin;
 
 /// All records of one emission from the latest observations, with the joins and the ledger.
 pub fn records(
-    latest: &[(&'static str, Option<Observation>)],
+    latest: &[(&'static str, Option<Box<dyn Observation>>)],
     out: &mut Vec<Record>,
     warnings: &mut Vec<String>,
 ) {
-    let observations = || latest.iter().filter_map(|(_, o)| o.as_ref());
-    let objects = observations().find_map(|o| match o {
-        Observation::Objects(x) => Some(x),
-        _ => None,
-    });
-    let sysv = observations().find_map(|o| match o {
-        Observation::Sysv(x) => Some(x),
-        _ => None,
-    });
-    let shmem = observations().find_map(|o| match o {
-        Observation::Meminfo(m) => m.get("Shmem"),
-        _ => None,
-    });
+    let observations = || latest.iter().filter_map(|(_, o)| o.as_deref());
+    let objects = observations().find_map(|o| o.downcast_ref::<ObjectsObservation>());
+    let sysv = observations().find_map(|o| o.downcast_ref::<SysvObservation>());
+    let shmem = observations()
+        .find_map(|o| o.downcast_ref::<MeminfoObservation>())
+        .and_then(|m| m.get("Shmem"));
     let tmpfs: Option<TmpfsInputs> = observations().find_map(tmpfs_inputs);
-    let processes = observations().find_map(|o| match o {
-        Observation::Processes(p) => Some(p),
-        _ => None,
-    });
+    let processes = observations().find_map(|o| o.downcast_ref::<ProcessesObservation>());
     let cgroups = processes.map(PidCgroups::new);
     let join = SysvJoin::new(sysv, objects);
 
     for obs in observations() {
-        match obs {
-            Observation::Objects(o) => {
-                o.records_except(out, |x| join.is_joined(x), cgroups.as_ref());
-                o.warnings(warnings);
-            }
-            Observation::Sysv(s) => {
-                join.segment_records(s, out);
-                s.warnings(warnings);
-            }
-            Observation::Cgroup(c) => {
-                c.records_with(processes, out);
-                c.warnings(warnings);
-            }
-            other => {
-                let r = other.as_records();
-                r.records(out);
-                r.warnings(warnings);
-            }
+        if let Some(o) = obs.downcast_ref::<ObjectsObservation>() {
+            o.records_except(out, |x| join.is_joined(x), cgroups.as_ref());
+        } else if let Some(s) = obs.downcast_ref::<SysvObservation>() {
+            join.segment_records(s, out);
+        } else if let Some(c) = obs.downcast_ref::<CgroupObservation>() {
+            c.records_with(processes, out);
+        } else {
+            obs.records(out);
         }
+        obs.warnings(warnings);
     }
     if let Some(l) = ledger::ledger(shmem, tmpfs.as_ref(), sysv, objects) {
         out.push(Record::new("shmem_ledger", "", &l));

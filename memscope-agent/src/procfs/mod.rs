@@ -6,10 +6,7 @@ use std::{
     fs::File,
     io::{self, Read},
     path::{Path, PathBuf},
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::Arc,
 };
 
 pub mod cgroup;
@@ -34,78 +31,103 @@ pub use dev::Dev;
 /// The 1-based line of a byte offset in a text (also the config's error lines).
 pub(crate) use text::line_at;
 
-/// What a `/proc` read was for; bytes read are counted per class for the `agent` record.
+/// What a `/proc` read was for; bytes and reads are counted per class for the `agent` record.
+/// A class is a name: a collector that reads a file of its own defines its class next to it
+/// (`const MEMORY_STAT: FileClass = FileClass::new("memory_stat");`), no list to extend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum FileClass {
-    Meminfo,
-    Status,
-    Statm,
-    SmapsRollup,
-    Smaps,
-    Cmdline,
-    Mountinfo,
-    Sysvipc,
-    Cgroup,
-    Other,
-}
+pub struct FileClass(&'static str);
 
 impl FileClass {
-    pub const ALL: [FileClass; 10] = [
-        FileClass::Meminfo,
-        FileClass::Status,
-        FileClass::Statm,
-        FileClass::SmapsRollup,
-        FileClass::Smaps,
-        FileClass::Cmdline,
-        FileClass::Mountinfo,
-        FileClass::Sysvipc,
-        FileClass::Cgroup,
-        FileClass::Other,
+    pub const MEMINFO: FileClass = FileClass("meminfo");
+    pub const STATUS: FileClass = FileClass("status");
+    pub const STATM: FileClass = FileClass("statm");
+    pub const SMAPS_ROLLUP: FileClass = FileClass("smaps_rollup");
+    pub const SMAPS: FileClass = FileClass("smaps");
+    pub const CMDLINE: FileClass = FileClass("cmdline");
+    pub const MOUNTINFO: FileClass = FileClass("mountinfo");
+    pub const SYSVIPC: FileClass = FileClass("sysvipc");
+    pub const OTHER: FileClass = FileClass("other");
+
+    /// The classes every `agent` record lists, read or not (others appear once read).
+    pub const COMMON: &[FileClass] = &[
+        FileClass::MEMINFO,
+        FileClass::STATUS,
+        FileClass::STATM,
+        FileClass::SMAPS_ROLLUP,
+        FileClass::SMAPS,
+        FileClass::CMDLINE,
+        FileClass::MOUNTINFO,
+        FileClass::SYSVIPC,
+        FileClass::OTHER,
     ];
 
+    pub const fn new(name: &'static str) -> FileClass {
+        FileClass(name)
+    }
+
     pub fn name(self) -> &'static str {
-        match self {
-            FileClass::Meminfo => "meminfo",
-            FileClass::Status => "status",
-            FileClass::Statm => "statm",
-            FileClass::SmapsRollup => "smaps_rollup",
-            FileClass::Smaps => "smaps",
-            FileClass::Cmdline => "cmdline",
-            FileClass::Mountinfo => "mountinfo",
-            FileClass::Sysvipc => "sysvipc",
-            FileClass::Cgroup => "cgroup",
-            FileClass::Other => "other",
+        self.0
+    }
+}
+
+/// Bytes read and reads done for one [`FileClass`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadCount {
+    pub bytes: u64,
+    pub reads: u64,
+}
+
+/// Bytes and reads per [`FileClass`], shared by every clone of one [`ProcFs`].
+#[derive(Debug)]
+pub struct ReadCounters {
+    by_class: std::sync::Mutex<std::collections::BTreeMap<FileClass, ReadCount>>,
+}
+
+impl Default for ReadCounters {
+    fn default() -> Self {
+        ReadCounters {
+            by_class: std::sync::Mutex::new(
+                FileClass::COMMON
+                    .iter()
+                    .map(|c| (*c, ReadCount::default()))
+                    .collect(),
+            ),
         }
     }
 }
 
-/// Bytes and reads per [`FileClass`], shared by every clone of one [`ProcFs`].
-#[derive(Debug, Default)]
-pub struct ReadCounters {
-    bytes: [AtomicU64; FileClass::ALL.len()],
-    reads: [AtomicU64; FileClass::ALL.len()],
-}
-
 impl ReadCounters {
     fn add(&self, class: FileClass, bytes: usize) {
-        let i = class as usize;
-        self.bytes[i].fetch_add(bytes as u64, Ordering::Relaxed);
-        self.reads[i].fetch_add(1, Ordering::Relaxed);
+        let mut g = self.by_class.lock().unwrap_or_else(|p| p.into_inner());
+        let c = g.entry(class).or_default();
+        c.bytes += bytes as u64;
+        c.reads += 1;
+    }
+
+    fn get(&self, class: FileClass) -> ReadCount {
+        let g = self.by_class.lock().unwrap_or_else(|p| p.into_inner());
+        g.get(&class).copied().unwrap_or_default()
     }
 
     /// Bytes read so far for `class`.
     pub fn bytes(&self, class: FileClass) -> u64 {
-        self.bytes[class as usize].load(Ordering::Relaxed)
+        self.get(class).bytes
     }
 
     /// Reads (files opened and read) so far for `class`.
     pub fn reads(&self, class: FileClass) -> u64 {
-        self.reads[class as usize].load(Ordering::Relaxed)
+        self.get(class).reads
+    }
+
+    /// Every class counted so far (the common ones always), by name.
+    pub fn by_class(&self) -> Vec<(&'static str, ReadCount)> {
+        let g = self.by_class.lock().unwrap_or_else(|p| p.into_inner());
+        g.iter().map(|(c, n)| (c.name(), *n)).collect()
     }
 
     /// Bytes read so far over all classes.
     pub fn total_bytes(&self) -> u64 {
-        FileClass::ALL.iter().map(|c| self.bytes(*c)).sum()
+        self.by_class().iter().map(|(_, n)| n.bytes).sum()
     }
 }
 
@@ -288,7 +310,7 @@ impl ProcFs {
     /// `meminfo`, parsed.
     pub fn meminfo(&self, buf: &mut Vec<u8>) -> Result<Vec<meminfo::MeminfoField>, ProcError> {
         let path = self.path("meminfo");
-        self.read_parsed(&path, FileClass::Meminfo, buf, meminfo::parse_meminfo)
+        self.read_parsed(&path, FileClass::MEMINFO, buf, meminfo::parse_meminfo)
     }
 
     /// The agent's own mount table, `self/mountinfo`, parsed.
@@ -297,7 +319,7 @@ impl ProcFs {
         buf: &mut Vec<u8>,
     ) -> Result<Vec<mountinfo::MountInfo>, ProcError> {
         let path = self.path("self/mountinfo");
-        self.read_parsed(&path, FileClass::Mountinfo, buf, mountinfo::parse_mountinfo)
+        self.read_parsed(&path, FileClass::MOUNTINFO, buf, mountinfo::parse_mountinfo)
     }
 
     /// The numeric entries of the root (process ids), sorted.
@@ -357,8 +379,16 @@ impl OpenFiles {
         self.files.retain(|pid, _| live.binary_search(pid).is_ok());
     }
 
-    /// Reads `root/pid/<file>` into `buf` through a kept descriptor when possible.
-    pub fn read(&mut self, procfs: &ProcFs, pid: u32, buf: &mut Vec<u8>) -> Result<(), ProcError> {
+    /// Reads `root/pid/<file>` into `buf` through a kept descriptor when possible. A kept
+    /// descriptor of a process that is gone fails with ESRCH even when the pid is in use again
+    /// (the descriptor names the old process): then the pid is opened afresh and the read says
+    /// [`Reopened::OtherProcess`].
+    pub fn read(
+        &mut self,
+        procfs: &ProcFs,
+        pid: u32,
+        buf: &mut Vec<u8>,
+    ) -> Result<Reopened, ProcError> {
         use std::os::unix::fs::FileExt;
         let read_all = |f: &File, buf: &mut Vec<u8>| -> io::Result<()> {
             buf.clear();
@@ -372,14 +402,18 @@ impl OpenFiles {
             }
         };
         let path = || procfs.pid_path(pid, self.file);
+        let mut reopened = Reopened::No;
         if let Some(f) = self.files.get(&pid) {
             match read_all(f, buf) {
                 Ok(()) => {
                     procfs.counters.add(self.class, buf.len());
-                    return Ok(());
+                    return Ok(Reopened::No);
                 }
                 // The process behind the descriptor is gone: the pid may be someone new.
-                Err(_) => {
+                Err(e) => {
+                    if e.raw_os_error() == Some(libc::ESRCH) {
+                        reopened = Reopened::OtherProcess;
+                    }
                     self.files.remove(&pid);
                 }
             }
@@ -391,8 +425,17 @@ impl OpenFiles {
         if self.files.len() < self.cap {
             self.files.insert(pid, f);
         }
-        Ok(())
+        Ok(reopened)
     }
+}
+
+/// Whether [`OpenFiles::read`] read through a new descriptor because the kept one's process is
+/// gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reopened {
+    No,
+    /// The kept descriptor's process is gone and the pid belongs to another process now.
+    OtherProcess,
 }
 
 /// The system page size in bytes.
@@ -405,6 +448,27 @@ mod open_files_tests {
     use super::*;
 
     #[test]
+    fn a_collector_counts_its_own_file_class_without_a_central_list() {
+        const MEMORY_STAT: FileClass = FileClass::new("memory_stat");
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("memory.stat"), b"anon 4096\n").expect("write");
+        let procfs = ProcFs::new(dir.path());
+        procfs
+            .read(&procfs.path("memory.stat"), MEMORY_STAT)
+            .expect("read");
+        let by_class = procfs.counters().by_class();
+        let names: Vec<&str> = by_class.iter().map(|(c, _)| *c).collect();
+        assert!(names.contains(&"memory_stat"), "{names:?}");
+        assert!(
+            names.contains(&"statm"),
+            "the common classes are always listed"
+        );
+        assert_eq!(procfs.counters().bytes(MEMORY_STAT), 10);
+        assert_eq!(procfs.counters().reads(MEMORY_STAT), 1);
+        assert_eq!(procfs.counters().total_bytes(), 10);
+    }
+
+    #[test]
     fn kept_descriptors_are_reread_counted_and_dropped_when_gone() {
         let dir = tempfile::tempdir().expect("tempdir");
         for pid in [10, 11] {
@@ -413,7 +477,7 @@ mod open_files_tests {
                 .expect("write");
         }
         let procfs = ProcFs::new(dir.path());
-        let mut files = OpenFiles::new("statm", FileClass::Statm, 1);
+        let mut files = OpenFiles::new("statm", FileClass::STATM, 1);
         let mut buf = Vec::new();
         files.read(&procfs, 10, &mut buf).expect("read 10");
         assert_eq!(buf, b"1 2 3 4 0 5 0\n");
@@ -421,8 +485,8 @@ mod open_files_tests {
         assert_eq!(files.len(), 1, "the cap bounds the descriptors kept");
         // Kept descriptor: a second read goes through it (pread at 0), counted each time.
         files.read(&procfs, 10, &mut buf).expect("read 10 again");
-        assert_eq!(procfs.counters().reads(FileClass::Statm), 3);
-        assert_eq!(procfs.counters().bytes(FileClass::Statm), 3 * 14);
+        assert_eq!(procfs.counters().reads(FileClass::STATM), 3);
+        assert_eq!(procfs.counters().bytes(FileClass::STATM), 3 * 14);
         // A process that is gone (and not kept) is Gone.
         std::fs::remove_dir_all(dir.path().join("11")).expect("rm");
         assert!(

@@ -43,8 +43,8 @@ use memscope_common::{
 use tokio::sync::mpsc;
 
 use super::{
-    DirtyMark, DirtySource, EVENT_CHANNEL_CAPACITY, TrackerError, TrackerState, TrackerStats, btf,
-    tracefs,
+    DirtyMark, DirtySource, EVENT_CHANNEL_CAPACITY, StartOptions, TrackerError, TrackerState,
+    TrackerStats, btf, tracefs,
 };
 
 /// The object built by `build.rs` from the `memscope-ebpf` crate.
@@ -92,10 +92,11 @@ pub(super) struct EbpfSource {
 
 impl EbpfSource {
     pub(super) fn start(
-        agent_tgid: u32,
+        opts: &StartOptions,
     ) -> Result<(Self, mpsc::Receiver<LifecycleEvent>), TrackerError> {
         let started = Instant::now();
-        let tracefs = tracefs::find_or_mount()?;
+        let agent_tgid = opts.agent_tgid;
+        let tracefs = tracefs::find_or_mount(opts.mount_tracefs)?;
         let vmlinux = std::fs::read(btf::VMLINUX_BTF).map_err(|source| TrackerError::BtfRead {
             path: btf::VMLINUX_BTF.into(),
             source,
@@ -111,8 +112,13 @@ impl EbpfSource {
 
         // One parse of the kernel's BTF serves the loader's relocations and the tp_btf program.
         let kernel_btf = Btf::from_sys_fs().map_err(|e| TrackerError::BtfLoad(Box::new(e)))?;
-        let mut ebpf = EbpfLoader::new()
-            .btf(Some(&kernel_btf))
+        raise_memlock_limit();
+        let mut loader = EbpfLoader::new();
+        loader.btf(Some(&kernel_btf));
+        if let Some(entries) = opts.dirty_map_entries {
+            loader.map_max_entries(DIRTY_MAP, entries.max(1));
+        }
+        let mut ebpf = loader
             .load(OBJECT)
             .map_err(|e| TrackerError::Load(Box::new(e)))?;
         let logger = start_logger(&mut ebpf);
@@ -275,6 +281,48 @@ impl Drop for EbpfSource {
         {
             tracing::warn!("the eBPF event thread panicked");
         }
+    }
+}
+
+/// Lifts RLIMIT_MEMLOCK before loading: kernels before 5.11 charge BPF maps and programs to it
+/// (later ones to the memory cgroup), and its usual default (8 MiB or less) is too small there.
+/// Unlimited needs CAP_SYS_RESOURCE; without it the soft limit is raised to the hard one. A
+/// failure is only logged: on a recent kernel the limit does not matter, and on an old one the
+/// load then fails with its own error.
+fn raise_memlock_limit() {
+    let set = |lim: &libc::rlimit| {
+        // SAFETY: setrlimit reads the struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, lim) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    if set(&unlimited).is_ok() {
+        return;
+    }
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    let got = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } == 0;
+    lim.rlim_cur = lim.rlim_max;
+    let raised = if got {
+        set(&lim)
+    } else {
+        Err(io::Error::last_os_error())
+    };
+    match raised {
+        Ok(()) => tracing::debug!(
+            "RLIMIT_MEMLOCK raised to its hard limit ({} bytes), not unlimited (no CAP_SYS_RESOURCE)",
+            lim.rlim_max
+        ),
+        Err(e) => tracing::debug!("raising RLIMIT_MEMLOCK failed: {e}"),
     }
 }
 

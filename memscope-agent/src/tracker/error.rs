@@ -14,6 +14,10 @@ pub enum TrackerError {
         "tracefs is not mounted at /sys/kernel/tracing or /sys/kernel/debug/tracing, and mounting it failed"
     )]
     NoTracefs(#[source] io::Error),
+    #[error(
+        "tracefs is not mounted at /sys/kernel/tracing or /sys/kernel/debug/tracing, and agent.mount_tracefs = false forbids mounting it"
+    )]
+    TracefsNotMounted,
     #[error("tracefs at {path} is not readable")]
     TracefsUnreadable {
         path: PathBuf,

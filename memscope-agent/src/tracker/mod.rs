@@ -129,11 +129,34 @@ impl fmt::Debug for Tracker {
     }
 }
 
-/// Starts eBPF tracking, marks of `agent_tgid` (the agent itself) being dropped in the kernel.
-/// Falls back to polling with one `warn` line naming the cause. Needs no tokio runtime; blocks
-/// for the load and attach. The load+attach time is logged at debug level.
-pub fn start(agent_tgid: u32) -> Tracker {
-    match start_ebpf(agent_tgid) {
+/// How to start the tracker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartOptions {
+    /// The agent's own tgid: its marks are dropped in the kernel.
+    pub agent_tgid: u32,
+    /// Whether tracefs may be mounted when it is not (the config's `agent.mount_tracefs`).
+    pub mount_tracefs: bool,
+    /// Capacity of the dirty map; `None`: [`memscope_common::DIRTY_MAP_ENTRIES`]. The privileged
+    /// tests shrink it to make the kernel side drop marks.
+    pub dirty_map_entries: Option<u32>,
+}
+
+impl StartOptions {
+    /// The defaults for an agent whose tgid is `agent_tgid`: tracefs may be mounted, full map.
+    pub fn new(agent_tgid: u32) -> StartOptions {
+        StartOptions {
+            agent_tgid,
+            mount_tracefs: true,
+            dirty_map_entries: None,
+        }
+    }
+}
+
+/// Starts eBPF tracking, marks of `opts.agent_tgid` (the agent itself) being dropped in the
+/// kernel. Falls back to polling with one `warn` line naming the cause. Needs no tokio runtime;
+/// blocks for the load and attach. The load+attach time is logged at debug level.
+pub fn start(opts: &StartOptions) -> Tracker {
+    match start_ebpf(opts) {
         Ok(tracker) => tracker,
         Err(err) => {
             let reason = polling_reason(&err);
@@ -147,8 +170,8 @@ pub fn start(agent_tgid: u32) -> Tracker {
 }
 
 #[cfg(not(memscope_no_ebpf))]
-fn start_ebpf(agent_tgid: u32) -> Result<Tracker, TrackerError> {
-    let (source, events) = ebpf::EbpfSource::start(agent_tgid)?;
+fn start_ebpf(opts: &StartOptions) -> Result<Tracker, TrackerError> {
+    let (source, events) = ebpf::EbpfSource::start(opts)?;
     Ok(Tracker {
         source: Box::new(source),
         events: Some(events),
@@ -156,7 +179,7 @@ fn start_ebpf(agent_tgid: u32) -> Result<Tracker, TrackerError> {
 }
 
 #[cfg(memscope_no_ebpf)]
-fn start_ebpf(_agent_tgid: u32) -> Result<Tracker, TrackerError> {
+fn start_ebpf(_opts: &StartOptions) -> Result<Tracker, TrackerError> {
     Err(TrackerError::NotBuilt)
 }
 
@@ -243,7 +266,7 @@ mod tests {
     #[cfg(memscope_no_ebpf)]
     #[test]
     fn without_the_object_start_falls_back_to_polling() {
-        let tracker = start(std::process::id());
+        let tracker = start(&StartOptions::new(std::process::id()));
         assert!(tracker.events.is_none());
         assert!(
             matches!(tracker.source.state(), TrackerState::Polling { reason } if reason.contains("built without"))

@@ -129,20 +129,29 @@ impl Formats {
 
 /// A tracefs mount with events, or `None`.
 pub fn find() -> Option<PathBuf> {
-    TRACEFS_CANDIDATES
+    find_in(&TRACEFS_CANDIDATES)
+}
+
+fn find_in(candidates: &[&str]) -> Option<PathBuf> {
+    candidates
         .iter()
         .map(PathBuf::from)
         .find(|p| p.join("events").is_dir())
 }
 
-/// Finds tracefs, mounting it at `/sys/kernel/tracing` when it is not mounted anywhere (root only;
-/// tracepoint attach needs it, and minimal hosts often leave it unmounted).
-pub fn find_or_mount() -> Result<PathBuf, TrackerError> {
-    if let Some(path) = find() {
+/// Finds tracefs; when it is not mounted anywhere and `allow_mount` (the config's
+/// `agent.mount_tracefs`), mounts it at `/sys/kernel/tracing` (root only; tracepoint attach needs
+/// it, and minimal hosts often leave it unmounted).
+pub fn find_or_mount(allow_mount: bool) -> Result<PathBuf, TrackerError> {
+    find_or_mount_in(&TRACEFS_CANDIDATES, allow_mount)
+}
+
+fn find_or_mount_in(candidates: &[&str], allow_mount: bool) -> Result<PathBuf, TrackerError> {
+    if let Some(path) = find_in(candidates) {
         return Ok(path);
     }
     // tracefs is mode 0700: without CAP_DAC_READ_SEARCH a mounted tracefs looks empty.
-    for candidate in TRACEFS_CANDIDATES {
+    for candidate in candidates {
         if let Err(source) = std::fs::read_dir(candidate)
             && source.kind() == io::ErrorKind::PermissionDenied
         {
@@ -152,10 +161,13 @@ pub fn find_or_mount() -> Result<PathBuf, TrackerError> {
             });
         }
     }
-    let target = Path::new(TRACEFS_CANDIDATES[0]);
+    if !allow_mount {
+        return Err(TrackerError::TracefsNotMounted);
+    }
+    let target = Path::new(candidates[0]);
     mount_tracefs(target).map_err(TrackerError::NoTracefs)?;
     tracing::info!("mounted tracefs at {}", target.display());
-    find().ok_or_else(|| {
+    find_in(candidates).ok_or_else(|| {
         TrackerError::NoTracefs(io::Error::other(format!(
             "{} has no events after mounting",
             target.display()
@@ -192,6 +204,23 @@ fn mount_tracefs(target: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tracefs_is_not_mounted_when_the_config_says_no() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let unmounted = dir.path().join("tracing");
+        std::fs::create_dir(&unmounted).expect("mkdir");
+        let candidates = [unmounted.to_str().expect("utf-8 tempdir")];
+        let err = find_or_mount_in(&candidates, false).expect_err("not mounted, may not mount");
+        assert!(matches!(err, TrackerError::TracefsNotMounted), "{err}");
+        assert!(err.to_string().contains("agent.mount_tracefs"), "{err}");
+        // A mounted one (events present) is found whatever the setting.
+        std::fs::create_dir(unmounted.join("events")).expect("mkdir");
+        assert_eq!(
+            find_or_mount_in(&candidates, false).expect("found"),
+            unmounted
+        );
+    }
 
     const FORK_6_18: &str = "name: sched_process_fork
 ID: 366

@@ -36,13 +36,18 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use memscope_agent::{
-    collectors::{CollectCtx, Collector, processes::ProcessesCollector, smaps::SmapsCollector},
-    config::{Interval, ProcessesConfig, SmapsConfig},
-    ladder::{Reason, Shared},
-    procfs::{FileClass, ProcFs},
+    collectors::{
+        CollectCtx, Collector,
+        processes::{ProcessesCollector, ProcessesConfig},
+        smaps::{SmapsCollector, SmapsConfig},
+    },
+    config::Interval,
+    ladder::{Reason, StatmPass, TierStats},
+    proc_events::ProcEvents,
+    procfs::{FileClass, OpenFiles, ProcFs},
     tracker::{self, DirtySource, TrackerState},
 };
-use memscope_common::{LifecycleEvent, event_kind};
+use memscope_common::LifecycleEvent;
 
 struct Options {
     workers: usize,
@@ -212,16 +217,23 @@ fn cpu_time() -> Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
-fn bytes_by_class(procfs: &ProcFs) -> [u64; FileClass::ALL.len()] {
-    FileClass::ALL.map(|c| procfs.counters().bytes(c))
+fn bytes_by_class(procfs: &ProcFs) -> BTreeMap<&'static str, u64> {
+    procfs
+        .counters()
+        .by_class()
+        .into_iter()
+        .map(|(c, n)| (c, n.bytes))
+        .collect()
 }
 
 /// Cumulative re-reads per (tier, reason).
-fn rereads(shared: &Shared) -> BTreeMap<(&'static str, &'static str), u64> {
+fn rereads(
+    tiers: &BTreeMap<&'static str, TierStats>,
+) -> BTreeMap<(&'static str, &'static str), u64> {
     let mut m = BTreeMap::new();
-    for (tier, stats) in shared.tier_stats() {
-        for (reason, n) in stats.rereads {
-            m.insert((tier, reason), n);
+    for (tier, stats) in tiers {
+        for (reason, n) in &stats.rereads {
+            m.insert((*tier, *reason), *n);
         }
     }
     m
@@ -232,7 +244,7 @@ fn rereads(shared: &Shared) -> BTreeMap<(&'static str, &'static str), u64> {
 struct Sample {
     cpu: Duration,
     wall: Duration,
-    bytes: [u64; FileClass::ALL.len()],
+    bytes: BTreeMap<&'static str, u64>,
     rereads: BTreeMap<(&'static str, &'static str), u64>,
     carried: u64,
     oldest_age: (Duration, Duration),
@@ -245,22 +257,28 @@ struct Sample {
 
 impl Sample {
     fn smaps_bytes(&self) -> u64 {
-        self.bytes[FileClass::Smaps as usize] + self.bytes[FileClass::SmapsRollup as usize]
+        [FileClass::SMAPS, FileClass::SMAPS_ROLLUP]
+            .iter()
+            .map(|c| self.bytes.get(c.name()).copied().unwrap_or(0))
+            .sum()
     }
 
     fn proc_bytes(&self) -> u64 {
-        self.bytes.iter().sum()
+        self.bytes.values().sum()
     }
 }
 
 /// The agent's state, built fresh for each mode.
 struct Agent {
     procfs: ProcFs,
-    shared: Shared,
+    events: ProcEvents,
+    statm_files: OpenFiles,
+    /// Tier statistics from the latest observations.
+    tiers: BTreeMap<&'static str, TierStats>,
     processes: ProcessesCollector,
     smaps: SmapsCollector,
     source: Box<dyn DirtySource>,
-    events: Option<tokio::sync::mpsc::Receiver<LifecycleEvent>>,
+    lifecycle: Option<tokio::sync::mpsc::Receiver<LifecycleEvent>>,
     tick: u64,
 }
 
@@ -274,8 +292,8 @@ impl Agent {
             max_staleness: Interval(opts.max_staleness),
             ..SmapsConfig::default()
         };
-        let (source, events) = if ebpf {
-            let t = tracker::start(std::process::id());
+        let (source, lifecycle) = if ebpf {
+            let t = tracker::start(&tracker::StartOptions::new(std::process::id()));
             if let TrackerState::Polling { reason } = t.source.state() {
                 bail!("eBPF mode asked for, but the tracker fell back to polling: {reason}");
             }
@@ -284,56 +302,64 @@ impl Agent {
             let s: Box<dyn DirtySource> = Box::new(tracker::PollingSource::new("bench: polling"));
             (s, None)
         };
+        let events = ProcEvents::default();
         Ok(Agent {
             procfs: ProcFs::new("/proc"),
-            shared: Shared::default(),
-            processes: ProcessesCollector::new(&processes),
-            smaps: SmapsCollector::new(&smaps),
-            source,
+            processes: ProcessesCollector::new(&processes, events.subscribe()),
+            smaps: SmapsCollector::new(&smaps, events.subscribe()),
             events,
+            statm_files: StatmPass::files(4096),
+            tiers: BTreeMap::new(),
+            source,
+            lifecycle,
             tick: 0,
         })
     }
 
     /// One agent tick as `runtime.rs` runs it. Returns the tgids the tracker marked.
     fn tick(&mut self) -> anyhow::Result<Vec<u32>> {
-        if let Some(rx) = &mut self.events {
+        if let Some(rx) = &mut self.lifecycle {
             while let Ok(ev) = rx.try_recv() {
-                if ev.kind == event_kind::EXEC {
-                    self.shared.dirty.publish([ev.tgid]);
-                }
+                self.events.publish_lifecycle(&ev);
             }
         }
-        let marks: Vec<u32> = self.source.drain().iter().map(|m| m.tgid).collect();
-        self.shared.dirty.publish(marks.iter().copied());
+        let marks = self.source.drain();
+        self.events.publish_marks(&marks);
+        let pass = StatmPass::read(&self.procfs, &mut self.statm_files, &mut Vec::new())
+            .context("statm pass")?;
         let ctx = CollectCtx {
             procfs: &self.procfs,
             tick: self.tick,
-            shared: &self.shared,
+            statm: Some(std::sync::Arc::new(pass)),
             unbounded: false,
         };
-        self.processes
-            .collect(&ctx)
-            .context("processes collector")?;
-        self.smaps.collect(&ctx).context("smaps collector")?;
+        for obs in [
+            self.processes
+                .collect(&ctx)
+                .context("processes collector")?,
+            self.smaps.collect(&ctx).context("smaps collector")?,
+        ]
+        .iter()
+        .flatten()
+        {
+            if let Some((tier, stats)) = obs.tier() {
+                self.tiers.insert(tier, stats.clone());
+            }
+        }
         self.tick += 1;
-        Ok(marks)
+        Ok(marks.iter().map(|m| m.tgid).collect())
     }
 
     /// Age of the oldest number of each tier: (rollup, smaps).
     fn oldest_age(&self) -> (Duration, Duration) {
-        let stats = self.shared.tier_stats();
+        let stats = &self.tiers;
         let age =
             |tier: &str| Duration::from_millis(stats.get(tier).map_or(0, |s| s.oldest_read_age_ms));
         (age("rollup"), age("smaps"))
     }
 
     fn carried(&self) -> u64 {
-        self.shared
-            .tier_stats()
-            .values()
-            .map(|s| s.carried_over)
-            .sum()
+        self.tiers.values().map(|s| s.carried_over).sum()
     }
 }
 
@@ -360,7 +386,7 @@ fn full_pass(opts: &Options) -> anyhow::Result<Sample> {
         cpu,
         wall,
         bytes: bytes_by_class(&agent.procfs),
-        rereads: rereads(&agent.shared),
+        rereads: rereads(&agent.tiers),
         carried: agent.carried(),
         oldest_age: agent.oldest_age(),
         ..Sample::default()
@@ -378,7 +404,7 @@ fn steady(opts: &Options, workers: &mut Workers, ebpf: bool) -> anyhow::Result<V
     for i in 0..total {
         let cpu0 = cpu_time();
         let bytes0 = bytes_by_class(&agent.procfs);
-        let rereads0 = rereads(&agent.shared);
+        let rereads0 = rereads(&agent.tiers);
         let signalled: HashSet<u32> = workers.signal(opts.per_tick())?.into_iter().collect();
         std::thread::sleep(opts.act);
         let t0 = Instant::now();
@@ -389,9 +415,11 @@ fn steady(opts: &Options, workers: &mut Workers, ebpf: bool) -> anyhow::Result<V
             wall,
             bytes: {
                 let b = bytes_by_class(&agent.procfs);
-                std::array::from_fn(|k| b[k] - bytes0[k])
+                b.iter()
+                    .map(|(c, n)| (*c, n - bytes0.get(c).copied().unwrap_or(0)))
+                    .collect()
             },
-            rereads: delta_map(&rereads(&agent.shared), &rereads0),
+            rereads: delta_map(&rereads(&agent.tiers), &rereads0),
             carried: agent.carried(),
             oldest_age: agent.oldest_age(),
             marks_signalled: marks.iter().filter(|m| signalled.contains(m)).count() as u64,

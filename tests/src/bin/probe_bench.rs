@@ -51,7 +51,7 @@ fn round() -> anyhow::Result<f64> {
 /// from one extra round (stats add their own clock reads, so the timed rounds run without them).
 fn ns_per_program_run() -> anyhow::Result<f64> {
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
-    let tracker = tracker::start(0);
+    let tracker = tracker::start(&tracker::StartOptions::new(0));
     round()?;
     let (mut time, mut count) = (0_u128, 0_u64);
     for info in aya::programs::loaded_programs().filter_map(Result::ok) {
@@ -95,7 +95,7 @@ fn main() -> anyhow::Result<()> {
     for _ in 0..ROUNDS {
         without.push(round()?);
         let started = Instant::now();
-        let tracker = tracker::start(0);
+        let tracker = tracker::start(&tracker::StartOptions::new(0));
         load_attach.push(started.elapsed().as_secs_f64() * 1e3);
         if let TrackerState::Polling { reason } = tracker.source.state() {
             bail!("the programs did not attach, nothing to measure: {reason}");

@@ -24,7 +24,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{CollectCtx, CollectError, Collector, Observation, ToRecords};
+use super::{BuildCtx, CollectCtx, CollectError, Collector, CollectorDef, Observation};
 use crate::{
     collectors::processes::ProcessesObservation,
     config::{ByteSize, Interval, Positive},
@@ -36,6 +36,21 @@ use crate::{
     records::Record,
 };
 use container::{Container, classify};
+
+/// The `cgroup` collector.
+pub struct Cgroup;
+
+impl CollectorDef for Cgroup {
+    const NAME: &'static str = "cgroup";
+    type Config = CgroupConfig;
+    fn build(config: &CgroupConfig, _: &BuildCtx<'_>) -> Box<dyn Collector> {
+        Box::new(CgroupCollector::new(config))
+    }
+}
+
+/// What the collector reads (the cgroup filesystem) and `/proc/PID/cgroup`, counted apart in the
+/// `agent` record.
+pub const CGROUP_FILES: FileClass = FileClass::new("cgroup");
 
 /// `[collectors.cgroup]`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -70,15 +85,12 @@ impl Default for CgroupConfig {
     }
 }
 
-impl CgroupConfig {
-    /// Rules the types cannot express: the key and the message.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        if self.root.as_os_str().is_empty() {
-            return Err(("collectors.cgroup.root", "must not be empty".to_string()));
-        }
-        Ok(())
+section!(CgroupConfig, |c: &CgroupConfig| {
+    if c.root.as_os_str().is_empty() {
+        return Err(("root", "must not be empty".to_string()));
     }
-}
+    Ok(())
+});
 
 /// Which cgroup hierarchy holds the memory controller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
@@ -102,7 +114,7 @@ pub fn detect(procfs: &ProcFs, root: &Path) -> Result<(Hierarchy, PathBuf), Stri
     for dir in [root.to_path_buf(), root.join("unified")] {
         let path = dir.join("cgroup.controllers");
         if procfs
-            .read_untrusted(&path, FileClass::Cgroup, &mut buf, MAX_FILE_BYTES)
+            .read_untrusted(&path, CGROUP_FILES, &mut buf, MAX_FILE_BYTES)
             .is_ok()
             && buf.split(u8::is_ascii_whitespace).any(|c| c == b"memory")
         {
@@ -215,10 +227,13 @@ impl CgroupCollector {
 
 impl Collector for CgroupCollector {
     fn name(&self) -> &'static str {
-        "cgroup"
+        Cgroup::NAME
     }
 
-    fn collect(&mut self, ctx: &CollectCtx<'_>) -> Result<Option<Observation>, CollectError> {
+    fn collect(
+        &mut self,
+        ctx: &CollectCtx<'_>,
+    ) -> Result<Option<Box<dyn Observation>>, CollectError> {
         let (hierarchy, base) =
             detect(ctx.procfs, &self.config.root).map_err(CollectError::Other)?;
         let mut obs = CgroupObservation {
@@ -276,7 +291,7 @@ impl Collector for CgroupCollector {
             .map(|(c, _)| c.path.clone())
             .collect();
         obs.cgroups = walked;
-        Ok(Some(Observation::Cgroup(obs)))
+        Ok(Some(Box::new(obs)))
     }
 }
 
@@ -324,7 +339,7 @@ impl Reader<'_> {
         let path = dir.join(file);
         let result = self
             .procfs
-            .read_untrusted(&path, FileClass::Cgroup, self.buf, MAX_FILE_BYTES)
+            .read_untrusted(&path, CGROUP_FILES, self.buf, MAX_FILE_BYTES)
             .and_then(|()| {
                 parse(self.buf).map_err(|source| ProcError::Parse {
                     path: path.clone(),
@@ -718,7 +733,7 @@ fn ancestors(path: &[u8]) -> impl Iterator<Item = &[u8]> {
     })
 }
 
-impl ToRecords for CgroupObservation {
+impl Observation for CgroupObservation {
     fn records(&self, out: &mut Vec<Record>) {
         self.records_with(None, out);
     }
@@ -734,10 +749,7 @@ impl ToRecords for CgroupObservation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        collectors::processes::{Memory, Numbers, ProcessRecord, Subtree},
-        ladder::Shared,
-    };
+    use crate::collectors::processes::{Memory, Numbers, ProcessRecord, Subtree};
 
     fn fixtures() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/cgroup")
@@ -752,11 +764,12 @@ mod tests {
 
     fn collect(config: &CgroupConfig) -> Result<CgroupObservation, CollectError> {
         let procfs = ProcFs::new("/nonexistent");
-        let shared = Shared::default();
-        match CgroupCollector::new(config).collect(&CollectCtx::once(&procfs, &shared))? {
-            Some(Observation::Cgroup(o)) => Ok(o),
-            other => panic!("unexpected {other:?}"),
+        let run = CgroupCollector::new(config).collect(&CollectCtx::once(&procfs));
+        if let Err(e) = run {
+            return Err(e);
         }
+        Ok(crate::collectors::observed::<CgroupObservation>(run)
+            .unwrap_or_else(|e| panic!("unexpected: {e}")))
     }
 
     fn find<'a>(obs: &'a CgroupObservation, path: &str) -> &'a CgroupStats {
@@ -1145,21 +1158,19 @@ mod tests {
         let mut cfg = config(dir.path());
         cfg.min_usage = ByteSize(1000);
         let procfs = ProcFs::new("/nonexistent");
-        let shared = Shared::default();
         let mut c = CgroupCollector::new(&cfg);
         let mut run = |usage: u64| {
             cgroup_dir(&dir.path().join("s"), usage);
-            match c.collect(&CollectCtx::once(&procfs, &shared)) {
-                Ok(Some(Observation::Cgroup(o))) => {
-                    let i = o
-                        .cgroups
-                        .iter()
-                        .position(|c| c.path.as_bytes() == b"/s")
-                        .expect("/s");
-                    o.own_row[i]
-                }
-                other => panic!("unexpected {other:?}"),
-            }
+            let o = crate::collectors::observed::<CgroupObservation>(
+                c.collect(&CollectCtx::once(&procfs)),
+            )
+            .unwrap_or_else(|e| panic!("unexpected: {e}"));
+            let i = o
+                .cgroups
+                .iter()
+                .position(|c| c.path.as_bytes() == b"/s")
+                .expect("/s");
+            o.own_row[i]
         };
         assert!(!run(900), "below the floor, never had a row: folded");
         assert!(run(1000), "at the floor: its own row");

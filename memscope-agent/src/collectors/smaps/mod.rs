@@ -24,10 +24,13 @@ use std::{
 
 use tracing::debug;
 
-use super::{CollectCtx, CollectError, Collector, Observation};
+use serde::Deserialize;
+
+use super::{BuildCtx, CollectCtx, CollectError, Collector, CollectorDef, Observation};
 use crate::{
-    config::SmapsConfig,
-    ladder::{Ladder, Reason, Tier, TierPolicy, TierStats},
+    config::{ByteSize, Interval, Positive},
+    ladder::{Ladder, Reason, TierPolicy, TierStats},
+    proc_events::{Scope, Subscription},
     procfs::{Dev, FileClass, ProcError, ProcFs, page_size, stat::parse_stat},
 };
 
@@ -44,6 +47,50 @@ pub use object::{
 pub(crate) use records::{ObjectBody, OtherBody};
 pub use records::{ObjectsObservation, Sharing};
 
+/// The `smaps` collector.
+pub struct Smaps;
+
+impl CollectorDef for Smaps {
+    const NAME: &'static str = "smaps";
+    type Config = SmapsConfig;
+    fn build(config: &SmapsConfig, ctx: &BuildCtx<'_>) -> Box<dyn Collector> {
+        Box::new(SmapsCollector::new(config, ctx.events.subscribe()))
+    }
+}
+
+/// `[collectors.smaps]`: shared objects from `/proc/PID/smaps`, re-read on the cost ladder.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmapsConfig {
+    pub enabled: bool,
+    pub interval: Option<Interval>,
+    /// Objects whose PSS is below this are folded into one `other` row per kind (0: none folded).
+    pub min_object_pss: ByteSize,
+    /// Consumers (processes) listed per object, largest PSS first.
+    pub top_consumers: Positive,
+    /// Re-read a process's `smaps` when its resident + shared memory moved by this much, or when a
+    /// file object it maps gained or lost a mapper and that moves each share by this much.
+    pub min_change: ByteSize,
+    pub max_staleness: Interval,
+    pub budget: Interval,
+}
+
+impl Default for SmapsConfig {
+    fn default() -> Self {
+        SmapsConfig {
+            enabled: true,
+            interval: None,
+            min_object_pss: ByteSize(1 << 20),
+            top_consumers: Positive(5),
+            min_change: ByteSize(1 << 20),
+            max_staleness: Interval(Duration::from_secs(300)),
+            budget: Interval(Duration::from_secs(2)),
+        }
+    }
+}
+
+section!(SmapsConfig);
+
 /// Objects get a row of their own from `min_object_pss` up, and keep it until they fall below half
 /// of it: an object whose PSS hovers around the floor does not flap between its own row and the
 /// `other` row (which in `emit = "changes"` would send a `removed` record each time).
@@ -56,12 +103,14 @@ pub struct SmapsCollector {
     budget: Duration,
     ladder: Ladder,
     stats: TierStats,
+    events: Subscription,
     cache: HashMap<u32, ProcessObjects>,
     buf: Vec<u8>,
 }
 
 impl SmapsCollector {
-    pub fn new(config: &SmapsConfig) -> Self {
+    /// `events`: this collector's subscription to the tracker's stream.
+    pub fn new(config: &SmapsConfig, events: Subscription) -> Self {
         SmapsCollector {
             min_object_pss: config.min_object_pss.0,
             own_rows: HashSet::new(),
@@ -73,10 +122,12 @@ impl SmapsCollector {
                     min_change_bytes: config.min_change.0,
                     max_staleness: config.max_staleness.get(),
                     layout_changes: true,
+                    scope: Scope::LAYOUT,
                 },
                 page_size(),
             ),
             stats: TierStats::default(),
+            events,
             cache: HashMap::new(),
             buf: Vec::with_capacity(1 << 20),
         }
@@ -91,12 +142,12 @@ impl SmapsCollector {
     ) -> Result<ProcessObjects, ProcError> {
         let stat = procfs.read_parsed(
             &procfs.pid_path(pid, "stat"),
-            FileClass::Other,
+            FileClass::OTHER,
             &mut self.buf,
             parse_stat,
         )?;
         let path = procfs.pid_path(pid, "smaps");
-        procfs.read_into(&path, FileClass::Smaps, &mut self.buf)?;
+        procfs.read_into(&path, FileClass::SMAPS, &mut self.buf)?;
         let objects = fold_process(&self.buf, tmpfs_devs)
             .map_err(|source| ProcError::Parse { path, source })?;
         Ok(ProcessObjects {
@@ -139,28 +190,34 @@ fn shareable(key: &ObjectKey) -> bool {
 
 impl Collector for SmapsCollector {
     fn name(&self) -> &'static str {
-        "smaps"
+        Smaps::NAME
     }
 
-    fn collect(&mut self, ctx: &CollectCtx<'_>) -> Result<Option<Observation>, CollectError> {
+    fn uses_statm_pass(&self) -> bool {
+        true
+    }
+
+    fn collect(
+        &mut self,
+        ctx: &CollectCtx<'_>,
+    ) -> Result<Option<Box<dyn Observation>>, CollectError> {
         let start = Instant::now();
         let tmpfs_devs = tmpfs_devices(ctx.procfs, &mut self.buf)?;
-        let pass = super::statm_pass(ctx, &mut self.buf)?;
+        let pass = ctx.statm_pass(&mut self.buf)?;
         let mut obs = ObjectsObservation {
             min_object_pss: self.min_object_pss,
             top_consumers: self.top_consumers,
             ..ObjectsObservation::default()
         };
 
-        // Tier 1: statm of every process.
-        let (live, _) = self
-            .ladder
-            .observe_all(&pass, &ctx.shared.dirty, Tier::Smaps, start);
-        // Objects whose mapper set changed: those of exited processes, and below those gained or
-        // lost by re-read processes.
+        // Tier 1: the tracker's events, then statm of every process.
+        let tier1 = self.ladder.run_tier1(&pass, &self.events.take(), start);
+        // Objects whose mapper set changed: those of exited processes (and of pids now someone
+        // else's), and below those gained or lost by re-read processes.
         let mut changed: HashSet<ObjectKey> = HashSet::new();
+        let forgotten: HashSet<u32> = tier1.forgotten.iter().copied().collect();
         self.cache.retain(|pid, p| {
-            let keep = live.contains(pid);
+            let keep = tier1.live.contains(pid) && !forgotten.contains(pid);
             if !keep {
                 changed.extend(p.objects.iter().map(|o| o.key.clone()).filter(shareable));
             }
@@ -253,22 +310,25 @@ impl Collector for SmapsCollector {
 
         self.ladder.set_run_length(start.elapsed());
         self.stats.finish_run(&self.ladder, carried, now);
-        ctx.shared.set_tier_stats("smaps", self.stats.clone());
-        Ok(Some(Observation::Objects(obs)))
+        obs.tier = self.stats.clone();
+        Ok(Some(Box::new(obs)))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collectors::ToRecords;
+    use crate::collectors::Observation;
 
     #[test]
     fn own_rows_have_hysteresis_around_the_floor() {
-        let mut c = SmapsCollector::new(&SmapsConfig {
-            min_object_pss: crate::config::ByteSize(1000 * 1024),
-            ..SmapsConfig::default()
-        });
+        let mut c = SmapsCollector::new(
+            &SmapsConfig {
+                min_object_pss: ByteSize(1000 * 1024),
+                ..SmapsConfig::default()
+            },
+            Subscription::detached(),
+        );
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir(dir.path().join("self")).expect("mkdir");
         std::fs::write(dir.path().join("self/mountinfo"), "").expect("mountinfo");
@@ -279,7 +339,6 @@ mod tests {
         )
         .expect("stat");
         let procfs = ProcFs::new(dir.path());
-        let shared = crate::ladder::Shared::default();
         let mut run = |memfd_kb: u64| -> bool {
             std::fs::write(
                 dir.path().join("10/statm"),
@@ -291,10 +350,10 @@ mod tests {
                 format!("7f0000000000-7f0000400000 rw-s 00000000 00:01 77 /memfd:buf (deleted)\nRss: {memfd_kb} kB\nPss: {memfd_kb} kB\n"),
             )
             .expect("smaps");
-            let obs = match c.collect(&crate::collectors::CollectCtx::once(&procfs, &shared)) {
-                Ok(Some(Observation::Objects(o))) => o,
-                other => panic!("unexpected {other:?}"),
-            };
+            let obs = crate::collectors::observed::<ObjectsObservation>(
+                c.collect(&crate::collectors::CollectCtx::once(&procfs)),
+            )
+            .unwrap_or_else(|e| panic!("unexpected: {e}"));
             let mut recs = Vec::new();
             obs.records(&mut recs);
             recs.iter().any(|r| r.key == "memfd:0:1:77")

@@ -8,9 +8,10 @@ use serde::Serialize;
 use super::object::{Consumer, ObjectKey, ObjectKind, ObjectMemory, SharedObject};
 use crate::{
     collectors::{
-        ToRecords,
+        Observation,
         cgroup::{CgroupShare, PidCgroups},
     },
+    ladder::TierStats,
     procfs::{Dev, escape::Name},
     records::Record,
 };
@@ -89,6 +90,8 @@ pub struct ObjectsObservation {
     pub vanished: u32,
     pub inaccessible: u32,
     pub errors: Vec<String>,
+    /// The `smaps` tier's statistics after this run.
+    pub tier: TierStats,
 }
 
 impl ObjectsObservation {
@@ -176,7 +179,7 @@ impl ObjectsObservation {
     }
 }
 
-impl ToRecords for ObjectsObservation {
+impl Observation for ObjectsObservation {
     fn records(&self, out: &mut Vec<Record>) {
         self.records_except(out, |_| false, None);
     }
@@ -189,6 +192,10 @@ impl ToRecords for ObjectsObservation {
             ));
         }
         out.extend(self.errors.iter().map(|e| format!("smaps: {e}")));
+    }
+
+    fn tier(&self) -> Option<(&'static str, &TierStats)> {
+        Some(("smaps", &self.tier))
     }
 }
 

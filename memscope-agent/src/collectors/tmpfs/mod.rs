@@ -33,11 +33,14 @@ use std::{
     collections::HashSet,
     os::unix::{ffi::OsStrExt, fs::MetadataExt},
     path::{Path, PathBuf},
+    time::Duration,
 };
 
-use super::{CollectCtx, CollectError, Collector, Observation};
+use serde::Deserialize;
+
+use super::{BuildCtx, CollectCtx, CollectError, Collector, CollectorDef, Observation};
 use crate::{
-    config::{TmpfsConfig, parse_byte_size},
+    config::{Interval, Positive, parse_byte_size},
     procfs::{
         Dev, ProcFs,
         escape::Name,
@@ -97,6 +100,68 @@ pub fn host_path(host_root: &Path, path: &Name) -> PathBuf {
     let rel = rel.strip_prefix(b"/").unwrap_or(rel);
     host_root.join(std::ffi::OsStr::from_bytes(rel))
 }
+
+/// The `tmpfs` collector.
+pub struct Tmpfs;
+
+impl CollectorDef for Tmpfs {
+    const NAME: &'static str = "tmpfs";
+    type Config = TmpfsConfig;
+    fn build(config: &TmpfsConfig, _: &BuildCtx<'_>) -> Box<dyn Collector> {
+        Box::new(TmpfsCollector::new(config))
+    }
+}
+
+/// `[collectors.tmpfs]`: every tmpfs superblock (limit, allocated, largest files and directories)
+/// and the tmpfs files and memfds held open only by file descriptors.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TmpfsConfig {
+    pub enabled: bool,
+    /// Default one minute: walks and fd scans are the costliest reads after smaps.
+    pub interval: Option<Interval>,
+    /// Where the host's `/` is visible to the agent (`"/host"` in a container); mount points from
+    /// mountinfo are looked up under it.
+    pub host_root: PathBuf,
+    /// Largest files kept per mount (also bounds the deleted-but-open files listed per mount).
+    pub top_files: Positive,
+    /// Largest directories (by the total of their subtree) kept per mount.
+    pub top_dirs: Positive,
+    /// A walk stops (reported `truncated`) after this many entries…
+    pub max_entries: Positive,
+    /// …or after this long.
+    pub max_walk_time: Interval,
+    /// Scan `/proc/PID/fd` for deleted-but-open tmpfs files and memfds.
+    pub scan_fds: bool,
+    /// Holder pids listed per open file (all are counted).
+    pub max_holders: Positive,
+}
+
+impl Default for TmpfsConfig {
+    fn default() -> Self {
+        TmpfsConfig {
+            enabled: true,
+            interval: Some(Interval(Duration::from_secs(60))),
+            host_root: PathBuf::from("/"),
+            top_files: Positive(20),
+            top_dirs: Positive(20),
+            max_entries: Positive(200_000),
+            max_walk_time: Interval(Duration::from_secs(2)),
+            scan_fds: true,
+            max_holders: Positive(16),
+        }
+    }
+}
+
+section!(TmpfsConfig, |c: &TmpfsConfig| {
+    if c.host_root.as_os_str().is_empty() {
+        return Err((
+            "host_root",
+            "must not be empty (use \"/\" for the agent's own root)".to_string(),
+        ));
+    }
+    Ok(())
+});
 
 /// The collector. Holds its config; keeps nothing between runs but a read buffer.
 pub struct TmpfsCollector {
@@ -250,10 +315,13 @@ fn attribute_deleted(mounts: &mut [TmpfsMount], deleted: Vec<OpenShmemFile>, top
 
 impl Collector for TmpfsCollector {
     fn name(&self) -> &'static str {
-        "tmpfs"
+        Tmpfs::NAME
     }
 
-    fn collect(&mut self, ctx: &CollectCtx<'_>) -> Result<Option<Observation>, CollectError> {
+    fn collect(
+        &mut self,
+        ctx: &CollectCtx<'_>,
+    ) -> Result<Option<Box<dyn Observation>>, CollectError> {
         let mounts = ctx.procfs.self_mountinfo(&mut self.buf)?;
         let superblocks = select_superblocks(&mounts);
         let mut obs = TmpfsObservation::default();
@@ -307,14 +375,14 @@ impl Collector for TmpfsCollector {
                 denied: scan.denied,
             });
         }
-        Ok(Some(Observation::Tmpfs(obs)))
+        Ok(Some(Box::new(obs)))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collectors::ToRecords;
+    use crate::collectors::Observation;
 
     fn dev(major: u32, minor: u32) -> Dev {
         Dev { major, minor }
@@ -359,10 +427,10 @@ mod tests {
     }
 
     fn collect(procfs: &ProcFs, config: &TmpfsConfig) -> TmpfsObservation {
-        match TmpfsCollector::new(config).collect(&CollectCtx::once(procfs, &Default::default())) {
-            Ok(Some(Observation::Tmpfs(o))) => o,
-            other => panic!("unexpected {other:?}"),
-        }
+        crate::collectors::observed::<TmpfsObservation>(
+            TmpfsCollector::new(config).collect(&CollectCtx::once(procfs)),
+        )
+        .unwrap_or_else(|e| panic!("unexpected: {e}"))
     }
 
     /// A fake `/proc` whose mountinfo puts a tmpfs on a directory that is not one: the device check

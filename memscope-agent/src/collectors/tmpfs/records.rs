@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use super::{OpenShmemFile, TopEntry, Truncation};
 use crate::{
-    collectors::ToRecords,
+    collectors::Observation,
     procfs::{Dev, escape::Name},
     records::Record,
 };
@@ -96,7 +96,7 @@ impl TmpfsObservation {
     }
 }
 
-impl ToRecords for TmpfsObservation {
+impl Observation for TmpfsObservation {
     fn records(&self, out: &mut Vec<Record>) {
         for m in &self.mounts {
             out.push(Record::new("tmpfs", m.dev.to_string(), m));

@@ -1,0 +1,111 @@
+//! The snapshot store: the one owner of the current state. Collectors' observations are applied to
+//! it; on each emission it turns the state into JSON lines.
+//!
+//! An emission is: a `snapshot` record (mode, tracker, per-collector status, counts, warnings), the
+//! entity records (`meminfo`, `process`, …), `exit` records for processes gone since the previous
+//! emission (carrying their last known numbers) and `removed` records for other entities gone,
+//! then an `agent` record with the agent's own cost. In `changes` mode only entities whose record
+//! changed are sent, except on keyframes (the first emission and every `keyframe_every`-th), which
+//! send everything.
+//!
+//! - [`state`]: the store itself, applying collector runs and keeping each entity's state;
+//! - [`emit`]: turning the state into an emission: change detection, keyframes, `removed` and
+//!   `exit` synthesis;
+//! - [`bodies`]: the bodies of the `snapshot` and `agent` records (and what feeds them).
+//!
+//! The store task ([`run`]) owns the store and the sink; it learns everything through one channel
+//! of [`StoreMsg`]s.
+
+mod bodies;
+mod emit;
+mod state;
+#[cfg(test)]
+mod tests;
+
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use tokio::sync::mpsc;
+use tracing::error;
+
+pub(crate) use bodies::{AgentBody, RemovedBody, SnapshotBody};
+pub use bodies::{CollectorStatus, LadderReport, SelfCost, TrackerInfo};
+pub use state::{Store, StoreConfig};
+
+use crate::{
+    collectors::{CollectError, Observation},
+    procfs::ProcFs,
+    sinks::Sink,
+    tracker::TrackerStats,
+};
+
+/// Messages to the store task.
+pub enum StoreMsg {
+    /// One collector run (on time, or finishing in the background after its deadline).
+    Collected {
+        collector: &'static str,
+        duration: Duration,
+        result: Result<Option<Box<dyn Observation>>, CollectError>,
+    },
+    /// A run missed its deadline: the coming emission reports it `late`.
+    Late { collector: &'static str },
+    /// A due run was skipped because the previous one is still going.
+    Skipped { collector: &'static str },
+    /// The tracker's counters, after this tick's drain.
+    Tracker(TrackerStats),
+    /// Emit now.
+    Emit,
+    /// The tracker saw a process exit: send its `exit` record at once.
+    Exit { pid: u32 },
+}
+
+/// The store task: applies observations, emits on request, writes to the sink; flushes at the end.
+/// `procfs` is the collectors' (its read counters go into the `agent` record).
+pub async fn run(
+    mut store: Store,
+    mut sink: Sink,
+    mut rx: mpsc::Receiver<StoreMsg>,
+    procfs: ProcFs,
+) -> anyhow::Result<()> {
+    // The agent's own /proc, for its self-measurement, whatever proc_root the collectors read.
+    let own_proc = ProcFs::new("/proc");
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            StoreMsg::Collected {
+                collector,
+                duration,
+                result,
+            } => store.apply(collector, duration, result),
+            StoreMsg::Late { collector } => store.late(collector),
+            StoreMsg::Skipped { collector } => store.skipped(collector),
+            StoreMsg::Tracker(stats) => store.set_tracker_stats(stats),
+            StoreMsg::Exit { pid } => {
+                let out = store.exit_now(pid, SystemTime::now());
+                if !out.is_empty()
+                    && let Err(e) = sink.write_batch(&out).await
+                {
+                    store.count_dropped(1);
+                    error!(error = %e, pid, "sink write failed; exit record dropped");
+                }
+            }
+            StoreMsg::Emit => {
+                // getrusage and /proc/self/statm: cheap, but still a /proc read, so off the workers.
+                let own = own_proc.clone();
+                let cost = tokio::task::spawn_blocking(move || SelfCost::measure(&own))
+                    .await
+                    .unwrap_or_default();
+                let out = store.emit(SystemTime::now(), &cost, procfs.counters());
+                if let Err(e) = sink.write_batch(&out).await {
+                    let lines = out.iter().filter(|b| **b == b'\n').count() as u64;
+                    store.count_dropped(lines);
+                    if e.kind() == std::io::ErrorKind::BrokenPipe {
+                        return Err(anyhow::anyhow!("output closed (broken pipe)"));
+                    }
+                    error!(error = %e, lines, "sink write failed; lines dropped");
+                }
+            }
+        }
+    }
+    sink.flush().await.context("flushing the output")?;
+    Ok(())
+}

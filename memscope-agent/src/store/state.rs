@@ -1,0 +1,156 @@
+//! The store's state: the latest observation of each collector, their run history, the tracker's
+//! counters, and what was sent per entity (for change detection, see [`super::emit`]).
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    time::Duration,
+};
+
+use super::bodies::{CollectorStatus, LadderReport, TrackerInfo};
+use crate::{
+    collectors::{CollectError, Observation},
+    config::EmitMode,
+    tracker::TrackerStats,
+};
+
+/// How the store emits.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub host: String,
+    pub emit: EmitMode,
+    pub keyframe_every: u32,
+    pub interval: Duration,
+}
+
+/// The store. Synchronous and deterministic: the async task around it only feeds it.
+pub struct Store {
+    pub(super) config: StoreConfig,
+    pub(super) tracker: TrackerInfo,
+    pub(super) seq: u64,
+    pub(super) started: std::time::Instant,
+    /// Latest observation per collector, in registration order.
+    pub(super) latest: Vec<(&'static str, Option<Box<dyn Observation>>)>,
+    pub(super) status: BTreeMap<&'static str, CollectorStatus>,
+    /// Collectors that ran since the last emission.
+    pub(super) ran: Vec<&'static str>,
+    /// Body last sent per (kind, key).
+    pub(super) sent: HashMap<(&'static str, String), String>,
+    pub(super) lines_emitted: u64,
+    pub(super) lines_dropped: u64,
+    /// Processes reported by `exit_now` since the last processes observation.
+    pub(super) exited: HashSet<u32>,
+    /// Exits seen before the first emission: sent in it, after its `snapshot`.
+    pub(super) early_exits: Vec<u32>,
+    /// Collectors late for the coming emission.
+    pub(super) late: Vec<&'static str>,
+    /// The tracker's counters as last reported.
+    pub(super) tracker_stats: TrackerStats,
+}
+
+impl Store {
+    /// `collectors` are the names of the enabled collectors, in emission order.
+    pub fn new(config: StoreConfig, tracker: TrackerInfo, collectors: &[&'static str]) -> Store {
+        Store {
+            config,
+            tracker,
+            seq: 0,
+            started: std::time::Instant::now(),
+            latest: collectors.iter().map(|n| (*n, None)).collect(),
+            status: collectors
+                .iter()
+                .map(|n| (*n, CollectorStatus::default()))
+                .collect(),
+            ran: Vec::new(),
+            sent: HashMap::new(),
+            lines_emitted: 0,
+            lines_dropped: 0,
+            exited: std::collections::HashSet::new(),
+            early_exits: Vec::new(),
+            late: Vec::new(),
+            tracker_stats: TrackerStats::default(),
+        }
+    }
+
+    /// The tracker's counters, as the scheduler last read them.
+    pub fn set_tracker_stats(&mut self, stats: TrackerStats) {
+        self.tracker_stats = stats;
+    }
+
+    /// `collector` missed its deadline for the coming emission; its last observation stands.
+    pub fn late(&mut self, collector: &'static str) {
+        self.status.entry(collector).or_default().late_runs += 1;
+        if !self.late.contains(&collector) {
+            self.late.push(collector);
+        }
+        if !self.ran.contains(&collector) {
+            self.ran.push(collector);
+        }
+    }
+
+    /// A due run of `collector` was skipped: the previous one is still going.
+    pub fn skipped(&mut self, collector: &'static str) {
+        self.status.entry(collector).or_default().skipped_runs += 1;
+        self.late(collector);
+    }
+
+    /// Applies one collector run. A failed run keeps the collector's previous observation (so its
+    /// entities are not reported as removed) and is reported in the `snapshot` and `agent` records.
+    pub fn apply(
+        &mut self,
+        collector: &'static str,
+        duration: Duration,
+        result: Result<Option<Box<dyn Observation>>, CollectError>,
+    ) {
+        let status = self.status.entry(collector).or_default();
+        status.runs += 1;
+        status.last_duration_us = duration.as_micros() as u64;
+        match result {
+            Ok(obs) => {
+                status.last_ok = true;
+                status.last_error = None;
+                if let Some(mut obs) = obs {
+                    // A process whose exit was already reported may still be in a run that read
+                    // it just before it died.
+                    if obs.forget_processes(&self.exited) {
+                        self.exited.clear();
+                    }
+                    match self.latest.iter_mut().find(|(n, _)| *n == collector) {
+                        Some(slot) => slot.1 = Some(obs),
+                        None => self.latest.push((collector, Some(obs))),
+                    }
+                }
+            }
+            Err(e) => {
+                status.failures += 1;
+                status.last_ok = false;
+                status.last_error = Some(e.to_string());
+            }
+        }
+        if !self.ran.contains(&collector) {
+            self.ran.push(collector);
+        }
+    }
+
+    /// Lines that could not be written by the sink (reported in the next `agent` record).
+    pub fn count_dropped(&mut self, lines: u64) {
+        self.lines_dropped += lines;
+        self.lines_emitted = self.lines_emitted.saturating_sub(lines);
+    }
+
+    /// The ladder tiers (from the latest observations) and the tracker's counters.
+    pub(super) fn ladder_report(&self) -> LadderReport {
+        let t = &self.tracker_stats;
+        LadderReport {
+            tiers: self
+                .latest
+                .iter()
+                .filter_map(|(_, o)| o.as_ref()?.tier())
+                .map(|(name, stats)| (name, stats.clone()))
+                .collect(),
+            dirty_marks_received: t.marks_received,
+            dirty_marks_dropped: t.marks_dropped,
+            events_received: t.events_received,
+            events_lost: t.events_lost,
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! The store over collector runs, as the store task drives it.
+
+use std::time::{Duration, SystemTime};
+
+use super::*;
+use crate::{
+    collectors::processes::{Memory, Numbers, ProcessRecord, ProcessesObservation, Subtree},
+    procfs::escape::Name,
+};
+use crate::{config::EmitMode, procfs::ReadCounters};
+
+fn store(emit: EmitMode, keyframe_every: u32) -> Store {
+    Store::new(
+        StoreConfig {
+            host: "h".into(),
+            emit,
+            keyframe_every,
+            interval: Duration::from_secs(10),
+        },
+        TrackerInfo {
+            mode: "polling".into(),
+            reason: Some("test".into()),
+        },
+        &["processes"],
+    )
+}
+
+fn procs(list: &[(u32, u64)]) -> Result<Option<Box<dyn Observation>>, CollectError> {
+    Ok(Some(Box::new(ProcessesObservation {
+        processes: list
+            .iter()
+            .map(|&(pid, pss)| ProcessRecord {
+                pid,
+                ppid: 0,
+                name: Name::from("p"),
+                cmdline: Name::default(),
+                uid: Some(0),
+                user: Some("root".into()),
+                state: "S".into(),
+                threads: 1,
+                start_ticks: 1,
+                kernel_thread: false,
+                cgroup: None,
+                container: None,
+                unit: None,
+                numbers: Numbers::Exact,
+                memory: Memory {
+                    pss_bytes: pss,
+                    ..Memory::default()
+                },
+                subtree: Subtree::default(),
+            })
+            .collect(),
+        ..ProcessesObservation::default()
+    })))
+}
+
+fn lines(out: &[u8]) -> Vec<serde_json::Value> {
+    out.split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).expect("valid JSON line"))
+        .collect()
+}
+
+fn kinds(v: &[serde_json::Value]) -> Vec<String> {
+    v.iter()
+        .map(|r| r["kind"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+fn emit(s: &mut Store) -> Vec<serde_json::Value> {
+    lines(&s.emit(
+        SystemTime::UNIX_EPOCH,
+        &SelfCost::default(),
+        &ReadCounters::default(),
+    ))
+}
+
+#[test]
+fn full_mode_sends_everything_each_time_and_exits_for_the_gone() {
+    let mut s = store(EmitMode::Full, 10);
+    s.apply(
+        "processes",
+        Duration::from_millis(1),
+        procs(&[(1, 10), (2, 20)]),
+    );
+    let a = emit(&mut s);
+    assert_eq!(kinds(&a), ["snapshot", "process", "process", "agent"]);
+    assert!(
+        a.iter()
+            .all(|r| r["seq"] == 0 && r["schema"] == "memscope.v1" && r["host"] == "h")
+    );
+    s.apply("processes", Duration::from_millis(1), procs(&[(1, 10)]));
+    let b = emit(&mut s);
+    assert_eq!(kinds(&b), ["snapshot", "process", "exit", "agent"]);
+    assert_eq!(b[2]["pid"], 2);
+    assert_eq!(b[2]["pss_bytes"], 20, "exit carries the last known numbers");
+    assert!(b.iter().all(|r| r["seq"] == 1));
+}
+
+#[test]
+fn changes_mode_sends_only_changes_with_keyframes() {
+    let mut s = store(EmitMode::Changes, 3);
+    s.apply("processes", Duration::ZERO, procs(&[(1, 10), (2, 20)]));
+    let e0 = emit(&mut s);
+    assert_eq!(kinds(&e0), ["snapshot", "process", "process", "agent"]);
+    assert_eq!(e0[0]["keyframe"], true);
+    s.apply("processes", Duration::ZERO, procs(&[(1, 10), (2, 21)]));
+    let e1 = emit(&mut s);
+    assert_eq!(kinds(&e1), ["snapshot", "process", "agent"]);
+    assert_eq!(e1[1]["pid"], 2);
+    assert_eq!(e1[0]["keyframe"], false);
+    assert_eq!(e1[0]["entities"]["process"], 2);
+    assert_eq!(e1[0]["records"]["process"], 1);
+    s.apply("processes", Duration::ZERO, procs(&[(2, 21), (3, 30)]));
+    let e2 = emit(&mut s);
+    assert_eq!(kinds(&e2), ["snapshot", "process", "exit", "agent"]);
+    assert_eq!(e2[1]["pid"], 3);
+    assert_eq!(e2[2]["pid"], 1);
+    // seq 3 is a keyframe: everything again.
+    s.apply("processes", Duration::ZERO, procs(&[(2, 21), (3, 30)]));
+    let e3 = emit(&mut s);
+    assert_eq!(kinds(&e3), ["snapshot", "process", "process", "agent"]);
+    assert_eq!(e3[0]["keyframe"], true);
+}
+
+#[test]
+fn a_failing_collector_is_reported_and_keeps_its_last_state() {
+    let mut s = store(EmitMode::Changes, 100);
+    s.apply("processes", Duration::ZERO, procs(&[(1, 10)]));
+    emit(&mut s);
+    s.apply(
+        "processes",
+        Duration::from_micros(7),
+        Err(CollectError::Other("/proc: boom".into())),
+    );
+    let e = emit(&mut s);
+    assert_eq!(kinds(&e), ["snapshot", "agent"], "no false exit");
+    assert_eq!(e[0]["collectors"]["processes"]["ok"], false);
+    assert_eq!(e[0]["collectors"]["processes"]["error"], "/proc: boom");
+    assert_eq!(e[0]["warnings"][0], "processes: /proc: boom");
+    assert_eq!(e[1]["collectors"]["processes"]["failures"], 1);
+    assert_eq!(e[1]["collectors"]["processes"]["runs"], 2);
+    assert_eq!(e[1]["collectors"]["processes"]["last_duration_us"], 7);
+}
+
+#[test]
+fn an_exit_before_the_first_emission_follows_its_snapshot() {
+    let mut s = store(EmitMode::Full, 10);
+    s.apply("processes", Duration::ZERO, procs(&[(1, 10), (2, 20)]));
+    assert!(
+        s.exit_now(2, SystemTime::UNIX_EPOCH).is_empty(),
+        "nothing is written before the first snapshot"
+    );
+    let e = emit(&mut s);
+    assert_eq!(kinds(&e), ["snapshot", "process", "exit", "agent"]);
+    assert_eq!(e[1]["pid"], 1, "the exited process is not sent");
+    assert_eq!(e[2]["pid"], 2);
+    assert_eq!(e[2]["known"], false, "its numbers were never sent");
+    assert!(e[2].get("pss_bytes").is_none());
+    assert_eq!(e[0]["records"]["exit"], 1);
+}
+
+#[test]
+fn an_exit_carries_figures_only_when_they_were_sent() {
+    let mut s = store(EmitMode::Full, 10);
+    s.apply("processes", Duration::ZERO, procs(&[(1, 10)]));
+    emit(&mut s);
+    // Observed (2) but never sent: known false, even though the store holds its numbers.
+    s.apply("processes", Duration::ZERO, procs(&[(1, 10), (2, 20)]));
+    let two = lines(&s.exit_now(2, SystemTime::UNIX_EPOCH));
+    assert_eq!(kinds(&two), ["exit"]);
+    assert_eq!(two[0]["known"], false);
+    assert_eq!(two[0]["seq"], 0);
+    let one = lines(&s.exit_now(1, SystemTime::UNIX_EPOCH));
+    assert_eq!(
+        one[0]["pss_bytes"], 10,
+        "sent before: its last sent numbers"
+    );
+    assert_eq!(one[0]["at_once"], true);
+    let e = emit(&mut s);
+    assert_eq!(
+        kinds(&e),
+        ["snapshot", "agent"],
+        "neither re-sent nor exited twice"
+    );
+}
+
+#[test]
+fn late_and_skipped_runs_are_reported() {
+    let mut s = store(EmitMode::Full, 10);
+    s.apply("processes", Duration::ZERO, procs(&[(1, 10)]));
+    emit(&mut s);
+    s.late("processes");
+    let e = emit(&mut s);
+    assert_eq!(
+        kinds(&e),
+        ["snapshot", "process", "agent"],
+        "the last observation stands"
+    );
+    assert_eq!(e[0]["collectors"]["processes"]["late"], true);
+    assert_eq!(e[2]["collectors"]["processes"]["late_runs"], 1);
+    s.skipped("processes");
+    s.apply("processes", Duration::ZERO, procs(&[(1, 11)]));
+    let e = emit(&mut s);
+    assert_eq!(
+        e[1]["pss_bytes"], 11,
+        "the background run's result is applied"
+    );
+    assert_eq!(e[2]["collectors"]["processes"]["skipped_runs"], 1);
+    let e = emit(&mut s);
+    assert!(e[0]["collectors"].get("processes").is_none());
+}
+
+#[test]
+fn tracker_counters_and_tier_stats_reach_the_agent_record() {
+    let mut s = store(EmitMode::Full, 10);
+    let obs = procs(&[(1, 10)]);
+    let mut obs = crate::collectors::observed::<ProcessesObservation>(obs).expect("processes");
+    obs.tier.count(crate::ladder::Reason::Overflow);
+    let obs: Result<Option<Box<dyn Observation>>, CollectError> = Ok(Some(Box::new(obs)));
+    s.apply("processes", Duration::ZERO, obs);
+    s.set_tracker_stats(TrackerStats {
+        marks_received: 4,
+        marks_dropped: 3,
+        events_received: 2,
+        events_lost: 1,
+    });
+    let e = emit(&mut s);
+    let agent = &e[e.len() - 1];
+    assert_eq!(agent["tiers"]["rollup"]["rereads"]["overflow"], 1);
+    assert_eq!(agent["dirty_marks_received"], 4);
+    assert_eq!(agent["dirty_marks_dropped"], 3);
+    assert_eq!(agent["events_received"], 2);
+    assert_eq!(agent["events_lost"], 1);
+}
+
+#[test]
+fn agent_record_reports_own_cost_and_reads() {
+    let mut s = store(EmitMode::Full, 1);
+    let out = s.emit(
+        SystemTime::UNIX_EPOCH,
+        &SelfCost {
+            cpu_user_us: 5,
+            cpu_system_us: 6,
+            rss_bytes: 7,
+            max_rss_bytes: 8,
+        },
+        &ReadCounters::default(),
+    );
+    let v = lines(&out);
+    let agent = &v[v.len() - 1];
+    assert_eq!(agent["kind"], "agent");
+    assert_eq!(agent["cpu_user_us"], 5);
+    assert_eq!(agent["rss_bytes"], 7);
+    assert_eq!(agent["proc_bytes_read"], 0);
+    assert_eq!(agent["proc_bytes_read_by_file"]["smaps_rollup"], 0);
+    assert_eq!(agent["lines_emitted"], 2);
+    assert_eq!(v[0]["ts"], "1970-01-01T00:00:00.000Z");
+}
