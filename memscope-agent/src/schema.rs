@@ -43,7 +43,7 @@ struct UnknownExit {
 struct ExitExtra {
     /// True when sent at once, between emissions (eBPF tracker); absent when the exit was found at
     /// an emission.
-    #[schemars(default)]
+    #[schemars(skip_serializing_if = "std::ops::Not::not")]
     at_once: bool,
 }
 

@@ -107,3 +107,28 @@ fn validation_catches_a_wrong_type_a_missing_field_and_an_unknown_field() {
     kind["kind"] = serde_json::json!("no_such_kind");
     assert!(validator.validate(&kind).is_err(), "an unknown kind");
 }
+
+#[test]
+fn exit_records_validate() {
+    let validator = SchemaValidator::strict();
+    let process = golden_lines()
+        .into_iter()
+        .find(|v| v["kind"] == "process")
+        .expect("a process record in the golden stream");
+    let mut exit = process.clone();
+    exit["kind"] = serde_json::json!("exit");
+    // Found at an emission: the last process body as it was sent.
+    validator
+        .validate(&exit)
+        .expect("exit found at an emission");
+    // Sent at once by the eBPF tracker.
+    exit["at_once"] = serde_json::json!(true);
+    validator.validate(&exit).expect("exit sent at once");
+    let unknown = serde_json::json!({
+        "schema": "memscope.v1", "kind": "exit", "ts": process["ts"], "host": "h", "seq": 1,
+        "pid": 7, "known": false, "at_once": true,
+    });
+    validator
+        .validate(&unknown)
+        .expect("exit of a process never read");
+}
