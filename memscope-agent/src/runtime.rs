@@ -50,7 +50,8 @@ pub fn open_sink(config: &Config) -> anyhow::Result<Sink> {
 
 /// The part of the tick a collector run may take before the emission goes out without it: half
 /// the agent interval. A run past it is reported `late`, its last observation stands, and it
-/// finishes in the background.
+/// finishes in the background. A collector's first run has no deadline (nothing could stand in
+/// for it), so the first snapshot is complete.
 pub fn collector_deadline(interval: Duration) -> Duration {
     interval / 2
 }
@@ -162,6 +163,9 @@ pub async fn run(
         t.abort();
         let _ = t.await;
     }
+    // A late run still going holds a sender: the store stops on this message, not on the channel
+    // closing.
+    let _ = tx.send(StoreMsg::Stop).await;
     drop(scheduler);
     drop(tx);
     match store_task.await {
@@ -271,6 +275,8 @@ struct Slot {
     statm: bool,
     /// A run is going (perhaps in the background, past its deadline).
     busy: Arc<AtomicBool>,
+    /// A run has ended: from then on its runs have a deadline (its last observation can stand in).
+    delivered: Arc<AtomicBool>,
 }
 
 /// Runs the due collectors of a tick.
@@ -301,6 +307,7 @@ impl Scheduler {
                     collector: Arc::new(Mutex::new(c)),
                     every,
                     busy: Arc::default(),
+                    delivered: Arc::default(),
                 })
                 .collect(),
             procfs,
@@ -353,10 +360,16 @@ impl Scheduler {
         };
         let mut running = Vec::new();
         for slot in due {
-            running.push((slot.name, self.start(slot, tick, statm.clone(), unbounded)));
+            // A first run has no earlier observation to stand in for it: it is waited for, so the
+            // first snapshot is complete.
+            let deadline = self
+                .deadline
+                .filter(|_| slot.delivered.load(Ordering::Acquire));
+            let done = self.start(slot, tick, statm.clone(), unbounded);
+            running.push((slot.name, deadline, done));
         }
-        for (name, done) in running {
-            let ended = match self.deadline {
+        for (name, deadline, done) in running {
+            let ended = match deadline {
                 None => done.await.is_ok(),
                 Some(d) => tokio::time::timeout_at(started + d, done).await.is_ok(),
             };
@@ -411,6 +424,7 @@ impl Scheduler {
         let (done_tx, done_rx) = oneshot::channel();
         let collector = Arc::clone(&slot.collector);
         let busy = Arc::clone(&slot.busy);
+        let delivered = Arc::clone(&slot.delivered);
         let procfs = self.procfs.clone();
         let tx = self.tx.clone();
         let name = slot.name;
@@ -447,6 +461,7 @@ impl Scheduler {
                     result,
                 })
                 .await;
+            delivered.store(true, Ordering::Release);
             busy.store(false, Ordering::Release);
             let _ = done_tx.send(());
         });
@@ -506,6 +521,7 @@ mod tests {
                 StoreMsg::Tracker(_) => "tracker".into(),
                 StoreMsg::Emit => "emit".into(),
                 StoreMsg::Exit { pid } => format!("exit {pid}"),
+                StoreMsg::Stop => "stop".into(),
             });
         }
         out.sort();
@@ -535,13 +551,17 @@ mod tests {
             Some(Duration::from_secs(1)),
             tx,
         );
-        // Tick 0: the slow one blocks past its deadline; the tick still ends, the fast one is in.
+        // Tick 0: a first run is waited for, however long (here: until released).
+        release.send(()).expect("release");
         s.run_tick(0, false).await;
-        assert_eq!(drain(&mut rx), ["collected fast", "late slow"]);
-        // Tick 1: still running, so it is skipped, not started twice.
+        assert_eq!(drain(&mut rx), ["collected fast", "collected slow"]);
+        // Tick 1: the slow one blocks past its deadline; the tick still ends, the fast one is in.
         s.run_tick(1, false).await;
+        assert_eq!(drain(&mut rx), ["collected fast", "late slow"]);
+        // Tick 2: still running, so it is skipped, not started twice.
+        s.run_tick(2, false).await;
         assert_eq!(drain(&mut rx), ["collected fast", "skipped slow"]);
-        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
         // Let it finish: its result reaches the store in the background.
         release.send(()).expect("release");
         let msg = rx.recv().await.expect("background result");
@@ -553,11 +573,11 @@ mod tests {
             }
         ));
         s.wait_idle().await;
-        // Tick 2: free again, it runs (and is let go at once).
+        // Tick 3: free again, it runs (and is let go at once).
         release.send(()).expect("release");
-        s.run_tick(2, true).await;
+        s.run_tick(3, true).await;
         assert_eq!(drain(&mut rx), ["collected fast", "collected slow"]);
-        assert_eq!(runs.load(Ordering::SeqCst), 2);
+        assert_eq!(runs.load(Ordering::SeqCst), 3);
     }
 
     #[test]

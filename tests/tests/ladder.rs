@@ -163,8 +163,32 @@ fn dirty_child_is_reread_next_tick_and_idle_child_only_when_stale() {
     );
 }
 
-/// Runs the agent daemon for `run_for` with the eBPF tracker required, returning its lines.
-fn run_daemon(run_for: Duration, during: impl FnOnce() + Send + 'static) -> Vec<Value> {
+/// Waits until the agent has written `n` complete emissions to `path` (its `agent` lines).
+fn wait_for_emissions(path: &std::path::Path, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let done = std::fs::read_to_string(path)
+            .map(|t| {
+                t.lines()
+                    .filter(|l| l.contains("\"kind\":\"agent\""))
+                    .count()
+            })
+            .unwrap_or(0);
+        if done >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{done} of {n} emissions in {}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs the agent daemon with the eBPF tracker required while `during` runs (it gets the output
+/// path), then for two more emissions; returns its lines.
+fn run_daemon(during: impl FnOnce(&std::path::Path) + Send + 'static) -> Vec<Value> {
     require_root("ladder");
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("out.jsonl");
@@ -180,12 +204,29 @@ fn run_daemon(run_for: Duration, during: impl FnOnce() + Send + 'static) -> Vec<
         .enable_all()
         .build()
         .expect("runtime");
-    let helper = std::thread::spawn(during);
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let helper = std::thread::spawn({
+        let path = path.clone();
+        move || {
+            during(&path);
+            let before = std::fs::read_to_string(&path)
+                .map(|t| {
+                    t.lines()
+                        .filter(|l| l.contains("\"kind\":\"agent\""))
+                        .count()
+                })
+                .unwrap_or(0);
+            wait_for_emissions(&path, before + 2);
+            let _ = done_tx.send(());
+        }
+    });
     rt.block_on(memscope_agent::runtime::run(
         config,
         sink,
         false,
-        async move { tokio::time::sleep(run_for).await },
+        async move {
+            let _ = done_rx.await;
+        },
     ))
     .expect("agent runs with eBPF");
     helper.join().expect("helper thread");
@@ -199,9 +240,9 @@ fn run_daemon(run_for: Duration, during: impl FnOnce() + Send + 'static) -> Vec<
 #[test]
 fn short_lived_child_gets_an_exit_record_between_ticks() {
     let (tx, rx) = std::sync::mpsc::channel();
-    let lines = run_daemon(Duration::from_millis(2500), move || {
+    let lines = run_daemon(move |out| {
         // Start after the first emission, live for a moment, exit well before the next tick.
-        std::thread::sleep(Duration::from_millis(1200));
+        wait_for_emissions(out, 1);
         let mut child = Command::new(CHILD).arg("exit").spawn().expect("spawn");
         let pid = child.id();
         child.wait().expect("wait");
@@ -231,11 +272,20 @@ fn short_lived_child_gets_an_exit_record_between_ticks() {
 #[test]
 fn known_process_exit_carries_its_last_numbers() {
     let (tx, rx) = std::sync::mpsc::channel();
-    let lines = run_daemon(Duration::from_millis(2500), move || {
+    let lines = run_daemon(move |out| {
         let child = TestChild::spawn(CHILD);
-        let _ = tx.send(child.pid());
-        // Lives through at least two emissions, then exits (EOF on stdin) between ticks.
-        std::thread::sleep(Duration::from_millis(1300));
+        let pid = child.pid();
+        let _ = tx.send(pid);
+        // Lives until its figures were sent, then exits (EOF on stdin) between ticks.
+        let sent = format!("\"pid\":{pid},");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !std::fs::read_to_string(out).is_ok_and(|t| {
+            t.lines()
+                .any(|l| l.contains("\"kind\":\"process\"") && l.contains(&sent))
+        }) {
+            assert!(Instant::now() < deadline, "no process record for {pid}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         drop(child);
     });
     let pid = u64::from(rx.recv().expect("child pid"));

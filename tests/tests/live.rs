@@ -386,3 +386,315 @@ fn memfd_held_by_a_descriptor_is_reported_with_its_holder() {
     assert_eq!(memfd["holder_count"], 1);
     assert!(memfd["inode"].as_u64().is_some_and(|i| i > 0));
 }
+
+/// The one record of `kind` (a ledger).
+fn only<'a>(lines: &'a [Value], kind: &str) -> &'a Value {
+    let found: Vec<&Value> = lines.iter().filter(|l| l["kind"] == kind).collect();
+    assert_eq!(found.len(), 1, "expected one {kind} record, got {found:?}");
+    found[0]
+}
+
+fn int(v: &Value, field: &str) -> i64 {
+    v[field]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no integer {field} in {v}"))
+}
+
+#[test]
+fn names_with_a_backslash_stay_byte_exact_in_every_record() {
+    require_root("live");
+    let tag = std::process::id().to_string();
+    let hog = Child::spawn(&["names", &tag]);
+    let info: Value = serde_json::from_str(&hog.info[0]).expect("memhog info");
+    let shm_path = info["shm_path"].as_str().expect("path").to_string();
+    let _guard = RemoveOnDrop(vec![PathBuf::from(&shm_path)]);
+    assert!(shm_path.contains(r"lit\101oct"), "{shm_path}");
+    let memfd_name = info["memfd_name"].as_str().expect("name");
+    assert_eq!(memfd_name, r"acc-priv\101x");
+
+    let mut config = Config::default();
+    config.collectors.smaps.min_object_pss = memscope_agent::config::ByteSize(0);
+    config.collectors.tmpfs.top_files = Positive(10_000);
+    let lines = run_once(config).expect("agent runs");
+
+    let shm = object(&lines, |o| {
+        o["object_kind"] == "tmpfs" && o["inode"] == info["shm_inode"]
+    });
+    assert_eq!(shm["label"], shm_path.as_str(), "tmpfs object label");
+    let memfd = object(&lines, |o| {
+        o["object_kind"] == "memfd" && o["inode"] == info["memfd_inode"]
+    });
+    assert_eq!(
+        memfd["label"],
+        format!("memfd:{memfd_name}").as_str(),
+        "memfd object label"
+    );
+    let held = lines
+        .iter()
+        .find(|l| l["kind"] == "memfd" && l["inode"] == info["memfd_inode"])
+        .expect("memfd record");
+    assert_eq!(held["name"], format!("/memfd:{memfd_name}").as_str());
+    let in_top_files = lines
+        .iter()
+        .filter(|l| l["kind"] == "tmpfs")
+        .filter_map(|l| l["top_files"].as_array())
+        .flatten()
+        .any(|f| f["path"] == shm_path.as_str());
+    assert!(
+        in_top_files,
+        "{shm_path} not among any tmpfs record's top_files"
+    );
+}
+
+#[test]
+fn copy_on_write_pages_of_a_private_tmpfs_mapping_are_not_the_files() {
+    require_root("live");
+    const BYTES: u64 = 2 << 20;
+    let path = format!("/dev/shm/memscope-live-cow-{}", std::process::id());
+    let _guard = RemoveOnDrop(vec![PathBuf::from(&path)]);
+    let hog = Child::spawn(&["cow", &path, &BYTES.to_string()]);
+    let info: Value = serde_json::from_str(&hog.info[0]).expect("memhog info");
+    let mut config = Config::default();
+    config.collectors.smaps.min_object_pss = memscope_agent::config::ByteSize(0);
+    let lines = run_once(config).expect("agent runs");
+    let file = object(&lines, |o| {
+        o["object_kind"] == "tmpfs" && o["inode"] == info["inode"]
+    });
+    // Every page is mapped; the written half is anonymous copies, the rest the file's pages.
+    assert_eq!(file["rss_bytes"].as_u64(), Some(BYTES), "{file}");
+    assert_eq!(file["anonymous_bytes"].as_u64(), Some(BYTES / 2), "{file}");
+    // The ledger's mapped tmpfs is the tmpfs objects' PSS without their copy-on-write pages.
+    let own: u64 = lines
+        .iter()
+        .filter(|l| l["kind"] == "object" && l["object_kind"] == "tmpfs")
+        .map(|l| {
+            let pss = l["pss_bytes"].as_u64().expect("pss");
+            pss.saturating_sub(l["anonymous_bytes"].as_u64().expect("anonymous"))
+        })
+        .sum();
+    let ledger = only(&lines, "shmem_ledger");
+    assert_eq!(ledger["tmpfs_mapped_bytes"].as_u64(), Some(own), "{ledger}");
+}
+
+/// Reserves huge pages for a test and gives the old `nr_hugepages` back on drop.
+struct HugePages {
+    old: u64,
+}
+
+const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
+
+impl HugePages {
+    /// Adds `extra` default-size huge pages to the pool.
+    fn reserve(extra: u64) -> HugePages {
+        let old: u64 = std::fs::read_to_string(NR_HUGEPAGES)
+            .expect("read nr_hugepages")
+            .trim()
+            .parse()
+            .expect("nr_hugepages is a number");
+        let guard = HugePages { old };
+        std::fs::write(NR_HUGEPAGES, (old + extra).to_string()).expect("write nr_hugepages");
+        let now: u64 = std::fs::read_to_string(NR_HUGEPAGES)
+            .expect("read nr_hugepages")
+            .trim()
+            .parse()
+            .expect("nr_hugepages is a number");
+        assert!(
+            now >= old + extra,
+            "the kernel gave {now} huge pages, {} wanted",
+            old + extra
+        );
+        guard
+    }
+}
+
+impl Drop for HugePages {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(NR_HUGEPAGES, self.old.to_string()) {
+            eprintln!("restoring nr_hugepages to {}: {e}", self.old);
+        }
+    }
+}
+
+#[test]
+fn hugetlb_shows_in_its_records_and_ledger_and_not_in_shmem() {
+    require_root("live");
+    const SIZE: u64 = 4 << 20;
+    // Declared before the workload, so the pool is given back after the workload is gone.
+    let _pages = HugePages::reserve(8);
+    let mut config = Config::default();
+    config.collectors.smaps.top_consumers = Positive(10);
+    let before = run_once(config.clone()).expect("agent runs");
+    let hog = Child::spawn(&["hugetlb", &SIZE.to_string()]);
+    let info: Value = serde_json::from_str(&hog.info[0]).expect("memhog info");
+    let child = info["child"].as_i64().expect("child pid");
+    let lines = run_once(config).expect("agent runs");
+
+    // The SysV segment: hugetlb, resident from its mappings (the kernel's column says 2 GiB).
+    let seg = record(
+        &lines,
+        "sysv",
+        "shmid",
+        info["shmid"].as_u64().expect("shmid"),
+    );
+    assert_eq!(seg["hugetlb"], true, "{seg}");
+    assert_eq!(seg["resident_bytes"].as_u64(), Some(SIZE), "{seg}");
+    assert_eq!(seg["mapped"]["hugetlb_bytes"].as_u64(), Some(SIZE), "{seg}");
+    // The memfd: a hugetlb object on hugetlbfs, and a hugetlb fd-held memfd.
+    let memfd = object(&lines, |o| {
+        o["object_kind"] == "memfd"
+            && o["inode"] == info["memfd_inode"]
+            && o["dev"] == info["memfd_dev"]
+    });
+    assert_eq!(memfd["hugetlb"], true, "{memfd}");
+    assert_eq!(memfd["hugetlb_bytes"].as_u64(), Some(SIZE), "{memfd}");
+    let held = lines
+        .iter()
+        .find(|l| {
+            l["kind"] == "memfd"
+                && l["inode"] == info["memfd_inode"]
+                && l["dev"] == info["memfd_dev"]
+        })
+        .expect("memfd record");
+    assert_eq!(held["hugetlb"], true, "{held}");
+    // The process: both objects' pages.
+    let p = process(&lines, child as libc::pid_t);
+    assert_eq!(p["hugetlb_bytes"].as_u64(), Some(2 * SIZE), "{p}");
+
+    // The hugetlb ledger counts both; the pool is in use by at least that much.
+    let h = only(&lines, "hugetlb_ledger");
+    assert!(int(h, "sysv_bytes") >= SIZE as i64, "{h}");
+    assert!(int(h, "memfd_bytes") >= SIZE as i64, "{h}");
+    assert!(int(h, "used_bytes") >= 2 * SIZE as i64, "{h}");
+    assert!(int(h, "explained_bytes") <= int(h, "used_bytes"), "{h}");
+
+    // The Shmem ledger: neither is in it. Its SysV part is exactly the non-hugetlb segments'
+    // resident bytes of the same run, and its remainder did not move by the workload's size.
+    let l = only(&lines, "shmem_ledger");
+    let shmem_sysv: u64 = lines
+        .iter()
+        .filter(|r| r["kind"] == "sysv" && r["hugetlb"] == false)
+        .filter_map(|r| r["resident_bytes"].as_u64())
+        .sum();
+    assert_eq!(l["sysv_bytes"].as_u64(), Some(shmem_sysv), "{l}");
+    let moved =
+        int(l, "unexplained_bytes") - int(only(&before, "shmem_ledger"), "unexplained_bytes");
+    assert!(
+        moved.unsigned_abs() < SIZE,
+        "the Shmem remainder moved by {moved} bytes with {SIZE}-byte hugetlb objects: {l}"
+    );
+}
+
+/// The agent binary: `MEMSCOPE_AGENT_BIN` (set by `cargo xtask test-privileged`), else the debug
+/// build beside this test's own executable.
+fn agent_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("MEMSCOPE_AGENT_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/debug/deps/live-HASH -> target/debug/memscope-agent
+    let bin = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .map(|d| d.join("memscope-agent"))
+        .expect("target directory");
+    assert!(
+        bin.exists(),
+        "{} does not exist: run `cargo build -p memscope-agent` or `cargo xtask test-privileged`",
+        bin.display()
+    );
+    bin
+}
+
+#[test]
+fn a_run_as_nobody_marks_the_ledger_incomplete_and_says_why() {
+    require_root("live");
+    // Root's process with 1 MiB of shmem mapped: nobody cannot read its smaps, only its status.
+    let bytes = 1u64 << 20;
+    let hog = Child::spawn(&["names", &format!("nobody-{}", std::process::id())]);
+    let info: Value = serde_json::from_str(&hog.info[0]).expect("memhog info");
+    let _guard = RemoveOnDrop(vec![PathBuf::from(
+        info["shm_path"].as_str().expect("path"),
+    )]);
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(agent_bin())
+        .arg("--once")
+        .output()
+        .expect("run setpriv (util-linux)");
+    assert!(
+        out.status.success(),
+        "the agent as nobody failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    let l = only(&lines, "shmem_ledger");
+    assert_eq!(l["complete"], false, "{l}");
+    let why: Vec<&str> = l["incomplete"]
+        .as_array()
+        .expect("incomplete reasons")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        why.iter()
+            .any(|r| r.starts_with("smaps: ") && r.contains("unreadable")),
+        "{why:?}"
+    );
+    assert!(
+        why.iter().any(|r| r.starts_with("tmpfs fd scan: ")),
+        "{why:?}"
+    );
+    // The memhog process is approximate (from status), and its shmem is attributed.
+    let p = process(&lines, hog.pid);
+    assert_eq!(p["numbers"], "approximate", "{p}");
+    assert!(p["pss_shmem_bytes"].as_u64() >= Some(2 * bytes), "{p}");
+    assert!(
+        l["unreadable_shmem_bytes"].as_u64() >= Some(2 * bytes),
+        "the memhog's 2 MiB of RssShmem: {l}"
+    );
+}
+
+/// Done-when of the accuracy issue: on a controlled shared-memory workload (N processes sharing a
+/// memfd, a `/dev/shm` file and a SysV segment, plus an unmapped `/dev/shm` file) the Shmem
+/// ledger's unexplained remainder stays within 1 % of `Shmem`. Other activity on the host (other
+/// test runs create and remove shmem) moves the absolute remainder, so the test compares a run
+/// without the workload with a run with it, and retries a pair whose difference other activity
+/// spoiled.
+#[test]
+fn shmem_ledger_explains_a_shared_memory_workload_within_one_percent() {
+    require_root("live");
+    const SIZE: u64 = 4 << 20;
+    const UNMAPPED: u64 = 3 << 20;
+    let workload = 3 * SIZE + UNMAPPED;
+    for attempt in 1..=5 {
+        let before = run_once(Config::default()).expect("agent runs");
+        let hog = Child::spawn(&["shared", &SIZE.to_string(), "4", &UNMAPPED.to_string()]);
+        let info: Value = serde_json::from_str(&hog.info[0]).expect("memhog info");
+        let _guard = RemoveOnDrop(
+            ["shm_path", "unmapped_path", "same_path"]
+                .iter()
+                .map(|k| PathBuf::from(info[k].as_str().expect("path")))
+                .collect(),
+        );
+        let with = run_once(Config::default()).expect("agent runs");
+        drop(hog);
+        let (a, b) = (only(&before, "shmem_ledger"), only(&with, "shmem_ledger"));
+        let grew = int(b, "shmem_bytes") - int(a, "shmem_bytes");
+        let moved = int(b, "unexplained_bytes") - int(a, "unexplained_bytes");
+        let bound = int(b, "shmem_bytes") / 100;
+        eprintln!(
+            "attempt {attempt}: Shmem {} -> {} (+{grew}, workload {workload}); unexplained {} -> {} ({moved:+}), bound {bound}",
+            int(a, "shmem_bytes"),
+            int(b, "shmem_bytes"),
+            int(a, "unexplained_bytes"),
+            int(b, "unexplained_bytes"),
+        );
+        if moved.abs() <= bound {
+            return;
+        }
+    }
+    panic!("in 5 attempts the workload's shmem was never explained within 1 % of Shmem");
+}

@@ -204,6 +204,13 @@ fn privileged_lane() -> Result<()> {
             "the privileged lane (live workloads, eBPF) needs root: run `sudo cargo xtask test`, or pass --skip-privileged to run only the unprivileged lane"
         );
     }
+    // The live lane runs the agent binary itself as an unprivileged user (`live.rs`): build it, and
+    // say where it is.
+    cargo(&["build", "-p", "memscope-agent"], &[])?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), std::path::PathBuf::from);
+    let agent = target.join("debug").join("memscope-agent");
+    let agent = agent.to_str().context("target directory is not UTF-8")?;
     cargo(
         &[
             "test",
@@ -220,6 +227,6 @@ fn privileged_lane() -> Result<()> {
             "--",
             "--test-threads=1",
         ],
-        &[],
+        &[("MEMSCOPE_AGENT_BIN", agent)],
     )
 }

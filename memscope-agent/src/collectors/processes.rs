@@ -99,6 +99,9 @@ pub struct Memory {
     pub pss_anon_bytes: u64,
     pub pss_file_bytes: u64,
     pub pss_shmem_bytes: u64,
+    /// Hugetlb pages mapped (`Shared_Hugetlb + Private_Hugetlb`, or `HugetlbPages` of `status`):
+    /// not part of RSS or PSS.
+    pub hugetlb_bytes: u64,
 }
 
 impl Memory {
@@ -113,6 +116,7 @@ impl Memory {
             pss_anon_bytes: c.pss_anon.unwrap_or(0),
             pss_file_bytes: c.pss_file.unwrap_or(0),
             pss_shmem_bytes: c.pss_shmem.unwrap_or(0),
+            hugetlb_bytes: c.hugetlb(),
         }
     }
 
@@ -130,6 +134,7 @@ impl Memory {
             pss_anon_bytes: s.rss_anon.unwrap_or(0),
             pss_file_bytes: s.rss_file.unwrap_or(0),
             pss_shmem_bytes: s.rss_shmem.unwrap_or(0),
+            hugetlb_bytes: s.hugetlb_pages.unwrap_or(0),
         }
     }
 }
@@ -538,13 +543,12 @@ pub fn compute_subtrees(procs: &mut [ProcessRecord]) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn proc(pid: u32, ppid: u32, pss: u64) -> ProcessRecord {
+impl ProcessRecord {
+    /// A record for tests: `pid` (parent 0) with `numbers` and `memory`, everything else neutral.
+    pub(crate) fn test(pid: u32, numbers: Numbers, memory: Memory) -> ProcessRecord {
         ProcessRecord {
             pid,
-            ppid,
+            ppid: 0,
             name: Name::from("x"),
             cmdline: Name::default(),
             uid: Some(0),
@@ -556,13 +560,26 @@ mod tests {
             cgroup: None,
             container: None,
             unit: None,
-            numbers: Numbers::Exact,
-            memory: Memory {
-                pss_bytes: pss,
-                rss_bytes: pss * 2,
-                ..Memory::default()
-            },
+            numbers,
+            memory,
             subtree: Subtree::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proc(pid: u32, ppid: u32, pss: u64) -> ProcessRecord {
+        let memory = Memory {
+            pss_bytes: pss,
+            rss_bytes: pss * 2,
+            ..Memory::default()
+        };
+        ProcessRecord {
+            ppid,
+            ..ProcessRecord::test(pid, Numbers::Exact, memory)
         }
     }
 

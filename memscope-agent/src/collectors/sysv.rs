@@ -13,7 +13,7 @@ use super::{
 };
 use crate::{
     procfs::{
-        FileClass,
+        FileClass, page_size,
         sysvipc::{ShmSegment, parse_sysvipc_shm},
     },
     records::Record,
@@ -47,10 +47,27 @@ pub struct Segment {
     pub owner: Option<String>,
 }
 
-impl SysvObservation {
-    /// Resident bytes of all segments (`None` on kernels without the `rss` column).
-    pub fn resident_bytes(&self) -> Option<u64> {
-        self.segments.iter().map(|s| s.shm.rss).sum()
+impl Segment {
+    /// A `SHM_HUGETLB` segment: its mappings are hugetlb, or the kernel's `rss` is more than a
+    /// shmem segment of its size can hold (this kernel counts a hugetlb segment's base pages once
+    /// more per base page of a huge page: 2 GiB for a 4 MiB segment). `/proc/sysvipc/shm` itself
+    /// does not say, so an unmapped hugetlb segment that was never touched is not recognised.
+    pub fn hugetlb(&self, object: Option<&SharedObject>) -> bool {
+        object.is_some_and(|o| o.hugetlb)
+            || self
+                .shm
+                .rss
+                .is_some_and(|rss| rss > self.shm.size.next_multiple_of(page_size()))
+    }
+
+    /// Resident bytes: the kernel's `rss` column for a shmem segment; for a hugetlb segment the
+    /// resident hugetlb pages of its mappings (`None` when unmapped: the column is wrong for it).
+    pub fn resident_bytes(&self, object: Option<&SharedObject>) -> Option<u64> {
+        if self.hugetlb(object) {
+            object.map(|o| o.hugetlb_bytes)
+        } else {
+            self.shm.rss
+        }
     }
 }
 
@@ -65,6 +82,8 @@ pub(crate) struct SegmentBody<'a> {
     gid: u32,
     perms: String,
     size_bytes: u64,
+    /// `SHM_HUGETLB`: its pages are hugetlb, and `resident_bytes` comes from its mappings.
+    hugetlb: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     resident_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -95,7 +114,8 @@ impl Segment {
                 gid: s.gid,
                 perms: format!("{:o}", s.perms & 0o777),
                 size_bytes: s.size,
-                resident_bytes: s.rss,
+                hugetlb: self.hugetlb(object),
+                resident_bytes: self.resident_bytes(object),
                 swapped_bytes: s.swap,
                 attaches: s.nattch,
                 marked_for_destroy: s.marked_for_destroy(),
@@ -158,7 +178,8 @@ mod tests {
             SysvCollector::default().collect(&CollectCtx::once(&procfs)),
         )
         .unwrap_or_else(|e| panic!("unexpected: {e}"));
-        assert_eq!(obs.resident_bytes(), Some(1 << 20));
+        assert_eq!(obs.segments[0].resident_bytes(None), Some(1 << 20));
+        assert!(!obs.segments[0].hugetlb(None));
         let mut recs = Vec::new();
         obs.records(&mut recs);
         let v: serde_json::Value =

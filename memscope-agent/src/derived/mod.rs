@@ -1,8 +1,8 @@
 //! Records derived from several collectors at emission time: [`records`] builds every record of an
 //! emission from the latest observations, with the SysV join ([`sysv_join`]: a segment and its
 //! `/SYSV…` smaps object are one record), the fair shares of `cgroup` records (summed over the
-//! `processes` observation, see [`crate::collectors::cgroup`]) and the shared-memory ledger
-//! ([`ledger`]).
+//! `processes` observation, see [`crate::collectors::cgroup`]) and the shared-memory and hugetlb
+//! ledgers ([`ledger`]).
 
 use crate::{
     collectors::{
@@ -12,6 +12,7 @@ use crate::{
         processes::ProcessesObservation,
         smaps::ObjectsObservation,
         sysv::SysvObservation,
+        tmpfs::TmpfsObservation,
     },
     records::Record,
 };
@@ -19,7 +20,6 @@ use crate::{
 pub mod ledger;
 pub mod sysv_join;
 
-use ledger::{TmpfsInputs, tmpfs_inputs};
 use sysv_join::SysvJoin;
 
 /// All records of one emission from the latest observations, with the joins and the ledger.
@@ -31,11 +31,14 @@ pub fn records(
     let observations = || latest.iter().filter_map(|(_, o)| o.as_deref());
     let objects = observations().find_map(|o| o.downcast_ref::<ObjectsObservation>());
     let sysv = observations().find_map(|o| o.downcast_ref::<SysvObservation>());
-    let shmem = observations()
-        .find_map(|o| o.downcast_ref::<MeminfoObservation>())
-        .and_then(|m| m.get("Shmem"));
-    let tmpfs: Option<TmpfsInputs> = observations().find_map(tmpfs_inputs);
     let processes = observations().find_map(|o| o.downcast_ref::<ProcessesObservation>());
+    let inputs = ledger::Inputs {
+        meminfo: observations().find_map(|o| o.downcast_ref::<MeminfoObservation>()),
+        processes,
+        objects,
+        sysv,
+        tmpfs: observations().find_map(|o| o.downcast_ref::<TmpfsObservation>()),
+    };
     let cgroups = processes.map(PidCgroups::new);
     let join = SysvJoin::new(sysv, objects);
 
@@ -51,7 +54,10 @@ pub fn records(
         }
         obs.warnings(warnings);
     }
-    if let Some(l) = ledger::ledger(shmem, tmpfs.as_ref(), sysv, objects) {
+    if let Some(l) = ledger::ledger(&inputs) {
         out.push(Record::new("shmem_ledger", "", &l));
+    }
+    if let Some(l) = ledger::hugetlb_ledger(&inputs) {
+        out.push(Record::new("hugetlb_ledger", "", &l));
     }
 }

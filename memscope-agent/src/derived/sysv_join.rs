@@ -63,6 +63,8 @@ mod tests {
             key: ObjectKey::Sysv { shmid },
             label: Name::from("SYSV00000001"),
             deleted: true,
+            hugetlb: false,
+            hugetlb_bytes: 0,
             memory: ObjectMemory {
                 pss_bytes: pss,
                 ..ObjectMemory::default()

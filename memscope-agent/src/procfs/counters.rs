@@ -49,6 +49,11 @@ impl MemCounters {
         self.private_clean.saturating_add(self.private_dirty)
     }
 
+    /// Hugetlb pages mapped: `Shared_Hugetlb + Private_Hugetlb` (never part of `Rss`/`Pss`).
+    pub fn hugetlb(&self) -> u64 {
+        self.shared_hugetlb.saturating_add(self.private_hugetlb)
+    }
+
     /// Adds `other` field by field (saturating). An `Option` field is `Some` if either side is.
     pub fn add(&mut self, other: &MemCounters) {
         let s = |a: &mut u64, b: u64| *a = a.saturating_add(b);

@@ -1,28 +1,41 @@
-//! Byte-level helpers for names in `/proc`: octal escapes (`\040` in mountinfo, `\012` in smaps) are
-//! decoded on bytes, never on chars, because paths may hold any byte.
+//! Byte-level helpers for names in `/proc`: octal escapes are decoded on bytes, never on chars,
+//! because paths may hold any byte.
+//!
+//! Each file gets the decoding its kernel encoder implies, and nothing more: a backslash the kernel
+//! did not escape is part of the name. `maps`/`smaps` (`seq_file_path(m, file, "\n")`) escape only
+//! the newline, as `\012`, and leave backslashes alone, so `lit\101oct.bin` there is that name,
+//! byte for byte ([`SMAPS_ESCAPED`]). `mountinfo` (`mangle()`: `seq_escape(m, s, " \t\n\\")`)
+//! escapes space, tab, newline and backslash ([`MOUNTINFO_ESCAPED`]).
 
 use serde::{Serialize, Serializer, ser::SerializeMap};
 
-/// Decodes `\NNN` octal escapes (exactly three octal digits, value <= 0o377) into bytes. Anything else,
-/// including a lone backslash, is kept as is.
-pub fn decode_octal(input: &[u8]) -> Vec<u8> {
+/// The bytes `/proc/PID/maps` and `smaps` escape in paths: the newline only.
+pub const SMAPS_ESCAPED: &[u8] = b"\n";
+/// The bytes `/proc/PID/mountinfo` escapes: space, tab, newline, backslash.
+pub const MOUNTINFO_ESCAPED: &[u8] = b" \t\n\\";
+
+/// Decodes the `\NNN` octal escapes (exactly three octal digits) of the bytes in `escaped`: the set
+/// the file's kernel encoder escapes. Any other `\NNN` is kept as is, because the kernel wrote it
+/// literally (a file named `a\101` in smaps), as is a lone backslash.
+pub fn decode_escapes(input: &[u8], escaped: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(input.len());
     let mut i = 0;
-    while i < input.len() {
-        if input[i] == b'\\' && i + 3 < input.len() {
-            let d = &input[i + 1..i + 4];
-            if d.iter().all(|c| (b'0'..=b'7').contains(c)) {
-                let v = u32::from(d[0] - b'0') * 64
-                    + u32::from(d[1] - b'0') * 8
-                    + u32::from(d[2] - b'0');
-                if let Ok(b) = u8::try_from(v) {
-                    out.push(b);
-                    i += 4;
-                    continue;
-                }
+    while let Some(&b) = input.get(i) {
+        if b == b'\\'
+            && let Some(d) = input.get(i + 1..i + 4)
+            && d.iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v =
+                u32::from(d[0] - b'0') * 64 + u32::from(d[1] - b'0') * 8 + u32::from(d[2] - b'0');
+            if let Ok(decoded) = u8::try_from(v)
+                && escaped.contains(&decoded)
+            {
+                out.push(decoded);
+                i += 4;
+                continue;
             }
         }
-        out.push(input[i]);
+        out.push(b);
         i += 1;
     }
     out
@@ -104,20 +117,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn decodes_octal_escapes_on_bytes() {
-        assert_eq!(decode_octal(br"/mnt/my\040disk"), b"/mnt/my disk");
-        assert_eq!(decode_octal(br"a\012b"), b"a\nb");
-        assert_eq!(decode_octal(br"tab\011\134x"), b"tab\t\\x");
-        // A non-UTF-8 byte survives.
-        assert_eq!(decode_octal(br"\377"), vec![0xff]);
+    fn mountinfo_decodes_its_four_escapes_on_bytes() {
+        let d = |s: &[u8]| decode_escapes(s, MOUNTINFO_ESCAPED);
+        assert_eq!(d(br"/mnt/my\040disk"), b"/mnt/my disk");
+        assert_eq!(d(br"a\012b"), b"a\nb");
+        assert_eq!(d(br"tab\011\134x"), b"tab\t\\x");
+        // The kernel never escapes other bytes there: `\101` and `\377` are literal text.
+        assert_eq!(d(br"lit\101oct"), br"lit\101oct");
+        assert_eq!(d(br"\377"), br"\377");
+    }
+
+    #[test]
+    fn smaps_decodes_only_the_newline() {
+        let d = |s: &[u8]| decode_escapes(s, SMAPS_ESCAPED);
+        assert_eq!(d(br"/tmp/a\012b"), b"/tmp/a\nb");
+        // A backslash is not escaped in smaps: these are names as they are.
+        assert_eq!(d(br"/dev/shm/lit\101oct.bin"), br"/dev/shm/lit\101oct.bin");
+        assert_eq!(d(br"/mnt/my\040disk"), br"/mnt/my\040disk");
+        assert_eq!(d(br"x\134012"), br"x\134012");
     }
 
     #[test]
     fn keeps_incomplete_or_invalid_escapes() {
-        assert_eq!(decode_octal(br"end\04"), br"end\04");
-        assert_eq!(decode_octal(br"\9xy"), br"\9xy");
-        assert_eq!(decode_octal(br"\"), br"\");
-        assert_eq!(decode_octal(br"\400"), br"\400");
+        let d = |s: &[u8]| decode_escapes(s, MOUNTINFO_ESCAPED);
+        assert_eq!(d(br"end\04"), br"end\04");
+        assert_eq!(d(br"end\012"), b"end\n", "an escape at the very end");
+        assert_eq!(d(br"\9xy"), br"\9xy");
+        assert_eq!(d(br"\"), br"\");
+        assert_eq!(d(br"\400"), br"\400");
     }
 
     #[test]

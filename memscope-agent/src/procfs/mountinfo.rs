@@ -3,7 +3,7 @@
 
 use super::{
     Dev, ParseError,
-    escape::{Name, decode_octal},
+    escape::{MOUNTINFO_ESCAPED, Name, decode_escapes},
     text::{lines, lossy, parse_u32},
 };
 
@@ -32,8 +32,13 @@ mod topology;
 
 pub use topology::{Superblock, select_superblocks, tmpfs_devices};
 
+/// Undoes mountinfo's escaping of space, tab, newline and backslash (`\040 \011 \012 \134`).
+fn decode_mountinfo(f: &[u8]) -> Vec<u8> {
+    decode_escapes(f, MOUNTINFO_ESCAPED)
+}
+
 fn text_field(f: &[u8]) -> String {
-    lossy(&decode_octal(f)).into_owned()
+    lossy(&decode_mountinfo(f)).into_owned()
 }
 
 /// Parses `/proc/PID/mountinfo`. Optional fields run up to the lone `-` separator; fields are
@@ -59,8 +64,8 @@ pub fn parse_mountinfo(text: &[u8]) -> Result<Vec<MountInfo>, ParseError> {
         let dev = next("major:minor")?;
         let dev = Dev::parse(dev, 10)
             .ok_or_else(|| ParseError::new(no, format!("bad major:minor {:?}", lossy(dev))))?;
-        let root = Name(decode_octal(next("root")?));
-        let mount_point = Name(decode_octal(next("mount point")?));
+        let root = Name(decode_mountinfo(next("root")?));
+        let mount_point = Name(decode_mountinfo(next("mount point")?));
         let mount_options = text_field(next("mount options")?);
         let mut optional_fields = Vec::new();
         loop {
@@ -70,7 +75,7 @@ pub fn parse_mountinfo(text: &[u8]) -> Result<Vec<MountInfo>, ParseError> {
             }
         }
         let fstype = text_field(next("fstype")?);
-        let source = Name(decode_octal(next("source")?));
+        let source = Name(decode_mountinfo(next("source")?));
         let super_options = text_field(next("super options")?);
         out.push(MountInfo {
             mount_id,
@@ -163,7 +168,7 @@ mod tests {
     #[test]
     fn fixture_escapes() {
         let m = parse_mountinfo(&fixture("cases/mountinfo_escapes")).expect("parse");
-        assert_eq!(m.len(), 4);
+        assert_eq!(m.len(), 5);
         assert_eq!(m[1].mount_point, Name::from("/mnt/my disk"));
         assert_eq!(m[1].source, Name::from("/dev/disk with\tspace"));
         assert_eq!(m[2].mount_point, Name::new(&b"/srv/caf\xe9"[..]));
@@ -177,6 +182,8 @@ mod tests {
             m[3].optional_fields,
             vec!["shared:5".to_string(), "master:2".to_string()]
         );
+        // `\134` is the backslash; the `101` after it is text, not an escape of `A`.
+        assert_eq!(m[4].mount_point, Name::new(&br"/dev/shm/lit\101oct"[..]));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use super::{
     Dev, ParseError,
     counters::{MemCounters, parse_kb_value},
-    escape::{Name, decode_octal},
+    escape::{Name, SMAPS_ESCAPED, decode_escapes},
     text::{Line, lines, lossy, parse_radix, parse_u64, split_key},
 };
 
@@ -28,7 +28,7 @@ pub enum MappingPath {
     /// No path: private (or `MAP_SHARED` before the kernel names it) anonymous memory.
     #[default]
     Anonymous,
-    /// A file, escapes (`\012`) decoded; `deleted` when the kernel appended ` (deleted)`. Shared
+    /// A file, its one escape (`\012`, a newline) decoded and backslashes kept as they are; `deleted` when the kernel appended ` (deleted)`. Shared
     /// anonymous memory shows as `/dev/zero (deleted)`; anon inodes as `anon_inode:[…]`.
     File { path: Name, deleted: bool },
     /// `/memfd:NAME (deleted)`: a memfd; the object is identified by the header's inode.
@@ -64,6 +64,13 @@ impl Mapping {
     /// `end - start`.
     pub fn size(&self) -> u64 {
         self.end.saturating_sub(self.start)
+    }
+
+    /// A hugetlb mapping (hugetlbfs file, `MFD_HUGETLB` memfd, `SHM_HUGETLB` segment,
+    /// `MAP_HUGETLB`): `ht` in `VmFlags`, or hugetlb pages counted. Its pages are in
+    /// `Shared_Hugetlb`/`Private_Hugetlb`, never in `Rss`/`Pss`.
+    pub fn is_hugetlb(&self) -> bool {
+        self.counters.hugetlb() > 0 || self.vm_flags.split_ascii_whitespace().any(|f| f == "ht")
     }
 }
 
@@ -154,7 +161,7 @@ pub fn classify_path(raw: &[u8]) -> MappingPath {
     };
     if let Some(memfd) = name.strip_prefix(b"/memfd:") {
         return MappingPath::Memfd {
-            name: Name(decode_octal(memfd)),
+            name: Name(decode_escapes(memfd, SMAPS_ESCAPED)),
             deleted,
         };
     }
@@ -165,7 +172,7 @@ pub fn classify_path(raw: &[u8]) -> MappingPath {
         return MappingPath::SysV { key };
     }
     MappingPath::File {
-        path: Name(decode_octal(name)),
+        path: Name(decode_escapes(name, SMAPS_ESCAPED)),
         deleted,
     }
 }
@@ -463,6 +470,37 @@ VmFlags: rd wr mr mw me gd ac
         assert_eq!(anon.counters.swap_pss, 8192 * 1024);
         assert_eq!(anon.counters.anon_huge_pages, 2048 * 1024);
         assert_eq!(anon.thp_eligible, Some(true));
+    }
+
+    #[test]
+    fn fixture_accuracy_names_hugetlb_and_cow() {
+        let v = parse_smaps_vec(&fixture("cases/smaps_accuracy")).expect("parse");
+        assert_eq!(v.len(), 7);
+        // smaps escapes only the newline: `\101` is four bytes of the name.
+        assert_eq!(
+            v[0].path,
+            MappingPath::File {
+                path: Name::new(&br"/dev/shm/lit\101oct.bin"[..]),
+                deleted: false
+            }
+        );
+        assert_eq!(
+            v[1].path,
+            MappingPath::Memfd {
+                name: Name::new(&br"acc-priv\101x"[..]),
+                deleted: true
+            }
+        );
+        assert_eq!(v[2].counters.anonymous, 512 << 10, "copy-on-write pages");
+        assert!(!v[2].perms.shared && !v[2].is_hugetlb());
+        let sysv = &v[3];
+        assert!(sysv.is_hugetlb());
+        assert_eq!((sysv.counters.rss, sysv.counters.pss), (0, 0));
+        assert_eq!(sysv.counters.hugetlb(), 4 << 20);
+        assert_eq!(sysv.kernel_page_size, 2 << 20);
+        assert!(v[4].is_hugetlb() && v[5].is_hugetlb() && v[6].is_hugetlb());
+        assert_eq!(v[5].path, MappingPath::Anonymous);
+        assert!(!v[0].is_hugetlb());
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub struct Status {
     pub rss_shmem: Option<u64>,
     pub vm_swap: Option<u64>,
     pub vm_hwm: Option<u64>,
+    /// `HugetlbPages:` (4.4+): hugetlb pages mapped, which `VmRSS` leaves out.
+    pub hugetlb_pages: Option<u64>,
 }
 
 /// Undoes `proc_task_name(.., escape=true)`: the kernel prints `\n` as `\n` and `\` as `\\`
@@ -128,6 +130,7 @@ pub fn parse_status(text: &[u8]) -> Result<Status, ParseError> {
             b"RssShmem" => s.rss_shmem = Some(parse_kb(value, n, key)?),
             b"VmSwap" => s.vm_swap = Some(parse_kb(value, n, key)?),
             b"VmHWM" => s.vm_hwm = Some(parse_kb(value, n, key)?),
+            b"HugetlbPages" => s.hugetlb_pages = Some(parse_kb(value, n, key)?),
             _ => {}
         }
     }
@@ -147,7 +150,7 @@ mod tests {
 Pid:\t1055\nPPid:\t1054\nTracerPid:\t0\nUid:\t1000\t1001\t1002\t4294967294\nGid:\t0\t0\t0\t0\n\
 FDSize:\t256\nGroups:\t \nVmPeak:\t    8456 kB\nVmSize:\t    8392 kB\nVmLck:\t       0 kB\n\
 VmHWM:\t    4532 kB\nVmRSS:\t    4072 kB\nRssAnon:\t     560 kB\nRssFile:\t    3512 kB\n\
-RssShmem:\t       0 kB\nVmSwap:\t      12 kB\nThreads:\t1\nSomethingNew:\tyes\n";
+RssShmem:\t       0 kB\nVmSwap:\t      12 kB\nHugetlbPages:\t    4096 kB\nThreads:\t1\nSomethingNew:\tyes\n";
 
     #[test]
     fn user_process() {
@@ -164,6 +167,7 @@ RssShmem:\t       0 kB\nVmSwap:\t      12 kB\nThreads:\t1\nSomethingNew:\tyes\n"
         assert_eq!(s.rss_shmem, Some(0));
         assert_eq!(s.vm_swap, Some(12 * 1024));
         assert_eq!(s.vm_hwm, Some(4532 * 1024));
+        assert_eq!(s.hugetlb_pages, Some(4096 * 1024));
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub enum StoreMsg {
     Emit,
     /// The tracker saw a process exit: send its `exit` record at once.
     Exit { pid: u32 },
+    /// The agent stops: flush and end, even while a late run (holding a sender) still goes.
+    Stop,
 }
 
 /// The store task: applies observations, emits on request, writes to the sink; flushes at the end.
@@ -79,6 +81,7 @@ pub async fn run(
             StoreMsg::Late { collector } => store.late(collector),
             StoreMsg::Skipped { collector } => store.skipped(collector),
             StoreMsg::Tracker(stats) => store.set_tracker_stats(stats),
+            StoreMsg::Stop => break,
             StoreMsg::Exit { pid } => {
                 let out = store.exit_now(pid, SystemTime::now());
                 if !out.is_empty()

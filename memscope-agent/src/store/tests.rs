@@ -258,3 +258,30 @@ fn agent_record_reports_own_cost_and_reads() {
     assert_eq!(agent["lines_emitted"], 2);
     assert_eq!(v[0]["ts"], "1970-01-01T00:00:00.000Z");
 }
+
+#[tokio::test]
+async fn the_store_task_stops_on_stop_while_a_sender_is_still_alive() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = crate::config::OutputConfig {
+        sink: crate::config::SinkKind::File,
+        path: Some(dir.path().join("out.jsonl")),
+        ..crate::config::OutputConfig::default()
+    };
+    let sink = crate::sinks::Sink::open(&output).expect("sink");
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let late_run = tx.clone(); // a collector run still going in the background
+    let task = tokio::spawn(run(
+        store(EmitMode::Full, 10),
+        sink,
+        rx,
+        crate::procfs::ProcFs::new("/nonexistent"),
+    ));
+    tx.send(StoreMsg::Emit).await.expect("send");
+    tx.send(StoreMsg::Stop).await.expect("send");
+    // A guard against a hang, not a timing assertion: without Stop the task never ends.
+    let ended = tokio::time::timeout(Duration::from_secs(30), task).await;
+    assert!(ended.is_ok(), "the store task ended");
+    let text = std::fs::read_to_string(dir.path().join("out.jsonl")).expect("output");
+    assert_eq!(kinds(&lines(text.as_bytes())), ["snapshot", "agent"]);
+    drop(late_run);
+}

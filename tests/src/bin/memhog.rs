@@ -13,6 +13,19 @@
 //! `memhog shm-deleted PATH BYTES` — creates the file PATH (on a tmpfs such as `/dev/shm`), writes
 //! BYTES into it (every page), unlinks it and keeps the descriptor: memory no path reaches.
 //! `memhog memfd NAME BYTES` — a memfd named NAME with BYTES written, held only by its descriptor.
+//! `memhog names TAG` — names with a literal backslash: the `/dev/shm` file
+//! `/dev/shm/memscope-lit\101oct-TAG.bin` and the memfd `acc-priv\101x`, 1 MiB each, mapped shared,
+//! touched and kept (the memfd's descriptor too). Prints one JSON line (`shm_path`, `shm_inode`,
+//! `memfd_name`, `memfd_inode`), then `ready`; the test removes the file.
+//! `memhog hugetlb BYTES` — a `SHM_HUGETLB` SysV segment and an `MFD_HUGETLB` memfd of BYTES each
+//! (a multiple of the huge page size); one forked child attaches and maps both and touches every
+//! page; the parent keeps only the memfd's descriptor and marks the segment for destroy. Prints one
+//! JSON line (`child`, `shmid`, `memfd_inode`, `memfd_dev` as `major:minor`), then `ready`. Needs
+//! huge pages reserved (`/proc/sys/vm/nr_hugepages`).
+//! `memhog cow PATH BYTES` — creates the file PATH (on a tmpfs such as `/dev/shm`) with BYTES
+//! written, maps it `MAP_PRIVATE`, reads every page and writes the first half: that half becomes
+//! copy-on-write anonymous pages, the other half stays the file's. Prints the inode as a JSON line,
+//! then `ready`; the test removes the file.
 //! `memhog worker BYTES` — for the ladder bench: BYTES of private anonymous memory touched and one
 //! page of its own executable mapped shared; prints `ready`; then on each SIGUSR1 maps and touches a
 //! new 256 KiB anonymous region, unmapping the oldest once more than [`WORKER_REGIONS`] are held (a
@@ -113,17 +126,7 @@ fn create_file(path: &str, bytes: usize) -> anyhow::Result<libc::c_int> {
 
 fn shared(size: usize, n: usize, unmapped: usize) -> anyhow::Result<()> {
     let me = std::process::id();
-    // memfd
-    let name = std::ffi::CString::new("memscope-live")?;
-    // SAFETY: plain syscalls; every result is checked.
-    let memfd = check(
-        unsafe { libc::memfd_create(name.as_ptr(), 0) },
-        "memfd_create",
-    )?;
-    check(
-        unsafe { libc::ftruncate(memfd, size as libc::off_t) },
-        "ftruncate memfd",
-    )?;
+    let memfd = memfd("memscope-live", 0, size)?;
     let memfd_map = map_shared_fd(memfd, size)?;
     touch(memfd_map, size);
     // /dev/shm file
@@ -208,6 +211,131 @@ fn shared(size: usize, n: usize, unmapped: usize) -> anyhow::Result<()> {
     );
     let mut out = std::io::stdout();
     writeln!(out, "{info}")?;
+    ready_and_wait()
+}
+
+/// Creates a memfd named `name` with `flags`, `bytes` long.
+fn memfd(name: &str, flags: libc::c_uint, bytes: usize) -> anyhow::Result<libc::c_int> {
+    let c = std::ffi::CString::new(name)?;
+    // SAFETY: a valid NUL-terminated name; the result is checked.
+    let fd = check(
+        unsafe { libc::memfd_create(c.as_ptr(), flags) },
+        "memfd_create",
+    )?;
+    // SAFETY: `fd` is the descriptor just created.
+    check(
+        unsafe { libc::ftruncate(fd, bytes as libc::off_t) },
+        "ftruncate memfd",
+    )?;
+    Ok(fd)
+}
+
+fn names(tag: &str) -> anyhow::Result<()> {
+    const SIZE: usize = 1 << 20;
+    let shm_path = format!("/dev/shm/memscope-lit\\101oct-{tag}.bin");
+    let shm_fd = create_file(&shm_path, SIZE)?;
+    touch(map_shared_fd(shm_fd, SIZE)?, SIZE);
+    let memfd_name = "acc-priv\\101x";
+    let fd = memfd(memfd_name, 0, SIZE)?;
+    touch(map_shared_fd(fd, SIZE)?, SIZE);
+    let info = serde_json::json!({
+        "shm_path": shm_path,
+        "shm_inode": inode_of(shm_fd)?,
+        "memfd_name": memfd_name,
+        "memfd_inode": inode_of(fd)?,
+    });
+    writeln!(std::io::stdout(), "{info}")?;
+    ready_and_wait()
+}
+
+fn hugetlb(bytes: usize) -> anyhow::Result<()> {
+    // SAFETY: plain SysV call; the result is checked.
+    let shmid = check(
+        unsafe {
+            libc::shmget(
+                libc::IPC_PRIVATE,
+                bytes,
+                libc::IPC_CREAT | libc::SHM_HUGETLB | 0o600,
+            )
+        },
+        "shmget(SHM_HUGETLB)",
+    )?;
+    let fd = memfd("memscope-live-hugetlb", libc::MFD_HUGETLB, bytes)?;
+    // SAFETY: fstat into a zeroed struct we own.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    check(unsafe { libc::fstat(fd, &mut st) }, "fstat")?;
+    let mut pipe = [0 as libc::c_int; 2];
+    check(unsafe { libc::pipe(pipe.as_mut_ptr()) }, "pipe")?;
+    // SAFETY: the child only maps, touches, writes one byte and pauses.
+    let child = check(unsafe { libc::fork() }, "fork")?;
+    if child == 0 {
+        // SAFETY: syscalls on descriptors and a segment this process holds; on any failure the
+        // child exits, and the parent sees the pipe close.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            let seg = libc::shmat(shmid, std::ptr::null(), 0);
+            let Ok(map) = map_shared_fd(fd, bytes) else {
+                libc::_exit(1)
+            };
+            if seg as isize == -1 {
+                libc::_exit(1);
+            }
+            touch(seg.cast(), bytes);
+            touch(map, bytes);
+            libc::write(pipe[1], [1u8].as_ptr().cast(), 1);
+            loop {
+                libc::pause();
+            }
+        }
+    }
+    // SAFETY: closing our copy of the write end, then a blocking read of one byte.
+    unsafe { libc::close(pipe[1]) };
+    let mut byte = [0u8; 1];
+    if unsafe { libc::read(pipe[0], byte.as_mut_ptr().cast(), 1) } != 1 {
+        anyhow::bail!("the hugetlb child failed (are huge pages reserved?)");
+    }
+    // SAFETY: marks the segment for destroy: it goes when the child does.
+    unsafe { libc::shmctl(shmid, libc::IPC_RMID, std::ptr::null_mut()) };
+    let info = serde_json::json!({
+        "child": child,
+        "shmid": shmid,
+        "memfd_inode": st.st_ino,
+        "memfd_dev": format!("{}:{}", libc::major(st.st_dev), libc::minor(st.st_dev)),
+    });
+    writeln!(std::io::stdout(), "{info}")?;
+    ready_and_wait()
+}
+
+fn cow(path: &str, bytes: usize) -> anyhow::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
+    fill(&mut f, bytes)?;
+    // SAFETY: a fresh private mapping of a file we hold open; checked for failure below.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE,
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        anyhow::bail!("mmap {path}: {}", std::io::Error::last_os_error());
+    }
+    fault_in(p.cast(), bytes);
+    touch(p.cast(), bytes / 2);
+    writeln!(
+        std::io::stdout(),
+        "{}",
+        serde_json::json!({ "inode": inode_of_path(path)? })
+    )?;
     ready_and_wait()
 }
 
@@ -358,14 +486,12 @@ fn main() -> anyhow::Result<()> {
             let _held = f;
             ready_and_wait()
         }
+        ["names", tag] => names(tag),
+        ["cow", path, bytes] => cow(path, bytes.parse()?),
+        ["hugetlb", bytes] => hugetlb(bytes.parse()?),
         ["memfd", name, bytes] => {
             let bytes: usize = bytes.parse()?;
-            let cname = std::ffi::CString::new(*name)?;
-            // SAFETY: a valid NUL-terminated name; the result is checked below.
-            let fd = unsafe { libc::memfd_create(cname.as_ptr(), 0) };
-            if fd < 0 {
-                anyhow::bail!("memfd_create {name}: {}", std::io::Error::last_os_error());
-            }
+            let fd = memfd(name, 0, 0)?;
             // SAFETY: `fd` is a fresh descriptor that nothing else owns.
             let mut f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
             fill(&mut f, bytes)?;
@@ -373,7 +499,7 @@ fn main() -> anyhow::Result<()> {
             ready_and_wait()
         }
         _ => anyhow::bail!(
-            "usage: memhog anon BYTES | memhog shared SIZE N UNMAPPED | memhog shm-deleted PATH BYTES | memhog memfd NAME BYTES | memhog worker BYTES"
+            "usage: memhog anon BYTES | memhog shared SIZE N UNMAPPED | memhog shm-deleted PATH BYTES | memhog memfd NAME BYTES | memhog names TAG | memhog hugetlb BYTES | memhog cow PATH BYTES | memhog worker BYTES"
         ),
     }
 }

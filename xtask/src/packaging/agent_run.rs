@@ -1,5 +1,6 @@
-//! Runs the agent binary until its first emission is complete (or it exits) and returns what it
-//! wrote: the packaging checks look at the `snapshot`, `process`, `tmpfs` and `agent` records.
+//! Runs the agent binary until its first emission with process records is complete (or it exits)
+//! and returns it: the packaging checks look at the `snapshot`, `process`, `tmpfs` and `agent`
+//! records.
 
 use std::{
     io::{BufRead as _, BufReader, Read as _},
@@ -14,7 +15,8 @@ use serde_json::Value;
 
 /// What one run produced.
 pub struct Run {
-    /// The records of the first emission (`snapshot` … `agent`), empty if it exited before.
+    /// The records of the first emission with process records (`snapshot` … `agent`), empty if
+    /// it exited before.
     pub records: Vec<Value>,
     /// `Some` when the agent exited on its own (it was killed after the emission otherwise).
     pub exit: Option<ExitStatus>,
@@ -47,8 +49,8 @@ impl Run {
     }
 }
 
-/// Spawns `command` (stdout and stderr piped) and reads until the first `agent` record, the
-/// agent's exit, or `timeout`. The agent is killed afterwards if still running.
+/// Spawns `command` (stdout and stderr piped) and reads until the `agent` record closing an
+/// emission with process records, the agent's exit, or `timeout`. The agent is killed afterwards if still running.
 pub fn first_emission(command: &mut Command, timeout: Duration) -> anyhow::Result<Run> {
     let mut child = command
         .stdin(Stdio::null())
@@ -83,8 +85,17 @@ pub fn first_emission(command: &mut Command, timeout: Duration) -> anyhow::Resul
             Ok(line) => {
                 let record: Value = serde_json::from_str(&line)
                     .with_context(|| format!("the agent wrote a line that is not JSON: {line}"))?;
-                complete = record["kind"] == "agent";
+                let closes = record["kind"] == "agent";
                 records.push(record);
+                if closes {
+                    // An emission whose processes collector was still running (reported `late`)
+                    // has no process records yet: wait for the next one.
+                    if records.iter().any(|r| r["kind"] == "process") {
+                        complete = true;
+                    } else {
+                        records.clear();
+                    }
+                }
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {

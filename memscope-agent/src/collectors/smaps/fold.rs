@@ -18,9 +18,11 @@ pub fn fold_process(
     parse_smaps(text, |m| {
         let (key, label, deleted) = classify(&m, tmpfs_devs);
         let mem = ObjectMemory::from_counters(&m.counters);
+        let hugetlb = m.is_hugetlb();
         match index.get(&key) {
             Some(&i) => {
                 let o = &mut objects[i];
+                o.hugetlb |= hugetlb;
                 o.memory.add(&mem);
                 o.mappings += 1;
                 o.mapped_bytes += m.size();
@@ -31,6 +33,7 @@ pub fn fold_process(
                     key,
                     label,
                     deleted,
+                    hugetlb,
                     memory: mem,
                     mappings: 1,
                     mapped_bytes: m.size(),
@@ -41,10 +44,13 @@ pub fn fold_process(
     Ok(objects)
 }
 
-/// Folds per-process objects into shared objects, largest PSS first; consumers largest first.
+/// Folds per-process objects into shared objects, largest first (PSS plus hugetlb); consumers
+/// likewise.
 pub fn fold_shared<'a>(procs: impl IntoIterator<Item = &'a ProcessObjects>) -> Vec<SharedObject> {
     let mut index: HashMap<&'a ObjectKey, usize> = HashMap::new();
     let mut shared: Vec<SharedObject> = Vec::new();
+    // Per shared object, the largest `Shared_Hugetlb` of one mapper.
+    let mut max_shared_hugetlb: Vec<u64> = Vec::new();
     for p in procs {
         for o in &p.objects {
             let consumer = Consumer {
@@ -52,21 +58,28 @@ pub fn fold_shared<'a>(procs: impl IntoIterator<Item = &'a ProcessObjects>) -> V
                 name: p.name.clone(),
                 pss_bytes: o.memory.pss_bytes,
                 rss_bytes: o.memory.rss_bytes,
+                hugetlb_bytes: o.memory.hugetlb_bytes(),
             };
             match index.get(&o.key) {
                 Some(&i) => {
                     let s = &mut shared[i];
+                    s.hugetlb |= o.hugetlb;
                     s.memory.add(&o.memory);
+                    max_shared_hugetlb[i] =
+                        max_shared_hugetlb[i].max(o.memory.shared_hugetlb_bytes);
                     s.mappers += 1;
                     s.mappings += o.mappings;
                     s.consumers.push(consumer);
                 }
                 None => {
                     index.insert(&o.key, shared.len());
+                    max_shared_hugetlb.push(o.memory.shared_hugetlb_bytes);
                     shared.push(SharedObject {
                         key: o.key.clone(),
                         label: o.label.clone(),
                         deleted: o.deleted,
+                        hugetlb: o.hugetlb,
+                        hugetlb_bytes: 0,
                         memory: o.memory,
                         mappers: 1,
                         mappings: o.mappings,
@@ -76,16 +89,12 @@ pub fn fold_shared<'a>(procs: impl IntoIterator<Item = &'a ProcessObjects>) -> V
             }
         }
     }
-    for s in &mut shared {
+    for (s, max_shared) in shared.iter_mut().zip(max_shared_hugetlb) {
+        s.hugetlb_bytes = s.memory.private_hugetlb_bytes + max_shared;
         s.consumers
-            .sort_by(|a, b| b.pss_bytes.cmp(&a.pss_bytes).then(a.pid.cmp(&b.pid)));
+            .sort_by(|a, b| b.weight().cmp(&a.weight()).then(a.pid.cmp(&b.pid)));
     }
-    shared.sort_by(|a, b| {
-        b.memory
-            .pss_bytes
-            .cmp(&a.memory.pss_bytes)
-            .then_with(|| a.key.cmp(&b.key))
-    });
+    shared.sort_by(|a, b| b.weight().cmp(&a.weight()).then_with(|| a.key.cmp(&b.key)));
     shared
 }
 
@@ -199,6 +208,45 @@ Shared_Clean:          4 kB
                 .windows(2)
                 .all(|w| w[0].memory.pss_bytes >= w[1].memory.pss_bytes)
         );
+    }
+
+    #[test]
+    fn hugetlb_objects_count_their_pages_once_and_rank_by_them() {
+        // Three processes map one hugetlb memfd of 6 MiB: 4 MiB shared by all, and each of two
+        // has 1 MiB only it maps (private to it).
+        let smaps = |shared_kb: u64, private_kb: u64| {
+            format!(
+                "7f0000000000-7f0000600000 rw-s 00000000 00:11 900 /memfd:ht (deleted)\n\
+                 Rss: 0 kB\nPss: 0 kB\nShared_Hugetlb: {shared_kb} kB\n\
+                 Private_Hugetlb: {private_kb} kB\nVmFlags: rd wr sh mr mw me ms ht\n\
+                 7f0000600000-7f0000700000 rw-p 00000000 00:00 0\nRss: 8 kB\nPss: 8 kB\n"
+            )
+        };
+        let a = proc_objects(1, "a", &smaps(4096, 1024));
+        let b = proc_objects(2, "b", &smaps(4096, 1024));
+        let c = proc_objects(3, "c", &smaps(4096, 0));
+        let shared = fold_shared([&a, &b, &c]);
+        let ht = &shared[0];
+        assert_eq!(
+            ht.key.id(),
+            "memfd:0:17:900",
+            "ranked first by its hugetlb pages"
+        );
+        assert!(ht.hugetlb);
+        assert_eq!(ht.memory.pss_bytes, 0);
+        assert_eq!(
+            ht.hugetlb_bytes,
+            6 << 20,
+            "4 MiB shared once, plus 1 MiB twice"
+        );
+        assert_eq!(
+            ht.memory.shared_hugetlb_bytes,
+            12 << 20,
+            "summed over mappers"
+        );
+        assert_eq!(ht.consumers[0].hugetlb_bytes, 5 << 20);
+        assert_eq!(ht.consumers[2].pid, 3);
+        assert!(!shared[1].hugetlb);
     }
 
     #[test]

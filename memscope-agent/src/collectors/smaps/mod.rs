@@ -105,6 +105,8 @@ pub struct SmapsCollector {
     stats: TierStats,
     events: Subscription,
     cache: HashMap<u32, ProcessObjects>,
+    /// Processes whose last smaps read was denied.
+    denied: HashSet<u32>,
     buf: Vec<u8>,
 }
 
@@ -129,6 +131,7 @@ impl SmapsCollector {
             stats: TierStats::default(),
             events,
             cache: HashMap::new(),
+            denied: HashSet::new(),
             buf: Vec::with_capacity(1 << 20),
         }
     }
@@ -240,6 +243,7 @@ impl Collector for SmapsCollector {
                         p.reads += old.reads;
                     }
                     obs.processes_read += 1;
+                    self.denied.remove(&pid);
                     self.stats.count(reason);
                     self.ladder.done(pid, Instant::now());
                     reread.insert(pid);
@@ -264,9 +268,11 @@ impl Collector for SmapsCollector {
                     }
                     if e.is_gone() {
                         obs.vanished += 1;
+                        self.denied.remove(&pid);
                         self.ladder.forget(pid);
                     } else if e.is_denied() {
                         obs.inaccessible += 1;
+                        self.denied.insert(pid);
                     } else {
                         debug!(pid, error = %e, "smaps read failed");
                         obs.errors.push(e.to_string());
@@ -275,6 +281,9 @@ impl Collector for SmapsCollector {
             }
         }
         obs.processes_reused = self.cache.len().saturating_sub(reread.len()) as u32;
+        self.denied
+            .retain(|pid| tier1.live.contains(pid) && !forgotten.contains(pid));
+        obs.unreadable = self.denied.len() as u32;
 
         let mut procs: Vec<&ProcessObjects> = self.cache.values().collect();
         procs.sort_by_key(|p| p.pid);
@@ -284,8 +293,7 @@ impl Collector for SmapsCollector {
             .objects
             .iter()
             .filter(|o| {
-                o.memory.pss_bytes >= floor
-                    || (self.own_rows.contains(&o.key) && o.memory.pss_bytes >= floor / 2)
+                o.weight() >= floor || (self.own_rows.contains(&o.key) && o.weight() >= floor / 2)
             })
             .map(|o| o.key.clone())
             .collect();

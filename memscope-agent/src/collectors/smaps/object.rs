@@ -88,6 +88,13 @@ pub struct ObjectMemory {
     pub private_dirty_bytes: u64,
     pub shared_clean_bytes: u64,
     pub shared_dirty_bytes: u64,
+    /// smaps `Anonymous`: copy-on-write pages of `MAP_PRIVATE` mappings of a file (part of PSS, but
+    /// anonymous memory, not the file's pages).
+    pub anonymous_bytes: u64,
+    /// smaps `Shared_Hugetlb` / `Private_Hugetlb`: hugetlb pages mapped (never part of RSS or PSS),
+    /// summed over mappers like `rss_bytes`.
+    pub shared_hugetlb_bytes: u64,
+    pub private_hugetlb_bytes: u64,
 }
 
 impl ObjectMemory {
@@ -101,6 +108,9 @@ impl ObjectMemory {
             private_dirty_bytes: c.private_dirty,
             shared_clean_bytes: c.shared_clean,
             shared_dirty_bytes: c.shared_dirty,
+            anonymous_bytes: c.anonymous,
+            shared_hugetlb_bytes: c.shared_hugetlb,
+            private_hugetlb_bytes: c.private_hugetlb,
         }
     }
 
@@ -113,6 +123,21 @@ impl ObjectMemory {
         self.private_dirty_bytes += o.private_dirty_bytes;
         self.shared_clean_bytes += o.shared_clean_bytes;
         self.shared_dirty_bytes += o.shared_dirty_bytes;
+        self.anonymous_bytes += o.anonymous_bytes;
+        self.shared_hugetlb_bytes += o.shared_hugetlb_bytes;
+        self.private_hugetlb_bytes += o.private_hugetlb_bytes;
+    }
+
+    /// PSS of the object's own (file or shmem) pages: PSS without the copy-on-write anonymous
+    /// pages of private mappings. Exact unless those anonymous pages are themselves shared after a
+    /// fork (then it is low by their shared part).
+    pub fn own_pss_bytes(&self) -> u64 {
+        self.pss_bytes.saturating_sub(self.anonymous_bytes)
+    }
+
+    /// Hugetlb pages mapped, `Shared_Hugetlb + Private_Hugetlb`.
+    pub fn hugetlb_bytes(&self) -> u64 {
+        self.shared_hugetlb_bytes + self.private_hugetlb_bytes
     }
 }
 
@@ -122,6 +147,8 @@ pub struct ProcessObject {
     pub key: ObjectKey,
     pub label: Name,
     pub deleted: bool,
+    /// A hugetlb object (some mapping of it is hugetlb: `ht` in `VmFlags`).
+    pub hugetlb: bool,
     pub memory: ObjectMemory,
     /// Mappings of the object in this process.
     pub mappings: u32,
@@ -151,6 +178,15 @@ pub struct Consumer {
     pub name: Name,
     pub pss_bytes: u64,
     pub rss_bytes: u64,
+    /// Hugetlb pages this process maps of the object (not in its PSS or RSS).
+    pub hugetlb_bytes: u64,
+}
+
+impl Consumer {
+    /// The size consumers are ranked by: PSS, plus hugetlb pages (which PSS leaves out).
+    pub fn weight(&self) -> u64 {
+        self.pss_bytes + self.hugetlb_bytes
+    }
 }
 
 /// An object folded across processes.
@@ -159,10 +195,24 @@ pub struct SharedObject {
     pub key: ObjectKey,
     pub label: Name,
     pub deleted: bool,
+    /// A hugetlb object (hugetlbfs file, `MFD_HUGETLB` memfd, `SHM_HUGETLB` segment, `MAP_HUGETLB`).
+    pub hugetlb: bool,
+    /// Resident hugetlb pages of the object, counted once: the `Private_Hugetlb` of every mapper
+    /// (pages only that mapper maps) plus the largest `Shared_Hugetlb` of one mapper. A lower bound,
+    /// exact when one mapper maps every shared page (smaps has no hugetlb PSS).
+    pub hugetlb_bytes: u64,
     pub memory: ObjectMemory,
     /// Processes mapping it.
     pub mappers: u32,
     pub mappings: u32,
-    /// Every mapper with its share, largest PSS first (records show the top few).
+    /// Every mapper with its share, largest first (records show the top few).
     pub consumers: Vec<Consumer>,
+}
+
+impl SharedObject {
+    /// The size objects are ranked and folded by: PSS, plus resident hugetlb pages (which PSS
+    /// leaves out), so a hugetlb object is not folded away as empty.
+    pub fn weight(&self) -> u64 {
+        self.memory.pss_bytes + self.hugetlb_bytes
+    }
 }

@@ -37,6 +37,10 @@ pub(crate) struct ObjectBody<'a> {
 /// and as `mapped` in `sysv` records).
 #[derive(Serialize, schemars::JsonSchema)]
 pub struct Sharing<'a> {
+    /// A hugetlb object; its pages are in `hugetlb_bytes`, not in PSS/RSS.
+    pub hugetlb: bool,
+    /// Resident hugetlb pages, counted once (see [`SharedObject::hugetlb_bytes`]).
+    pub hugetlb_bytes: u64,
     #[serde(flatten)]
     pub memory: &'a ObjectMemory,
     pub mappers: u32,
@@ -52,6 +56,8 @@ impl SharedObject {
     /// The object's sharing with its `top_consumers` largest consumers.
     pub fn sharing(&self, top_consumers: usize) -> Sharing<'_> {
         Sharing {
+            hugetlb: self.hugetlb,
+            hugetlb_bytes: self.hugetlb_bytes,
             memory: &self.memory,
             mappers: self.mappers,
             mappings: self.mappings,
@@ -88,7 +94,11 @@ pub struct ObjectsObservation {
     pub processes_read: u32,
     pub processes_reused: u32,
     pub vanished: u32,
+    /// Processes whose smaps was denied this run.
     pub inaccessible: u32,
+    /// Processes whose smaps is unreadable as of this run (denied at their last read): their
+    /// objects are missing.
+    pub unreadable: u32,
     pub errors: Vec<String>,
     /// The `smaps` tier's statistics after this run.
     pub tier: TierStats,
@@ -146,7 +156,7 @@ impl ObjectsObservation {
         for o in self.objects.iter().filter(|o| !skip(o)) {
             let own_row = match &self.own_rows {
                 Some(rows) => rows.contains(&o.key),
-                None => o.memory.pss_bytes >= self.min_object_pss,
+                None => o.weight() >= self.min_object_pss,
             };
             if own_row || o.key.kind() == ObjectKind::Sysv {
                 out.push(self.object_record(o, cgroups));

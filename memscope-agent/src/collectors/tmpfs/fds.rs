@@ -30,6 +30,8 @@ pub struct OpenShmemFile {
     pub allocated_bytes: u64,
     /// Apparent size (`st_size`).
     pub size_bytes: u64,
+    /// On hugetlbfs (an `MFD_HUGETLB` memfd): hugetlb pages, not `Shmem`.
+    pub hugetlb: bool,
     /// Holding pids, ascending, at most `max_holders` of them.
     pub holders: Vec<u32>,
     /// All holding pids.
@@ -145,13 +147,26 @@ pub fn scan_fds(procfs: &ProcFs, tmpfs_devs: &HashSet<Dev>, max_holders: usize) 
             if kind == Candidate::Deleted && !(meta.nlink() == 0 && tmpfs_devs.contains(&dev)) {
                 continue;
             }
-            let (_, f, last) = found.entry((dev, meta.ino())).or_insert_with(|| {
+            let key = (dev, meta.ino());
+            let hugetlb = match found.get(&key) {
+                Some((_, f, _)) => f.hugetlb,
+                None if kind == Candidate::Memfd => match super::statvfs::is_hugetlbfs(&path) {
+                    Ok(h) => h,
+                    Err(e) => match scan.on_error(path, e) {
+                        Next::Skip => continue,
+                        Next::Stop => break,
+                    },
+                },
+                None => false,
+            };
+            let (_, f, last) = found.entry(key).or_insert_with(|| {
                 let file = OpenShmemFile {
                     dev,
                     inode: meta.ino(),
                     name: Name::new(name),
                     allocated_bytes: meta.blocks().saturating_mul(512),
                     size_bytes: meta.size(),
+                    hugetlb,
                     holders: Vec::new(),
                     holder_count: 0,
                 };

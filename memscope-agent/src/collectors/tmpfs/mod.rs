@@ -545,6 +545,7 @@ mod tests {
             name: Name::from("/dev/shm/x"),
             allocated_bytes: bytes,
             size_bytes: bytes,
+            hugetlb: false,
             holders: vec![1],
             holder_count: 1,
         };

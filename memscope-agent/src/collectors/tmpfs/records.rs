@@ -10,7 +10,7 @@ use crate::{
 };
 
 /// The `tmpfs` record body: one superblock.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct TmpfsMount {
     pub dev: Dev,
     pub mount_points: Vec<Name>,
@@ -67,7 +67,7 @@ pub struct TmpfsObservation {
     /// One per tmpfs superblock, in mountinfo order.
     pub mounts: Vec<TmpfsMount>,
     /// Memfds held by descriptors (sorted by dev, inode); the ledger joins them with smaps memfd
-    /// objects by inode. Empty when `scan_fds` is off.
+    /// objects by (dev, inode). Empty when `scan_fds` is off.
     pub memfds: Vec<OpenShmemFile>,
     /// `None` when `scan_fds` is off.
     pub fd_scan: Option<FdScanSummary>,
@@ -87,12 +87,10 @@ impl TmpfsObservation {
         self.mounts.iter().filter_map(|m| m.allocated_bytes).sum()
     }
 
-    /// `(inode, allocated_bytes)` of every fd-held memfd, for a join with smaps memfd objects.
-    pub fn memfd_allocations(&self) -> Vec<(u64, u64)> {
-        self.memfds
-            .iter()
-            .map(|f| (f.inode, f.allocated_bytes))
-            .collect()
+    /// Superblocks that could not be measured (hidden, or an error): their allocation is missing
+    /// from [`Self::measured_allocated_bytes`].
+    pub fn unmeasured(&self) -> impl Iterator<Item = &TmpfsMount> {
+        self.mounts.iter().filter(|m| m.allocated_bytes.is_none())
     }
 }
 

@@ -42,6 +42,21 @@ pub fn statvfs(path: &Path) -> Result<FsStat, String> {
     })
 }
 
+/// Whether `path` (a file, or a `/proc/PID/fd/N` link, which `statfs` follows) lives on hugetlbfs:
+/// an `MFD_HUGETLB` memfd or a hugetlbfs file, whose pages are hugetlb, not `Shmem`.
+pub fn is_hugetlbfs(path: &Path) -> std::io::Result<bool> {
+    /// `HUGETLBFS_MAGIC` of `linux/magic.h`.
+    const HUGETLBFS_MAGIC: u64 = 0x9584_58f6;
+    let st = rustix::fs::statfs(path)?;
+    // `f_type`'s C type differs between targets (signed on some): compare its low 32 bits.
+    #[expect(
+        clippy::cast_sign_loss,
+        reason = "f_type is a signed integer on this target; the magic is its bit pattern"
+    )]
+    let magic = (st.f_type as u64) & 0xffff_ffff;
+    Ok(magic == HUGETLBFS_MAGIC)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,5 +73,12 @@ mod tests {
         );
         let nul = Path::new(std::ffi::OsStr::from_bytes(b"/tmp/a\0b"));
         assert!(statvfs(nul).expect_err("NUL").contains("NUL byte"));
+    }
+
+    #[test]
+    fn a_plain_directory_is_not_hugetlbfs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(!is_hugetlbfs(dir.path()).expect("statfs"));
+        assert!(is_hugetlbfs(&dir.path().join("missing")).is_err());
     }
 }
