@@ -326,7 +326,7 @@ pub struct Tier1 {
 }
 
 /// Re-reads per tier and reason, and what was left for the next tick; reported in the `agent` record.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct TierStats {
     /// Reads by reason since start.
     pub rereads: BTreeMap<&'static str, u64>,

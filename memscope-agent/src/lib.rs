@@ -6,7 +6,7 @@
 //! [`config`] (TOML), [`runtime`] (the scheduler and the store task), [`ladder`] (what to re-read
 //! when), [`tracker`] (eBPF dirty tracking, or polling), [`derived`] (records built from several
 //! collectors: the SysV join and the shared-memory ledger), [`view`] (`show` tables and the HTML
-//! `report`, readers of the records).
+//! `report`, readers of the records), [`schema`] (the records' JSON Schemas).
 
 pub mod collectors;
 pub mod config;
@@ -16,6 +16,7 @@ pub mod proc_events;
 pub mod procfs;
 pub mod records;
 pub mod runtime;
+pub mod schema;
 pub mod sinks;
 pub mod store;
 pub mod tracker;

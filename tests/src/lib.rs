@@ -5,12 +5,49 @@ use std::path::{Path, PathBuf};
 use memscope_agent::config::{Config, SinkKind};
 use serde_json::Value;
 
+pub mod stream;
+
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
+/// The agent binary, for tests that run it as a process: `MEMSCOPE_AGENT_BIN`, else the one cargo
+/// built next to the running test (`target/<profile>/memscope-agent`). Panics, saying how to build
+/// it, when it is missing.
+pub fn agent_bin() -> PathBuf {
+    let bin = std::env::var_os("MEMSCOPE_AGENT_BIN")
+        .map(PathBuf::from)
+        .or_else(|| {
+            // target/<profile>/deps/<test>-<hash> -> target/<profile>/memscope-agent
+            let exe = std::env::current_exe().ok()?;
+            Some(exe.parent()?.parent()?.join("memscope-agent"))
+        })
+        .expect("cannot locate the agent binary");
+    assert!(
+        bin.exists(),
+        "{}: no agent binary; run `cargo build -p memscope-agent` first (`cargo xtask \
+         test-pipeline` does), or set MEMSCOPE_AGENT_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// The golden run's config: the agent over `fixtures/proc`, host `golden`.
+pub fn golden_config() -> Config {
+    let root = workspace_root();
+    let mut config = Config::default();
+    config.agent.host = "golden".to_string();
+    config.agent.proc_root = root.join("fixtures/proc");
+    // The fixture's mount points are not this host's: a host root that does not exist makes every
+    // tmpfs mount an error of its own (reported, not fatal) instead of measuring the live machine.
+    config.collectors.tmpfs.host_root = root.join("fixtures/no-host-root");
+    // The fixture processes' /proc/PID/cgroup point into this v2 tree (see fixtures/README.md).
+    config.collectors.cgroup.root = root.join("fixtures/cgroup/v2");
+    config
 }
 
 /// Runs the agent once with `config` (its output redirected to a temporary file) and returns the
@@ -145,12 +182,5 @@ pub mod synth;
 /// (host `golden`; tmpfs mounts point at a host root that does not exist, so nothing of this
 /// machine is measured).
 pub fn once_over_fixtures() -> anyhow::Result<Vec<Value>> {
-    let root = workspace_root();
-    let mut config = Config::default();
-    config.agent.host = "golden".to_string();
-    config.agent.proc_root = root.join("fixtures/proc");
-    config.collectors.tmpfs.host_root = root.join("fixtures/no-host-root");
-    // The fixture processes' /proc/PID/cgroup point into this v2 tree (see fixtures/README.md).
-    config.collectors.cgroup.root = root.join("fixtures/cgroup/v2");
-    run_once(config)
+    run_once(golden_config())
 }

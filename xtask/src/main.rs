@@ -1,17 +1,20 @@
 //! `cargo xtask`: what cargo alone can't do — toolchain setup, the test lanes, golden updates, benches.
 //!
 //! `cargo xtask test` is the one test command (README, CI): it sets up the eBPF toolchain, checks
-//! formatting and lints, runs the unprivileged lane (unit, CLI, golden and view tests), a short
-//! fuzz run of every parser, the view lane (the HTML report in headless chromium), then the
-//! privileged lane (root + BPF), which fails loudly when it cannot run.
+//! formatting and lints, runs the unprivileged lane (unit, CLI, golden, schema and view tests), a
+//! short fuzz run of every parser, the view lane (the HTML report in headless chromium), then the
+//! privileged lane (root + BPF), which fails loudly when it cannot run, then the packaging and
+//! log-pipeline lanes (rsyslog, chDB; installs them).
 
 mod ebpf_object;
 mod fuzz;
 mod ladder_bench;
 mod packaging;
+mod pipeline;
 mod probe_bench;
 mod setup;
 mod view_bench;
+mod volume;
 
 use std::process::Command;
 
@@ -28,9 +31,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Everything: setup, fmt, clippy, unprivileged tests, the eBPF object check, privileged
-    /// tests, packaging.
+    /// tests, packaging, the pipeline lane.
     Test {
-        /// Skip the privileged lane (root + BPF). Says so loudly; CI never passes this.
+        /// Skip the privileged and pipeline lanes (root). Says so loudly; CI never passes this.
         #[arg(long)]
         skip_privileged: bool,
     },
@@ -46,8 +49,18 @@ enum Cmd {
     /// Only the packaging lane (root): the agent built without the eBPF toolchain attaches, least
     /// privilege, systemd unit, .deb, Kubernetes manifests.
     TestPackaging,
+    /// Only the log-pipeline lane: rsyslog end to end, fleet queries on chDB (installs both; root).
+    TestPipeline,
     /// Regenerate fixtures/golden/ (once.jsonl, show.txt) from fixtures/proc.
     GoldenUpdate,
+    /// Regenerate the JSON Schemas under schema/ from the record types.
+    SchemaUpdate,
+    /// Bytes per day the agent writes on this host, `emit = "full"` and `"changes"` side by side
+    /// (`cargo xtask volume -- --seconds 120 --interval 10s`).
+    Volume {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Install the eBPF toolchain (nightly rust-src, bpf-linker for the nightly's LLVM). Idempotent.
     Setup,
     /// Rebuild the committed eBPF object and its stamp (memscope-ebpf/prebuilt/). `--check`: fail
@@ -80,12 +93,25 @@ fn main() -> Result<()> {
         Cmd::TestView => view_lane(),
         Cmd::ViewBench { args } => view_bench::run(&args),
         Cmd::TestPackaging => packaging::lane(&workspace_root()),
+        Cmd::TestPipeline => pipeline::lane(),
         Cmd::Setup => setup::setup_ebpf_toolchain(),
         Cmd::EbpfObject { check: false } => ebpf_object::refresh(&workspace_root()),
         Cmd::EbpfObject { check: true } => ebpf_object::check(&workspace_root()),
         Cmd::ProbeBench => probe_bench::run(),
         Cmd::Bench { args } => ladder_bench::run(&args),
         Cmd::Fuzz { seconds, targets } => fuzz::run(seconds, &targets),
+        Cmd::Volume { args } => volume::run(&args),
+        Cmd::SchemaUpdate => cargo(
+            &[
+                "test",
+                "-p",
+                "memscope-tests",
+                "--test",
+                "schema",
+                "checked_in_schemas_match_the_record_types",
+            ],
+            &[("MEMSCOPE_UPDATE_SCHEMA", "1")],
+        ),
         Cmd::GoldenUpdate => cargo(GOLDEN_TESTS, &[("MEMSCOPE_UPDATE_GOLDEN", "1")]),
     }
 }
@@ -128,6 +154,17 @@ fn release_dir() -> std::path::PathBuf {
 /// Runs a release binary built from the workspace with `args`, failing on a non-zero exit.
 fn run_release_bin(name: &str, args: &[String]) -> Result<()> {
     run_checked(Command::new(release_dir().join(name)).args(args))
+}
+
+/// Installs Debian packages with apt-get (`apt-get update` first), non-interactively.
+fn apt_install(packages: &[&str]) -> Result<()> {
+    run_checked(Command::new("apt-get").args(["update", "-qq"]))?;
+    run_checked(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
 
 /// Runs `command`, failing on a non-zero exit.
@@ -179,6 +216,7 @@ fn test(skip_privileged: bool) -> Result<()> {
     // Unprivileged lane: unit tests, CLI tests, golden end-to-end over fixtures.
     cargo(&["test", "--workspace", "--exclude", "memscope-tests"], &[])?;
     cargo(GOLDEN_TESTS, &[])?;
+    cargo(&["test", "-p", "memscope-tests", "--test", "schema"], &[])?;
     // Every /proc parser under libFuzzer, briefly (`cargo xtask fuzz` for a long run).
     fuzz::run(fuzz::LANE_SECONDS, &[])?;
     // The committed eBPF object must match the sources and rebuild byte for byte.
@@ -186,12 +224,13 @@ fn test(skip_privileged: bool) -> Result<()> {
     view_lane()?;
     if skip_privileged {
         eprintln!(
-            "xtask: *** privileged and packaging lanes SKIPPED (--skip-privileged): live, eBPF and packaging tests did not run ***"
+            "xtask: *** privileged, packaging and pipeline lanes SKIPPED (--skip-privileged): live, eBPF, packaging and log-pipeline tests did not run ***"
         );
         return Ok(());
     }
     privileged_lane()?;
-    packaging::lane(&workspace_root())
+    packaging::lane(&workspace_root())?;
+    pipeline::lane()
 }
 
 /// The view lane: the report opened in headless chromium (installed from Debian when missing).

@@ -67,7 +67,22 @@ pub fn json_field_name(kernel_name: &str) -> String {
     s
 }
 
-struct Fields<'a>(&'a [MeminfoField]);
+pub(crate) struct Fields<'a>(&'a [MeminfoField]);
+
+/// Every field of `/proc/meminfo`, named as the kernel does with `_bytes` appended.
+impl schemars::JsonSchema for Fields<'_> {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "MeminfoFields".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "Every field of /proc/meminfo in file order: the kernel's name with `(x)` written `_x` and `_bytes` appended, in bytes (HugePages_* page counts multiplied by Hugepagesize).",
+            "type": "object",
+            "patternProperties": { "^[A-Za-z0-9_]+_bytes$": { "type": "integer", "minimum": 0 } }
+        })
+    }
+}
 
 impl Serialize for Fields<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

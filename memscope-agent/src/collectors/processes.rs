@@ -103,7 +103,7 @@ pub enum CmdlineMode {
 }
 
 /// How trustworthy a process's numbers are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Numbers {
     Exact,
@@ -112,7 +112,7 @@ pub enum Numbers {
 }
 
 /// Memory of one process (or a subtree), in bytes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Memory {
     pub rss_bytes: u64,
     pub pss_bytes: u64,
@@ -163,7 +163,7 @@ impl Memory {
 }
 
 /// Totals over a process and all its descendants.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Subtree {
     /// Processes in the subtree, the process itself included.
     pub processes: u32,
@@ -174,7 +174,7 @@ pub struct Subtree {
 }
 
 /// The `process` record body.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct ProcessRecord {
     pub pid: u32,
     pub ppid: u32,

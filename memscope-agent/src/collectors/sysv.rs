@@ -71,8 +71,8 @@ impl Segment {
     }
 }
 
-#[derive(Serialize)]
-struct SegmentBody<'a> {
+#[derive(Serialize, schemars::JsonSchema)]
+pub(crate) struct SegmentBody<'a> {
     shmid: u64,
     /// The key as the kernel prints it (signed), and in the hex form `ipcs` uses.
     key: i32,

@@ -58,7 +58,7 @@ pub struct Inputs<'a> {
 }
 
 /// The `shmem_ledger` record.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Ledger {
     pub shmem_bytes: u64,
     pub tmpfs_bytes: u64,
@@ -79,7 +79,7 @@ pub struct Ledger {
 }
 
 /// The `hugetlb_ledger` record: hugetlb pages in use against what explains them.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct HugetlbLedger {
     /// meminfo `Hugetlb`: the pools of every huge page size.
     pub pool_bytes: u64,

@@ -116,7 +116,7 @@ pub fn parse_flat_keyed(text: &[u8]) -> Result<FlatKeyed, ParseError> {
 
 /// One line of a PSI file: the share of time stalled over 10 s and 60 s (percent), and the total
 /// stall time in microseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, schemars::JsonSchema)]
 pub struct PsiLine {
     pub avg10: f64,
     pub avg60: f64,
@@ -125,7 +125,7 @@ pub struct PsiLine {
 
 /// `memory.pressure`: `some` (at least one task stalled on memory) and `full` (all non-idle tasks
 /// stalled at once).
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, schemars::JsonSchema)]
 pub struct Psi {
     pub some: Option<PsiLine>,
     pub full: Option<PsiLine>,

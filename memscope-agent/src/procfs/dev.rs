@@ -41,6 +41,25 @@ impl fmt::Display for Dev {
     }
 }
 
+/// `"major:minor"`, in decimal.
+impl schemars::JsonSchema for Dev {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Dev".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A device number, `major:minor` in decimal.",
+            "type": "string",
+            "pattern": "^[0-9]+:[0-9]+$"
+        })
+    }
+}
+
 impl Serialize for Dev {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)

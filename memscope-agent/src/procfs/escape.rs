@@ -69,6 +69,31 @@ impl From<&str> for Name {
     }
 }
 
+/// A string when the bytes are UTF-8, else `{"text": lossy, "bytes": base64}`.
+impl schemars::JsonSchema for Name {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Name".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A name, command line or path: a string when it is valid UTF-8, else the lossy text and the exact bytes in base64.",
+            "anyOf": [
+                { "type": "string" },
+                {
+                    "type": "object",
+                    "properties": {
+                        "text": { "type": "string" },
+                        "bytes": { "type": "string", "contentEncoding": "base64" }
+                    },
+                    "required": ["text", "bytes"],
+                    "additionalProperties": false
+                }
+            ]
+        })
+    }
+}
+
 impl Serialize for Name {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match std::str::from_utf8(&self.0) {

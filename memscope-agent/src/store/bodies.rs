@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::procfs::FileClass;
 
 /// The tracker's state as reported in the `snapshot` record.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct TrackerInfo {
     /// `ebpf` or `polling`.
     pub mode: String,
@@ -18,7 +18,7 @@ pub struct TrackerInfo {
 }
 
 /// A collector's run history, reported in the `agent` and `snapshot` records.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, schemars::JsonSchema)]
 pub struct CollectorStatus {
     pub runs: u64,
     pub failures: u64,
@@ -33,7 +33,7 @@ pub struct CollectorStatus {
 }
 
 /// The agent's own cost, measured by the caller at emission time.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, schemars::JsonSchema)]
 pub struct SelfCost {
     pub cpu_user_us: u64,
     pub cpu_system_us: u64,
@@ -69,7 +69,7 @@ impl SelfCost {
 }
 
 /// What the agent's cost ladder and tracker did, for the `agent` record.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, schemars::JsonSchema)]
 pub struct LadderReport {
     /// Per tier (`rollup`, `smaps`): re-reads by reason, carry-over, age of the oldest number.
     pub tiers: BTreeMap<&'static str, crate::ladder::TierStats>,
@@ -82,8 +82,8 @@ pub struct LadderReport {
     pub events_lost: u64,
 }
 
-#[derive(Serialize)]
-pub(super) struct SnapshotBody<'a> {
+#[derive(Serialize, schemars::JsonSchema)]
+pub(crate) struct SnapshotBody<'a> {
     pub(super) mode: &'static str,
     pub(super) keyframe: bool,
     pub(super) interval_ms: u64,
@@ -97,7 +97,7 @@ pub(super) struct SnapshotBody<'a> {
     pub(super) warnings: &'a [String],
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, schemars::JsonSchema)]
 pub(super) struct RunSummary<'a> {
     pub(super) ok: bool,
     pub(super) duration_us: u64,
@@ -108,8 +108,8 @@ pub(super) struct RunSummary<'a> {
     pub(super) late: bool,
 }
 
-#[derive(Serialize)]
-pub(super) struct AgentBody<'a> {
+#[derive(Serialize, schemars::JsonSchema)]
+pub(crate) struct AgentBody<'a> {
     pub(super) pid: u32,
     pub(super) version: &'static str,
     pub(super) uptime_ms: u64,
@@ -127,8 +127,8 @@ pub(super) struct AgentBody<'a> {
     pub(super) lines_dropped: u64,
 }
 
-#[derive(Serialize)]
-pub(super) struct RemovedBody<'a> {
+#[derive(Serialize, schemars::JsonSchema)]
+pub(crate) struct RemovedBody<'a> {
     pub(super) entity: &'a str,
     pub(super) key: &'a str,
 }

@@ -28,6 +28,7 @@ use anyhow::Context as _;
 use tokio::sync::mpsc;
 use tracing::error;
 
+pub(crate) use bodies::{AgentBody, RemovedBody, SnapshotBody};
 pub use bodies::{CollectorStatus, LadderReport, SelfCost, TrackerInfo};
 pub use emit::ExitCause;
 pub use state::{Store, StoreConfig};

@@ -222,13 +222,7 @@ pub(crate) fn ensure_program(program: &str, packages: &[&str]) -> anyhow::Result
         "packaging: {program} missing, installing {}",
         packages.join(" ")
     );
-    crate::run_checked(Command::new("apt-get").args(["update", "-qq"]))?;
-    crate::run_checked(
-        Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(packages)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )?;
+    crate::apt_install(packages)?;
     ensure!(
         find_on_path(program).is_some(),
         "{program} still missing after installing {packages:?}"

@@ -21,7 +21,7 @@ use serde::Serialize;
 use crate::procfs::escape::Name;
 
 /// Kubernetes QoS class of a pod.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Qos {
     Guaranteed,
@@ -48,7 +48,7 @@ impl Qos {
 }
 
 /// The container a cgroup path shows, as far as it shows it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Container {
     /// `docker`, `containerd`, `cri-o`, `podman`; `None` when the path holds only a bare id.
     pub runtime: Option<&'static str>,

@@ -97,7 +97,7 @@ section!(CgroupConfig, |c: &CgroupConfig| {
 });
 
 /// Which cgroup hierarchy holds the memory controller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Hierarchy {
     V1,
@@ -138,7 +138,7 @@ const MAX_FILE_BYTES: u64 = 64 << 10;
 const MAX_WARNINGS: usize = 20;
 
 /// The main `memory.stat` fields, in bytes (hierarchical: the cgroup and everything below it).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct StatFields {
     pub anon_bytes: Option<u64>,
     /// Page cache, tmpfs and shared memory included.
@@ -156,7 +156,7 @@ pub struct StatFields {
 }
 
 /// `memory.events` (v2; hierarchical) or what v1 has of it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Events {
     /// Times the cgroup hit its limit and the OOM killer was invoked (v2 only).
     pub oom: Option<u64>,
@@ -513,7 +513,7 @@ fn stat_common(stat: Option<&FlatKeyed>, prefix: &str) -> StatFields {
 }
 
 /// PSS, USS and swap PSS summed over the processes of a cgroup and its descendants.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct FairShare {
     pub processes: u32,
     pub pss_bytes: u64,
@@ -530,8 +530,8 @@ impl FairShare {
     }
 }
 
-#[derive(Serialize)]
-struct CgroupBody<'a> {
+#[derive(Serialize, schemars::JsonSchema)]
+pub(crate) struct CgroupBody<'a> {
     path: &'a Name,
     hierarchy: Option<Hierarchy>,
     usage_bytes: Option<u64>,
@@ -549,8 +549,8 @@ struct CgroupBody<'a> {
     unit: Option<Name>,
 }
 
-#[derive(Serialize)]
-struct OtherBody {
+#[derive(Serialize, schemars::JsonSchema)]
+pub(crate) struct OtherBody {
     path: &'static str,
     /// Cgroups folded into this row.
     cgroups: u64,
@@ -670,7 +670,7 @@ pub fn select_rows(
 pub struct PidCgroups<'a>(HashMap<u32, &'a Name>);
 
 /// One of an object's top cgroups: its mappers in that cgroup, and their share of the object.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct CgroupShare<'a> {
     pub cgroup: &'a Name,
     pub processes: u32,

@@ -44,6 +44,7 @@ pub use fold::{fold_process, fold_shared};
 pub use object::{
     Consumer, ObjectKey, ObjectKind, ObjectMemory, ProcessObject, ProcessObjects, SharedObject,
 };
+pub(crate) use records::{ObjectBody, OtherBody};
 pub use records::{ObjectsObservation, Sharing};
 
 /// The `smaps` collector.

@@ -8,7 +8,9 @@ use serde::Serialize;
 
 use crate::procfs::{Dev, counters::MemCounters, escape::Name};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ObjectKind {
     File,
@@ -76,7 +78,7 @@ impl ObjectKey {
 }
 
 /// Memory of an object, in bytes (a subset of [`MemCounters`] that is additive across processes).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct ObjectMemory {
     pub pss_bytes: u64,
     pub rss_bytes: u64,
@@ -173,7 +175,7 @@ pub struct ProcessObjects {
 }
 
 /// A process's share of an object.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Consumer {
     pub pid: u32,
     pub name: Name,

@@ -17,8 +17,8 @@ use crate::{
 };
 
 /// The `object` record body.
-#[derive(Serialize)]
-struct ObjectBody<'a> {
+#[derive(Serialize, schemars::JsonSchema)]
+pub(crate) struct ObjectBody<'a> {
     id: String,
     object_kind: ObjectKind,
     label: &'a Name,
@@ -35,7 +35,7 @@ struct ObjectBody<'a> {
 
 /// How an object is shared: its memory, its mappers and the top consumers (in `object` records,
 /// and as `mapped` in `sysv` records).
-#[derive(Serialize)]
+#[derive(Serialize, schemars::JsonSchema)]
 pub struct Sharing<'a> {
     /// A hugetlb object; its pages are in `hugetlb_bytes`, not in PSS/RSS.
     pub hugetlb: bool,
@@ -68,8 +68,8 @@ impl SharedObject {
 }
 
 /// The `other` row of one kind: objects below the PSS floor, folded.
-#[derive(Serialize)]
-struct OtherBody {
+#[derive(Serialize, schemars::JsonSchema)]
+pub(crate) struct OtherBody {
     id: String,
     object_kind: ObjectKind,
     label: String,

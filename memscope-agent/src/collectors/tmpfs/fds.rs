@@ -19,7 +19,7 @@ const DELETED: &[u8] = b" (deleted)";
 const MEMFD: &[u8] = b"/memfd:";
 
 /// A file reachable only through open descriptors: a memfd or a deleted tmpfs file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct OpenShmemFile {
     pub dev: Dev,
     pub inode: u64,

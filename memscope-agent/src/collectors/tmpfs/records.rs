@@ -10,7 +10,7 @@ use crate::{
 };
 
 /// A mount namespace that mounts a superblock, and where.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct NsMountPoints {
     #[serde(flatten)]
     pub ns: NsRef,
@@ -20,7 +20,7 @@ pub struct NsMountPoints {
 }
 
 /// The `tmpfs` record body: one superblock.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct TmpfsMount {
     pub dev: Dev,
     /// `tmpfs` or `devtmpfs`.

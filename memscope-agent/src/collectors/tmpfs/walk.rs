@@ -33,7 +33,7 @@ pub struct WalkLimits {
 }
 
 /// Why a walk stopped early.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Truncation {
     MaxEntries,
@@ -41,7 +41,7 @@ pub enum Truncation {
 }
 
 /// One of the largest files or directories.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct TopEntry {
     pub path: Name,
     /// Bytes the filesystem allocated (`st_blocks * 512`; for a directory, over its subtree).

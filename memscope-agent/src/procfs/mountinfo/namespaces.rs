@@ -16,7 +16,19 @@ use crate::procfs::{ParseError, ProcError, ProcFs};
 const MAX_ERRORS: usize = 8;
 
 /// A mount namespace, and whom it was seen through.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    schemars::JsonSchema,
+)]
 pub struct NsRef {
     /// The namespace's inode; `None` when the agent's own link could not be read.
     #[serde(rename = "mnt_ns")]
