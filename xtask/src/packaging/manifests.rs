@@ -143,8 +143,21 @@ fn check_configmap(cm: &Value, agent: &Path, dir: &Path) -> anyhow::Result<Strin
     let toml = cm["data"]["memscope.toml"]
         .as_str()
         .context("no data.memscope.toml")?;
+    // check-config also checks that the directories it reads exist. In the pod they are the
+    // DaemonSet's host mounts under /host; here a stand-in /host links them to this host's.
+    let host = dir.join("host");
+    std::fs::create_dir_all(host.join("sys/fs"))
+        .with_context(|| format!("creating {}", host.display()))?;
+    for (link, target) in [("proc", "/proc"), ("sys/fs/cgroup", "/sys/fs/cgroup")] {
+        let link = host.join(link);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(target, &link)
+                .with_context(|| format!("linking {} to {target}", link.display()))?;
+        }
+    }
+    let rooted = toml.replace("\"/host/", &format!("\"{}/", host.display()));
     let path = dir.join("configmap-memscope.toml");
-    super::write_world_readable(&path, toml)?;
+    super::write_world_readable(&path, &rooted)?;
     let out = Command::new(agent)
         .arg("check-config")
         .arg(&path)
