@@ -210,8 +210,12 @@ pub fn cargo_home() -> anyhow::Result<PathBuf> {
 
 /// The first `program` file in a `PATH` directory.
 pub fn find_on_path(program: &str) -> Option<PathBuf> {
-    let path = env::var_os("PATH")?;
-    env::split_paths(&path)
+    find_in(&env::var_os("PATH")?, program)
+}
+
+/// The first `program` file in a directory of the `:`-separated `path`.
+pub fn find_in(path: &std::ffi::OsStr, program: &str) -> Option<PathBuf> {
+    env::split_paths(path)
         .map(|dir| dir.join(program))
         .find(|candidate| candidate.is_file())
 }

@@ -29,7 +29,10 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
-use memscope_build::{PREBUILT_OBJECT, toolchain::find_on_path};
+use memscope_build::{
+    PREBUILT_OBJECT,
+    toolchain::{find_in, find_on_path},
+};
 
 /// The whole lane.
 pub fn lane(workspace: &Path) -> anyhow::Result<()> {
@@ -74,7 +77,7 @@ fn build_without_toolchain(workspace: &Path) -> anyhow::Result<PathBuf> {
     let bin = sysroot.join("bin");
     let path = format!("{}:/usr/local/bin:/usr/bin:/bin", bin.display());
     for tool in ["rustup", "bpf-linker"] {
-        if let Some(found) = find_in(&path, tool) {
+        if let Some(found) = find_in(path.as_ref(), tool) {
             bail!(
                 "cannot hide the eBPF toolchain: {} is on the reduced PATH {path}",
                 found.display()
@@ -191,13 +194,6 @@ fn write_world_readable(path: &Path, text: &str) -> anyhow::Result<()> {
         .with_context(|| format!("chmod {}", path.display()))
 }
 
-/// `program` in a `:`-separated `path`.
-fn find_in(path: &str, program: &str) -> Option<PathBuf> {
-    std::env::split_paths(path)
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
-}
-
 /// Whether `haystack` contains `needle` (a prefix search, then a full compare).
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     let Some(head) = needle.get(..needle.len().min(64)) else {
@@ -249,7 +245,7 @@ mod tests {
 
     #[test]
     fn find_in_searches_only_the_given_path() {
-        assert!(find_in("/nonexistent-dir", "sh").is_none());
-        assert!(find_in("/bin:/usr/bin", "sh").is_some());
+        assert!(find_in("/nonexistent-dir".as_ref(), "sh").is_none());
+        assert!(find_in("/bin:/usr/bin".as_ref(), "sh").is_some());
     }
 }
