@@ -295,6 +295,16 @@ pub fn prometheus_sum(text: &str, metric: &str, labels: &[(&str, &str)]) -> Opti
     sum
 }
 
+/// The value of a command-line flag as a number; the error names the flag and shows `usage`.
+pub fn flag_number<T: std::str::FromStr>(flag: &str, value: &str, usage: &str) -> anyhow::Result<T>
+where
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    value
+        .parse()
+        .with_context(|| format!("{flag} {value}: not a number\n{usage}"))
+}
+
 /// The body of an HTTP/1.x response with status 200 (the whole response read to its end).
 pub fn http_body(response: &str) -> anyhow::Result<&str> {
     let (head, body) = response

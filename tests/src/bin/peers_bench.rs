@@ -41,8 +41,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use memscope_tests::bench::{
-    ChildCost, Latency, Workers, cpu_time, http_body, median, memhog_path, pids, process_cpu,
-    process_peak_rss, prometheus_sum, run_measured,
+    ChildCost, Latency, Workers, cpu_time, flag_number, http_body, median, memhog_path, pids,
+    process_cpu, process_peak_rss, prometheus_sum, run_measured,
 };
 use serde_json::Value;
 
@@ -88,10 +88,7 @@ impl Options {
             let value = it
                 .next()
                 .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
-            let num = |v: &str| -> anyhow::Result<usize> {
-                v.parse()
-                    .with_context(|| format!("{flag} {v}: not a number\n{USAGE}"))
-            };
+            let num = |v: &str| flag_number::<usize>(flag, v, USAGE);
             match flag.as_str() {
                 "--agent" => o.agent = PathBuf::from(value),
                 "--sizes" => {
@@ -102,13 +99,9 @@ impl Options {
                 "--shared-bytes" => o.shared_bytes = num(value)?,
                 "--ticks" => o.ticks = num(value)?,
                 "--warmup" => o.warmup = num(value)?,
-                "--churn-percent" => {
-                    o.churn_percent = value
-                        .parse()
-                        .with_context(|| format!("{flag} {value}: not a number\n{USAGE}"))?;
-                }
+                "--churn-percent" => o.churn_percent = flag_number(flag, value, USAGE)?,
                 "--stall-bytes" => o.stall_bytes = num(value)?,
-                "--stall-seconds" => o.stall_seconds = num(value)? as u64,
+                "--stall-seconds" => o.stall_seconds = flag_number(flag, value, USAGE)?,
                 _ => bail!("unknown flag {flag}\n{USAGE}"),
             }
         }
