@@ -42,8 +42,8 @@ pub fn host_name(config: &Config) -> String {
 
 /// When the agent process started: the clock of the `agent` record's `uptime_ms`. `main` calls
 /// this first thing, so uptime counts from process start and includes loading the eBPF programs
-/// (tens of ms); a library caller's clock starts at its first call, which [`run`] makes before it
-/// starts the tracker.
+/// (`tracker.load_ms`); a library caller's clock starts at its first call, which [`run`] makes
+/// before it starts the tracker. A second [`run`] in the same process keeps the first clock.
 pub fn process_started() -> Instant {
     static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     *STARTED.get_or_init(Instant::now)
