@@ -47,6 +47,17 @@ struct ExitExtra {
     at_once: bool,
 }
 
+/// What a `cgroup` record sent with an OOM kill's `exit` adds.
+#[derive(JsonSchema)]
+#[expect(dead_code, reason = "only its schema is used")]
+struct CgroupExtra {
+    /// True when sent at once, between emissions, with the `exit` of a process the OOM killer
+    /// chose in this cgroup or below (eBPF tracker): re-read after the kill, so `events.oom_kill`
+    /// counts it. Absent in emissions.
+    #[schemars(skip_serializing_if = "std::ops::Not::not")]
+    at_once: bool,
+}
+
 /// The kinds, in the order an emission writes them (then the ones sent on changes).
 pub const KINDS: [&str; 13] = [
     "snapshot",
@@ -72,7 +83,10 @@ fn body(kind: &str, g: &mut SchemaGenerator) -> Value {
         "meminfo" => s(g.subschema_for::<Fields<'static>>()),
         "process" => s(g.subschema_for::<ProcessRecord>()),
         "cgroup" => json!({ "anyOf": [
-            s(g.subschema_for::<CgroupBody<'static>>()),
+            { "allOf": [
+                s(g.subschema_for::<CgroupBody<'static>>()),
+                s(g.subschema_for::<CgroupExtra>()),
+            ]},
             s(g.subschema_for::<OtherCgroupBody>()),
         ]}),
         "object" => json!({ "anyOf": [

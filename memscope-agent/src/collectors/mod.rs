@@ -128,6 +128,11 @@ impl dyn Observation {
     pub fn downcast_ref<T: Observation>(&self) -> Option<&T> {
         (self as &dyn Any).downcast_ref()
     }
+
+    /// This observation as its concrete type, to update in place.
+    pub fn downcast_mut<T: Observation>(&mut self) -> Option<&mut T> {
+        (self as &mut dyn Any).downcast_mut()
+    }
 }
 
 /// The observation of a run as its concrete type (tests, benches): an error names what came instead.

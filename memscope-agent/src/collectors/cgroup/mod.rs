@@ -15,6 +15,7 @@
 //! `docs/containers.md`.
 
 pub mod container;
+pub mod oom;
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -197,6 +198,8 @@ impl CgroupStats {
 #[derive(Debug, Clone, Default)]
 pub struct CgroupObservation {
     pub hierarchy: Option<Hierarchy>,
+    /// The directory of the root cgroup (where the run found the hierarchy).
+    pub base: Option<PathBuf>,
     /// Every cgroup walked, in walk order (breadth first, names sorted), the root first.
     pub cgroups: Vec<CgroupStats>,
     /// Per cgroup: whether it has a row of its own (see [`select_rows`]); the others are folded
@@ -242,6 +245,7 @@ impl Collector for CgroupCollector {
             detect(ctx.procfs, &self.config.root).map_err(CollectError::Other)?;
         let mut obs = CgroupObservation {
             hierarchy: Some(hierarchy),
+            base: Some(base.clone()),
             ..CgroupObservation::default()
         };
         let mut reader = Reader {
