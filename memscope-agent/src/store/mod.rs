@@ -114,6 +114,15 @@ pub async fn run(
                 }
             }
             StoreMsg::Emit => {
+                // The cgroups of processes this emission reports gone are re-read now, after the
+                // runs that found them gone: an OOM kill among them is in the counters compared.
+                if let Some(refresh) = store.exit_refresh() {
+                    let procfs = procfs.clone();
+                    let fresh = tokio::task::spawn_blocking(move || refresh.read(&procfs))
+                        .await
+                        .unwrap_or_default();
+                    store.apply_cgroups(fresh);
+                }
                 // getrusage and /proc/self/statm: cheap, but still a /proc read, so off the workers.
                 let own = own_proc.clone();
                 let cost = tokio::task::spawn_blocking(move || SelfCost::measure(&own))

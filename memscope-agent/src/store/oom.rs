@@ -2,7 +2,7 @@
 //! [`Store::exit_now`]), and with it the `cgroup` records of the victim's cgroup and its ancestors,
 //! re-read after the kill, so the moved `events.oom_kill` arrives in the same write as the exit.
 
-use std::time::SystemTime;
+use std::{collections::HashMap, time::SystemTime};
 
 use super::state::Store;
 use crate::{
@@ -30,8 +30,7 @@ impl Store {
             .and_then(|p| p.cgroup.clone());
         let cgroup = from_processes.or_else(|| {
             let body = self.sent.get(&("process", pid.to_string()))?;
-            let v: serde_json::Value = serde_json::from_str(&format!("{{{body}}}")).ok()?;
-            Some(Name::from(v["cgroup"].as_str()?))
+            body_field(body, "cgroup").map(|c| Name::from(c.as_str()))
         })?;
         cgroups.refresh_for(&cgroup)
     }
@@ -83,6 +82,123 @@ impl Store {
         }
         out
     }
+}
+
+impl Store {
+    /// Processes sent at the last emission that the latest processes observation no longer holds:
+    /// the exits the coming emission will report, by pid, with the cgroup their last record names.
+    fn gone_processes(&self) -> Vec<(u32, Option<Name>)> {
+        let Some(processes) = self
+            .latest
+            .iter()
+            .filter_map(|(_, o)| o.as_deref())
+            .find_map(|o| o.downcast_ref::<ProcessesObservation>())
+        else {
+            return Vec::new();
+        };
+        let live: std::collections::HashSet<u32> =
+            processes.processes.iter().map(|p| p.pid).collect();
+        self.sent
+            .iter()
+            .filter(|((kind, _), _)| *kind == "process")
+            .filter_map(|((_, key), body)| {
+                let pid: u32 = key.parse().ok()?;
+                (!live.contains(&pid)).then(|| {
+                    (
+                        pid,
+                        body_field(body, "cgroup").map(|c| Name::from(c.as_str())),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// Before an emission: the cgroups of the processes it will report gone, to re-read after the
+    /// runs that found them gone (so a kill that ended one is in the counters the emission
+    /// compares, whenever in the tick the `cgroup` run read them). `None` when nothing is gone.
+    pub fn exit_refresh(&self) -> Option<Refresh> {
+        let gone = self.gone_processes();
+        let cgroups: Vec<&Name> = gone.iter().filter_map(|(_, c)| c.as_ref()).collect();
+        if cgroups.is_empty() {
+            return None;
+        }
+        self.latest
+            .iter()
+            .filter_map(|(_, o)| o.as_deref())
+            .find_map(|o| o.downcast_ref::<CgroupObservation>())?
+            .refresh_for_all(cgroups)
+    }
+
+    /// Puts re-read cgroups into the latest cgroup observation (no lines: the emission sends them).
+    pub fn apply_cgroups(&mut self, fresh: Vec<CgroupStats>) {
+        if let Some(c) = self
+            .latest
+            .iter_mut()
+            .find_map(|(_, o)| o.as_deref_mut()?.downcast_mut::<CgroupObservation>())
+        {
+            c.apply_refresh(fresh);
+        }
+    }
+
+    /// Which of the processes gone at this emission (`gone`: (pid, last body)) were OOM-killed, as
+    /// far as the `oom_kill` counters say (`now`, by cgroup; `self.oom_kills` holds the last
+    /// emission's). Each kill counted in a cgroup since the last emission, or counted at the last
+    /// one and claimed by no exit then (the kill came between the processes read and the cgroup
+    /// read of that tick), is given to one gone process of that cgroup: the largest by its last
+    /// RSS + swap, as the OOM killer picks. Unclaimed kills of this interval carry over to the next
+    /// emission; older ones lapse. Returns the pids to mark.
+    pub(super) fn infer_oom_kills(
+        &mut self,
+        gone: &[(u32, &str)],
+        now: &HashMap<String, u64>,
+    ) -> std::collections::HashSet<u32> {
+        let mut available: HashMap<&str, u64> = HashMap::new();
+        let mut moved: HashMap<&str, u64> = HashMap::new();
+        for (cgroup, n) in now {
+            let Some(before) = self.oom_kills.get(cgroup) else {
+                continue;
+            };
+            let m = n.saturating_sub(*before);
+            let carried = self.pending_oom_kills.get(cgroup).copied().unwrap_or(0);
+            moved.insert(cgroup, m);
+            available.insert(cgroup, m + carried);
+        }
+        // Largest first, then by pid: the order the counters are handed out in.
+        let mut candidates: Vec<(u32, String, u64)> = gone
+            .iter()
+            .filter_map(|(pid, body)| {
+                let v: serde_json::Value = serde_json::from_str(&format!("{{{body}}}")).ok()?;
+                let cgroup = v["cgroup"].as_str()?.to_string();
+                let size =
+                    v["rss_bytes"].as_u64().unwrap_or(0) + v["swap_bytes"].as_u64().unwrap_or(0);
+                Some((*pid, cgroup, size))
+            })
+            .collect();
+        candidates.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
+        let mut killed = std::collections::HashSet::new();
+        for (pid, cgroup, _) in &candidates {
+            if let Some(n) = available.get_mut(cgroup.as_str())
+                && *n > 0
+            {
+                *n -= 1;
+                killed.insert(*pid);
+            }
+        }
+        self.pending_oom_kills = available
+            .into_iter()
+            .filter_map(|(cgroup, left)| {
+                let carry = left.min(moved.get(cgroup).copied().unwrap_or(0));
+                (carry > 0).then(|| (cgroup.to_string(), carry))
+            })
+            .collect();
+        killed
+    }
+}
+
+/// A string field of a record body (`"key":"value"` fragments), if it has one.
+fn body_field(body: &str, key: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(&format!("{{{body}}}")).ok()?;
+    Some(v[key].as_str()?.to_string())
 }
 
 #[cfg(test)]
@@ -175,6 +291,130 @@ mod tests {
         assert!(
             !next.iter().any(|l| l["kind"] == "cgroup"),
             "already sent: {next:?}"
+        );
+    }
+
+    fn polling_store() -> Store {
+        Store::new(
+            StoreConfig {
+                host: "h".into(),
+                emit: EmitMode::Full,
+                keyframe_every: 1,
+                interval: Duration::from_secs(10),
+            },
+            TrackerInfo {
+                mode: "polling".into(),
+                reason: Some("test".into()),
+            },
+            &["processes", "cgroup"],
+        )
+    }
+
+    fn counts(list: &[(&str, u64)]) -> HashMap<String, u64> {
+        list.iter().map(|(c, n)| ((*c).to_string(), *n)).collect()
+    }
+
+    #[test]
+    fn a_kill_goes_to_one_gone_process_of_its_cgroup_the_largest() {
+        let mut s = polling_store();
+        s.oom_kills = counts(&[("/a", 2), ("/b", 0)]);
+        let small = r#""pid":7,"cgroup":"/a","rss_bytes":10"#;
+        let large = r#""pid":8,"cgroup":"/a","rss_bytes":5,"swap_bytes":100"#;
+        let elsewhere = r#""pid":9,"cgroup":"/b","rss_bytes":999"#;
+        let no_cgroup = r#""pid":10,"rss_bytes":999"#;
+        let gone = [
+            (7, small),
+            (8, large),
+            (9, elsewhere),
+            (10, no_cgroup),
+            (11, "garbage{"),
+        ];
+        let killed = s.infer_oom_kills(&gone, &counts(&[("/a", 3), ("/b", 0)]));
+        assert_eq!(killed, [8].into(), "one kill in /a: its largest exit");
+        assert!(s.pending_oom_kills.is_empty(), "claimed");
+        // Without an earlier count nothing is known, so nothing is inferred.
+        s.oom_kills = HashMap::new();
+        assert!(s.infer_oom_kills(&gone, &counts(&[("/a", 9)])).is_empty());
+    }
+
+    #[test]
+    fn a_kill_counted_before_its_exit_was_seen_is_claimed_at_the_next_emission() {
+        let mut s = polling_store();
+        let victim = r#""pid":7,"cgroup":"/a","rss_bytes":10"#;
+        // Emission 1: the cgroup run read the kill, the processes run still saw the victim.
+        s.oom_kills = counts(&[("/a", 0)]);
+        assert!(s.infer_oom_kills(&[], &counts(&[("/a", 1)])).is_empty());
+        assert_eq!(s.pending_oom_kills, counts(&[("/a", 1)]));
+        s.oom_kills = counts(&[("/a", 1)]);
+        // Emission 2: the exit is found; the counter did not move again.
+        assert_eq!(
+            s.infer_oom_kills(&[(7, victim)], &counts(&[("/a", 1)])),
+            [7].into()
+        );
+        assert!(s.pending_oom_kills.is_empty());
+        // A kill nobody claims lapses after one more emission.
+        s.oom_kills = counts(&[("/a", 1)]);
+        s.infer_oom_kills(&[], &counts(&[("/a", 2)]));
+        s.oom_kills = counts(&[("/a", 2)]);
+        s.infer_oom_kills(&[], &counts(&[("/a", 2)]));
+        assert!(s.pending_oom_kills.is_empty(), "lapsed");
+        assert!(
+            s.infer_oom_kills(&[(7, victim)], &counts(&[("/a", 2)]))
+                .is_empty()
+        );
+    }
+
+    /// Before an emission the store re-reads the cgroups of the processes that emission reports
+    /// gone: a kill the tick's cgroup run missed (it read before the kill) is in the counters the
+    /// emission compares, so the exit is marked in the same emission.
+    #[test]
+    fn the_cgroups_of_gone_processes_are_reread_before_the_emission() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        tree(dir.path(), 0);
+        let mut s = polling_store();
+        let mut victim = ProcessRecord::test(7, Numbers::Exact, Default::default());
+        victim.cgroup = Some(Name::from("/a/b"));
+        let with_victim: Box<dyn Observation> = Box::new(ProcessesObservation {
+            processes: vec![victim],
+            ..ProcessesObservation::default()
+        });
+        s.apply("processes", Duration::ZERO, Ok(Some(with_victim)));
+        s.apply(
+            "cgroup",
+            Duration::ZERO,
+            Ok(Some(Box::new(observe(dir.path())))),
+        );
+        assert!(s.exit_refresh().is_none(), "nothing gone yet");
+        let emit = |s: &mut Store| {
+            lines(&s.emit(
+                SystemTime::UNIX_EPOCH,
+                &SelfCost::default(),
+                &ReadCounters::default(),
+            ))
+        };
+        emit(&mut s);
+        // The next tick: the cgroup run reads before the kill, the processes run after it.
+        s.apply(
+            "cgroup",
+            Duration::ZERO,
+            Ok(Some(Box::new(observe(dir.path())))),
+        );
+        tree(dir.path(), 1);
+        let empty: Box<dyn Observation> = Box::new(ProcessesObservation::default());
+        s.apply("processes", Duration::ZERO, Ok(Some(empty)));
+        let refresh = s.exit_refresh().expect("the victim's cgroup is re-read");
+        s.apply_cgroups(refresh.read(&ProcFs::new("/nonexistent")));
+        let e = emit(&mut s);
+        let exit = e.iter().find(|l| l["kind"] == "exit").expect("exit");
+        assert_eq!(exit["reason"], "oom_kill", "{exit}");
+        assert_eq!(exit["reason_inferred"], true);
+        let cg = e
+            .iter()
+            .find(|l| l["kind"] == "cgroup" && l["path"] == "/a/b")
+            .expect("cgroup");
+        assert_eq!(
+            cg["events"]["oom_kill"], 1,
+            "the same emission shows the kill"
         );
     }
 }

@@ -45,11 +45,25 @@ impl CgroupObservation {
     /// The re-read an OOM kill in `cgroup` calls for: that cgroup and its ancestors, those of them
     /// the last run walked. `None` when the observation has no hierarchy or walked none of them.
     pub fn refresh_for(&self, cgroup: &Name) -> Option<Refresh> {
+        self.refresh_for_all(std::iter::once(cgroup))
+    }
+
+    /// One re-read for several cgroups (each with its ancestors, each cgroup once, deepest first).
+    pub fn refresh_for_all<'a>(
+        &self,
+        cgroups: impl IntoIterator<Item = &'a Name>,
+    ) -> Option<Refresh> {
         let (hierarchy, base) = (self.hierarchy?, self.base.clone()?);
-        let paths: Vec<Name> = ancestors(cgroup.as_bytes())
-            .filter_map(|p| self.cgroups.iter().find(|c| c.path.as_bytes() == p))
-            .map(|c| c.path.clone())
-            .collect();
+        let mut paths: Vec<Name> = Vec::new();
+        for cgroup in cgroups {
+            for p in ancestors(cgroup.as_bytes()) {
+                if let Some(c) = self.cgroups.iter().find(|c| c.path.as_bytes() == p)
+                    && !paths.contains(&c.path)
+                {
+                    paths.push(c.path.clone());
+                }
+            }
+        }
         (!paths.is_empty()).then_some(Refresh {
             hierarchy,
             base,
