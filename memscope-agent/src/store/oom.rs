@@ -142,55 +142,41 @@ impl Store {
 
     /// Which of the processes gone at this emission (`gone`: (pid, last body)) were OOM-killed, as
     /// far as the `oom_kill` counters say (`now`, by cgroup; `self.oom_kills` holds the last
-    /// emission's). Each kill counted in a cgroup since the last emission, or counted at the last
-    /// one and claimed by no exit then (the kill came between the processes read and the cgroup
-    /// read of that tick), is given to one gone process of that cgroup: the largest by its last
-    /// RSS + swap, as the OOM killer picks. Unclaimed kills of this interval carry over to the next
-    /// emission; older ones lapse. Returns the pids to mark.
+    /// emission's). A cgroup whose counter moved since the last emission, or moved at the last one
+    /// with no exit there to claim it (the kill came between that tick's processes read and its
+    /// cgroup read), marks every process of it gone now: the counter says how many were killed,
+    /// not which (the figures last sent are too old to tell the victim by size). Kills no exit
+    /// claims carry over to the next emission once, then lapse. Returns the pids to mark.
     pub(super) fn infer_oom_kills(
         &mut self,
         gone: &[(u32, &str)],
         now: &HashMap<String, u64>,
     ) -> std::collections::HashSet<u32> {
-        let mut available: HashMap<&str, u64> = HashMap::new();
-        let mut moved: HashMap<&str, u64> = HashMap::new();
+        let mut kills: HashMap<&str, u64> = HashMap::new();
         for (cgroup, n) in now {
             let Some(before) = self.oom_kills.get(cgroup) else {
                 continue;
             };
-            let m = n.saturating_sub(*before);
             let carried = self.pending_oom_kills.get(cgroup).copied().unwrap_or(0);
-            moved.insert(cgroup, m);
-            available.insert(cgroup, m + carried);
+            kills.insert(cgroup, n.saturating_sub(*before) + carried);
         }
-        // Largest first, then by pid: the order the counters are handed out in.
-        let mut candidates: Vec<(u32, String, u64)> = gone
+        // Only this interval's kills may carry over, and only while unclaimed.
+        let mut pending: HashMap<String, u64> = now
             .iter()
-            .filter_map(|(pid, body)| {
-                let v: serde_json::Value = serde_json::from_str(&format!("{{{body}}}")).ok()?;
-                let cgroup = v["cgroup"].as_str()?.to_string();
-                let size =
-                    v["rss_bytes"].as_u64().unwrap_or(0) + v["swap_bytes"].as_u64().unwrap_or(0);
-                Some((*pid, cgroup, size))
-            })
+            .filter_map(|(c, n)| Some((c.clone(), n.checked_sub(*self.oom_kills.get(c)?)?)))
+            .filter(|(_, moved)| *moved > 0)
             .collect();
-        candidates.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
         let mut killed = std::collections::HashSet::new();
-        for (pid, cgroup, _) in &candidates {
-            if let Some(n) = available.get_mut(cgroup.as_str())
-                && *n > 0
-            {
-                *n -= 1;
+        for (pid, body) in gone {
+            let Some(cgroup) = body_field(body, "cgroup") else {
+                continue;
+            };
+            if kills.get(cgroup.as_str()).is_some_and(|&k| k > 0) {
                 killed.insert(*pid);
+                pending.remove(&cgroup);
             }
         }
-        self.pending_oom_kills = available
-            .into_iter()
-            .filter_map(|(cgroup, left)| {
-                let carry = left.min(moved.get(cgroup).copied().unwrap_or(0));
-                (carry > 0).then(|| (cgroup.to_string(), carry))
-            })
-            .collect();
+        self.pending_oom_kills = pending;
         killed
     }
 }
@@ -315,22 +301,26 @@ mod tests {
     }
 
     #[test]
-    fn a_kill_goes_to_one_gone_process_of_its_cgroup_the_largest() {
+    fn a_kill_marks_the_gone_processes_of_its_cgroup_only() {
         let mut s = polling_store();
         s.oom_kills = counts(&[("/a", 2), ("/b", 0)]);
-        let small = r#""pid":7,"cgroup":"/a","rss_bytes":10"#;
-        let large = r#""pid":8,"cgroup":"/a","rss_bytes":5,"swap_bytes":100"#;
+        let one = r#""pid":7,"cgroup":"/a","rss_bytes":10"#;
+        let two = r#""pid":8,"cgroup":"/a","rss_bytes":5"#;
         let elsewhere = r#""pid":9,"cgroup":"/b","rss_bytes":999"#;
         let no_cgroup = r#""pid":10,"rss_bytes":999"#;
         let gone = [
-            (7, small),
-            (8, large),
+            (7, one),
+            (8, two),
             (9, elsewhere),
             (10, no_cgroup),
             (11, "garbage{"),
         ];
         let killed = s.infer_oom_kills(&gone, &counts(&[("/a", 3), ("/b", 0)]));
-        assert_eq!(killed, [8].into(), "one kill in /a: its largest exit");
+        assert_eq!(
+            killed,
+            [7, 8].into(),
+            "a kill in /a: its exits, which one is unknown"
+        );
         assert!(s.pending_oom_kills.is_empty(), "claimed");
         // Without an earlier count nothing is known, so nothing is inferred.
         s.oom_kills = HashMap::new();
