@@ -85,7 +85,9 @@ pub async fn run(
         &BuildCtx {
             procfs: &procfs,
             events: &events,
-            max_mount_namespaces: config.agent.max_mount_namespaces,
+            mount_namespaces: crate::procfs::mountinfo::SharedNamespaces::new(
+                config.agent.max_mount_namespaces,
+            ),
         },
     );
     let (tx, rx) = mpsc::channel::<StoreMsg>(64);
