@@ -513,7 +513,10 @@ mod tests {
     }
 
     fn refs(n: &MountNamespaces) -> Vec<(Option<u64>, Option<u32>)> {
-        n.namespaces.iter().map(|n| (n.ns.inode, n.ns.pid)).collect()
+        n.namespaces
+            .iter()
+            .map(|n| (n.ns.inode, n.ns.pid))
+            .collect()
     }
 
     fn relink(p: &FakeProc, who: &str, target: &str) {
@@ -542,39 +545,63 @@ mod tests {
         let first = cache.discover(&procfs, &mut buf, t0).expect("discover");
         assert_eq!(first, discover(&procfs, 10, &mut buf).expect("discover"));
         let before = reads();
-        let again = cache.discover(&procfs, &mut buf, at(0.5)).expect("discover");
+        let again = cache
+            .discover(&procfs, &mut buf, at(0.5))
+            .expect("discover");
         assert_eq!(again, first);
-        assert_eq!(reads() - before, 1, "only the agent's own table is read again");
+        assert_eq!(
+            reads() - before,
+            1,
+            "only the agent's own table is read again"
+        );
 
         // A mount in namespace 200: seen once the table's trust (1 s for a new one) is over.
         std::fs::write(p.0.path().join("11/mountinfo"), tmpfs(51)).expect("write");
-        let stale = cache.discover(&procfs, &mut buf, at(0.9)).expect("discover");
+        let stale = cache
+            .discover(&procfs, &mut buf, at(0.9))
+            .expect("discover");
         assert_eq!(stale.namespaces[1].mounts[0].dev.minor, 50);
-        let fresh = cache.discover(&procfs, &mut buf, at(1.0)).expect("discover");
+        let fresh = cache
+            .discover(&procfs, &mut buf, at(1.0))
+            .expect("discover");
         assert_eq!(fresh.namespaces[1].mounts[0].dev.minor, 51);
         // Then trusted twice as long as its age at that read (1 s): until 2 s.
         std::fs::write(p.0.path().join("11/mountinfo"), tmpfs(52)).expect("write");
         let before = reads();
-        cache.discover(&procfs, &mut buf, at(1.9)).expect("discover");
+        cache
+            .discover(&procfs, &mut buf, at(1.9))
+            .expect("discover");
         assert_eq!(reads() - before, 1, "own table only");
-        let later = cache.discover(&procfs, &mut buf, at(2.0)).expect("discover");
+        let later = cache
+            .discover(&procfs, &mut buf, at(2.0))
+            .expect("discover");
         assert_eq!(later.namespaces[1].mounts[0].dev.minor, 52);
 
         // A new process in a new namespace is seen at once; a gone one's namespace is forgotten.
         p.add("15", Some("mnt:[600]"), Some(&tmpfs(70)));
         std::fs::remove_dir_all(p.0.path().join("12")).expect("rm 12");
-        let moved = cache.discover(&procfs, &mut buf, at(2.1)).expect("discover");
+        let moved = cache
+            .discover(&procfs, &mut buf, at(2.1))
+            .expect("discover");
         assert_eq!(
             refs(&moved),
-            [(Some(100), None), (Some(200), Some(11)), (Some(600), Some(15))]
+            [
+                (Some(100), None),
+                (Some(200), Some(11)),
+                (Some(600), Some(15))
+            ]
         );
 
         // Pid 15 moves to another namespace (setns) after its second sighting: trusted until
         // the full pass, REFRESH after the first one.
-        cache.discover(&procfs, &mut buf, at(2.2)).expect("discover");
+        cache
+            .discover(&procfs, &mut buf, at(2.2))
+            .expect("discover");
         relink(&p, "15", "mnt:[700]");
         std::fs::write(p.0.path().join("15/mountinfo"), tmpfs(80)).expect("write");
-        let trusted = cache.discover(&procfs, &mut buf, at(2.3)).expect("discover");
+        let trusted = cache
+            .discover(&procfs, &mut buf, at(2.3))
+            .expect("discover");
         assert_eq!(refs(&trusted)[2], (Some(600), Some(15)));
         let full = cache
             .discover(&procfs, &mut buf, t0 + REFRESH)
