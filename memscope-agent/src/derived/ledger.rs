@@ -275,17 +275,10 @@ fn unreadable_held(i: &Inputs<'_>) -> u64 {
             e.1 += p.memory.pss_shmem_bytes;
         }
     }
-    let parent = |path: &[u8]| -> Option<Vec<u8>> {
-        match path.iter().rposition(|&b| b == b'/') {
-            _ if path == b"/" => None,
-            Some(0) => Some(b"/".to_vec()),
-            Some(n) => Some(path[..n].to_vec()),
-            None => None,
-        }
-    };
-    let mut children_shmem: HashMap<Vec<u8>, u64> = HashMap::new();
+    let mut children_shmem: HashMap<&[u8], u64> = HashMap::new();
     for c in &cgroups.cgroups {
-        if let (Some(p), Some(shmem)) = (parent(c.path.as_bytes()), c.stat.shmem_bytes) {
+        let parent = crate::collectors::cgroup::ancestors(c.path.as_bytes()).nth(1);
+        if let (Some(p), Some(shmem)) = (parent, c.stat.shmem_bytes) {
             *children_shmem.entry(p).or_default() += shmem;
         }
     }
@@ -877,21 +870,13 @@ mod tests {
     /// without a cgroup observation, attributes nothing.
     #[test]
     fn shmem_held_unmapped_by_unreadable_processes_is_bounded_by_their_cgroups_charge() {
-        use crate::collectors::cgroup::{CgroupStats, Events, StatFields};
+        use crate::collectors::cgroup::{CgroupStats, StatFields};
         let cgroup = |path: &str, shmem: u64| CgroupStats {
-            path: Name::from(path),
-            usage_bytes: None,
-            peak_bytes: None,
-            limit_bytes: None,
-            high_bytes: None,
-            soft_limit_bytes: None,
-            swap_limit_bytes: None,
             stat: StatFields {
                 shmem_bytes: Some(shmem),
                 ..StatFields::default()
             },
-            events: Events::default(),
-            pressure: None,
+            ..CgroupStats::empty(Name::from(path))
         };
         // Hierarchical shmem: the root 9000 (its own: 9000 - 1000 = 8000), /app 1000, /app/x 500.
         let cgroups = CgroupObservation {

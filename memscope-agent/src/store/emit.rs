@@ -53,11 +53,7 @@ impl Store {
             body.push_str(OOM_REASON);
         }
         let ts = rfc3339(now);
-        let header = Header {
-            ts: &ts,
-            host: &self.config.host,
-            seq: self.seq.saturating_sub(1),
-        };
+        let header = self.at_once_header(&ts);
         let mut out = Vec::new();
         write_line("exit", &body, &header, &mut out);
         self.lines_emitted += 1;

@@ -18,6 +18,15 @@ use crate::{
 };
 
 impl Store {
+    /// The header of lines sent at once, between emissions: the seq of the latest emission.
+    pub(super) fn at_once_header<'a>(&'a self, ts: &'a str) -> Header<'a> {
+        Header {
+            ts,
+            host: &self.config.host,
+            seq: self.seq.saturating_sub(1),
+        }
+    }
+
     /// The cgroups to re-read for an OOM kill of `pid`: its cgroup (as the latest processes
     /// observation names it, else the last record sent for it) and that cgroup's ancestors. `None`
     /// without a cgroup observation, or when the process's cgroup is unknown.
@@ -59,26 +68,24 @@ impl Store {
         if let Some(c) = observations().find_map(|o| o.downcast_ref::<CgroupObservation>()) {
             c.records_with(processes, &mut records);
         }
+        let changed: Vec<Record> = select(records, &keys)
+            .into_iter()
+            .filter(|r| self.sent.get(&("cgroup", r.key.clone())) != Some(&r.body))
+            .collect();
         let ts = rfc3339(now);
-        let header = Header {
-            ts: &ts,
-            host: &self.config.host,
-            seq: self.seq.saturating_sub(1),
-        };
+        let header = self.at_once_header(&ts);
         let mut out = Vec::new();
-        for r in select(records, &keys) {
-            let key = ("cgroup", r.key);
-            if self.sent.get(&key) == Some(&r.body) {
-                continue;
-            }
+        for r in &changed {
             write_line(
                 "cgroup",
                 &format!("{},\"at_once\":true", r.body),
                 &header,
                 &mut out,
             );
-            self.lines_emitted += 1;
-            self.sent.insert(key, r.body);
+        }
+        self.lines_emitted += changed.len() as u64;
+        for r in changed {
+            self.sent.insert(("cgroup", r.key), r.body);
         }
         out
     }
@@ -203,6 +210,26 @@ mod tests {
         store::{ExitCause, SelfCost, StoreConfig, TrackerInfo},
     };
 
+    /// Applies a processes run holding pid 7 in `/a/b`, and a cgroup run over the tree at `root`.
+    fn with_victim(s: &mut Store, root: &std::path::Path) {
+        let mut victim = ProcessRecord::test(7, Numbers::Exact, Default::default());
+        victim.cgroup = Some(Name::from("/a/b"));
+        let processes: Box<dyn Observation> = Box::new(ProcessesObservation {
+            processes: vec![victim],
+            ..ProcessesObservation::default()
+        });
+        s.apply("processes", Duration::ZERO, Ok(Some(processes)));
+        s.apply("cgroup", Duration::ZERO, Ok(Some(Box::new(observe(root)))));
+    }
+
+    fn emit(s: &mut Store) -> Vec<serde_json::Value> {
+        lines(&s.emit(
+            SystemTime::UNIX_EPOCH,
+            &SelfCost::default(),
+            &ReadCounters::default(),
+        ))
+    }
+
     fn lines(out: &[u8]) -> Vec<serde_json::Value> {
         out.split(|b| *b == b'\n')
             .filter(|l| !l.is_empty())
@@ -229,25 +256,7 @@ mod tests {
             },
             &["processes", "cgroup"],
         );
-        let mut victim = ProcessRecord::test(7, Numbers::Exact, Default::default());
-        victim.cgroup = Some(Name::from("/a/b"));
-        let processes: Box<dyn Observation> = Box::new(ProcessesObservation {
-            processes: vec![victim],
-            ..ProcessesObservation::default()
-        });
-        s.apply("processes", Duration::ZERO, Ok(Some(processes)));
-        s.apply(
-            "cgroup",
-            Duration::ZERO,
-            Ok(Some(Box::new(observe(dir.path())))),
-        );
-        let emit = |s: &mut Store| {
-            lines(&s.emit(
-                SystemTime::UNIX_EPOCH,
-                &SelfCost::default(),
-                &ReadCounters::default(),
-            ))
-        };
+        with_victim(&mut s, dir.path());
         emit(&mut s);
 
         tree(dir.path(), 1); // the kill
@@ -362,26 +371,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         tree(dir.path(), 0);
         let mut s = polling_store();
-        let mut victim = ProcessRecord::test(7, Numbers::Exact, Default::default());
-        victim.cgroup = Some(Name::from("/a/b"));
-        let with_victim: Box<dyn Observation> = Box::new(ProcessesObservation {
-            processes: vec![victim],
-            ..ProcessesObservation::default()
-        });
-        s.apply("processes", Duration::ZERO, Ok(Some(with_victim)));
-        s.apply(
-            "cgroup",
-            Duration::ZERO,
-            Ok(Some(Box::new(observe(dir.path())))),
-        );
+        with_victim(&mut s, dir.path());
         assert!(s.exit_refresh().is_none(), "nothing gone yet");
-        let emit = |s: &mut Store| {
-            lines(&s.emit(
-                SystemTime::UNIX_EPOCH,
-                &SelfCost::default(),
-                &ReadCounters::default(),
-            ))
-        };
         emit(&mut s);
         // The next tick: the cgroup run reads before the kill, the processes run after it.
         s.apply(

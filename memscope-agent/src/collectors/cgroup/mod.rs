@@ -190,6 +190,22 @@ pub struct CgroupStats {
 }
 
 impl CgroupStats {
+    /// A cgroup at `path` with nothing read yet.
+    pub fn empty(path: Name) -> CgroupStats {
+        CgroupStats {
+            path,
+            usage_bytes: None,
+            peak_bytes: None,
+            limit_bytes: None,
+            high_bytes: None,
+            soft_limit_bytes: None,
+            swap_limit_bytes: None,
+            stat: StatFields::default(),
+            events: Events::default(),
+            pressure: None,
+        }
+    }
+
     fn has_limit(&self) -> bool {
         self.limit_bytes.is_some() || self.high_bytes.is_some()
     }
@@ -379,18 +395,7 @@ impl Reader<'_> {
         // memory.stat).
         let at_non_root = if root { Need::Optional } else { Need::Required };
         let opt = Need::Optional;
-        let mut s = CgroupStats {
-            path: Name::new(rel),
-            usage_bytes: None,
-            peak_bytes: None,
-            limit_bytes: None,
-            high_bytes: None,
-            soft_limit_bytes: None,
-            swap_limit_bytes: None,
-            stat: StatFields::default(),
-            events: Events::default(),
-            pressure: None,
-        };
+        let mut s = CgroupStats::empty(Name::new(rel));
         let stat;
         match h {
             Hierarchy::V2 => {
@@ -727,7 +732,7 @@ impl<'a> PidCgroups<'a> {
 }
 
 /// `/a/b/c`, `/a/b`, `/a`, `/`.
-fn ancestors(path: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(crate) fn ancestors(path: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut next = Some(path);
     std::iter::from_fn(move || {
         let cur = next?;
