@@ -98,7 +98,9 @@ pub async fn run(
         &BuildCtx {
             procfs: &procfs,
             events: &events,
-            max_mount_namespaces: config.agent.max_mount_namespaces,
+            mount_namespaces: crate::procfs::mountinfo::SharedNamespaces::new(
+                config.agent.max_mount_namespaces,
+            ),
         },
     );
     let (tx, rx) = mpsc::channel::<StoreMsg>(64);
@@ -136,22 +138,26 @@ pub async fn run(
     let events_task = lifecycle.map(|mut rx| {
         let tx = tx.clone();
         let events = events.clone();
+        let procfs = procfs.clone();
         tokio::spawn(async move {
             while let Some(ev) = rx.recv().await {
                 events.publish_lifecycle(&ev);
-                let cause = match ev.kind {
-                    event_kind::EXIT => ExitCause::Exit,
-                    event_kind::OOM_KILL => ExitCause::OomKill,
+                let (pid, cause) = match ev.kind {
+                    event_kind::EXIT => (ev.tgid, ExitCause::Exit),
+                    // The tracepoint names the victim task: map a thread to its process.
+                    event_kind::OOM_KILL => {
+                        let procfs = procfs.clone();
+                        let tid = ev.tgid;
+                        let pid = tokio::task::spawn_blocking(move || {
+                            crate::collectors::cgroup::oom::victim_process(&procfs, tid)
+                        })
+                        .await
+                        .unwrap_or(tid);
+                        (pid, ExitCause::OomKill)
+                    }
                     _ => continue,
                 };
-                if tx
-                    .send(StoreMsg::Exit {
-                        pid: ev.tgid,
-                        cause,
-                    })
-                    .await
-                    .is_err()
-                {
+                if tx.send(StoreMsg::Exit { pid, cause }).await.is_err() {
                     break;
                 }
             }

@@ -50,6 +50,9 @@ pub struct Store {
     /// Each cgroup's `events.oom_kill` at the last emission (by cgroup path), for inferring the
     /// reason of an exit seen by polling.
     pub(super) oom_kills: HashMap<String, u64>,
+    /// Kills counted at the last emission that no exit claimed then (see
+    /// [`Store::infer_oom_kills`]), by cgroup path.
+    pub(super) pending_oom_kills: HashMap<String, u64>,
     /// Collectors late for the coming emission.
     pub(super) late: Vec<&'static str>,
     /// The tracker's counters as last reported.
@@ -76,6 +79,7 @@ impl Store {
             early_exits: Vec::new(),
             oom_killed: HashSet::new(),
             oom_kills: HashMap::new(),
+            pending_oom_kills: HashMap::new(),
             late: Vec::new(),
             tracker_stats: TrackerStats::default(),
         }

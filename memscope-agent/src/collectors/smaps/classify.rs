@@ -90,14 +90,14 @@ pub fn classify(m: &Mapping, tmpfs_devs: &HashSet<Dev>) -> (ObjectKey, Name, boo
     }
 }
 
-/// Devices of tmpfs mounts host-wide: in the agent's own mount namespace and in at most
-/// `max_namespaces` others, and a warning per malformed (skipped) mount table line (what else
+/// Devices of tmpfs mounts host-wide: in the agent's own mount namespace and in the others
+/// `namespaces` reads (at most its bound), and a warning per malformed (skipped) mount table line (what else
 /// cannot be read there is the tmpfs collector's to warn about).
 pub fn tmpfs_devices(
     procfs: &ProcFs,
-    max_namespaces: usize,
+    namespaces: &mountinfo::SharedNamespaces,
     buf: &mut Vec<u8>,
 ) -> Result<(HashSet<Dev>, Vec<String>), ProcError> {
-    let nss = mountinfo::discover(procfs, max_namespaces, buf)?;
+    let nss = namespaces.discover(procfs, buf)?;
     Ok((mountinfo::tmpfs_devices(nss.tables()), nss.skipped_lines))
 }

@@ -31,7 +31,9 @@ use crate::{
     config::{ByteSize, Interval, Positive},
     ladder::{Ladder, Reason, TierPolicy, TierStats},
     proc_events::{Scope, Subscription},
-    procfs::{Dev, FileClass, ProcError, ProcFs, page_size, stat::parse_stat},
+    procfs::{
+        Dev, FileClass, ProcError, ProcFs, mountinfo::SharedNamespaces, page_size, stat::parse_stat,
+    },
 };
 
 mod classify;
@@ -56,7 +58,7 @@ impl CollectorDef for Smaps {
     fn build(config: &SmapsConfig, ctx: &BuildCtx<'_>) -> Box<dyn Collector> {
         Box::new(
             SmapsCollector::new(config, ctx.events.subscribe())
-                .max_mount_namespaces(ctx.max_mount_namespaces),
+                .mount_namespaces(ctx.mount_namespaces.clone()),
         )
     }
 }
@@ -115,8 +117,8 @@ pub struct SmapsCollector {
     stats: TierStats,
     events: Subscription,
     cache: HashMap<u32, ProcessObjects>,
-    /// Mount namespaces read for the tmpfs devices besides the agent's own.
-    max_namespaces: usize,
+    /// Mount namespaces read for the tmpfs devices (shared with the tmpfs collector).
+    namespaces: SharedNamespaces,
     /// Processes whose last smaps read was denied.
     denied: HashSet<u32>,
     buf: Vec<u8>,
@@ -143,15 +145,22 @@ impl SmapsCollector {
             stats: TierStats::default(),
             events,
             cache: HashMap::new(),
-            max_namespaces: crate::config::AgentConfig::default().max_mount_namespaces as usize,
+            namespaces: SharedNamespaces::new(
+                crate::config::AgentConfig::default().max_mount_namespaces,
+            ),
             denied: HashSet::new(),
             buf: Vec::with_capacity(1 << 20),
         }
     }
 
     /// Reads at most `n` mount namespaces besides the agent's own (`[agent] max_mount_namespaces`).
-    pub fn max_mount_namespaces(mut self, n: u32) -> Self {
-        self.max_namespaces = n as usize;
+    pub fn max_mount_namespaces(self, n: u32) -> Self {
+        self.mount_namespaces(SharedNamespaces::new(n))
+    }
+
+    /// Reads the mount namespaces through `shared` (the agent's one cache, with its bound).
+    pub fn mount_namespaces(mut self, shared: SharedNamespaces) -> Self {
+        self.namespaces = shared;
         self
     }
 
@@ -224,7 +233,7 @@ impl Collector for SmapsCollector {
         ctx: &CollectCtx<'_>,
     ) -> Result<Option<Box<dyn Observation>>, CollectError> {
         let start = Instant::now();
-        let (tmpfs_devs, skipped) = tmpfs_devices(ctx.procfs, self.max_namespaces, &mut self.buf)?;
+        let (tmpfs_devs, skipped) = tmpfs_devices(ctx.procfs, &self.namespaces, &mut self.buf)?;
         let pass = ctx.statm_pass(&mut self.buf)?;
         let mut obs = ObjectsObservation {
             min_object_pss: self.min_object_pss,
