@@ -249,10 +249,12 @@ mod tests {
                 emit: EmitMode::Changes,
                 keyframe_every: 100,
                 interval: Duration::from_secs(10),
+                started: std::time::Instant::now(),
             },
             TrackerInfo {
                 mode: "ebpf".into(),
                 reason: None,
+                load_ms: None,
             },
             &["processes", "cgroup"],
         );
@@ -296,10 +298,12 @@ mod tests {
                 emit: EmitMode::Full,
                 keyframe_every: 1,
                 interval: Duration::from_secs(10),
+                started: std::time::Instant::now(),
             },
             TrackerInfo {
                 mode: "polling".into(),
                 reason: Some("test".into()),
+                load_ms: None,
             },
             &["processes", "cgroup"],
         )
