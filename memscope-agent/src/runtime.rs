@@ -110,7 +110,8 @@ pub async fn run(
         StoreConfig {
             host: host_name(&config),
             emit: config.output.emit,
-            keyframe_every: config.output.keyframe_every.0,
+            keyframe_every: store::keyframe_every(config.output.keyframe_interval.get(), interval),
+            min_change: config.output.min_change,
             interval,
         },
         tracker_info,

@@ -8,6 +8,7 @@ use std::{
 
 use super::{
     bodies::{AgentBody, RemovedBody, RunSummary, SelfCost, SnapshotBody},
+    delta::{self, Moved, Rule},
     state::Store,
 };
 use crate::{
@@ -83,16 +84,38 @@ impl Store {
         }
 
         let mut entities: BTreeMap<&'static str, u64> = BTreeMap::new();
-        let mut out_records: Vec<(&'static str, &str)> = Vec::new();
+        // (kind, index of the record, delta body or None for the whole record)
+        let mut out_records: Vec<(&'static str, usize, Option<String>)> = Vec::new();
         let mut next_sent = HashMap::with_capacity(records.len());
-        for r in &records {
+        for (i, r) in records.iter().enumerate() {
             *entities.entry(r.kind).or_default() += 1;
             let key = (r.kind, r.key.clone());
-            let changed = self.sent.get(&key) != Some(&r.body);
-            if keyframe || changed {
-                out_records.push((r.kind, r.body.as_str()));
-            }
-            next_sent.insert(key, r.body.clone());
+            let sent = self.sent.remove(&key);
+            let body = match sent {
+                // A keyframe, or an entity the reader does not know yet: the whole record.
+                None => {
+                    out_records.push((r.kind, i, None));
+                    r.body.clone()
+                }
+                Some(sent) if keyframe => {
+                    drop(sent);
+                    out_records.push((r.kind, i, None));
+                    r.body.clone()
+                }
+                Some(sent) => {
+                    let rule = Rule::of(r.kind, self.config.min_change.of(r.kind));
+                    if delta::moved(&sent, &r.body, &rule) == Moved::Beyond {
+                        let mut d = String::with_capacity(r.body.len() / 2);
+                        let patch = delta::delta_body(&sent, &r.body, &mut d).map(|()| d);
+                        out_records.push((r.kind, i, patch));
+                        r.body.clone()
+                    } else {
+                        // Not sent: the reference stays what the reader has.
+                        sent
+                    }
+                }
+            };
+            next_sent.insert(key, body);
         }
         // Entities gone since the last emission.
         let mut gone: Vec<(&'static str, String, String)> = self
@@ -135,7 +158,7 @@ impl Store {
         self.oom_kills = oom_kills;
 
         let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
-        for (kind, _) in &out_records {
+        for (kind, _, _) in &out_records {
             *counts.entry(kind).or_default() += 1;
         }
         for r in &gone_records {
@@ -176,7 +199,8 @@ impl Store {
             warnings: &warnings,
         };
         Record::new("snapshot", "", &snapshot).write_line(&header, &mut out);
-        for (kind, body) in &out_records {
+        for (kind, i, delta) in &out_records {
+            let body = delta.as_deref().unwrap_or(&records[*i].body);
             write_line(kind, body, &header, &mut out);
         }
         for r in &gone_records {
@@ -200,7 +224,20 @@ impl Store {
             lines_emitted: self.lines_emitted,
             lines_dropped: self.lines_dropped,
         };
-        Record::new("agent", "", &agent).write_line(&header, &mut out);
+        let agent = Record::new("agent", "", &agent);
+        match self.sent_agent.take() {
+            Some(sent) if !keyframe => {
+                let mut d = String::with_capacity(512);
+                match delta::delta_body(&sent, &agent.body, &mut d) {
+                    Some(()) => write_line("agent", &d, &header, &mut out),
+                    None => agent.write_line(&header, &mut out),
+                }
+            }
+            _ => agent.write_line(&header, &mut out),
+        }
+        if self.config.emit == EmitMode::Changes {
+            self.sent_agent = Some(agent.body);
+        }
         self.seq += 1;
         self.ran.clear();
         self.late.clear();

@@ -17,6 +17,7 @@
 //! of [`StoreMsg`]s.
 
 mod bodies;
+mod delta;
 mod emit;
 mod state;
 #[cfg(test)]
@@ -31,7 +32,7 @@ use tracing::error;
 pub(crate) use bodies::{AgentBody, RemovedBody, SnapshotBody};
 pub use bodies::{CollectorStatus, LadderReport, SelfCost, TrackerInfo};
 pub use emit::ExitCause;
-pub use state::{Store, StoreConfig};
+pub use state::{Store, StoreConfig, keyframe_every};
 
 use crate::{
     collectors::{CollectError, Observation},

@@ -9,7 +9,7 @@ use std::{
 use super::bodies::{CollectorStatus, LadderReport, TrackerInfo};
 use crate::{
     collectors::{CollectError, Observation},
-    config::EmitMode,
+    config::{EmitMode, MinChangeByKind},
     tracker::TrackerStats,
 };
 
@@ -18,7 +18,10 @@ use crate::{
 pub struct StoreConfig {
     pub host: String,
     pub emit: EmitMode,
+    /// In `changes` mode, every `keyframe_every`-th emission is a keyframe (the first one too).
     pub keyframe_every: u32,
+    /// In `changes` mode, the hysteresis per record kind.
+    pub min_change: MinChangeByKind,
     pub interval: Duration,
 }
 
@@ -33,8 +36,11 @@ pub struct Store {
     pub(super) status: BTreeMap<&'static str, CollectorStatus>,
     /// Collectors that ran since the last emission.
     pub(super) ran: Vec<&'static str>,
-    /// Body last sent per (kind, key).
+    /// Body last sent per (kind, key): in `changes` mode, what a reader holds (the reference of
+    /// the hysteresis).
     pub(super) sent: HashMap<(&'static str, String), String>,
+    /// The `agent` body last sent whole or patched (`changes` mode: the next one is a delta).
+    pub(super) sent_agent: Option<String>,
     pub(super) lines_emitted: u64,
     pub(super) lines_dropped: u64,
     /// Processes reported by `exit_now` since the last processes observation.
@@ -69,6 +75,7 @@ impl Store {
                 .collect(),
             ran: Vec::new(),
             sent: HashMap::new(),
+            sent_agent: None,
             lines_emitted: 0,
             lines_dropped: 0,
             exited: std::collections::HashSet::new(),
@@ -161,5 +168,31 @@ impl Store {
             events_received: t.events_received,
             events_lost: t.events_lost,
         }
+    }
+}
+
+/// Emissions per keyframe: `keyframe_interval` in whole emission intervals, rounded up (at least 1).
+pub fn keyframe_every(keyframe_interval: Duration, interval: Duration) -> u32 {
+    let n = keyframe_interval
+        .as_nanos()
+        .div_ceil(interval.as_nanos().max(1))
+        .max(1);
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyframe_interval_rounds_up_to_whole_emissions() {
+        let s = Duration::from_secs;
+        assert_eq!(keyframe_every(s(1800), s(10)), 180);
+        assert_eq!(keyframe_every(s(25), s(10)), 3);
+        assert_eq!(keyframe_every(s(1), s(10)), 1, "at least every emission");
+        assert_eq!(
+            keyframe_every(s(86_400), Duration::from_millis(100)),
+            864_000
+        );
     }
 }
