@@ -19,6 +19,8 @@
 mod bodies;
 mod delta;
 mod emit;
+#[cfg(test)]
+mod replay_tests;
 mod state;
 #[cfg(test)]
 mod tests;
