@@ -1,16 +1,23 @@
-//! `cargo xtask volume`: how many bytes a day the agent writes on this host, as it is now.
+//! `cargo xtask volume`: how many bytes a day the agent writes on this host, in each emit mode.
 //!
 //! Runs two agents side by side over the same host for `--seconds` (default 120), both with the
-//! default config except for a file sink, one with `emit = "full"` (the default) and one with
-//! `emit = "changes"`, at `--interval` (default the agent's default, 10s). Prints, per mode, the
-//! emissions seen, the processes on the host, the mean bytes per emission after the first (the
-//! first is a full read in both modes), and bytes per day extrapolated from the time between the
-//! second and the last emission. A figure printed by a command, never a test; on a shared machine
-//! say it was measured under load.
+//! default config except for a file sink, one with `emit = "full"` and one with the default
+//! `emit = "changes"`, at `--interval` (default the agent's default, 10s). With `--workers N` it
+//! first starts a busy host's workload: N `memhog worker` processes (each with private memory and a
+//! shared page of its executable), of which `--change-percent` (default 1) % are signalled every
+//! interval to map a new 256 KiB region.
+//!
+//! Prints, per mode, the emissions seen, the processes on the host, the mean bytes of a keyframe
+//! (the first emission; every emission with `full`) and of the other emissions, and the bytes per
+//! day they add up to: with E emissions a day and a keyframe every K (`keyframe_interval` /
+//! `interval`; 1 with `full`), E/K keyframes and E - E/K other emissions. The first emission is a
+//! keyframe whatever the run's length, so a short run still counts the keyframes a day has. A
+//! figure printed by a command, never a test; on a shared machine say it was measured under load.
 
 use std::{
+    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command},
+    process::{Child, Command, Stdio},
     time::Duration,
 };
 
@@ -20,12 +27,19 @@ use serde_json::Value;
 struct Options {
     seconds: u64,
     interval: String,
+    workers: usize,
+    change_percent: f64,
 }
+
+const USAGE: &str = "usage: cargo xtask volume [--seconds N (120)] [--interval 10s] \
+[--workers N (0: the host as it is)] [--change-percent P (1)]";
 
 fn parse(args: &[String]) -> Result<Options> {
     let mut o = Options {
         seconds: 120,
         interval: "10s".to_string(),
+        workers: 0,
+        change_percent: 1.0,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -37,9 +51,17 @@ fn parse(args: &[String]) -> Result<Options> {
                     .with_context(|| format!("--seconds {value}"))?
             }
             "--interval" => o.interval.clone_from(value),
-            other => bail!(
-                "unknown argument {other}; usage: cargo xtask volume [--seconds N] [--interval 10s]"
-            ),
+            "--workers" => {
+                o.workers = value
+                    .parse()
+                    .with_context(|| format!("--workers {value}"))?
+            }
+            "--change-percent" => {
+                o.change_percent = value
+                    .parse()
+                    .with_context(|| format!("--change-percent {value}"))?
+            }
+            other => bail!("unknown argument {other}; {USAGE}"),
         }
     }
     Ok(o)
@@ -49,23 +71,27 @@ fn parse(args: &[String]) -> Result<Options> {
 struct Volume {
     emissions: usize,
     processes: u64,
-    steady_bytes_per_emission: f64,
+    keyframe_bytes: f64,
+    other_bytes: Option<f64>,
     bytes_per_day: f64,
 }
 
-/// Reads the file sink at `path` (no rotation: max_bytes is large) and computes the figures.
-fn measure(path: &Path) -> Result<Volume> {
+/// Reads the file sink at `path` (no rotation: max_bytes is large) and computes the figures for
+/// `per_day` emissions a day with a keyframe every `keyframe_every`.
+fn measure(path: &Path, per_day: f64, keyframe_every: f64) -> Result<Volume> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
-    // (ts in ms of the emission's snapshot, bytes of the emission's lines)
-    let mut emissions: Vec<(f64, u64, u64)> = Vec::new();
+    // (keyframe, bytes of the emission's lines, processes)
+    let mut emissions: Vec<(bool, u64, u64)> = Vec::new();
     for line in text.lines() {
         let v: Value = serde_json::from_str(line)
             .with_context(|| format!("{}: not JSON: {line}", path.display()))?;
         let bytes = line.len() as u64 + 1;
         if v["kind"] == "snapshot" {
-            let ts = v["ts"].as_str().context("snapshot without ts")?;
+            let keyframe = v["keyframe"]
+                .as_bool()
+                .context("snapshot without keyframe")?;
             let processes = v["entities"]["process"].as_u64().unwrap_or(0);
-            emissions.push((ms_of(ts)?, bytes, processes));
+            emissions.push((keyframe, bytes, processes));
         } else if let Some(last) = emissions.last_mut() {
             last.1 += bytes;
         }
@@ -77,37 +103,111 @@ fn measure(path: &Path) -> Result<Volume> {
             emissions.len()
         );
     }
-    // Steady state: from the second emission on. Bytes of emissions 1..n-1 over the time from
-    // emission 1 to emission n-1 (the last emission's bytes close the span).
-    let steady = &emissions[1..];
-    let span_ms = steady[steady.len() - 1].0 - steady[0].0;
-    let bytes_in_span: u64 = steady[..steady.len() - 1].iter().map(|e| e.1).sum();
+    let mean = |keyframe: bool| {
+        let b: Vec<u64> = emissions
+            .iter()
+            .filter(|e| e.0 == keyframe)
+            .map(|e| e.1)
+            .collect();
+        (!b.is_empty()).then(|| b.iter().sum::<u64>() as f64 / b.len() as f64)
+    };
+    let keyframe_bytes = mean(true).context("no keyframe")?;
+    let other_bytes = mean(false);
+    let keyframes = per_day / keyframe_every.max(1.0);
+    let bytes_per_day =
+        keyframes * keyframe_bytes + (per_day - keyframes) * other_bytes.unwrap_or(keyframe_bytes);
     Ok(Volume {
         emissions: emissions.len(),
         processes: emissions[emissions.len() - 1].2,
-        steady_bytes_per_emission: steady.iter().map(|e| e.1 as f64).sum::<f64>()
-            / steady.len() as f64,
-        bytes_per_day: bytes_in_span as f64 / span_ms * 86_400_000.0,
+        keyframe_bytes,
+        other_bytes,
+        bytes_per_day,
     })
 }
 
-/// Milliseconds since midnight plus days of `YYYY-MM-DDTHH:MM:SS.mmmZ` (enough for differences
-/// within a run).
-fn ms_of(ts: &str) -> Result<f64> {
-    let bad = || format!("unexpected ts {ts}");
-    let (date, time) = ts.split_once('T').with_context(bad)?;
-    let day: f64 = date
-        .rsplit('-')
-        .next()
-        .with_context(bad)?
-        .parse()
-        .with_context(bad)?;
-    let time = time.trim_end_matches('Z');
-    let mut parts = time.split(':');
-    let h: f64 = parts.next().with_context(bad)?.parse().with_context(bad)?;
-    let m: f64 = parts.next().with_context(bad)?.parse().with_context(bad)?;
-    let s: f64 = parts.next().with_context(bad)?.parse().with_context(bad)?;
-    Ok(((day * 24.0 + h) * 60.0 + m) * 60_000.0 + s * 1000.0)
+/// Seconds of a duration as the agent's config writes it (`"500ms"`, `"10s"`, `"30m"`, `"1h"`).
+fn seconds_of(d: &str) -> Result<f64> {
+    let split = d.find(|c: char| !c.is_ascii_digit()).unwrap_or(d.len());
+    let (n, unit) = d.split_at(split);
+    let n: f64 = n.parse().with_context(|| format!("duration {d:?}"))?;
+    Ok(n * match unit {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        "d" | "day" => 86_400.0,
+        _ => bail!("duration {d:?}: use one unit of ms, s, m, h or d"),
+    })
+}
+
+/// The default `keyframe_interval`, in seconds, from the agent's `print-default-config`.
+fn default_keyframe_interval(agent: &Path) -> Result<f64> {
+    let out = Command::new(agent)
+        .arg("print-default-config")
+        .output()
+        .with_context(|| format!("{} print-default-config", agent.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let value = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("keyframe_interval = "))
+        .context("no keyframe_interval in the default config")?;
+    seconds_of(value.trim_matches('"'))
+}
+
+/// `memhog worker` processes, signalled round-robin; killed on drop.
+struct Workers {
+    children: Vec<Child>,
+    next: usize,
+}
+
+impl Workers {
+    fn spawn(memhog: &Path, n: usize) -> Result<Workers> {
+        let mut w = Workers {
+            children: Vec::with_capacity(n),
+            next: 0,
+        };
+        for i in 0..n {
+            let mut child = Command::new(memhog)
+                .args(["worker", "4194304"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .spawn()
+                .with_context(|| format!("spawning worker {i}: {}", memhog.display()))?;
+            let stdout = child.stdout.take().context("worker stdout")?;
+            w.children.push(child);
+            let mut line = String::new();
+            BufReader::new(stdout)
+                .read_line(&mut line)
+                .with_context(|| format!("worker {i}: reading its ready line"))?;
+            if line.trim() != "ready" {
+                bail!("worker {i} did not start (said {line:?})");
+            }
+        }
+        Ok(w)
+    }
+
+    /// Signals the next `k` workers (SIGUSR1: map a new region).
+    fn signal(&mut self, k: usize) -> Result<()> {
+        for _ in 0..k {
+            let c = &self.children[self.next % self.children.len()];
+            self.next += 1;
+            let pid = c.id().to_string();
+            let status = Command::new("kill").args(["-USR1", &pid]).status()?;
+            if !status.success() {
+                bail!("kill -USR1 {pid} failed");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 fn stop(child: &mut Child) -> Result<()> {
@@ -122,12 +222,33 @@ fn stop(child: &mut Child) -> Result<()> {
 
 pub fn run(args: &[String]) -> Result<()> {
     let o = parse(args)?;
+    let interval = seconds_of(&o.interval)?;
     // Bytes do not depend on the build profile; the dev build is the one the test lanes make.
-    crate::cargo(&["build", "-p", "memscope-agent"], &[])?;
+    let mut build = vec!["build", "-p", "memscope-agent"];
+    if o.workers > 0 {
+        build.extend([
+            "-p",
+            "memscope-tests",
+            "--bin",
+            "memhog",
+            "--bin",
+            "memscope-agent",
+        ]);
+    }
+    crate::cargo(&build, &[])?;
     let root = crate::workspace_root();
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
     let agent = target.join("debug/memscope-agent");
+    let keyframe_every = (default_keyframe_interval(&agent)? / interval).ceil();
+    let mut workers = match o.workers {
+        0 => None,
+        n => {
+            eprintln!("volume: starting {n} memhog workers");
+            Some(Workers::spawn(&target.join("debug/memhog"), n)?)
+        }
+    };
+    let per_tick = ((o.workers as f64 * o.change_percent / 100.0).round() as usize).max(1);
     let dir = std::env::temp_dir().join(format!("memscope-volume-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
     let mut children = Vec::new();
@@ -158,21 +279,45 @@ pub fn run(args: &[String]) -> Result<()> {
         o.seconds,
         dir.display()
     );
-    std::thread::sleep(Duration::from_secs(o.seconds));
+    let started = std::time::Instant::now();
+    let tick = Duration::from_secs_f64(interval);
+    while started.elapsed() < Duration::from_secs(o.seconds) {
+        if let Some(w) = &mut workers {
+            w.signal(per_tick)?;
+        }
+        std::thread::sleep(
+            tick.min(Duration::from_secs(o.seconds).saturating_sub(started.elapsed())),
+        );
+    }
     for (_, child, _) in &mut children {
         stop(child)?;
     }
+    drop(workers);
+    let per_day = 86_400.0 / interval;
     #[expect(clippy::print_stdout, reason = "the table is this command's output")]
     {
-        println!("| emit | emissions | processes | bytes/emission (after the first) | MB/day |");
-        println!("|---|---|---|---|---|");
+        println!(
+            "volume: interval {}, {} memhog workers ({per_tick} signalled per interval), keyframe every {keyframe_every} emissions with changes, {} s",
+            o.interval, o.workers, o.seconds
+        );
+        println!(
+            "| emit | emissions | processes | bytes/keyframe | bytes/other emission | MB/day |"
+        );
+        println!("|---|---|---|---|---|---|");
         for (mode, _, out) in &children {
-            let v = measure(out)?;
+            let every = if *mode == "full" { 1.0 } else { keyframe_every };
+            let v = measure(out, per_day, every)?;
+            let label = if *mode == "changes" {
+                "changes (default)"
+            } else {
+                mode
+            };
             println!(
-                "| {mode} | {} | {} | {:.0} | {:.1} |",
+                "| {label} | {} | {} | {:.0} | {} | {:.1} |",
                 v.emissions,
                 v.processes,
-                v.steady_bytes_per_emission,
+                v.keyframe_bytes,
+                v.other_bytes.map_or("-".to_string(), |b| format!("{b:.0}")),
                 v.bytes_per_day / 1e6
             );
         }
@@ -186,30 +331,46 @@ mod tests {
     use super::*;
 
     #[test]
-    fn steady_state_excludes_the_first_emission() -> Result<()> {
+    fn a_day_counts_keyframes_and_other_emissions_apart() -> Result<()> {
         let dir = tempfile::tempdir()?;
         let p = dir.path().join("s.jsonl");
-        let snap = |ts: &str| {
-            format!("{{\"kind\":\"snapshot\",\"ts\":\"{ts}\",\"entities\":{{\"process\":7}}}}\n")
+        let snap = |keyframe: bool| {
+            format!(
+                "{{\"kind\":\"snapshot\",\"keyframe\":{keyframe},\"entities\":{{\"process\":7}}}}\n"
+            )
         };
         let rec = "{\"kind\":\"process\",\"pid\":1}\n";
         let text = [
-            snap("2026-01-01T00:00:00.000Z"),
+            snap(true),
             rec.repeat(50),
-            snap("2026-01-01T00:00:10.000Z"),
+            snap(false),
             rec.to_string(),
-            snap("2026-01-01T00:00:20.000Z"),
+            snap(false),
             rec.to_string(),
         ]
         .concat();
         std::fs::write(&p, &text)?;
-        let v = measure(&p)?;
-        let emission = (snap("2026-01-01T00:00:10.000Z").len() + rec.len()) as f64;
+        let keyframe = (snap(true).len() + 50 * rec.len()) as f64;
+        let other = (snap(false).len() + rec.len()) as f64;
+        let v = measure(&p, 8640.0, 180.0)?;
         assert_eq!(v.emissions, 3);
         assert_eq!(v.processes, 7);
-        assert!((v.steady_bytes_per_emission - emission).abs() < 1e-9);
-        // One emission per 10 s: 8640 a day.
-        assert!((v.bytes_per_day - emission * 8640.0).abs() < 1e-6);
+        assert!((v.keyframe_bytes - keyframe).abs() < 1e-9);
+        assert_eq!(v.other_bytes, Some(other));
+        // 8640 emissions a day, one keyframe in 180: 48 keyframes.
+        assert!((v.bytes_per_day - (48.0 * keyframe + 8592.0 * other)).abs() < 1e-6);
+        // Every emission a keyframe (full): the mean of the keyframes, 8640 times.
+        let all = measure(&p, 8640.0, 1.0)?;
+        assert!((all.bytes_per_day - 8640.0 * keyframe).abs() < 1e-6);
+        Ok(())
+    }
+
+    #[test]
+    fn durations_in_the_configs_units() -> Result<()> {
+        assert_eq!(seconds_of("10s")?, 10.0);
+        assert_eq!(seconds_of("30m")?, 1800.0);
+        assert_eq!(seconds_of("500ms")?, 0.5);
+        assert!(seconds_of("1h30m").is_err());
         Ok(())
     }
 }
