@@ -418,13 +418,18 @@ impl Scheduler {
         let procfs = self.procfs.clone();
         let files = Arc::clone(&self.statm_files);
         let read = tokio::task::spawn_blocking(move || {
+            let start = Instant::now();
             let mut files = files.lock().unwrap_or_else(|p| p.into_inner());
-            StatmPass::read(&procfs, &mut files, &mut Vec::with_capacity(256))
+            let pass = StatmPass::read(&procfs, &mut files, &mut Vec::with_capacity(256));
+            (start.elapsed(), pass)
         })
         .await;
         match read {
-            Ok(Ok(pass)) => Some(Arc::new(pass)),
-            Ok(Err(e)) => {
+            Ok((took, Ok(pass))) => {
+                let _ = self.tx.send(StoreMsg::StatmPass(took)).await;
+                Some(Arc::new(pass))
+            }
+            Ok((_, Err(e))) => {
                 debug!(error = %e, "statm pass failed");
                 None
             }

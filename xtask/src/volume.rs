@@ -5,7 +5,10 @@
 //! `emit = "changes"`, at `--interval` (default the agent's default, 10s). With `--workers N` it
 //! first starts a busy host's workload: N `memhog worker` processes (each with private memory and a
 //! shared page of its executable), of which `--change-percent` (default 1) % are signalled every
-//! interval to map a new 256 KiB region.
+//! interval to map a new 256 KiB region. With `--pid-namespace` (root) everything runs in a PID
+//! namespace of its own, with its own `/proc`, so the agents see only the workers (and
+//! themselves), not whatever else runs on the host; the tracker is then `polling` (eBPF there
+//! would also report the host's exits). `meminfo`, cgroups and tmpfs stay the host's.
 //!
 //! Prints, per mode, the emissions seen, the processes on the host, the mean bytes of a keyframe
 //! (the first emission; every emission with `full`) and of the other emissions, and the bytes per
@@ -29,10 +32,14 @@ struct Options {
     interval: String,
     workers: usize,
     change_percent: f64,
+    pid_namespace: bool,
 }
 
 const USAGE: &str = "usage: cargo xtask volume [--seconds N (120)] [--interval 10s] \
-[--workers N (0: the host as it is)] [--change-percent P (1)]";
+[--workers N (0: the host as it is)] [--change-percent P (1)] [--pid-namespace]";
+
+/// Set in the environment of the run inside the PID namespace.
+const INNER: &str = "MEMSCOPE_VOLUME_IN_NAMESPACE";
 
 fn parse(args: &[String]) -> Result<Options> {
     let mut o = Options {
@@ -40,9 +47,14 @@ fn parse(args: &[String]) -> Result<Options> {
         interval: "10s".to_string(),
         workers: 0,
         change_percent: 1.0,
+        pid_namespace: false,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
+        if a == "--pid-namespace" {
+            o.pid_namespace = true;
+            continue;
+        }
         let value = it.next().with_context(|| format!("{a} needs a value"))?;
         match a.as_str() {
             "--seconds" => {
@@ -223,19 +235,42 @@ fn stop(child: &mut Child) -> Result<()> {
 pub fn run(args: &[String]) -> Result<()> {
     let o = parse(args)?;
     let interval = seconds_of(&o.interval)?;
-    // Bytes do not depend on the build profile; the dev build is the one the test lanes make.
-    let mut build = vec!["build", "-p", "memscope-agent"];
-    if o.workers > 0 {
-        build.extend([
-            "-p",
-            "memscope-tests",
-            "--bin",
-            "memhog",
-            "--bin",
-            "memscope-agent",
-        ]);
+    let inner = std::env::var_os(INNER).is_some();
+    if !inner {
+        // Bytes do not depend on the build profile; the dev build is the one the test lanes make.
+        let mut build = vec!["build", "-p", "memscope-agent"];
+        if o.workers > 0 {
+            build.extend([
+                "-p",
+                "memscope-tests",
+                "--bin",
+                "memhog",
+                "--bin",
+                "memscope-agent",
+            ]);
+        }
+        crate::cargo(&build, &[])?;
     }
-    crate::cargo(&build, &[])?;
+    if o.pid_namespace && !inner {
+        // The same command again in a PID namespace of its own with its own /proc: the agents see
+        // only the workers and themselves, whatever else runs on the host.
+        if !crate::is_root() {
+            bail!("--pid-namespace needs root (unshare --pid --mount)");
+        }
+        let me = std::env::current_exe().context("the xtask binary")?;
+        let status = Command::new("unshare")
+            .args(["--pid", "--fork", "--mount", "--mount-proc"])
+            .arg(&me)
+            .arg("volume")
+            .args(args)
+            .env(INNER, "1")
+            .status()
+            .context("running unshare (util-linux)")?;
+        if !status.success() {
+            bail!("volume in a PID namespace: {status}");
+        }
+        return Ok(());
+    }
     let root = crate::workspace_root();
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
@@ -258,8 +293,10 @@ pub fn run(args: &[String]) -> Result<()> {
         std::fs::write(
             &conf,
             format!(
-                "[agent]\ninterval = {:?}\n\n[output]\nsink = \"file\"\npath = {:?}\nmax_bytes = \"4GiB\"\nemit = {mode:?}\n",
+                "[agent]\ninterval = {:?}\n{}\n[output]\nsink = \"file\"\npath = {:?}\nmax_bytes = \"4GiB\"\nemit = {mode:?}\n",
                 o.interval,
+                // In a PID namespace the eBPF tracker would also report the host's exits.
+                if o.pid_namespace { "tracker = \"polling\"\n" } else { "" },
                 out.display().to_string()
             ),
         )
@@ -297,8 +334,15 @@ pub fn run(args: &[String]) -> Result<()> {
     #[expect(clippy::print_stdout, reason = "the table is this command's output")]
     {
         println!(
-            "volume: interval {}, {} memhog workers ({per_tick} signalled per interval), keyframe every {keyframe_every} emissions with changes, {} s",
-            o.interval, o.workers, o.seconds
+            "volume: interval {}, {} memhog workers ({per_tick} signalled per interval), keyframe every {keyframe_every} emissions with changes, {} s{}",
+            o.interval,
+            o.workers,
+            o.seconds,
+            if o.pid_namespace {
+                ", in a PID namespace of its own (polling tracker)"
+            } else {
+                ""
+            }
         );
         println!(
             "| emit | emissions | processes | bytes/keyframe | bytes/other emission | MB/day |"

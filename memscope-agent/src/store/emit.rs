@@ -3,7 +3,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    time::SystemTime,
+    time::{Instant, SystemTime},
 };
 
 use super::{
@@ -72,9 +72,11 @@ impl Store {
             || self
                 .seq
                 .is_multiple_of(u64::from(self.config.keyframe_every.max(1)));
-        let mut records = Vec::new();
+        let serialize = Instant::now();
+        let mut records = Vec::with_capacity(self.records_hint);
         let mut warnings = Vec::new();
         crate::derived::records(&self.latest, &mut records, &mut warnings);
+        self.records_hint = records.len();
         for name in &self.ran {
             if let Some(s) = self.status.get(name)
                 && let Some(e) = &s.last_error
@@ -82,40 +84,56 @@ impl Store {
                 warnings.push(format!("{name}: {e}"));
             }
         }
+        self.phases.serialize = serialize.elapsed().as_micros() as u64;
 
+        let diff = Instant::now();
+        let oom_kills = oom_kill_counts(&records);
+        let header_ts = rfc3339(now);
+        let header = Header {
+            ts: &header_ts,
+            host: &self.config.host,
+            seq: self.seq,
+        };
         let mut entities: BTreeMap<&'static str, u64> = BTreeMap::new();
-        // (kind, index of the record, delta body or None for the whole record)
-        let mut out_records: Vec<(&'static str, usize, Option<String>)> = Vec::new();
+        let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
+        // The entity lines, written as they are decided (the snapshot, which counts them, goes
+        // before them in the output).
+        let mut lines = std::mem::take(&mut self.lines_buf);
+        lines.clear();
+        let mut delta_buf = String::new();
         let mut next_sent = HashMap::with_capacity(records.len());
-        for (i, r) in records.iter().enumerate() {
+        let mut sent_lines = 0u64;
+        for r in records {
             *entities.entry(r.kind).or_default() += 1;
-            let key = (r.kind, r.key.clone());
-            let sent = self.sent.remove(&key);
-            let body = match sent {
-                // A keyframe, or an entity the reader does not know yet: the whole record.
-                None => {
-                    out_records.push((r.kind, i, None));
-                    r.body.clone()
-                }
-                Some(sent) if keyframe => {
-                    drop(sent);
-                    out_records.push((r.kind, i, None));
-                    r.body.clone()
-                }
-                Some(sent) => {
+            let key = (r.kind, r.key);
+            // What the reader holds afterwards: `None` when this record is sent now.
+            let kept = match self.sent.remove(&key) {
+                Some(sent) if !keyframe => {
                     let rule = Rule::of(r.kind, self.config.min_change.of(r.kind));
                     if delta::moved(&sent, &r.body, &rule) == Moved::Beyond {
-                        let mut d = String::with_capacity(r.body.len() / 2);
-                        let patch = delta::delta_body(&sent, &r.body, &mut d).map(|()| d);
-                        out_records.push((r.kind, i, patch));
-                        r.body.clone()
+                        delta_buf.clear();
+                        let body = match delta::delta_body(&sent, &r.body, &mut delta_buf) {
+                            Some(()) => delta_buf.as_str(),
+                            None => r.body.as_str(),
+                        };
+                        write_line(r.kind, body, &header, &mut lines);
+                        None
                     } else {
                         // Not sent: the reference stays what the reader has.
-                        sent
+                        Some(sent)
                     }
                 }
+                // A keyframe, or an entity the reader does not know yet: the whole record.
+                _ => {
+                    write_line(r.kind, &r.body, &header, &mut lines);
+                    None
+                }
             };
-            next_sent.insert(key, body);
+            if kept.is_none() {
+                *counts.entry(r.kind).or_default() += 1;
+                sent_lines += 1;
+            }
+            next_sent.insert(key, kept.unwrap_or(r.body));
         }
         // Entities gone since the last emission.
         let mut gone: Vec<(&'static str, String, String)> = self
@@ -125,7 +143,6 @@ impl Store {
             .map(|((kind, key), body)| (kind, key, body))
             .collect();
         gone.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-        let oom_kills = oom_kill_counts(&records);
         let early_exits = std::mem::take(&mut self.early_exits);
         let gone_records: Vec<Record> = early_exits
             .iter()
@@ -157,21 +174,11 @@ impl Store {
         self.sent = next_sent;
         self.oom_kills = oom_kills;
 
-        let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
-        for (kind, _, _) in &out_records {
-            *counts.entry(kind).or_default() += 1;
-        }
         for r in &gone_records {
             *counts.entry(r.kind).or_default() += 1;
         }
 
-        let ts = rfc3339(now);
-        let header = Header {
-            ts: &ts,
-            host: &self.config.host,
-            seq: self.seq,
-        };
-        let mut out = Vec::with_capacity(records.len() * 512 + 2048);
+        let mut out = Vec::with_capacity(lines.len() + 8192);
         let snapshot = SnapshotBody {
             mode: self.config.emit.as_str(),
             keyframe,
@@ -199,14 +206,22 @@ impl Store {
             warnings: &warnings,
         };
         Record::new("snapshot", "", &snapshot).write_line(&header, &mut out);
-        for (kind, i, delta) in &out_records {
-            let body = delta.as_deref().unwrap_or(&records[*i].body);
-            write_line(kind, body, &header, &mut out);
-        }
+        out.extend_from_slice(&lines);
+        self.lines_buf = lines;
         for r in &gone_records {
             r.write_line(&header, &mut out);
         }
-        let lines_so_far = out_records.len() as u64 + gone_records.len() as u64 + 2;
+        let lines_so_far = sent_lines + gone_records.len() as u64 + 2;
+        self.phases.diff = diff.elapsed().as_micros() as u64;
+        let ran = |name: &str| {
+            if self.ran.contains(&name) {
+                self.status.get(name).map_or(0, |s| s.last_duration_us)
+            } else {
+                0
+            }
+        };
+        self.phases.processes = ran("processes");
+        self.phases.smaps = ran("smaps");
         self.lines_emitted += lines_so_far;
         let by_class = reads.by_class();
         let agent = AgentBody {
@@ -223,6 +238,7 @@ impl Store {
             emissions: self.seq + 1,
             lines_emitted: self.lines_emitted,
             lines_dropped: self.lines_dropped,
+            phases_us: &self.phases,
         };
         let agent = Record::new("agent", "", &agent);
         match self.sent_agent.take() {

@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use super::bodies::{CollectorStatus, LadderReport, TrackerInfo};
+use super::bodies::{CollectorStatus, LadderReport, Phases, TrackerInfo};
 use crate::{
     collectors::{CollectError, Observation},
     config::{EmitMode, MinChangeByKind},
@@ -58,6 +58,12 @@ pub struct Store {
     pub(super) late: Vec<&'static str>,
     /// The tracker's counters as last reported.
     pub(super) tracker_stats: TrackerStats,
+    /// Where the time of the tick went (the store task fills in the statm pass and the write).
+    pub(crate) phases: Phases,
+    /// The entity lines of the last emission's buffer, kept for its capacity.
+    pub(super) lines_buf: Vec<u8>,
+    /// Records in the last emission: the next one's capacity.
+    pub(super) records_hint: usize,
 }
 
 impl Store {
@@ -84,6 +90,9 @@ impl Store {
             oom_kills: HashMap::new(),
             late: Vec::new(),
             tracker_stats: TrackerStats::default(),
+            phases: Phases::default(),
+            lines_buf: Vec::new(),
+            records_hint: 0,
         }
     }
 
