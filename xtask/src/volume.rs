@@ -258,8 +258,11 @@ pub fn run(args: &[String]) -> Result<()> {
             bail!("--pid-namespace needs root (unshare --pid --mount)");
         }
         let me = std::env::current_exe().context("the xtask binary")?;
+        // A shell is the namespace's pid 1, so that the workers' parent (this command) is not:
+        // a worker whose parent is pid 1 takes it that its parent is gone.
         let status = Command::new("unshare")
             .args(["--pid", "--fork", "--mount", "--mount-proc"])
+            .args(["sh", "-c", "\"$@\"; exit $?", "sh"])
             .arg(&me)
             .arg("volume")
             .args(args)
