@@ -86,6 +86,8 @@ struct Volume {
     keyframe_bytes: f64,
     other_bytes: Option<f64>,
     bytes_per_day: f64,
+    /// Mean bytes per kind in the emissions that are not keyframes.
+    other_by_kind: std::collections::BTreeMap<String, f64>,
 }
 
 /// Reads the file sink at `path` (no rotation: max_bytes is large) and computes the figures for
@@ -94,6 +96,7 @@ fn measure(path: &Path, per_day: f64, keyframe_every: f64) -> Result<Volume> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
     // (keyframe, bytes of the emission's lines, processes)
     let mut emissions: Vec<(bool, u64, u64)> = Vec::new();
+    let mut by_kind: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
     for line in text.lines() {
         let v: Value = serde_json::from_str(line)
             .with_context(|| format!("{}: not JSON: {line}", path.display()))?;
@@ -106,6 +109,11 @@ fn measure(path: &Path, per_day: f64, keyframe_every: f64) -> Result<Volume> {
             emissions.push((keyframe, bytes, processes));
         } else if let Some(last) = emissions.last_mut() {
             last.1 += bytes;
+        }
+        if emissions.last().is_some_and(|e| !e.0) {
+            let kind = v["kind"].as_str().unwrap_or("?");
+            let delta = if v["delta"] == true { " (delta)" } else { "" };
+            *by_kind.entry(format!("{kind}{delta}")).or_default() += bytes;
         }
     }
     if emissions.len() < 3 {
@@ -125,6 +133,11 @@ fn measure(path: &Path, per_day: f64, keyframe_every: f64) -> Result<Volume> {
     };
     let keyframe_bytes = mean(true).context("no keyframe")?;
     let other_bytes = mean(false);
+    let others = emissions.iter().filter(|e| !e.0).count().max(1) as f64;
+    let other_by_kind = by_kind
+        .into_iter()
+        .map(|(k, b)| (k, b as f64 / others))
+        .collect();
     let keyframes = per_day / keyframe_every.max(1.0);
     let bytes_per_day =
         keyframes * keyframe_bytes + (per_day - keyframes) * other_bytes.unwrap_or(keyframe_bytes);
@@ -134,6 +147,7 @@ fn measure(path: &Path, per_day: f64, keyframe_every: f64) -> Result<Volume> {
         keyframe_bytes,
         other_bytes,
         bytes_per_day,
+        other_by_kind,
     })
 }
 
@@ -367,6 +381,18 @@ pub fn run(args: &[String]) -> Result<()> {
                 v.other_bytes.map_or("-".to_string(), |b| format!("{b:.0}")),
                 v.bytes_per_day / 1e6
             );
+        }
+    }
+    #[expect(clippy::print_stdout, reason = "the table is this command's output")]
+    for (mode, _, out) in &children {
+        let v = measure(out, per_day, keyframe_every)?;
+        if *mode == "changes" && !v.other_by_kind.is_empty() {
+            println!("\nchanges: mean bytes per emission between keyframes, by kind");
+            println!("| kind | bytes |");
+            println!("|---|---|");
+            for (kind, b) in &v.other_by_kind {
+                println!("| {kind} | {b:.0} |");
+            }
         }
     }
     std::fs::remove_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;

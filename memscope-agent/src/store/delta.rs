@@ -80,7 +80,7 @@ pub fn moved(sent: &str, new: &str, rule: &Rule) -> Moved {
     for_each_pair(&old, &new, |key, o, n| {
         let v = rule.volatile.contains(&unquote(key));
         let moved = match (o, n) {
-            (Some(o), Some(n)) => compare(o, n, key, rule.min_change, v),
+            (Some(o), Some(n)) => compare(o, n, key, rule.min_change, v, &[]),
             _ if v => Moved::Within,
             _ => Moved::Beyond,
         };
@@ -93,6 +93,21 @@ pub fn moved(sent: &str, new: &str, rule: &Rule) -> Moved {
 /// then every member that differs (objects as nested patches). `None` when a body cannot be read;
 /// the caller then sends `new` whole.
 pub fn delta_body(sent: &str, new: &str, out: &mut String) -> Option<()> {
+    delta_body_without(sent, new, &[], out)
+}
+
+/// A top-level member a delta leaves out unless it moved with its `quiet` members (at any depth)
+/// ignored; `quiet: None`: always left out.
+pub type Skip<'a> = (&'a str, Option<&'a [&'a str]>);
+
+/// [`delta_body`], leaving out the members named in `skip` (the `agent` record's counters that
+/// only keyframes carry, unless something other than a count moved).
+pub fn delta_body_without(
+    sent: &str,
+    new: &str,
+    skip: &[Skip<'_>],
+    out: &mut String,
+) -> Option<()> {
     let old = members(sent)?;
     let new_members = members(new)?;
     out.push_str("\"delta\":true");
@@ -107,6 +122,17 @@ pub fn delta_body(sent: &str, new: &str, out: &mut String) -> Option<()> {
     for_each_pair(&old, &new_members, |key, o, n| {
         if IDENTITY.contains(&unquote(key)) {
             return;
+        }
+        if let Some((_, quiet)) = skip.iter().find(|(k, _)| *k == unquote(key)) {
+            let exact = MinChange::default();
+            let moved = match (quiet, o, n) {
+                (None, _, _) => false,
+                (Some(q), Some(o), Some(n)) => compare(o, n, key, exact, false, q) == Moved::Beyond,
+                (Some(_), _, _) => true,
+            };
+            if !moved {
+                return;
+            }
         }
         patch_member(key, o, n, out);
     });
@@ -174,11 +200,20 @@ fn for_each_pair<'a>(
     }
 }
 
-fn compare(old: &Node<'_>, new: &Node<'_>, key: &str, th: MinChange, volatile: bool) -> Moved {
+/// How far `new` moved from `old` (the value of `key`); members named in `quiet`, at any depth,
+/// count as volatile.
+fn compare(
+    old: &Node<'_>,
+    new: &Node<'_>,
+    key: &str,
+    th: MinChange,
+    volatile: bool,
+    quiet: &[&str],
+) -> Moved {
     if old.text() == new.text() {
         return Moved::Same;
     }
-    if volatile {
+    if volatile || quiet.contains(&unquote(key)) {
         return Moved::Within;
     }
     match (old, new) {
@@ -196,7 +231,7 @@ fn compare(old: &Node<'_>, new: &Node<'_>, key: &str, th: MinChange, volatile: b
             let mut m = Moved::Same;
             for_each_pair(om, nm, |k, o, n| {
                 m = m.max(match (o, n) {
-                    (Some(o), Some(n)) => compare(o, n, k, th, false),
+                    (Some(o), Some(n)) => compare(o, n, k, th, false, quiet),
                     _ => Moved::Beyond,
                 });
             });
@@ -205,7 +240,7 @@ fn compare(old: &Node<'_>, new: &Node<'_>, key: &str, th: MinChange, volatile: b
         (Node::Array(_, oa), Node::Array(_, na)) if oa.len() == na.len() => oa
             .iter()
             .zip(na)
-            .map(|(o, n)| compare(o, n, key, th, false))
+            .map(|(o, n)| compare(o, n, key, th, false, quiet))
             .max()
             .unwrap_or(Moved::Same),
         _ => Moved::Beyond,
@@ -503,6 +538,22 @@ mod tests {
         assert_eq!(
             delta(r#""pid":1,"a":1"#, r#""pid":1,"a":1"#),
             r#""delta":true,"pid":1"#
+        );
+        let mut out = String::new();
+        let skip: &[Skip<'_>] = &[("b", None), ("c", Some(&["runs"]))];
+        let sent = r#""a":1,"b":{"x":1},"c":{"p":{"runs":1,"failures":0}}"#;
+        let runs = r#""a":2,"b":{"x":2},"c":{"p":{"runs":2,"failures":0}}"#;
+        let failed = r#""a":2,"b":{"x":2},"c":{"p":{"runs":2,"failures":1}}"#;
+        delta_body_without(sent, runs, skip, &mut out).expect("readable");
+        assert_eq!(
+            out, r#""delta":true,"a":2"#,
+            "b skipped, c only counted runs"
+        );
+        out.clear();
+        delta_body_without(sent, failed, skip, &mut out).expect("readable");
+        assert_eq!(
+            out, r#""delta":true,"a":2,"c":{"p":{"runs":2,"failures":1}}"#,
+            "c had a failure: sent, with its runs"
         );
     }
 }

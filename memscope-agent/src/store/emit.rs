@@ -244,7 +244,7 @@ impl Store {
         match self.sent_agent.take() {
             Some(sent) if !keyframe => {
                 let mut d = String::with_capacity(512);
-                match delta::delta_body(&sent, &agent.body, &mut d) {
+                match delta::delta_body_without(&sent, &agent.body, AGENT_KEYFRAME_ONLY, &mut d) {
                     Some(()) => write_line("agent", &d, &header, &mut out),
                     None => agent.write_line(&header, &mut out),
                 }
@@ -293,6 +293,19 @@ fn oom_kill_moved(body: &str, before: &HashMap<String, u64>, now: &HashMap<Strin
     };
     matches!((before.get(cgroup), now.get(cgroup)), (Some(b), Some(n)) if n > b)
 }
+
+/// Members of the `agent` record sent only in keyframes (in `changes` mode): cumulative counters
+/// whose movement between keyframes the other records already show (each emission's `snapshot`
+/// has every collector's outcome and duration; `proc_bytes_read` and `phases_us` are in every
+/// `agent` delta).
+/// `collectors` is sent between keyframes too when more than its run counts and durations moved
+/// (a failure, a late or skipped run).
+const AGENT_KEYFRAME_ONLY: &[delta::Skip<'static>] = &[
+    ("collectors", Some(&["runs", "last_duration_us"])),
+    ("proc_bytes_read_by_file", None),
+    ("proc_reads_by_file", None),
+    ("tiers", None),
+];
 
 /// Appended to the body of an `exit` record of an OOM-killed process.
 const OOM_REASON: &str = ",\"reason\":\"oom_kill\"";
