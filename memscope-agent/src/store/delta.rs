@@ -139,6 +139,101 @@ pub fn delta_body_without(
     Some(())
 }
 
+/// The `delta` body of an entity that moved (see [`moved`]) and, in `held`, the body a reader
+/// holds after applying it: the identity fields, every member that moved past the hysteresis (any
+/// change of a field that is not `_bytes`), and the volatile members that differ. A `_bytes` field
+/// within the hysteresis keeps its last sent value, so its reference stays what the reader has.
+/// `None` when a body cannot be read; the caller then sends `new` whole.
+pub fn entity_delta(
+    sent: &str,
+    new: &str,
+    rule: &Rule,
+    delta: &mut String,
+    held: &mut String,
+) -> Option<()> {
+    let old = members(sent)?;
+    let new_members = members(new)?;
+    delta.push_str("\"delta\":true");
+    for (k, n) in &new_members {
+        if IDENTITY.contains(&unquote(k)) {
+            delta.push(',');
+            delta.push_str(k);
+            delta.push(':');
+            delta.push_str(n.text());
+        }
+    }
+    merge_members(&old, &new_members, rule, true, delta, held);
+    Some(())
+}
+
+/// Writes into `delta` (each with a leading comma) the members of `new` to send against `old`,
+/// and into `held` (comma-separated) the members the reader holds afterwards. `top`: the record's
+/// own members (identity fields are already in `delta`; volatile names apply there).
+fn merge_members(
+    old: &[(&str, Node<'_>)],
+    new: &[(&str, Node<'_>)],
+    rule: &Rule,
+    top: bool,
+    delta: &mut String,
+    held: &mut String,
+) {
+    let mut first = true;
+    let mut hold = |held: &mut String, key: &str, text: &str| {
+        if !first {
+            held.push(',');
+        }
+        first = false;
+        held.push_str(key);
+        held.push(':');
+        held.push_str(text);
+    };
+    for_each_pair(old, new, |key, o, n| {
+        let name = unquote(key);
+        let volatile = top && rule.volatile.contains(&name);
+        match (o, n) {
+            (Some(o), Some(n)) if o.text() == n.text() || (top && IDENTITY.contains(&name)) => {
+                hold(held, key, n.text());
+            }
+            (Some(Node::Object(_, om)), Some(Node::Object(_, nm))) if !volatile => {
+                let (mut d, mut h) = (String::new(), String::new());
+                merge_members(om, nm, rule, false, &mut d, &mut h);
+                if !d.is_empty() {
+                    delta.push(',');
+                    delta.push_str(key);
+                    delta.push_str(":{");
+                    delta.push_str(&d[1..]);
+                    delta.push('}');
+                }
+                hold(held, key, &format!("{{{h}}}"));
+            }
+            (Some(o), Some(n)) => {
+                if volatile || compare(o, n, key, rule.min_change, false, &[]) == Moved::Beyond {
+                    delta.push(',');
+                    delta.push_str(key);
+                    delta.push(':');
+                    delta.push_str(n.text());
+                    hold(held, key, n.text());
+                } else {
+                    hold(held, key, o.text());
+                }
+            }
+            (None, Some(n)) => {
+                delta.push(',');
+                delta.push_str(key);
+                delta.push(':');
+                delta.push_str(n.text());
+                hold(held, key, n.text());
+            }
+            (Some(_), None) => {
+                delta.push(',');
+                delta.push_str(key);
+                delta.push_str(":null");
+            }
+            (None, None) => {}
+        }
+    });
+}
+
 /// Writes `,"key":patch` when `o` and `n` differ.
 fn patch_member(key: &str, o: Option<&Node<'_>>, n: Option<&Node<'_>>, out: &mut String) {
     match (o, n) {
@@ -494,6 +589,30 @@ mod tests {
         assert_eq!(moved(r#""pid":1"#, sent, &r), Moved::Beyond);
         // Unreadable: changed.
         assert_eq!(moved("\"pid\":1", "\"pid\":", &r), Moved::Beyond);
+    }
+
+    #[test]
+    fn an_entity_delta_sends_what_moved_and_the_reader_holds_the_rest() {
+        let r = th(1000, 0.0);
+        let sent = r#""pid":7,"state":"S","name":"a","pss_bytes":5000,"uss_bytes":4000,"subtree":{"processes":2,"pss_bytes":10000,"uss_bytes":9000},"gone":1"#;
+        let new = r#""pid":7,"state":"R","name":"a","pss_bytes":7000,"uss_bytes":4500,"subtree":{"processes":2,"pss_bytes":10100,"uss_bytes":12000},"added":2"#;
+        assert_eq!(moved(sent, new, &r), Moved::Beyond);
+        let (mut d, mut held) = (String::new(), String::new());
+        entity_delta(sent, new, &r, &mut d, &mut held).expect("readable");
+        assert_eq!(
+            d,
+            r#""delta":true,"pid":7,"state":"R","pss_bytes":7000,"subtree":{"uss_bytes":12000},"added":2,"gone":null"#,
+            "moved bytes, the volatile state, new and gone members; not uss_bytes (500 < 1000)"
+        );
+        // The reader's copy after the patch is what the store keeps as the reference.
+        let mut reader = obj(sent);
+        merge(&mut reader, &obj(&d));
+        if let Some(o) = reader.as_object_mut() {
+            o.remove("delta");
+        }
+        assert_eq!(reader, obj(&held));
+        assert_eq!(obj(&held)["uss_bytes"], 4000, "within: the value last sent");
+        assert_eq!(obj(&held)["subtree"]["pss_bytes"], 10000);
     }
 
     #[test]

@@ -106,34 +106,41 @@ impl Store {
         for r in records {
             *entities.entry(r.kind).or_default() += 1;
             let key = (r.kind, r.key);
-            // What the reader holds afterwards: `None` when this record is sent now.
-            let kept = match self.sent.remove(&key) {
+            // Whether the record goes out now, and what the reader holds afterwards (`None`: the
+            // record itself).
+            let (sent_now, held) = match self.sent.remove(&key) {
                 Some(sent) if !keyframe => {
                     let rule = Rule::of(r.kind, self.config.min_change.of(r.kind));
                     if delta::moved(&sent, &r.body, &rule) == Moved::Beyond {
                         delta_buf.clear();
-                        let body = match delta::delta_body(&sent, &r.body, &mut delta_buf) {
-                            Some(()) => delta_buf.as_str(),
-                            None => r.body.as_str(),
-                        };
-                        write_line(r.kind, body, &header, &mut lines);
-                        None
+                        let mut held = String::with_capacity(sent.len());
+                        match delta::entity_delta(&sent, &r.body, &rule, &mut delta_buf, &mut held)
+                        {
+                            Some(()) => {
+                                write_line(r.kind, &delta_buf, &header, &mut lines);
+                                (true, Some(held))
+                            }
+                            None => {
+                                write_line(r.kind, &r.body, &header, &mut lines);
+                                (true, None)
+                            }
+                        }
                     } else {
                         // Not sent: the reference stays what the reader has.
-                        Some(sent)
+                        (false, Some(sent))
                     }
                 }
                 // A keyframe, or an entity the reader does not know yet: the whole record.
                 _ => {
                     write_line(r.kind, &r.body, &header, &mut lines);
-                    None
+                    (true, None)
                 }
             };
-            if kept.is_none() {
+            if sent_now {
                 *counts.entry(r.kind).or_default() += 1;
                 sent_lines += 1;
             }
-            next_sent.insert(key, kept.unwrap_or(r.body));
+            next_sent.insert(key, held.unwrap_or(r.body));
         }
         // Entities gone since the last emission.
         let mut gone: Vec<(&'static str, String, String)> = self
