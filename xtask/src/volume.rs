@@ -33,10 +33,12 @@ struct Options {
     workers: usize,
     change_percent: f64,
     pid_namespace: bool,
+    worker_bytes: u64,
+    release: bool,
 }
 
 const USAGE: &str = "usage: cargo xtask volume [--seconds N (120)] [--interval 10s] \
-[--workers N (0: the host as it is)] [--change-percent P (1)] [--pid-namespace]";
+[--workers N (0: the host as it is)] [--change-percent P (1)] [--worker-bytes BYTES (4194304)] [--pid-namespace] [--release]";
 
 /// Set in the environment of the run inside the PID namespace.
 const INNER: &str = "MEMSCOPE_VOLUME_IN_NAMESPACE";
@@ -48,11 +50,17 @@ fn parse(args: &[String]) -> Result<Options> {
         workers: 0,
         change_percent: 1.0,
         pid_namespace: false,
+        worker_bytes: 4 << 20,
+        release: false,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         if a == "--pid-namespace" {
             o.pid_namespace = true;
+            continue;
+        }
+        if a == "--release" {
+            o.release = true;
             continue;
         }
         let value = it.next().with_context(|| format!("{a} needs a value"))?;
@@ -67,6 +75,11 @@ fn parse(args: &[String]) -> Result<Options> {
                 o.workers = value
                     .parse()
                     .with_context(|| format!("--workers {value}"))?
+            }
+            "--worker-bytes" => {
+                o.worker_bytes = value
+                    .parse()
+                    .with_context(|| format!("--worker-bytes {value}"))?
             }
             "--change-percent" => {
                 o.change_percent = value
@@ -151,6 +164,77 @@ fn measure(path: &Path, per_day: f64, keyframe_every: f64) -> Result<Volume> {
     })
 }
 
+/// RFC 7386 merge of `patch` into `target` (a `delta` record into the record it patches).
+fn merge(target: &mut Value, patch: &Value) {
+    match (target.as_object_mut(), patch.as_object()) {
+        (Some(t), Some(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        _ => *target = patch.clone(),
+    }
+}
+
+/// The `agent` records' `phases_us` of a stream (deltas applied), from its third emission on (the
+/// first reads every process, the second may carry re-reads over): how many, the median of each
+/// phase (µs) with the tick (their sum) last, and the median ratio of the tick to the statm pass.
+fn phases(path: &Path) -> Result<(usize, Vec<(String, f64)>, f64)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    let mut agent = Value::Null;
+    let mut rows: Vec<serde_json::Map<String, Value>> = Vec::new();
+    for line in text.lines() {
+        let v: Value = serde_json::from_str(line)
+            .with_context(|| format!("{}: not JSON: {line}", path.display()))?;
+        if v["kind"] != "agent" {
+            continue;
+        }
+        if v["delta"] == true {
+            merge(&mut agent, &v);
+        } else {
+            agent = v.clone();
+        }
+        if v["seq"].as_u64().unwrap_or(0) >= 2
+            && let Some(p) = agent["phases_us"].as_object()
+        {
+            rows.push(p.clone());
+        }
+    }
+    if rows.is_empty() {
+        bail!(
+            "{}: no agent record from the third emission on",
+            path.display()
+        );
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let names: Vec<String> = rows[0].keys().cloned().collect();
+    let us = |r: &serde_json::Map<String, Value>, k: &str| {
+        r.get(k).and_then(Value::as_f64).unwrap_or(0.0)
+    };
+    let tick = |r: &serde_json::Map<String, Value>| names.iter().map(|k| us(r, k)).sum::<f64>();
+    let mut medians: Vec<(String, f64)> = names
+        .iter()
+        .map(|k| (k.clone(), median(rows.iter().map(|r| us(r, k)).collect())))
+        .collect();
+    medians.push((
+        "tick (sum)".to_string(),
+        median(rows.iter().map(tick).collect()),
+    ));
+    let ratio = median(
+        rows.iter()
+            .map(|r| tick(r) / us(r, "statm_pass").max(1.0))
+            .collect(),
+    );
+    Ok((rows.len(), medians, ratio))
+}
+
 /// Seconds of a duration as the agent's config writes it (`"500ms"`, `"10s"`, `"30m"`, `"1h"`).
 fn seconds_of(d: &str) -> Result<f64> {
     let split = d.find(|c: char| !c.is_ascii_digit()).unwrap_or(d.len());
@@ -187,14 +271,14 @@ struct Workers {
 }
 
 impl Workers {
-    fn spawn(memhog: &Path, n: usize) -> Result<Workers> {
+    fn spawn(memhog: &Path, n: usize, bytes: u64) -> Result<Workers> {
         let mut w = Workers {
             children: Vec::with_capacity(n),
             next: 0,
         };
         for i in 0..n {
             let mut child = Command::new(memhog)
-                .args(["worker", "4194304"])
+                .args(["worker", &bytes.to_string()])
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .spawn()
@@ -264,6 +348,9 @@ pub fn run(args: &[String]) -> Result<()> {
             ]);
         }
         crate::cargo(&build, &[])?;
+        if o.release {
+            crate::cargo(&["build", "--release", "-p", "memscope-agent"], &[])?;
+        }
     }
     if o.pid_namespace && !inner {
         // The same command again in a PID namespace of its own with its own /proc: the agents see
@@ -291,16 +378,28 @@ pub fn run(args: &[String]) -> Result<()> {
     let root = crate::workspace_root();
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    let agent = target.join("debug/memscope-agent");
+    let agent = target.join(if o.release {
+        "release/memscope-agent"
+    } else {
+        "debug/memscope-agent"
+    });
     let keyframe_every = (default_keyframe_interval(&agent)? / interval).ceil();
     let mut workers = match o.workers {
         0 => None,
         n => {
             eprintln!("volume: starting {n} memhog workers");
-            Some(Workers::spawn(&target.join("debug/memhog"), n)?)
+            Some(Workers::spawn(
+                &target.join("debug/memhog"),
+                n,
+                o.worker_bytes,
+            )?)
         }
     };
-    let per_tick = ((o.workers as f64 * o.change_percent / 100.0).round() as usize).max(1);
+    let per_tick = if o.workers == 0 {
+        0
+    } else {
+        ((o.workers as f64 * o.change_percent / 100.0).round() as usize).max(1)
+    };
     let dir = std::env::temp_dir().join(format!("memscope-volume-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
     let mut children = Vec::new();
@@ -383,6 +482,22 @@ pub fn run(args: &[String]) -> Result<()> {
             );
         }
     }
+    if let Some((_, _, out)) = children.iter().find(|c| c.0 == "changes") {
+        let (n, medians, ratio) = phases(out)?;
+        #[expect(clippy::print_stdout, reason = "the table is this command's output")]
+        {
+            println!(
+                "\nchanges: the agent's phases_us, median of {n} ticks (from the third emission on), {} build",
+                if o.release { "release" } else { "debug" }
+            );
+            println!("| phase | ms |");
+            println!("|---|---|");
+            for (phase, us) in &medians {
+                println!("| {phase} | {:.2} |", us / 1000.0);
+            }
+            println!("| tick / statm pass (median of the ratios) | {ratio:.2} |");
+        }
+    }
     #[expect(clippy::print_stdout, reason = "the table is this command's output")]
     for (mode, _, out) in &children {
         let v = measure(out, per_day, keyframe_every)?;
@@ -435,6 +550,35 @@ mod tests {
         // Every emission a keyframe (full): the mean of the keyframes, 8640 times.
         let all = measure(&p, 8640.0, 1.0)?;
         assert!((all.bytes_per_day - 8640.0 * keyframe).abs() < 1e-6);
+        Ok(())
+    }
+
+    #[test]
+    fn phases_apply_agent_deltas_and_take_medians() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let p = dir.path().join("s.jsonl");
+        let agent = |seq: u64, body: &str| format!("{{\"kind\":\"agent\",\"seq\":{seq},{body}}}\n");
+        let text = [
+            agent(0, r#""phases_us":{"statm_pass":100,"diff":900}"#),
+            agent(1, r#""delta":true,"phases_us":{"statm_pass":10}"#),
+            agent(2, r#""delta":true,"phases_us":{"statm_pass":10,"diff":10}"#),
+            agent(3, r#""delta":true,"phases_us":{"diff":30}"#),
+            agent(4, r#""delta":true,"phases_us":{"statm_pass":20}"#),
+        ]
+        .concat();
+        std::fs::write(&p, text)?;
+        let (n, medians, ratio) = phases(&p)?;
+        assert_eq!(n, 3, "from seq 2 on");
+        // Rows: (10, 10), (10, 30), (20, 30): ticks 20, 40, 50; ratios 2, 4, 2.5.
+        assert_eq!(
+            medians,
+            [
+                ("diff".to_string(), 30.0),
+                ("statm_pass".to_string(), 10.0),
+                ("tick (sum)".to_string(), 40.0)
+            ]
+        );
+        assert_eq!(ratio, 2.5);
         Ok(())
     }
 

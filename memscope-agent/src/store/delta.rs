@@ -7,11 +7,14 @@
 //!   last value sent, not the last value seen, so a slow drift is sent once it adds up.
 //! - Any other field has moved when its value differs, except a kind's volatile fields
 //!   ([`volatile`]), which never make a record change on their own.
-//! - A record that moved is sent as a `delta` record: a JSON merge patch (RFC 7386) of the last body
-//!   sent, carrying the entity's identity fields ([`IDENTITY`]) and *every* field that differs (the
-//!   ones within the hysteresis too), so that after it the reader's copy equals the agent's. Objects
-//!   merge member by member, arrays and scalars replace, and a member the new body lacks is `null`
+//! - An entity that moved is sent as a `delta` record ([`entity_delta`]): a JSON merge patch
+//!   (RFC 7386) of the body the reader holds, carrying the entity's identity fields ([`IDENTITY`]),
+//!   the fields that moved and the volatile fields that differ. A `_bytes` field within the
+//!   hysteresis is left out and keeps, as its reference, the value the reader holds. Objects merge
+//!   member by member, arrays and scalars replace, and a member the new body lacks is `null`
 //!   (absent and `null` mean the same in every record).
+//! - The `agent` record's delta ([`delta_body_without`]) carries every field that differs, except
+//!   the members only keyframes carry.
 //!
 //! Bodies are the agent's own compact JSON (the fields without the outer braces, see
 //! [`crate::records::Record`]); they are compared by a small scanner over the text, with no
