@@ -105,7 +105,18 @@ struct Volume {
 
 /// Reads the file sink at `path` (no rotation: max_bytes is large) and computes the figures for
 /// `per_day` emissions a day with a keyframe every `keyframe_every`.
-fn measure(path: &Path, per_day: f64, keyframe_every: f64) -> Result<Volume> {
+/// `keyframe`: the bytes of a keyframe when known from elsewhere (a `full` run's emission: a
+/// keyframe sends the same whole records).
+///
+/// Steady state: the first emission reads every process, and a collector that misses its deadline
+/// at start delivers its entities with the second (whole, as new); so keyframes are averaged from
+/// the second emission on and the other emissions from the third on (when there are that many).
+fn measure(
+    path: &Path,
+    per_day: f64,
+    keyframe_every: f64,
+    keyframe: Option<f64>,
+) -> Result<Volume> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
     // (keyframe, bytes of the emission's lines, processes)
     let mut emissions: Vec<(bool, u64, u64)> = Vec::new();
@@ -123,7 +134,7 @@ fn measure(path: &Path, per_day: f64, keyframe_every: f64) -> Result<Volume> {
         } else if let Some(last) = emissions.last_mut() {
             last.1 += bytes;
         }
-        if emissions.last().is_some_and(|e| !e.0) {
+        if emissions.len() > 2 && emissions.last().is_some_and(|e| !e.0) {
             let kind = v["kind"].as_str().unwrap_or("?");
             let delta = if v["delta"] == true { " (delta)" } else { "" };
             *by_kind.entry(format!("{kind}{delta}")).or_default() += bytes;
@@ -136,17 +147,21 @@ fn measure(path: &Path, per_day: f64, keyframe_every: f64) -> Result<Volume> {
             emissions.len()
         );
     }
-    let mean = |keyframe: bool| {
+    let mean = |keyframe: bool, from: usize| {
         let b: Vec<u64> = emissions
             .iter()
+            .skip(from)
             .filter(|e| e.0 == keyframe)
             .map(|e| e.1)
             .collect();
         (!b.is_empty()).then(|| b.iter().sum::<u64>() as f64 / b.len() as f64)
     };
-    let keyframe_bytes = mean(true).context("no keyframe")?;
-    let other_bytes = mean(false);
-    let others = emissions.iter().filter(|e| !e.0).count().max(1) as f64;
+    let keyframe_bytes = match keyframe {
+        Some(k) => k,
+        None => mean(true, 1).or(mean(true, 0)).context("no keyframe")?,
+    };
+    let other_bytes = mean(false, 2);
+    let others = emissions.iter().skip(2).filter(|e| !e.0).count().max(1) as f64;
     let other_by_kind = by_kind
         .into_iter()
         .map(|(k, b)| (k, b as f64 / others))
@@ -464,9 +479,17 @@ pub fn run(args: &[String]) -> Result<()> {
             "| emit | emissions | processes | bytes/keyframe | bytes/other emission | MB/day |"
         );
         println!("|---|---|---|---|---|---|");
+        let mut full_keyframe = None;
         for (mode, _, out) in &children {
-            let every = if *mode == "full" { 1.0 } else { keyframe_every };
-            let v = measure(out, per_day, every)?;
+            let (every, keyframe) = if *mode == "full" {
+                (1.0, None)
+            } else {
+                (keyframe_every, full_keyframe)
+            };
+            let v = measure(out, per_day, every, keyframe)?;
+            if *mode == "full" {
+                full_keyframe = Some(v.keyframe_bytes);
+            }
             let label = if *mode == "changes" {
                 "changes (default)"
             } else {
@@ -500,9 +523,11 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     #[expect(clippy::print_stdout, reason = "the table is this command's output")]
     for (mode, _, out) in &children {
-        let v = measure(out, per_day, keyframe_every)?;
+        let v = measure(out, per_day, keyframe_every, None)?;
         if *mode == "changes" && !v.other_by_kind.is_empty() {
-            println!("\nchanges: mean bytes per emission between keyframes, by kind");
+            println!(
+                "\nchanges: mean bytes per emission between keyframes (from the third on), by kind"
+            );
             println!("| kind | bytes |");
             println!("|---|---|");
             for (kind, b) in &v.other_by_kind {
@@ -528,9 +553,13 @@ mod tests {
             )
         };
         let rec = "{\"kind\":\"process\",\"pid\":1}\n";
+        // A keyframe, then an emission still completing the start (10 new records), then two
+        // steady ones.
         let text = [
             snap(true),
             rec.repeat(50),
+            snap(false),
+            rec.repeat(10),
             snap(false),
             rec.to_string(),
             snap(false),
@@ -540,15 +569,23 @@ mod tests {
         std::fs::write(&p, &text)?;
         let keyframe = (snap(true).len() + 50 * rec.len()) as f64;
         let other = (snap(false).len() + rec.len()) as f64;
-        let v = measure(&p, 8640.0, 180.0)?;
-        assert_eq!(v.emissions, 3);
+        let v = measure(&p, 8640.0, 180.0, None)?;
+        assert_eq!(v.emissions, 4);
         assert_eq!(v.processes, 7);
         assert!((v.keyframe_bytes - keyframe).abs() < 1e-9);
-        assert_eq!(v.other_bytes, Some(other));
+        assert_eq!(
+            v.other_bytes,
+            Some(other),
+            "steady state: from the third emission"
+        );
+        assert_eq!(v.other_by_kind["process"], rec.len() as f64);
         // 8640 emissions a day, one keyframe in 180: 48 keyframes.
         assert!((v.bytes_per_day - (48.0 * keyframe + 8592.0 * other)).abs() < 1e-6);
+        // A keyframe's size from elsewhere (a full run's emission).
+        let given = measure(&p, 8640.0, 180.0, Some(1000.0))?;
+        assert!((given.bytes_per_day - (48.0 * 1000.0 + 8592.0 * other)).abs() < 1e-6);
         // Every emission a keyframe (full): the mean of the keyframes, 8640 times.
-        let all = measure(&p, 8640.0, 1.0)?;
+        let all = measure(&p, 8640.0, 1.0, None)?;
         assert!((all.bytes_per_day - 8640.0 * keyframe).abs() < 1e-6);
         Ok(())
     }

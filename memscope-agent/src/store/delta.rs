@@ -28,16 +28,19 @@ use crate::config::MinChange;
 /// `delta` record carries those its kind has, so a reader knows which entity it patches.
 pub const IDENTITY: [&str; 6] = ["pid", "id", "dev", "inode", "shmid", "path"];
 
-/// Fields of `kind` that change too often to be worth a record of their own: a process's `state`
-/// (running or sleeping at the moment of the read) and `threads`, an object's `mappings` (count of
-/// mappings, moved by every anonymous mmap), a cgroup's `pressure` (PSI averages) and a tmpfs's
-/// counts of files, directories and inodes. They are sent with the record when it is sent for
-/// another reason, and in every keyframe.
+/// Fields of `kind` (at any depth) that change too often to be worth a record of their own: a
+/// process's `state` (running or sleeping at the moment of the read) and `threads`, an object's
+/// `mappings` (count of mappings, moved by every anonymous mmap), a cgroup's `pressure` (PSI
+/// averages), the dirty and writeback page counts of a cgroup and of `meminfo` (I/O state that
+/// every write and flush moves, not who holds memory), and a tmpfs's counts of files, directories
+/// and inodes. They are sent with the record when it is sent for another reason, and in every
+/// keyframe.
 pub fn volatile(kind: &str) -> &'static [&'static str] {
     match kind {
         "process" => &["state", "threads"],
         "object" => &["mappings"],
-        "cgroup" => &["pressure"],
+        "cgroup" => &["pressure", "file_dirty_bytes"],
+        "meminfo" => &["Dirty_bytes", "Writeback_bytes", "WritebackTmp_bytes"],
         "tmpfs" => &["files", "dirs", "inodes_used", "walk_errors"],
         _ => &[],
     }
@@ -83,7 +86,7 @@ pub fn moved(sent: &str, new: &str, rule: &Rule) -> Moved {
     for_each_pair(&old, &new, |key, o, n| {
         let v = rule.volatile.contains(&unquote(key));
         let moved = match (o, n) {
-            (Some(o), Some(n)) => compare(o, n, key, rule.min_change, v, &[]),
+            (Some(o), Some(n)) => compare(o, n, key, rule.min_change, v, rule.volatile),
             _ if v => Moved::Within,
             _ => Moved::Beyond,
         };
@@ -192,7 +195,7 @@ fn merge_members(
     };
     for_each_pair(old, new, |key, o, n| {
         let name = unquote(key);
-        let volatile = top && rule.volatile.contains(&name);
+        let volatile = rule.volatile.contains(&name);
         match (o, n) {
             (Some(o), Some(n)) if o.text() == n.text() || (top && IDENTITY.contains(&name)) => {
                 hold(held, key, n.text());

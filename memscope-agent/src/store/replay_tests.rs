@@ -89,7 +89,7 @@ fn body(raw: &str) -> Value {
 }
 
 /// Where `rebuilt` differs from `truth` beyond `th` (a `_bytes` member) or at all (any other
-/// member, except the `volatile` top-level ones): one line per difference.
+/// member, except the `volatile` ones, at any depth): one line per difference.
 fn differences(
     path: &str,
     rebuilt: &Value,
@@ -102,19 +102,19 @@ fn differences(
         (Value::Object(r), Value::Object(t)) => {
             let keys: BTreeSet<&String> = r.keys().chain(t.keys()).collect();
             for k in keys {
-                if path.is_empty() && volatile.contains(&k.as_str()) {
+                if volatile.contains(&k.as_str()) {
                     continue;
                 }
                 let p = format!("{path}.{k}");
                 match (r.get(k), t.get(k)) {
-                    (Some(a), Some(b)) => differences(&p, a, b, th, &[], out),
+                    (Some(a), Some(b)) => differences(&p, a, b, th, volatile, out),
                     (a, b) => out.push(format!("{p}: {a:?} vs {b:?}")),
                 }
             }
         }
         (Value::Array(r), Value::Array(t)) if r.len() == t.len() => {
             for (i, (a, b)) in r.iter().zip(t).enumerate() {
-                differences(&format!("{path}[{i}]"), a, b, th, &[], out);
+                differences(&format!("{path}[{i}]"), a, b, th, volatile, out);
             }
         }
         (Value::Number(a), Value::Number(b)) if path.ends_with("_bytes") => {
