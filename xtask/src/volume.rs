@@ -415,7 +415,11 @@ pub fn run(args: &[String]) -> Result<()> {
     } else {
         ((o.workers as f64 * o.change_percent / 100.0).round() as usize).max(1)
     };
-    let dir = std::env::temp_dir().join(format!("memscope-volume-{}", std::process::id()));
+    // The pid alone is not unique: inside a PID namespace this command is always pid 2.
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let dir = std::env::temp_dir().join(format!("memscope-volume-{}-{stamp}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
     let mut children = Vec::new();
     for mode in ["full", "changes"] {

@@ -73,8 +73,8 @@ impl Rule {
     }
 }
 
-/// Compares a body with the one last sent. `Moved::Beyond` means: send it, as `delta_body(sent,
-/// new)`.
+/// Compares a body with the one last sent. `Moved::Beyond` means: send it, as
+/// [`entity_delta`].
 pub fn moved(sent: &str, new: &str, rule: &Rule) -> Moved {
     if sent == new {
         return Moved::Same;
@@ -95,19 +95,15 @@ pub fn moved(sent: &str, new: &str, rule: &Rule) -> Moved {
     m
 }
 
-/// The body of the `delta` record that turns `sent` into `new`: `"delta":true`, the identity fields,
-/// then every member that differs (objects as nested patches). `None` when a body cannot be read;
-/// the caller then sends `new` whole.
-pub fn delta_body(sent: &str, new: &str, out: &mut String) -> Option<()> {
-    delta_body_without(sent, new, &[], out)
-}
-
 /// A top-level member a delta leaves out unless it moved with its `quiet` members (at any depth)
 /// ignored; `quiet: None`: always left out.
 pub type Skip<'a> = (&'a str, Option<&'a [&'a str]>);
 
-/// [`delta_body`], leaving out the members named in `skip` (the `agent` record's counters that
-/// only keyframes carry, unless something other than a count moved).
+/// The body of the `delta` record that turns `sent` into `new` exactly (the `agent` record):
+/// `"delta":true`, the identity fields, then every member that differs (objects as nested
+/// patches), leaving out the members named in `skip` (the counters only keyframes carry, unless
+/// something other than a count moved). `None` when a body cannot be read; the caller then sends
+/// `new` whole.
 pub fn delta_body_without(
     sent: &str,
     new: &str,
@@ -505,7 +501,7 @@ mod tests {
 
     fn delta(sent: &str, new: &str) -> String {
         let mut out = String::new();
-        delta_body(sent, new, &mut out).expect("readable");
+        delta_body_without(sent, new, &[], &mut out).expect("readable");
         out
     }
 
