@@ -195,10 +195,19 @@ fn merge(target: &mut Value, patch: &Value) {
     }
 }
 
+/// What [`phases`] finds.
+struct PhaseMedians {
+    ticks: usize,
+    /// Per phase, then the tick (their sum), in µs.
+    medians: Vec<(String, f64)>,
+    /// Median of the tick / statm pass ratios.
+    ratio: f64,
+}
+
 /// The `agent` records' `phases_us` of a stream (deltas applied), from its third emission on (the
 /// first reads every process, the second may carry re-reads over): how many, the median of each
 /// phase (µs) with the tick (their sum) last, and the median ratio of the tick to the statm pass.
-fn phases(path: &Path) -> Result<(usize, Vec<(String, f64)>, f64)> {
+fn phases(path: &Path) -> Result<PhaseMedians> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
     let mut agent = Value::Null;
     let mut rows: Vec<serde_json::Map<String, Value>> = Vec::new();
@@ -247,7 +256,11 @@ fn phases(path: &Path) -> Result<(usize, Vec<(String, f64)>, f64)> {
             .map(|r| tick(r) / us(r, "statm_pass").max(1.0))
             .collect(),
     );
-    Ok((rows.len(), medians, ratio))
+    Ok(PhaseMedians {
+        ticks: rows.len(),
+        medians,
+        ratio,
+    })
 }
 
 /// Seconds of a duration as the agent's config writes it (`"500ms"`, `"10s"`, `"30m"`, `"1h"`).
@@ -510,7 +523,11 @@ pub fn run(args: &[String]) -> Result<()> {
         }
     }
     if let Some((_, _, out)) = children.iter().find(|c| c.0 == "changes") {
-        let (n, medians, ratio) = phases(out)?;
+        let PhaseMedians {
+            ticks: n,
+            medians,
+            ratio,
+        } = phases(out)?;
         #[expect(clippy::print_stdout, reason = "the table is this command's output")]
         {
             println!(
@@ -608,7 +625,11 @@ mod tests {
         ]
         .concat();
         std::fs::write(&p, text)?;
-        let (n, medians, ratio) = phases(&p)?;
+        let PhaseMedians {
+            ticks: n,
+            medians,
+            ratio,
+        } = phases(&p)?;
         assert_eq!(n, 3, "from seq 2 on");
         // Rows: (10, 10), (10, 30), (20, 30): ticks 20, 40, 50; ratios 2, 4, 2.5.
         assert_eq!(
