@@ -17,10 +17,12 @@ fn store(emit: EmitMode, keyframe_every: u32) -> Store {
             keyframe_every,
             min_change: crate::config::MinChangeByKind::default(),
             interval: Duration::from_secs(10),
+            started: std::time::Instant::now(),
         },
         TrackerInfo {
             mode: "polling".into(),
             reason: Some("test".into()),
+            load_ms: None,
         },
         &["processes"],
     )
