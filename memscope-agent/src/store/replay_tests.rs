@@ -30,10 +30,12 @@ fn store(emit: EmitMode, names: &[&'static str]) -> Store {
             keyframe_every: 5,
             min_change: MinChangeByKind::default(),
             interval: Duration::from_secs(10),
+            started: std::time::Instant::now(),
         },
         TrackerInfo {
             mode: "polling".into(),
             reason: Some("test".into()),
+            load_ms: None,
         },
         names,
     )
