@@ -25,16 +25,22 @@ use crate::{
     store::{AgentBody, RemovedBody, SnapshotBody},
 };
 
-/// The body of an `exit` record for a process that lived and died between two ticks (written by
-/// the store as text: `{"pid":N,"known":false,"at_once":true}`).
+/// The body of an `exit` record for a process whose numbers were never sent (written by the store
+/// as text: `{"pid":N,"known":false,"at_once":true}` between emissions; without `at_once` when the
+/// exit came before the first emission and goes out in it).
 #[derive(JsonSchema)]
 #[expect(dead_code, reason = "only its schema is used")]
 struct UnknownExit {
     pid: u32,
-    /// Always false: the agent never read this process.
+    /// Always false: the agent never sent this process's numbers.
     known: bool,
-    /// Always true: sent when the exit was seen, between emissions.
+    /// True when sent at once, between emissions; absent when the exit went out in the first
+    /// emission.
+    #[schemars(skip_serializing_if = "std::ops::Not::not")]
     at_once: bool,
+    /// `oom_kill` when the OOM killer chose it.
+    #[schemars(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
 }
 
 /// What an `exit` record adds to the last `process` body sent.
@@ -45,6 +51,13 @@ struct ExitExtra {
     /// an emission.
     #[schemars(skip_serializing_if = "std::ops::Not::not")]
     at_once: bool,
+    /// `oom_kill` when the OOM killer chose it (the tracker saw it, or its cgroup's `oom_kill`
+    /// counter grew: then `reason_inferred` is true).
+    #[schemars(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    /// The reason was inferred from the cgroup's counter (polling).
+    #[schemars(skip_serializing_if = "std::ops::Not::not")]
+    reason_inferred: bool,
 }
 
 /// The kinds, in the order an emission writes them (then the ones sent on changes).

@@ -181,3 +181,36 @@ fn delta_records_validate_as_merge_patches() {
         "without delta: true, a partial record is missing fields"
     );
 }
+
+#[test]
+fn exits_without_figures_and_with_a_reason_validate() {
+    let validator = SchemaValidator::strict();
+    let header = |body: serde_json::Value| {
+        let mut v = serde_json::json!({
+            "schema": "memscope.v1", "kind": "exit", "ts": "2026-11-28T12:59:05.733Z",
+            "host": "h", "seq": 0,
+        });
+        for (k, x) in body.as_object().expect("object") {
+            v[k] = x.clone();
+        }
+        v
+    };
+    // An exit before the first emission goes out in it: no at_once.
+    validator
+        .validate(&header(serde_json::json!({"pid": 7, "known": false})))
+        .expect("an early exit");
+    validator
+        .validate(&header(
+            serde_json::json!({"pid": 7, "known": false, "reason": "oom_kill"}),
+        ))
+        .expect("an early OOM kill");
+    let process = golden_lines()
+        .into_iter()
+        .find(|v| v["kind"] == "process")
+        .expect("a process record in the golden stream");
+    let mut exit = process;
+    exit["kind"] = serde_json::json!("exit");
+    exit["reason"] = serde_json::json!("oom_kill");
+    exit["reason_inferred"] = serde_json::json!(true);
+    validator.validate(&exit).expect("an inferred OOM kill");
+}
