@@ -140,7 +140,7 @@ pub fn record_schema(kind: &str) -> Value {
         },
         "required": ["schema", "kind", "ts", "host", "seq"],
     });
-    if DELTA_KINDS.contains(&kind) {
+    if has_delta(kind) {
         // A `delta` record (`emit = "changes"`) is a JSON merge patch of the whole record: the same
         // fields and types, none required, and `null` for a member that went away.
         schema["properties"]["delta"] = json!({
@@ -164,19 +164,10 @@ pub fn record_schema(kind: &str) -> Value {
     schema
 }
 
-/// Kinds that have a `delta` form: the entities, and the `agent` record.
-pub const DELTA_KINDS: [&str; 10] = [
-    "meminfo",
-    "process",
-    "cgroup",
-    "object",
-    "sysv",
-    "tmpfs",
-    "memfd",
-    "shmem_ledger",
-    "hugetlb_ledger",
-    "agent",
-];
+/// Whether `kind` has a `delta` form: the entities, and the `agent` record.
+fn has_delta(kind: &str) -> bool {
+    !matches!(kind, "snapshot" | "exit" | "removed")
+}
 
 const DELTA_SUFFIX: &str = "_delta";
 

@@ -505,20 +505,9 @@ mod tests {
         out
     }
 
-    /// RFC 7386 applied to `sent`, for checking that a patch brings the reader up to date.
+    /// RFC 7386, as a reader applies it.
     fn merge(target: &mut serde_json::Value, patch: &serde_json::Value) {
-        match (target.as_object_mut(), patch.as_object()) {
-            (Some(t), Some(p)) => {
-                for (k, v) in p {
-                    if v.is_null() {
-                        t.remove(k);
-                    } else {
-                        merge(t.entry(k).or_insert(serde_json::Value::Null), v);
-                    }
-                }
-            }
-            _ => *target = patch.clone(),
-        }
+        crate::view::state::merge(target, patch.clone());
     }
 
     fn obj(body: &str) -> serde_json::Value {

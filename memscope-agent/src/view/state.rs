@@ -353,29 +353,32 @@ impl Rebuilder {
     }
 }
 
+/// RFC 7386: `patch` merged into `target` (objects member by member, `null` removes a member,
+/// anything else replaces).
+pub fn merge(target: &mut Value, patch: Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(&k);
+                } else {
+                    merge(t.entry(k).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, Value::Object(p)) => {
+            *t = Value::Object(serde_json::Map::new());
+            merge(t, Value::Object(p));
+        }
+        (t, p) => *t = p,
+    }
+}
+
 /// The record `old` (a whole line) with the `delta` record `patch` applied as a JSON merge patch
 /// (RFC 7386: objects merge member by member, `null` removes a member, anything else replaces):
 /// the header fields become the patch's, and the `delta` marker is dropped. `None` when either line
 /// is not a JSON object.
 pub fn merge_patch(old: &str, patch: &str) -> Option<String> {
-    fn merge(target: &mut Value, patch: Value) {
-        match (target, patch) {
-            (Value::Object(t), Value::Object(p)) => {
-                for (k, v) in p {
-                    if v.is_null() {
-                        t.remove(&k);
-                    } else {
-                        merge(t.entry(k).or_insert(Value::Null), v);
-                    }
-                }
-            }
-            (t, Value::Object(p)) => {
-                *t = Value::Object(serde_json::Map::new());
-                merge(t, Value::Object(p));
-            }
-            (t, p) => *t = p,
-        }
-    }
     let mut target: Value = serde_json::from_str(old).ok()?;
     let mut patch: Value = serde_json::from_str(patch).ok()?;
     let (Some(_), Some(p)) = (target.as_object(), patch.as_object_mut()) else {
