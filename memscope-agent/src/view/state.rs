@@ -484,6 +484,36 @@ mod tests {
     }
 
     #[test]
+    fn delta_records_patch_the_entity_and_the_agent_record() {
+        let lines = [
+            snap(0, true),
+            proc_line(0, 1, 100),
+            r#"{"schema":"memscope.v1","kind":"agent","ts":"t0","host":"h","seq":0,"cpu_user_us":5,"collectors":{"p":{"runs":1}}}"#.into(),
+            snap(1, false),
+            r#"{"schema":"memscope.v1","kind":"process","ts":"t1","host":"h","seq":1,"delta":true,"pid":1,"pss_bytes":300,"cgroup":{"path":"/b"},"future":null}"#.into(),
+            r#"{"schema":"memscope.v1","kind":"agent","ts":"t1","host":"h","seq":1,"delta":true,"cpu_user_us":9}"#.into(),
+        ];
+        let (state, _) = rebuild(&lines.join("\n"));
+        assert_eq!(
+            pss_of(&state),
+            [("p1".to_string(), 300)],
+            "name kept, PSS patched"
+        );
+        let p = state.values("process").pop().expect("the process");
+        assert_eq!(p["cgroup"]["path"], "/b");
+        assert!(p.get("future").is_none(), "null removes a member");
+        assert!(p.get("delta").is_none());
+        assert_eq!(p["seq"], 1, "the header is the delta's");
+        let agent: Value =
+            serde_json::from_str(state.agent.as_deref().expect("agent")).expect("json");
+        assert_eq!(agent["cpu_user_us"], 9);
+        assert_eq!(
+            agent["collectors"]["p"]["runs"], 1,
+            "kept from the keyframe"
+        );
+    }
+
+    #[test]
     fn unreadable_lines_are_counted_not_fatal() {
         let mut r = Rebuilder::new();
         assert_eq!(r.push("not json"), Step::Unreadable);
