@@ -125,7 +125,8 @@ pub async fn run(
         StoreConfig {
             host: host_name(&config),
             emit: config.output.emit,
-            keyframe_every: config.output.keyframe_every.0,
+            keyframe_every: store::keyframe_every(config.output.keyframe_interval.get(), interval),
+            min_change: config.output.min_change,
             interval,
             started,
         },
@@ -446,13 +447,18 @@ impl Scheduler {
         let procfs = self.procfs.clone();
         let files = Arc::clone(&self.statm_files);
         let read = tokio::task::spawn_blocking(move || {
+            let start = Instant::now();
             let mut files = files.lock().unwrap_or_else(|p| p.into_inner());
-            StatmPass::read(&procfs, &mut files, &mut Vec::with_capacity(256))
+            let pass = StatmPass::read(&procfs, &mut files, &mut Vec::with_capacity(256));
+            (start.elapsed(), pass)
         })
         .await;
         match read {
-            Ok(Ok(pass)) => Some(Arc::new(pass)),
-            Ok(Err(e)) => {
+            Ok((took, Ok(pass))) => {
+                let _ = self.tx.send(StoreMsg::StatmPass(took)).await;
+                Some(Arc::new(pass))
+            }
+            Ok((_, Err(e))) => {
                 debug!(error = %e, "statm pass failed");
                 None
             }
@@ -560,11 +566,12 @@ mod tests {
         }
     }
 
-    /// The messages sent so far, sorted (runs end in any order).
+    /// The messages sent so far, sorted (runs end in any order), without the statm pass timings.
     fn drain(rx: &mut mpsc::Receiver<StoreMsg>) -> Vec<String> {
         let mut out = Vec::new();
         while let Ok(m) = rx.try_recv() {
             out.push(match m {
+                StoreMsg::StatmPass(_) => continue,
                 StoreMsg::Collected { collector, .. } => format!("collected {collector}"),
                 StoreMsg::Late { collector } => format!("late {collector}"),
                 StoreMsg::Skipped { collector } => format!("skipped {collector}"),
