@@ -221,14 +221,21 @@ fn main() -> ExitCode {
         }
     };
     let run = memscope_agent::runtime::run(config, sink, cli.once, shutdown_signal());
-    match runtime.block_on(run) {
+    let code = match runtime.block_on(run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // The sink is flushed by now. A collector run still blocked in a read (it is abandoned at its
+    // deadline) must not hold the exit.
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    code
 }
+
+/// How long the exit waits for collector runs still going once the sink is flushed.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The agent's async runtime (two workers; `/proc` reads go to the blocking pool).
 fn async_runtime() -> Option<tokio::runtime::Runtime> {
@@ -253,7 +260,9 @@ fn show(config: Config, opts: &ShowOptions, json: bool) -> ExitCode {
     let Some(runtime) = async_runtime() else {
         return ExitCode::FAILURE;
     };
-    let lines = match runtime.block_on(memscope_agent::view::collect_once(config)) {
+    let collected = runtime.block_on(memscope_agent::view::collect_once(config));
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    let lines = match collected {
         Ok(l) => l,
         Err(e) => {
             error!("{e:#}");

@@ -56,6 +56,13 @@ pub fn collector_deadline(interval: Duration) -> Duration {
     interval / 2
 }
 
+/// How long one `/proc` read may block before it is abandoned and its process put in the penalty
+/// box ([`crate::procfs::guard`]): the collector deadline, but at least 1 s (a `smaps` of a process
+/// with many mappings legitimately takes a while).
+pub fn read_deadline(interval: Duration) -> Duration {
+    collector_deadline(interval).max(Duration::from_secs(1))
+}
+
 /// Runs the agent until `shutdown` resolves (or after one emission with `once`), writing to `sink`.
 pub async fn run(
     config: Config,
@@ -63,8 +70,8 @@ pub async fn run(
     once: bool,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let procfs = ProcFs::new(&config.agent.proc_root);
     let interval = config.agent.interval.get();
+    let procfs = ProcFs::new(&config.agent.proc_root).with_read_deadline(read_deadline(interval));
     let mut tracker = start_tracker(&config.agent, once).await?;
     let tracker_info = match tracker.source.state() {
         TrackerState::Ebpf => TrackerInfo {

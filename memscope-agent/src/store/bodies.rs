@@ -125,6 +125,8 @@ pub(crate) struct AgentBody<'a> {
     pub(super) emissions: u64,
     pub(super) lines_emitted: u64,
     pub(super) lines_dropped: u64,
+    /// Reads abandoned past their deadline, the readers still blocked, and the penalty box.
+    pub(super) stuck_reads: &'a crate::procfs::guard::StuckReads,
 }
 
 #[derive(Serialize, schemars::JsonSchema)]

@@ -81,6 +81,12 @@ impl Store {
                 warnings.push(format!("{name}: {e}"));
             }
         }
+        // A collector that reports the failed read already names the path.
+        for w in std::mem::take(&mut self.stuck_warnings) {
+            if !warnings.iter().any(|x| x.ends_with(w.as_str())) {
+                warnings.push(w);
+            }
+        }
 
         let mut entities: BTreeMap<&'static str, u64> = BTreeMap::new();
         let mut out_records: Vec<(&'static str, &str)> = Vec::new();
@@ -199,6 +205,7 @@ impl Store {
             emissions: self.seq + 1,
             lines_emitted: self.lines_emitted,
             lines_dropped: self.lines_dropped,
+            stuck_reads: &self.stuck,
         };
         Record::new("agent", "", &agent).write_line(&header, &mut out);
         self.seq += 1;

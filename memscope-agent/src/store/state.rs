@@ -10,6 +10,7 @@ use super::bodies::{CollectorStatus, LadderReport, TrackerInfo};
 use crate::{
     collectors::{CollectError, Observation},
     config::EmitMode,
+    procfs::guard::StuckReads,
     tracker::TrackerStats,
 };
 
@@ -52,9 +53,20 @@ pub struct Store {
     pub(super) late: Vec<&'static str>,
     /// The tracker's counters as last reported.
     pub(super) tracker_stats: TrackerStats,
+    /// Reads abandoned past their deadline, and the penalty box, as last reported.
+    pub(super) stuck: StuckReads,
+    /// Warnings of reads abandoned since the last emission.
+    pub(super) stuck_warnings: Vec<String>,
 }
 
 impl Store {
+    /// The stuck reads and penalty box for the coming `agent` record, and the warnings of reads
+    /// abandoned since the last emission (for its `snapshot` record).
+    pub fn set_stuck_reads(&mut self, stuck: StuckReads, warnings: Vec<String>) {
+        self.stuck = stuck;
+        self.stuck_warnings.extend(warnings);
+    }
+
     /// `collectors` are the names of the enabled collectors, in emission order.
     pub fn new(config: StoreConfig, tracker: TrackerInfo, collectors: &[&'static str]) -> Store {
         Store {
@@ -77,6 +89,8 @@ impl Store {
             oom_kills: HashMap::new(),
             late: Vec::new(),
             tracker_stats: TrackerStats::default(),
+            stuck: StuckReads::default(),
+            stuck_warnings: Vec::new(),
         }
     }
 
