@@ -178,7 +178,7 @@ pub async fn run(
     let store_ended = tokio::select! {
         () = ticks => None,
         () = shutdown => {
-            info!("shutdown requested");
+            info!("stop requested (shutdown or reload): flushing");
             None
         }
         ended = &mut store_task => Some(ended),

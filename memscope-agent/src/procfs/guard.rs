@@ -166,7 +166,9 @@ impl ReadGuard {
                 self.abandoned_total.fetch_add(1, Ordering::Relaxed);
                 Err(self.strike(key, path, state))
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => Err(io::Error::other("reader thread died")),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Err(io::Error::other("reader thread died"))
+            }
         }
     }
 
@@ -352,13 +354,21 @@ mod tests {
         // Another file of pid 43 is refused at once; pid 44 is read.
         let status43 = root.join("43/status");
         let e = guard
-            .run(BoxKey::of(root, &status43), &status43, read(status43.clone()))
+            .run(
+                BoxKey::of(root, &status43),
+                &status43,
+                read(status43.clone()),
+            )
             .expect_err("boxed");
         assert!(e.to_string().contains("penalty box"), "{e}");
         let status44 = root.join("44/status");
         assert_eq!(
             guard
-                .run(BoxKey::of(root, &status44), &status44, read(status44.clone()))
+                .run(
+                    BoxKey::of(root, &status44),
+                    &status44,
+                    read(status44.clone())
+                )
                 .expect("pid 44"),
             b"Name: y\n"
         );

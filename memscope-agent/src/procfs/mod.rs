@@ -296,11 +296,12 @@ impl ProcFs {
         let cap = class.read_cap();
         let owned = path.to_path_buf();
         let mut taken = std::mem::take(buf);
-        let (back, read) = self.guarded(path, move || {
-            let read = File::open(&owned).and_then(|f| read_capped(&f, cap, &mut taken));
-            Ok((taken, read))
-        })
-        .map_err(|e| ProcError::from_io(path.to_path_buf(), e))?;
+        let (back, read) = self
+            .guarded(path, move || {
+                let read = File::open(&owned).and_then(|f| read_capped(&f, cap, &mut taken));
+                Ok((taken, read))
+            })
+            .map_err(|e| ProcError::from_io(path.to_path_buf(), e))?;
         *buf = back;
         self.counters.add(class, buf.len());
         read.map_err(|e| ProcError::from_io(path.to_path_buf(), e))
