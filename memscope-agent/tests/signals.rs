@@ -45,7 +45,10 @@ fn tree_with_a_fifo(dir: &Path) -> PathBuf {
     copy_tree(&fixtures(), &proc);
     let rollup = proc.join("43/smaps_rollup");
     std::fs::remove_file(&rollup).expect("rm");
-    let status = Command::new("mkfifo").arg(&rollup).status().expect("mkfifo");
+    let status = Command::new("mkfifo")
+        .arg(&rollup)
+        .status()
+        .expect("mkfifo");
     assert!(status.success());
     proc
 }
@@ -141,7 +144,10 @@ impl Running {
             }
             if start.elapsed() > LIMIT {
                 let _ = self.child.kill();
-                panic!("the agent did not exit on SIG{sig}; stderr:\n{}", self.stderr());
+                panic!(
+                    "the agent did not exit on SIG{sig}; stderr:\n{}",
+                    self.stderr()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         };
@@ -235,7 +241,11 @@ fn a_daemon_with_a_stuck_read_emits_skips_the_boxed_pid_and_stops_on_sigterm() {
     let last = records.last().expect("agent");
     assert_eq!(last["stuck_reads"]["abandoned"], 1, "{last}");
     assert_eq!(last["stuck_reads"]["penalty_box"][0]["pid"], 43);
-    assert!(records.iter().all(|r| r["kind"] != "process" || r["pid"] != 43));
+    assert!(
+        records
+            .iter()
+            .all(|r| r["kind"] != "process" || r["pid"] != 43)
+    );
     assert!(count(&records, "process") >= 3 * 3);
     assert!(stderr.contains("43/smaps_rollup"), "{stderr}");
 }
@@ -265,7 +275,10 @@ fn sighup_with_a_valid_config_switches_collectors_without_a_restart() {
         .position(|r| r["kind"] == "snapshot" && without(r))
         .expect("snapshot");
     assert_eq!(count(&records[first..], "process"), 0);
-    assert!(stderr.contains("SIGHUP: the new config is running"), "{stderr}");
+    assert!(
+        stderr.contains("SIGHUP: the new config is running"),
+        "{stderr}"
+    );
 }
 
 #[test]
