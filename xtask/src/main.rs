@@ -13,6 +13,7 @@ mod packaging;
 mod pipeline;
 mod probe_bench;
 mod setup;
+mod soak;
 mod view_bench;
 mod volume;
 
@@ -61,6 +62,12 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The agent's RSS over time with 1000 and 3000 idle processes (root): `cargo xtask soak --
+    /// --minutes N [--every SECONDS] [--processes 1000,3000] [--interval 10s]`.
+    Soak {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Install the eBPF toolchain (nightly rust-src, bpf-linker for the nightly's LLVM). Idempotent.
     Setup,
     /// Rebuild the committed eBPF object and its stamp (memscope-ebpf/prebuilt/). `--check`: fail
@@ -101,6 +108,7 @@ fn main() -> Result<()> {
         Cmd::Bench { args } => ladder_bench::run(&args),
         Cmd::Fuzz { seconds, targets } => fuzz::run(seconds, &targets),
         Cmd::Volume { args } => volume::run(&args),
+        Cmd::Soak { args } => soak::run(&args),
         Cmd::SchemaUpdate => cargo(
             &[
                 "test",
