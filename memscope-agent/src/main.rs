@@ -131,6 +131,7 @@ fn check_environment(
 }
 
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     let quiet = matches!(cli.command, Some(Command::Show { .. } | Command::Report(_)));
     init_logs(
@@ -368,6 +369,20 @@ fn origin(overrides: &Overrides) -> String {
 
 /// How long the exit waits for collector runs still going once the sink is flushed.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// glibc gives each thread that allocates concurrently an arena of its own (up to 8 per core),
+/// and memory freed in one arena serves only that arena: with a collector run on each of the
+/// blocking pool's threads, the heap fragments across arenas and RSS creeps up with every
+/// emission. Two arenas keep contention low (the agent has two async workers) and the freed
+/// memory reusable; [`memscope_agent::runtime`] also trims the heap after each emission.
+fn limit_malloc_arenas() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter; called first thing in main, before any
+    // thread is spawned.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
 
 /// The agent's async runtime (two workers; `/proc` reads go to the blocking pool).
 fn async_runtime() -> Option<tokio::runtime::Runtime> {

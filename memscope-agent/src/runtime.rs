@@ -252,6 +252,8 @@ async fn drain_tracker(
     let source = Arc::clone(source);
     let events = events.clone();
     let drained = tokio::task::spawn_blocking(move || {
+        // What the last emission freed (its records and lines) goes back to the kernel.
+        release_freed_heap();
         let mut s = source.lock().unwrap_or_else(|p| p.into_inner());
         drain_into(s.as_mut(), &events, last)
     })

@@ -1,8 +1,8 @@
 //! `cargo xtask soak`: the agent's memory over time with many processes on the host (root).
 //!
-//! For each process count (default 1000, then 3000) it starts that many idle processes (`sleep`),
-//! runs the release agent with the default config (eBPF when it attaches) and its output thrown
-//! away, and prints the agent's RSS (`VmRSS`, split into anonymous and file-backed) at 10 s and
+//! For each process count (default 1000, then 3000) it starts that many idle processes (`cat`),
+//! runs the release agent with the default config (eBPF when it attaches) and its output read and
+//! dropped, and prints the agent's RSS (`VmRSS`, split into anonymous and file-backed) at 10 s and
 //! then every `--every` seconds for `--minutes` minutes. Then it stops the agent and the processes.
 //! `cargo xtask soak -- --minutes 60 --processes 3000 --every 60` is the hour-long run. A figure
 //! printed by a command, never a test; on a shared machine say it was measured under load.
@@ -63,21 +63,28 @@ fn parse(args: &[String]) -> Result<Options> {
     Ok(o)
 }
 
-/// Idle processes, killed and reaped when dropped.
-struct Idle(Vec<Child>);
+/// Idle processes (`cat` reading one shared pipe), killed and reaped when dropped. They also end
+/// on their own when xtask dies however it dies: the pipe's write end closes and they read EOF.
+struct Idle {
+    children: Vec<Child>,
+    _writer: std::io::PipeWriter,
+}
 
 impl Idle {
     fn start(n: usize) -> Result<Idle> {
-        let mut idle = Idle(Vec::with_capacity(n));
+        let (reader, writer) = std::io::pipe().context("pipe")?;
+        let mut idle = Idle {
+            children: Vec::with_capacity(n),
+            _writer: writer,
+        };
         for i in 0..n {
-            let child = Command::new("sleep")
-                .arg("1000000")
-                .stdin(Stdio::null())
+            let child = Command::new("cat")
+                .stdin(reader.try_clone().context("pipe")?)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .with_context(|| format!("starting idle process {i} of {n}"))?;
-            idle.0.push(child);
+            idle.children.push(child);
         }
         Ok(idle)
     }
@@ -85,10 +92,10 @@ impl Idle {
 
 impl Drop for Idle {
     fn drop(&mut self) {
-        for c in &mut self.0 {
+        for c in &mut self.children {
             let _ = c.kill();
         }
-        for c in &mut self.0 {
+        for c in &mut self.children {
             let _ = c.wait();
         }
     }
@@ -162,15 +169,20 @@ pub fn run(args: &[String]) -> Result<()> {
         eprintln!("soak: starting {n} idle processes");
         let idle = Idle::start(n)?;
         let log = std::fs::File::create(dir.path().join(format!("agent-{n}.log")))?;
-        let agent = Agent(
+        let mut agent = Agent(
             Command::new(&binary)
                 .arg("--config")
                 .arg(&conf)
-                .stdout(Stdio::null())
+                .stdout(Stdio::piped())
                 .stderr(log)
                 .spawn()
                 .with_context(|| format!("{}", binary.display()))?,
         );
+        // Its output is drained and dropped here; should xtask die, the agent's next write fails
+        // and it exits (broken pipe).
+        if let Some(mut out) = agent.0.stdout.take() {
+            std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        }
         let pid = agent.0.id();
         let start = Instant::now();
         let end = Duration::from_secs(o.minutes * 60);
