@@ -370,17 +370,25 @@ fn origin(overrides: &Overrides) -> String {
 /// How long the exit waits for collector runs still going once the sink is flushed.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// glibc gives each thread that allocates concurrently an arena of its own (up to 8 per core),
-/// and memory freed in one arena serves only that arena: with a collector run on each of the
-/// blocking pool's threads, the heap fragments across arenas and RSS creeps up with every
-/// emission. Two arenas keep contention low (the agent has two async workers) and the freed
-/// memory reusable; [`memscope_agent::runtime`] also trims the heap after each emission.
+/// Keeps glibc's heap from growing with every emission (docs/design.md#the-agents-memory):
+///
+/// - glibc gives each thread that allocates concurrently an arena of its own (up to 8 per core),
+///   and memory freed in one arena serves only that arena: with collector runs on the blocking
+///   pool's threads the heap fragments across arenas. Two arenas keep contention low (the agent
+///   has two async workers) and freed memory reusable.
+/// - A fixed mmap threshold: by default glibc raises it (up to 32 MiB) each time a large block is
+///   freed, so the next emission's large buffers (the lines of 3000 processes, the per-pid maps)
+///   come from the heap and leave holes there. Fixed at 128 KiB, they are mapped and unmapped
+///   whole.
+///
+/// [`memscope_agent::runtime`] also trims the heap after each emission.
 fn limit_malloc_arenas() {
     #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only sets an allocator parameter; called first thing in main, before any
+    // SAFETY: mallopt only sets allocator parameters; called first thing in main, before any
     // thread is spawned.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
     }
 }
 

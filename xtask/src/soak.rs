@@ -133,6 +133,19 @@ fn rss_kib(pid: u32) -> Result<(u64, u64, u64)> {
     Ok((field("VmRSS:")?, field("RssAnon:")?, field("RssFile:")?))
 }
 
+/// Processes on the host now (other work on a shared machine changes the count).
+fn host_processes() -> usize {
+    std::fs::read_dir("/proc").map_or(0, |rd| {
+        rd.filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .count()
+    })
+}
+
 fn is_root() -> Result<bool> {
     let text = std::fs::read_to_string("/proc/self/status").context("/proc/self/status")?;
     Ok(text
@@ -187,8 +200,8 @@ pub fn run(args: &[String]) -> Result<()> {
         let start = Instant::now();
         let end = Duration::from_secs(o.minutes * 60);
         println!("\n{n} idle processes, agent pid {pid}");
-        println!("| time | VmRSS MiB | RssAnon MiB | RssFile MiB |");
-        println!("|---|---|---|---|");
+        println!("| time | processes on the host | VmRSS MiB | RssAnon MiB | RssFile MiB |");
+        println!("|---|---|---|---|---|");
         let mut at = Duration::from_secs(10);
         let mut samples = Vec::new();
         while at <= end {
@@ -200,8 +213,9 @@ pub fn run(args: &[String]) -> Result<()> {
                 )
             })?;
             println!(
-                "| {} | {:.1} | {:.1} | {:.1} |",
+                "| {} | {} | {:.1} | {:.1} | {:.1} |",
                 humantime_secs(at),
+                host_processes(),
                 mib(rss),
                 mib(anon),
                 mib(file)
