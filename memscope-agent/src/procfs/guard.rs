@@ -311,6 +311,11 @@ pub struct StuckReads {
 }
 
 impl StuckReads {
+    /// No read was ever abandoned (the field is left out of the `agent` record).
+    pub fn is_none(&self) -> bool {
+        self.abandoned == 0 && self.blocked_now == 0 && self.penalty_box.is_empty()
+    }
+
     pub fn of(guard: Option<&ReadGuard>) -> StuckReads {
         guard.map_or_else(StuckReads::default, |g| StuckReads {
             abandoned: g.abandoned_total(),
