@@ -194,7 +194,7 @@ impl Store {
         let agent = AgentBody {
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION"),
-            uptime_ms: self.started.elapsed().as_millis() as u64,
+            uptime_ms: self.config.started.elapsed().as_millis() as u64,
             cost,
             proc_bytes_read: reads.total_bytes(),
             proc_bytes_read_by_file: by_class.iter().map(|(c, n)| (*c, n.bytes)).collect(),

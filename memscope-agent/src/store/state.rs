@@ -21,6 +21,9 @@ pub struct StoreConfig {
     pub emit: EmitMode,
     pub keyframe_every: u32,
     pub interval: Duration,
+    /// Start of the `agent` record's `uptime_ms`: process start
+    /// ([`crate::runtime::process_started`]).
+    pub started: std::time::Instant,
 }
 
 /// The store. Synchronous and deterministic: the async task around it only feeds it.
@@ -28,7 +31,6 @@ pub struct Store {
     pub(super) config: StoreConfig,
     pub(super) tracker: TrackerInfo,
     pub(super) seq: u64,
-    pub(super) started: std::time::Instant,
     /// Latest observation per collector, in registration order.
     pub(super) latest: Vec<(&'static str, Option<Box<dyn Observation>>)>,
     pub(super) status: BTreeMap<&'static str, CollectorStatus>,
@@ -73,7 +75,6 @@ impl Store {
             config,
             tracker,
             seq: 0,
-            started: std::time::Instant::now(),
             latest: collectors.iter().map(|n| (*n, None)).collect(),
             status: collectors
                 .iter()
