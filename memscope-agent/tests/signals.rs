@@ -134,6 +134,25 @@ impl Running {
         }
     }
 
+    /// Waits until the agent's log so far satisfies `cond`.
+    fn wait_for_log(&self, what: &str, cond: impl Fn(&str) -> bool) {
+        let start = Instant::now();
+        while !cond(&self.stderr()) {
+            assert!(
+                start.elapsed() < LIMIT,
+                "never saw {what}:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for `n` emissions more than seen so far.
+    fn wait_for_more_emissions(&mut self, n: usize) {
+        let seen = count(&self.records(), "agent");
+        self.wait_for("more emissions", |r| count(r, "agent") >= seen + n);
+    }
+
     /// Sends `sig`, then waits for the agent to exit; every stdout line is then read.
     fn stop(mut self, sig: &str) -> (ExitStatus, Vec<Value>, String) {
         signal(&self.child, sig);
@@ -165,6 +184,16 @@ impl Running {
         }
         self.stderr()
     }
+}
+
+/// An agent over the fixture tree (config [`BASE`] in a temporary directory), after its first
+/// emission.
+fn started_over_fixtures() -> (tempfile::TempDir, Running) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(dir.path(), BASE);
+    let mut running = Running::start(dir.path(), &cfg, &fixtures());
+    running.wait_for("an emission", |r| count(r, "agent") >= 1);
+    (dir, running)
 }
 
 fn count(records: &[Value], kind: &str) -> usize {
@@ -252,10 +281,8 @@ fn a_daemon_with_a_stuck_read_emits_skips_the_boxed_pid_and_stops_on_sigterm() {
 
 #[test]
 fn sighup_with_a_valid_config_switches_collectors_without_a_restart() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = write_config(dir.path(), BASE);
-    let mut running = Running::start(dir.path(), &cfg, &fixtures());
-    running.wait_for("an emission with processes", |r| count(r, "process") > 0);
+    let (dir, mut running) = started_over_fixtures();
+    assert!(count(&running.records(), "process") > 0);
     let pid = running.child.id();
     write_config(
         dir.path(),
@@ -283,19 +310,11 @@ fn sighup_with_a_valid_config_switches_collectors_without_a_restart() {
 
 #[test]
 fn sighup_with_an_invalid_config_logs_one_line_and_keeps_the_old_one() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = write_config(dir.path(), BASE);
-    let mut running = Running::start(dir.path(), &cfg, &fixtures());
-    running.wait_for("an emission", |r| count(r, "agent") >= 1);
+    let (dir, mut running) = started_over_fixtures();
     write_config(dir.path(), "[agent]\nintreval = \"1s\"\n");
     signal(&running.child, "HUP");
-    let start = Instant::now();
-    while !running.stderr().contains("SIGHUP") {
-        assert!(start.elapsed() < LIMIT, "no log line for the bad config");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let seen = count(&running.records(), "agent");
-    running.wait_for("two more emissions", |r| count(r, "agent") >= seen + 2);
+    running.wait_for_log("a log line for the bad config", |l| l.contains("SIGHUP"));
+    running.wait_for_more_emissions(2);
     let (status, records, stderr) = running.stop("TERM");
     assert!(status.success(), "{stderr}");
     let rejected: Vec<&str> = stderr.lines().filter(|l| l.contains("SIGHUP")).collect();
@@ -322,19 +341,13 @@ fn sighup_with_an_invalid_config_logs_one_line_and_keeps_the_old_one() {
 
 #[test]
 fn sigusr1_and_sigusr2_do_not_stop_the_agent() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = write_config(dir.path(), BASE);
-    let mut running = Running::start(dir.path(), &cfg, &fixtures());
-    running.wait_for("an emission", |r| count(r, "agent") >= 1);
+    let (_dir, mut running) = started_over_fixtures();
     signal(&running.child, "USR1");
     signal(&running.child, "USR2");
-    let start = Instant::now();
-    while !(running.stderr().contains("SIGUSR1") && running.stderr().contains("SIGUSR2")) {
-        assert!(start.elapsed() < LIMIT, "signals not logged");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let seen = count(&running.records(), "agent");
-    running.wait_for("two more emissions", |r| count(r, "agent") >= seen + 2);
+    running.wait_for_log("both signals logged", |l| {
+        l.contains("SIGUSR1") && l.contains("SIGUSR2")
+    });
+    running.wait_for_more_emissions(2);
     let (status, _, stderr) = running.stop("INT");
     assert!(status.success(), "{stderr}");
 }
