@@ -65,6 +65,13 @@ pub fn collector_deadline(interval: Duration) -> Duration {
     interval / 2
 }
 
+/// How long one `/proc` read may block before it is abandoned and its process put in the penalty
+/// box ([`crate::procfs::guard`]): the collector deadline, but at least 1 s (a `smaps` of a process
+/// with many mappings legitimately takes a while).
+pub fn read_deadline(interval: Duration) -> Duration {
+    collector_deadline(interval).max(Duration::from_secs(1))
+}
+
 /// Runs the agent until `shutdown` resolves (or after one emission with `once`), writing to `sink`.
 pub async fn run(
     config: Config,
@@ -73,8 +80,8 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let started = process_started();
-    let procfs = ProcFs::new(&config.agent.proc_root);
     let interval = config.agent.interval.get();
+    let procfs = ProcFs::new(&config.agent.proc_root).with_read_deadline(read_deadline(interval));
     let (mut tracker, load) = start_tracker(&config.agent, once).await?;
     let load_ms = load.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let tracker_info = match tracker.source.state() {
@@ -192,7 +199,7 @@ pub async fn run(
     let store_ended = tokio::select! {
         () = ticks => None,
         () = shutdown => {
-            info!("shutdown requested");
+            info!("stop requested (shutdown or reload): flushing");
             None
         }
         ended = &mut store_task => Some(ended),
@@ -275,6 +282,8 @@ async fn drain_tracker(
     let source = Arc::clone(source);
     let events = events.clone();
     let drained = tokio::task::spawn_blocking(move || {
+        // What the last emission freed (its records and lines) goes back to the kernel.
+        release_freed_heap();
         let mut s = source.lock().unwrap_or_else(|p| p.into_inner());
         drain_into(s.as_mut(), &events, last)
     })

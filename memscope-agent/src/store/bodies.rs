@@ -152,6 +152,10 @@ pub(crate) struct AgentBody<'a> {
     pub(super) emissions: u64,
     pub(super) lines_emitted: u64,
     pub(super) lines_dropped: u64,
+    /// Reads abandoned past their deadline, the readers still blocked, and the penalty box; left
+    /// out until a read was abandoned.
+    #[serde(skip_serializing_if = "crate::procfs::guard::StuckReads::is_none")]
+    pub(super) stuck_reads: &'a crate::procfs::guard::StuckReads,
 }
 
 #[derive(Serialize, schemars::JsonSchema)]

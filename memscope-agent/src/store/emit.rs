@@ -80,6 +80,12 @@ impl Store {
                 warnings.push(format!("{name}: {e}"));
             }
         }
+        // A collector that reports the failed read already names the path.
+        for w in std::mem::take(&mut self.stuck_warnings) {
+            if !warnings.iter().any(|x| x.ends_with(w.as_str())) {
+                warnings.push(w);
+            }
+        }
         self.phases.serialize = serialize.elapsed().as_micros() as u64;
 
         let diff = Instant::now();
@@ -249,6 +255,7 @@ impl Store {
             lines_emitted: self.lines_emitted,
             lines_dropped: self.lines_dropped,
             phases_us: &self.phases,
+            stuck_reads: &self.stuck,
         };
         let agent = Record::new("agent", "", &agent);
         match self.sent_agent.take() {

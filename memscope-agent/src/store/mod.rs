@@ -134,6 +134,12 @@ pub async fn run(
                 let cost = tokio::task::spawn_blocking(move || SelfCost::measure(&own))
                     .await
                     .unwrap_or_default();
+                if let Some(guard) = procfs.guard() {
+                    store.set_stuck_reads(
+                        crate::procfs::guard::StuckReads::of(Some(guard)),
+                        guard.take_warnings(),
+                    );
+                }
                 let out = store.emit(SystemTime::now(), &cost, procfs.counters());
                 let write = std::time::Instant::now();
                 let written = sink.write_batch(&out).await;

@@ -10,6 +10,7 @@ use super::bodies::{CollectorStatus, LadderReport, Phases, TrackerInfo};
 use crate::{
     collectors::{CollectError, Observation},
     config::{EmitMode, MinChangeByKind},
+    procfs::guard::StuckReads,
     tracker::TrackerStats,
 };
 
@@ -69,9 +70,20 @@ pub struct Store {
     pub(super) lines_buf: Vec<u8>,
     /// Records in the last emission: the next one's capacity.
     pub(super) records_hint: usize,
+    /// Reads abandoned past their deadline, and the penalty box, as last reported.
+    pub(super) stuck: StuckReads,
+    /// Warnings of reads abandoned since the last emission.
+    pub(super) stuck_warnings: Vec<String>,
 }
 
 impl Store {
+    /// The stuck reads and penalty box for the coming `agent` record, and the warnings of reads
+    /// abandoned since the last emission (for its `snapshot` record).
+    pub fn set_stuck_reads(&mut self, stuck: StuckReads, warnings: Vec<String>) {
+        self.stuck = stuck;
+        self.stuck_warnings.extend(warnings);
+    }
+
     /// `collectors` are the names of the enabled collectors, in emission order.
     pub fn new(config: StoreConfig, tracker: TrackerInfo, collectors: &[&'static str]) -> Store {
         Store {
@@ -98,6 +110,8 @@ impl Store {
             phases: Phases::default(),
             lines_buf: Vec::new(),
             records_hint: 0,
+            stuck: StuckReads::default(),
+            stuck_warnings: Vec::new(),
         }
     }
 
