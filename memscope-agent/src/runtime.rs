@@ -65,7 +65,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let procfs = ProcFs::new(&config.agent.proc_root);
     let interval = config.agent.interval.get();
-    let mut tracker = start_tracker(&config.agent, once).await?;
+    let anon_min_change = config.collectors.processes.min_change.0;
+    let mut tracker = start_tracker(&config.agent, anon_min_change, once).await?;
     let tracker_info = match tracker.source.state() {
         TrackerState::Ebpf => TrackerInfo {
             mode: "ebpf".to_string(),
@@ -80,6 +81,8 @@ pub async fn run(
     let source = Arc::new(Mutex::new(tracker.source));
 
     let events = ProcEvents::default();
+    // Only the eBPF tracker has a lifecycle stream, and only it marks layout changes.
+    events.set_layout_tracked(lifecycle.is_some());
     let registered = build_collectors(
         &config,
         &BuildCtx {
@@ -196,7 +199,13 @@ pub async fn run(
 }
 
 /// Starts the tracker the config asks for. `--once` never loads eBPF: one pass reads everything.
-async fn start_tracker(agent: &AgentConfig, once: bool) -> anyhow::Result<Tracker> {
+/// `anon_min_change`: the rollup tier's `min_change`, which the kernel side applies to anonymous
+/// mapping changes.
+async fn start_tracker(
+    agent: &AgentConfig,
+    anon_min_change: u64,
+    once: bool,
+) -> anyhow::Result<Tracker> {
     let mode = agent.tracker;
     let polling = |reason: &str| Tracker {
         source: Box::new(PollingSource::new(reason)),
@@ -210,6 +219,7 @@ async fn start_tracker(agent: &AgentConfig, once: bool) -> anyhow::Result<Tracke
     }
     let opts = tracker::StartOptions {
         mount_tracefs: agent.mount_tracefs,
+        anon_min_change,
         ..tracker::StartOptions::new(std::process::id())
     };
     let tracker = tokio::task::spawn_blocking(move || {
