@@ -29,11 +29,13 @@ pub const EVENTS_RING_BYTES: u32 = 256 * 1024;
 /// [`ANON`](reason::ANON) only its anonymous memory (its `smaps_rollup` totals).
 pub mod reason {
     /// A file-backed or shared mapping (a file, memfd, tmpfs or SysV segment, shared anonymous
-    /// memory) was mapped, unmapped, split or merged: the object set may have changed.
+    /// memory) was mapped, split or merged, or a mapping other than private writable or stack
+    /// memory was unmapped: the object set may have changed.
     pub const MAPPING: u32 = 1 << 0;
-    /// The process's anonymous private mappings grew or shrank by at least
-    /// [`Config::anon_min_change_pages`](crate::Config::anon_min_change_pages) since its last
-    /// ANON mark (a signed sum: churn that maps and unmaps the same size does not add up).
+    /// The process's mappings grew or shrank by more than
+    /// [`Config::anon_min_change_pages`](crate::Config::anon_min_change_pages) (net) since its
+    /// last ANON or MAPPING mark through anonymous changes alone (a signed sum: mapping and
+    /// unmapping the same size cancels out).
     pub const ANON: u32 = 1 << 1;
     /// Set by the agent for a process created by fork (its FORK event), not by a program.
     pub const FORK: u32 = 1 << 8;
@@ -148,8 +150,16 @@ pub struct Config {
     pub vma_flags_off: u32,
     /// Offset of `vm_file` (a pointer) in `struct vm_area_struct`.
     pub vma_file_off: u32,
-    /// A process whose anonymous mappings grew or shrank by this many pages (net) since its last
-    /// [`reason::ANON`] mark is marked again; at least 1.
+    /// Offset of `data_vm` (pages, `unsigned long`) in `struct mm_struct`.
+    pub mm_data_vm_off: u32,
+    /// Offset of `stack_vm` (pages, `unsigned long`) in `struct mm_struct`.
+    pub mm_stack_vm_off: u32,
+    /// Offset of `mm_mt` (the maple tree of mappings) in `struct mm_struct`.
+    pub mm_mt_off: u32,
+    /// Offset of `tree` (a pointer) in `struct ma_state`.
+    pub mas_tree_off: u32,
+    /// A process whose anonymous mappings grew or shrank by more than this many pages (net) since
+    /// its last [`reason::ANON`] mark is marked again.
     pub anon_min_change_pages: u64,
 }
 
@@ -163,8 +173,12 @@ pub const VM_MAYSHARE: u64 = 0x0000_0080;
 pub struct AnonState {
     /// `mm->total_vm` (pages) at the last ANON mark, or before the first anonymous change seen.
     pub base_pages: u64,
-    /// 1: an anonymous mapping changed since the mmap lock was last released (the release
-    /// program then compares `total_vm` with `base_pages`).
+    /// Before a removal: `mm->total_vm` (pages).
+    pub pre_total: u64,
+    /// Before a removal: `mm->data_vm + mm->stack_vm` (pages: private writable and stack).
+    pub pre_anon: u64,
+    /// What changed since the mmap lock was last released (bits private to the programs); the
+    /// release program then does the arithmetic.
     pub pending: u32,
     pub _pad: u32,
 }
@@ -184,8 +198,8 @@ pub struct Counters {
 const _: () = assert!(core::mem::size_of::<DirtyEntry>() == 24);
 const _: () = assert!(core::mem::offset_of!(DirtyEntry, reasons) == 4);
 const _: () = assert!(core::mem::size_of::<LifecycleEvent>() == 32);
-const _: () = assert!(core::mem::size_of::<Config>() == 48);
-const _: () = assert!(core::mem::size_of::<AnonState>() == 16);
+const _: () = assert!(core::mem::size_of::<Config>() == 64);
+const _: () = assert!(core::mem::size_of::<AnonState>() == 32);
 const _: () = assert!(core::mem::size_of::<Counters>() == 24);
 
 #[cfg(feature = "user")]

@@ -190,7 +190,8 @@ fn current_mm(cfg: &Config) -> Result<*const u8, u32> {
 ///
 /// - file-backed or shared mapping: [`reason::MAPPING`] (the object set may have changed);
 /// - anonymous private mapping: the process's [`AnonState`] becomes pending, and the release of
-///   the mmap lock (`memscope_unlock`) compares `total_vm` with its base.
+///   the mmap lock (`memscope_unlock`) compares `total_vm` with its base (which a MAPPING change
+///   in the same lock section moves instead: file mappings count in `total_vm` too).
 ///
 /// Only mapping changes run it: page faults, reads and writes of memory and every other syscall do
 /// not store into a maple tree.
@@ -205,48 +206,93 @@ fn try_vma(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     let cfg = config().ok_or(0_u32)?;
     // ma_write(const char *fn, struct ma_state *mas, unsigned long piv, void *val)
     let vma: *const u8 = ctx.arg(3);
-    if vma.is_null() {
-        return Ok(0);
-    }
     let tgid = current_tgid();
     if tgid == cfg.agent_tgid {
         return Ok(0);
     }
     let mm = current_mm(cfg)?;
-    if mm.is_null() || read_kernel::<*const u8>(vma, cfg.vma_mm_off)? != mm {
+    if mm.is_null() {
+        return Ok(0);
+    }
+    if vma.is_null() {
+        // A clear: a removal when it is the process's own tree (munmap's store of the removed
+        // mapping into its detach tree is not traced, so the mapping itself is not seen here).
+        let mas: *const u8 = ctx.arg(1);
+        let tree: *const u8 = read_kernel(mas, cfg.mas_tree_off)?;
+        if cfg.mm_mt_off >= MAX_TASK_OFFSET || tree != mm.wrapping_add(cfg.mm_mt_off as usize) {
+            return Ok(0);
+        }
+        return note(ctx, cfg, tgid, mm, PENDING_REMOVAL);
+    }
+    if read_kernel::<*const u8>(vma, cfg.vma_mm_off)? != mm {
         return Ok(0);
     }
     let file: *const u8 = read_kernel(vma, cfg.vma_file_off)?;
     let flags: u64 = read_kernel(vma, cfg.vma_flags_off)?;
     if !file.is_null() || flags & (VM_SHARED | VM_MAYSHARE) != 0 {
-        return mark(ctx, tgid, reason::MAPPING);
+        // The mark does not wait for the release: it covers both tiers. The release then only
+        // moves the anonymous base past this mapping's pages (they count in `total_vm` too).
+        let marked = mark(ctx, tgid, reason::MAPPING);
+        note(ctx, cfg, tgid, mm, PENDING_MAPPING)?;
+        return marked;
     }
     // Anonymous: note it; the lock release does the arithmetic once the counters are final.
+    note(ctx, cfg, tgid, mm, PENDING_ANON)
+}
+
+/// [`AnonState::pending`]: an anonymous mapping changed.
+const PENDING_ANON: u32 = 1 << 0;
+/// [`AnonState::pending`]: a file-backed or shared mapping changed (already marked MAPPING).
+const PENDING_MAPPING: u32 = 1 << 1;
+/// [`AnonState::pending`]: a mapping was removed; `pre_total` and `pre_anon` hold the counters
+/// from before.
+const PENDING_REMOVAL: u32 = 1 << 2;
+
+/// `data_vm + stack_vm` of `mm`: pages of private writable and stack mappings.
+#[inline(always)]
+fn anon_pages(cfg: &Config, mm: *const u8) -> Result<u64, u32> {
+    let data: u64 = read_kernel(mm, cfg.mm_data_vm_off)?;
+    let stack: u64 = read_kernel(mm, cfg.mm_stack_vm_off)?;
+    Ok(data.wrapping_add(stack))
+}
+
+/// Adds `bit` to the process's pending changes, creating its [`AnonState`] if needed.
+#[inline(always)]
+fn note<C: EbpfContext>(
+    ctx: &C,
+    cfg: &Config,
+    tgid: u32,
+    mm: *const u8,
+    bit: u32,
+) -> Result<u32, u32> {
     if let Some(state) = ANON.get_ptr(tgid) {
         // SAFETY: from a successful lookup; the element stays readable in this program (RCU).
         let state = unsafe { core::ptr::read_volatile(state) };
-        if state.pending != 0 {
+        if state.pending & bit != 0 {
             return Ok(0);
         }
-        let _ = ANON.insert(
-            tgid,
-            AnonState {
-                pending: 1,
-                ..state
-            },
-            u64::from(BPF_ANY),
-        );
+        let mut next = AnonState {
+            pending: state.pending | bit,
+            ..state
+        };
+        if bit == PENDING_REMOVAL {
+            next.pre_total = read_kernel(mm, cfg.mm_total_vm_off)?;
+            next.pre_anon = anon_pages(cfg, mm)?;
+        }
+        let _ = ANON.insert(tgid, next, u64::from(BPF_ANY));
         return Ok(0);
     }
-    // First anonymous change seen: the base is `total_vm` now, before this change is counted
-    // (the kernel updates it after storing the mapping).
+    // First change seen: the base is `total_vm` now, before this change is counted (the kernel
+    // updates the counters after storing or clearing the mapping).
     let base_pages: u64 = read_kernel(mm, cfg.mm_total_vm_off)?;
     let state = AnonState {
         base_pages,
-        pending: 1,
+        pre_total: base_pages,
+        pre_anon: anon_pages(cfg, mm)?,
+        pending: bit,
         _pad: 0,
     };
-    if ANON.insert(tgid, state, u64::from(BPF_ANY)).is_err() {
+    if ANON.insert(tgid, state, u64::from(BPF_ANY)).is_err() && bit == PENDING_ANON {
         // No room to count: treat the change as a residency change (conservative).
         return mark(ctx, tgid, reason::ANON);
     }
@@ -254,9 +300,10 @@ fn try_vma(ctx: &BtfTracePointContext) -> Result<u32, u32> {
 }
 
 /// `tp_btf/mmap_lock_released`: a process released its mmap lock. munmap finishes under the read
-/// lock (it downgrades), so both kinds count. Steady state for a process with no pending anonymous
-/// change: one hash lookup. Otherwise: `total_vm` against the base; a net change of at least
-/// `anon_min_change_pages` marks [`reason::ANON`] and moves the base.
+/// lock (it downgrades), so both kinds count. Steady state for a process with no pending change:
+/// one hash lookup. Otherwise, with the counters now final: a removal that took more pages than
+/// `data_vm + stack_vm` lost marks [`reason::MAPPING`]; else `total_vm` against the base, and a
+/// net change of more than `anon_min_change_pages` marks [`reason::ANON`] and moves the base.
 #[btf_tracepoint(function = "mmap_lock_released")]
 pub fn memscope_unlock(ctx: BtfTracePointContext) -> u32 {
     match try_unlock(&ctx) {
@@ -282,8 +329,22 @@ fn try_unlock(ctx: &BtfTracePointContext) -> Result<u32, u32> {
         return Ok(0);
     }
     let total: u64 = read_kernel(mm, cfg.mm_total_vm_off)?;
+    let mut mapping = state.pending & PENDING_MAPPING != 0;
+    if state.pending & PENDING_REMOVAL != 0 && !mapping {
+        // More pages went than private writable and stack pages: a file-backed, shared,
+        // executable or read-only mapping was removed.
+        let removed = state.pre_total.saturating_sub(total);
+        let anon_removed = state.pre_anon.saturating_sub(anon_pages(cfg, mm)?);
+        if removed > anon_removed {
+            let _ = mark(ctx, tgid, reason::MAPPING);
+            mapping = true;
+        }
+    }
     let moved = total.abs_diff(state.base_pages);
-    let base_pages = if moved >= cfg.anon_min_change_pages.max(1) {
+    let base_pages = if mapping {
+        // Marked MAPPING (both tiers re-read): start counting afresh.
+        total
+    } else if moved > cfg.anon_min_change_pages {
         // The mark's own failure (a full dirty map) is counted there; the base moves either way.
         let _ = mark(ctx, tgid, reason::ANON);
         total
@@ -295,7 +356,7 @@ fn try_unlock(ctx: &BtfTracePointContext) -> Result<u32, u32> {
         AnonState {
             base_pages,
             pending: 0,
-            _pad: 0,
+            ..state
         },
         u64::from(BPF_ANY),
     );

@@ -66,13 +66,17 @@ const BTF_PROGRAMS: [(&str, &str); 3] = [
 
 /// Kernel struct members the programs read, from the kernel's BTF (the order of the destructuring
 /// in [`EbpfSource::start`]).
-const KERNEL_MEMBERS: [(&str, &str); 6] = [
+const KERNEL_MEMBERS: [(&str, &str); 10] = [
     ("task_struct", "tgid"),
     ("task_struct", "mm"),
     ("mm_struct", "total_vm"),
     ("vm_area_struct", "vm_mm"),
     ("vm_area_struct", "vm_flags"),
     ("vm_area_struct", "vm_file"),
+    ("mm_struct", "data_vm"),
+    ("mm_struct", "stack_vm"),
+    ("mm_struct", "mm_mt"),
+    ("ma_state", "tree"),
 ];
 
 /// How often the event thread wakes up without events, to notice it should stop.
@@ -126,6 +130,10 @@ impl EbpfSource {
             vma_mm_off,
             vma_flags_off,
             vma_file_off,
+            mm_data_vm_off,
+            mm_stack_vm_off,
+            mm_mt_off,
+            mas_tree_off,
         ] = offsets[..]
         else {
             return Err(TrackerError::BtfParse {
@@ -140,7 +148,11 @@ impl EbpfSource {
             vma_mm_off,
             vma_flags_off,
             vma_file_off,
-            anon_min_change_pages: opts.anon_min_change.div_ceil(page_size()).max(1),
+            mm_data_vm_off,
+            mm_stack_vm_off,
+            mm_mt_off,
+            mas_tree_off,
+            anon_min_change_pages: opts.anon_min_change / page_size(),
             ..tracefs::Formats::read(&tracefs)?.config(agent_tgid)?
         };
 

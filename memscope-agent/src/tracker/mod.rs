@@ -144,9 +144,9 @@ pub struct StartOptions {
     /// Capacity of the dirty map; `None`: [`memscope_common::DIRTY_MAP_ENTRIES`]. The privileged
     /// tests shrink it to make the kernel side drop marks.
     pub dirty_map_entries: Option<u32>,
-    /// Net growth or shrinkage (bytes) of a process's anonymous mappings that marks it
+    /// A net growth or shrinkage (bytes) of a process's anonymous mappings past this marks it
     /// [`reason::ANON`] (the config's `collectors.processes.min_change`, the rollup tier's own
-    /// threshold); rounded up to whole pages, at least one.
+    /// threshold); whole pages (rounded down).
     pub anon_min_change: u64,
 }
 
