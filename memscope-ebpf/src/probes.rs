@@ -265,21 +265,24 @@ fn note<C: EbpfContext>(
     mm: *const u8,
     bit: u32,
 ) -> Result<u32, u32> {
-    if let Some(state) = ANON.get_ptr(tgid) {
-        // SAFETY: from a successful lookup; the element stays readable in this program (RCU).
-        let state = unsafe { core::ptr::read_volatile(state) };
-        if state.pending & bit != 0 {
-            return Ok(0);
+    if let Some(slot) = ANON.get_ptr_mut(tgid) {
+        // SAFETY: from a successful lookup; the element stays valid in this program (RCU), and
+        // only this process's own programs and its exit write it (the agent never touches this
+        // map), so updating it in place loses nothing but a race between two of its threads,
+        // which the next change repairs. In place, because an update re-allocates the element.
+        unsafe {
+            let pending = core::ptr::read_volatile(&raw const (*slot).pending);
+            if pending & bit != 0 {
+                return Ok(0);
+            }
+            if bit == PENDING_REMOVAL {
+                let pre_total = read_kernel(mm, cfg.mm_total_vm_off)?;
+                let pre_anon = anon_pages(cfg, mm)?;
+                core::ptr::write_volatile(&raw mut (*slot).pre_total, pre_total);
+                core::ptr::write_volatile(&raw mut (*slot).pre_anon, pre_anon);
+            }
+            core::ptr::write_volatile(&raw mut (*slot).pending, pending | bit);
         }
-        let mut next = AnonState {
-            pending: state.pending | bit,
-            ..state
-        };
-        if bit == PENDING_REMOVAL {
-            next.pre_total = read_kernel(mm, cfg.mm_total_vm_off)?;
-            next.pre_anon = anon_pages(cfg, mm)?;
-        }
-        let _ = ANON.insert(tgid, next, u64::from(BPF_ANY));
         return Ok(0);
     }
     // First change seen: the base is `total_vm` now, before this change is counted (the kernel
@@ -313,11 +316,12 @@ pub fn memscope_unlock(ctx: BtfTracePointContext) -> u32 {
 
 fn try_unlock(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     let tgid = current_tgid();
-    let Some(state) = ANON.get_ptr(tgid) else {
+    let Some(slot) = ANON.get_ptr_mut(tgid) else {
         return Ok(0);
     };
-    // SAFETY: from a successful lookup; the element stays readable in this program (RCU).
-    let state = unsafe { core::ptr::read_volatile(state) };
+    // SAFETY: from a successful lookup; see `note` for why reading and writing it in place is
+    // sound.
+    let state = unsafe { core::ptr::read_volatile(slot) };
     if state.pending == 0 {
         return Ok(0);
     }
@@ -351,15 +355,11 @@ fn try_unlock(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     } else {
         state.base_pages
     };
-    let _ = ANON.insert(
-        tgid,
-        AnonState {
-            base_pages,
-            pending: 0,
-            ..state
-        },
-        u64::from(BPF_ANY),
-    );
+    // SAFETY: as above.
+    unsafe {
+        core::ptr::write_volatile(&raw mut (*slot).base_pages, base_pages);
+        core::ptr::write_volatile(&raw mut (*slot).pending, 0);
+    }
     Ok(0)
 }
 

@@ -33,6 +33,11 @@
 //! page of its own executable mapped shared; prints `ready`; then on each SIGUSR1 maps and touches a
 //! new 256 KiB anonymous region, unmapping the oldest once more than [`WORKER_REGIONS`] are held (a
 //! layout change each time, bounded memory). Dies with its parent (`PR_SET_PDEATHSIG`).
+//! `memhog swapper BYTES` — for the ladder bench's freshness phase: two memfds of BYTES
+//! (`memscope-swap-a`, `memscope-swap-b`), filled; maps and faults in `a`; prints `ready`; then on
+//! each line of stdin unmaps the one it maps, maps and faults in the other, and prints `swapped`
+//! with the name now mapped. The truth (which object it maps) changes, `statm` does not (same size,
+//! same resident and shared pages). Exits at end of input.
 
 use std::io::Write;
 
@@ -364,6 +369,40 @@ fn fill(f: &mut std::fs::File, bytes: usize) -> anyhow::Result<()> {
 const WORKER_REGIONS: usize = 4;
 const WORKER_REGION_BYTES: usize = 256 << 10;
 
+/// See the crate docs: swaps which of two same-sized memfds it maps, on each line of stdin.
+fn swapper(bytes: usize) -> anyhow::Result<()> {
+    use std::io::BufRead as _;
+    let names = ["memscope-swap-a", "memscope-swap-b"];
+    let mut fds = Vec::new();
+    for name in names {
+        let fd = memfd(name, 0, 0)?;
+        // SAFETY: `fd` is a fresh descriptor that nothing else owns; the File keeps it open.
+        let mut f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        fill(&mut f, bytes)?;
+        fds.push(f);
+    }
+    let map = |i: usize| -> anyhow::Result<*mut u8> {
+        let p = map_shared_fd(std::os::fd::AsRawFd::as_raw_fd(&fds[i]), bytes)?;
+        fault_in(p, bytes);
+        Ok(p)
+    };
+    let mut current = 0;
+    let mut p = map(current)?;
+    let mut out = std::io::stdout();
+    writeln!(out, "ready")?;
+    out.flush()?;
+    for line in std::io::stdin().lock().lines() {
+        line?;
+        // SAFETY: `p` is the `bytes`-long mapping made by `map`; nothing refers to it after.
+        check(unsafe { libc::munmap(p.cast(), bytes) }, "munmap")?;
+        current = 1 - current;
+        p = map(current)?;
+        writeln!(out, "swapped {}", names[current])?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
 /// Set by the SIGUSR1 handler, cleared by the worker's main loop.
 static SIGNALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -501,6 +540,7 @@ fn main() -> anyhow::Result<()> {
             let _held = f;
             ready_and_wait()
         }
+        ["swapper", bytes] => swapper(bytes.parse()?),
         ["map-file", path, bytes] => {
             let bytes: usize = bytes.parse()?;
             let fd = create_file(path, bytes)?;
@@ -511,7 +551,7 @@ fn main() -> anyhow::Result<()> {
             ready_and_wait()
         }
         _ => anyhow::bail!(
-            "usage: memhog anon BYTES | memhog shared SIZE N UNMAPPED | memhog shm-deleted PATH BYTES | memhog memfd NAME BYTES | memhog map-file PATH BYTES | memhog names TAG | memhog hugetlb BYTES | memhog cow PATH BYTES | memhog worker BYTES"
+            "usage: memhog anon BYTES | memhog shared SIZE N UNMAPPED | memhog shm-deleted PATH BYTES | memhog memfd NAME BYTES | memhog map-file PATH BYTES | memhog names TAG | memhog hugetlb BYTES | memhog cow PATH BYTES | memhog worker BYTES | memhog swapper BYTES"
         ),
     }
 }
