@@ -155,9 +155,12 @@ fn main() -> anyhow::Result<()> {
         (ppid_with / ppid_without - 1.0) * 100.0,
         (ppid_with_min / ppid_without_min - 1.0) * 100.0
     );
+    // The stats are per program, not per process: runs for every other process's mapping
+    // changes and mmap lock releases during the round are included.
     println!(
-        "kernel-measured (BPF stats): {per_run:.1} ns per program run, {runs_per_pair:.1} runs per \
-         pair = {:+.1} % of a pair without",
+        "kernel-measured (BPF stats, host-wide during one round): {per_run:.1} ns per program run, \
+         {runs_per_pair:.1} runs per pair of this loop (other processes' runs included, so an upper \
+         bound: {:+.1} % of a pair without)",
         runs_per_pair * per_run / without_ns * 100.0
     );
     let load_worst = load_attach.iter().copied().fold(0.0, f64::max);
