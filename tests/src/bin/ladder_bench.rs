@@ -3,7 +3,7 @@
 //! `cargo xtask bench`; it is a benchmark that prints a table, never a timed test.
 //!
 //! Workload: W `memhog worker` processes (default 300). Each tick the bench signals about 1 % of
-//! them (round-robin); each signalled worker maps and touches a new 256 KiB region (and unmaps its
+//! them (round-robin); each signalled worker maps and touches a new 256 KiB (`--region-bytes`) region (and unmaps its
 //! oldest): a layout and residency change. After a short pause the bench runs one agent tick with
 //! the library, exactly as `runtime.rs` does: drain the tracker, publish the marks, then
 //! `ProcessesCollector::collect` and `SmapsCollector::collect` with `unbounded: false` (here one
@@ -56,6 +56,8 @@ use memscope_common::LifecycleEvent;
 struct Options {
     workers: usize,
     worker_bytes: usize,
+    /// Size of the anonymous region a signalled worker maps (and of the one it unmaps).
+    region_bytes: usize,
     ticks: usize,
     warmup: Option<usize>,
     tick: Duration,
@@ -69,7 +71,7 @@ struct Options {
 }
 
 const USAGE: &str = "usage: ladder_bench [--workers N (300)] [--worker-bytes BYTES (4194304)] \
-[--ticks T (30)] [--warmup TICKS (2 x max_staleness)] [--tick-ms MS (500)] \
+[--region-bytes BYTES (262144)] [--ticks T (30)] [--warmup TICKS (2 x max_staleness)] [--tick-ms MS (500)] \
 [--max-staleness-s S (15)] [--rollup-max-staleness-s S (15)] [--change-percent P (1)] [--act-ms MS (20)]";
 
 impl Options {
@@ -77,6 +79,7 @@ impl Options {
         let mut o = Options {
             workers: 300,
             worker_bytes: 4 << 20,
+            region_bytes: 256 << 10,
             ticks: 30,
             warmup: None,
             tick: Duration::from_millis(500),
@@ -99,6 +102,7 @@ impl Options {
             match flag.as_str() {
                 "--workers" => o.workers = num(&value)? as usize,
                 "--worker-bytes" => o.worker_bytes = num(&value)? as usize,
+                "--region-bytes" => o.region_bytes = num(&value)? as usize,
                 "--ticks" => o.ticks = num(&value)? as usize,
                 "--warmup" => o.warmup = Some(num(&value)? as usize),
                 "--tick-ms" => o.tick = Duration::from_millis(num(&value)?),
@@ -148,7 +152,7 @@ struct Workers {
 }
 
 impl Workers {
-    fn spawn(memhog: &PathBuf, n: usize, bytes: usize) -> anyhow::Result<Workers> {
+    fn spawn(memhog: &PathBuf, n: usize, bytes: usize, region: usize) -> anyhow::Result<Workers> {
         let mut w = Workers {
             children: Vec::with_capacity(n),
             pids: Vec::with_capacity(n),
@@ -156,7 +160,7 @@ impl Workers {
         };
         for i in 0..n {
             let mut child = Command::new(memhog)
-                .args(["worker", &bytes.to_string()])
+                .args(["worker", &bytes.to_string(), &region.to_string()])
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .spawn()
@@ -646,7 +650,7 @@ fn main() -> anyhow::Result<()> {
         opts.workers,
         opts.worker_bytes >> 10
     );
-    let mut workers = Workers::spawn(&memhog, opts.workers, opts.worker_bytes)?;
+    let mut workers = Workers::spawn(&memhog, opts.workers, opts.worker_bytes, opts.region_bytes)?;
     let processes = ProcFs::new("/proc").pids().context("listing /proc")?;
 
     eprintln!("ladder_bench: baseline (3 full passes)");
@@ -679,10 +683,11 @@ fn main() -> anyhow::Result<()> {
         processes.len() as f64 / opts.max_staleness.as_millis().div_ceil(tick_ms).max(1) as f64;
 
     println!(
-        "ladder bench: {} processes on the host ({} workers of {} KiB), {} changed per tick ({} %), tick {} ms, max_staleness rollup {} s / smaps {} s, {} measured ticks after tick 0 + {} warm-up",
+        "ladder bench: {} processes on the host ({} workers of {} KiB, regions of {} KiB), {} changed per tick ({} %), tick {} ms, max_staleness rollup {} s / smaps {} s, {} measured ticks after tick 0 + {} warm-up",
         processes.len(),
         opts.workers,
         opts.worker_bytes >> 10,
+        opts.region_bytes >> 10,
         opts.per_tick(),
         opts.change_percent,
         opts.tick.as_millis(),

@@ -29,10 +29,10 @@
 //! written, maps it `MAP_PRIVATE`, reads every page and writes the first half: that half becomes
 //! copy-on-write anonymous pages, the other half stays the file's. Prints the inode as a JSON line,
 //! then `ready`; the test removes the file.
-//! `memhog worker BYTES` — for the ladder bench: BYTES of private anonymous memory touched and one
-//! page of its own executable mapped shared; prints `ready`; then on each SIGUSR1 maps and touches a
-//! new 256 KiB anonymous region, unmapping the oldest once more than [`WORKER_REGIONS`] are held (a
-//! layout change each time, bounded memory). Dies with its parent (`PR_SET_PDEATHSIG`).
+//! `memhog worker BYTES [REGION_BYTES]` — for the ladder bench: BYTES of private anonymous memory
+//! touched and one page of its own executable mapped shared; prints `ready`; then on each SIGUSR1
+//! maps and touches a new anonymous region of REGION_BYTES (default 256 KiB), unmapping the oldest
+//! once more than [`WORKER_REGIONS`] are held (anonymous churn each time, bounded memory). Dies with its parent (`PR_SET_PDEATHSIG`).
 //! `memhog swapper BYTES` — for the ladder bench's freshness phase: two memfds of BYTES
 //! (`memscope-swap-a`, `memscope-swap-b`), filled; maps and faults in `a`; prints `ready`; then on
 //! each line of stdin unmaps the one it maps, maps and faults in the other, and prints `swapped`
@@ -367,6 +367,7 @@ fn fill(f: &mut std::fs::File, bytes: usize) -> anyhow::Result<()> {
 
 /// Regions a worker keeps mapped; the oldest is unmapped past this.
 const WORKER_REGIONS: usize = 4;
+/// The default region size of `memhog worker`.
 const WORKER_REGION_BYTES: usize = 256 << 10;
 
 /// See the crate docs: swaps which of two same-sized memfds it maps, on each line of stdin.
@@ -411,7 +412,7 @@ extern "C" fn on_usr1(_: libc::c_int) {
     SIGNALLED.store(true, std::sync::atomic::Ordering::SeqCst);
 }
 
-fn worker(bytes: usize) -> anyhow::Result<()> {
+fn worker(bytes: usize, region: usize) -> anyhow::Result<()> {
     // SAFETY: plain syscalls with valid arguments; every result that can fail is checked.
     unsafe {
         check(
@@ -475,17 +476,14 @@ fn worker(bytes: usize) -> anyhow::Result<()> {
             // SAFETY: waits with SIGUSR1 unblocked; returns -1/EINTR after the handler ran.
             unsafe { libc::sigsuspend(&old_mask) };
         }
-        let r = map_anon(WORKER_REGION_BYTES)?;
-        touch(r, WORKER_REGION_BYTES);
+        let r = map_anon(region)?;
+        touch(r, region);
         regions.push_back(r);
         if regions.len() > WORKER_REGIONS
             && let Some(old) = regions.pop_front()
         {
-            // SAFETY: `old` is a mapping of WORKER_REGION_BYTES we made and no longer use.
-            check(
-                unsafe { libc::munmap(old.cast(), WORKER_REGION_BYTES) },
-                "munmap",
-            )?;
+            // SAFETY: `old` is a mapping of `region` bytes we made and no longer use.
+            check(unsafe { libc::munmap(old.cast(), region) }, "munmap")?;
         }
     }
 }
@@ -513,7 +511,8 @@ fn main() -> anyhow::Result<()> {
             touch(p, bytes);
             ready_and_wait()
         }
-        ["worker", bytes] => worker(bytes.parse()?),
+        ["worker", bytes] => worker(bytes.parse()?, WORKER_REGION_BYTES),
+        ["worker", bytes, region] => worker(bytes.parse()?, region.parse()?),
         ["shared", size, n, unmapped] => shared(size.parse()?, n.parse()?, unmapped.parse()?),
         ["shm-deleted", path, bytes] => {
             let bytes: usize = bytes.parse()?;
@@ -551,7 +550,7 @@ fn main() -> anyhow::Result<()> {
             ready_and_wait()
         }
         _ => anyhow::bail!(
-            "usage: memhog anon BYTES | memhog shared SIZE N UNMAPPED | memhog shm-deleted PATH BYTES | memhog memfd NAME BYTES | memhog map-file PATH BYTES | memhog names TAG | memhog hugetlb BYTES | memhog cow PATH BYTES | memhog worker BYTES | memhog swapper BYTES"
+            "usage: memhog anon BYTES | memhog shared SIZE N UNMAPPED | memhog shm-deleted PATH BYTES | memhog memfd NAME BYTES | memhog map-file PATH BYTES | memhog names TAG | memhog hugetlb BYTES | memhog cow PATH BYTES | memhog worker BYTES [REGION_BYTES] | memhog swapper BYTES"
         ),
     }
 }
