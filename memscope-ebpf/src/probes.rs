@@ -295,9 +295,14 @@ fn note<C: EbpfContext>(
         pending: bit,
         _pad: 0,
     };
-    if ANON.insert(tgid, state, u64::from(BPF_ANY)).is_err() && bit == PENDING_ANON {
-        // No room to count: treat the change as a residency change (conservative).
-        return mark(ctx, tgid, reason::ANON);
+    if ANON.insert(tgid, state, u64::from(BPF_ANY)).is_err() {
+        // No room to count (more than DIRTY_MAP_ENTRIES processes changing mappings): mark what
+        // the change could be at most (a clear may have removed a file mapping).
+        match bit {
+            PENDING_ANON => return mark(ctx, tgid, reason::ANON),
+            PENDING_REMOVAL => return mark(ctx, tgid, reason::MAPPING),
+            _ => {}
+        }
     }
     Ok(0)
 }
