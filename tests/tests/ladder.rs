@@ -584,8 +584,9 @@ fn lost_marks_make_every_process_due_as_overflow() {
     agent.tick(&mut tracker, &mut smaps, 0);
     assert_eq!(smaps.reads_of(idle.pid()), Some(1));
     let dropped_before = agent.last.marks_dropped;
+    // A memfd mapping marks each (an anonymous page would stay below min_change).
     for child in &mut busy {
-        child.command("mmap");
+        child.command("memfd");
     }
     let obs = agent.tick(&mut tracker, &mut smaps, 1);
     assert!(

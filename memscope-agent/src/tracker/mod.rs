@@ -121,8 +121,10 @@ impl DirtySource for PollingSource {
 
 /// The tracker: a dirty source and, with eBPF, the lifecycle event stream.
 pub struct Tracker {
-    pub source: Box<dyn DirtySource>,
+    /// Declared (so dropped) before `source`: dropping the eBPF source joins its event thread,
+    /// which may be blocked sending into a full channel until this receiver is gone.
     pub events: Option<tokio::sync::mpsc::Receiver<LifecycleEvent>>,
+    pub source: Box<dyn DirtySource>,
 }
 
 impl fmt::Debug for Tracker {
