@@ -49,8 +49,11 @@ struct Agent {
 
 impl Agent {
     fn new() -> Agent {
+        let events = ProcEvents::default();
+        // As the runtime does with eBPF attached: marks cover every layout change.
+        events.set_layout_tracked(true);
         Agent {
-            events: ProcEvents::default(),
+            events,
             statm_files: StatmPass::files(4096),
             procfs: ProcFs::new("/proc"),
             last: TrackerStats::default(),
@@ -87,6 +90,47 @@ fn maps_test_memfd(obs: &ObjectsObservation, pid: u32) -> bool {
     obs.of_kind(ObjectKind::Memfd).any(|o| {
         o.label.lossy().contains("memscope-test-memfd") && o.consumers.iter().any(|c| c.pid == pid)
     })
+}
+
+#[test]
+fn anonymous_changes_never_reread_smaps_but_a_shared_mapping_does() {
+    let mut tracker = ebpf_tracker();
+    let mut agent = Agent::new();
+    let mut smaps = SmapsCollector::new(
+        &SmapsConfig {
+            min_object_pss: ByteSize(0),
+            max_staleness: Interval(Duration::from_secs(600)),
+            // Residency moves must not trigger reads: only marks.
+            min_change: ByteSize(1 << 30),
+            ..SmapsConfig::default()
+        },
+        agent.events.subscribe(),
+    );
+    let mut child = TestChild::spawn(CHILD);
+    let pid = child.pid();
+    agent.tick(&mut tracker, &mut smaps, 0);
+    assert_eq!(smaps.reads_of(pid), Some(1), "read as new");
+    // Churn at the default min_change (64 KiB mapped, touched, unmapped), then 1 MiB kept: the
+    // first is below the rollup tier's threshold, the second a rollup (ANON) mark only, and
+    // neither may cost a smaps read (nor may the virtual size that moved).
+    for n in 1..=3 {
+        for _ in 0..20 {
+            child.command("churn");
+        }
+        child.command("anon");
+        let obs = agent.tick(&mut tracker, &mut smaps, n);
+        assert_eq!(
+            smaps.reads_of(pid),
+            Some(1),
+            "anonymous changes re-read smaps (tick {n}): {:?}",
+            smaps_stats(&obs)
+        );
+    }
+    // A shared mapping: re-read at the next tick.
+    child.command("memfd");
+    let obs = agent.tick(&mut tracker, &mut smaps, 4);
+    assert_eq!(smaps.reads_of(pid), Some(2), "{:?}", smaps_stats(&obs));
+    assert!(maps_test_memfd(&obs, pid));
 }
 
 #[test]
@@ -540,8 +584,9 @@ fn lost_marks_make_every_process_due_as_overflow() {
     agent.tick(&mut tracker, &mut smaps, 0);
     assert_eq!(smaps.reads_of(idle.pid()), Some(1));
     let dropped_before = agent.last.marks_dropped;
+    // A memfd mapping marks each (an anonymous page would stay below min_change).
     for child in &mut busy {
-        child.command("mmap");
+        child.command("memfd");
     }
     let obs = agent.tick(&mut tracker, &mut smaps, 1);
     assert!(

@@ -243,6 +243,7 @@ impl Collector for SmapsCollector {
         };
 
         // Tier 1: the tracker's events, then statm of every process.
+        self.ladder.set_layout_tracked(self.events.layout_tracked());
         let tier1 = self.ladder.run_tier1(&pass, &self.events.take(), start);
         // Objects whose mapper set changed: those of exited processes (and of pids now someone
         // else's), and below those gained or lost by re-read processes.
