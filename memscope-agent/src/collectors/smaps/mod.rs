@@ -38,6 +38,7 @@ mod classify;
 mod fold;
 mod object;
 mod records;
+pub mod sharing;
 
 pub use classify::{classify, tmpfs_devices};
 pub use fold::{fold_process, fold_shared};
