@@ -10,7 +10,6 @@
 //!   is suspect; served oldest number first, under the budget;
 //! - `layout`: `statm`'s virtual size changed (polling mode's stand-in for `dirty`);
 //! - `residency`: resident or shared pages moved by at least the tier's threshold since its last read;
-//! - `shared_change`: an object it maps gained or lost a mapper (smaps tier);
 //! - `stale`: its last read is older than `max_staleness` — the bound on how old any number can be.
 //!
 //! A per-tick time budget caps the work: what is left rolls to the next tick, oldest first, so
@@ -39,18 +38,16 @@ pub enum Reason {
     Overflow,
     Layout,
     Residency,
-    SharedChange,
     Stale,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 6] = [
         Reason::New,
         Reason::Dirty,
         Reason::Overflow,
         Reason::Layout,
         Reason::Residency,
-        Reason::SharedChange,
         Reason::Stale,
     ];
 
@@ -61,7 +58,6 @@ impl Reason {
             Reason::Overflow => "overflow",
             Reason::Layout => "layout",
             Reason::Residency => "residency",
-            Reason::SharedChange => "shared_change",
             Reason::Stale => "stale",
         }
     }
@@ -172,7 +168,7 @@ impl Ladder {
         }
     }
 
-    /// Marks `pid` due for `reason` (tracker marks, shared-object changes). Unknown pids are kept
+    /// Marks `pid` due for `reason` (tracker marks, overflow). Unknown pids are kept
     /// until their `statm` is observed.
     pub fn mark(&mut self, pid: u32, reason: Reason, now: Instant) {
         if let Some(e) = self.entries.get_mut(&pid) {
@@ -685,7 +681,7 @@ mod tests {
         l.mark(1, Reason::Dirty, t0 + Duration::from_secs(2));
         l.mark(2, Reason::Dirty, t0 + Duration::from_secs(3));
         // Marked again later: keeps its original place in line.
-        l.mark(3, Reason::SharedChange, t0 + Duration::from_secs(4));
+        l.mark(3, Reason::Overflow, t0 + Duration::from_secs(4));
         assert_eq!(
             l.due(),
             vec![(3, Reason::Dirty), (1, Reason::Dirty), (2, Reason::Dirty)]

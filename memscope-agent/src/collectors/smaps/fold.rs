@@ -37,6 +37,7 @@ pub fn fold_process(
                     memory: mem,
                     mappings: 1,
                     mapped_bytes: m.size(),
+                    derived: false,
                 });
             }
         }
@@ -59,6 +60,7 @@ pub fn fold_shared<'a>(procs: impl IntoIterator<Item = &'a ProcessObjects>) -> V
                 pss_bytes: o.memory.pss_bytes,
                 rss_bytes: o.memory.rss_bytes,
                 hugetlb_bytes: o.memory.hugetlb_bytes(),
+                derived: o.derived,
             };
             match index.get(&o.key) {
                 Some(&i) => {
@@ -68,6 +70,7 @@ pub fn fold_shared<'a>(procs: impl IntoIterator<Item = &'a ProcessObjects>) -> V
                     max_shared_hugetlb[i] =
                         max_shared_hugetlb[i].max(o.memory.shared_hugetlb_bytes);
                     s.mappers += 1;
+                    s.derived_mappers += u32::from(o.derived);
                     s.mappings += o.mappings;
                     s.consumers.push(consumer);
                 }
@@ -82,6 +85,7 @@ pub fn fold_shared<'a>(procs: impl IntoIterator<Item = &'a ProcessObjects>) -> V
                         hugetlb_bytes: 0,
                         memory: o.memory,
                         mappers: 1,
+                        derived_mappers: u32::from(o.derived),
                         mappings: o.mappings,
                         consumers: vec![consumer],
                     });
@@ -164,6 +168,7 @@ Shared_Clean:          4 kB
             name: Name::from(name),
             objects: fold_process(text.as_bytes(), &devs()).expect("parses"),
             read_at: Instant::now(),
+            read_ticks: 0,
             smaps_bytes: text.len() as u64,
             reads: 1,
         }
