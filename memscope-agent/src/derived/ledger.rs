@@ -569,6 +569,7 @@ mod tests {
             objects,
             read_at: Instant::now(),
             read_ticks: 0,
+            read_run: 0,
             smaps_bytes: 0,
             reads: 1,
         };

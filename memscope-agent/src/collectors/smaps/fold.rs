@@ -169,6 +169,7 @@ Shared_Clean:          4 kB
             objects: fold_process(text.as_bytes(), &devs()).expect("parses"),
             read_at: Instant::now(),
             read_ticks: 0,
+            read_run: 0,
             smaps_bytes: text.len() as u64,
             reads: 1,
         }

@@ -120,6 +120,8 @@ pub struct SmapsCollector {
     max_namespaces: usize,
     /// Processes whose last smaps read was denied.
     denied: HashSet<u32>,
+    /// Runs so far (the current one while it goes).
+    runs: u64,
     buf: Vec<u8>,
 }
 
@@ -145,6 +147,7 @@ impl SmapsCollector {
             cache: HashMap::new(),
             max_namespaces: crate::config::AgentConfig::default().max_mount_namespaces as usize,
             denied: HashSet::new(),
+            runs: 0,
             buf: Vec::with_capacity(1 << 20),
         }
     }
@@ -179,6 +182,7 @@ impl SmapsCollector {
             objects,
             read_at: Instant::now(),
             read_ticks: boot_ticks(),
+            read_run: self.runs,
             smaps_bytes: self.buf.len() as u64,
             reads: 1,
         })
@@ -212,13 +216,39 @@ struct Pending {
     /// The mover (left out of the others) and its figures of the object.
     pid: u32,
     memory: ObjectMemory,
-    /// The others read at or before this moment (clock ticks since boot) predate the change.
-    before: u64,
+    /// Which others' figures predate the change.
+    before: Before,
+}
+
+/// Which other mappers' figures predate a change (and are updated by it).
+#[derive(Debug, Clone, Copy)]
+enum Before {
+    /// Every other not read in this run (an exit: the others read this run already show it).
+    Now,
+    /// Those read in this collector run or an earlier one (the mover's previous read: what it
+    /// mapped or unmapped since happened after that run, as far as the others can tell).
+    Run(u64),
+    /// Those read at or before this moment, in clock ticks since boot (a process's start).
+    Ticks(u64),
+}
+
+impl Before {
+    fn includes(self, p: &ProcessObjects) -> bool {
+        match self {
+            Before::Now => true,
+            Before::Run(run) => p.read_run <= run,
+            Before::Ticks(t) => p.read_ticks <= t,
+        }
+    }
 }
 
 impl Pending {
     /// Every shared object of `p` joined or left.
-    fn all(p: &ProcessObjects, change: Change, before: u64) -> impl Iterator<Item = Pending> + '_ {
+    fn all(
+        p: &ProcessObjects,
+        change: Change,
+        before: Before,
+    ) -> impl Iterator<Item = Pending> + '_ {
         p.objects
             .iter()
             .filter(|o| shareable(&o.key))
@@ -244,7 +274,10 @@ impl Pending {
         let (was, is) = (keys(old), keys(new));
         let mut out = Vec::new();
         for (p, change, other) in [(old, Change::Leave, &is), (new, Change::Join, &was)] {
-            out.extend(Pending::all(p, change, old.read_ticks).filter(|c| !other.contains(&c.key)));
+            out.extend(
+                Pending::all(p, change, Before::Run(old.read_run))
+                    .filter(|c| !other.contains(&c.key)),
+            );
         }
         out
     }
@@ -284,7 +317,7 @@ fn apply_changes(
                 let o = p.objects.iter().find(|o| o.key == c.key)?;
                 Some(Other {
                     memory: o.memory,
-                    eligible: !reread.contains(pid) && p.read_ticks <= c.before,
+                    eligible: !reread.contains(pid) && c.before.includes(p),
                 })
             })
             .collect();
@@ -323,6 +356,7 @@ impl Collector for SmapsCollector {
         ctx: &CollectCtx<'_>,
     ) -> Result<Option<Box<dyn Observation>>, CollectError> {
         let start = Instant::now();
+        self.runs += 1;
         let (tmpfs_devs, skipped) = tmpfs_devices(ctx.procfs, self.max_namespaces, &mut self.buf)?;
         let pass = ctx.statm_pass(&mut self.buf)?;
         let mut obs = ObjectsObservation {
@@ -342,7 +376,7 @@ impl Collector for SmapsCollector {
         self.cache.retain(|pid, p| {
             let keep = tier1.live.contains(pid) && !forgotten.contains(pid);
             if !keep {
-                pending.extend(Pending::all(p, Change::Leave, u64::MAX));
+                pending.extend(Pending::all(p, Change::Leave, Before::Now));
             }
             keep
         });
@@ -366,13 +400,21 @@ impl Collector for SmapsCollector {
                         }
                         // Another process had the pid: it left everything.
                         Some(old) => {
-                            pending.extend(Pending::all(old, Change::Leave, u64::MAX));
-                            pending.extend(Pending::all(&p, Change::Join, p.start_ticks));
+                            pending.extend(Pending::all(old, Change::Leave, Before::Now));
+                            pending.extend(Pending::all(
+                                &p,
+                                Change::Join,
+                                Before::Ticks(p.start_ticks),
+                            ));
                         }
                         // First read: what it maps is new only to the others read before it
                         // started (a fork child). Processes that were there when the others were
                         // read (a start-up carried over by the budget) are already in their figures.
-                        None => pending.extend(Pending::all(&p, Change::Join, p.start_ticks)),
+                        None => pending.extend(Pending::all(
+                            &p,
+                            Change::Join,
+                            Before::Ticks(p.start_ticks),
+                        )),
                     }
                     obs.processes_read += 1;
                     self.denied.remove(&pid);
@@ -386,7 +428,7 @@ impl Collector for SmapsCollector {
                     let old = self.cache.remove(&pid);
                     if e.is_gone() {
                         if let Some(old) = old {
-                            pending.extend(Pending::all(&old, Change::Leave, u64::MAX));
+                            pending.extend(Pending::all(&old, Change::Leave, Before::Now));
                         }
                         obs.vanished += 1;
                         self.denied.remove(&pid);
@@ -577,5 +619,57 @@ mod tests {
         assert_eq!(obs.derived_shares, 0, "10's figures stand");
         let memfd = obs.of_kind(ObjectKind::Memfd).next().expect("memfd");
         assert_eq!(memfd.memory.pss_bytes, 3 << 20);
+    }
+
+    #[test]
+    fn an_unmapping_and_a_fork_derive_the_others_shares() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        memfd_sharers(dir.path(), &[10, 11, 12]);
+        let procfs = ProcFs::new(dir.path());
+        let mut c = SmapsCollector::new(&SmapsConfig::default(), Subscription::detached());
+        let mut run = || {
+            crate::collectors::observed::<ObjectsObservation>(
+                c.collect(&crate::collectors::CollectCtx::once(&procfs)),
+            )
+            .unwrap_or_else(|e| panic!("unexpected: {e}"))
+        };
+        run();
+        // 12 unmaps the memfd (its layout changes): re-read, and 10 and 11 share it two ways.
+        let twelve = dir.path().join("12");
+        std::fs::write(twelve.join("statm"), "900 0 0 0 0 0 0\n").expect("statm");
+        std::fs::write(twelve.join("smaps"), "").expect("smaps");
+        let obs = run();
+        assert_eq!(obs.processes_read, 1);
+        let memfd = obs.of_kind(ObjectKind::Memfd).next().expect("memfd");
+        assert_eq!(memfd.mappers, 2);
+        assert!(
+            memfd
+                .consumers
+                .iter()
+                .all(|c| c.pss_bytes == 1536 << 10 && c.derived)
+        );
+
+        // A fork child of 10 (started after the others were read) maps it too: three ways again.
+        memfd_sharers(dir.path(), &[13]);
+        let stat = format!(
+            "13 (w) S 10 13 13 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {} 0 0\n",
+            boot_ticks() + 1
+        );
+        std::fs::write(dir.path().join("13/stat"), stat).expect("stat");
+        std::fs::write(
+            dir.path().join("13/smaps"),
+            "7f0000000000-7f0000300000 rw-s 00000000 00:01 77 /memfd:ring (deleted)\n\
+             Rss: 3072 kB\nPss: 1024 kB\nShared_Dirty: 3072 kB\n",
+        )
+        .expect("smaps");
+        let obs = run();
+        assert_eq!(obs.processes_read, 1, "only the child is read");
+        let memfd = obs.of_kind(ObjectKind::Memfd).next().expect("memfd");
+        assert_eq!(memfd.mappers, 3);
+        assert_eq!(memfd.memory.pss_bytes, 3 << 20);
+        for c in &memfd.consumers {
+            assert_eq!(c.pss_bytes, 1 << 20, "pid {}", c.pid);
+            assert_eq!(c.derived, c.pid != 13, "pid {}", c.pid);
+        }
     }
 }

@@ -174,6 +174,8 @@ pub struct ProcessObjects {
     /// The same moment in clock ticks since boot (the unit of `start_ticks`): a process started
     /// after it did not map anything this read saw.
     pub read_ticks: u64,
+    /// The smaps collector's run that read it.
+    pub read_run: u64,
     /// Bytes of that read.
     pub smaps_bytes: u64,
     /// How many times this process's smaps has been read.
