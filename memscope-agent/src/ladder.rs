@@ -369,6 +369,9 @@ pub enum StatmRead {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StatmPass {
     pub processes: Vec<(u32, StatmRead)>,
+    /// This tick's hand-over of rollups derived from `smaps` reads, from the smaps tier to the
+    /// rollup tier (one page walk for both).
+    pub exchange: crate::collectors::exchange::SmapsExchange,
 }
 
 impl StatmPass {
@@ -395,7 +398,10 @@ impl StatmPass {
             };
             processes.push((pid, read));
         }
-        Ok(StatmPass { processes })
+        Ok(StatmPass {
+            processes,
+            ..StatmPass::default()
+        })
     }
 
     /// A one-off pass with no kept descriptors (tests, `--once`).
@@ -456,6 +462,7 @@ mod tests {
     fn pass(list: &[(u32, StatmRead)]) -> StatmPass {
         StatmPass {
             processes: list.to_vec(),
+            ..StatmPass::default()
         }
     }
 

@@ -43,6 +43,7 @@ macro_rules! section {
 }
 
 pub mod cgroup;
+pub mod exchange;
 pub mod meminfo;
 pub mod processes;
 pub mod smaps;

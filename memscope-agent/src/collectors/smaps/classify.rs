@@ -98,6 +98,22 @@ pub fn tmpfs_devices(
     max_namespaces: usize,
     buf: &mut Vec<u8>,
 ) -> Result<(HashSet<Dev>, Vec<String>), ProcError> {
+    tmpfs_devices_seen(procfs, max_namespaces, buf).map(|(devs, skipped, _)| (devs, skipped))
+}
+
+/// [`tmpfs_devices`], and whether every mount namespace and every line of its mount table was
+/// read (else a tmpfs mount may be missing from the set).
+pub fn tmpfs_devices_seen(
+    procfs: &ProcFs,
+    max_namespaces: usize,
+    buf: &mut Vec<u8>,
+) -> Result<(HashSet<Dev>, Vec<String>, bool), ProcError> {
     let nss = mountinfo::discover(procfs, max_namespaces, buf)?;
-    Ok((mountinfo::tmpfs_devices(nss.tables()), nss.skipped_lines))
+    let complete =
+        nss.skipped == 0 && nss.denied == 0 && nss.error_count == 0 && nss.skipped_lines.is_empty();
+    Ok((
+        mountinfo::tmpfs_devices(nss.tables()),
+        nss.skipped_lines,
+        complete,
+    ))
 }

@@ -31,7 +31,9 @@ use crate::{
     config::{ByteSize, Interval, Positive},
     ladder::{Ladder, TierPolicy, TierStats},
     proc_events::{Scope, Subscription},
-    procfs::{Dev, FileClass, ProcError, ProcFs, page_size, stat::parse_stat},
+    procfs::{
+        Dev, FileClass, ProcError, ProcFs, counters::MemCounters, page_size, stat::parse_stat,
+    },
 };
 
 mod classify;
@@ -41,7 +43,7 @@ mod records;
 pub mod sharing;
 
 pub use classify::{classify, tmpfs_devices};
-pub use fold::{fold_process, fold_shared};
+pub use fold::{fold_process, fold_process_rollup, fold_shared};
 pub use object::{
     Consumer, ObjectKey, ObjectKind, ObjectMemory, ProcessObject, ProcessObjects, SharedObject,
 };
@@ -158,13 +160,13 @@ impl SmapsCollector {
         self
     }
 
-    /// Reads one process's smaps into its objects.
+    /// Reads one process's smaps into its objects, and its rollup where that derives exactly.
     fn read_process(
         &mut self,
         procfs: &ProcFs,
         pid: u32,
         tmpfs_devs: &HashSet<Dev>,
-    ) -> Result<ProcessObjects, ProcError> {
+    ) -> Result<(ProcessObjects, Option<MemCounters>), ProcError> {
         let stat = procfs.read_parsed(
             &procfs.pid_path(pid, "stat"),
             FileClass::OTHER,
@@ -173,9 +175,9 @@ impl SmapsCollector {
         )?;
         let path = procfs.pid_path(pid, "smaps");
         procfs.read_into(&path, FileClass::SMAPS, &mut self.buf)?;
-        let objects = fold_process(&self.buf, tmpfs_devs)
+        let (objects, rollup) = fold_process_rollup(&self.buf, tmpfs_devs)
             .map_err(|source| ProcError::Parse { path, source })?;
-        Ok(ProcessObjects {
+        let p = ProcessObjects {
             pid,
             start_ticks: stat.starttime_ticks,
             name: stat.comm,
@@ -185,7 +187,8 @@ impl SmapsCollector {
             read_run: self.runs,
             smaps_bytes: self.buf.len() as u64,
             reads: 1,
-        })
+        };
+        Ok((p, rollup))
     }
 
     /// How many times `pid`'s smaps was read (since it was first seen); `None` if not tracked.
@@ -357,7 +360,8 @@ impl Collector for SmapsCollector {
     ) -> Result<Option<Box<dyn Observation>>, CollectError> {
         let start = Instant::now();
         self.runs += 1;
-        let (tmpfs_devs, skipped) = tmpfs_devices(ctx.procfs, self.max_namespaces, &mut self.buf)?;
+        let (tmpfs_devs, skipped, every_mount) =
+            classify::tmpfs_devices_seen(ctx.procfs, self.max_namespaces, &mut self.buf)?;
         let pass = ctx.statm_pass(&mut self.buf)?;
         let mut obs = ObjectsObservation {
             min_object_pss: self.min_object_pss,
@@ -384,12 +388,28 @@ impl Collector for SmapsCollector {
         // Tier 3: smaps where the ladder says so, within the budget.
         let mut carried = 0;
         let mut reread: HashSet<u32> = HashSet::new();
-        for (pid, reason) in self.ladder.due() {
+        // The rollups derived on the way go to the rollup tier of this tick (one page walk for
+        // both); not when a mount namespace or table line went unread (a tmpfs mount could be
+        // missing, and its pages pass for a file's).
+        let exchange = &pass.exchange;
+        let _finish = exchange.finish_on_drop();
+        let due = self.ladder.due();
+        exchange.plan(due.iter().map(|(pid, _)| *pid));
+        let share_rollups = every_mount;
+        for (pid, reason) in due {
             if !ctx.unbounded && start.elapsed() >= self.budget {
                 carried += 1;
                 continue;
             }
-            match self.read_process(ctx.procfs, pid, &tmpfs_devs) {
+            let read = self.read_process(ctx.procfs, pid, &tmpfs_devs);
+            exchange.leave(
+                pid,
+                match &read {
+                    Ok((p, Some(rollup))) if share_rollups => Some((p.start_ticks, *rollup)),
+                    _ => None,
+                },
+            );
+            match read.map(|(p, _)| p) {
                 Ok(mut p) => {
                     match self.cache.get(&pid) {
                         // The same process: what it mapped or unmapped since its last read, which
@@ -608,7 +628,7 @@ mod tests {
         let pass = ctx.statm_pass(&mut Vec::new()).expect("pass");
         let tier1 = c.ladder.run_tier1(&pass, &[], Instant::now());
         assert!(tier1.live.contains(&11));
-        let p = c
+        let (p, _) = c
             .read_process(&procfs, 10, &HashSet::new())
             .expect("read 10");
         c.ladder.done(10, Instant::now());
