@@ -8,8 +8,8 @@
 //! - `exit`: N = `--sharers` (1000). One agent tick reads everything (as `--once` does); then
 //!   `--normal` ticks with nothing changing, then `--kills` times: kill one child (it stays a zombie:
 //!   memhog does not reap), run the next tick, then a normal tick. Each tick runs the `processes`
-//!   and `smaps` collectors one after the other, with the default budget, over the shared `statm`
-//!   pass, as `runtime.rs` does (polling mode: no tracker). Printed per tick kind: CPU, bytes read,
+//!   and `smaps` collectors side by side, with the default budget, over the shared `statm` pass,
+//!   as `runtime.rs` does (polling mode: no tracker). Printed per tick kind: CPU, bytes read,
 //!   `smaps` re-reads and shares derived by arithmetic.
 //! - `startup`: N = `--startup-sharers` (3000). `--once` (fresh collectors, one tick with no
 //!   budget) three times, median; then a daemon start (fresh collectors, the default 2 s budget)
@@ -30,7 +30,7 @@ use anyhow::{Context as _, bail};
 use memscope_agent::{
     collectors::{
         CollectCtx, Collector, observed,
-        processes::{ProcessesCollector, ProcessesConfig},
+        processes::{ProcessesCollector, ProcessesConfig, ProcessesObservation},
         smaps::{ObjectsObservation, SmapsCollector, SmapsConfig},
     },
     ladder::StatmPass,
@@ -193,6 +193,8 @@ struct Tick {
     rollup_rereads: u64,
     carried: u64,
     derived: u32,
+    /// Rollups taken from the smaps tier's read instead of reading `smaps_rollup`.
+    rollups_derived: u32,
 }
 
 fn total(m: &BTreeMap<&'static str, u64>) -> u64 {
@@ -238,12 +240,17 @@ impl Agent {
             statm: Some(Arc::new(pass)),
             unbounded,
         };
-        let p = self
-            .processes
-            .collect(&ctx)
-            .context("processes collector")?;
-        let o = observed::<ObjectsObservation>(self.smaps.collect(&ctx))
-            .map_err(|e| anyhow::anyhow!("smaps collector: {e}"))?;
+        // Side by side, as the runtime runs them (the smaps tier hands its derived rollups over).
+        let (processes, smaps) = (&mut self.processes, &mut self.smaps);
+        let (p, o) = std::thread::scope(|scope| {
+            let o = scope.spawn(|| smaps.collect(&ctx));
+            (processes.collect(&ctx), o.join())
+        });
+        let p = p.context("processes collector")?;
+        let o = observed::<ObjectsObservation>(
+            o.map_err(|_| anyhow::anyhow!("the smaps collector panicked"))?,
+        )
+        .map_err(|e| anyhow::anyhow!("smaps collector: {e}"))?;
         let cpu = cpu_time().saturating_sub(cpu0);
         self.tick += 1;
         let (b1, s1) = self.bytes();
@@ -268,6 +275,10 @@ impl Agent {
             rollup_rereads: rollup_total - before.rollup,
             carried: o.tier.carried_over + rollup.carried_over,
             derived: o.derived_shares,
+            rollups_derived: p
+                .as_ref()
+                .and_then(|p| p.downcast_ref::<ProcessesObservation>())
+                .map_or(0, |p| p.rollups_derived),
         };
         before.smaps = o.tier.rereads.clone();
         before.rollup = rollup_total;
@@ -304,12 +315,13 @@ fn reasons(m: &BTreeMap<&'static str, u64>) -> String {
 #[expect(clippy::print_stdout, reason = "the table is this binary's output")]
 fn print_row(name: &str, t: &Tick) {
     println!(
-        "| {name:<22} | {:>9.1} | {:>10.0} | {:>11.0} | {:>6} | {:>6} | {:>7} | {:>7} | {} |",
+        "| {name:<22} | {:>9.1} | {:>10.0} | {:>16.0} | {:>6} | {:>6} | {:>10} | {:>7} | {:>7} | {} |",
         ms(t.cpu),
         t.proc_bytes as f64 / 1024.0,
         t.smaps_bytes as f64 / 1024.0,
         total(&t.smaps_rereads),
         t.rollup_rereads,
+        t.rollups_derived,
         t.derived,
         t.carried,
         reasons(&t.smaps_rereads)
@@ -319,10 +331,10 @@ fn print_row(name: &str, t: &Tick) {
 #[expect(clippy::print_stdout, reason = "the table is this binary's output")]
 fn header() {
     println!(
-        "| tick                   | CPU ms    | /proc KiB  | smaps+rollup KiB | smaps  | rollup | derived | carried | smaps re-reads by reason |"
+        "| tick                   | CPU ms    | /proc KiB  | smaps+rollup KiB | smaps  | rollup | from smaps | derived | carried | smaps re-reads by reason |"
     );
     println!(
-        "|------------------------|-----------|------------|------------------|--------|--------|---------|---------|--------------------------|"
+        "|------------------------|-----------|------------|------------------|--------|--------|------------|---------|---------|--------------------------|"
     );
 }
 
@@ -394,6 +406,25 @@ fn exit_workload(opts: &Options) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The floor: every process's `smaps` and `smaps_rollup` read with plain read(2), nothing parsed.
+/// CPU of one such pass.
+fn floor() -> anyhow::Result<Duration> {
+    use std::io::Read as _;
+    let pids = ProcFs::new("/proc").pids().context("listing /proc")?;
+    let mut buf = Vec::with_capacity(1 << 20);
+    let cpu0 = cpu_time();
+    for pid in pids {
+        for file in ["smaps", "smaps_rollup"] {
+            buf.clear();
+            // Gone or denied: nothing to read, as for the agent.
+            if let Ok(mut f) = std::fs::File::open(format!("/proc/{pid}/{file}")) {
+                let _ = f.read_to_end(&mut buf);
+            }
+        }
+    }
+    Ok(cpu_time().saturating_sub(cpu0))
+}
+
 #[expect(clippy::print_stdout, reason = "the table is this binary's output")]
 fn startup_workload(opts: &Options) -> anyhow::Result<()> {
     eprintln!(
@@ -409,6 +440,12 @@ fn startup_workload(opts: &Options) -> anyhow::Result<()> {
     }
     once.sort_by_key(|t| t.cpu);
     let once = once.swap_remove(1);
+    let mut floors = Vec::new();
+    for _ in 0..3 {
+        floors.push(floor()?);
+    }
+    floors.sort();
+    let floor = floors[1];
     let mut agent = Agent::new();
     let mut cum = Cumulative::default();
     let mut ticks = Vec::new();
@@ -454,6 +491,16 @@ fn startup_workload(opts: &Options) -> anyhow::Result<()> {
         ticks.len(),
         ms(all),
         ms(all) / ms(once.cpu).max(1e-9)
+    );
+    let once_floor = ms(once.cpu) / ms(floor).max(1e-9);
+    println!(
+        "floor (read(2) of every smaps and smaps_rollup, median of 3): {:.0} ms CPU; --once {:.0} ms: ratio {once_floor:.3}",
+        ms(floor),
+        ms(once.cpu)
+    );
+    println!(
+        "{}: --once costs {once_floor:.3}x the floor (target <= 1.1)",
+        if once_floor <= 1.1 { "PASS" } else { "FAIL" }
     );
     println!(
         "{}: start-up at {} processes costs {ratio:.3}x --once (target <= 1.1)",
