@@ -962,4 +962,72 @@ mod tree_tests {
         assert_eq!(p.unit, Some(Name::from("cron.service")));
         assert_eq!(p.container, None);
     }
+
+    #[test]
+    fn a_process_the_smaps_tier_read_this_tick_is_not_walked_again() {
+        use crate::collectors::smaps::{SmapsCollector, SmapsConfig};
+        let dir = tempfile::tempdir().expect("tempdir");
+        copy_pid(dir.path(), 43, 43, &[]);
+        copy_pid(dir.path(), 44, 44, &[]);
+        std::fs::create_dir_all(dir.path().join("self")).expect("mkdir");
+        std::fs::write(dir.path().join("self/mountinfo"), "").expect("mountinfo");
+        let procfs = ProcFs::new(dir.path());
+        // One tick's pass, shared by both collectors as the scheduler shares it.
+        let pass = crate::ladder::StatmPass::read_once(&procfs, &mut Vec::new()).expect("pass");
+        let ctx = CollectCtx {
+            statm: Some(std::sync::Arc::new(pass)),
+            ..CollectCtx::once(&procfs)
+        };
+        let mut smaps = SmapsCollector::new(&SmapsConfig::default(), Subscription::detached());
+        let mut processes =
+            ProcessesCollector::new(&ProcessesConfig::default(), Subscription::detached());
+        smaps.collect(&ctx).expect("smaps");
+        let rollup_reads = |p: &ProcFs| {
+            p.counters()
+                .by_class()
+                .iter()
+                .find(|(c, _)| *c == FileClass::SMAPS_ROLLUP.name())
+                .map_or(0, |(_, n)| n.bytes)
+        };
+        let obs = crate::collectors::observed::<ProcessesObservation>(processes.collect(&ctx))
+            .unwrap_or_else(|e| panic!("unexpected: {e}"));
+        assert_eq!(obs.rollups_derived, 2);
+        assert_eq!(rollup_reads(&procfs), 0, "no smaps_rollup read");
+        for p in &obs.processes {
+            let text =
+                std::fs::read(fixtures().join(format!("{}/smaps_rollup", p.pid))).expect("fixture");
+            let want =
+                Memory::from_rollup(&parse_smaps_rollup(&text).expect("parses").expect("mm"));
+            assert_eq!(p.numbers, Numbers::Exact);
+            assert_eq!(
+                (p.memory.rss_bytes, p.memory.uss_bytes, p.memory.swap_bytes),
+                (want.rss_bytes, want.uss_bytes, want.swap_bytes),
+                "pid {}",
+                p.pid
+            );
+            // PSS: the kernel's kB rounding per mapping.
+            assert!(
+                want.pss_bytes - p.memory.pss_bytes < 64 << 10,
+                "pid {}",
+                p.pid
+            );
+            let split =
+                p.memory.pss_anon_bytes + p.memory.pss_file_bytes + p.memory.pss_shmem_bytes;
+            assert_eq!(
+                split, p.memory.pss_bytes,
+                "pid {}: the split adds up",
+                p.pid
+            );
+        }
+
+        // A tick where the smaps tier does not run: smaps_rollup is read as before.
+        let mut alone =
+            ProcessesCollector::new(&ProcessesConfig::default(), Subscription::detached());
+        let obs = crate::collectors::observed::<ProcessesObservation>(
+            alone.collect(&CollectCtx::once(&procfs)),
+        )
+        .unwrap_or_else(|e| panic!("unexpected: {e}"));
+        assert_eq!(obs.rollups_derived, 0);
+        assert!(rollup_reads(&procfs) > 0);
+    }
 }
