@@ -102,7 +102,9 @@ pub fn tmpfs_devices(
 }
 
 /// [`tmpfs_devices`], and whether every mount namespace and every line of its mount table was
-/// read (else a tmpfs mount may be missing from the set).
+/// read (else a tmpfs mount may be missing from the set). A namespace whose link was denied does
+/// not count: its members' smaps are as unreadable as their link (a busy host has such a process
+/// now and then, one in the middle of an exec).
 pub fn tmpfs_devices_seen(
     procfs: &ProcFs,
     max_namespaces: usize,

@@ -297,45 +297,43 @@ fn apply_changes(
     if pending.is_empty() {
         return 0;
     }
+    // Every mapper of a changed object, found once: (pid, the object's index in its objects).
     let keys: HashSet<&ObjectKey> = pending.iter().map(|c| &c.key).collect();
-    let mut mappers: HashMap<ObjectKey, Vec<u32>> = HashMap::new();
+    let mut mappers: HashMap<ObjectKey, Vec<(u32, usize)>> = HashMap::new();
     for p in cache.values() {
-        for o in p.objects.iter().filter(|o| keys.contains(&o.key)) {
-            mappers.entry(o.key.clone()).or_default().push(p.pid);
+        for (i, o) in p.objects.iter().enumerate() {
+            if keys.contains(&o.key) {
+                mappers.entry(o.key.clone()).or_default().push((p.pid, i));
+            }
         }
     }
-    for pids in mappers.values_mut() {
-        pids.sort_unstable();
+    for list in mappers.values_mut() {
+        list.sort_unstable();
     }
     let mut derived = 0;
+    let mut others: Vec<Other> = Vec::new();
     for c in pending {
-        let Some(pids) = mappers.get(&c.key) else {
+        let Some(list) = mappers.get(&c.key) else {
             continue;
         };
-        let pids: Vec<u32> = pids.iter().copied().filter(|p| *p != c.pid).collect();
-        let others: Vec<Other> = pids
-            .iter()
-            .filter_map(|pid| {
-                let p = cache.get(pid)?;
-                let o = p.objects.iter().find(|o| o.key == c.key)?;
-                Some(Other {
-                    memory: o.memory,
-                    eligible: !reread.contains(pid) && c.before.includes(p),
-                })
+        let list: Vec<(u32, usize)> = list.iter().copied().filter(|(p, _)| *p != c.pid).collect();
+        others.clear();
+        others.extend(list.iter().filter_map(|(pid, i)| {
+            let p = cache.get(pid)?;
+            Some(Other {
+                memory: p.objects.get(*i)?.memory,
+                eligible: !reread.contains(pid) && c.before.includes(p),
             })
-            .collect();
-        if others.len() != pids.len() {
+        }));
+        if others.len() != list.len() || !others.iter().any(|o| o.eligible) {
             continue;
         }
-        for (pid, new) in pids
+        for ((pid, i), new) in list
             .iter()
             .zip(sharing::shift(c.change, &c.memory, &others))
         {
             let Some(new) = new else { continue };
-            if let Some(o) = cache
-                .get_mut(pid)
-                .and_then(|p| p.objects.iter_mut().find(|o| o.key == c.key))
-            {
+            if let Some(o) = cache.get_mut(pid).and_then(|p| p.objects.get_mut(*i)) {
                 o.memory = new;
                 o.derived = true;
                 derived += 1;
