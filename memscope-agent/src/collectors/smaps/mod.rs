@@ -310,12 +310,33 @@ fn apply_changes(
     for list in mappers.values_mut() {
         list.sort_unstable();
     }
+    // Per object, the earliest read among mappers not read this run: a change no such read
+    // predates updates no one (at start-up every process is new: nothing to do, cheaply).
+    let earliest: HashMap<&ObjectKey, (u64, u64)> = mappers
+        .iter()
+        .filter_map(|(key, list)| {
+            list.iter()
+                .filter(|(pid, _)| !reread.contains(pid))
+                .filter_map(|(pid, _)| cache.get(pid))
+                .map(|p| (p.read_run, p.read_ticks))
+                .reduce(|a, b| (a.0.min(b.0), a.1.min(b.1)))
+                .map(|e| (key, e))
+        })
+        .collect();
     let mut derived = 0;
     let mut others: Vec<Other> = Vec::new();
     for c in pending {
-        let Some(list) = mappers.get(&c.key) else {
+        let (Some(list), Some(&(run, ticks))) = (mappers.get(&c.key), earliest.get(&c.key)) else {
             continue;
         };
+        let predates = match c.before {
+            Before::Now => true,
+            Before::Run(r) => run <= r,
+            Before::Ticks(t) => ticks <= t,
+        };
+        if !predates {
+            continue;
+        }
         let list: Vec<(u32, usize)> = list.iter().copied().filter(|(p, _)| *p != c.pid).collect();
         others.clear();
         others.extend(list.iter().filter_map(|(pid, i)| {
