@@ -8,13 +8,14 @@
 //! instead of reading `smaps_rollup`.
 //!
 //! The exchange travels with the tick's `statm` pass, which the scheduler hands to both collectors,
-//! so it lives exactly one tick. The collectors run side by side: the `smaps` collector announces
-//! the processes it will read (its plan), leaves each one's rollup (or `None`: not derivable, not
-//! read) as it goes, and says when it is finished. The `processes` collector reads what is not
-//! planned first, then takes the planned ones, waiting for each until it is left or the `smaps`
-//! run is finished; whatever it does not get, it reads itself. A tier that runs alone (the other
-//! collector disabled, or not due this tick), or a `processes` run that comes before the plan, reads
-//! as before.
+//! so it lives exactly one tick. The scheduler marks it when a `smaps` collector runs in the tick.
+//! The collectors run side by side: the `smaps` collector announces the processes it will read
+//! (its plan), leaves each one's rollup (or `None`: not derivable, not read) as it goes, and says
+//! when it is finished. The `processes` collector waits for the plan (when one is expected), reads
+//! what is not planned, then takes the planned ones, waiting for each until it is left or the
+//! `smaps` run is finished; whatever it does not get, it reads itself. So which figures come from
+//! where does not depend on the threads' timing. A tier that runs alone (the other collector
+//! disabled, not due, or still busy with an earlier tick) reads as before.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -29,6 +30,10 @@ pub type DerivedRollup = (u64, MemCounters);
 
 #[derive(Debug, Default)]
 struct State {
+    /// The scheduler runs a `smaps` collector this tick: its plan is coming.
+    expected: bool,
+    /// The plan is made.
+    planned: bool,
     /// Processes the `smaps` collector will read this tick.
     plan: HashSet<u32>,
     /// What it left: `None` where no exact rollup came of the read.
@@ -50,9 +55,25 @@ impl SmapsExchange {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The scheduler: a `smaps` collector runs this tick, so the others wait for its plan
+    /// ([`Self::wait_for_plan`]) and take the same rollups whatever the threads' timing.
+    pub fn expect_plan(&self) {
+        self.lock().expected = true;
+    }
+
+    /// The `processes` collector: when a plan is expected, waits until it is made (or the `smaps`
+    /// run is over without one).
+    pub fn wait_for_plan(&self) {
+        let mut s = self.lock();
+        while s.expected && !s.planned && !s.finished {
+            s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
     /// The `smaps` collector: the processes it is about to read.
     pub fn plan(&self, pids: impl IntoIterator<Item = u32>) {
         let mut s = self.lock();
+        s.planned = true;
         s.plan.extend(pids);
         drop(s);
         self.changed.notify_all();
@@ -164,9 +185,27 @@ mod tests {
     }
 
     #[test]
+    fn an_expected_plan_is_waited_for() {
+        let ex = Arc::new(SmapsExchange::default());
+        ex.wait_for_plan();
+        assert!(!ex.planned(1), "none expected: no wait, no plan");
+        ex.expect_plan();
+        let smaps = {
+            let ex = Arc::clone(&ex);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                ex.plan([1]);
+            })
+        };
+        ex.wait_for_plan();
+        assert!(ex.planned(1), "the plan came before the wait ended");
+        smaps.join().expect("smaps thread");
+    }
+
+    #[test]
     fn a_smaps_run_that_panics_still_finishes() {
         let ex = Arc::new(SmapsExchange::default());
-        ex.plan([5]);
+        ex.expect_plan();
         let t = {
             let ex = Arc::clone(&ex);
             std::thread::spawn(move || {
@@ -175,6 +214,7 @@ mod tests {
             })
         };
         assert!(t.join().is_err());
+        ex.wait_for_plan();
         assert_eq!(ex.take(5), None);
     }
 }

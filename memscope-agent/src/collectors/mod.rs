@@ -93,6 +93,11 @@ pub trait Collector: Send {
     fn uses_statm_pass(&self) -> bool {
         false
     }
+    /// Whether it hands rollups derived from its `smaps` reads to the tick's other collectors
+    /// ([`exchange`]): the scheduler then tells them to wait for its plan.
+    fn gives_rollups(&self) -> bool {
+        false
+    }
     fn collect(
         &mut self,
         ctx: &CollectCtx<'_>,

@@ -533,6 +533,7 @@ impl Collector for ProcessesCollector {
         // tier reads this tick too come last: their rollup is derived from that read.
         let mut carried = 0;
         let exchange = &pass.exchange;
+        exchange.wait_for_plan();
         let mut later = Vec::new();
         for (pid, reason) in self.ladder.due() {
             if exchange.planned(pid) {

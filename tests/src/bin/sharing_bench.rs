@@ -234,6 +234,8 @@ impl Agent {
         let cpu0 = cpu_time();
         let pass = StatmPass::read(&self.procfs, &mut self.statm_files, &mut Vec::new())
             .context("statm pass")?;
+        // As the scheduler does when the smaps collector is due.
+        pass.exchange.expect_plan();
         let ctx = CollectCtx {
             procfs: &self.procfs,
             tick: self.tick,

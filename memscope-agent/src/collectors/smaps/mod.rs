@@ -373,15 +373,22 @@ impl Collector for SmapsCollector {
         true
     }
 
+    fn gives_rollups(&self) -> bool {
+        true
+    }
+
     fn collect(
         &mut self,
         ctx: &CollectCtx<'_>,
     ) -> Result<Option<Box<dyn Observation>>, CollectError> {
         let start = Instant::now();
         self.runs += 1;
+        let pass = ctx.statm_pass(&mut self.buf)?;
+        // Whatever happens below (an error, a panic), the rollup tier does not wait in vain.
+        let exchange = &pass.exchange;
+        let _finish = exchange.finish_on_drop();
         let (tmpfs_devs, skipped, every_mount) =
             classify::tmpfs_devices_seen(ctx.procfs, self.max_namespaces, &mut self.buf)?;
-        let pass = ctx.statm_pass(&mut self.buf)?;
         let mut obs = ObjectsObservation {
             min_object_pss: self.min_object_pss,
             top_consumers: self.top_consumers,
@@ -410,8 +417,6 @@ impl Collector for SmapsCollector {
         // The rollups derived on the way go to the rollup tier of this tick (one page walk for
         // both); not when a mount namespace or table line went unread (a tmpfs mount could be
         // missing, and its pages pass for a file's).
-        let exchange = &pass.exchange;
-        let _finish = exchange.finish_on_drop();
         let due = self.ladder.due();
         exchange.plan(due.iter().map(|(pid, _)| *pid));
         let share_rollups = every_mount;
