@@ -131,6 +131,8 @@ fn check_environment(
 }
 
 fn main() -> ExitCode {
+    // The clock of `uptime_ms` starts here, before the eBPF programs are loaded.
+    memscope_agent::runtime::process_started();
     let cli = Cli::parse();
     let quiet = matches!(cli.command, Some(Command::Show { .. } | Command::Report(_)));
     init_logs(

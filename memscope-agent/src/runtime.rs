@@ -40,6 +40,15 @@ pub fn host_name(config: &Config) -> String {
         .unwrap_or_else(|| "unknown".to_string())
 }
 
+/// When the agent process started: the clock of the `agent` record's `uptime_ms`. `main` calls
+/// this first thing, so uptime counts from process start and includes loading the eBPF programs
+/// (`tracker.load_ms`); a library caller's clock starts at its first call, which [`run`] makes
+/// before it starts the tracker. A second [`run`] in the same process keeps the first clock.
+pub fn process_started() -> Instant {
+    static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *STARTED.get_or_init(Instant::now)
+}
+
 /// Opens the configured sink; a bad output path fails here, before anything is collected.
 pub fn open_sink(config: &Config) -> anyhow::Result<Sink> {
     Sink::open(&config.output).with_context(|| match &config.output.path {
@@ -63,17 +72,21 @@ pub async fn run(
     once: bool,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let started = process_started();
     let procfs = ProcFs::new(&config.agent.proc_root);
     let interval = config.agent.interval.get();
-    let mut tracker = start_tracker(&config.agent, once).await?;
+    let (mut tracker, load) = start_tracker(&config.agent, once).await?;
+    let load_ms = load.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let tracker_info = match tracker.source.state() {
         TrackerState::Ebpf => TrackerInfo {
             mode: "ebpf".to_string(),
             reason: None,
+            load_ms,
         },
         TrackerState::Polling { reason } => TrackerInfo {
             mode: "polling".to_string(),
             reason: Some(reason.clone()),
+            load_ms,
         },
     };
     let lifecycle = tracker.events.take();
@@ -85,7 +98,9 @@ pub async fn run(
         &BuildCtx {
             procfs: &procfs,
             events: &events,
-            max_mount_namespaces: config.agent.max_mount_namespaces,
+            mount_namespaces: crate::procfs::mountinfo::SharedNamespaces::new(
+                config.agent.max_mount_namespaces,
+            ),
         },
     );
     let (tx, rx) = mpsc::channel::<StoreMsg>(64);
@@ -112,6 +127,7 @@ pub async fn run(
             emit: config.output.emit,
             keyframe_every: config.output.keyframe_every.0,
             interval,
+            started,
         },
         tracker_info,
         &names,
@@ -122,22 +138,26 @@ pub async fn run(
     let events_task = lifecycle.map(|mut rx| {
         let tx = tx.clone();
         let events = events.clone();
+        let procfs = procfs.clone();
         tokio::spawn(async move {
             while let Some(ev) = rx.recv().await {
                 events.publish_lifecycle(&ev);
-                let cause = match ev.kind {
-                    event_kind::EXIT => ExitCause::Exit,
-                    event_kind::OOM_KILL => ExitCause::OomKill,
+                let (pid, cause) = match ev.kind {
+                    event_kind::EXIT => (ev.tgid, ExitCause::Exit),
+                    // The tracepoint names the victim task: map a thread to its process.
+                    event_kind::OOM_KILL => {
+                        let procfs = procfs.clone();
+                        let tid = ev.tgid;
+                        let pid = tokio::task::spawn_blocking(move || {
+                            crate::collectors::cgroup::oom::victim_process(&procfs, tid)
+                        })
+                        .await
+                        .unwrap_or(tid);
+                        (pid, ExitCause::OomKill)
+                    }
                     _ => continue,
                 };
-                if tx
-                    .send(StoreMsg::Exit {
-                        pid: ev.tgid,
-                        cause,
-                    })
-                    .await
-                    .is_err()
-                {
+                if tx.send(StoreMsg::Exit { pid, cause }).await.is_err() {
                     break;
                 }
             }
@@ -195,34 +215,43 @@ pub async fn run(
     }
 }
 
-/// Starts the tracker the config asks for. `--once` never loads eBPF: one pass reads everything.
-async fn start_tracker(agent: &AgentConfig, once: bool) -> anyhow::Result<Tracker> {
+/// Starts the tracker the config asks for, with the time spent loading and attaching the eBPF
+/// programs (`None` when it was not tried). `--once` never loads eBPF: one pass reads everything.
+async fn start_tracker(
+    agent: &AgentConfig,
+    once: bool,
+) -> anyhow::Result<(Tracker, Option<Duration>)> {
     let mode = agent.tracker;
     let polling = |reason: &str| Tracker {
         source: Box::new(PollingSource::new(reason)),
         events: None,
     };
     if mode == TrackerMode::Polling {
-        return Ok(polling("tracker = \"polling\" in the config"));
+        return Ok((polling("tracker = \"polling\" in the config"), None));
     }
     if once {
-        return Ok(polling("one-shot run (--once): every process is read"));
+        return Ok((
+            polling("one-shot run (--once): every process is read"),
+            None,
+        ));
     }
     let opts = tracker::StartOptions {
         mount_tracefs: agent.mount_tracefs,
         ..tracker::StartOptions::new(std::process::id())
     };
-    let tracker = tokio::task::spawn_blocking(move || {
+    let (tracker, load) = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
         let t = tracker::start(&opts);
+        let load = started.elapsed();
         release_freed_heap();
-        t
+        (t, load)
     })
     .await
     .context("starting the tracker")?;
     if let (TrackerMode::Ebpf, TrackerState::Polling { reason }) = (mode, tracker.source.state()) {
         anyhow::bail!("agent.tracker = \"ebpf\" but eBPF cannot attach: {reason}");
     }
-    Ok(tracker)
+    Ok((tracker, Some(load)))
 }
 
 /// Loading the programs parses the kernel's BTF (about 5 MB here), which leaves ~16 MB of freed

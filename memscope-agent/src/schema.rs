@@ -25,16 +25,31 @@ use crate::{
     store::{AgentBody, RemovedBody, SnapshotBody},
 };
 
-/// The body of an `exit` record for a process that lived and died between two ticks (written by
-/// the store as text: `{"pid":N,"known":false,"at_once":true}`).
+/// Why a process exited, when the agent knows (`docs/records.md`, OOM kills).
+#[derive(JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[expect(dead_code, reason = "only its schema is used")]
+enum ExitReason {
+    /// The kernel's OOM killer chose it.
+    OomKill,
+}
+
+/// The body of an `exit` record for a process whose figures were never sent (written by the store
+/// as text: `{"pid":N,"known":false,"at_once":true}`, or without `at_once` for an exit seen before
+/// the first emission, which goes into that emission).
 #[derive(JsonSchema)]
 #[expect(dead_code, reason = "only its schema is used")]
 struct UnknownExit {
     pid: u32,
     /// Always false: the agent never read this process.
     known: bool,
-    /// Always true: sent when the exit was seen, between emissions.
+    /// True when sent at once, between emissions; absent for an exit seen before the first
+    /// emission (sent in it).
+    #[schemars(skip_serializing_if = "std::ops::Not::not")]
     at_once: bool,
+    /// `oom_kill` when the OOM killer chose it (eBPF); absent otherwise.
+    #[schemars(skip_serializing_if = "Option::is_none")]
+    reason: Option<ExitReason>,
 }
 
 /// What an `exit` record adds to the last `process` body sent.
@@ -43,6 +58,24 @@ struct UnknownExit {
 struct ExitExtra {
     /// True when sent at once, between emissions (eBPF tracker); absent when the exit was found at
     /// an emission.
+    #[schemars(skip_serializing_if = "std::ops::Not::not")]
+    at_once: bool,
+    /// `oom_kill` when the OOM killer chose it; absent otherwise.
+    #[schemars(skip_serializing_if = "Option::is_none")]
+    reason: Option<ExitReason>,
+    /// True when the reason is inferred from the cgroup's `oom_kill` counter (no eBPF); absent
+    /// when the tracker saw the kill.
+    #[schemars(skip_serializing_if = "std::ops::Not::not")]
+    reason_inferred: bool,
+}
+
+/// What a `cgroup` record sent with an OOM kill's `exit` adds.
+#[derive(JsonSchema)]
+#[expect(dead_code, reason = "only its schema is used")]
+struct CgroupExtra {
+    /// True when sent at once, between emissions, with the `exit` of a process the OOM killer
+    /// chose in this cgroup or below (eBPF tracker): re-read after the kill, so `events.oom_kill`
+    /// counts it. Absent in emissions.
     #[schemars(skip_serializing_if = "std::ops::Not::not")]
     at_once: bool,
 }
@@ -72,7 +105,10 @@ fn body(kind: &str, g: &mut SchemaGenerator) -> Value {
         "meminfo" => s(g.subschema_for::<Fields<'static>>()),
         "process" => s(g.subschema_for::<ProcessRecord>()),
         "cgroup" => json!({ "anyOf": [
-            s(g.subschema_for::<CgroupBody<'static>>()),
+            { "allOf": [
+                s(g.subschema_for::<CgroupBody<'static>>()),
+                s(g.subschema_for::<CgroupExtra>()),
+            ]},
             s(g.subschema_for::<OtherCgroupBody>()),
         ]}),
         "object" => json!({ "anyOf": [

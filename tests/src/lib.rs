@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use memscope_agent::config::{Config, SinkKind};
 use serde_json::Value;
 
+pub mod bench;
 pub mod stream;
 
 /// The workspace root.

@@ -5,7 +5,8 @@
 //!
 //! OOM kills: a child in such a cgroup (swap off) driven to twice the limit is killed; with the eBPF
 //! tracker and with polling, its `exit` record says `"reason": "oom_kill"` (inferred, and marked
-//! so, with polling) and the cgroup's `events.oom_kill` moved from 0.
+//! so, with polling), and the cgroup's `events.oom_kill` moves from 0 in the exit's emission (with
+//! eBPF: in the at-once lines sent with the exit).
 
 use std::{
     io::{BufRead, BufReader},
@@ -339,31 +340,66 @@ fn oom_kill_is_reported(tracker: memscope_agent::config::TrackerMode, inferred: 
     // Wait (bounded, for a failure message rather than a hang) for the exit record and a cgroup
     // record showing the kill.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let (exit, counts) = loop {
+    let (lines, exit) = loop {
         let lines = agent.lines();
         let exit = lines
             .iter()
             .find(|l| l["kind"] == "exit" && l["pid"] == pid)
             .cloned();
-        let counts: Vec<u64> = lines
-            .iter()
-            .filter(|l| l["kind"] == "cgroup" && l["path"] == cg.rel.as_str())
-            .filter_map(|l| l["events"]["oom_kill"].as_u64())
-            .collect();
-        if exit.is_some() && counts.last().is_some_and(|&n| n >= 1) {
-            break (exit, counts);
+        let counted = lines.iter().any(|l| {
+            l["kind"] == "cgroup"
+                && l["path"] == cg.rel.as_str()
+                && l["events"]["oom_kill"].as_u64() >= Some(1)
+        });
+        if let (Some(exit), true) = (&exit, counted) {
+            break (lines.clone(), exit.clone());
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "no exit record for {pid} with the kill counted after 30 s: exit {exit:?}, oom_kill counts {counts:?}"
+            "no exit record for {pid} with the kill counted after 30 s: exit {exit:?}"
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     };
-    let exit = exit.expect("exit record");
     assert_eq!(exit["reason"], "oom_kill", "{exit}");
     assert_eq!(exit["cgroup"], cg.rel.as_str(), "{exit}");
     assert_eq!(exit.get("reason_inferred").is_some(), inferred, "{exit}");
-    assert_eq!(counts.first(), Some(&0), "the counter moved: {counts:?}");
+    let records: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["kind"] == "cgroup" && l["path"] == cg.rel.as_str())
+        .collect();
+    let counts: Vec<Option<u64>> = records
+        .iter()
+        .map(|l| l["events"]["oom_kill"].as_u64())
+        .collect();
+    assert_eq!(
+        counts.first(),
+        Some(&Some(0)),
+        "the counter moved: {counts:?}"
+    );
+    // The exit and the moved counter in one emission: a cgroup record with the exit's seq (with
+    // eBPF, sent at once with it, marked so, right after it; with polling, in the emission that
+    // reports the exit) counts the kill, and no record before it did.
+    let same = records
+        .iter()
+        .find(|l| l["seq"] == exit["seq"] && l["at_once"] == exit["at_once"])
+        .unwrap_or_else(|| {
+            panic!(
+                "no cgroup record for {} in the exit's emission (seq {}): {records:?}",
+                cg.rel, exit["seq"]
+            )
+        });
+    assert!(
+        same["events"]["oom_kill"].as_u64() >= Some(1),
+        "the exit's emission shows the kill: {same}"
+    );
+    let first_counted = records
+        .iter()
+        .position(|l| l["events"]["oom_kill"].as_u64() >= Some(1));
+    let same_at = records.iter().position(|l| std::ptr::eq(*l, *same));
+    assert_eq!(
+        first_counted, same_at,
+        "the kill shows first in the exit's emission: {counts:?}"
+    );
 }
 
 impl TestCgroup {

@@ -237,3 +237,45 @@ fn memlock_limit_is_lifted_before_loading() {
         lowered.rlim_cur
     );
 }
+
+/// `uptime_ms` counts from process start, so the first emission's uptime covers the eBPF load
+/// (`tracker.load_ms`) and, after it, the first tick's collector runs (the first run of each has no
+/// deadline, so the emission waits for all of them). With the clock started after the load, as it
+/// once was, uptime falls short of the sum by the load time.
+#[test]
+fn uptime_at_the_first_emission_includes_the_ebpf_load() {
+    use std::io::BufRead as _;
+    memscope_tests::require_root("eBPF");
+    let mut agent = Command::new(memscope_tests::agent_bin())
+        .args(["--log", "warn"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawning the agent");
+    let stdout = agent.stdout.take().expect("piped stdout");
+    let first_agent_record = std::io::BufReader::new(stdout)
+        .lines()
+        .map(|l| l.expect("reading the agent's stdout"))
+        .map(|l| serde_json::from_str::<serde_json::Value>(&l).expect("a JSON line"))
+        .find(|v| v["kind"] == "agent");
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let rec = first_agent_record.expect("the agent ended before its first `agent` record");
+    assert_eq!(rec["tracker"]["mode"], "ebpf", "{rec}");
+    let load_ms = rec["tracker"]["load_ms"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no tracker.load_ms: {rec}"));
+    let uptime_ms = rec["uptime_ms"].as_u64().expect("uptime_ms");
+    let longest_run_ms = rec["collectors"]
+        .as_object()
+        .expect("collectors")
+        .values()
+        .filter_map(|c| c["last_duration_us"].as_u64())
+        .max()
+        .expect("no collector ran")
+        / 1000;
+    // Both figures are truncated to whole milliseconds: allow one for each.
+    assert!(
+        uptime_ms + 2 >= load_ms + longest_run_ms,
+        "uptime {uptime_ms} ms < eBPF load {load_ms} ms + longest first run {longest_run_ms} ms"
+    );
+}

@@ -670,10 +670,10 @@ fn a_run_as_nobody_marks_the_ledger_incomplete_and_says_why() {
 
 /// Done-when of the accuracy issue: on a controlled shared-memory workload (N processes sharing a
 /// memfd, a `/dev/shm` file and a SysV segment, plus an unmapped `/dev/shm` file) the Shmem
-/// ledger's unexplained remainder stays within 1 % of `Shmem`. Other activity on the host (other
-/// test runs create and remove shmem) moves the absolute remainder, so the test compares a run
-/// without the workload with a run with it, and retries a pair whose difference other activity
-/// spoiled.
+/// ledger's unexplained remainder stays within 1 % of `Shmem`: both the remainder itself, with the
+/// workload running, and how far the workload moved it (counted before `unreadable_held_bytes`,
+/// which could otherwise absorb an under-count of the workload). Other activity on the host (other test
+/// runs create and remove shmem) can spoil a pair of runs, so a spoiled pair is retried.
 #[test]
 fn shmem_ledger_explains_a_shared_memory_workload_within_one_percent() {
     require_root("live");
@@ -694,20 +694,33 @@ fn shmem_ledger_explains_a_shared_memory_workload_within_one_percent() {
         drop(hog);
         let (a, b) = (only(&before, "shmem_ledger"), only(&with, "shmem_ledger"));
         let grew = int(b, "shmem_bytes") - int(a, "shmem_bytes");
-        let moved = int(b, "unexplained_bytes") - int(a, "unexplained_bytes");
+        // The workload's own attribution, before the ledger gives any of the remainder to
+        // unreadable processes' cgroups (which would hide an under-count up to that bound).
+        let before_held = |l: &Value| int(l, "unexplained_bytes") + int(l, "unreadable_held_bytes");
+        let moved = before_held(b) - before_held(a);
         let bound = int(b, "shmem_bytes") / 100;
         eprintln!(
-            "attempt {attempt}: Shmem {} -> {} (+{grew}, workload {workload}); unexplained {} -> {} ({moved:+}), bound {bound}",
+            "attempt {attempt}: Shmem {} -> {} (+{grew}, workload {workload}); unexplained before unreadable_held {} -> {} ({moved:+}), bound {bound}",
             int(a, "shmem_bytes"),
             int(b, "shmem_bytes"),
-            int(a, "unexplained_bytes"),
-            int(b, "unexplained_bytes"),
+            before_held(a),
+            before_held(b),
         );
-        if moved.abs() <= bound {
+        let left = int(b, "unexplained_bytes");
+        eprintln!(
+            "  with the workload: unexplained {left} of Shmem {} (unreadable shmem {}, unreadable held {}, complete {})",
+            int(b, "shmem_bytes"),
+            int(b, "unreadable_shmem_bytes"),
+            int(b, "unreadable_held_bytes"),
+            b["complete"]
+        );
+        if moved.abs() <= bound && left.abs() <= bound {
             return;
         }
     }
-    panic!("in 5 attempts the workload's shmem was never explained within 1 % of Shmem");
+    panic!(
+        "in 5 attempts the remainder (or its move) was never within 1 % of Shmem with the workload"
+    );
 }
 
 /// `Shmem` from /proc/meminfo, in bytes.

@@ -131,4 +131,31 @@ fn exit_records_validate() {
     validator
         .validate(&unknown)
         .expect("exit of a process never read");
+    // OOM kills: the reason (inferred without eBPF), on both forms; an exit seen before the first
+    // emission has no `at_once`.
+    exit["reason"] = serde_json::json!("oom_kill");
+    validator.validate(&exit).expect("an OOM kill sent at once");
+    if let Some(o) = exit.as_object_mut() {
+        o.remove("at_once");
+    }
+    exit["reason_inferred"] = serde_json::json!(true);
+    validator.validate(&exit).expect("an inferred OOM kill");
+    for extra in [
+        serde_json::json!({"reason": "oom_kill"}),
+        serde_json::json!({"at_once": true, "reason": "oom_kill"}),
+        serde_json::json!({}),
+    ] {
+        let mut early = serde_json::json!({
+            "schema": "memscope.v1", "kind": "exit", "ts": process["ts"], "host": "h", "seq": 0,
+            "pid": 7, "known": false,
+        });
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            early[k] = v.clone();
+        }
+        validator
+            .validate(&early)
+            .unwrap_or_else(|e| panic!("{early}: {e}"));
+    }
+    exit["reason"] = serde_json::json!("bored");
+    assert!(validator.validate(&exit).is_err(), "an unknown reason");
 }

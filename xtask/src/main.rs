@@ -10,6 +10,7 @@ mod ebpf_object;
 mod fuzz;
 mod ladder_bench;
 mod packaging;
+mod peers_bench;
 mod pipeline;
 mod probe_bench;
 mod setup;
@@ -90,6 +91,12 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// memscope against smem, smemstat and process-exporter, and the stall of a monitored 2 GiB
+    /// process (root; installs the peers). `cargo xtask bench-peers -- --sizes 300 --repeats 3`.
+    BenchPeers {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -114,6 +121,7 @@ fn main() -> Result<()> {
             build_release_bins("memscope-tests", &["sharing_bench", "memhog"])?;
             run_release_bin("sharing_bench", &args)
         }
+        Cmd::BenchPeers { args } => peers_bench::run(&args),
         Cmd::Fuzz { seconds, targets } => fuzz::run(seconds, &targets),
         Cmd::Volume { args } => volume::run(&args),
         Cmd::SchemaUpdate => cargo(
@@ -185,6 +193,30 @@ fn run_release_bin(name: &str, args: &[String]) -> Result<()> {
     run_checked(Command::new(release_dir().join(name)).args(args))
 }
 
+/// Builds the agent and the named binaries of `memscope-tests` in release, then runs the first of
+/// them with `--agent PATH-OF-THE-AGENT` and `args`.
+fn run_agent_bench(bins: &[&str], args: &[String]) -> Result<()> {
+    let mut build = vec![
+        "build",
+        "--release",
+        "--package",
+        "memscope-agent",
+        "--package",
+        "memscope-tests",
+        "--bin",
+        "memscope-agent",
+    ];
+    for bin in bins {
+        build.extend(["--bin", bin]);
+    }
+    cargo(&build, &[])?;
+    let agent = release_dir().join("memscope-agent");
+    let mut bench_args = vec!["--agent".to_string(), agent.display().to_string()];
+    bench_args.extend_from_slice(args);
+    let bench = bins.first().context("no bench binary named")?;
+    run_release_bin(bench, &bench_args)
+}
+
 /// Installs Debian packages with apt-get (`apt-get update` first), non-interactively.
 fn apt_install(packages: &[&str]) -> Result<()> {
     run_checked(Command::new("apt-get").args(["update", "-qq"]))?;
@@ -244,6 +276,8 @@ fn test(skip_privileged: bool) -> Result<()> {
     )?;
     // Unprivileged lane: unit tests, CLI tests, golden end-to-end over fixtures.
     cargo(&["test", "--workspace", "--exclude", "memscope-tests"], &[])?;
+    // The tests crate's own unit tests (the bench statistics, the stream helpers).
+    cargo(&["test", "-p", "memscope-tests", "--lib"], &[])?;
     cargo(GOLDEN_TESTS, &[])?;
     cargo(&["test", "-p", "memscope-tests", "--test", "schema"], &[])?;
     // Every /proc parser under libFuzzer, briefly (`cargo xtask fuzz` for a long run).

@@ -7,23 +7,5 @@
 //! It prints figures; no test times anything.
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
-    crate::cargo(
-        &[
-            "build",
-            "--release",
-            "--package",
-            "memscope-agent",
-            "--package",
-            "memscope-tests",
-            "--bin",
-            "memscope-agent",
-            "--bin",
-            "view_bench",
-        ],
-        &[],
-    )?;
-    let agent = crate::release_dir().join("memscope-agent");
-    let mut bench_args = vec!["--agent".to_string(), agent.display().to_string()];
-    bench_args.extend_from_slice(args);
-    crate::run_release_bin("view_bench", &bench_args)
+    crate::run_agent_bench(&["view_bench"], args)
 }

@@ -134,6 +134,11 @@ impl dyn Observation {
     pub fn downcast_ref<T: Observation>(&self) -> Option<&T> {
         (self as &dyn Any).downcast_ref()
     }
+
+    /// This observation as its concrete type, to update in place.
+    pub fn downcast_mut<T: Observation>(&mut self) -> Option<&mut T> {
+        (self as &mut dyn Any).downcast_mut()
+    }
 }
 
 /// The observation of a run as its concrete type (tests, benches): an error names what came instead.
@@ -213,12 +218,13 @@ pub struct Registered {
 }
 
 /// What building a collector may use: the proc filesystem, the tracker's event stream (a ladder
-/// collector subscribes here, once, so it receives every event exactly once), and the agent-wide
-/// `[agent] max_mount_namespaces` (smaps and tmpfs both read the mount namespaces).
+/// collector subscribes here, once, so it receives every event exactly once), and the mount
+/// namespaces, read through one cache that smaps and tmpfs share (bounded by `[agent]
+/// max_mount_namespaces`).
 pub struct BuildCtx<'a> {
     pub procfs: &'a ProcFs,
     pub events: &'a ProcEvents,
-    pub max_mount_namespaces: u32,
+    pub mount_namespaces: crate::procfs::mountinfo::SharedNamespaces,
 }
 
 /// One known collector: its name, and how to build it if the config enables it.
@@ -319,7 +325,9 @@ mod tests {
             &BuildCtx {
                 procfs: &procfs,
                 events: &events,
-                max_mount_namespaces: config.agent.max_mount_namespaces,
+                mount_namespaces: crate::procfs::mountinfo::SharedNamespaces::new(
+                    config.agent.max_mount_namespaces,
+                ),
             },
         );
         let names: Vec<_> = built.iter().map(|r| r.collector.name()).collect();
@@ -337,7 +345,9 @@ mod tests {
             &BuildCtx {
                 procfs: &ProcFs::new("/nonexistent"),
                 events: &ProcEvents::default(),
-                max_mount_namespaces: config.agent.max_mount_namespaces,
+                mount_namespaces: crate::procfs::mountinfo::SharedNamespaces::new(
+                    config.agent.max_mount_namespaces,
+                ),
             },
         );
         let names: Vec<_> = built.iter().map(|r| r.collector.name()).collect();

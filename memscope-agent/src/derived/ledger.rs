@@ -37,6 +37,7 @@ use serde::Serialize;
 
 use crate::{
     collectors::{
+        cgroup::CgroupObservation,
         meminfo::MeminfoObservation,
         processes::{Numbers, ProcessesObservation},
         smaps::{ObjectKey, ObjectKind, ObjectsObservation, SharedObject},
@@ -55,6 +56,7 @@ pub struct Inputs<'a> {
     pub objects: Option<&'a ObjectsObservation>,
     pub sysv: Option<&'a SysvObservation>,
     pub tmpfs: Option<&'a TmpfsObservation>,
+    pub cgroups: Option<&'a CgroupObservation>,
 }
 
 /// The `shmem_ledger` record.
@@ -69,6 +71,9 @@ pub struct Ledger {
     pub memfd_bytes: u64,
     pub shared_anon_bytes: u64,
     pub unreadable_shmem_bytes: u64,
+    /// The part of the remainder that memory cgroups holding only unreadable processes are
+    /// charged for beyond what those processes map (see [`unreadable_held`]).
+    pub unreadable_held_bytes: u64,
     pub explained_bytes: u64,
     pub unexplained_bytes: i64,
     /// Everything was seen: every source present, every process and mount readable.
@@ -242,6 +247,58 @@ fn sysv_bytes(i: &Inputs<'_>) -> (u64, u64) {
     (shmem, hugetlb)
 }
 
+/// Shmem that memory cgroups holding only unreadable processes are charged for beyond what those
+/// processes map: for each cgroup with at least one process (kernel threads aside) and none whose
+/// `smaps_rollup` could be read, its own `shmem` (its `memory.stat` less its children's) less the
+/// `RssShmem` of its processes (counted in `unreadable_shmem_bytes`). The kernel charges a shmem
+/// page to the cgroup of the process that first touched it, so this is shmem those processes
+/// created and keep without mapping it: memfds or deleted files behind descriptors the agent
+/// cannot read, tmpfs files in a mount namespace it cannot enter. It is an upper bound: pages such
+/// a process created but others hold (a memfd it handed over, counted above) are charged there
+/// too, so the ledger attributes only the remainder, up to this bound. 0 without a cgroup
+/// observation, or when its walk was truncated (a cgroup's own share is then unknown).
+fn unreadable_held(i: &Inputs<'_>) -> u64 {
+    let (Some(cgroups), Some(processes)) = (i.cgroups, i.processes) else {
+        return 0;
+    };
+    if cgroups.truncated {
+        return 0;
+    }
+    // Per cgroup path with a process: (any of them readable, RssShmem of the unreadable ones).
+    let mut members: HashMap<&[u8], (bool, u64)> = HashMap::new();
+    for p in processes.processes.iter().filter(|p| !p.kernel_thread) {
+        let Some(path) = &p.cgroup else { continue };
+        let e = members.entry(path.as_bytes()).or_default();
+        if p.numbers == Numbers::Exact {
+            e.0 = true;
+        } else {
+            e.1 += p.memory.pss_shmem_bytes;
+        }
+    }
+    let mut children_shmem: HashMap<&[u8], u64> = HashMap::new();
+    for c in &cgroups.cgroups {
+        let parent = crate::collectors::cgroup::ancestors(c.path.as_bytes()).nth(1);
+        if let (Some(p), Some(shmem)) = (parent, c.stat.shmem_bytes) {
+            *children_shmem.entry(p).or_default() += shmem;
+        }
+    }
+    cgroups
+        .cgroups
+        .iter()
+        .filter_map(|c| {
+            let &(readable, mapped) = members.get(c.path.as_bytes())?;
+            if readable {
+                return None;
+            }
+            let own = c
+                .stat
+                .shmem_bytes?
+                .saturating_sub(children_shmem.get(c.path.as_bytes()).copied().unwrap_or(0));
+            Some(own.saturating_sub(mapped))
+        })
+        .sum()
+}
+
 /// Computes the `shmem_ledger`. `None` without meminfo's `Shmem` (nothing to reconcile against).
 pub fn ledger(i: &Inputs<'_>) -> Option<Ledger> {
     let shmem_bytes = i.meminfo?.get("Shmem")?;
@@ -272,12 +329,14 @@ pub fn ledger(i: &Inputs<'_>) -> Option<Ledger> {
             .map(|p| p.memory.pss_shmem_bytes)
             .sum()
     });
-    let explained_bytes = tmpfs_bytes
+    let seen = tmpfs_bytes
         + devtmpfs_bytes
         + sysv_bytes
         + memfd_bytes
         + shared_anon_bytes
         + unreadable_shmem_bytes;
+    let unreadable_held_bytes = shmem_bytes.saturating_sub(seen).min(unreadable_held(i));
+    let explained_bytes = seen + unreadable_held_bytes;
     let incomplete = incomplete_reasons(i, true);
     Some(Ledger {
         shmem_bytes,
@@ -289,6 +348,7 @@ pub fn ledger(i: &Inputs<'_>) -> Option<Ledger> {
         memfd_bytes,
         shared_anon_bytes,
         unreadable_shmem_bytes,
+        unreadable_held_bytes,
         explained_bytes,
         unexplained_bytes: signed_diff(shmem_bytes, explained_bytes),
         complete: incomplete.is_empty(),
@@ -513,6 +573,7 @@ mod tests {
             objects: Some(&objects),
             sysv: Some(&sysv),
             tmpfs: Some(&tmpfs),
+            cgroups: None,
         })
         .expect("ledger");
         assert_eq!(l.tmpfs_bytes, 1000);
@@ -600,6 +661,7 @@ mod tests {
             objects: Some(&objects),
             sysv: Some(&sysv),
             tmpfs: Some(&tmpfs),
+            cgroups: None,
         };
         let l = ledger(&inputs).expect("ledger");
         assert_eq!(l.sysv_bytes, 0, "a hugetlb segment is not Shmem");
@@ -719,6 +781,7 @@ mod tests {
             objects: Some(&objects),
             sysv: Some(&SysvObservation::default()),
             tmpfs: Some(&t),
+            cgroups: None,
         })
         .expect("ledger");
         assert_eq!(
@@ -802,5 +865,78 @@ mod tests {
             "{:?}",
             l.incomplete
         );
+    }
+
+    /// The remainder this VM shows at rest: pid 1 (unreadable, alone in the root memory cgroup with
+    /// the kernel threads) holds shmem it does not map. The root's own charge less pid 1's
+    /// RssShmem bounds what the ledger attributes to it; a cgroup with a readable process, or
+    /// without a cgroup observation, attributes nothing.
+    #[test]
+    fn shmem_held_unmapped_by_unreadable_processes_is_bounded_by_their_cgroups_charge() {
+        use crate::collectors::cgroup::{CgroupStats, StatFields};
+        let cgroup = |path: &str, shmem: u64| CgroupStats {
+            stat: StatFields {
+                shmem_bytes: Some(shmem),
+                ..StatFields::default()
+            },
+            ..CgroupStats::empty(Name::from(path))
+        };
+        // Hierarchical shmem: the root 9000 (its own: 9000 - 1000 = 8000), /app 1000, /app/x 500.
+        let cgroups = CgroupObservation {
+            cgroups: vec![
+                cgroup("/", 9000),
+                cgroup("/app", 1000),
+                cgroup("/app/x", 500),
+            ],
+            ..CgroupObservation::default()
+        };
+        let in_cgroup = |mut p: ProcessRecord, path: &str| {
+            p.cgroup = Some(Name::from(path));
+            p
+        };
+        let mut kthread = in_cgroup(process(2, Numbers::Exact, 0), "/");
+        kthread.kernel_thread = true;
+        let processes = ProcessesObservation {
+            processes: vec![
+                // pid 1: unreadable, 6000 of RssShmem; a kernel thread beside it does not count.
+                in_cgroup(process(1, Numbers::Approximate, 6000), "/"),
+                kthread,
+                // /app/x has a readable process: nothing is attributed there.
+                in_cgroup(process(30, Numbers::Exact, 100), "/app/x"),
+                in_cgroup(process(31, Numbers::Approximate, 100), "/app/x"),
+            ],
+            ..ProcessesObservation::default()
+        };
+        let run = |shmem: u64, cgroups: Option<&CgroupObservation>| {
+            let meminfo = meminfo(&[("Shmem", shmem)]);
+            ledger(&Inputs {
+                meminfo: Some(&meminfo),
+                processes: Some(&processes),
+                tmpfs: Some(&tmpfs(0, Vec::new())),
+                cgroups,
+                ..Inputs::default()
+            })
+            .expect("ledger")
+        };
+        // Seen: pid 1's and pid 31's RssShmem (6100). A remainder of 1000 is within the root's
+        // bound (8000 - 6000 = 2000): all attributed.
+        let l = run(7100, Some(&cgroups));
+        assert_eq!(l.unreadable_shmem_bytes, 6100);
+        assert_eq!(l.unreadable_held_bytes, 1000);
+        assert_eq!(l.unexplained_bytes, 0);
+        // A remainder of 3000: only the bound, 2000; the rest stays unexplained.
+        let l = run(9100, Some(&cgroups));
+        assert_eq!(l.unreadable_held_bytes, 2000);
+        assert_eq!(l.unexplained_bytes, 1000);
+        assert_eq!(l.explained_bytes, 6100 + 2000);
+        // Nothing left to explain: nothing attributed.
+        assert_eq!(run(6000, Some(&cgroups)).unreadable_held_bytes, 0);
+        // Without the cgroup observation, or with a truncated walk: nothing.
+        assert_eq!(run(7100, None).unreadable_held_bytes, 0);
+        let truncated = CgroupObservation {
+            truncated: true,
+            ..cgroups.clone()
+        };
+        assert_eq!(run(7100, Some(&truncated)).unreadable_held_bytes, 0);
     }
 }

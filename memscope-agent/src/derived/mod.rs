@@ -38,6 +38,7 @@ pub fn records(
         objects,
         sysv,
         tmpfs: observations().find_map(|o| o.downcast_ref::<TmpfsObservation>()),
+        cgroups: observations().find_map(|o| o.downcast_ref::<CgroupObservation>()),
     };
     let cgroups = processes.map(PidCgroups::new);
     let join = SysvJoin::new(sysv, objects);

@@ -32,7 +32,7 @@ pub struct MountInfo {
 pub mod namespaces;
 mod topology;
 
-pub use namespaces::{MountNamespaces, MountNs, NsRef, discover};
+pub use namespaces::{MountNamespaces, MountNs, NsCache, NsRef, SharedNamespaces, discover};
 pub use topology::{NsMounts, SHMEM_FSTYPES, Superblock, Via, select_superblocks, tmpfs_devices};
 
 /// Undoes mountinfo's escaping of space, tab, newline and backslash (`\040 \011 \012 \134`).

@@ -15,6 +15,11 @@ pub struct TrackerInfo {
     /// Why polling, when polling.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Milliseconds spent loading and attaching the eBPF programs at start (also when they failed
+    /// and the agent fell back to polling); absent when eBPF was not tried (`tracker = "polling"`,
+    /// `--once`). Part of `uptime_ms`, which counts from process start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_ms: Option<u64>,
 }
 
 /// A collector's run history, reported in the `agent` and `snapshot` records.

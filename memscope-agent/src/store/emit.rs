@@ -53,11 +53,7 @@ impl Store {
             body.push_str(OOM_REASON);
         }
         let ts = rfc3339(now);
-        let header = Header {
-            ts: &ts,
-            host: &self.config.host,
-            seq: self.seq.saturating_sub(1),
-        };
+        let header = self.at_once_header(&ts);
         let mut out = Vec::new();
         write_line("exit", &body, &header, &mut out);
         self.lines_emitted += 1;
@@ -103,6 +99,12 @@ impl Store {
             .collect();
         gone.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
         let oom_kills = oom_kill_counts(&records);
+        let gone_processes: Vec<(u32, &str)> = gone
+            .iter()
+            .filter(|(kind, _, _)| *kind == "process")
+            .filter_map(|(_, key, body)| Some((key.parse().ok()?, body.as_str())))
+            .collect();
+        let oom_killed = self.infer_oom_kills(&gone_processes, &oom_kills);
         let early_exits = std::mem::take(&mut self.early_exits);
         let gone_records: Vec<Record> = early_exits
             .iter()
@@ -117,7 +119,7 @@ impl Store {
             .chain(gone.iter().map(|(kind, key, body)| {
                 if *kind == "process" {
                     let mut body = body.clone();
-                    if oom_kill_moved(&body, &self.oom_kills, &oom_kills) {
+                    if key.parse().is_ok_and(|pid: u32| oom_killed.contains(&pid)) {
                         body.push_str(OOM_REASON);
                         body.push_str(",\"reason_inferred\":true");
                     }
@@ -188,7 +190,7 @@ impl Store {
         let agent = AgentBody {
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION"),
-            uptime_ms: self.started.elapsed().as_millis() as u64,
+            uptime_ms: self.config.started.elapsed().as_millis() as u64,
             cost,
             proc_bytes_read: reads.total_bytes(),
             proc_bytes_read_by_file: by_class.iter().map(|(c, n)| (*c, n.bytes)).collect(),
@@ -229,18 +231,6 @@ fn oom_kill_counts(records: &[Record]) -> HashMap<String, u64> {
         .collect()
 }
 
-/// Whether the cgroup a gone process's last body names saw an OOM kill since the last emission
-/// (both counts known and the count grew): its exit is then inferred to be that kill.
-fn oom_kill_moved(body: &str, before: &HashMap<String, u64>, now: &HashMap<String, u64>) -> bool {
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(&format!("{{{body}}}")) else {
-        return false;
-    };
-    let Some(cgroup) = v["cgroup"].as_str() else {
-        return false;
-    };
-    matches!((before.get(cgroup), now.get(cgroup)), (Some(b), Some(n)) if n > b)
-}
-
 /// Appended to the body of an `exit` record of an OOM-killed process.
 const OOM_REASON: &str = ",\"reason\":\"oom_kill\"";
 
@@ -258,7 +248,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_exit_is_inferred_oom_killed_only_when_its_cgroup_counter_grew() {
+    fn oom_kill_counts_come_from_cgroup_records_only() {
         let records = [
             Record {
                 kind: "cgroup",
@@ -278,16 +268,5 @@ mod tests {
         ];
         let now = oom_kill_counts(&records);
         assert_eq!(now, HashMap::from([("/a".to_owned(), 3)]));
-        let before = HashMap::from([("/a".to_owned(), 2)]);
-        let in_a = r#""pid":7,"cgroup":"/a","pss_bytes":10"#;
-        assert!(oom_kill_moved(in_a, &before, &now));
-        assert!(!oom_kill_moved(in_a, &now, &now), "no new kill");
-        assert!(
-            !oom_kill_moved(in_a, &HashMap::new(), &now),
-            "no earlier count: unknown, not inferred"
-        );
-        assert!(!oom_kill_moved(r#""pid":7,"cgroup":"/b""#, &before, &now));
-        assert!(!oom_kill_moved(r#""pid":7"#, &before, &now), "no cgroup");
-        assert!(!oom_kill_moved("garbage{", &before, &now));
     }
 }

@@ -18,6 +18,7 @@
 
 mod bodies;
 mod emit;
+mod oom;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -56,7 +57,8 @@ pub enum StoreMsg {
     Tracker(TrackerStats),
     /// Emit now.
     Emit,
-    /// The tracker saw a process exit, or the OOM killer choose it: send its `exit` record at once.
+    /// The tracker saw a process exit, or the OOM killer choose it: send its `exit` record at once
+    /// (after an OOM kill, with the re-read `cgroup` records of its cgroup).
     Exit { pid: u32, cause: ExitCause },
     /// The agent stops: flush and end, even while a late run (holding a sender) still goes.
     Stop,
@@ -84,7 +86,23 @@ pub async fn run(
             StoreMsg::Tracker(stats) => store.set_tracker_stats(stats),
             StoreMsg::Stop => break,
             StoreMsg::Exit { pid, cause } => {
-                let out = store.exit_now(pid, cause, SystemTime::now());
+                // An OOM kill: the victim's cgroup is re-read first, so its moved `oom_kill`
+                // counter goes out with the exit.
+                let fresh = match store
+                    .oom_refresh(pid)
+                    .filter(|_| cause == ExitCause::OomKill)
+                {
+                    Some(refresh) => {
+                        let procfs = procfs.clone();
+                        tokio::task::spawn_blocking(move || refresh.read(&procfs))
+                            .await
+                            .unwrap_or_default()
+                    }
+                    None => Vec::new(),
+                };
+                let now = SystemTime::now();
+                let mut out = store.exit_now(pid, cause, now);
+                out.extend(store.oom_cgroup_lines(fresh, now));
                 if !out.is_empty()
                     && let Err(e) = sink.write_batch(&out).await
                 {
@@ -96,6 +114,15 @@ pub async fn run(
                 }
             }
             StoreMsg::Emit => {
+                // The cgroups of processes this emission reports gone are re-read now, after the
+                // runs that found them gone: an OOM kill among them is in the counters compared.
+                if let Some(refresh) = store.exit_refresh() {
+                    let procfs = procfs.clone();
+                    let fresh = tokio::task::spawn_blocking(move || refresh.read(&procfs))
+                        .await
+                        .unwrap_or_default();
+                    store.apply_cgroups(fresh);
+                }
                 // getrusage and /proc/self/statm: cheap, but still a /proc read, so off the workers.
                 let own = own_proc.clone();
                 let cost = tokio::task::spawn_blocking(move || SelfCost::measure(&own))

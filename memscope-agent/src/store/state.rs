@@ -20,6 +20,9 @@ pub struct StoreConfig {
     pub emit: EmitMode,
     pub keyframe_every: u32,
     pub interval: Duration,
+    /// Start of the `agent` record's `uptime_ms`: process start
+    /// ([`crate::runtime::process_started`]).
+    pub started: std::time::Instant,
 }
 
 /// The store. Synchronous and deterministic: the async task around it only feeds it.
@@ -27,7 +30,6 @@ pub struct Store {
     pub(super) config: StoreConfig,
     pub(super) tracker: TrackerInfo,
     pub(super) seq: u64,
-    pub(super) started: std::time::Instant,
     /// Latest observation per collector, in registration order.
     pub(super) latest: Vec<(&'static str, Option<Box<dyn Observation>>)>,
     pub(super) status: BTreeMap<&'static str, CollectorStatus>,
@@ -48,6 +50,9 @@ pub struct Store {
     /// Each cgroup's `events.oom_kill` at the last emission (by cgroup path), for inferring the
     /// reason of an exit seen by polling.
     pub(super) oom_kills: HashMap<String, u64>,
+    /// Kills counted at the last emission that no exit claimed then (see
+    /// [`Store::infer_oom_kills`]), by cgroup path.
+    pub(super) pending_oom_kills: HashMap<String, u64>,
     /// Collectors late for the coming emission.
     pub(super) late: Vec<&'static str>,
     /// The tracker's counters as last reported.
@@ -61,7 +66,6 @@ impl Store {
             config,
             tracker,
             seq: 0,
-            started: std::time::Instant::now(),
             latest: collectors.iter().map(|n| (*n, None)).collect(),
             status: collectors
                 .iter()
@@ -75,6 +79,7 @@ impl Store {
             early_exits: Vec::new(),
             oom_killed: HashSet::new(),
             oom_kills: HashMap::new(),
+            pending_oom_kills: HashMap::new(),
             late: Vec::new(),
             tracker_stats: TrackerStats::default(),
         }

@@ -16,10 +16,12 @@ fn store(emit: EmitMode, keyframe_every: u32) -> Store {
             emit,
             keyframe_every,
             interval: Duration::from_secs(10),
+            started: std::time::Instant::now(),
         },
         TrackerInfo {
             mode: "polling".into(),
             reason: Some("test".into()),
+            load_ms: None,
         },
         &["processes"],
     )

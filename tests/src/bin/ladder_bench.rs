@@ -28,9 +28,6 @@
 
 use std::{
     collections::{BTreeMap, HashSet},
-    io::{BufRead as _, BufReader},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -48,6 +45,7 @@ use memscope_agent::{
     tracker::{self, DirtySource, TrackerState},
 };
 use memscope_common::LifecycleEvent;
+use memscope_tests::bench::{Workers, cpu_time, memhog_path, percentile};
 
 struct Options {
     workers: usize,
@@ -134,87 +132,6 @@ impl Options {
     fn per_tick(&self) -> usize {
         ((self.workers as f64 * self.change_percent / 100.0).round() as usize).max(1)
     }
-}
-
-/// The worker processes; killed and reaped on drop.
-struct Workers {
-    children: Vec<Child>,
-    pids: Vec<i32>,
-    next: usize,
-}
-
-impl Workers {
-    fn spawn(memhog: &PathBuf, n: usize, bytes: usize) -> anyhow::Result<Workers> {
-        let mut w = Workers {
-            children: Vec::with_capacity(n),
-            pids: Vec::with_capacity(n),
-            next: 0,
-        };
-        for i in 0..n {
-            let mut child = Command::new(memhog)
-                .args(["worker", &bytes.to_string()])
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .spawn()
-                .with_context(|| format!("spawning worker {i}: {}", memhog.display()))?;
-            let pid = i32::try_from(child.id()).context("pid out of range")?;
-            let stdout = child
-                .stdout
-                .take()
-                .context("worker stdout was not captured")?;
-            w.children.push(child);
-            let mut line = String::new();
-            BufReader::new(stdout)
-                .read_line(&mut line)
-                .with_context(|| format!("reading worker {pid}'s ready line"))?;
-            if line.trim() != "ready" {
-                bail!("worker {pid} did not start (said {line:?})");
-            }
-            w.pids.push(pid);
-        }
-        Ok(w)
-    }
-
-    /// Signals the next `k` workers round-robin; returns their pids.
-    fn signal(&mut self, k: usize) -> anyhow::Result<Vec<u32>> {
-        let mut out = Vec::with_capacity(k);
-        for _ in 0..k {
-            let pid = self.pids[self.next % self.pids.len()];
-            self.next += 1;
-            // SAFETY: kill(2) on a child we spawned and have not reaped.
-            if unsafe { libc::kill(pid, libc::SIGUSR1) } != 0 {
-                return Err(std::io::Error::last_os_error())
-                    .with_context(|| format!("signalling worker {pid}"));
-            }
-            out.push(pid.unsigned_abs());
-        }
-        Ok(out)
-    }
-}
-
-impl Drop for Workers {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-        }
-        for c in &mut self.children {
-            let _ = c.wait();
-        }
-    }
-}
-
-fn cpu_time() -> Duration {
-    // SAFETY: getrusage into a zeroed struct we own; RUSAGE_SELF cannot fail.
-    let ru = unsafe {
-        let mut ru: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
-        ru
-    };
-    let tv = |t: libc::timeval| {
-        Duration::from_secs(t.tv_sec.unsigned_abs())
-            + Duration::from_micros(t.tv_usec.unsigned_abs())
-    };
-    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 fn bytes_by_class(procfs: &ProcFs) -> BTreeMap<&'static str, u64> {
@@ -460,16 +377,6 @@ fn mean(v: &[f64]) -> f64 {
     }
 }
 
-fn percentile(v: &[f64], p: f64) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    if s.is_empty() {
-        return 0.0;
-    }
-    let idx = ((p * s.len() as f64).ceil() as usize).clamp(1, s.len()) - 1;
-    s[idx]
-}
-
 fn median_sample(mut runs: Vec<Sample>) -> Sample {
     runs.sort_by_key(|s| s.cpu);
     runs.swap_remove(runs.len() / 2)
@@ -526,21 +433,6 @@ fn row(samples: &[Sample]) -> Row {
     }
 }
 
-fn memhog_path() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("locating the bench's own executable")?;
-    let path = exe
-        .parent()
-        .context("the bench executable has no parent directory")?
-        .join("memhog");
-    if !path.is_file() {
-        bail!(
-            "{} not found: build it with `cargo build --release -p memscope-tests --bin memhog` (or run `cargo xtask bench`)",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
 #[expect(clippy::print_stdout, reason = "the table is this binary's output")]
 fn main() -> anyhow::Result<()> {
     if std::env::args().any(|a| a == "--help" || a == "-h") {
@@ -560,7 +452,7 @@ fn main() -> anyhow::Result<()> {
         opts.workers,
         opts.worker_bytes >> 10
     );
-    let mut workers = Workers::spawn(&memhog, opts.workers, opts.worker_bytes)?;
+    let mut workers = Workers::spawn(&memhog, opts.workers, opts.worker_bytes, None)?;
     let processes = ProcFs::new("/proc").pids().context("listing /proc")?;
 
     eprintln!("ladder_bench: baseline (3 full passes)");

@@ -33,6 +33,13 @@
 //! page of its own executable mapped shared; prints `ready`; then on each SIGUSR1 maps and touches a
 //! new 256 KiB anonymous region, unmapping the oldest once more than [`WORKER_REGIONS`] are held (a
 //! layout change each time, bounded memory). Dies with its parent (`PR_SET_PDEATHSIG`).
+//! `memhog worker BYTES SHARED_PATH` — the same, and the file SHARED_PATH (on a tmpfs such as
+//! `/dev/shm`) mapped shared and read in whole: the peers bench's shared-memory workload.
+//! `memhog stall BYTES SECONDS` — for the peers bench: BYTES of private anonymous memory touched;
+//! prints `ready`; after one line on stdin, times 4 KiB anonymous mmap+munmap pairs in a loop for
+//! SECONDS (each pair takes this process's mmap lock for writing, so it waits for any reader of
+//! its `smaps`) and prints their latency figures as one JSON line ([`memscope_tests::bench::Latency`]),
+//! then exits. Dies with its parent.
 
 use std::io::Write;
 
@@ -372,20 +379,44 @@ extern "C" fn on_usr1(_: libc::c_int) {
     SIGNALLED.store(true, std::sync::atomic::Ordering::SeqCst);
 }
 
-fn worker(bytes: usize) -> anyhow::Result<()> {
+/// Dies with the parent; fails if the parent is already gone (nobody would ever stop us).
+fn die_with_parent() -> anyhow::Result<()> {
     // SAFETY: plain syscalls with valid arguments; every result that can fail is checked.
     unsafe {
         check(
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL),
             "prctl(PR_SET_PDEATHSIG)",
         )?;
-        // The parent may have died before the prctl: then nobody will ever signal us.
         if libc::getppid() == 1 {
             anyhow::bail!("parent already gone");
         }
     }
+    Ok(())
+}
+
+fn worker(bytes: usize, shared: Option<&str>) -> anyhow::Result<()> {
+    die_with_parent()?;
     let base = map_anon(bytes)?;
     touch(base, bytes);
+    if let Some(path) = shared {
+        let file = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
+        let len = usize::try_from(file.metadata()?.len())?;
+        // SAFETY: a fresh read-only shared mapping of a file we hold open; checked below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            anyhow::bail!("mmap {path}: {}", std::io::Error::last_os_error());
+        }
+        fault_in(p.cast(), len);
+    }
     // One page of our own executable, mapped shared: a file object every worker maps.
     let exe = std::fs::File::open("/proc/self/exe")?;
     // SAFETY: a fresh read-only shared mapping of a file we hold open; checked below.
@@ -451,6 +482,32 @@ fn worker(bytes: usize) -> anyhow::Result<()> {
     }
 }
 
+fn stall(bytes: usize, seconds: u64) -> anyhow::Result<()> {
+    die_with_parent()?;
+    let base = map_anon(bytes)?;
+    touch(base, bytes);
+    let mut out = std::io::stdout();
+    writeln!(out, "ready")?;
+    out.flush()?;
+    let mut go = String::new();
+    std::io::stdin().read_line(&mut go)?;
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    // About 150 000 pairs a second here: reserve for that, grow past it.
+    let mut ns: Vec<f64> = Vec::with_capacity(150_000 * usize::try_from(seconds)?);
+    loop {
+        let t0 = std::time::Instant::now();
+        memscope_tests::mmap_munmap_pair()?;
+        let t1 = std::time::Instant::now();
+        ns.push(t1.duration_since(t0).as_nanos() as f64);
+        if t1 >= end {
+            break;
+        }
+    }
+    let latency = memscope_tests::bench::Latency::of(&mut ns);
+    writeln!(out, "{}", serde_json::to_string(&latency)?)?;
+    Ok(())
+}
+
 fn ready_and_wait() -> ! {
     let mut out = std::io::stdout();
     let _ = writeln!(out, "ready");
@@ -474,7 +531,9 @@ fn main() -> anyhow::Result<()> {
             touch(p, bytes);
             ready_and_wait()
         }
-        ["worker", bytes] => worker(bytes.parse()?),
+        ["worker", bytes] => worker(bytes.parse()?, None),
+        ["worker", bytes, shared] => worker(bytes.parse()?, Some(shared)),
+        ["stall", bytes, seconds] => stall(bytes.parse()?, seconds.parse()?),
         ["shared", size, n, unmapped] => shared(size.parse()?, n.parse()?, unmapped.parse()?),
         ["shm-deleted", path, bytes] => {
             let bytes: usize = bytes.parse()?;
@@ -511,7 +570,7 @@ fn main() -> anyhow::Result<()> {
             ready_and_wait()
         }
         _ => anyhow::bail!(
-            "usage: memhog anon BYTES | memhog shared SIZE N UNMAPPED | memhog shm-deleted PATH BYTES | memhog memfd NAME BYTES | memhog map-file PATH BYTES | memhog names TAG | memhog hugetlb BYTES | memhog cow PATH BYTES | memhog worker BYTES"
+            "usage: memhog anon BYTES | memhog shared SIZE N UNMAPPED | memhog shm-deleted PATH BYTES | memhog memfd NAME BYTES | memhog map-file PATH BYTES | memhog names TAG | memhog hugetlb BYTES | memhog cow PATH BYTES | memhog worker BYTES [SHARED_PATH] | memhog stall BYTES SECONDS"
         ),
     }
 }

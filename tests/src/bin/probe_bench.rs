@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use memscope_agent::tracker::{self, TrackerState};
-use memscope_tests::mmap_munmap_pair;
+use memscope_tests::{bench::median, mmap_munmap_pair};
 
 const ITERATIONS: u32 = 50_000;
 const ROUNDS: usize = 21;
@@ -74,16 +74,6 @@ fn ns_per_program_run() -> anyhow::Result<f64> {
     Ok(time as f64 / count as f64)
 }
 
-fn median(mut samples: Vec<f64>) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    let mid = samples.len() / 2;
-    if samples.len().is_multiple_of(2) {
-        f64::midpoint(samples[mid - 1], samples[mid])
-    } else {
-        samples[mid]
-    }
-}
-
 #[expect(clippy::print_stdout, reason = "the table is this binary's output")]
 fn main() -> anyhow::Result<()> {
     for _ in 0..2 {
@@ -110,7 +100,7 @@ fn main() -> anyhow::Result<()> {
     let per_run = ns_per_program_run()?;
     let min = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
     let (without_min, with_min) = (min(&without), min(&with));
-    let (without_ns, with_ns) = (median(without), median(with));
+    let (without_ns, with_ns) = (median(&without), median(&with));
     let overhead = (with_ns / without_ns - 1.0) * 100.0;
     println!(
         "probe overhead: 4 KiB mmap+munmap pair, {ITERATIONS} pairs x {ROUNDS} rounds, thread CPU time"
@@ -131,7 +121,7 @@ fn main() -> anyhow::Result<()> {
     let load_worst = load_attach.iter().copied().fold(0.0, f64::max);
     println!(
         "load+attach (11 programs): {:.1} ms median, {load_worst:.1} ms worst of {ROUNDS}",
-        median(load_attach)
+        median(&load_attach)
     );
     Ok(())
 }

@@ -15,6 +15,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use memscope_tests::{
+    bench::median,
     once_over_fixtures,
     synth::{SynthOptions, synthesize},
 };
@@ -79,11 +80,6 @@ fn measure(agent: &PathBuf, args: &[&str]) -> anyhow::Result<(f64, f64)> {
     Ok((children_cpu_ms() - cpu0, wall))
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 #[expect(clippy::print_stdout, reason = "the tables are this binary's output")]
 fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
@@ -112,8 +108,8 @@ fn main() -> anyhow::Result<()> {
     println!("| command | CPU ms median | CPU ms min | wall ms median | wall ms min |");
     println!("|---|---|---|---|---|");
     for (name, cpu, wall) in [
-        ("memscope-agent --once", &mut once_cpu, &mut once_wall),
-        ("memscope-agent show", &mut show_cpu, &mut show_wall),
+        ("memscope-agent --once", &once_cpu, &once_wall),
+        ("memscope-agent show", &show_cpu, &show_wall),
     ] {
         println!(
             "| `{name}` | {:.1} | {:.1} | {:.1} | {:.1} |",
@@ -125,7 +121,7 @@ fn main() -> anyhow::Result<()> {
     }
     println!(
         "\nshow / --once, CPU medians: {:.3}\n",
-        median(&mut show_cpu) / median(&mut once_cpu)
+        median(&show_cpu) / median(&once_cpu)
     );
 
     let base = once_over_fixtures()?;

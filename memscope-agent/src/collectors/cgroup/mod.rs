@@ -15,6 +15,7 @@
 //! `docs/containers.md`.
 
 pub mod container;
+pub mod oom;
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -189,6 +190,22 @@ pub struct CgroupStats {
 }
 
 impl CgroupStats {
+    /// A cgroup at `path` with nothing read yet.
+    pub fn empty(path: Name) -> CgroupStats {
+        CgroupStats {
+            path,
+            usage_bytes: None,
+            peak_bytes: None,
+            limit_bytes: None,
+            high_bytes: None,
+            soft_limit_bytes: None,
+            swap_limit_bytes: None,
+            stat: StatFields::default(),
+            events: Events::default(),
+            pressure: None,
+        }
+    }
+
     fn has_limit(&self) -> bool {
         self.limit_bytes.is_some() || self.high_bytes.is_some()
     }
@@ -197,6 +214,8 @@ impl CgroupStats {
 #[derive(Debug, Clone, Default)]
 pub struct CgroupObservation {
     pub hierarchy: Option<Hierarchy>,
+    /// The directory of the root cgroup (where the run found the hierarchy).
+    pub base: Option<PathBuf>,
     /// Every cgroup walked, in walk order (breadth first, names sorted), the root first.
     pub cgroups: Vec<CgroupStats>,
     /// Per cgroup: whether it has a row of its own (see [`select_rows`]); the others are folded
@@ -242,6 +261,7 @@ impl Collector for CgroupCollector {
             detect(ctx.procfs, &self.config.root).map_err(CollectError::Other)?;
         let mut obs = CgroupObservation {
             hierarchy: Some(hierarchy),
+            base: Some(base.clone()),
             ..CgroupObservation::default()
         };
         let mut reader = Reader {
@@ -375,18 +395,7 @@ impl Reader<'_> {
         // memory.stat).
         let at_non_root = if root { Need::Optional } else { Need::Required };
         let opt = Need::Optional;
-        let mut s = CgroupStats {
-            path: Name::new(rel),
-            usage_bytes: None,
-            peak_bytes: None,
-            limit_bytes: None,
-            high_bytes: None,
-            soft_limit_bytes: None,
-            swap_limit_bytes: None,
-            stat: StatFields::default(),
-            events: Events::default(),
-            pressure: None,
-        };
+        let mut s = CgroupStats::empty(Name::new(rel));
         let stat;
         match h {
             Hierarchy::V2 => {
@@ -723,7 +732,7 @@ impl<'a> PidCgroups<'a> {
 }
 
 /// `/a/b/c`, `/a/b`, `/a`, `/`.
-fn ancestors(path: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(crate) fn ancestors(path: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut next = Some(path);
     std::iter::from_fn(move || {
         let cur = next?;

@@ -90,15 +90,15 @@ pub fn classify(m: &Mapping, tmpfs_devs: &HashSet<Dev>) -> (ObjectKey, Name, boo
     }
 }
 
-/// Devices of tmpfs mounts host-wide: in the agent's own mount namespace and in at most
-/// `max_namespaces` others, and a warning per malformed (skipped) mount table line (what else
+/// Devices of tmpfs mounts host-wide: in the agent's own mount namespace and in the others
+/// `namespaces` reads (at most its bound), and a warning per malformed (skipped) mount table line (what else
 /// cannot be read there is the tmpfs collector's to warn about).
 pub fn tmpfs_devices(
     procfs: &ProcFs,
-    max_namespaces: usize,
+    namespaces: &mountinfo::SharedNamespaces,
     buf: &mut Vec<u8>,
 ) -> Result<(HashSet<Dev>, Vec<String>), ProcError> {
-    tmpfs_devices_seen(procfs, max_namespaces, buf).map(|(devs, skipped, _)| (devs, skipped))
+    tmpfs_devices_seen(procfs, namespaces, buf).map(|(devs, skipped, _)| (devs, skipped))
 }
 
 /// [`tmpfs_devices`], and whether every mount namespace and every line of its mount table was
@@ -107,10 +107,10 @@ pub fn tmpfs_devices(
 /// now and then, one in the middle of an exec).
 pub fn tmpfs_devices_seen(
     procfs: &ProcFs,
-    max_namespaces: usize,
+    namespaces: &mountinfo::SharedNamespaces,
     buf: &mut Vec<u8>,
 ) -> Result<(HashSet<Dev>, Vec<String>, bool), ProcError> {
-    let nss = mountinfo::discover(procfs, max_namespaces, buf)?;
+    let nss = namespaces.discover(procfs, buf)?;
     let complete = nss.skipped == 0 && nss.error_count == 0 && nss.skipped_lines.is_empty();
     Ok((
         mountinfo::tmpfs_devices(nss.tables()),

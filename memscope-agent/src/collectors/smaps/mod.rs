@@ -32,7 +32,8 @@ use crate::{
     ladder::{Ladder, TierPolicy, TierStats},
     proc_events::{Scope, Subscription},
     procfs::{
-        Dev, FileClass, ProcError, ProcFs, counters::MemCounters, page_size, stat::parse_stat,
+        Dev, FileClass, ProcError, ProcFs, counters::MemCounters, mountinfo::SharedNamespaces,
+        page_size, stat::parse_stat,
     },
 };
 
@@ -60,7 +61,7 @@ impl CollectorDef for Smaps {
     fn build(config: &SmapsConfig, ctx: &BuildCtx<'_>) -> Box<dyn Collector> {
         Box::new(
             SmapsCollector::new(config, ctx.events.subscribe())
-                .max_mount_namespaces(ctx.max_mount_namespaces),
+                .mount_namespaces(ctx.mount_namespaces.clone()),
         )
     }
 }
@@ -118,8 +119,8 @@ pub struct SmapsCollector {
     stats: TierStats,
     events: Subscription,
     cache: HashMap<u32, ProcessObjects>,
-    /// Mount namespaces read for the tmpfs devices besides the agent's own.
-    max_namespaces: usize,
+    /// Mount namespaces read for the tmpfs devices (shared with the tmpfs collector).
+    namespaces: SharedNamespaces,
     /// Processes whose last smaps read was denied.
     denied: HashSet<u32>,
     /// Runs so far (the current one while it goes).
@@ -147,7 +148,9 @@ impl SmapsCollector {
             stats: TierStats::default(),
             events,
             cache: HashMap::new(),
-            max_namespaces: crate::config::AgentConfig::default().max_mount_namespaces as usize,
+            namespaces: SharedNamespaces::new(
+                crate::config::AgentConfig::default().max_mount_namespaces,
+            ),
             denied: HashSet::new(),
             runs: 0,
             buf: Vec::with_capacity(1 << 20),
@@ -155,8 +158,13 @@ impl SmapsCollector {
     }
 
     /// Reads at most `n` mount namespaces besides the agent's own (`[agent] max_mount_namespaces`).
-    pub fn max_mount_namespaces(mut self, n: u32) -> Self {
-        self.max_namespaces = n as usize;
+    pub fn max_mount_namespaces(self, n: u32) -> Self {
+        self.mount_namespaces(SharedNamespaces::new(n))
+    }
+
+    /// Reads the mount namespaces through `shared` (the agent's one cache, with its bound).
+    pub fn mount_namespaces(mut self, shared: SharedNamespaces) -> Self {
+        self.namespaces = shared;
         self
     }
 
@@ -388,7 +396,7 @@ impl Collector for SmapsCollector {
         let exchange = &pass.exchange;
         let _finish = exchange.finish_on_drop();
         let (tmpfs_devs, skipped, every_mount) =
-            classify::tmpfs_devices_seen(ctx.procfs, self.max_namespaces, &mut self.buf)?;
+            classify::tmpfs_devices_seen(ctx.procfs, &self.namespaces, &mut self.buf)?;
         let mut obs = ObjectsObservation {
             min_object_pss: self.min_object_pss,
             top_consumers: self.top_consumers,

@@ -1,5 +1,7 @@
 //! Shared-memory files held only by file descriptors: deleted-but-open tmpfs files and memfds, found
-//! by scanning `/proc/PID/fd/*` (readlink, then stat through the link).
+//! by scanning `/proc/PID/fd/*` and `/proc/PID/exe` (readlink, then stat through the link). The
+//! `exe` link matters for programs run from a memfd (`fexecve`, sealed-binary launchers): the whole
+//! file stays resident in `Shmem` while only the pages the process touched show in its mappings.
 //!
 //! A link target `/memfd:NAME (deleted)` is a memfd. Any other target ending in ` (deleted)` whose
 //! inode lives on a tmpfs superblock and has no links left is a deleted tmpfs file: its memory is
@@ -69,8 +71,6 @@ fn candidate(target: &[u8]) -> Option<(Candidate, &[u8])> {
     }
 }
 
-/// Scans every process's descriptors under `procfs`. `tmpfs_devs` are the tmpfs superblocks a deleted
-/// file must be on; `max_holders` bounds the pids listed per file.
 /// What to do after an error on one descriptor of a process.
 enum Next {
     /// Go on with the next descriptor.
@@ -97,6 +97,71 @@ impl FdScan {
     }
 }
 
+/// Files found so far: (what it is, the file, the last pid counted as a holder) by (dev, inode).
+type Found = HashMap<(Dev, u64), (Candidate, OpenShmemFile, Option<u32>)>;
+
+impl FdScan {
+    /// One magic link of `pid` (a descriptor or its `exe`): a memfd or a deleted tmpfs file is
+    /// added to `found`, with `pid` as a holder.
+    fn consider(
+        &mut self,
+        found: &mut Found,
+        tmpfs_devs: &HashSet<Dev>,
+        max_holders: usize,
+        pid: u32,
+        path: std::path::PathBuf,
+    ) -> Next {
+        let target = match std::fs::read_link(&path) {
+            Ok(t) => t,
+            Err(e) => return self.on_error(path, e),
+        };
+        let Some((kind, name)) = candidate(target.as_os_str().as_bytes()) else {
+            return Next::Skip;
+        };
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) => return self.on_error(path, e),
+        };
+        let dev = Dev::from_st_dev(meta.dev());
+        if kind == Candidate::Deleted && !(meta.nlink() == 0 && tmpfs_devs.contains(&dev)) {
+            return Next::Skip;
+        }
+        let key = (dev, meta.ino());
+        let hugetlb = match found.get(&key) {
+            Some((_, f, _)) => f.hugetlb,
+            None if kind == Candidate::Memfd => match super::statvfs::is_hugetlbfs(&path) {
+                Ok(h) => h,
+                Err(e) => return self.on_error(path, e),
+            },
+            None => false,
+        };
+        let (_, f, last) = found.entry(key).or_insert_with(|| {
+            let file = OpenShmemFile {
+                dev,
+                inode: meta.ino(),
+                name: Name::new(name),
+                allocated_bytes: meta.blocks().saturating_mul(512),
+                size_bytes: meta.size(),
+                hugetlb,
+                holders: Vec::new(),
+                holder_count: 0,
+            };
+            (kind, file, None)
+        });
+        // Pids come in ascending order: a process holding the file twice is counted once.
+        if *last != Some(pid) {
+            *last = Some(pid);
+            f.holder_count += 1;
+            if f.holders.len() < max_holders {
+                f.holders.push(pid);
+            }
+        }
+        Next::Skip
+    }
+}
+
+/// Scans every process's descriptors and executable under `procfs`. `tmpfs_devs` are the tmpfs
+/// superblocks a deleted file must be on; `max_holders` bounds the pids listed per file.
 pub fn scan_fds(procfs: &ProcFs, tmpfs_devs: &HashSet<Dev>, max_holders: usize) -> FdScan {
     let mut scan = FdScan::default();
     let pids = match procfs.pids() {
@@ -106,8 +171,7 @@ pub fn scan_fds(procfs: &ProcFs, tmpfs_devs: &HashSet<Dev>, max_holders: usize) 
             return scan;
         }
     };
-    // (what it is, the file, the last pid counted as a holder) by (dev, inode).
-    let mut found: HashMap<(Dev, u64), (Candidate, OpenShmemFile, Option<u32>)> = HashMap::new();
+    let mut found = Found::new();
     for pid in pids {
         let dir = procfs.pid_path(pid, "fd");
         let rd = match std::fs::read_dir(&dir) {
@@ -122,63 +186,16 @@ pub fn scan_fds(procfs: &ProcFs, tmpfs_devs: &HashSet<Dev>, max_holders: usize) 
             }
         };
         scan.pids_scanned += 1;
-        for entry in rd {
+        let links = rd
             // An error while listing means the process went away (or the table changed) mid-read.
-            let Ok(entry) = entry else { break };
-            let path = entry.path();
-            let target = match std::fs::read_link(&path) {
-                Ok(t) => t,
-                Err(e) => match scan.on_error(path, e) {
-                    Next::Skip => continue,
-                    Next::Stop => break,
-                },
-            };
-            let Some((kind, name)) = candidate(target.as_os_str().as_bytes()) else {
-                continue;
-            };
-            let meta = match std::fs::metadata(&path) {
-                Ok(m) => m,
-                Err(e) => match scan.on_error(path, e) {
-                    Next::Skip => continue,
-                    Next::Stop => break,
-                },
-            };
-            let dev = Dev::from_st_dev(meta.dev());
-            if kind == Candidate::Deleted && !(meta.nlink() == 0 && tmpfs_devs.contains(&dev)) {
-                continue;
-            }
-            let key = (dev, meta.ino());
-            let hugetlb = match found.get(&key) {
-                Some((_, f, _)) => f.hugetlb,
-                None if kind == Candidate::Memfd => match super::statvfs::is_hugetlbfs(&path) {
-                    Ok(h) => h,
-                    Err(e) => match scan.on_error(path, e) {
-                        Next::Skip => continue,
-                        Next::Stop => break,
-                    },
-                },
-                None => false,
-            };
-            let (_, f, last) = found.entry(key).or_insert_with(|| {
-                let file = OpenShmemFile {
-                    dev,
-                    inode: meta.ino(),
-                    name: Name::new(name),
-                    allocated_bytes: meta.blocks().saturating_mul(512),
-                    size_bytes: meta.size(),
-                    hugetlb,
-                    holders: Vec::new(),
-                    holder_count: 0,
-                };
-                (kind, file, None)
-            });
-            // Pids come in ascending order: a process holding the file twice is counted once.
-            if *last != Some(pid) {
-                *last = Some(pid);
-                f.holder_count += 1;
-                if f.holders.len() < max_holders {
-                    f.holders.push(pid);
-                }
+            .map_while(Result::ok)
+            .map(|entry| entry.path())
+            // The executable: a program run from a memfd (`fexecve`) or a deleted tmpfs file
+            // keeps that file alive through its mm, often with no descriptor left open.
+            .chain(std::iter::once(procfs.pid_path(pid, "exe")));
+        for path in links {
+            if let Next::Stop = scan.consider(&mut found, tmpfs_devs, max_holders, pid, path) {
+                break;
             }
         }
     }
@@ -288,6 +305,41 @@ mod tests {
         // The live file and the one merely named "(deleted)" are not reported.
         assert!(scan.deleted.iter().all(|d| d.holders == vec![13]));
         drop((memfd, deleted));
+    }
+
+    /// A program run from a memfd holds it through its `exe` link alone (the descriptor was
+    /// close-on-exec): the scan finds it, with its whole allocation, and the child as its holder.
+    #[test]
+    fn a_program_run_from_a_memfd_holds_it_through_exe() {
+        let program = fs::read("/bin/sleep").expect("read /bin/sleep");
+        let mut exe = rustix::fs::memfd_create("memscope-exe", rustix::fs::MemfdFlags::CLOEXEC)
+            .map(fs::File::from)
+            .expect("memfd_create");
+        exe.write_all(&program).expect("write the program");
+        let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&exe));
+        let mut child = std::process::Command::new(&path)
+            .arg("30")
+            .spawn()
+            .expect("run the program from the memfd");
+        let meta = exe.metadata().expect("stat");
+        drop(exe);
+        // A fake /proc holding only the child, under a pid of its own.
+        let proc = tempfile::tempdir().expect("tempdir");
+        symlink(format!("/proc/{}", child.id()), proc.path().join("40")).expect("symlink");
+        let scan = scan_fds(&ProcFs::new(proc.path()), &HashSet::new(), 4);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(scan.denied, 0);
+        assert!(scan.errors.is_empty(), "{:?}", scan.errors);
+        let m = scan
+            .memfds
+            .iter()
+            .find(|m| m.inode == meta.ino())
+            .unwrap_or_else(|| panic!("the exe memfd is not found: {:?}", scan.memfds));
+        assert_eq!(m.name, Name::from("/memfd:memscope-exe"));
+        assert_eq!(m.allocated_bytes, meta.blocks() * 512);
+        assert!(m.allocated_bytes >= program.len() as u64);
+        assert_eq!(m.holders, vec![40]);
     }
 
     #[test]

@@ -55,7 +55,9 @@ use crate::{
         Dev, ProcFs,
         escape::Name,
         meminfo::field,
-        mountinfo::{MountNamespaces, Superblock, discover, option_value, select_superblocks},
+        mountinfo::{
+            MountNamespaces, SharedNamespaces, Superblock, option_value, select_superblocks,
+        },
         page_size,
     },
 };
@@ -119,7 +121,7 @@ impl CollectorDef for Tmpfs {
     const NAME: &'static str = "tmpfs";
     type Config = TmpfsConfig;
     fn build(config: &TmpfsConfig, ctx: &BuildCtx<'_>) -> Box<dyn Collector> {
-        Box::new(TmpfsCollector::new(config).max_mount_namespaces(ctx.max_mount_namespaces))
+        Box::new(TmpfsCollector::new(config).mount_namespaces(ctx.mount_namespaces.clone()))
     }
 }
 
@@ -179,10 +181,11 @@ section!(TmpfsConfig, |c: &TmpfsConfig| {
     number("max_holders", c.max_holders.0, TOP)
 });
 
-/// The collector. Holds its config; keeps nothing between runs but a read buffer.
+/// The collector. Holds its config; keeps nothing between runs but a read buffer and the mount
+/// namespaces it shares with the smaps collector.
 pub struct TmpfsCollector {
     config: TmpfsConfig,
-    max_namespaces: usize,
+    namespaces: SharedNamespaces,
     buf: Vec<u8>,
 }
 
@@ -191,14 +194,21 @@ impl TmpfsCollector {
     pub fn new(config: &TmpfsConfig) -> Self {
         TmpfsCollector {
             config: config.clone(),
-            max_namespaces: crate::config::AgentConfig::default().max_mount_namespaces as usize,
+            namespaces: SharedNamespaces::new(
+                crate::config::AgentConfig::default().max_mount_namespaces,
+            ),
             buf: Vec::new(),
         }
     }
 
     /// Reads at most `n` mount namespaces besides the agent's own (`[agent] max_mount_namespaces`).
-    pub fn max_mount_namespaces(mut self, n: u32) -> Self {
-        self.max_namespaces = n as usize;
+    pub fn max_mount_namespaces(self, n: u32) -> Self {
+        self.mount_namespaces(SharedNamespaces::new(n))
+    }
+
+    /// Reads the mount namespaces through `shared` (the agent's one cache, with its bound).
+    pub fn mount_namespaces(mut self, shared: SharedNamespaces) -> Self {
+        self.namespaces = shared;
         self
     }
 
@@ -387,7 +397,7 @@ impl Collector for TmpfsCollector {
         &mut self,
         ctx: &CollectCtx<'_>,
     ) -> Result<Option<Box<dyn Observation>>, CollectError> {
-        let nss = discover(ctx.procfs, self.max_namespaces, &mut self.buf)?;
+        let nss = self.namespaces.discover(ctx.procfs, &mut self.buf)?;
         let superblocks = select_superblocks(nss.tables());
         // The container of each namespace, from its member's cgroup path.
         let mut cgroup_errors = Vec::new();
@@ -732,10 +742,12 @@ mod tests {
 
         let mut buf = Vec::new();
         let (devs, _) =
-            crate::collectors::smaps::tmpfs_devices(&procfs, 4, &mut buf).expect("devs");
+            crate::collectors::smaps::tmpfs_devices(&procfs, &SharedNamespaces::new(4), &mut buf)
+                .expect("devs");
         assert!(devs.contains(&d) && devs.contains(&dev(0, 95)));
         let (own_only, _) =
-            crate::collectors::smaps::tmpfs_devices(&procfs, 0, &mut buf).expect("devs");
+            crate::collectors::smaps::tmpfs_devices(&procfs, &SharedNamespaces::new(0), &mut buf)
+                .expect("devs");
         assert!(
             own_only.is_empty(),
             "the agent's own namespace has no tmpfs"

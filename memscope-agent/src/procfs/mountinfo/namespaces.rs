@@ -7,7 +7,11 @@
 //! CAP_SYS_PTRACE): without it the process is counted as `denied` and its namespace stays unseen.
 //! At most `max_others` namespaces besides the agent's own are read; the rest are counted.
 
-use std::collections::HashSet;
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use super::MountInfo;
 use crate::procfs::{ParseError, ProcError, ProcFs};
@@ -153,82 +157,241 @@ impl ProcFs {
 
 /// Finds the mount namespaces: the agent's own (its `self/mountinfo` must be readable: that error is
 /// returned) and at most `max_others` more. Everything else that goes wrong is counted or listed.
+/// Reads everything (a cache of its own, used once); the agent's collectors share a
+/// [`SharedNamespaces`] instead.
 pub fn discover(
     procfs: &ProcFs,
     max_others: usize,
     buf: &mut Vec<u8>,
 ) -> Result<MountNamespaces, ProcError> {
-    let mut out = MountNamespaces::default();
-    let (own_mounts, skipped_lines) = procfs.self_mountinfo(buf)?;
-    out.skipped_lines = skipped_lines;
-    let own = match procfs.mount_ns("self") {
-        Ok(i) => Some(i),
-        // A fixture tree, or a proc without namespace links.
-        Err(e) if e.is_gone() => None,
-        Err(e) => {
-            out.error(&e);
-            None
+    NsCache::new(max_others).discover(procfs, buf, Instant::now())
+}
+
+/// How long a mount table of another namespace, or a process's namespace, is trusted at most
+/// before it is read again.
+pub const REFRESH: Duration = Duration::from_secs(60);
+/// The shortest time a mount table is trusted (a namespace seen for the first time is read again
+/// after this, then after twice its age at the last read, up to [`REFRESH`]).
+const MIN_TRUST: Duration = Duration::from_secs(1);
+
+/// What discovery remembers between runs, so a run reads only what may have changed:
+///
+/// - a process's namespace (its `ns/mnt` link, about 25 µs under load) is read when the process
+///   is new and again at its second sighting (a process that calls `unshare` or `setns` right
+///   after its fork, as `unshare -m` and container runtimes do, is caught there), then trusted;
+///   every [`REFRESH`] all links are read again (a later `setns`, a reused pid);
+/// - another namespace's mount table is read when the namespace is new, then again after
+///   [`MIN_TRUST`], then each time it is twice as old as at its last read, and at least every
+///   [`REFRESH`] (a young namespace is still being set up: a runtime mounts the container's
+///   `/dev/shm` after creating it);
+/// - the agent's own mount table is read on every run (one file).
+///
+/// A namespace none of whose processes remain is forgotten.
+#[derive(Debug)]
+pub struct NsCache {
+    max_others: usize,
+    /// The proc root the cache describes; another root starts afresh.
+    root: Option<std::path::PathBuf>,
+    /// By pid: its namespace and how many runs have read its link.
+    pids: HashMap<u32, (u64, u32)>,
+    /// By namespace inode.
+    tables: HashMap<u64, Table>,
+    /// The last run that read every link.
+    full_at: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Table {
+    mounts: Vec<MountInfo>,
+    skipped_lines: Vec<String>,
+    first_read: Instant,
+    read_at: Instant,
+}
+
+impl Table {
+    /// Whether it may stand at `now` (see [`NsCache`]).
+    fn trusted(&self, now: Instant) -> bool {
+        let trust = self
+            .read_at
+            .duration_since(self.first_read)
+            .clamp(MIN_TRUST, REFRESH);
+        now.duration_since(self.read_at) < trust
+    }
+}
+
+/// What a process's namespace link said.
+enum Link {
+    Ns(u64),
+    Skip,
+}
+
+impl NsCache {
+    pub fn new(max_others: usize) -> NsCache {
+        NsCache {
+            max_others,
+            root: None,
+            pids: HashMap::new(),
+            tables: HashMap::new(),
+            full_at: None,
         }
-    };
-    out.namespaces.push(MountNs {
-        ns: NsRef {
-            inode: own,
-            pid: None,
-        },
-        mounts: own_mounts,
-    });
-    let pids = match procfs.pids() {
-        Ok(p) => p,
-        Err(e) => {
-            out.error(&e);
-            return Ok(out);
+    }
+
+    /// The namespaces now (see [`discover`] for what is returned, and the type for what is read).
+    pub fn discover(
+        &mut self,
+        procfs: &ProcFs,
+        buf: &mut Vec<u8>,
+        now: Instant,
+    ) -> Result<MountNamespaces, ProcError> {
+        if self.root.as_deref() != Some(procfs.root()) {
+            *self = NsCache::new(self.max_others);
+            self.root = Some(procfs.root().to_path_buf());
         }
-    };
-    let mut seen: HashSet<u64> = own.into_iter().collect();
-    let mut over: HashSet<u64> = HashSet::new();
-    for pid in pids {
-        let inode = match procfs.mount_ns(&pid.to_string()) {
-            Ok(i) => i,
-            Err(e) if e.is_gone() => continue,
-            Err(e) if e.is_denied() => {
-                out.denied += 1;
-                continue;
-            }
+        let mut out = MountNamespaces::default();
+        let (own_mounts, skipped_lines) = procfs.self_mountinfo(buf)?;
+        out.skipped_lines = skipped_lines;
+        let own = match procfs.mount_ns("self") {
+            Ok(i) => Some(i),
+            // A fixture tree, or a proc without namespace links.
+            Err(e) if e.is_gone() => None,
             Err(e) => {
                 out.error(&e);
-                continue;
+                None
             }
         };
-        if seen.contains(&inode) || over.contains(&inode) {
-            continue;
+        out.namespaces.push(MountNs {
+            ns: NsRef {
+                inode: own,
+                pid: None,
+            },
+            mounts: own_mounts,
+        });
+        let pids = match procfs.pids() {
+            Ok(p) => p,
+            Err(e) => {
+                out.error(&e);
+                return Ok(out);
+            }
+        };
+        let full = self
+            .full_at
+            .is_none_or(|t| now.duration_since(t) >= REFRESH);
+        if full {
+            self.full_at = Some(now);
         }
-        if out.namespaces.len() > max_others {
-            over.insert(inode);
-            continue;
-        }
-        match procfs.pid_mountinfo(pid, buf) {
-            Ok((mounts, skipped_lines)) => {
+        let mut pid_ns = HashMap::with_capacity(pids.len());
+        let mut seen: HashSet<u64> = own.into_iter().collect();
+        let mut over: HashSet<u64> = HashSet::new();
+        for pid in pids {
+            let inode = match self.link(procfs, pid, full, &mut out) {
+                Link::Ns(inode) => inode,
+                Link::Skip => continue,
+            };
+            let sightings = self.pids.get(&pid).map_or(0, |&(_, n)| n);
+            pid_ns.insert(pid, (inode, sightings.saturating_add(1)));
+            if seen.contains(&inode) || over.contains(&inode) {
+                continue;
+            }
+            if out.namespaces.len() > self.max_others {
+                over.insert(inode);
+                continue;
+            }
+            if let Some(t) = self.tables.get(&inode).filter(|t| t.trusted(now)) {
                 seen.insert(inode);
-                out.skipped_lines.extend(skipped_lines);
+                out.skipped_lines.extend(t.skipped_lines.iter().cloned());
                 out.namespaces.push(MountNs {
                     ns: NsRef {
                         inode: Some(inode),
                         pid: Some(pid),
                     },
-                    mounts,
+                    mounts: t.mounts.clone(),
                 });
+                continue;
             }
-            // Exited meanwhile: the next member of the namespace (if any) is tried.
-            Err(e) if e.is_gone() => {}
-            Err(e) if e.is_denied() => out.denied += 1,
+            match procfs.pid_mountinfo(pid, buf) {
+                Ok((mounts, skipped_lines)) => {
+                    seen.insert(inode);
+                    out.skipped_lines.extend(skipped_lines.iter().cloned());
+                    out.namespaces.push(MountNs {
+                        ns: NsRef {
+                            inode: Some(inode),
+                            pid: Some(pid),
+                        },
+                        mounts: mounts.clone(),
+                    });
+                    let first_read = self.tables.get(&inode).map_or(now, |t| t.first_read);
+                    self.tables.insert(
+                        inode,
+                        Table {
+                            mounts,
+                            skipped_lines,
+                            first_read,
+                            read_at: now,
+                        },
+                    );
+                }
+                // Exited meanwhile: the next member of the namespace (if any) is tried.
+                Err(e) if e.is_gone() => {}
+                Err(e) if e.is_denied() => out.denied += 1,
+                Err(e) => {
+                    seen.insert(inode);
+                    out.error(&e);
+                }
+            }
+        }
+        out.skipped = u32::try_from(over.len()).unwrap_or(u32::MAX);
+        // Gone processes and namespaces are forgotten (and those beyond the bound not kept).
+        self.pids = pid_ns;
+        self.tables.retain(|inode, _| seen.contains(inode));
+        Ok(out)
+    }
+
+    /// `pid`'s namespace: remembered, or read from its link (a new process, its second sighting,
+    /// or a full run). Denied and other errors are counted in `out` as [`discover`] does.
+    fn link(&self, procfs: &ProcFs, pid: u32, full: bool, out: &mut MountNamespaces) -> Link {
+        if !full
+            && let Some(&(inode, sightings)) = self.pids.get(&pid)
+            && sightings >= 2
+        {
+            return Link::Ns(inode);
+        }
+        match procfs.mount_ns(&pid.to_string()) {
+            Ok(i) => Link::Ns(i),
+            Err(e) if e.is_gone() => Link::Skip,
+            Err(e) if e.is_denied() => {
+                out.denied += 1;
+                Link::Skip
+            }
             Err(e) => {
-                seen.insert(inode);
                 out.error(&e);
+                Link::Skip
             }
         }
     }
-    out.skipped = u32::try_from(over.len()).unwrap_or(u32::MAX);
-    Ok(out)
+}
+
+/// One [`NsCache`] shared by the collectors that read mount namespaces (smaps and tmpfs), so a
+/// tick's second discovery costs a directory listing and the agent's own mount table.
+#[derive(Debug, Clone)]
+pub struct SharedNamespaces(Arc<Mutex<NsCache>>);
+
+impl SharedNamespaces {
+    /// At most `max_others` namespaces besides the agent's own.
+    pub fn new(max_others: u32) -> SharedNamespaces {
+        SharedNamespaces(Arc::new(Mutex::new(NsCache::new(max_others as usize))))
+    }
+
+    /// The namespaces now (see [`NsCache`]).
+    pub fn discover(
+        &self,
+        procfs: &ProcFs,
+        buf: &mut Vec<u8>,
+    ) -> Result<MountNamespaces, ProcError> {
+        // A run that panicked while holding the cache left it consistent enough: every entry is
+        // complete when inserted.
+        let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        cache.discover(procfs, buf, Instant::now())
+    }
 }
 
 #[cfg(test)]
@@ -347,5 +510,126 @@ mod tests {
         let all = discover(&p.procfs(), 4, &mut buf).expect("discover");
         assert_eq!(all.namespaces[0].ns, NsRef::default());
         assert!(all.warnings().is_empty());
+    }
+
+    fn refs(n: &MountNamespaces) -> Vec<(Option<u64>, Option<u32>)> {
+        n.namespaces
+            .iter()
+            .map(|n| (n.ns.inode, n.ns.pid))
+            .collect()
+    }
+
+    fn relink(p: &FakeProc, who: &str, target: &str) {
+        let link = p.0.path().join(who).join("ns/mnt");
+        std::fs::remove_file(&link).expect("rm link");
+        symlink(target, link).expect("symlink");
+    }
+
+    /// What the cache reads again and what it trusts, on a fake proc root and an explicit clock.
+    #[test]
+    fn the_cache_reads_only_what_may_have_changed() {
+        let p = FakeProc::new();
+        let tmpfs = |minor: u32| format!("5 0 0:{minor} / /dev/shm rw - tmpfs t rw\n");
+        p.add("self", Some("mnt:[100]"), Some(ROOT));
+        p.add("1", Some("mnt:[100]"), Some(ROOT));
+        p.add("11", Some("mnt:[200]"), Some(&tmpfs(50)));
+        p.add("12", Some("mnt:[300]"), Some(&tmpfs(60)));
+        let procfs = p.procfs();
+        let reads = || procfs.counters().reads(crate::procfs::FileClass::MOUNTINFO);
+        let mut cache = NsCache::new(10);
+        let mut buf = Vec::new();
+        let t0 = Instant::now();
+        let at = |secs: f64| t0 + Duration::from_secs_f64(secs);
+
+        // A fresh cache reads what `discover` reads, and returns the same.
+        let first = cache.discover(&procfs, &mut buf, t0).expect("discover");
+        assert_eq!(first, discover(&procfs, 10, &mut buf).expect("discover"));
+        let before = reads();
+        let again = cache
+            .discover(&procfs, &mut buf, at(0.5))
+            .expect("discover");
+        assert_eq!(again, first);
+        assert_eq!(
+            reads() - before,
+            1,
+            "only the agent's own table is read again"
+        );
+
+        // A mount in namespace 200: seen once the table's trust (1 s for a new one) is over.
+        std::fs::write(p.0.path().join("11/mountinfo"), tmpfs(51)).expect("write");
+        let stale = cache
+            .discover(&procfs, &mut buf, at(0.9))
+            .expect("discover");
+        assert_eq!(stale.namespaces[1].mounts[0].dev.minor, 50);
+        let fresh = cache
+            .discover(&procfs, &mut buf, at(1.0))
+            .expect("discover");
+        assert_eq!(fresh.namespaces[1].mounts[0].dev.minor, 51);
+        // Then trusted twice as long as its age at that read (1 s): until 2 s.
+        std::fs::write(p.0.path().join("11/mountinfo"), tmpfs(52)).expect("write");
+        let before = reads();
+        cache
+            .discover(&procfs, &mut buf, at(1.9))
+            .expect("discover");
+        assert_eq!(reads() - before, 1, "own table only");
+        let later = cache
+            .discover(&procfs, &mut buf, at(2.0))
+            .expect("discover");
+        assert_eq!(later.namespaces[1].mounts[0].dev.minor, 52);
+
+        // A new process in a new namespace is seen at once; a gone one's namespace is forgotten.
+        p.add("15", Some("mnt:[600]"), Some(&tmpfs(70)));
+        std::fs::remove_dir_all(p.0.path().join("12")).expect("rm 12");
+        let moved = cache
+            .discover(&procfs, &mut buf, at(2.1))
+            .expect("discover");
+        assert_eq!(
+            refs(&moved),
+            [
+                (Some(100), None),
+                (Some(200), Some(11)),
+                (Some(600), Some(15))
+            ]
+        );
+
+        // Pid 15 moves to another namespace (setns) after its second sighting: trusted until
+        // the full pass, REFRESH after the first one.
+        cache
+            .discover(&procfs, &mut buf, at(2.2))
+            .expect("discover");
+        relink(&p, "15", "mnt:[700]");
+        std::fs::write(p.0.path().join("15/mountinfo"), tmpfs(80)).expect("write");
+        let trusted = cache
+            .discover(&procfs, &mut buf, at(2.3))
+            .expect("discover");
+        assert_eq!(refs(&trusted)[2], (Some(600), Some(15)));
+        let full = cache
+            .discover(&procfs, &mut buf, t0 + REFRESH)
+            .expect("discover");
+        assert_eq!(refs(&full)[2], (Some(700), Some(15)));
+        assert_eq!(full.namespaces[2].mounts[0].dev.minor, 80);
+
+        // A process that moves right after its first sighting (`unshare -m` after fork) is
+        // caught at its second.
+        p.add("16", Some("mnt:[200]"), Some(&tmpfs(52)));
+        let now = t0 + REFRESH + Duration::from_secs(1);
+        cache.discover(&procfs, &mut buf, now).expect("discover");
+        relink(&p, "16", "mnt:[800]");
+        let caught = cache
+            .discover(&procfs, &mut buf, now + Duration::from_millis(10))
+            .expect("discover");
+        assert!(
+            refs(&caught).contains(&(Some(800), Some(16))),
+            "{:?}",
+            refs(&caught)
+        );
+
+        // Another proc root starts afresh.
+        let other = FakeProc::new();
+        other.add("self", Some("mnt:[100]"), Some(ROOT));
+        let alone = cache
+            .discover(&other.procfs(), &mut buf, now)
+            .expect("discover");
+        assert_eq!(refs(&alone), [(Some(100), None)]);
     }
 }
