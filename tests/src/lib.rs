@@ -185,18 +185,3 @@ pub mod synth;
 pub fn once_over_fixtures() -> anyhow::Result<Vec<Value>> {
     run_once(golden_config())
 }
-
-/// This process's CPU time so far, user plus system (getrusage `RUSAGE_SELF`), for benches.
-pub fn cpu_time() -> std::time::Duration {
-    // SAFETY: getrusage writes into a zeroed struct we own; RUSAGE_SELF cannot fail.
-    let ru = unsafe {
-        let mut ru: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
-        ru
-    };
-    let tv = |t: libc::timeval| {
-        std::time::Duration::from_secs(t.tv_sec.unsigned_abs())
-            + std::time::Duration::from_micros(t.tv_usec.unsigned_abs())
-    };
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}

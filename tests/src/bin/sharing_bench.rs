@@ -37,7 +37,7 @@ use memscope_agent::{
     proc_events::ProcEvents,
     procfs::{FileClass, OpenFiles, ProcFs},
 };
-use memscope_tests::cpu_time;
+use memscope_tests::bench::{cpu_time, median, memhog_path};
 use serde_json::Value;
 
 const USAGE: &str = "usage: sharing_bench [--only exit|startup] [--size BYTES (4194304)] \
@@ -112,11 +112,7 @@ struct Sharers {
 
 impl Sharers {
     fn spawn(size: u64, n: usize) -> anyhow::Result<Sharers> {
-        let exe = std::env::current_exe().context("locating the bench's own executable")?;
-        let memhog = exe
-            .parent()
-            .context("the bench executable has no parent directory")?
-            .join("memhog");
+        let memhog = memhog_path()?;
         let mut child = Command::new(&memhog)
             .args(["shared", &size.to_string(), &n.to_string(), "4096"])
             .stdin(Stdio::null())
@@ -295,11 +291,6 @@ struct Cumulative {
     rollup: u64,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -385,7 +376,7 @@ fn exit_workload(opts: &Options) -> anyhow::Result<()> {
     for (i, t) in exits.iter().enumerate() {
         print_row(&format!("after exit {}", i + 1), t);
     }
-    let med = |v: &[Tick], f: &dyn Fn(&Tick) -> f64| median(v.iter().map(f).collect());
+    let med = |v: &[Tick], f: &dyn Fn(&Tick) -> f64| median(&v.iter().map(f).collect::<Vec<_>>());
     let (n_cpu, e_cpu) = (med(&normal, &|t| ms(t.cpu)), med(&exits, &|t| ms(t.cpu)));
     let (n_kib, e_kib) = (
         med(&normal, &|t| t.proc_bytes as f64 / 1024.0),
