@@ -20,7 +20,7 @@ use memscope_agent::{
     runtime::drain_into,
     tracker::{self, Tracker, TrackerState, TrackerStats},
 };
-use memscope_tests::{TestChild, require_root};
+use memscope_tests::{Sharers, TestChild, require_root};
 use serde_json::Value;
 
 const CHILD: &str = env!("CARGO_BIN_EXE_memscope-test-child");
@@ -568,61 +568,6 @@ fn lost_marks_make_every_process_due_as_overflow() {
     }
 }
 
-/// memhog `shared`: a memfd, a `/dev/shm` file and a SysV segment, each mapped whole by `n`
-/// children. Killed with its children, and its files removed, on drop.
-struct Sharers {
-    child: std::process::Child,
-    info: Value,
-}
-
-impl Sharers {
-    fn spawn(size: u64, n: usize) -> Sharers {
-        use std::io::BufRead as _;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_memhog"))
-            .args(["shared", &size.to_string(), &n.to_string(), "4096"])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn memhog");
-        let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
-        let mut lines = Vec::new();
-        loop {
-            let mut line = String::new();
-            assert!(
-                out.read_line(&mut line).expect("read memhog") > 0,
-                "memhog exited before ready: {lines:?}"
-            );
-            if line.trim() == "ready" {
-                break;
-            }
-            lines.push(line);
-        }
-        let info: Value = serde_json::from_str(lines.first().expect("info line")).expect("json");
-        Sharers { child, info }
-    }
-
-    fn children(&self) -> Vec<u32> {
-        self.info["children"]
-            .as_array()
-            .expect("children")
-            .iter()
-            .filter_map(Value::as_u64)
-            .map(|p| u32::try_from(p).expect("pid"))
-            .collect()
-    }
-}
-
-impl Drop for Sharers {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        for k in ["shm_path", "unmapped_path", "same_path"] {
-            if let Some(p) = self.info[k].as_str() {
-                let _ = std::fs::remove_file(p);
-            }
-        }
-    }
-}
-
 /// The shares of `pid` in the three shared objects of `s`: (memfd, tmpfs, sysv) consumers.
 fn shares_of<'a>(
     obs: &'a ObjectsObservation,
@@ -665,7 +610,8 @@ fn one_exit_among_sharers_derives_the_others_and_staleness_reads_them_exactly() 
         },
         agent.events.subscribe(),
     );
-    let sharers = Sharers::spawn(SIZE, N);
+    let sharers = Sharers::spawn(std::path::Path::new(env!("CARGO_BIN_EXE_memhog")), SIZE, N)
+        .expect("memhog shared");
     let children = sharers.children();
     assert_eq!(children.len(), N);
     let started = Instant::now();

@@ -20,8 +20,6 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead as _, BufReader},
-    process::{Child, Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -37,8 +35,10 @@ use memscope_agent::{
     proc_events::ProcEvents,
     procfs::{FileClass, OpenFiles, ProcFs},
 };
-use memscope_tests::bench::{cpu_time, median, memhog_path};
-use serde_json::Value;
+use memscope_tests::{
+    Sharers,
+    bench::{cpu_time, median, memhog_path},
+};
 
 const USAGE: &str = "usage: sharing_bench [--only exit|startup] [--size BYTES (4194304)] \
 [--sharers N (1000)] [--normal T (5)] [--kills K (5)] [--startup-sharers N (3000)] \
@@ -101,71 +101,6 @@ impl Options {
 
     fn runs(&self, which: &str) -> bool {
         self.only.as_deref().is_none_or(|o| o == which)
-    }
-}
-
-/// memhog `shared`; killed with its children (and its files removed) on drop.
-struct Sharers {
-    child: Child,
-    info: Value,
-}
-
-impl Sharers {
-    fn spawn(size: u64, n: usize) -> anyhow::Result<Sharers> {
-        let memhog = memhog_path()?;
-        let mut child = Command::new(&memhog)
-            .args(["shared", &size.to_string(), &n.to_string(), "4096"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .with_context(|| {
-                format!(
-                    "spawning {} (cargo xtask bench-sharing builds it)",
-                    memhog.display()
-                )
-            })?;
-        let stdout = child
-            .stdout
-            .take()
-            .context("memhog's stdout was not captured")?;
-        let mut out = BufReader::new(stdout);
-        let mut info = None;
-        loop {
-            let mut line = String::new();
-            if out.read_line(&mut line).context("reading memhog")? == 0 {
-                bail!("memhog exited before it was ready");
-            }
-            if line.trim() == "ready" {
-                break;
-            }
-            info = Some(serde_json::from_str(line.trim()).context("memhog's info line")?);
-        }
-        let info = info.context("memhog printed no info line")?;
-        Ok(Sharers { child, info })
-    }
-
-    fn children(&self) -> Vec<i32> {
-        self.info["children"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_i64)
-                    .filter_map(|p| i32::try_from(p).ok())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Sharers {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        for k in ["shm_path", "unmapped_path", "same_path"] {
-            if let Some(p) = self.info[k].as_str() {
-                let _ = std::fs::remove_file(p);
-            }
-        }
     }
 }
 
@@ -338,7 +273,7 @@ fn exit_workload(opts: &Options) -> anyhow::Result<()> {
         opts.sharers,
         opts.size >> 10
     );
-    let sharers = Sharers::spawn(opts.size, opts.sharers)?;
+    let sharers = Sharers::spawn(&memhog_path()?, opts.size, opts.sharers)?;
     let children = sharers.children();
     let mut agent = Agent::new();
     let mut cum = Cumulative::default();
@@ -351,7 +286,7 @@ fn exit_workload(opts: &Options) -> anyhow::Result<()> {
     let mut exits = Vec::new();
     for &pid in children.iter().take(opts.kills) {
         // SAFETY: kill(2) on a child of our child memhog, which stays a zombie until memhog goes.
-        if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
+        if unsafe { libc::kill(pid.cast_signed(), libc::SIGKILL) } != 0 {
             return Err(std::io::Error::last_os_error()).with_context(|| format!("killing {pid}"));
         }
         std::thread::sleep(opts.tick);
@@ -425,7 +360,7 @@ fn startup_workload(opts: &Options) -> anyhow::Result<()> {
         opts.startup_sharers,
         opts.size >> 10
     );
-    let sharers = Sharers::spawn(opts.size, opts.startup_sharers)?;
+    let sharers = Sharers::spawn(&memhog_path()?, opts.size, opts.startup_sharers)?;
     let mut once = Vec::new();
     for _ in 0..3 {
         let mut agent = Agent::new();
