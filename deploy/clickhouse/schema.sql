@@ -51,7 +51,8 @@ FROM memscope.records_in
 WHERE JSONExtractString(line, 'schema') = 'memscope.v1';
 
 -- Each host's latest keyframe (a snapshot with keyframe = true: with emit = "full" every emission,
--- with emit = "changes" every keyframe_every-th): the emission that holds the host's whole state.
+-- with emit = "changes", the default, one every keyframe_interval): the emission that holds the
+-- host's whole state.
 CREATE VIEW IF NOT EXISTS memscope.latest_keyframes AS
 SELECT host, argMax(seq, ts) AS last_seq, max(ts) AS last_ts
 FROM memscope.records

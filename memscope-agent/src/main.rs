@@ -12,7 +12,7 @@ use memscope_agent::{
         table::{ShowOptions, SortKey},
     },
 };
-use tracing::error;
+use tracing::{error, info};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -131,6 +131,7 @@ fn check_environment(
 }
 
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     // The clock of `uptime_ms` starts here, before the eBPF programs are loaded.
     memscope_agent::runtime::process_started();
     let cli = Cli::parse();
@@ -185,6 +186,7 @@ fn main() -> ExitCode {
         }
     };
     let proc_from_cli = cli.proc_root.is_some();
+    let (proc_root_cli, host_cli) = (cli.proc_root.clone(), cli.host.clone());
     if let Some(root) = cli.proc_root {
         config.agent.proc_root = root;
     }
@@ -215,20 +217,180 @@ fn main() -> ExitCode {
     let Some(runtime) = async_runtime() else {
         return ExitCode::FAILURE;
     };
-    let sink = match memscope_agent::runtime::open_sink(&config) {
+    // Handlers first: from here on no signal the agent knows kills it mid-write.
+    let mut signals = match runtime.block_on(async { Signals::install() }) {
+        Ok(s) => s,
+        Err(e) => {
+            error!("cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let overrides = Overrides {
+        config: cli.config.clone(),
+        proc_root: proc_root_cli,
+        host: host_cli,
+    };
+    let code = run_until_stopped(&runtime, config, cli.once, &mut signals, &overrides);
+    // The sink is flushed by now. A collector run still blocked in a read (it is abandoned at its
+    // deadline) must not hold the exit.
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    code
+}
+
+/// What the command line sets over the config file; applied again on every reload.
+struct Overrides {
+    config: Option<PathBuf>,
+    proc_root: Option<PathBuf>,
+    host: Option<String>,
+}
+
+impl Overrides {
+    /// The config file (or the built-in defaults) with the command line's overrides, checked
+    /// against this machine.
+    fn load(&self) -> Result<Config, String> {
+        let (mut config, src, origin) = load_config(self.config.as_ref())?;
+        if let Some(root) = &self.proc_root {
+            config.agent.proc_root = root.clone();
+        }
+        if let Some(host) = &self.host {
+            config.agent.host = host.clone();
+        }
+        check_environment(&config, src.as_deref(), &origin, self.proc_root.is_some())
+            .map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+}
+
+/// Runs the agent until SIGTERM or SIGINT (or the end of `--once`). A SIGHUP with a valid config
+/// ends the run (its sink flushed) and starts one with the new config; an invalid one is logged
+/// and the running config goes on undisturbed.
+fn run_until_stopped(
+    runtime: &tokio::runtime::Runtime,
+    mut config: Config,
+    once: bool,
+    signals: &mut Signals,
+    overrides: &Overrides,
+) -> ExitCode {
+    let mut sink = match memscope_agent::runtime::open_sink(&config) {
         Ok(s) => s,
         Err(e) => {
             error!("{e:#}");
             return ExitCode::from(2);
         }
     };
-    let run = memscope_agent::runtime::run(config, sink, cli.once, shutdown_signal());
-    match runtime.block_on(run) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+    loop {
+        let mut reloaded: Option<Config> = None;
+        let stop = async {
+            reloaded = signals.stop_or_reload(overrides, once).await;
+        };
+        let run = memscope_agent::runtime::run(config.clone(), sink, once, stop);
+        if let Err(e) = runtime.block_on(run) {
             error!("{e:#}");
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
         }
+        let Some(new) = reloaded else {
+            return ExitCode::SUCCESS;
+        };
+        sink = match memscope_agent::runtime::open_sink(&new) {
+            Ok(s) => {
+                info!("SIGHUP: the new config is running");
+                config = new;
+                s
+            }
+            Err(e) => {
+                error!("SIGHUP: {e:#}; the old config keeps running");
+                match memscope_agent::runtime::open_sink(&config) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        error!("{e:#}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+        };
+    }
+}
+
+/// The signals the agent handles (docs/deploy.md#signals): SIGTERM and SIGINT stop it, SIGHUP
+/// reloads the config, SIGUSR1 and SIGUSR2 are logged and otherwise ignored.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers (inside the runtime).
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+            usr1: signal(SignalKind::user_defined1())?,
+            usr2: signal(SignalKind::user_defined2())?,
+        })
+    }
+
+    /// Resolves on SIGTERM or SIGINT (`None`), or on a SIGHUP whose config is valid (`Some`). A
+    /// SIGHUP with an invalid config, or in a `--once` run, and SIGUSR1/SIGUSR2 are logged and
+    /// waited past.
+    async fn stop_or_reload(&mut self, overrides: &Overrides, once: bool) -> Option<Config> {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return None,
+                _ = self.int.recv() => return None,
+                _ = self.hup.recv() => {
+                    if once {
+                        info!("SIGHUP ignored: a --once run has nothing to reload");
+                        continue;
+                    }
+                    match overrides.load() {
+                        Ok(config) => {
+                            info!(config = %origin(overrides), "SIGHUP: reloading the config");
+                            return Some(config);
+                        }
+                        Err(e) => error!("SIGHUP: config rejected, the old config keeps running: {e}"),
+                    }
+                }
+                _ = self.usr1.recv() => info!("SIGUSR1 ignored (no meaning assigned)"),
+                _ = self.usr2.recv() => info!("SIGUSR2 ignored (no meaning assigned)"),
+            }
+        }
+    }
+}
+
+fn origin(overrides: &Overrides) -> String {
+    overrides.config.as_ref().map_or_else(
+        || "<built-in defaults>".to_string(),
+        |p| p.display().to_string(),
+    )
+}
+
+/// How long the exit waits for collector runs still going once the sink is flushed.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Keeps glibc's heap from growing with every emission (docs/design.md#the-agents-memory):
+///
+/// - glibc gives each thread that allocates concurrently an arena of its own (up to 8 per core),
+///   and memory freed in one arena serves only that arena: with collector runs on the blocking
+///   pool's threads the heap fragments across arenas. Two arenas keep contention low (the agent
+///   has two async workers) and freed memory reusable.
+/// - A fixed mmap threshold: by default glibc raises it (up to 32 MiB) each time a large block is
+///   freed, so the next emission's large buffers (the lines of 3000 processes, the per-pid maps)
+///   come from the heap and leave holes there. Fixed at 128 KiB, they are mapped and unmapped
+///   whole.
+///
+/// [`memscope_agent::runtime`] also trims the heap after each emission.
+fn limit_malloc_arenas() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets allocator parameters; called first thing in main, before any
+    // thread is spawned.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
     }
 }
 
@@ -255,7 +417,9 @@ fn show(config: Config, opts: &ShowOptions, json: bool) -> ExitCode {
     let Some(runtime) = async_runtime() else {
         return ExitCode::FAILURE;
     };
-    let lines = match runtime.block_on(memscope_agent::view::collect_once(config)) {
+    let collected = runtime.block_on(memscope_agent::view::collect_once(config));
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    let lines = match collected {
         Ok(l) => l,
         Err(e) => {
             error!("{e:#}");
@@ -295,21 +459,5 @@ fn raise_fd_limit() {
                 tracing::debug!("could not raise RLIMIT_NOFILE");
             }
         }
-    }
-}
-
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
     }
 }

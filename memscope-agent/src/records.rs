@@ -25,22 +25,32 @@ pub struct Record {
 }
 
 impl Record {
-    /// Serializes `body` (which must serialize to a JSON object) into a record.
+    /// Serializes `body` (which must serialize to a JSON object) into a record: straight from the
+    /// typed value into a buffer reused across records (one per thread), then one allocation for
+    /// the body.
     pub fn new<T: Serialize>(kind: &'static str, key: impl Into<String>, body: &T) -> Record {
-        let json = match serde_json::to_string(body) {
-            Ok(s) => s,
-            // Serializing our own plain structs cannot fail; keep the line valid if it ever does.
-            Err(e) => format!("{{\"serialize_error\":{}}}", quote(&e.to_string())),
-        };
-        let inner = json
-            .strip_prefix('{')
-            .and_then(|s| s.strip_suffix('}'))
-            .unwrap_or("")
-            .to_string();
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let body = BUF.with_borrow_mut(|buf| {
+            buf.clear();
+            match serde_json::to_writer(&mut *buf, body) {
+                // serde_json writes UTF-8; an object's text without its braces.
+                Ok(()) => buf
+                    .strip_prefix(b"{")
+                    .and_then(|b| b.strip_suffix(b"}"))
+                    .and_then(|b| std::str::from_utf8(b).ok())
+                    .unwrap_or("")
+                    .to_string(),
+                // Serializing our own plain structs cannot fail; keep the line valid if it ever
+                // does.
+                Err(e) => format!("\"serialize_error\":{}", quote(&e.to_string())),
+            }
+        });
         Record {
             kind,
             key: key.into(),
-            body: inner,
+            body,
         }
     }
 

@@ -65,6 +65,13 @@ pub fn collector_deadline(interval: Duration) -> Duration {
     interval / 2
 }
 
+/// How long one `/proc` read may block before it is abandoned and its process put in the penalty
+/// box ([`crate::procfs::guard`]): the collector deadline, but at least 1 s (a `smaps` of a process
+/// with many mappings legitimately takes a while).
+pub fn read_deadline(interval: Duration) -> Duration {
+    collector_deadline(interval).max(Duration::from_secs(1))
+}
+
 /// Runs the agent until `shutdown` resolves (or after one emission with `once`), writing to `sink`.
 pub async fn run(
     config: Config,
@@ -73,8 +80,8 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let started = process_started();
-    let procfs = ProcFs::new(&config.agent.proc_root);
     let interval = config.agent.interval.get();
+    let procfs = ProcFs::new(&config.agent.proc_root).with_read_deadline(read_deadline(interval));
     let (mut tracker, load) = start_tracker(&config.agent, once).await?;
     let load_ms = load.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let tracker_info = match tracker.source.state() {
@@ -125,7 +132,8 @@ pub async fn run(
         StoreConfig {
             host: host_name(&config),
             emit: config.output.emit,
-            keyframe_every: config.output.keyframe_every.0,
+            keyframe_every: store::keyframe_every(config.output.keyframe_interval.get(), interval),
+            min_change: config.output.min_change,
             interval,
             started,
         },
@@ -191,7 +199,7 @@ pub async fn run(
     let store_ended = tokio::select! {
         () = ticks => None,
         () = shutdown => {
-            info!("shutdown requested");
+            info!("stop requested (shutdown or reload): flushing");
             None
         }
         ended = &mut store_task => Some(ended),
@@ -274,6 +282,8 @@ async fn drain_tracker(
     let source = Arc::clone(source);
     let events = events.clone();
     let drained = tokio::task::spawn_blocking(move || {
+        // What the last emission freed (its records and lines) goes back to the kernel.
+        release_freed_heap();
         let mut s = source.lock().unwrap_or_else(|p| p.into_inner());
         drain_into(s.as_mut(), &events, last)
     })
@@ -455,13 +465,18 @@ impl Scheduler {
         let procfs = self.procfs.clone();
         let files = Arc::clone(&self.statm_files);
         let read = tokio::task::spawn_blocking(move || {
+            let start = Instant::now();
             let mut files = files.lock().unwrap_or_else(|p| p.into_inner());
-            StatmPass::read(&procfs, &mut files, &mut Vec::with_capacity(256))
+            let pass = StatmPass::read(&procfs, &mut files, &mut Vec::with_capacity(256));
+            (start.elapsed(), pass)
         })
         .await;
         match read {
-            Ok(Ok(pass)) => Some(Arc::new(pass)),
-            Ok(Err(e)) => {
+            Ok((took, Ok(pass))) => {
+                let _ = self.tx.send(StoreMsg::StatmPass(took)).await;
+                Some(Arc::new(pass))
+            }
+            Ok((_, Err(e))) => {
                 debug!(error = %e, "statm pass failed");
                 None
             }
@@ -569,11 +584,12 @@ mod tests {
         }
     }
 
-    /// The messages sent so far, sorted (runs end in any order).
+    /// The messages sent so far, sorted (runs end in any order), without the statm pass timings.
     fn drain(rx: &mut mpsc::Receiver<StoreMsg>) -> Vec<String> {
         let mut out = Vec::new();
         while let Ok(m) = rx.try_recv() {
             out.push(match m {
+                StoreMsg::StatmPass(_) => continue,
                 StoreMsg::Collected { collector, .. } => format!("collected {collector}"),
                 StoreMsg::Late { collector } => format!("late {collector}"),
                 StoreMsg::Skipped { collector } => format!("skipped {collector}"),

@@ -41,7 +41,7 @@ enum ExitReason {
 #[expect(dead_code, reason = "only its schema is used")]
 struct UnknownExit {
     pid: u32,
-    /// Always false: the agent never read this process.
+    /// Always false: the agent never sent this process's numbers.
     known: bool,
     /// True when sent at once, between emissions; absent for an exit seen before the first
     /// emission (sent in it).
@@ -162,12 +162,79 @@ pub fn record_schema(kind: &str) -> Value {
             }
         },
         "required": ["schema", "kind", "ts", "host", "seq"],
-        "allOf": [body],
     });
-    if !defs.is_empty() {
-        schema["$defs"] = Value::Object(defs);
+    if has_delta(kind) {
+        // A `delta` record (`emit = "changes"`) is a JSON merge patch of the whole record: the same
+        // fields and types, none required, and `null` for a member that went away.
+        schema["properties"]["delta"] = json!({
+            "description": "A JSON merge patch (RFC 7386) of the entity's last record: only its identity and the fields that moved (`emit = \"changes\"`).",
+            "const": true
+        });
+        schema["if"] = json!({ "required": ["delta"] });
+        schema["then"] = relaxed(&body);
+        schema["else"] = body;
+        let mut all = defs.clone();
+        for (name, def) in &defs {
+            all.insert(format!("{name}{DELTA_SUFFIX}"), relaxed(def));
+        }
+        schema["$defs"] = Value::Object(all);
+    } else {
+        schema["allOf"] = json!([body]);
+        if !defs.is_empty() {
+            schema["$defs"] = Value::Object(defs);
+        }
     }
     schema
+}
+
+/// Whether `kind` has a `delta` form: the entities, and the `agent` record.
+fn has_delta(kind: &str) -> bool {
+    !matches!(kind, "snapshot" | "exit" | "removed")
+}
+
+const DELTA_SUFFIX: &str = "_delta";
+
+/// `schema` as a merge patch: no member required, any member may be `null`, references to the
+/// relaxed definitions. Arrays are replaced whole by a patch, so their items stay strict.
+fn relaxed(schema: &Value) -> Value {
+    match schema {
+        Value::Object(o) => {
+            let mut out = serde_json::Map::new();
+            for (k, v) in o {
+                match k.as_str() {
+                    "required" => {}
+                    "$ref" => {
+                        let r = v.as_str().unwrap_or_default();
+                        out.insert(k.clone(), json!(format!("{r}{DELTA_SUFFIX}")));
+                    }
+                    "items" | "prefixItems" => {
+                        out.insert(k.clone(), v.clone());
+                    }
+                    "properties" => {
+                        let props = v
+                            .as_object()
+                            .map(|p| {
+                                p.iter()
+                                    .map(|(name, s)| {
+                                        let s =
+                                            json!({ "anyOf": [relaxed(s), { "type": "null" }] });
+                                        (name.clone(), s)
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        out.insert(k.clone(), Value::Object(props));
+                    }
+                    _ => {
+                        out.insert(k.clone(), relaxed(v));
+                    }
+                }
+            }
+            Value::Object(out)
+        }
+        Value::Array(a) => Value::Array(a.iter().map(relaxed).collect()),
+        other => other.clone(),
+    }
 }
 
 /// Every kind's schema, by kind.
@@ -184,7 +251,10 @@ mod tests {
         for (kind, s) in record_schemas() {
             assert_eq!(s["properties"]["kind"]["const"], kind);
             assert_eq!(s["properties"]["schema"]["const"], SCHEMA);
-            assert!(s["allOf"][0].is_object(), "{kind}: body");
+            assert!(
+                s["allOf"][0].is_object() || s["else"].is_object(),
+                "{kind}: body"
+            );
         }
     }
 

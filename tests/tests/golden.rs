@@ -39,6 +39,12 @@ fn normalize(mut v: Value) -> Value {
                     t.remove("oldest_read_age_ms");
                 }
             }
+            // Timings: the phases stay listed, their values do not.
+            if let Some(ps) = obj.get_mut("phases_us").and_then(Value::as_object_mut) {
+                for p in ps.values_mut() {
+                    *p = Value::from(0);
+                }
+            }
         }
         _ => {}
     }

@@ -159,3 +159,85 @@ fn exit_records_validate() {
     exit["reason"] = serde_json::json!("bored");
     assert!(validator.validate(&exit).is_err(), "an unknown reason");
 }
+
+#[test]
+fn delta_records_validate_as_merge_patches() {
+    let validator = SchemaValidator::strict();
+    let lines = golden_lines();
+    let first = |kind: &str| {
+        lines
+            .iter()
+            .find(|v| v["kind"] == kind)
+            .unwrap_or_else(|| panic!("a {kind} record in the golden stream"))
+            .clone()
+    };
+    let process = first("process");
+    let header = |kind: &str| {
+        serde_json::json!({
+            "schema": "memscope.v1", "kind": kind, "ts": process["ts"], "host": "h", "seq": 3,
+            "delta": true,
+        })
+    };
+    let mut delta = header("process");
+    delta["pid"] = process["pid"].clone();
+    delta["pss_bytes"] = serde_json::json!(4096);
+    delta["subtree"] = serde_json::json!({ "pss_bytes": 8192 });
+    delta["unit"] = serde_json::Value::Null;
+    validator.validate(&delta).expect("a process delta");
+    let mut agent = header("agent");
+    agent["cpu_user_us"] = serde_json::json!(12);
+    agent["collectors"] = serde_json::json!({ "processes": { "runs": 4 } });
+    validator.validate(&agent).expect("an agent delta");
+    let mut meminfo = header("meminfo");
+    meminfo["MemFree_bytes"] = serde_json::json!(1);
+    validator.validate(&meminfo).expect("a meminfo delta");
+
+    let mut wrong = delta.clone();
+    wrong["pss_bytes"] = serde_json::json!("4096");
+    assert!(
+        validator.validate(&wrong).is_err(),
+        "a string for pss_bytes"
+    );
+    let mut unknown = delta.clone();
+    unknown["pss_byte"] = serde_json::json!(1);
+    assert!(validator.validate(&unknown).is_err(), "an unknown field");
+    let mut not_delta = delta;
+    not_delta["delta"] = serde_json::json!(false);
+    assert!(
+        validator.validate(&not_delta).is_err(),
+        "without delta: true, a partial record is missing fields"
+    );
+}
+
+#[test]
+fn exits_without_figures_and_with_a_reason_validate() {
+    let validator = SchemaValidator::strict();
+    let header = |body: serde_json::Value| {
+        let mut v = serde_json::json!({
+            "schema": "memscope.v1", "kind": "exit", "ts": "2026-11-28T12:59:05.733Z",
+            "host": "h", "seq": 0,
+        });
+        for (k, x) in body.as_object().expect("object") {
+            v[k] = x.clone();
+        }
+        v
+    };
+    // An exit before the first emission goes out in it: no at_once.
+    validator
+        .validate(&header(serde_json::json!({"pid": 7, "known": false})))
+        .expect("an early exit");
+    validator
+        .validate(&header(
+            serde_json::json!({"pid": 7, "known": false, "reason": "oom_kill"}),
+        ))
+        .expect("an early OOM kill");
+    let process = golden_lines()
+        .into_iter()
+        .find(|v| v["kind"] == "process")
+        .expect("a process record in the golden stream");
+    let mut exit = process;
+    exit["kind"] = serde_json::json!("exit");
+    exit["reason"] = serde_json::json!("oom_kill");
+    exit["reason_inferred"] = serde_json::json!(true);
+    validator.validate(&exit).expect("an inferred OOM kill");
+}

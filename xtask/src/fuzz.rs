@@ -14,7 +14,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::workspace_root;
 
 /// Every target, with the fixture files that seed its corpus.
-pub const TARGETS: [(&str, &[&str]); 9] = [
+pub const TARGETS: [(&str, &[&str]); 13] = [
     ("meminfo", &["proc/meminfo", "cases/meminfo_hugepages"]),
     (
         "status",
@@ -46,9 +46,34 @@ pub const TARGETS: [(&str, &[&str]); 9] = [
         "cmdline",
         &["proc/1/cmdline", "proc/43/cmdline", "proc/44/cmdline"],
     ),
+    (
+        "cgroup_files",
+        &[
+            "cgroup/v2/memory.stat",
+            "cgroup/v2/kubepods.slice/memory.events",
+            "cgroup/v2/kubepods.slice/memory.current",
+            "cgroup/v2/kubepods.slice/memory.max",
+            "cgroup/v1/memory/memory.stat",
+        ],
+    ),
+    (
+        "cgroup_pressure",
+        &[
+            "cgroup/v2/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod6b5e1a52_0c4f_4f8e_9d2a_7c3b1e0f9a84.slice/memory.pressure",
+        ],
+    ),
+    (
+        "proc_cgroup",
+        &[
+            "cgroup/proc-pid-cgroup/v1-hybrid",
+            "cgroup/proc-pid-cgroup/v2-docker",
+            "proc/43/cgroup",
+        ],
+    ),
+    ("container_id", &["cgroup/container-paths"]),
 ];
 
-/// Seconds per target in the test lane: 9 targets, about a minute and a half in all.
+/// Seconds per target in the test lane: 13 targets, about two and a half minutes in all.
 pub const LANE_SECONDS: u64 = 10;
 
 pub fn run(seconds: u64, only: &[String]) -> Result<()> {

@@ -14,6 +14,7 @@ mod peers_bench;
 mod pipeline;
 mod probe_bench;
 mod setup;
+mod soak;
 mod view_bench;
 mod volume;
 
@@ -59,6 +60,12 @@ enum Cmd {
     /// Bytes per day the agent writes on this host, `emit = "full"` and `"changes"` side by side
     /// (`cargo xtask volume -- --seconds 120 --interval 10s`).
     Volume {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// The agent's RSS over time with 1000 and 3000 idle processes (root): `cargo xtask soak --
+    /// --minutes N [--every SECONDS] [--processes 1000,3000] [--interval 10s]`.
+    Soak {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -124,6 +131,7 @@ fn main() -> Result<()> {
         Cmd::BenchPeers { args } => peers_bench::run(&args),
         Cmd::Fuzz { seconds, targets } => fuzz::run(seconds, &targets),
         Cmd::Volume { args } => volume::run(&args),
+        Cmd::Soak { args } => soak::run(&args),
         Cmd::SchemaUpdate => cargo(
             &[
                 "test",

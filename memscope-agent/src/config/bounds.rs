@@ -53,10 +53,15 @@ pub const MOUNT_NAMESPACES: Bound<u32> = Bound {
     min: 0,
     max: 65_536,
 };
-/// `[output] keyframe_every`: 1 to 100000 emissions.
-pub const KEYFRAME_EVERY: Bound<u32> = Bound {
-    min: 1,
-    max: 100_000,
+/// `[output] keyframe_interval`: one second to one day.
+pub const KEYFRAME_INTERVAL: Bound<Duration> = Bound {
+    min: secs(1),
+    max: secs(86_400),
+};
+/// `[output.min_change] <kind>.percent`: 0 to 100.
+pub const PERCENT: Bound<f64> = Bound {
+    min: 0.0,
+    max: 100.0,
 };
 /// List lengths: `top_consumers`, `top_files`, `top_dirs`, `max_holders`, cgroup `max_records`:
 /// 1 to 10000.
@@ -129,7 +134,19 @@ pub fn check_agent_and_output(c: &Config) -> Result<(), (&'static str, String)> 
     let o = &c.output;
     number("output.max_bytes", o.max_bytes.0, MAX_BYTES)?;
     number("output.keep", o.keep.0, KEEP)?;
-    number("output.keyframe_every", o.keyframe_every.0, KEYFRAME_EVERY)
+    duration(
+        "output.keyframe_interval",
+        o.keyframe_interval,
+        KEYFRAME_INTERVAL,
+    )?;
+    for (bytes_key, percent_key, m) in o.min_change.all() {
+        number(bytes_key, m.bytes.0, THRESHOLD)?;
+        if m.percent.is_nan() {
+            return Err((percent_key, "nan is not a percentage".to_string()));
+        }
+        number(percent_key, m.percent, PERCENT)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -174,6 +191,21 @@ mod tests {
                 2,
             ),
             ("[output]\nkeep = 5000\n", "output.keep", 2),
+            (
+                "[output]\nkeyframe_interval = \"2d\"\n",
+                "output.keyframe_interval",
+                2,
+            ),
+            (
+                "[output.min_change]\nprocess = { percent = 101 }\n",
+                "output.min_change.process.percent",
+                2,
+            ),
+            (
+                "[output.min_change]\n\nobject = { bytes = \"2TiB\" }\n",
+                "output.min_change.object.bytes",
+                3,
+            ),
             (
                 "[collectors.cgroup]\nmax_cgroups = 2000000\n",
                 "collectors.cgroup.max_cgroups",

@@ -86,7 +86,15 @@ impl KeyLines {
             .map(|(_, k)| k.as_str())
     }
 
+    /// The line of `key`; for a key inside an inline table (`process = { percent = 1 }`), the line
+    /// of the table's key.
     pub(super) fn line_of_key(&self, key: &str) -> Option<usize> {
-        self.entries.iter().find(|(_, k)| k == key).map(|(l, _)| *l)
+        let mut key = key;
+        loop {
+            if let Some((l, _)) = self.entries.iter().find(|(_, k)| k == key) {
+                return Some(*l);
+            }
+            key = key.rsplit_once('.')?.0;
+        }
     }
 }

@@ -85,9 +85,10 @@ pub enum SinkKind {
 #[serde(rename_all = "lowercase")]
 pub enum EmitMode {
     /// Every record, every emission.
-    #[default]
     Full,
-    /// Only what changed (plus `exit`/`removed` records), with a full keyframe every `keyframe_every`.
+    /// Only what changed beyond `min_change` (as `delta` records, plus `exit`/`removed` records),
+    /// with a full keyframe every `keyframe_interval`.
+    #[default]
     Changes,
 }
 
@@ -111,8 +112,108 @@ pub struct OutputConfig {
     /// Rotated files kept beside the live one (`path.1` … `path.N`).
     pub keep: Positive,
     pub emit: EmitMode,
-    /// In `changes` mode, every Nth emission is a full keyframe.
-    pub keyframe_every: Positive,
+    /// In `changes` mode, a full keyframe at least this often (rounded up to whole emissions).
+    pub keyframe_interval: Interval,
+    /// In `changes` mode, how far a byte figure may move before its record counts as changed.
+    pub min_change: MinChangeByKind,
+}
+
+/// The hysteresis of one record kind in `changes` mode: a `_bytes` field counts as changed when it
+/// moved from the value last *sent* by at least `bytes` and by at least `percent` % of that value.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MinChange {
+    pub bytes: ByteSize,
+    pub percent: f64,
+}
+
+impl MinChange {
+    const fn new(bytes: u64, percent: f64) -> MinChange {
+        MinChange {
+            bytes: ByteSize(bytes),
+            percent,
+        }
+    }
+}
+
+impl Default for MinChange {
+    fn default() -> Self {
+        MinChange::new(0, 0.0)
+    }
+}
+
+/// `[output.min_change]`: the hysteresis of each record kind (see docs/records.md).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MinChangeByKind {
+    pub meminfo: MinChange,
+    pub process: MinChange,
+    pub cgroup: MinChange,
+    pub object: MinChange,
+    pub sysv: MinChange,
+    pub tmpfs: MinChange,
+    pub memfd: MinChange,
+    pub shmem_ledger: MinChange,
+    pub hugetlb_ledger: MinChange,
+}
+
+impl Default for MinChangeByKind {
+    fn default() -> Self {
+        const MIB: u64 = 1 << 20;
+        MinChangeByKind {
+            meminfo: MinChange::new(4 * MIB, 1.0),
+            process: MinChange::new(MIB, 1.0),
+            cgroup: MinChange::new(MIB, 1.0),
+            object: MinChange::new(MIB, 1.0),
+            sysv: MinChange::new(MIB, 1.0),
+            tmpfs: MinChange::new(MIB, 1.0),
+            memfd: MinChange::new(MIB, 1.0),
+            shmem_ledger: MinChange::new(MIB, 1.0),
+            hugetlb_ledger: MinChange::new(MIB, 1.0),
+        }
+    }
+}
+
+impl MinChangeByKind {
+    /// The hysteresis of `kind`; kinds without one (`snapshot`, `agent`, …) are exact.
+    pub fn of(&self, kind: &str) -> MinChange {
+        match kind {
+            "meminfo" => self.meminfo,
+            "process" => self.process,
+            "cgroup" => self.cgroup,
+            "object" => self.object,
+            "sysv" => self.sysv,
+            "tmpfs" => self.tmpfs,
+            "memfd" => self.memfd,
+            "shmem_ledger" => self.shmem_ledger,
+            "hugetlb_ledger" => self.hugetlb_ledger,
+            _ => MinChange::default(),
+        }
+    }
+
+    /// Every kind with its hysteresis and the config keys of its two fields, for the range checks.
+    pub fn all(&self) -> [(&'static str, &'static str, MinChange); 9] {
+        macro_rules! row {
+            ($kind:ident) => {
+                (
+                    concat!("output.min_change.", stringify!($kind), ".bytes"),
+                    concat!("output.min_change.", stringify!($kind), ".percent"),
+                    self.$kind,
+                )
+            };
+        }
+        [
+            row!(meminfo),
+            row!(process),
+            row!(cgroup),
+            row!(object),
+            row!(sysv),
+            row!(tmpfs),
+            row!(memfd),
+            row!(shmem_ledger),
+            row!(hugetlb_ledger),
+        ]
+    }
 }
 
 impl Default for OutputConfig {
@@ -122,8 +223,9 @@ impl Default for OutputConfig {
             path: None,
             max_bytes: ByteSize(100 * 1024 * 1024),
             keep: Positive(5),
-            emit: EmitMode::Full,
-            keyframe_every: Positive(10),
+            emit: EmitMode::Changes,
+            keyframe_interval: Interval(Duration::from_secs(30 * 60)),
+            min_change: MinChangeByKind::default(),
         }
     }
 }
@@ -224,8 +326,12 @@ sink = "file"
 path = "/var/log/memscope.jsonl"
 max_bytes = "10MiB"
 keep = 3
-emit = "changes"
-keyframe_every = 4
+emit = "full"
+keyframe_interval = "5m"
+
+[output.min_change]
+process = { bytes = "256KiB", percent = 0.5 }
+meminfo = { bytes = 0 }
 "#,
             "x",
         )
@@ -251,8 +357,19 @@ keyframe_every = 4
         assert_eq!(c.output.sink, SinkKind::File);
         assert_eq!(c.output.max_bytes, ByteSize(10 << 20));
         assert_eq!(c.output.keep, Positive(3));
-        assert_eq!(c.output.emit, EmitMode::Changes);
-        assert_eq!(c.output.keyframe_every, Positive(4));
+        assert_eq!(c.output.emit, EmitMode::Full);
+        assert_eq!(Config::default().output.emit, EmitMode::Changes);
+        assert_eq!(c.output.keyframe_interval.get(), Duration::from_secs(300));
+        assert_eq!(
+            c.output.min_change.of("process"),
+            MinChange::new(256 << 10, 0.5)
+        );
+        assert_eq!(c.output.min_change.of("meminfo"), MinChange::new(0, 0.0));
+        assert_eq!(
+            c.output.min_change.of("object"),
+            MinChangeByKind::default().object,
+            "kinds not named keep their defaults"
+        );
     }
 
     #[test]
@@ -321,8 +438,8 @@ keyframe_every = 4
     fn impossible_values_are_rejected() {
         let e = err("[output]\nkeep = 0\n");
         assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("output.keep")));
-        let e = err("[output]\nkeyframe_every = -1\n");
-        assert_eq!(e.key.as_deref(), Some("output.keyframe_every"));
+        let e = err("[output]\nkeyframe_interval = 600\n");
+        assert_eq!(e.key.as_deref(), Some("output.keyframe_interval"));
         let e = err("[output]\nmax_bytes = \"12 parsecs\"\n");
         assert!(e.message.contains("unknown unit"), "{e}");
         let e = err("[output]\nmax_bytes = 0\n");

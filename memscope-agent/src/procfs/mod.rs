@@ -14,6 +14,7 @@ pub mod cmdline;
 pub mod counters;
 pub mod dev;
 pub mod escape;
+pub mod guard;
 pub mod meminfo;
 pub mod mountinfo;
 pub mod redact;
@@ -227,6 +228,8 @@ pub struct Lenient<T> {
 pub struct ProcFs {
     root: PathBuf,
     counters: Arc<ReadCounters>,
+    /// Reads with a deadline (the agent's); `None`: reads inline (tests, tools).
+    guard: Option<Arc<guard::ReadGuard>>,
 }
 
 impl ProcFs {
@@ -234,6 +237,31 @@ impl ProcFs {
         ProcFs {
             root: root.into(),
             counters: Arc::new(ReadCounters::default()),
+            guard: None,
+        }
+    }
+
+    /// This tree with a deadline on every file opened and read ([`guard`]): a read past it is
+    /// abandoned and its process put in the penalty box.
+    pub fn with_read_deadline(mut self, deadline: std::time::Duration) -> Self {
+        self.guard = Some(Arc::new(guard::ReadGuard::new(deadline)));
+        self
+    }
+
+    /// The read guard, when reads have a deadline.
+    pub fn guard(&self) -> Option<&guard::ReadGuard> {
+        self.guard.as_deref()
+    }
+
+    /// Runs `read` of `path` under the guard's deadline, or inline without one.
+    fn guarded<T: Send + 'static>(
+        &self,
+        path: &Path,
+        read: impl FnOnce() -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
+        match &self.guard {
+            Some(g) => g.run(guard::BoxKey::of(&self.root, path), path, read),
+            None => read(),
         }
     }
 
@@ -265,8 +293,16 @@ impl ProcFs {
         buf: &mut Vec<u8>,
     ) -> Result<(), ProcError> {
         buf.clear();
-        let f = File::open(path).map_err(|e| ProcError::from_io(path.to_path_buf(), e))?;
-        let read = read_capped(&f, class.read_cap(), buf);
+        let cap = class.read_cap();
+        let owned = path.to_path_buf();
+        let mut taken = std::mem::take(buf);
+        let (back, read) = self
+            .guarded(path, move || {
+                let read = File::open(&owned).and_then(|f| read_capped(&f, cap, &mut taken));
+                Ok((taken, read))
+            })
+            .map_err(|e| ProcError::from_io(path.to_path_buf(), e))?;
+        *buf = back;
         self.counters.add(class, buf.len());
         read.map_err(|e| ProcError::from_io(path.to_path_buf(), e))
     }
@@ -451,29 +487,11 @@ impl OpenFiles {
         pid: u32,
         buf: &mut Vec<u8>,
     ) -> Result<Reopened, ProcError> {
-        use std::os::unix::fs::FileExt;
         let cap = self.class.read_cap();
-        let read_all = |f: &File, buf: &mut Vec<u8>| -> io::Result<()> {
-            buf.clear();
-            let mut chunk = [0u8; 4096];
-            loop {
-                let n = f.read_at(&mut chunk, buf.len() as u64)?;
-                if n == 0 {
-                    return Ok(());
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                if buf.len() as u64 > cap {
-                    return Err(io::Error::new(
-                        io::ErrorKind::FileTooLarge,
-                        format!("larger than {cap} bytes; stopped reading there"),
-                    ));
-                }
-            }
-        };
         let path = || procfs.pid_path(pid, self.file);
         let mut reopened = Reopened::No;
         if let Some(f) = self.files.get(&pid) {
-            match read_all(f, buf) {
+            match pread_all(f, buf, cap) {
                 Ok(()) => {
                     procfs.counters.add(self.class, buf.len());
                     return Ok(Reopened::No);
@@ -488,13 +506,44 @@ impl OpenFiles {
             }
         }
         let p = path();
-        let f = File::open(&p).map_err(|e| ProcError::from_io(p.clone(), e))?;
-        read_all(&f, buf).map_err(|e| ProcError::from_io(p, e))?;
+        let owned = p.clone();
+        let mut taken = std::mem::take(buf);
+        let (back, opened) = procfs
+            .guarded(&p, move || {
+                let opened = File::open(&owned).and_then(|f| {
+                    pread_all(&f, &mut taken, cap)?;
+                    Ok(f)
+                });
+                Ok((taken, opened))
+            })
+            .map_err(|e| ProcError::from_io(p.clone(), e))?;
+        *buf = back;
+        let f = opened.map_err(|e| ProcError::from_io(p, e))?;
         procfs.counters.add(self.class, buf.len());
         if self.files.len() < self.cap {
             self.files.insert(pid, f);
         }
         Ok(reopened)
+    }
+}
+
+/// Reads `f` whole from offset 0 into `buf` (cleared first), failing past `cap` bytes.
+fn pread_all(f: &File, buf: &mut Vec<u8>, cap: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    buf.clear();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = f.read_at(&mut chunk, buf.len() as u64)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.len() as u64 > cap {
+            return Err(io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                format!("larger than {cap} bytes; stopped reading there"),
+            ));
+        }
     }
 }
 

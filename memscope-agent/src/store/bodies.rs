@@ -73,6 +73,26 @@ impl SelfCost {
     }
 }
 
+/// Where the time of the last tick went, in microseconds (the `agent` record's `phases_us`): the
+/// /proc reads, then the store's work on the emission.
+#[derive(Debug, Clone, Default, Serialize, schemars::JsonSchema)]
+pub struct Phases {
+    /// The tick's `statm` pass (one `statm` read per process), shared by the ladder collectors.
+    pub statm_pass: u64,
+    /// The `processes` collector's last run after the statm pass: its `smaps_rollup` re-reads,
+    /// and `status`/`cmdline` of new processes.
+    pub processes: u64,
+    /// The `smaps` collector's last run: its `smaps` re-reads and the object table.
+    pub smaps: u64,
+    /// Building this emission's records from the observations: every record serialized, the SysV
+    /// join, the fair shares and the ledgers.
+    pub serialize: u64,
+    /// Change detection against what was sent, and writing the lines into the output buffer.
+    pub diff: u64,
+    /// Writing the previous emission to the sink.
+    pub write_previous: u64,
+}
+
 /// What the agent's cost ladder and tracker did, for the `agent` record.
 #[derive(Debug, Clone, Default, Serialize, schemars::JsonSchema)]
 pub struct LadderReport {
@@ -127,9 +147,15 @@ pub(crate) struct AgentBody<'a> {
     pub(super) tracker: &'a TrackerInfo,
     #[serde(flatten)]
     pub(super) ladder: &'a LadderReport,
+    /// Where the last tick's time went, in µs.
+    pub(super) phases_us: &'a Phases,
     pub(super) emissions: u64,
     pub(super) lines_emitted: u64,
     pub(super) lines_dropped: u64,
+    /// Reads abandoned past their deadline, the readers still blocked, and the penalty box; left
+    /// out until a read was abandoned.
+    #[serde(skip_serializing_if = "crate::procfs::guard::StuckReads::is_none")]
+    pub(super) stuck_reads: &'a crate::procfs::guard::StuckReads,
 }
 
 #[derive(Serialize, schemars::JsonSchema)]

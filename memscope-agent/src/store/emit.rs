@@ -3,11 +3,12 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    time::SystemTime,
+    time::{Instant, SystemTime},
 };
 
 use super::{
     bodies::{AgentBody, RemovedBody, RunSummary, SelfCost, SnapshotBody},
+    delta::{self, Moved, Rule},
     state::Store,
 };
 use crate::{
@@ -67,9 +68,11 @@ impl Store {
             || self
                 .seq
                 .is_multiple_of(u64::from(self.config.keyframe_every.max(1)));
-        let mut records = Vec::new();
+        let serialize = Instant::now();
+        let mut records = Vec::with_capacity(self.records_hint);
         let mut warnings = Vec::new();
         crate::derived::records(&self.latest, &mut records, &mut warnings);
+        self.records_hint = records.len();
         for name in &self.ran {
             if let Some(s) = self.status.get(name)
                 && let Some(e) = &s.last_error
@@ -77,18 +80,70 @@ impl Store {
                 warnings.push(format!("{name}: {e}"));
             }
         }
-
-        let mut entities: BTreeMap<&'static str, u64> = BTreeMap::new();
-        let mut out_records: Vec<(&'static str, &str)> = Vec::new();
-        let mut next_sent = HashMap::with_capacity(records.len());
-        for r in &records {
-            *entities.entry(r.kind).or_default() += 1;
-            let key = (r.kind, r.key.clone());
-            let changed = self.sent.get(&key) != Some(&r.body);
-            if keyframe || changed {
-                out_records.push((r.kind, r.body.as_str()));
+        // A collector that reports the failed read already names the path.
+        for w in std::mem::take(&mut self.stuck_warnings) {
+            if !warnings.iter().any(|x| x.ends_with(w.as_str())) {
+                warnings.push(w);
             }
-            next_sent.insert(key, r.body.clone());
+        }
+        self.phases.serialize = serialize.elapsed().as_micros() as u64;
+
+        let diff = Instant::now();
+        let oom_kills = oom_kill_counts(&records);
+        let header_ts = rfc3339(now);
+        let host = self.config.host.clone();
+        let header = Header {
+            ts: &header_ts,
+            host: &host,
+            seq: self.seq,
+        };
+        let mut entities: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
+        // The entity lines, written as they are decided (the snapshot, which counts them, goes
+        // before them in the output).
+        let mut lines = std::mem::take(&mut self.lines_buf);
+        lines.clear();
+        let mut delta_buf = String::new();
+        let mut next_sent = HashMap::with_capacity(records.len());
+        let mut sent_lines = 0u64;
+        for r in records {
+            *entities.entry(r.kind).or_default() += 1;
+            let key = (r.kind, r.key);
+            // Whether the record goes out now, and what the reader holds afterwards (`None`: the
+            // record itself).
+            let (sent_now, held) = match self.sent.remove(&key) {
+                Some(sent) if !keyframe => {
+                    let rule = Rule::of(r.kind, self.config.min_change.of(r.kind));
+                    if delta::moved(&sent, &r.body, &rule) == Moved::Beyond {
+                        delta_buf.clear();
+                        let mut held = String::with_capacity(sent.len());
+                        match delta::entity_delta(&sent, &r.body, &rule, &mut delta_buf, &mut held)
+                        {
+                            Some(()) => {
+                                write_line(r.kind, &delta_buf, &header, &mut lines);
+                                (true, Some(held))
+                            }
+                            None => {
+                                write_line(r.kind, &r.body, &header, &mut lines);
+                                (true, None)
+                            }
+                        }
+                    } else {
+                        // Not sent: the reference stays what the reader has.
+                        (false, Some(sent))
+                    }
+                }
+                // A keyframe, or an entity the reader does not know yet: the whole record.
+                _ => {
+                    write_line(r.kind, &r.body, &header, &mut lines);
+                    (true, None)
+                }
+            };
+            if sent_now {
+                *counts.entry(r.kind).or_default() += 1;
+                sent_lines += 1;
+            }
+            next_sent.insert(key, held.unwrap_or(r.body));
         }
         // Entities gone since the last emission.
         let mut gone: Vec<(&'static str, String, String)> = self
@@ -98,7 +153,6 @@ impl Store {
             .map(|((kind, key), body)| (kind, key, body))
             .collect();
         gone.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-        let oom_kills = oom_kill_counts(&records);
         let gone_processes: Vec<(u32, &str)> = gone
             .iter()
             .filter(|(kind, _, _)| *kind == "process")
@@ -136,21 +190,11 @@ impl Store {
         self.sent = next_sent;
         self.oom_kills = oom_kills;
 
-        let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
-        for (kind, _) in &out_records {
-            *counts.entry(kind).or_default() += 1;
-        }
         for r in &gone_records {
             *counts.entry(r.kind).or_default() += 1;
         }
 
-        let ts = rfc3339(now);
-        let header = Header {
-            ts: &ts,
-            host: &self.config.host,
-            seq: self.seq,
-        };
-        let mut out = Vec::with_capacity(records.len() * 512 + 2048);
+        let mut out = Vec::with_capacity(lines.len() + 8192);
         let snapshot = SnapshotBody {
             mode: self.config.emit.as_str(),
             keyframe,
@@ -178,13 +222,22 @@ impl Store {
             warnings: &warnings,
         };
         Record::new("snapshot", "", &snapshot).write_line(&header, &mut out);
-        for (kind, body) in &out_records {
-            write_line(kind, body, &header, &mut out);
-        }
+        out.extend_from_slice(&lines);
+        self.lines_buf = lines;
         for r in &gone_records {
             r.write_line(&header, &mut out);
         }
-        let lines_so_far = out_records.len() as u64 + gone_records.len() as u64 + 2;
+        let lines_so_far = sent_lines + gone_records.len() as u64 + 2;
+        self.phases.diff = diff.elapsed().as_micros() as u64;
+        let ran = |name: &str| {
+            if self.ran.contains(&name) {
+                self.status.get(name).map_or(0, |s| s.last_duration_us)
+            } else {
+                0
+            }
+        };
+        self.phases.processes = ran("processes");
+        self.phases.smaps = ran("smaps");
         self.lines_emitted += lines_so_far;
         let by_class = reads.by_class();
         let agent = AgentBody {
@@ -201,8 +254,23 @@ impl Store {
             emissions: self.seq + 1,
             lines_emitted: self.lines_emitted,
             lines_dropped: self.lines_dropped,
+            phases_us: &self.phases,
+            stuck_reads: &self.stuck,
         };
-        Record::new("agent", "", &agent).write_line(&header, &mut out);
+        let agent = Record::new("agent", "", &agent);
+        match self.sent_agent.take() {
+            Some(sent) if !keyframe => {
+                let mut d = String::with_capacity(512);
+                match delta::delta_body_without(&sent, &agent.body, AGENT_KEYFRAME_ONLY, &mut d) {
+                    Some(()) => write_line("agent", &d, &header, &mut out),
+                    None => agent.write_line(&header, &mut out),
+                }
+            }
+            _ => agent.write_line(&header, &mut out),
+        }
+        if self.config.emit == EmitMode::Changes {
+            self.sent_agent = Some(agent.body);
+        }
         self.seq += 1;
         self.ran.clear();
         self.late.clear();
@@ -230,6 +298,19 @@ fn oom_kill_counts(records: &[Record]) -> HashMap<String, u64> {
         })
         .collect()
 }
+
+/// Members of the `agent` record sent only in keyframes (in `changes` mode): cumulative counters
+/// whose movement between keyframes the other records already show (each emission's `snapshot`
+/// has every collector's outcome and duration; `proc_bytes_read` and `phases_us` are in every
+/// `agent` delta).
+/// `collectors` is sent between keyframes too when more than its run counts and durations moved
+/// (a failure, a late or skipped run).
+const AGENT_KEYFRAME_ONLY: &[delta::Skip<'static>] = &[
+    ("collectors", Some(&["runs", "last_duration_us"])),
+    ("proc_bytes_read_by_file", None),
+    ("proc_reads_by_file", None),
+    ("tiers", None),
+];
 
 /// Appended to the body of an `exit` record of an OOM-killed process.
 const OOM_REASON: &str = ",\"reason\":\"oom_kill\"";

@@ -17,8 +17,11 @@
 //! of [`StoreMsg`]s.
 
 mod bodies;
+mod delta;
 mod emit;
 mod oom;
+#[cfg(test)]
+mod replay_tests;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -30,9 +33,9 @@ use tokio::sync::mpsc;
 use tracing::error;
 
 pub(crate) use bodies::{AgentBody, RemovedBody, SnapshotBody};
-pub use bodies::{CollectorStatus, LadderReport, SelfCost, TrackerInfo};
+pub use bodies::{CollectorStatus, LadderReport, Phases, SelfCost, TrackerInfo};
 pub use emit::ExitCause;
-pub use state::{Store, StoreConfig};
+pub use state::{Store, StoreConfig, keyframe_every};
 
 use crate::{
     collectors::{CollectError, Observation},
@@ -55,6 +58,8 @@ pub enum StoreMsg {
     Skipped { collector: &'static str },
     /// The tracker's counters, after this tick's drain.
     Tracker(TrackerStats),
+    /// How long this tick's `statm` pass took (for the `agent` record's `phases_us`).
+    StatmPass(Duration),
     /// Emit now.
     Emit,
     /// The tracker saw a process exit, or the OOM killer choose it: send its `exit` record at once
@@ -84,6 +89,7 @@ pub async fn run(
             StoreMsg::Late { collector } => store.late(collector),
             StoreMsg::Skipped { collector } => store.skipped(collector),
             StoreMsg::Tracker(stats) => store.set_tracker_stats(stats),
+            StoreMsg::StatmPass(took) => store.phases.statm_pass = took.as_micros() as u64,
             StoreMsg::Stop => break,
             StoreMsg::Exit { pid, cause } => {
                 // An OOM kill: the victim's cgroup is re-read first, so its moved `oom_kill`
@@ -128,8 +134,17 @@ pub async fn run(
                 let cost = tokio::task::spawn_blocking(move || SelfCost::measure(&own))
                     .await
                     .unwrap_or_default();
+                if let Some(guard) = procfs.guard() {
+                    store.set_stuck_reads(
+                        crate::procfs::guard::StuckReads::of(Some(guard)),
+                        guard.take_warnings(),
+                    );
+                }
                 let out = store.emit(SystemTime::now(), &cost, procfs.counters());
-                if let Err(e) = sink.write_batch(&out).await {
+                let write = std::time::Instant::now();
+                let written = sink.write_batch(&out).await;
+                store.phases.write_previous = write.elapsed().as_micros() as u64;
+                if let Err(e) = written {
                     store.count_dropped(e.dropped_lines);
                     if e.is_broken_pipe() {
                         return Err(anyhow::anyhow!("output closed (broken pipe)"));

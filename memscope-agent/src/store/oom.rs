@@ -249,6 +249,7 @@ mod tests {
                 emit: EmitMode::Changes,
                 keyframe_every: 100,
                 interval: Duration::from_secs(10),
+                min_change: crate::config::MinChangeByKind::default(),
                 started: std::time::Instant::now(),
             },
             TrackerInfo {
@@ -298,6 +299,7 @@ mod tests {
                 emit: EmitMode::Full,
                 keyframe_every: 1,
                 interval: Duration::from_secs(10),
+                min_change: crate::config::MinChangeByKind::default(),
                 started: std::time::Instant::now(),
             },
             TrackerInfo {

@@ -6,10 +6,11 @@ use std::{
     time::Duration,
 };
 
-use super::bodies::{CollectorStatus, LadderReport, TrackerInfo};
+use super::bodies::{CollectorStatus, LadderReport, Phases, TrackerInfo};
 use crate::{
     collectors::{CollectError, Observation},
-    config::EmitMode,
+    config::{EmitMode, MinChangeByKind},
+    procfs::guard::StuckReads,
     tracker::TrackerStats,
 };
 
@@ -18,7 +19,10 @@ use crate::{
 pub struct StoreConfig {
     pub host: String,
     pub emit: EmitMode,
+    /// In `changes` mode, every `keyframe_every`-th emission is a keyframe (the first one too).
     pub keyframe_every: u32,
+    /// In `changes` mode, the hysteresis per record kind.
+    pub min_change: MinChangeByKind,
     pub interval: Duration,
     /// Start of the `agent` record's `uptime_ms`: process start
     /// ([`crate::runtime::process_started`]).
@@ -35,8 +39,11 @@ pub struct Store {
     pub(super) status: BTreeMap<&'static str, CollectorStatus>,
     /// Collectors that ran since the last emission.
     pub(super) ran: Vec<&'static str>,
-    /// Body last sent per (kind, key).
+    /// Body last sent per (kind, key): in `changes` mode, what a reader holds (the reference of
+    /// the hysteresis).
     pub(super) sent: HashMap<(&'static str, String), String>,
+    /// The `agent` body last sent whole or patched (`changes` mode: the next one is a delta).
+    pub(super) sent_agent: Option<String>,
     pub(super) lines_emitted: u64,
     pub(super) lines_dropped: u64,
     /// Processes reported by `exit_now` since the last processes observation.
@@ -57,9 +64,26 @@ pub struct Store {
     pub(super) late: Vec<&'static str>,
     /// The tracker's counters as last reported.
     pub(super) tracker_stats: TrackerStats,
+    /// Where the time of the tick went (the store task fills in the statm pass and the write).
+    pub(crate) phases: Phases,
+    /// The entity lines of the last emission's buffer, kept for its capacity.
+    pub(super) lines_buf: Vec<u8>,
+    /// Records in the last emission: the next one's capacity.
+    pub(super) records_hint: usize,
+    /// Reads abandoned past their deadline, and the penalty box, as last reported.
+    pub(super) stuck: StuckReads,
+    /// Warnings of reads abandoned since the last emission.
+    pub(super) stuck_warnings: Vec<String>,
 }
 
 impl Store {
+    /// The stuck reads and penalty box for the coming `agent` record, and the warnings of reads
+    /// abandoned since the last emission (for its `snapshot` record).
+    pub fn set_stuck_reads(&mut self, stuck: StuckReads, warnings: Vec<String>) {
+        self.stuck = stuck;
+        self.stuck_warnings.extend(warnings);
+    }
+
     /// `collectors` are the names of the enabled collectors, in emission order.
     pub fn new(config: StoreConfig, tracker: TrackerInfo, collectors: &[&'static str]) -> Store {
         Store {
@@ -73,6 +97,7 @@ impl Store {
                 .collect(),
             ran: Vec::new(),
             sent: HashMap::new(),
+            sent_agent: None,
             lines_emitted: 0,
             lines_dropped: 0,
             exited: std::collections::HashSet::new(),
@@ -82,6 +107,11 @@ impl Store {
             pending_oom_kills: HashMap::new(),
             late: Vec::new(),
             tracker_stats: TrackerStats::default(),
+            phases: Phases::default(),
+            lines_buf: Vec::new(),
+            records_hint: 0,
+            stuck: StuckReads::default(),
+            stuck_warnings: Vec::new(),
         }
     }
 
@@ -166,5 +196,31 @@ impl Store {
             events_received: t.events_received,
             events_lost: t.events_lost,
         }
+    }
+}
+
+/// Emissions per keyframe: `keyframe_interval` in whole emission intervals, rounded up (at least 1).
+pub fn keyframe_every(keyframe_interval: Duration, interval: Duration) -> u32 {
+    let n = keyframe_interval
+        .as_nanos()
+        .div_ceil(interval.as_nanos().max(1))
+        .max(1);
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyframe_interval_rounds_up_to_whole_emissions() {
+        let s = Duration::from_secs;
+        assert_eq!(keyframe_every(s(1800), s(10)), 180);
+        assert_eq!(keyframe_every(s(25), s(10)), 3);
+        assert_eq!(keyframe_every(s(1), s(10)), 1, "at least every emission");
+        assert_eq!(
+            keyframe_every(s(86_400), Duration::from_millis(100)),
+            864_000
+        );
     }
 }

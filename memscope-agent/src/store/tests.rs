@@ -15,6 +15,7 @@ fn store(emit: EmitMode, keyframe_every: u32) -> Store {
             host: "h".into(),
             emit,
             keyframe_every,
+            min_change: crate::config::MinChangeByKind::default(),
             interval: Duration::from_secs(10),
             started: std::time::Instant::now(),
         },
@@ -100,30 +101,82 @@ fn full_mode_sends_everything_each_time_and_exits_for_the_gone() {
     assert!(b.iter().all(|r| r["seq"] == 1));
 }
 
+const MIB: u64 = 1 << 20;
+
 #[test]
 fn changes_mode_sends_only_changes_with_keyframes() {
     let mut s = store(EmitMode::Changes, 3);
-    s.apply("processes", Duration::ZERO, procs(&[(1, 10), (2, 20)]));
+    s.apply(
+        "processes",
+        Duration::ZERO,
+        procs(&[(1, 10 * MIB), (2, 20 * MIB)]),
+    );
     let e0 = emit(&mut s);
     assert_eq!(kinds(&e0), ["snapshot", "process", "process", "agent"]);
     assert_eq!(e0[0]["keyframe"], true);
-    s.apply("processes", Duration::ZERO, procs(&[(1, 10), (2, 21)]));
+    assert!(
+        e0[1].get("delta").is_none(),
+        "a keyframe sends whole records"
+    );
+    s.apply(
+        "processes",
+        Duration::ZERO,
+        procs(&[(1, 10 * MIB), (2, 22 * MIB)]),
+    );
     let e1 = emit(&mut s);
     assert_eq!(kinds(&e1), ["snapshot", "process", "agent"]);
     assert_eq!(e1[1]["pid"], 2);
+    assert_eq!(e1[1]["delta"], true);
+    assert_eq!(e1[1]["pss_bytes"], 22 * MIB);
+    assert!(
+        e1[1].get("name").is_none(),
+        "a delta leaves out what did not move"
+    );
+    assert_eq!(e1[2]["delta"], true, "the agent record too");
     assert_eq!(e1[0]["keyframe"], false);
     assert_eq!(e1[0]["entities"]["process"], 2);
     assert_eq!(e1[0]["records"]["process"], 1);
-    s.apply("processes", Duration::ZERO, procs(&[(2, 21), (3, 30)]));
+    s.apply(
+        "processes",
+        Duration::ZERO,
+        procs(&[(2, 22 * MIB), (3, 30 * MIB)]),
+    );
     let e2 = emit(&mut s);
     assert_eq!(kinds(&e2), ["snapshot", "process", "exit", "agent"]);
     assert_eq!(e2[1]["pid"], 3);
+    assert!(e2[1].get("delta").is_none(), "a new entity is sent whole");
     assert_eq!(e2[2]["pid"], 1);
     // seq 3 is a keyframe: everything again.
-    s.apply("processes", Duration::ZERO, procs(&[(2, 21), (3, 30)]));
+    s.apply(
+        "processes",
+        Duration::ZERO,
+        procs(&[(2, 22 * MIB), (3, 30 * MIB)]),
+    );
     let e3 = emit(&mut s);
     assert_eq!(kinds(&e3), ["snapshot", "process", "process", "agent"]);
     assert_eq!(e3[0]["keyframe"], true);
+    assert!(e3[3].get("delta").is_none());
+}
+
+#[test]
+fn hysteresis_is_measured_from_the_value_last_sent() {
+    let mut s = store(EmitMode::Changes, 1000);
+    let mut pss = 100 * MIB;
+    s.apply("processes", Duration::ZERO, procs(&[(1, pss)]));
+    emit(&mut s);
+    // The default for processes: 1 MiB and 1 % of the value sent (1 MiB here). Steps of 300 KiB
+    // are each within it, but add up: the fourth step is past it from the value sent.
+    let mut sent_at = Vec::new();
+    for step in 1..=8 {
+        pss += 300 << 10;
+        s.apply("processes", Duration::ZERO, procs(&[(1, pss)]));
+        let e = emit(&mut s);
+        if kinds(&e).contains(&"process".to_string()) {
+            assert_eq!(e[1]["pss_bytes"], pss, "the value now, exactly");
+            sent_at.push(step);
+        }
+    }
+    assert_eq!(sent_at, [4, 8]);
 }
 
 #[test]

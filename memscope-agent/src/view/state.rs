@@ -1,9 +1,10 @@
 //! The host's state rebuilt from the agent's own JSON lines, in either emit mode.
 //!
 //! A [`Rebuilder`] takes lines one by one. A `snapshot` record opens an emission; on a keyframe
-//! (every emission with `emit = "full"`, every `keyframe_every`-th with `"changes"`) the state is
-//! cleared, because a keyframe sends every entity. Entity records replace the entity with the same
-//! key, `removed` records drop one, `exit` records drop a process (at once, between emissions, or
+//! (every emission with `emit = "full"`, the first and then one every `keyframe_interval` with
+//! `"changes"`) the state is cleared, because a keyframe sends every entity. Entity records replace
+//! the entity with the same key; `delta` records (`"delta": true`, `changes` mode) patch it, and the
+//! `agent` record, as JSON merge patches ([`merge_patch`]); `removed` records drop one, `exit` records drop a process (at once, between emissions, or
 //! inside one), and the `agent` record closes the emission. Until the first keyframe the state is
 //! marked incomplete (a stream cut in the middle of a `changes` run).
 //!
@@ -61,6 +62,8 @@ pub struct Line {
     pub reason: Option<String>,
     pub at_once: Option<bool>,
     pub known: Option<bool>,
+    /// A `delta` record (`emit = "changes"`): a JSON merge patch of the entity's record.
+    pub delta: Option<bool>,
 }
 
 /// A JSON scalar as a key string (`"0:27"`, `17`).
@@ -195,8 +198,26 @@ impl State {
     }
 
     fn upsert(&mut self, line: &Line, raw: &str) {
+        if line.delta == Some(true) {
+            let key = line.entity_key();
+            let known = self
+                .entities
+                .get(&line.kind)
+                .and_then(|m| m.get(&key))
+                .map(|e| e.raw.as_str());
+            // A delta for an entity not known (a stream read from its middle) is kept as it is.
+            if let Some(merged) = known.and_then(|old| merge_patch(old, raw))
+                && let Some(merged_line) = Line::parse(&merged)
+            {
+                return self.insert(&merged_line, merged);
+            }
+        }
+        self.insert(line, raw.to_string());
+    }
+
+    fn insert(&mut self, line: &Line, raw: String) {
         let entity = Entity {
-            raw: raw.to_string(),
+            raw,
             name: line.display_name().to_string(),
             pid: line.pid,
             pss_bytes: line.pss_bytes,
@@ -290,7 +311,11 @@ impl Rebuilder {
                 Step::Applied
             }
             "agent" => {
-                s.agent = Some(raw.to_string());
+                let merged = match (&s.agent, line.delta) {
+                    (Some(old), Some(true)) => merge_patch(old, raw),
+                    _ => None,
+                };
+                s.agent = Some(merged.unwrap_or_else(|| raw.to_string()));
                 self.open = false;
                 self.emissions += 1;
                 Step::Emission
@@ -326,6 +351,42 @@ impl Rebuilder {
             }
         }
     }
+}
+
+/// RFC 7386: `patch` merged into `target` (objects member by member, `null` removes a member,
+/// anything else replaces).
+pub fn merge(target: &mut Value, patch: Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(&k);
+                } else {
+                    merge(t.entry(k).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, Value::Object(p)) => {
+            *t = Value::Object(serde_json::Map::new());
+            merge(t, Value::Object(p));
+        }
+        (t, p) => *t = p,
+    }
+}
+
+/// The record `old` (a whole line) with the `delta` record `patch` applied as a JSON merge patch
+/// (RFC 7386: objects merge member by member, `null` removes a member, anything else replaces):
+/// the header fields become the patch's, and the `delta` marker is dropped. `None` when either line
+/// is not a JSON object.
+pub fn merge_patch(old: &str, patch: &str) -> Option<String> {
+    let mut target: Value = serde_json::from_str(old).ok()?;
+    let mut patch: Value = serde_json::from_str(patch).ok()?;
+    let (Some(_), Some(p)) = (target.as_object(), patch.as_object_mut()) else {
+        return None;
+    };
+    p.remove("delta");
+    merge(&mut target, patch);
+    Some(target.to_string())
 }
 
 /// Rebuilds the state of a whole text of lines (one emission for `show`; tests).
@@ -419,6 +480,36 @@ mod tests {
             r.state().entities("process").count(),
             0,
             "keyframe cleared it"
+        );
+    }
+
+    #[test]
+    fn delta_records_patch_the_entity_and_the_agent_record() {
+        let lines = [
+            snap(0, true),
+            proc_line(0, 1, 100),
+            r#"{"schema":"memscope.v1","kind":"agent","ts":"t0","host":"h","seq":0,"cpu_user_us":5,"collectors":{"p":{"runs":1}}}"#.into(),
+            snap(1, false),
+            r#"{"schema":"memscope.v1","kind":"process","ts":"t1","host":"h","seq":1,"delta":true,"pid":1,"pss_bytes":300,"cgroup":{"path":"/b"},"future":null}"#.into(),
+            r#"{"schema":"memscope.v1","kind":"agent","ts":"t1","host":"h","seq":1,"delta":true,"cpu_user_us":9}"#.into(),
+        ];
+        let (state, _) = rebuild(&lines.join("\n"));
+        assert_eq!(
+            pss_of(&state),
+            [("p1".to_string(), 300)],
+            "name kept, PSS patched"
+        );
+        let p = state.values("process").pop().expect("the process");
+        assert_eq!(p["cgroup"]["path"], "/b");
+        assert!(p.get("future").is_none(), "null removes a member");
+        assert!(p.get("delta").is_none());
+        assert_eq!(p["seq"], 1, "the header is the delta's");
+        let agent: Value =
+            serde_json::from_str(state.agent.as_deref().expect("agent")).expect("json");
+        assert_eq!(agent["cpu_user_us"], 9);
+        assert_eq!(
+            agent["collectors"]["p"]["runs"], 1,
+            "kept from the keyframe"
         );
     }
 

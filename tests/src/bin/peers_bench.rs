@@ -230,13 +230,28 @@ impl Agent {
     }
 }
 
+/// Forwards every `agent` record whole: with `emit = "changes"` (the default) the records between
+/// keyframes are deltas, applied here to the last one.
 fn forward_agent_records(stdout: ChildStdout, tx: &mpsc::Sender<Value>) {
+    let mut last: Option<String> = None;
     for line in BufReader::new(stdout).lines() {
         let Ok(line) = line else { return };
         let Ok(v) = serde_json::from_str::<Value>(&line) else {
             continue;
         };
-        if v["kind"] == "agent" && tx.send(v).is_err() {
+        if v["kind"] != "agent" {
+            continue;
+        }
+        let whole = match (&last, v["delta"] == true) {
+            (Some(old), true) => memscope_agent::view::state::merge_patch(old, &line),
+            _ => Some(line),
+        };
+        let Some(whole) = whole else { continue };
+        let Ok(v) = serde_json::from_str::<Value>(&whole) else {
+            continue;
+        };
+        last = Some(whole);
+        if tx.send(v).is_err() {
             return;
         }
     }

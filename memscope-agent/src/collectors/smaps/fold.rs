@@ -117,6 +117,9 @@ pub fn fold_process_rollup(
             }
         }
     })?;
+    // Kept per process until its next read: without the doubling's spare capacity (about a third
+    // of the smaps collector's heap at 3000 processes, measured with heaptrack).
+    objects.shrink_to_fit();
     Ok((objects, if n == 0 { None } else { rollup.finish() }))
 }
 

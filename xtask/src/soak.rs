@@ -1,0 +1,301 @@
+//! `cargo xtask soak`: the agent's memory over time with many processes on the host (root).
+//!
+//! For each process count (default 1000, then 3000) it starts that many idle processes (`cat`),
+//! runs the release agent with the default config (eBPF when it attaches) and its output read and
+//! dropped, and prints the agent's RSS (`VmRSS`, split into anonymous and file-backed) at 10 s and
+//! then every `--every` seconds for `--minutes` minutes. Then it stops the agent and the processes.
+//! `cargo xtask soak -- --minutes 60 --processes 3000 --every 60` is the hour-long run. A figure
+//! printed by a command, never a test; on a shared machine say it was measured under load.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+struct Options {
+    minutes: u64,
+    every: u64,
+    processes: Vec<usize>,
+    interval: Option<String>,
+}
+
+const USAGE: &str = "usage: cargo xtask soak [-- --minutes N] [--every SECONDS] [--processes 1000,3000] [--interval 10s]";
+
+fn parse(args: &[String]) -> Result<Options> {
+    let mut o = Options {
+        minutes: 5,
+        every: 30,
+        processes: vec![1000, 3000],
+        interval: None,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let value = it
+            .next()
+            .with_context(|| format!("{a} needs a value; {USAGE}"))?;
+        match a.as_str() {
+            "--minutes" => {
+                o.minutes = value
+                    .parse()
+                    .with_context(|| format!("--minutes {value}"))?
+            }
+            "--every" => o.every = value.parse().with_context(|| format!("--every {value}"))?,
+            "--processes" => {
+                o.processes = value
+                    .split(',')
+                    .map(|n| {
+                        n.trim()
+                            .parse()
+                            .with_context(|| format!("--processes {value}"))
+                    })
+                    .collect::<Result<_>>()?;
+            }
+            "--interval" => o.interval = Some(value.clone()),
+            other => bail!("unknown argument {other}; {USAGE}"),
+        }
+    }
+    if o.every == 0 || o.minutes == 0 || o.processes.is_empty() {
+        bail!("--minutes, --every and --processes must be positive; {USAGE}");
+    }
+    Ok(o)
+}
+
+/// Idle processes (`cat` reading one shared pipe), killed and reaped when dropped. They also end
+/// on their own when xtask dies however it dies: the pipe's write end closes and they read EOF.
+struct Idle {
+    children: Vec<Child>,
+    _writer: std::io::PipeWriter,
+}
+
+impl Idle {
+    fn start(n: usize) -> Result<Idle> {
+        let (reader, writer) = std::io::pipe().context("pipe")?;
+        let mut idle = Idle {
+            children: Vec::with_capacity(n),
+            _writer: writer,
+        };
+        for i in 0..n {
+            let child = Command::new("cat")
+                .stdin(reader.try_clone().context("pipe")?)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .with_context(|| format!("starting idle process {i} of {n}"))?;
+            idle.children.push(child);
+        }
+        Ok(idle)
+    }
+}
+
+impl Drop for Idle {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+        }
+        for c in &mut self.children {
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The agent, stopped (SIGTERM, then killed) when dropped.
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let pid = self.0.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `VmRSS`, `RssAnon`, `RssFile` of `pid`, in KiB.
+fn rss_kib(pid: u32) -> Result<(u64, u64, u64)> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).with_context(|| path.clone())?;
+    let field = |name: &str| -> Result<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .with_context(|| format!("{path}: no {name}"))
+    };
+    Ok((field("VmRSS:")?, field("RssAnon:")?, field("RssFile:")?))
+}
+
+/// Processes on the host now (other work on a shared machine changes the count).
+fn host_processes() -> usize {
+    std::fs::read_dir("/proc").map_or(0, |rd| {
+        rd.filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .count()
+    })
+}
+
+fn is_root() -> Result<bool> {
+    let text = std::fs::read_to_string("/proc/self/status").context("/proc/self/status")?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().nth(1))
+        == Some("0"))
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let o = parse(args)?;
+    if !is_root()? {
+        bail!("cargo xtask soak needs root (the agent reads every process and attaches eBPF)");
+    }
+    crate::cargo(&["build", "--release", "-p", "memscope-agent"], &[])?;
+    let root = crate::workspace_root();
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let binary = target.join("release/memscope-agent");
+    let dir = tempfile::tempdir().context("temporary directory")?;
+    let mut config = String::new();
+    if let Some(i) = &o.interval {
+        config.push_str(&format!("[agent]\ninterval = {i:?}\n"));
+    }
+    let conf = dir.path().join("soak.toml");
+    std::fs::write(&conf, config).with_context(|| format!("{}", conf.display()))?;
+    let mut summary = Vec::new();
+    #[expect(clippy::print_stdout, reason = "the table is this command's output")]
+    for &n in &o.processes {
+        eprintln!("soak: starting {n} idle processes");
+        let idle = Idle::start(n)?;
+        let log = std::fs::File::create(dir.path().join(format!("agent-{n}.log")))?;
+        let mut agent = Agent(
+            Command::new(&binary)
+                .arg("--config")
+                .arg(&conf)
+                .stdout(Stdio::piped())
+                .stderr(log)
+                .spawn()
+                .with_context(|| format!("{}", binary.display()))?,
+        );
+        // Its output is drained and dropped here; should xtask die, the agent's next write fails
+        // and it exits (broken pipe).
+        if let Some(mut out) = agent.0.stdout.take() {
+            std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        }
+        let pid = agent.0.id();
+        let start = Instant::now();
+        let end = Duration::from_secs(o.minutes * 60);
+        println!("\n{n} idle processes, agent pid {pid}");
+        println!("| time | processes on the host | VmRSS MiB | RssAnon MiB | RssFile MiB |");
+        println!("|---|---|---|---|---|");
+        let mut at = Duration::from_secs(10);
+        let mut samples = Vec::new();
+        while at <= end {
+            std::thread::sleep(at.saturating_sub(start.elapsed()));
+            let (rss, anon, file) = rss_kib(pid).with_context(|| {
+                format!(
+                    "the agent (pid {pid}) is gone; see its log in {}",
+                    dir.path().display()
+                )
+            })?;
+            println!(
+                "| {} | {} | {:.1} | {:.1} | {:.1} |",
+                humantime_secs(at),
+                host_processes(),
+                mib(rss),
+                mib(anon),
+                mib(file)
+            );
+            samples.push((at, rss));
+            at = if at < Duration::from_secs(o.every) {
+                Duration::from_secs(o.every)
+            } else {
+                at + Duration::from_secs(o.every)
+            };
+        }
+        drop(agent);
+        drop(idle);
+        summary.push((n, samples));
+    }
+    #[expect(clippy::print_stdout, reason = "the table is this command's output")]
+    {
+        println!(
+            "\n| processes | RSS at 10 s MiB | RSS at the end MiB | max MiB | growth over the second half MiB/h |"
+        );
+        println!("|---|---|---|---|---|");
+        for (n, samples) in &summary {
+            let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
+                continue;
+            };
+            let max = samples.iter().map(|s| s.1).max().unwrap_or(0);
+            let mid = samples.iter().find(|s| s.0 >= last.0 / 2).unwrap_or(first);
+            let hours = (last.0.saturating_sub(mid.0)).as_secs_f64() / 3600.0;
+            let growth = if hours > 0.0 {
+                (mib(last.1) - mib(mid.1)) / hours
+            } else {
+                0.0
+            };
+            println!(
+                "| {n} | {:.1} | {:.1} | {:.1} | {growth:.1} |",
+                mib(first.1),
+                mib(last.1),
+                mib(max)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn humantime_secs(d: Duration) -> String {
+    let s = d.as_secs();
+    if s < 60 {
+        format!("{s}s")
+    } else if s.is_multiple_of(60) {
+        format!("{}m", s / 60)
+    } else {
+        format!("{}m{}s", s / 60, s % 60)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_parse_and_bad_ones_are_refused() -> Result<()> {
+        let args = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
+        let o = parse(&args(
+            "--minutes 60 --every 120 --processes 3000 --interval 5s",
+        ))?;
+        assert_eq!((o.minutes, o.every, o.processes), (60, 120, vec![3000]));
+        assert_eq!(o.interval.as_deref(), Some("5s"));
+        let d = parse(&[])?;
+        assert_eq!((d.minutes, d.every, d.processes), (5, 30, vec![1000, 3000]));
+        assert!(parse(&args("--minutes 0")).is_err());
+        assert!(parse(&args("--processes 1,x")).is_err());
+        assert!(parse(&args("--seconds 3")).is_err());
+        assert!(parse(&args("--minutes")).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn rss_of_this_process_is_read() -> Result<()> {
+        let (rss, anon, file) = rss_kib(std::process::id())?;
+        assert!(rss > 0 && rss >= anon && rss >= file);
+        Ok(())
+    }
+}
