@@ -37,7 +37,7 @@ use memscope_agent::{
 };
 use memscope_tests::{
     Sharers,
-    bench::{cpu_time, median, memhog_path},
+    bench::{cpu_time, flag_number, median, memhog_path},
 };
 
 const USAGE: &str = "usage: sharing_bench [--only exit|startup] [--size BYTES (4194304)] \
@@ -72,10 +72,7 @@ impl Options {
             let value = args
                 .next()
                 .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
-            let num = |v: &str| -> anyhow::Result<u64> {
-                v.parse()
-                    .with_context(|| format!("{flag} {v}: not a number\n{USAGE}"))
-            };
+            let num = |v: &str| flag_number::<u64>(&flag, v, USAGE);
             match flag.as_str() {
                 "--only" if value == "exit" || value == "startup" => o.only = Some(value),
                 "--size" => o.size = num(&value)?,

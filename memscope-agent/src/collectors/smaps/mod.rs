@@ -575,6 +575,14 @@ mod tests {
         assert!(!run(900), "and needs the full floor to come back");
     }
 
+    /// One run of `c` over `procfs`, as `--once` runs it.
+    fn collect_once(c: &mut SmapsCollector, procfs: &ProcFs) -> ObjectsObservation {
+        crate::collectors::observed::<ObjectsObservation>(
+            c.collect(&crate::collectors::CollectCtx::once(procfs)),
+        )
+        .unwrap_or_else(|e| panic!("unexpected: {e}"))
+    }
+
     /// A /proc tree where each of `pids` maps the same 3 MiB memfd, every page shared by all.
     fn memfd_sharers(root: &std::path::Path, pids: &[u32]) {
         std::fs::create_dir_all(root.join("self")).expect("mkdir");
@@ -607,12 +615,7 @@ mod tests {
         memfd_sharers(dir.path(), &[10, 11, 12]);
         let procfs = ProcFs::new(dir.path());
         let mut c = SmapsCollector::new(&SmapsConfig::default(), Subscription::detached());
-        let mut run = || {
-            crate::collectors::observed::<ObjectsObservation>(
-                c.collect(&crate::collectors::CollectCtx::once(&procfs)),
-            )
-            .unwrap_or_else(|e| panic!("unexpected: {e}"))
-        };
+        let mut run = || collect_once(&mut c, &procfs);
         let first = run();
         assert_eq!(first.processes_read, 3);
         assert_eq!(first.derived_shares, 0);
@@ -679,12 +682,7 @@ mod tests {
         memfd_sharers(dir.path(), &[10, 11, 12]);
         let procfs = ProcFs::new(dir.path());
         let mut c = SmapsCollector::new(&SmapsConfig::default(), Subscription::detached());
-        let mut run = || {
-            crate::collectors::observed::<ObjectsObservation>(
-                c.collect(&crate::collectors::CollectCtx::once(&procfs)),
-            )
-            .unwrap_or_else(|e| panic!("unexpected: {e}"))
-        };
+        let mut run = || collect_once(&mut c, &procfs);
         run();
         // 12 unmaps the memfd (its layout changes): re-read, and 10 and 11 share it two ways.
         let twelve = dir.path().join("12");
