@@ -13,7 +13,6 @@
 //!   is suspect; served oldest number first, under the budget;
 //! - `layout`: `statm`'s virtual size changed (polling mode's stand-in for `dirty`);
 //! - `residency`: resident or shared pages moved by at least the tier's threshold since its last read;
-//! - `shared_change`: an object it maps gained or lost a mapper (smaps tier);
 //! - `stale`: its last read is older than `max_staleness` — the bound on how old any number can be.
 //!
 //! A per-tick time budget caps the work: what is left rolls to the next tick, oldest first, so
@@ -42,18 +41,16 @@ pub enum Reason {
     Overflow,
     Layout,
     Residency,
-    SharedChange,
     Stale,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 6] = [
         Reason::New,
         Reason::Dirty,
         Reason::Overflow,
         Reason::Layout,
         Reason::Residency,
-        Reason::SharedChange,
         Reason::Stale,
     ];
 
@@ -64,7 +61,6 @@ impl Reason {
             Reason::Overflow => "overflow",
             Reason::Layout => "layout",
             Reason::Residency => "residency",
-            Reason::SharedChange => "shared_change",
             Reason::Stale => "stale",
         }
     }
@@ -208,7 +204,7 @@ impl Ladder {
         }
     }
 
-    /// Marks `pid` due for `reason` (tracker marks, shared-object changes). Unknown pids are kept
+    /// Marks `pid` due for `reason` (tracker marks, overflow). Unknown pids are kept
     /// until their `statm` is observed.
     pub fn mark(&mut self, pid: u32, reason: Reason, now: Instant) {
         if let Some(e) = self.entries.get_mut(&pid) {
@@ -442,6 +438,9 @@ pub enum StatmRead {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StatmPass {
     pub processes: Vec<(u32, StatmRead)>,
+    /// This tick's hand-over of rollups derived from `smaps` reads, from the smaps tier to the
+    /// rollup tier (one page walk for both).
+    pub exchange: crate::collectors::exchange::SmapsExchange,
 }
 
 impl StatmPass {
@@ -468,7 +467,10 @@ impl StatmPass {
             };
             processes.push((pid, read));
         }
-        Ok(StatmPass { processes })
+        Ok(StatmPass {
+            processes,
+            ..StatmPass::default()
+        })
     }
 
     /// A one-off pass with no kept descriptors (tests, `--once`).
@@ -529,6 +531,7 @@ mod tests {
     fn pass(list: &[(u32, StatmRead)]) -> StatmPass {
         StatmPass {
             processes: list.to_vec(),
+            ..StatmPass::default()
         }
     }
 
@@ -825,7 +828,7 @@ mod tests {
         l.mark(1, Reason::Dirty, t0 + Duration::from_secs(2));
         l.mark(2, Reason::Dirty, t0 + Duration::from_secs(3));
         // Marked again later: keeps its original place in line.
-        l.mark(3, Reason::SharedChange, t0 + Duration::from_secs(4));
+        l.mark(3, Reason::Overflow, t0 + Duration::from_secs(4));
         assert_eq!(
             l.due(),
             vec![(3, Reason::Dirty), (1, Reason::Dirty), (2, Reason::Dirty)]

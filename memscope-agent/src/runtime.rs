@@ -340,6 +340,8 @@ struct Slot {
     /// Runs every `every` ticks.
     every: u64,
     statm: bool,
+    /// It hands rollups derived from its smaps reads over ([`Collector::gives_rollups`]).
+    smaps_giver: bool,
     /// A run is going (perhaps in the background, past its deadline).
     busy: Arc<AtomicBool>,
     /// A run has ended: from then on its runs have a deadline (its last observation can stand in).
@@ -371,6 +373,7 @@ impl Scheduler {
                 .map(|(c, every)| Slot {
                     name: c.name(),
                     statm: c.uses_statm_pass(),
+                    smaps_giver: c.gives_rollups(),
                     collector: Arc::new(Mutex::new(c)),
                     every,
                     busy: Arc::default(),
@@ -425,6 +428,12 @@ impl Scheduler {
         } else {
             None
         };
+        // A due collector that hands smaps-derived rollups over: the others wait for its plan.
+        if let Some(pass) = &statm
+            && due.iter().any(|s| s.smaps_giver)
+        {
+            pass.exchange.expect_plan();
+        }
         let mut running = Vec::new();
         for slot in due {
             // A first run has no earlier observation to stand in for it: it is waited for, so the

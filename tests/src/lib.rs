@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use anyhow::Context as _;
 use memscope_agent::config::{Config, SinkKind};
 use serde_json::Value;
 
@@ -184,4 +185,68 @@ pub mod synth;
 /// machine is measured).
 pub fn once_over_fixtures() -> anyhow::Result<Vec<Value>> {
     run_once(golden_config())
+}
+
+/// `memhog shared SIZE N 4096`: a memfd, a `/dev/shm` file and a SysV segment of SIZE bytes,
+/// each mapped whole by N forked children (the ladder lane, `cargo xtask bench-sharing`). Killed
+/// with its children, and its files removed, on drop.
+pub struct Sharers {
+    child: std::process::Child,
+    /// memhog's info line: `children`, `memfd_inode`, `shm_inode`, `shmid`, the paths.
+    pub info: serde_json::Value,
+}
+
+impl Sharers {
+    pub fn spawn(memhog: &std::path::Path, size: u64, n: usize) -> anyhow::Result<Sharers> {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new(memhog)
+            .args(["shared", &size.to_string(), &n.to_string(), "4096"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawning {}", memhog.display()))?;
+        let stdout = child
+            .stdout
+            .take()
+            .context("memhog's stdout was not captured")?;
+        let mut out = std::io::BufReader::new(stdout);
+        let mut info = None;
+        loop {
+            let mut line = String::new();
+            if out.read_line(&mut line).context("reading memhog")? == 0 {
+                anyhow::bail!("memhog exited before it was ready");
+            }
+            if line.trim() == "ready" {
+                break;
+            }
+            info = Some(serde_json::from_str(line.trim()).context("memhog's info line")?);
+        }
+        let info = info.context("memhog printed no info line")?;
+        Ok(Sharers { child, info })
+    }
+
+    /// The children's pids.
+    pub fn children(&self) -> Vec<u32> {
+        self.info["children"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(serde_json::Value::as_u64)
+                    .filter_map(|p| u32::try_from(p).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Sharers {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for k in ["shm_path", "unmapped_path", "same_path"] {
+            if let Some(p) = self.info[k].as_str() {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
 }

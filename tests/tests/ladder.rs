@@ -20,7 +20,7 @@ use memscope_agent::{
     runtime::drain_into,
     tracker::{self, Tracker, TrackerState, TrackerStats},
 };
-use memscope_tests::{TestChild, require_root};
+use memscope_tests::{Sharers, TestChild, require_root};
 use serde_json::Value;
 
 const CHILD: &str = env!("CARGO_BIN_EXE_memscope-test-child");
@@ -610,5 +610,130 @@ fn lost_marks_make_every_process_due_as_overflow() {
             Some(2),
             "each busy child re-read once"
         );
+    }
+}
+
+/// The shares of `pid` in the three shared objects of `s`: (memfd, tmpfs, sysv) consumers.
+fn shares_of<'a>(
+    obs: &'a ObjectsObservation,
+    s: &Sharers,
+    pid: u32,
+) -> Vec<&'a memscope_agent::collectors::smaps::Consumer> {
+    let memfd = s.info["memfd_inode"].as_u64().expect("memfd inode");
+    let shm = s.info["shm_inode"].as_u64().expect("shm inode");
+    let shmid = s.info["shmid"].as_u64().expect("shmid");
+    obs.objects
+        .iter()
+        .filter(|o| match &o.key {
+            memscope_agent::collectors::smaps::ObjectKey::Inode { kind, inode, .. } => {
+                (*kind == ObjectKind::Memfd && *inode == memfd)
+                    || (*kind == ObjectKind::Tmpfs && *inode == shm)
+            }
+            memscope_agent::collectors::smaps::ObjectKey::Sysv { shmid: id } => *id == shmid,
+            _ => false,
+        })
+        .flat_map(|o| o.consumers.iter().filter(|c| c.pid == pid))
+        .collect()
+}
+
+/// One exit among many sharers re-reads none of the others: their shares are derived (flagged),
+/// equal to what smaps says to the kernel's kB rounding; staleness later re-reads them exactly.
+#[test]
+fn one_exit_among_sharers_derives_the_others_and_staleness_reads_them_exactly() {
+    const SIZE: u64 = 8 << 20;
+    const N: usize = 16;
+    let mut tracker = ebpf_tracker();
+    let mut agent = Agent::new();
+    let max_staleness = Duration::from_secs(3);
+    let mut smaps = SmapsCollector::new(
+        &SmapsConfig {
+            min_object_pss: ByteSize(0),
+            max_staleness: Interval(max_staleness),
+            // Only the exit, its consequences and staleness may cause reads of the sharers.
+            min_change: ByteSize(1 << 30),
+            ..SmapsConfig::default()
+        },
+        agent.events.subscribe(),
+    );
+    let sharers = Sharers::spawn(std::path::Path::new(env!("CARGO_BIN_EXE_memhog")), SIZE, N)
+        .expect("memhog shared");
+    let children = sharers.children();
+    assert_eq!(children.len(), N);
+    let started = Instant::now();
+    let obs = agent.tick(&mut tracker, &mut smaps, 0);
+    for &pid in &children {
+        let shares = shares_of(&obs, &sharers, pid);
+        assert_eq!(shares.len(), 3, "pid {pid} maps the three objects");
+        for c in shares {
+            assert_eq!(c.pss_bytes, SIZE / N as u64, "pid {pid}: 1/{N} of each");
+            assert!(!c.derived);
+        }
+    }
+
+    let (gone, rest) = children.split_first().expect("children");
+    // SAFETY: kill(2) on a child of our child memhog; it is reaped by memhog's exit on drop.
+    assert_eq!(
+        unsafe { libc::kill(*gone as libc::pid_t, libc::SIGKILL) },
+        0
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let obs = agent.tick(&mut tracker, &mut smaps, 1);
+    let mut derived = Vec::new();
+    for &pid in rest {
+        assert_eq!(
+            smaps.reads_of(pid),
+            Some(1),
+            "pid {pid} is not re-read after another's exit"
+        );
+        let shares = shares_of(&obs, &sharers, pid);
+        assert_eq!(shares.len(), 3);
+        for c in shares {
+            assert!(c.derived, "pid {pid}: derived");
+            let want = SIZE / (N as u64 - 1);
+            assert!(
+                c.pss_bytes.abs_diff(want) <= 1,
+                "pid {pid}: {} vs {want}",
+                c.pss_bytes
+            );
+            derived.push((pid, c.pss_bytes));
+        }
+    }
+    assert!(obs.derived_shares as usize >= 3 * rest.len());
+
+    // Staleness re-reads every survivor, and its figures are then read, not derived.
+    let mut n = 2;
+    let mut last = obs;
+    while started.elapsed() < max_staleness + Duration::from_secs(2)
+        && rest.iter().any(|p| smaps.reads_of(*p) != Some(2))
+    {
+        std::thread::sleep(Duration::from_millis(250));
+        last = agent.tick(&mut tracker, &mut smaps, n);
+        n += 1;
+    }
+    for &pid in rest {
+        assert_eq!(
+            smaps.reads_of(pid),
+            Some(2),
+            "pid {pid} re-read for staleness"
+        );
+    }
+    assert!(
+        smaps_stats(&last)
+            .rereads
+            .get("stale")
+            .copied()
+            .unwrap_or(0)
+            >= rest.len() as u64
+    );
+    for (pid, was) in derived {
+        for c in shares_of(&last, &sharers, pid) {
+            assert!(!c.derived, "pid {pid}: read again");
+            // smaps rounds each mapping's PSS down to a kB.
+            assert!(
+                c.pss_bytes.abs_diff(was) < 1024,
+                "pid {pid}: read {} vs derived {was}",
+                c.pss_bytes
+            );
+        }
     }
 }

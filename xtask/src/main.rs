@@ -92,6 +92,12 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Sharing: one exit among 1000 sharers against a normal tick, and start-up at 3000 sharers
+    /// against `--once` (root; `cargo xtask bench-sharing -- --only exit --sharers 500`).
+    BenchSharing {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// memscope against smem, smemstat and process-exporter, and the stall of a monitored 2 GiB
     /// process (root; installs the peers). `cargo xtask bench-peers -- --sizes 300 --repeats 3`.
     BenchPeers {
@@ -113,6 +119,15 @@ fn main() -> Result<()> {
         Cmd::EbpfObject { check: true } => ebpf_object::check(&workspace_root()),
         Cmd::ProbeBench => probe_bench::run(),
         Cmd::Bench { args } => ladder_bench::run(&args),
+        Cmd::BenchSharing { args } => {
+            if !is_root() {
+                bail!(
+                    "the sharing bench needs root (every process's smaps): run `sudo cargo xtask bench-sharing`"
+                );
+            }
+            build_release_bins("memscope-tests", &["sharing_bench", "memhog"])?;
+            run_release_bin("sharing_bench", &args)
+        }
         Cmd::BenchPeers { args } => peers_bench::run(&args),
         Cmd::Fuzz { seconds, targets } => fuzz::run(seconds, &targets),
         Cmd::Volume { args } => volume::run(&args),
@@ -168,6 +183,20 @@ fn release_dir() -> std::path::PathBuf {
 }
 
 /// Runs a release binary built from the workspace with `args`, failing on a non-zero exit.
+/// Builds `bins` of `package` in release.
+fn build_release_bins(package: &str, bins: &[&str]) -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build
+        .args(["build", "--release", "--package", package])
+        .current_dir(workspace_root());
+    for bin in bins {
+        build.args(["--bin", bin]);
+    }
+    eprintln!("xtask: {build:?}");
+    run_checked(&mut build)
+}
+
 fn run_release_bin(name: &str, args: &[String]) -> Result<()> {
     run_checked(Command::new(release_dir().join(name)).args(args))
 }

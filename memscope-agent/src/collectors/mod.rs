@@ -43,6 +43,7 @@ macro_rules! section {
 }
 
 pub mod cgroup;
+pub mod exchange;
 pub mod meminfo;
 pub mod processes;
 pub mod smaps;
@@ -90,6 +91,11 @@ pub trait Collector: Send {
     /// Whether it reads the tick's `statm` pass (a ladder collector): the scheduler reads the pass
     /// only in ticks where such a collector is due.
     fn uses_statm_pass(&self) -> bool {
+        false
+    }
+    /// Whether it hands rollups derived from its `smaps` reads to the tick's other collectors
+    /// ([`exchange`]): the scheduler then tells them to wait for its plan.
+    fn gives_rollups(&self) -> bool {
         false
     }
     fn collect(

@@ -23,8 +23,9 @@ use tracing::debug;
 use super::{BuildCtx, CollectCtx, CollectError, Collector, CollectorDef, Observation, UserNames};
 use crate::{
     collectors::cgroup::container::{Container, classify},
+    collectors::exchange::DerivedRollup,
     config::{ByteSize, Interval},
-    ladder::{Ladder, TierPolicy, TierStats},
+    ladder::{Ladder, Reason, TierPolicy, TierStats},
     proc_events::{Scope, Subscription},
     procfs::{
         FileClass, ProcError, ProcFs,
@@ -207,6 +208,9 @@ pub struct ProcessesObservation {
     pub inaccessible: u32,
     /// Processes that vanished while being read.
     pub vanished: u32,
+    /// Processes whose rollup was derived from this tick's `smaps` read instead of reading
+    /// `smaps_rollup` (one page walk for both tiers).
+    pub rollups_derived: u32,
     /// Per-process errors other than gone/denied (each carries its path).
     pub errors: Vec<String>,
     /// The `rollup` tier's statistics after this run.
@@ -301,11 +305,13 @@ impl ProcessesCollector {
         }
     }
 
-    /// Reads one process. A vanished process is `Err(Gone)`.
+    /// Reads one process. A vanished process is `Err(Gone)`. With `derived` (this tick's smaps
+    /// read of the same process, see [`super::exchange`]), `smaps_rollup` is not read.
     fn read_process(
         &mut self,
         procfs: &ProcFs,
         pid: u32,
+        derived: Option<DerivedRollup>,
         obs: &mut ProcessesObservation,
     ) -> Result<ProcessRecord, ProcError> {
         let stat: Stat = procfs.read_parsed(
@@ -331,8 +337,12 @@ impl ProcessesCollector {
         };
         // No mm (kernel thread, zombie): zero memory, and smaps_rollup would fail with ESRCH.
         let no_mm = status.as_ref().is_some_and(|s| s.vm_size.is_none());
+        let derived = derived.filter(|(start, _)| *start == stat.starttime_ticks);
         let (numbers, memory) = if no_mm {
             (Numbers::Exact, Memory::default())
+        } else if let Some((_, c)) = derived {
+            obs.rollups_derived += 1;
+            (Numbers::Exact, Memory::from_rollup(&c))
         } else {
             match procfs.read_parsed(
                 &procfs.pid_path(pid, "smaps_rollup"),
@@ -412,6 +422,41 @@ impl ProcessesCollector {
             subtree: Subtree::default(),
         })
     }
+    /// Re-reads `pid` (due for `reason`) into its record, counting it; a vanished one leaves `live`.
+    fn reread(
+        &mut self,
+        procfs: &ProcFs,
+        pid: u32,
+        reason: Reason,
+        derived: Option<DerivedRollup>,
+        obs: &mut ProcessesObservation,
+        live: &mut std::collections::HashSet<u32>,
+    ) {
+        match self.read_process(procfs, pid, derived, obs) {
+            Ok(p) => {
+                self.stats.count(reason);
+                self.ladder.done(pid, Instant::now());
+                if let Some(k) = self.known.get_mut(&pid) {
+                    k.record = Some(p);
+                }
+            }
+            Err(e) if e.is_gone() => {
+                obs.vanished += 1;
+                live.remove(&pid);
+                self.ladder.forget(pid);
+                self.known.remove(&pid);
+            }
+            Err(e) if e.is_denied() => {
+                obs.inaccessible += 1;
+                self.ladder.done(pid, Instant::now());
+            }
+            Err(e) => {
+                debug!(pid, error = %e, "process read failed");
+                obs.errors.push(e.to_string());
+                self.ladder.done(pid, Instant::now());
+            }
+        }
+    }
 }
 
 /// A process's memory cgroup and what its path shows, read once per process (the tmpfs collector
@@ -484,37 +529,30 @@ impl Collector for ProcessesCollector {
         }
         self.known.retain(|pid, _| live.contains(pid));
 
-        // Tier 2: smaps_rollup where the ladder says so, within the budget.
+        // Tier 2: smaps_rollup where the ladder says so, within the budget. Processes the smaps
+        // tier reads this tick too come last: their rollup is derived from that read.
         let mut carried = 0;
+        let exchange = &pass.exchange;
+        exchange.wait_for_plan();
+        let mut later = Vec::new();
         for (pid, reason) in self.ladder.due() {
+            if exchange.planned(pid) {
+                later.push((pid, reason));
+                continue;
+            }
             if !ctx.unbounded && start.elapsed() >= self.budget {
                 carried += 1;
                 continue;
             }
-            match self.read_process(ctx.procfs, pid, &mut obs) {
-                Ok(p) => {
-                    self.stats.count(reason);
-                    self.ladder.done(pid, Instant::now());
-                    if let Some(k) = self.known.get_mut(&pid) {
-                        k.record = Some(p);
-                    }
-                }
-                Err(e) if e.is_gone() => {
-                    obs.vanished += 1;
-                    live.remove(&pid);
-                    self.ladder.forget(pid);
-                    self.known.remove(&pid);
-                }
-                Err(e) if e.is_denied() => {
-                    obs.inaccessible += 1;
-                    self.ladder.done(pid, Instant::now());
-                }
-                Err(e) => {
-                    debug!(pid, error = %e, "process read failed");
-                    obs.errors.push(e.to_string());
-                    self.ladder.done(pid, Instant::now());
-                }
+            self.reread(ctx.procfs, pid, reason, None, &mut obs, &mut live);
+        }
+        for (pid, reason) in later {
+            let derived = exchange.take(pid);
+            if derived.is_none() && !ctx.unbounded && start.elapsed() >= self.budget {
+                carried += 1;
+                continue;
             }
+            self.reread(ctx.procfs, pid, reason, derived, &mut obs, &mut live);
         }
         self.ladder.set_run_length(start.elapsed());
         self.stats.finish_run(&self.ladder, carried, Instant::now());
@@ -924,5 +962,73 @@ mod tree_tests {
         assert_eq!(p.cgroup, Some(Name::from("/system.slice/cron.service")));
         assert_eq!(p.unit, Some(Name::from("cron.service")));
         assert_eq!(p.container, None);
+    }
+
+    #[test]
+    fn a_process_the_smaps_tier_read_this_tick_is_not_walked_again() {
+        use crate::collectors::smaps::{SmapsCollector, SmapsConfig};
+        let dir = tempfile::tempdir().expect("tempdir");
+        copy_pid(dir.path(), 43, 43, &[]);
+        copy_pid(dir.path(), 44, 44, &[]);
+        std::fs::create_dir_all(dir.path().join("self")).expect("mkdir");
+        std::fs::write(dir.path().join("self/mountinfo"), "").expect("mountinfo");
+        let procfs = ProcFs::new(dir.path());
+        // One tick's pass, shared by both collectors as the scheduler shares it.
+        let pass = crate::ladder::StatmPass::read_once(&procfs, &mut Vec::new()).expect("pass");
+        let ctx = CollectCtx {
+            statm: Some(std::sync::Arc::new(pass)),
+            ..CollectCtx::once(&procfs)
+        };
+        let mut smaps = SmapsCollector::new(&SmapsConfig::default(), Subscription::detached());
+        let mut processes =
+            ProcessesCollector::new(&ProcessesConfig::default(), Subscription::detached());
+        smaps.collect(&ctx).expect("smaps");
+        let rollup_reads = |p: &ProcFs| {
+            p.counters()
+                .by_class()
+                .iter()
+                .find(|(c, _)| *c == FileClass::SMAPS_ROLLUP.name())
+                .map_or(0, |(_, n)| n.bytes)
+        };
+        let obs = crate::collectors::observed::<ProcessesObservation>(processes.collect(&ctx))
+            .unwrap_or_else(|e| panic!("unexpected: {e}"));
+        assert_eq!(obs.rollups_derived, 2);
+        assert_eq!(rollup_reads(&procfs), 0, "no smaps_rollup read");
+        for p in &obs.processes {
+            let text =
+                std::fs::read(fixtures().join(format!("{}/smaps_rollup", p.pid))).expect("fixture");
+            let want =
+                Memory::from_rollup(&parse_smaps_rollup(&text).expect("parses").expect("mm"));
+            assert_eq!(p.numbers, Numbers::Exact);
+            assert_eq!(
+                (p.memory.rss_bytes, p.memory.uss_bytes, p.memory.swap_bytes),
+                (want.rss_bytes, want.uss_bytes, want.swap_bytes),
+                "pid {}",
+                p.pid
+            );
+            // PSS: the kernel's kB rounding per mapping.
+            assert!(
+                want.pss_bytes - p.memory.pss_bytes < 64 << 10,
+                "pid {}",
+                p.pid
+            );
+            let split =
+                p.memory.pss_anon_bytes + p.memory.pss_file_bytes + p.memory.pss_shmem_bytes;
+            assert_eq!(
+                split, p.memory.pss_bytes,
+                "pid {}: the split adds up",
+                p.pid
+            );
+        }
+
+        // A tick where the smaps tier does not run: smaps_rollup is read as before.
+        let mut alone =
+            ProcessesCollector::new(&ProcessesConfig::default(), Subscription::detached());
+        let obs = crate::collectors::observed::<ProcessesObservation>(
+            alone.collect(&CollectCtx::once(&procfs)),
+        )
+        .unwrap_or_else(|e| panic!("unexpected: {e}"));
+        assert_eq!(obs.rollups_derived, 0);
+        assert!(rollup_reads(&procfs) > 0);
     }
 }

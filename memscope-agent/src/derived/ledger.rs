@@ -458,6 +458,7 @@ mod tests {
                 ..ObjectMemory::default()
             },
             mappers: 1,
+            derived_mappers: 0,
             mappings: 1,
             consumers: Vec::new(),
         }
@@ -628,6 +629,8 @@ mod tests {
             name: Name::from("acc"),
             objects,
             read_at: Instant::now(),
+            read_ticks: 0,
+            read_run: 0,
             smaps_bytes: 0,
             reads: 1,
         };

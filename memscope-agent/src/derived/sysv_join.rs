@@ -70,6 +70,7 @@ mod tests {
                 ..ObjectMemory::default()
             },
             mappers: 1,
+            derived_mappers: 0,
             mappings: 1,
             consumers: Vec::new(),
         }

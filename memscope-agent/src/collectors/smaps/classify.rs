@@ -98,6 +98,23 @@ pub fn tmpfs_devices(
     namespaces: &mountinfo::SharedNamespaces,
     buf: &mut Vec<u8>,
 ) -> Result<(HashSet<Dev>, Vec<String>), ProcError> {
+    tmpfs_devices_seen(procfs, namespaces, buf).map(|(devs, skipped, _)| (devs, skipped))
+}
+
+/// [`tmpfs_devices`], and whether every mount namespace and every line of its mount table was
+/// read (else a tmpfs mount may be missing from the set). A namespace whose link was denied does
+/// not count: its members' smaps are as unreadable as their link (a busy host has such a process
+/// now and then, one in the middle of an exec).
+pub fn tmpfs_devices_seen(
+    procfs: &ProcFs,
+    namespaces: &mountinfo::SharedNamespaces,
+    buf: &mut Vec<u8>,
+) -> Result<(HashSet<Dev>, Vec<String>, bool), ProcError> {
     let nss = namespaces.discover(procfs, buf)?;
-    Ok((mountinfo::tmpfs_devices(nss.tables()), nss.skipped_lines))
+    let complete = nss.skipped == 0 && nss.error_count == 0 && nss.skipped_lines.is_empty();
+    Ok((
+        mountinfo::tmpfs_devices(nss.tables()),
+        nss.skipped_lines,
+        complete,
+    ))
 }

@@ -4,19 +4,94 @@ use std::collections::{HashMap, HashSet};
 
 use super::{
     classify::classify,
-    object::{Consumer, ObjectKey, ObjectMemory, ProcessObject, ProcessObjects, SharedObject},
+    object::{
+        Consumer, ObjectKey, ObjectKind, ObjectMemory, ProcessObject, ProcessObjects, SharedObject,
+    },
 };
-use crate::procfs::{Dev, smaps::parse_smaps};
+use crate::procfs::{
+    Dev,
+    counters::MemCounters,
+    smaps::{Mapping, parse_smaps},
+};
 
 /// Folds one process's smaps text into its objects.
 pub fn fold_process(
     text: &[u8],
     tmpfs_devs: &HashSet<Dev>,
 ) -> Result<Vec<ProcessObject>, crate::procfs::ParseError> {
+    fold_process_rollup(text, tmpfs_devs).map(|(objects, _)| objects)
+}
+
+/// The process's `smaps_rollup` from its mappings, where the sum is exact: every counter is the
+/// sum over mappings (the PSS counters to the kernel's kB rounding per mapping), and the PSS split
+/// by page kind, which smaps prints only in the rollup, is derived per mapping. The kernel counts
+/// a page's PSS as anon (anonymous page), shmem (swap-backed: tmpfs, memfd, SysV, shared
+/// anonymous) or file (the rest); a mapping whose pages are all anonymous (`Anonymous = Rss`) or
+/// none (`Anonymous = 0`) goes to one of them, and so does a mixed one whose every page is its own
+/// (`Pss = Rss`: its anonymous pages' PSS is `Anonymous`), or one whose dirty pages are exactly its
+/// anonymous ones (`Anonymous = Private_Dirty + Shared_Dirty`: their PSS is `Pss_Dirty`). Any other
+/// mixed mapping has no exact split: `None`.
+struct RollupSum {
+    sum: MemCounters,
+    split: Option<(u64, u64, u64)>,
+}
+
+impl RollupSum {
+    fn add(&mut self, m: &Mapping, kind: ObjectKind) {
+        let c = &m.counters;
+        self.sum.add(c);
+        let Some((anon, file, shmem)) = &mut self.split else {
+            return;
+        };
+        let shmem_backed = matches!(
+            kind,
+            ObjectKind::Tmpfs | ObjectKind::Memfd | ObjectKind::Sysv | ObjectKind::SharedAnon
+        );
+        let own = if shmem_backed { shmem } else { file };
+        if c.rss == 0 || c.anonymous == 0 {
+            *own += c.pss;
+        } else if c.anonymous >= c.rss {
+            *anon += c.pss;
+        } else if c.pss == c.rss {
+            *anon += c.anonymous;
+            *own += c.pss - c.anonymous;
+        } else if let Some(pss_dirty) = c.pss_dirty
+            && c.anonymous == c.private_dirty.saturating_add(c.shared_dirty)
+        {
+            // A file's private mapping: its pages are the file's (clean: a write copies the
+            // page) or anonymous copies (dirty). As many dirty bytes as anonymous ones: the
+            // anonymous pages' PSS is `Pss_Dirty`.
+            *anon += pss_dirty;
+            *own += c.pss.saturating_sub(pss_dirty);
+        } else {
+            self.split = None;
+        }
+    }
+
+    fn finish(mut self) -> Option<MemCounters> {
+        let (anon, file, shmem) = self.split?;
+        self.sum.pss_anon = Some(anon);
+        self.sum.pss_file = Some(file);
+        self.sum.pss_shmem = Some(shmem);
+        Some(self.sum)
+    }
+}
+
+/// [`fold_process`], and the process's `smaps_rollup` derived from the same text where that is
+/// exact (see [`RollupSum`]; `None` otherwise, or for a process without mappings).
+pub fn fold_process_rollup(
+    text: &[u8],
+    tmpfs_devs: &HashSet<Dev>,
+) -> Result<(Vec<ProcessObject>, Option<MemCounters>), crate::procfs::ParseError> {
     let mut index: HashMap<ObjectKey, usize> = HashMap::new();
     let mut objects: Vec<ProcessObject> = Vec::new();
-    parse_smaps(text, |m| {
+    let mut rollup = RollupSum {
+        sum: MemCounters::default(),
+        split: Some((0, 0, 0)),
+    };
+    let n = parse_smaps(text, |m| {
         let (key, label, deleted) = classify(&m, tmpfs_devs);
+        rollup.add(&m, key.kind());
         let mem = ObjectMemory::from_counters(&m.counters);
         let hugetlb = m.is_hugetlb();
         match index.get(&key) {
@@ -37,6 +112,7 @@ pub fn fold_process(
                     memory: mem,
                     mappings: 1,
                     mapped_bytes: m.size(),
+                    derived: false,
                 });
             }
         }
@@ -44,7 +120,7 @@ pub fn fold_process(
     // Kept per process until its next read: without the doubling's spare capacity (about a third
     // of the smaps collector's heap at 3000 processes, measured with heaptrack).
     objects.shrink_to_fit();
-    Ok(objects)
+    Ok((objects, if n == 0 { None } else { rollup.finish() }))
 }
 
 /// Folds per-process objects into shared objects, largest first (PSS plus hugetlb); consumers
@@ -62,6 +138,7 @@ pub fn fold_shared<'a>(procs: impl IntoIterator<Item = &'a ProcessObjects>) -> V
                 pss_bytes: o.memory.pss_bytes,
                 rss_bytes: o.memory.rss_bytes,
                 hugetlb_bytes: o.memory.hugetlb_bytes(),
+                derived: o.derived,
             };
             match index.get(&o.key) {
                 Some(&i) => {
@@ -71,6 +148,7 @@ pub fn fold_shared<'a>(procs: impl IntoIterator<Item = &'a ProcessObjects>) -> V
                     max_shared_hugetlb[i] =
                         max_shared_hugetlb[i].max(o.memory.shared_hugetlb_bytes);
                     s.mappers += 1;
+                    s.derived_mappers += u32::from(o.derived);
                     s.mappings += o.mappings;
                     s.consumers.push(consumer);
                 }
@@ -85,6 +163,7 @@ pub fn fold_shared<'a>(procs: impl IntoIterator<Item = &'a ProcessObjects>) -> V
                         hugetlb_bytes: 0,
                         memory: o.memory,
                         mappers: 1,
+                        derived_mappers: u32::from(o.derived),
                         mappings: o.mappings,
                         consumers: vec![consumer],
                     });
@@ -167,9 +246,89 @@ Shared_Clean:          4 kB
             name: Name::from(name),
             objects: fold_process(text.as_bytes(), &devs()).expect("parses"),
             read_at: Instant::now(),
+            read_ticks: 0,
+            read_run: 0,
             smaps_bytes: text.len() as u64,
             reads: 1,
         }
+    }
+
+    #[test]
+    fn the_rollup_derived_from_smaps_is_the_kernels() {
+        // Pids 43 and 44 slept while captured: smaps and smaps_rollup agree.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/proc");
+        for pid in [43, 44] {
+            let text = std::fs::read(dir.join(format!("{pid}/smaps"))).expect("smaps");
+            let want = crate::procfs::smaps_rollup::parse_smaps_rollup(
+                &std::fs::read(dir.join(format!("{pid}/smaps_rollup"))).expect("rollup"),
+            )
+            .expect("parses")
+            .expect("has mm");
+            let mappings = text
+                .split(|&b| b == b'\n')
+                .filter(|l| l.contains(&b'-') && l.first().is_some_and(u8::is_ascii_hexdigit))
+                .count() as u64;
+            let (_, got) = fold_process_rollup(&text, &devs()).expect("parses");
+            let got = got.expect("an exact split");
+            // Page counts are exact; PSS figures are rounded down to a kB per mapping.
+            let slack = mappings * 1024;
+            let pss_close = |a: Option<u64>, b: Option<u64>| {
+                let (a, b) = (a.unwrap_or(0), b.unwrap_or(0));
+                b >= a && b - a <= slack
+            };
+            assert_eq!(
+                (got.rss, got.uss(), got.anonymous, got.swap, got.hugetlb()),
+                (
+                    want.rss,
+                    want.uss(),
+                    want.anonymous,
+                    want.swap,
+                    want.hugetlb()
+                ),
+                "pid {pid}"
+            );
+            assert!(
+                pss_close(Some(got.pss), Some(want.pss)),
+                "pid {pid}: {} vs {}",
+                got.pss,
+                want.pss
+            );
+            for (name, a, b) in [
+                ("anon", got.pss_anon, want.pss_anon),
+                ("file", got.pss_file, want.pss_file),
+                ("shmem", got.pss_shmem, want.pss_shmem),
+            ] {
+                assert!(pss_close(a, b), "pid {pid} pss_{name}: {a:?} vs {b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_shared_copy_on_write_mapping_has_no_exact_split() {
+        let text = "\
+7f0000000000-7f0000004000 rw-p 00000000 fe:01 77 /usr/lib/x.so
+Rss:                  16 kB
+Pss:                  10 kB
+Pss_Dirty:             8 kB
+Shared_Clean:          8 kB
+Private_Dirty:         8 kB
+Anonymous:            12 kB
+";
+        let (objects, rollup) = fold_process_rollup(text.as_bytes(), &devs()).expect("parses");
+        assert_eq!(objects.len(), 1);
+        assert_eq!(rollup, None, "which pages are the 10 kB of PSS is unknown");
+        // Every anonymous page dirty, every file page clean: the anonymous PSS is Pss_Dirty.
+        let dirty = text.replace("Anonymous:            12 kB", "Anonymous:             8 kB");
+        let (_, rollup) = fold_process_rollup(dirty.as_bytes(), &devs()).expect("parses");
+        let r = rollup.expect("split by dirtiness");
+        assert_eq!((r.pss_anon, r.pss_file), (Some(8 << 10), Some(2 << 10)));
+        let own = text.replace("Pss:                  10 kB", "Pss:                  16 kB");
+        let (_, rollup) = fold_process_rollup(own.as_bytes(), &devs()).expect("parses");
+        let r = rollup.expect("every page its own");
+        assert_eq!(
+            (r.pss_anon, r.pss_file, r.pss_shmem),
+            (Some(12 << 10), Some(4 << 10), Some(0))
+        );
     }
 
     #[test]

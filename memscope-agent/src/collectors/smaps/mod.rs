@@ -29,10 +29,11 @@ use serde::Deserialize;
 use super::{BuildCtx, CollectCtx, CollectError, Collector, CollectorDef, Observation};
 use crate::{
     config::{ByteSize, Interval, Positive},
-    ladder::{Ladder, Reason, TierPolicy, TierStats},
+    ladder::{Ladder, TierPolicy, TierStats},
     proc_events::{Scope, Subscription},
     procfs::{
-        Dev, FileClass, ProcError, ProcFs, mountinfo::SharedNamespaces, page_size, stat::parse_stat,
+        Dev, FileClass, ProcError, ProcFs, counters::MemCounters, mountinfo::SharedNamespaces,
+        page_size, stat::parse_stat,
     },
 };
 
@@ -40,14 +41,16 @@ mod classify;
 mod fold;
 mod object;
 mod records;
+pub mod sharing;
 
 pub use classify::{classify, tmpfs_devices};
-pub use fold::{fold_process, fold_shared};
+pub use fold::{fold_process, fold_process_rollup, fold_shared};
 pub use object::{
     Consumer, ObjectKey, ObjectKind, ObjectMemory, ProcessObject, ProcessObjects, SharedObject,
 };
 pub(crate) use records::{ObjectBody, OtherBody};
 pub use records::{ObjectsObservation, Sharing};
+use sharing::{Change, Other};
 
 /// The `smaps` collector.
 pub struct Smaps;
@@ -73,8 +76,8 @@ pub struct SmapsConfig {
     pub min_object_pss: ByteSize,
     /// Consumers (processes) listed per object, largest PSS first.
     pub top_consumers: Positive,
-    /// Re-read a process's `smaps` when its resident + shared memory moved by this much, or when a
-    /// file object it maps gained or lost a mapper and that moves each share by this much.
+    /// Re-read a process's `smaps` when its resident + shared memory moved by this much. (A mapper
+    /// joining or leaving an object it maps is not a reason: its share is derived by arithmetic.)
     pub min_change: ByteSize,
     pub max_staleness: Interval,
     pub budget: Interval,
@@ -111,7 +114,6 @@ pub struct SmapsCollector {
     /// Objects with a row of their own in the last run.
     own_rows: HashSet<ObjectKey>,
     top_consumers: usize,
-    min_change: u64,
     budget: Duration,
     ladder: Ladder,
     stats: TierStats,
@@ -121,6 +123,8 @@ pub struct SmapsCollector {
     namespaces: SharedNamespaces,
     /// Processes whose last smaps read was denied.
     denied: HashSet<u32>,
+    /// Runs so far (the current one while it goes).
+    runs: u64,
     buf: Vec<u8>,
 }
 
@@ -131,7 +135,6 @@ impl SmapsCollector {
             min_object_pss: config.min_object_pss.0,
             own_rows: HashSet::new(),
             top_consumers: config.top_consumers.0 as usize,
-            min_change: config.min_change.0,
             budget: config.budget.get(),
             ladder: Ladder::new(
                 TierPolicy {
@@ -149,6 +152,7 @@ impl SmapsCollector {
                 crate::config::AgentConfig::default().max_mount_namespaces,
             ),
             denied: HashSet::new(),
+            runs: 0,
             buf: Vec::with_capacity(1 << 20),
         }
     }
@@ -164,13 +168,13 @@ impl SmapsCollector {
         self
     }
 
-    /// Reads one process's smaps into its objects.
+    /// Reads one process's smaps into its objects, and its rollup where that derives exactly.
     fn read_process(
         &mut self,
         procfs: &ProcFs,
         pid: u32,
         tmpfs_devs: &HashSet<Dev>,
-    ) -> Result<ProcessObjects, ProcError> {
+    ) -> Result<(ProcessObjects, Option<MemCounters>), ProcError> {
         let stat = procfs.read_parsed(
             &procfs.pid_path(pid, "stat"),
             FileClass::OTHER,
@@ -179,44 +183,193 @@ impl SmapsCollector {
         )?;
         let path = procfs.pid_path(pid, "smaps");
         procfs.read_into(&path, FileClass::SMAPS, &mut self.buf)?;
-        let objects = fold_process(&self.buf, tmpfs_devs)
+        let (objects, rollup) = fold_process_rollup(&self.buf, tmpfs_devs)
             .map_err(|source| ProcError::Parse { path, source })?;
-        Ok(ProcessObjects {
+        let p = ProcessObjects {
             pid,
             start_ticks: stat.starttime_ticks,
             name: stat.comm,
             objects,
             read_at: Instant::now(),
+            read_ticks: boot_ticks(),
+            read_run: self.runs,
             smaps_bytes: self.buf.len() as u64,
             reads: 1,
-        })
+        };
+        Ok((p, rollup))
     }
 
     /// How many times `pid`'s smaps was read (since it was first seen); `None` if not tracked.
     pub fn reads_of(&self, pid: u32) -> Option<u64> {
         self.cache.get(&pid).map(|p| p.reads)
     }
-
-    /// Whether a change of `object`'s mapper set moves the other mappers' numbers enough to re-read
-    /// them: always for shared memory objects (memfd, tmpfs, SysV, shared anonymous), for a file when
-    /// each mapper's share moves by at least `min_change` (PSS / (m·(m+1)) for m mappers).
-    fn mapper_change_matters(&self, object: &SharedObject) -> bool {
-        match object.key.kind() {
-            ObjectKind::Memfd | ObjectKind::Tmpfs | ObjectKind::Sysv | ObjectKind::SharedAnon => {
-                true
-            }
-            ObjectKind::File => {
-                let m = u64::from(object.mappers.max(1));
-                object.memory.pss_bytes / (m * (m + 1)) >= self.min_change.max(1)
-            }
-            _ => false,
-        }
-    }
 }
 
 /// Keys of objects that processes share (private kinds never change anyone else's numbers).
 fn shareable(key: &ObjectKey) -> bool {
     matches!(key, ObjectKey::Inode { .. } | ObjectKey::Sysv { .. })
+}
+
+/// Now, in clock ticks since boot (`CLOCK_BOOTTIME`, the clock of `stat`'s start time).
+fn boot_ticks() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    let ns =
+        u128::from(t.tv_sec.unsigned_abs()) * 1_000_000_000 + u128::from(t.tv_nsec.unsigned_abs());
+    let hz = u128::from(rustix::param::clock_ticks_per_second());
+    u64::try_from(ns * hz / 1_000_000_000).unwrap_or(u64::MAX)
+}
+
+/// One object's mapper-set change, waiting to be applied to the other mappers' figures.
+#[derive(Debug)]
+struct Pending {
+    key: ObjectKey,
+    change: Change,
+    /// The mover (left out of the others) and its figures of the object.
+    pid: u32,
+    memory: ObjectMemory,
+    /// Which others' figures predate the change.
+    before: Before,
+}
+
+/// Which other mappers' figures predate a change (and are updated by it).
+#[derive(Debug, Clone, Copy)]
+enum Before {
+    /// Every other not read in this run (an exit: the others read this run already show it).
+    Now,
+    /// Those read in this collector run or an earlier one (the mover's previous read: what it
+    /// mapped or unmapped since happened after that run, as far as the others can tell).
+    Run(u64),
+    /// Those read at or before this moment, in clock ticks since boot (a process's start).
+    Ticks(u64),
+}
+
+impl Before {
+    fn includes(self, p: &ProcessObjects) -> bool {
+        match self {
+            Before::Now => true,
+            Before::Run(run) => p.read_run <= run,
+            Before::Ticks(t) => p.read_ticks <= t,
+        }
+    }
+}
+
+impl Pending {
+    /// Every shared object of `p` joined or left.
+    fn all(
+        p: &ProcessObjects,
+        change: Change,
+        before: Before,
+    ) -> impl Iterator<Item = Pending> + '_ {
+        p.objects
+            .iter()
+            .filter(|o| shareable(&o.key))
+            .map(move |o| Pending {
+                key: o.key.clone(),
+                change,
+                pid: p.pid,
+                memory: o.memory,
+                before,
+            })
+    }
+
+    /// The shared objects `new` (a re-read) gained or lost against `old` (the same process's last
+    /// read): changes made after `old` was read.
+    fn diff(old: &ProcessObjects, new: &ProcessObjects) -> Vec<Pending> {
+        let keys = |p: &ProcessObjects| -> HashSet<ObjectKey> {
+            p.objects
+                .iter()
+                .filter(|o| shareable(&o.key))
+                .map(|o| o.key.clone())
+                .collect()
+        };
+        let (was, is) = (keys(old), keys(new));
+        let mut out = Vec::new();
+        for (p, change, other) in [(old, Change::Leave, &is), (new, Change::Join, &was)] {
+            out.extend(
+                Pending::all(p, change, Before::Run(old.read_run))
+                    .filter(|c| !other.contains(&c.key)),
+            );
+        }
+        out
+    }
+}
+
+/// Applies `pending` to the other mappers' figures in `cache` (see [`sharing`]): an other is
+/// updated when it was not read this run (`reread`) and its read predates the change. Returns how
+/// many figures were derived.
+fn apply_changes(
+    cache: &mut HashMap<u32, ProcessObjects>,
+    pending: &[Pending],
+    reread: &HashSet<u32>,
+) -> u32 {
+    if pending.is_empty() {
+        return 0;
+    }
+    // Every mapper of a changed object, found once: (pid, the object's index in its objects).
+    let keys: HashSet<&ObjectKey> = pending.iter().map(|c| &c.key).collect();
+    let mut mappers: HashMap<ObjectKey, Vec<(u32, usize)>> = HashMap::new();
+    for p in cache.values() {
+        for (i, o) in p.objects.iter().enumerate() {
+            if keys.contains(&o.key) {
+                mappers.entry(o.key.clone()).or_default().push((p.pid, i));
+            }
+        }
+    }
+    for list in mappers.values_mut() {
+        list.sort_unstable();
+    }
+    // Per object, the earliest read among mappers not read this run: a change no such read
+    // predates updates no one (at start-up every process is new: nothing to do, cheaply).
+    let earliest: HashMap<&ObjectKey, (u64, u64)> = mappers
+        .iter()
+        .filter_map(|(key, list)| {
+            list.iter()
+                .filter(|(pid, _)| !reread.contains(pid))
+                .filter_map(|(pid, _)| cache.get(pid))
+                .map(|p| (p.read_run, p.read_ticks))
+                .reduce(|a, b| (a.0.min(b.0), a.1.min(b.1)))
+                .map(|e| (key, e))
+        })
+        .collect();
+    let mut derived = 0;
+    let mut others: Vec<Other> = Vec::new();
+    for c in pending {
+        let (Some(list), Some(&(run, ticks))) = (mappers.get(&c.key), earliest.get(&c.key)) else {
+            continue;
+        };
+        let predates = match c.before {
+            Before::Now => true,
+            Before::Run(r) => run <= r,
+            Before::Ticks(t) => ticks <= t,
+        };
+        if !predates {
+            continue;
+        }
+        let list: Vec<(u32, usize)> = list.iter().copied().filter(|(p, _)| *p != c.pid).collect();
+        others.clear();
+        others.extend(list.iter().filter_map(|(pid, i)| {
+            let p = cache.get(pid)?;
+            Some(Other {
+                memory: p.objects.get(*i)?.memory,
+                eligible: !reread.contains(pid) && c.before.includes(p),
+            })
+        }));
+        if others.len() != list.len() || !others.iter().any(|o| o.eligible) {
+            continue;
+        }
+        for ((pid, i), new) in list
+            .iter()
+            .zip(sharing::shift(c.change, &c.memory, &others))
+        {
+            let Some(new) = new else { continue };
+            if let Some(o) = cache.get_mut(pid).and_then(|p| p.objects.get_mut(*i)) {
+                o.memory = new;
+                o.derived = true;
+                derived += 1;
+            }
+        }
+    }
+    derived
 }
 
 impl Collector for SmapsCollector {
@@ -228,13 +381,22 @@ impl Collector for SmapsCollector {
         true
     }
 
+    fn gives_rollups(&self) -> bool {
+        true
+    }
+
     fn collect(
         &mut self,
         ctx: &CollectCtx<'_>,
     ) -> Result<Option<Box<dyn Observation>>, CollectError> {
         let start = Instant::now();
-        let (tmpfs_devs, skipped) = tmpfs_devices(ctx.procfs, &self.namespaces, &mut self.buf)?;
+        self.runs += 1;
         let pass = ctx.statm_pass(&mut self.buf)?;
+        // Whatever happens below (an error, a panic), the rollup tier does not wait in vain.
+        let exchange = &pass.exchange;
+        let _finish = exchange.finish_on_drop();
+        let (tmpfs_devs, skipped, every_mount) =
+            classify::tmpfs_devices_seen(ctx.procfs, &self.namespaces, &mut self.buf)?;
         let mut obs = ObjectsObservation {
             min_object_pss: self.min_object_pss,
             top_consumers: self.top_consumers,
@@ -245,14 +407,15 @@ impl Collector for SmapsCollector {
         // Tier 1: the tracker's events, then statm of every process.
         self.ladder.set_layout_tracked(self.events.layout_tracked());
         let tier1 = self.ladder.run_tier1(&pass, &self.events.take(), start);
-        // Objects whose mapper set changed: those of exited processes (and of pids now someone
-        // else's), and below those gained or lost by re-read processes.
-        let mut changed: HashSet<ObjectKey> = HashSet::new();
+        // Mapper-set changes seen this run, applied by arithmetic after the reads: the objects of
+        // exited processes (and of pids now someone else's) lost a mapper, and below, objects a
+        // re-read process gained or lost.
+        let mut pending: Vec<Pending> = Vec::new();
         let forgotten: HashSet<u32> = tier1.forgotten.iter().copied().collect();
         self.cache.retain(|pid, p| {
             let keep = tier1.live.contains(pid) && !forgotten.contains(pid);
             if !keep {
-                changed.extend(p.objects.iter().map(|o| o.key.clone()).filter(shareable));
+                pending.extend(Pending::all(p, Change::Leave, Before::Now));
             }
             keep
         });
@@ -260,47 +423,72 @@ impl Collector for SmapsCollector {
         // Tier 3: smaps where the ladder says so, within the budget.
         let mut carried = 0;
         let mut reread: HashSet<u32> = HashSet::new();
-        for (pid, reason) in self.ladder.due() {
+        // The rollups derived on the way go to the rollup tier of this tick (one page walk for
+        // both); not when a mount namespace or table line went unread (a tmpfs mount could be
+        // missing, and its pages pass for a file's).
+        let due = self.ladder.due();
+        exchange.plan(due.iter().map(|(pid, _)| *pid));
+        let share_rollups = every_mount;
+        for (pid, reason) in due {
             if !ctx.unbounded && start.elapsed() >= self.budget {
                 carried += 1;
                 continue;
             }
-            match self.read_process(ctx.procfs, pid, &tmpfs_devs) {
+            let read = self.read_process(ctx.procfs, pid, &tmpfs_devs);
+            exchange.leave(
+                pid,
+                match &read {
+                    Ok((p, Some(rollup))) if share_rollups => Some((p.start_ticks, *rollup)),
+                    _ => None,
+                },
+            );
+            match read.map(|(p, _)| p) {
                 Ok(mut p) => {
-                    if let Some(old) = self.cache.get(&pid)
-                        && old.start_ticks == p.start_ticks
-                    {
-                        p.reads += old.reads;
+                    match self.cache.get(&pid) {
+                        // The same process: what it mapped or unmapped since its last read, which
+                        // the others read before that read do not show.
+                        Some(old) if old.start_ticks == p.start_ticks => {
+                            p.reads += old.reads;
+                            pending.extend(Pending::diff(old, &p));
+                        }
+                        // Another process had the pid: it left everything.
+                        Some(old) => {
+                            pending.extend(Pending::all(old, Change::Leave, Before::Now));
+                            pending.extend(Pending::all(
+                                &p,
+                                Change::Join,
+                                Before::Ticks(p.start_ticks),
+                            ));
+                        }
+                        // First read: what it maps is new only to the others read before it
+                        // started (a fork child). Processes that were there when the others were
+                        // read (a start-up carried over by the budget) are already in their figures.
+                        None => pending.extend(Pending::all(
+                            &p,
+                            Change::Join,
+                            Before::Ticks(p.start_ticks),
+                        )),
                     }
                     obs.processes_read += 1;
                     self.denied.remove(&pid);
                     self.stats.count(reason);
                     self.ladder.done(pid, Instant::now());
                     reread.insert(pid);
-                    // Against the previous read (of this process, or of the one that had its pid).
-                    let old: HashSet<&ObjectKey> = self
-                        .cache
-                        .get(&pid)
-                        .map(|old| old.objects.iter().map(|o| &o.key).collect())
-                        .unwrap_or_default();
-                    let new: HashSet<&ObjectKey> = p.objects.iter().map(|o| &o.key).collect();
-                    changed.extend(
-                        old.symmetric_difference(&new)
-                            .filter(|k| shareable(k))
-                            .map(|k| (*k).clone()),
-                    );
                     self.cache.insert(pid, p);
                 }
                 Err(e) => {
                     self.ladder.done(pid, Instant::now());
-                    if let Some(old) = self.cache.remove(&pid) {
-                        changed.extend(old.objects.into_iter().map(|o| o.key).filter(shareable));
-                    }
+                    let old = self.cache.remove(&pid);
                     if e.is_gone() {
+                        if let Some(old) = old {
+                            pending.extend(Pending::all(&old, Change::Leave, Before::Now));
+                        }
                         obs.vanished += 1;
                         self.denied.remove(&pid);
                         self.ladder.forget(pid);
                     } else if e.is_denied() {
+                        // Still mapping what it mapped: its objects are missing from the records,
+                        // but the others' shares are unchanged.
                         obs.inaccessible += 1;
                         self.denied.insert(pid);
                     } else {
@@ -310,6 +498,7 @@ impl Collector for SmapsCollector {
                 }
             }
         }
+        obs.derived_shares = apply_changes(&mut self.cache, &pending, &reread);
         obs.processes_reused = self.cache.len().saturating_sub(reread.len()) as u32;
         self.denied
             .retain(|pid| tier1.live.contains(pid) && !forgotten.contains(pid));
@@ -329,23 +518,7 @@ impl Collector for SmapsCollector {
             .collect();
         obs.own_rows = Some(self.own_rows.clone());
 
-        // The other mappers of objects that gained or lost a mapper are due next run.
         let now = Instant::now();
-        let mut marks = Vec::new();
-        for o in obs.objects.iter().filter(|o| changed.contains(&o.key)) {
-            if self.mapper_change_matters(o) {
-                marks.extend(
-                    o.consumers
-                        .iter()
-                        .map(|c| c.pid)
-                        .filter(|p| !reread.contains(p)),
-                );
-            }
-        }
-        for pid in marks {
-            self.ladder.mark(pid, Reason::SharedChange, now);
-        }
-
         self.ladder.set_run_length(start.elapsed());
         self.stats.finish_run(&self.ladder, carried, now);
         obs.tier = self.stats.clone();
@@ -401,5 +574,153 @@ mod tests {
         assert!(run(600), "dipping below the floor keeps the row");
         assert!(!run(400), "below half the floor: folded again");
         assert!(!run(900), "and needs the full floor to come back");
+    }
+
+    /// One run of `c` over `procfs`, as `--once` runs it.
+    fn collect_once(c: &mut SmapsCollector, procfs: &ProcFs) -> ObjectsObservation {
+        crate::collectors::observed::<ObjectsObservation>(
+            c.collect(&crate::collectors::CollectCtx::once(procfs)),
+        )
+        .unwrap_or_else(|e| panic!("unexpected: {e}"))
+    }
+
+    /// A /proc tree where each of `pids` maps the same 3 MiB memfd, every page shared by all.
+    fn memfd_sharers(root: &std::path::Path, pids: &[u32]) {
+        std::fs::create_dir_all(root.join("self")).expect("mkdir");
+        std::fs::write(root.join("self/mountinfo"), "").expect("mountinfo");
+        let n = pids.len() as u64;
+        for pid in pids {
+            let dir = root.join(pid.to_string());
+            std::fs::create_dir_all(&dir).expect("mkdir");
+            std::fs::write(
+                dir.join("stat"),
+                format!("{pid} (w) S 1 {pid} {pid} 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 5 0 0\n"),
+            )
+            .expect("stat");
+            std::fs::write(dir.join("statm"), "1000 768 768 0 0 0 0\n").expect("statm");
+            std::fs::write(
+                dir.join("smaps"),
+                format!(
+                    "7f0000000000-7f0000300000 rw-s 00000000 00:01 77 /memfd:ring (deleted)\n\
+                     Rss: 3072 kB\nPss: {} kB\nShared_Dirty: 3072 kB\n",
+                    3072 / n
+                ),
+            )
+            .expect("smaps");
+        }
+    }
+
+    #[test]
+    fn an_exit_derives_the_others_shares_without_reading_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        memfd_sharers(dir.path(), &[10, 11, 12]);
+        let procfs = ProcFs::new(dir.path());
+        let mut c = SmapsCollector::new(&SmapsConfig::default(), Subscription::detached());
+        let mut run = || collect_once(&mut c, &procfs);
+        let first = run();
+        assert_eq!(first.processes_read, 3);
+        assert_eq!(first.derived_shares, 0);
+
+        std::fs::remove_dir_all(dir.path().join("12")).expect("exit");
+        let obs = run();
+        assert_eq!(obs.processes_read, 0, "no one is re-read");
+        assert_eq!(obs.derived_shares, 2);
+        let memfd = obs.of_kind(ObjectKind::Memfd).next().expect("memfd");
+        assert_eq!(memfd.mappers, 2);
+        assert_eq!(memfd.derived_mappers, 2);
+        assert_eq!(
+            memfd.memory.pss_bytes,
+            3 << 20,
+            "the total is the object's size"
+        );
+        for consumer in &memfd.consumers {
+            assert_eq!(
+                consumer.pss_bytes,
+                1536 << 10,
+                "half each, as smaps would say"
+            );
+            assert!(consumer.derived);
+        }
+        let mut recs = Vec::new();
+        obs.records(&mut recs);
+        let body = &recs
+            .iter()
+            .find(|r| r.key == "memfd:0:1:77")
+            .expect("record")
+            .body;
+        assert!(body.contains("\"derived_mappers\":2"), "{body}");
+        assert!(body.contains("\"derived\":true"), "{body}");
+    }
+
+    #[test]
+    fn processes_carried_over_at_start_up_change_no_one() {
+        // The budget left 11 for the next run; it was mapping the memfd all along (it started
+        // before the others were read), so their figures already show it.
+        let dir = tempfile::tempdir().expect("tempdir");
+        memfd_sharers(dir.path(), &[10, 11]);
+        let procfs = ProcFs::new(dir.path());
+        let mut c = SmapsCollector::new(&SmapsConfig::default(), Subscription::detached());
+        let ctx = crate::collectors::CollectCtx::once(&procfs);
+        let pass = ctx.statm_pass(&mut Vec::new()).expect("pass");
+        let tier1 = c.ladder.run_tier1(&pass, &[], Instant::now());
+        assert!(tier1.live.contains(&11));
+        let (p, _) = c
+            .read_process(&procfs, 10, &HashSet::new())
+            .expect("read 10");
+        c.ladder.done(10, Instant::now());
+        c.cache.insert(10, p);
+        let obs = crate::collectors::observed::<ObjectsObservation>(c.collect(&ctx))
+            .unwrap_or_else(|e| panic!("unexpected: {e}"));
+        assert_eq!(obs.processes_read, 1, "11, as new");
+        assert_eq!(obs.derived_shares, 0, "10's figures stand");
+        let memfd = obs.of_kind(ObjectKind::Memfd).next().expect("memfd");
+        assert_eq!(memfd.memory.pss_bytes, 3 << 20);
+    }
+
+    #[test]
+    fn an_unmapping_and_a_fork_derive_the_others_shares() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        memfd_sharers(dir.path(), &[10, 11, 12]);
+        let procfs = ProcFs::new(dir.path());
+        let mut c = SmapsCollector::new(&SmapsConfig::default(), Subscription::detached());
+        let mut run = || collect_once(&mut c, &procfs);
+        run();
+        // 12 unmaps the memfd (its layout changes): re-read, and 10 and 11 share it two ways.
+        let twelve = dir.path().join("12");
+        std::fs::write(twelve.join("statm"), "900 0 0 0 0 0 0\n").expect("statm");
+        std::fs::write(twelve.join("smaps"), "").expect("smaps");
+        let obs = run();
+        assert_eq!(obs.processes_read, 1);
+        let memfd = obs.of_kind(ObjectKind::Memfd).next().expect("memfd");
+        assert_eq!(memfd.mappers, 2);
+        assert!(
+            memfd
+                .consumers
+                .iter()
+                .all(|c| c.pss_bytes == 1536 << 10 && c.derived)
+        );
+
+        // A fork child of 10 (started after the others were read) maps it too: three ways again.
+        memfd_sharers(dir.path(), &[13]);
+        let stat = format!(
+            "13 (w) S 10 13 13 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {} 0 0\n",
+            boot_ticks() + 1
+        );
+        std::fs::write(dir.path().join("13/stat"), stat).expect("stat");
+        std::fs::write(
+            dir.path().join("13/smaps"),
+            "7f0000000000-7f0000300000 rw-s 00000000 00:01 77 /memfd:ring (deleted)\n\
+             Rss: 3072 kB\nPss: 1024 kB\nShared_Dirty: 3072 kB\n",
+        )
+        .expect("smaps");
+        let obs = run();
+        assert_eq!(obs.processes_read, 1, "only the child is read");
+        let memfd = obs.of_kind(ObjectKind::Memfd).next().expect("memfd");
+        assert_eq!(memfd.mappers, 3);
+        assert_eq!(memfd.memory.pss_bytes, 3 << 20);
+        for c in &memfd.consumers {
+            assert_eq!(c.pss_bytes, 1 << 20, "pid {}", c.pid);
+            assert_eq!(c.derived, c.pid != 13, "pid {}", c.pid);
+        }
     }
 }

@@ -157,6 +157,9 @@ pub struct ProcessObject {
     pub mappings: u32,
     /// Virtual size of those mappings.
     pub mapped_bytes: u64,
+    /// `memory` was updated by arithmetic after another mapper joined or left
+    /// ([`super::sharing`]), not read; the next read of this process makes it exact again.
+    pub derived: bool,
 }
 
 /// One process's view, kept between runs.
@@ -168,6 +171,11 @@ pub struct ProcessObjects {
     pub objects: Vec<ProcessObject>,
     /// When this process's smaps was last read.
     pub read_at: Instant,
+    /// The same moment in clock ticks since boot (the unit of `start_ticks`): a process started
+    /// after it did not map anything this read saw.
+    pub read_ticks: u64,
+    /// The smaps collector's run that read it.
+    pub read_run: u64,
     /// Bytes of that read.
     pub smaps_bytes: u64,
     /// How many times this process's smaps has been read.
@@ -183,6 +191,10 @@ pub struct Consumer {
     pub rss_bytes: u64,
     /// Hugetlb pages this process maps of the object (not in its PSS or RSS).
     pub hugetlb_bytes: u64,
+    /// Its PSS of the object is derived: updated by arithmetic after another mapper joined or left
+    /// since this process's `smaps` was read, not read itself (absent: read).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub derived: bool,
 }
 
 impl Consumer {
@@ -207,6 +219,8 @@ pub struct SharedObject {
     pub memory: ObjectMemory,
     /// Processes mapping it.
     pub mappers: u32,
+    /// Mappers whose figures of it are derived (see [`Consumer::derived`]).
+    pub derived_mappers: u32,
     pub mappings: u32,
     /// Every mapper with its share, largest first (records show the top few).
     pub consumers: Vec<Consumer>,

@@ -44,6 +44,10 @@ pub struct Sharing<'a> {
     #[serde(flatten)]
     pub memory: &'a ObjectMemory,
     pub mappers: u32,
+    /// Mappers whose figures of the object are derived by arithmetic after another mapper joined
+    /// or left, not read (absent: none); each is flagged in `top`.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub derived_mappers: u32,
     pub mappings: u32,
     pub top: &'a [Consumer],
     /// The cgroups of the mappers, largest PSS first (object records, when processes know their
@@ -60,11 +64,16 @@ impl SharedObject {
             hugetlb_bytes: self.hugetlb_bytes,
             memory: &self.memory,
             mappers: self.mappers,
+            derived_mappers: self.derived_mappers,
             mappings: self.mappings,
             top: &self.consumers[..self.consumers.len().min(top_consumers)],
             top_cgroups: None,
         }
     }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The `other` row of one kind: objects below the PSS floor, folded.
@@ -93,6 +102,9 @@ pub struct ObjectsObservation {
     /// Processes whose smaps was read this run, and those reused from an earlier read.
     pub processes_read: u32,
     pub processes_reused: u32,
+    /// Per-process figures of objects derived by arithmetic this run (another mapper joined or
+    /// left; see [`super::sharing`]), instead of re-reading those processes.
+    pub derived_shares: u32,
     pub vanished: u32,
     /// Processes whose smaps was denied this run.
     pub inaccessible: u32,
