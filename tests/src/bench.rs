@@ -177,9 +177,6 @@ pub fn memhog_path() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// The anonymous region a `memhog worker` maps and touches on each SIGUSR1 unless told otherwise.
-pub const WORKER_REGION_BYTES: usize = 256 << 10;
-
 /// A pool of `memhog worker` processes; killed and reaped on drop.
 pub struct Workers {
     children: Vec<Child>,
@@ -194,7 +191,6 @@ impl Workers {
         memhog: &Path,
         n: usize,
         bytes: usize,
-        region: usize,
         shared: Option<&Path>,
     ) -> anyhow::Result<Workers> {
         let mut w = Workers {
@@ -204,7 +200,7 @@ impl Workers {
         };
         for i in 0..n {
             let mut command = Command::new(memhog);
-            command.args(["worker", &bytes.to_string(), &region.to_string()]);
+            command.args(["worker", &bytes.to_string()]);
             if let Some(path) = shared {
                 command.arg(path);
             }
