@@ -225,6 +225,7 @@ pub async fn run(
 
 /// Starts the tracker the config asks for, with the time spent loading and attaching the eBPF
 /// programs (`None` when it was not tried). `--once` never loads eBPF: one pass reads everything.
+/// Nor does a `proc_root` whose pids are not the kernel's ([`crate::procfs::pidns`]).
 async fn start_tracker(
     agent: &AgentConfig,
     once: bool,
@@ -243,9 +244,21 @@ async fn start_tracker(
             None,
         ));
     }
+    // The kernel side names processes by their pids in the initial pid namespace: over any other
+    // tree (a fixture, a container's own /proc) its marks and exits would be other processes'.
+    let agent_tgid = match crate::procfs::pidns::ebpf_pids(&agent.proc_root) {
+        Ok(tgid) => tgid,
+        Err(reason) if mode == TrackerMode::Ebpf => {
+            anyhow::bail!("agent.tracker = \"ebpf\" but eBPF cannot be used: {reason}");
+        }
+        Err(reason) => {
+            warn!("eBPF tracker not used, running in polling mode: {reason}");
+            return Ok((polling(&reason), None));
+        }
+    };
     let opts = tracker::StartOptions {
         mount_tracefs: agent.mount_tracefs,
-        ..tracker::StartOptions::new(std::process::id())
+        ..tracker::StartOptions::new(agent_tgid)
     };
     let (tracker, load) = tokio::task::spawn_blocking(move || {
         let started = Instant::now();
