@@ -100,23 +100,12 @@ pub async fn run(
     let source = Arc::new(Mutex::new(tracker.source));
 
     let events = ProcEvents::default();
-    let registered = build_collectors(
-        &config,
-        &BuildCtx {
-            procfs: &procfs,
-            events: &events,
-            mount_namespaces: crate::procfs::mountinfo::SharedNamespaces::new(
-                config.agent.max_mount_namespaces,
-            ),
-        },
-    );
     let (tx, rx) = mpsc::channel::<StoreMsg>(64);
-    let scheduler = Scheduler::new(
-        registered
-            .into_iter()
-            .map(|r| (r.collector, ticks_for(r.interval, interval)))
-            .collect(),
-        procfs.clone(),
+    let scheduler = Scheduler::of_config(
+        &config,
+        &procfs,
+        &events,
+        |every| ticks_for(every, interval),
         (!once).then(|| collector_deadline(interval)),
         tx.clone(),
     );
@@ -391,6 +380,36 @@ impl Scheduler {
             deadline,
             tx,
         }
+    }
+
+    /// The collectors `config` enables, over `procfs`, each run every `ticks(its interval)` ticks.
+    pub fn of_config(
+        config: &Config,
+        procfs: &ProcFs,
+        events: &ProcEvents,
+        ticks: impl Fn(Duration) -> u64,
+        deadline: Option<Duration>,
+        tx: mpsc::Sender<StoreMsg>,
+    ) -> Scheduler {
+        let registered = build_collectors(
+            config,
+            &BuildCtx {
+                procfs,
+                events,
+                mount_namespaces: crate::procfs::mountinfo::SharedNamespaces::new(
+                    config.agent.max_mount_namespaces,
+                ),
+            },
+        );
+        Scheduler::new(
+            registered
+                .into_iter()
+                .map(|r| (r.collector, ticks(r.interval)))
+                .collect(),
+            procfs.clone(),
+            deadline,
+            tx,
+        )
     }
 
     pub fn names(&self) -> Vec<&'static str> {
