@@ -551,3 +551,32 @@ fn report_writes_html_from_a_recorded_once_stream() {
     let out = run(agent().arg("report").arg(&stream).args(["--at", "7"]));
     assert_eq!(out.status.code(), Some(1), "no emission with seq 7");
 }
+
+/// With `tracker = "ebpf"` the agent refuses a tree whose pids are not the kernel's (eBPF names
+/// host pids), naming the tree; as root too. `signals.rs` has the `auto` case.
+#[test]
+fn tracker_ebpf_over_a_fixture_tree_exits_naming_the_tree() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(
+        dir.path(),
+        "[agent]\ninterval = \"200ms\"\ntracker = \"ebpf\"\n",
+    );
+    let mut child = agent()
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--proc-root")
+        .arg(fixtures())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the agent");
+    let status = wait_or_kill(&mut child, std::time::Duration::from_secs(60));
+    let out = child.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("agent.tracker") && stderr.contains("not a proc filesystem"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "nothing emitted");
+}

@@ -392,38 +392,3 @@ fn over_a_fixture_tree_the_tracker_polls_and_says_why() {
     assert!(fallbacks[0].contains("not a proc filesystem"), "{stderr}");
     assert_eq!(count(&records, "exit"), 0, "no exit in a fixture stream");
 }
-
-/// With `tracker = "ebpf"` the agent refuses a tree whose pids are not the kernel's.
-#[test]
-fn tracker_ebpf_over_a_fixture_tree_exits_naming_the_tree() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = write_config(
-        dir.path(),
-        "[agent]\ninterval = \"200ms\"\ntracker = \"ebpf\"\n",
-    );
-    let mut child = agent()
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--proc-root")
-        .arg(fixtures())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn the agent");
-    let start = Instant::now();
-    while child.try_wait().expect("try_wait").is_none() {
-        if start.elapsed() > LIMIT {
-            let _ = child.kill();
-            panic!("the agent did not stop");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().expect("output");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("agent.tracker") && stderr.contains("not a proc filesystem"),
-        "{stderr}"
-    );
-    assert!(out.stdout.is_empty(), "nothing emitted");
-}
