@@ -43,7 +43,7 @@ struct Options {
 }
 
 const USAGE: &str = "usage: cargo xtask volume [--seconds N (120)] [--interval 10s] \
-[--workers N (0: the host as it is)] [--change-percent P (1)] [--worker-bytes BYTES (4194304)] [--pid-namespace]";
+[--workers N (0: the host as it is)] [--change-percent P (1)] [--worker-bytes BYTES (4194304)] [--pid-namespace] [--release (the default)]";
 
 /// Set in the environment of the run inside the PID namespace.
 const INNER: &str = "MEMSCOPE_VOLUME_IN_NAMESPACE";
@@ -62,6 +62,10 @@ fn parse(args: &[String]) -> Result<Options> {
     while let Some(a) = it.next() {
         if a == "--pid-namespace" {
             o.pid_namespace = true;
+            continue;
+        }
+        // The agent is always the release build (xtask builds it); older command lines say so.
+        if a == "--release" {
             continue;
         }
         let value = it.next().with_context(|| format!("{a} needs a value"))?;
