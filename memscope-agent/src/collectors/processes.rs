@@ -843,9 +843,13 @@ mod tree_tests {
     }
 
     fn collect_with(root: &Path, config: &ProcessesConfig) -> ProcessesObservation {
-        let procfs = ProcFs::new(root);
         let mut c = ProcessesCollector::new(config, Subscription::detached());
-        crate::collectors::observed::<ProcessesObservation>(c.collect(&CollectCtx::once(&procfs)))
+        collect_again(&mut c, &ProcFs::new(root))
+    }
+
+    /// One more run of `c`, as `--once` runs it.
+    fn collect_again(c: &mut ProcessesCollector, procfs: &ProcFs) -> ProcessesObservation {
+        crate::collectors::observed::<ProcessesObservation>(c.collect(&CollectCtx::once(procfs)))
             .unwrap_or_else(|e| panic!("unexpected: {e}"))
     }
 
@@ -989,14 +993,11 @@ mod tree_tests {
         let procfs = ProcFs::new(dir.path());
         let mut c = ProcessesCollector::new(&ProcessesConfig::default(), Subscription::detached());
         let mut run = || {
-            crate::collectors::observed::<ProcessesObservation>(
-                c.collect(&CollectCtx::once(&procfs)),
-            )
-            .unwrap_or_else(|e| panic!("unexpected: {e}"))
-            .processes
-            .into_iter()
-            .next()
-            .expect("44")
+            collect_again(&mut c, &procfs)
+                .processes
+                .into_iter()
+                .next()
+                .expect("44")
         };
         let p = run();
         let cgroup = p.cgroup.as_ref().map(|n| n.lossy().into_owned());
@@ -1176,12 +1177,7 @@ mod tree_tests {
         copy_pid(dir.path(), 44, 44, &[]);
         let procfs = ProcFs::new(dir.path());
         let mut c = ProcessesCollector::new(&ProcessesConfig::default(), Subscription::detached());
-        let mut run = || {
-            crate::collectors::observed::<ProcessesObservation>(
-                c.collect(&CollectCtx::once(&procfs)),
-            )
-            .unwrap_or_else(|e| panic!("unexpected: {e}"))
-        };
+        let mut run = || collect_again(&mut c, &procfs);
         let first = run();
         assert_eq!((first.generation, first.unchanged.len()), (1, 0));
         let second = run();

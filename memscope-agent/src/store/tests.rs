@@ -408,61 +408,50 @@ fn procs_run(
     Ok(Some(Box::new(obs)))
 }
 
+/// Applies run `generation` of the processes collector and emits.
+fn emit_run(
+    s: &mut Store,
+    generation: u64,
+    list: &[(u32, u64)],
+    unchanged: &[u32],
+) -> Vec<serde_json::Value> {
+    s.apply(
+        "processes",
+        Duration::ZERO,
+        procs_run(generation, list, unchanged),
+    );
+    emit(s)
+}
+
 #[test]
 fn records_the_same_as_last_emitted_are_not_built_again_between_keyframes() {
     let mut s = store(EmitMode::Changes, 4);
-    s.apply(
-        "processes",
-        Duration::ZERO,
-        procs_run(1, &[(1, 10), (2, 20)], &[]),
-    );
-    assert_eq!(
-        kinds(&emit(&mut s)),
-        ["snapshot", "process", "process", "agent"]
-    );
+    let both = ["snapshot", "process", "process", "agent"];
+    assert_eq!(kinds(&emit_run(&mut s, 1, &[(1, 10), (2, 20)], &[])), both);
     // Run 2 says pid 1 is unchanged, and it is: only pid 2 (moved) is built and sent.
-    s.apply(
-        "processes",
-        Duration::ZERO,
-        procs_run(2, &[(1, 10), (2, 20 + 2 * MIB)], &[1]),
-    );
-    let b = emit(&mut s);
+    let b = emit_run(&mut s, 2, &[(1, 10), (2, 20 + 2 * MIB)], &[1]);
     assert_eq!(kinds(&b), ["snapshot", "process", "agent"]);
     assert_eq!(b[1]["pid"], 2);
     assert_eq!(
         b[0]["entities"]["process"], 2,
-        "the unchanged one is still counted"
+        "the unchanged one is counted"
     );
     // The proof that pid 1 was not built: a run that wrongly calls a moved record unchanged
     // sends nothing for it (the collector's word is taken).
-    s.apply(
-        "processes",
-        Duration::ZERO,
-        procs_run(3, &[(1, 10 + 5 * MIB), (2, 20 + 2 * MIB)], &[1, 2]),
-    );
-    assert_eq!(kinds(&emit(&mut s)), ["snapshot", "agent"]);
+    let c = emit_run(&mut s, 3, &[(1, 10 + 5 * MIB), (2, 20 + 2 * MIB)], &[1, 2]);
+    assert_eq!(kinds(&c), ["snapshot", "agent"]);
     // No new run (late): the same observation again, nothing built, nothing gone.
     let d = emit(&mut s);
     assert_eq!(kinds(&d), ["snapshot", "agent"]);
     assert_eq!(d[0]["entities"]["process"], 2);
     // A keyframe builds everything whatever the run says.
-    s.apply(
-        "processes",
-        Duration::ZERO,
-        procs_run(4, &[(1, 10), (2, 20)], &[1, 2]),
-    );
     assert_eq!(
-        kinds(&emit(&mut s)),
-        ["snapshot", "process", "process", "agent"]
+        kinds(&emit_run(&mut s, 4, &[(1, 10), (2, 20)], &[1, 2])),
+        both
     );
     // A run that skips one (run 6 after run 4 was emitted): its flags are about run 5, which
     // was never emitted, so every record is built and compared.
-    s.apply(
-        "processes",
-        Duration::ZERO,
-        procs_run(6, &[(1, 10 + 5 * MIB), (2, 20)], &[1, 2]),
-    );
-    let f = emit(&mut s);
+    let f = emit_run(&mut s, 6, &[(1, 10 + 5 * MIB), (2, 20)], &[1, 2]);
     assert_eq!(kinds(&f), ["snapshot", "process", "agent"]);
     assert_eq!(f[1]["pid"], 1);
 }
@@ -470,21 +459,11 @@ fn records_the_same_as_last_emitted_are_not_built_again_between_keyframes() {
 #[test]
 fn an_unchanged_record_whose_exit_went_out_at_once_is_sent_whole_if_it_comes_back() {
     let mut s = store(EmitMode::Changes, 100);
-    s.apply(
-        "processes",
-        Duration::ZERO,
-        procs_run(1, &[(1, 10), (2, 20)], &[]),
-    );
-    emit(&mut s);
+    emit_run(&mut s, 1, &[(1, 10), (2, 20)], &[]);
     // The reader was told pid 2 exited; a run read just before says it is unchanged.
     s.exit_now(2, ExitCause::Exit, SystemTime::UNIX_EPOCH);
     s.exited.clear();
-    s.apply(
-        "processes",
-        Duration::ZERO,
-        procs_run(2, &[(1, 10), (2, 20)], &[1, 2]),
-    );
-    let b = emit(&mut s);
+    let b = emit_run(&mut s, 2, &[(1, 10), (2, 20)], &[1, 2]);
     assert_eq!(kinds(&b), ["snapshot", "process", "agent"]);
     assert_eq!(b[1]["pid"], 2);
     assert!(b[1].get("delta").is_none(), "whole, as new: {}", b[1]);
