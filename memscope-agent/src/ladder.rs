@@ -89,15 +89,20 @@ struct Entry {
     reads: u64,
 }
 
-/// When a process first read at time t is re-read for staleness: between 3/4 and all of
-/// `max_staleness` after t, spread by pid, so processes first read together (at start) don't all
-/// expire in the same tick. Later deadlines are the full `max_staleness`, which keeps the phases
-/// apart without paying for the spread again. Never later than `max_staleness`.
+/// When a process first read at time t is re-read for staleness: somewhere in `(0, max_staleness]`
+/// after t, spread uniformly by pid, so processes first read together (at start) are re-read at a
+/// steady rate — `interval / max_staleness` of them per tick — rather than in a burst. Later
+/// deadlines are the full `max_staleness`, which keeps the phases apart without paying for the
+/// spread again. Never later than `max_staleness`.
+///
+/// The whole range, not a part of it: a spread over the last quarter (as before) bunched every
+/// process read at start into a quarter of each `max_staleness` forever after (an idle process is
+/// only ever re-read for staleness, one full `max_staleness` after its last read), so one tick in
+/// four re-read four times the steady rate and the others none.
 pub fn stale_after(max_staleness: Duration, pid: u32) -> Duration {
-    // Fibonacci hashing spreads consecutive pids; 1/4 of the bound is the spread.
+    // Fibonacci hashing spreads consecutive pids.
     let h = pid.wrapping_mul(0x9E37_79B9) >> 16; // 0..65535
-    let spread = max_staleness / 4;
-    max_staleness - spread.mul_f64(f64::from(h) / 65_536.0)
+    max_staleness.mul_f64(f64::from(h + 1) / 65_536.0)
 }
 
 /// Per-tier bookkeeping of which processes are due.
@@ -665,14 +670,20 @@ mod tests {
     }
 
     #[test]
-    fn stale_deadlines_are_spread_but_bounded() {
+    fn stale_deadlines_are_spread_evenly_and_bounded() {
         let max = Duration::from_secs(60);
-        let deadlines: Vec<Duration> = (1..=1000).map(|pid| stale_after(max, pid)).collect();
-        assert!(deadlines.iter().all(|d| *d <= max && *d >= max * 3 / 4));
-        let distinct: HashSet<u128> = deadlines.iter().map(|d| d.as_millis() / 1000).collect();
+        let deadlines: Vec<Duration> = (1..=3000).map(|pid| stale_after(max, pid)).collect();
+        assert!(deadlines.iter().all(|d| *d <= max && !d.is_zero()));
+        // Ten equal slices of max_staleness each hold about a tenth (300) of the deadlines: the
+        // processes read at start are re-read at a steady rate, not in a burst.
+        let mut slices = [0u32; 10];
+        for d in &deadlines {
+            let i = (d.as_secs_f64() / max.as_secs_f64() * 10.0) as usize;
+            slices[i.min(9)] += 1;
+        }
         assert!(
-            distinct.len() >= 10,
-            "spread over at least 10 seconds: {distinct:?}"
+            slices.iter().all(|n| (240..=360).contains(n)),
+            "not even: {slices:?}"
         );
     }
 

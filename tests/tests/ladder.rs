@@ -157,19 +157,22 @@ fn dirty_child_is_reread_next_tick_and_idle_child_only_when_stale() {
             );
         }
     }
-    let mut last = None;
-    while started.elapsed() < max_staleness + Duration::from_millis(600) {
+    // The first deadline is anywhere in (0, max_staleness] (spread by pid); the next one is a
+    // full max_staleness after the re-read, so up to 600 ms past the first there is exactly one.
+    let last = loop {
         std::thread::sleep(Duration::from_millis(250));
-        last = Some(agent.tick(&mut tracker, &mut smaps, n));
+        let obs = agent.tick(&mut tracker, &mut smaps, n);
         n += 1;
-    }
+        if started.elapsed() >= deadline + Duration::from_millis(600) {
+            break obs;
+        }
+    };
     assert_eq!(
         smaps.reads_of(idle.pid()),
         Some(2),
-        "re-read once for staleness after {:?}",
+        "re-read once for staleness after {:?} (deadline {deadline:?})",
         started.elapsed()
     );
-    let last = last.expect("ticks after the deadline");
     let stats = smaps_stats(&last);
     assert!(stats.rereads.get("stale").copied().unwrap_or(0) >= 1);
     assert!(

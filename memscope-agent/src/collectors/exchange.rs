@@ -97,6 +97,13 @@ impl SmapsExchange {
         s.plan.contains(&pid) && (!s.finished || s.left.contains_key(&pid))
     }
 
+    /// The `processes` collector: every process the `smaps` collector planned to read this tick.
+    pub fn plan_pids(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.lock().plan.iter().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
     /// The `processes` collector: `pid`'s derived rollup, waiting while it may still come.
     pub fn take(&self, pid: u32) -> Option<DerivedRollup> {
         let mut s = self.lock();

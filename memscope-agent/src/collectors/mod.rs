@@ -116,6 +116,24 @@ pub enum CollectError {
 /// says what is worth a warning in the `snapshot` record, and carries a ladder tier's statistics.
 pub trait Observation: Any + Send + Sync + Debug {
     fn records(&self, out: &mut Vec<Record>);
+    /// Which of its collector's runs this is (one more each run), for [`Self::records_since`];
+    /// `None`: the observation does not track what changed.
+    fn generation(&self) -> Option<u64> {
+        None
+    }
+    /// Its records, except those equal to the records of run `since` of the same collector (the
+    /// observation the store built its last emission from): only their (kind, key) go to
+    /// `unchanged`. So an emission serializes and compares what changed, not every entity. The
+    /// default sends every record.
+    fn records_since(
+        &self,
+        since: u64,
+        out: &mut Vec<Record>,
+        unchanged: &mut Vec<(&'static str, String)>,
+    ) {
+        let _ = (since, unchanged);
+        self.records(out);
+    }
     fn warnings(&self, _out: &mut Vec<String>) {}
     /// A ladder collector's tier statistics (tier name, stats), for the `agent` record.
     fn tier(&self) -> Option<(&'static str, &TierStats)> {

@@ -215,12 +215,45 @@ pub struct ProcessesObservation {
     pub errors: Vec<String>,
     /// The `rollup` tier's statistics after this run.
     pub tier: TierStats,
+    /// Time this run spent waiting for the `smaps` run of the same tick (its plan, the rollups it
+    /// derives): part of the run's duration, but the `smaps` run's work, not this one's.
+    pub waited: Duration,
+    /// This run's number (the collector's first run is 1).
+    pub generation: u64,
+    /// Processes whose record is the same as in the previous run's observation (not re-read, same
+    /// subtree), in pid order.
+    pub unchanged: Vec<u32>,
 }
 
 impl Observation for ProcessesObservation {
     fn records(&self, out: &mut Vec<Record>) {
         for p in &self.processes {
             out.push(Record::new("process", p.pid.to_string(), p));
+        }
+    }
+
+    /// `None` for an observation not made by a run (generation 0: a test's, a fixture's).
+    fn generation(&self) -> Option<u64> {
+        (self.generation > 0).then_some(self.generation)
+    }
+
+    /// Leaves out the records of processes that are the same as in run `since`: every one when
+    /// `since` is this run (the same observation emitted again), those in `unchanged` when it is
+    /// the run before, none otherwise.
+    fn records_since(
+        &self,
+        since: u64,
+        out: &mut Vec<Record>,
+        unchanged: &mut Vec<(&'static str, String)>,
+    ) {
+        for p in &self.processes {
+            let same = since == self.generation
+                || (since + 1 == self.generation && self.unchanged.binary_search(&p.pid).is_ok());
+            if same {
+                unchanged.push(("process", p.pid.to_string()));
+            } else {
+                out.push(Record::new("process", p.pid.to_string(), p));
+            }
         }
     }
 
@@ -259,6 +292,10 @@ struct Known {
     cgroup: CgroupOf,
     /// The record from the last read of `smaps_rollup`/`status`.
     record: Option<ProcessRecord>,
+    /// The run that last re-read it.
+    read_in: u64,
+    /// The last run whose observation listed it, with its subtree then.
+    listed: Option<(u64, Subtree)>,
 }
 
 pub struct ProcessesCollector {
@@ -270,6 +307,8 @@ pub struct ProcessesCollector {
     stats: TierStats,
     events: Subscription,
     buf: Vec<u8>,
+    /// Runs so far (the current one while it goes).
+    generation: u64,
 }
 
 /// The `cmdline` field: `/proc/PID/cmdline` joined with spaces, as much of it as `mode` allows.
@@ -302,6 +341,7 @@ impl ProcessesCollector {
             stats: TierStats::default(),
             events,
             buf: Vec::with_capacity(8192),
+            generation: 0,
         }
     }
 
@@ -395,6 +435,8 @@ impl ProcessesCollector {
                         cmdline: cmdline.clone(),
                         cgroup: cgroup.clone(),
                         record: None,
+                        read_in: 0,
+                        listed: None,
                     },
                 );
                 (cmdline, cgroup)
@@ -422,22 +464,26 @@ impl ProcessesCollector {
             subtree: Subtree::default(),
         })
     }
-    /// Re-reads `pid` (due for `reason`) into its record, counting it; a vanished one leaves `live`.
+    /// Re-reads `pid` (due for `reason`, counted; `None`: refreshed from this tick's smaps read)
+    /// into its record; a vanished one leaves `live`.
     fn reread(
         &mut self,
         procfs: &ProcFs,
         pid: u32,
-        reason: Reason,
+        reason: Option<Reason>,
         derived: Option<DerivedRollup>,
         obs: &mut ProcessesObservation,
         live: &mut std::collections::HashSet<u32>,
     ) {
         match self.read_process(procfs, pid, derived, obs) {
             Ok(p) => {
-                self.stats.count(reason);
+                if let Some(reason) = reason {
+                    self.stats.count(reason);
+                }
                 self.ladder.done(pid, Instant::now());
                 if let Some(k) = self.known.get_mut(&pid) {
                     k.record = Some(p);
+                    k.read_in = self.generation;
                 }
             }
             Err(e) if e.is_gone() => {
@@ -516,8 +562,12 @@ impl Collector for ProcessesCollector {
         ctx: &CollectCtx<'_>,
     ) -> Result<Option<Box<dyn Observation>>, CollectError> {
         let start = Instant::now();
+        self.generation += 1;
         let pass = ctx.statm_pass(&mut self.buf)?;
-        let mut obs = ProcessesObservation::default();
+        let mut obs = ProcessesObservation {
+            generation: self.generation,
+            ..ProcessesObservation::default()
+        };
 
         // Tier 1: the tracker's events, then statm of every process, every run.
         let tier1 = self.ladder.run_tier1(&pass, &self.events.take(), start);
@@ -533,7 +583,9 @@ impl Collector for ProcessesCollector {
         // tier reads this tick too come last: their rollup is derived from that read.
         let mut carried = 0;
         let exchange = &pass.exchange;
+        let waiting = Instant::now();
         exchange.wait_for_plan();
+        obs.waited += waiting.elapsed();
         let mut later = Vec::new();
         for (pid, reason) in self.ladder.due() {
             if exchange.planned(pid) {
@@ -544,15 +596,34 @@ impl Collector for ProcessesCollector {
                 carried += 1;
                 continue;
             }
-            self.reread(ctx.procfs, pid, reason, None, &mut obs, &mut live);
+            self.reread(ctx.procfs, pid, Some(reason), None, &mut obs, &mut live);
         }
+        let due: std::collections::HashSet<u32> = later.iter().map(|(pid, _)| *pid).collect();
         for (pid, reason) in later {
+            let waiting = Instant::now();
             let derived = exchange.take(pid);
+            obs.waited += waiting.elapsed();
             if derived.is_none() && !ctx.unbounded && start.elapsed() >= self.budget {
                 carried += 1;
                 continue;
             }
-            self.reread(ctx.procfs, pid, reason, derived, &mut obs, &mut live);
+            self.reread(ctx.procfs, pid, Some(reason), derived, &mut obs, &mut live);
+        }
+        // Processes the smaps tier read this tick that this tier did not have due: the rollup
+        // derived from that read refreshes their numbers too, at no page walk more. That keeps
+        // the two tiers' staleness deadlines together, so a process that is only ever re-read for
+        // staleness is walked once per `max_staleness` (by `smaps`), not a second time by
+        // `smaps_rollup` at its own, drifted deadline. Not counted as a re-read of this tier.
+        for pid in exchange.plan_pids() {
+            if due.contains(&pid) || !live.contains(&pid) || !self.known.contains_key(&pid) {
+                continue;
+            }
+            let waiting = Instant::now();
+            let derived = exchange.take(pid);
+            obs.waited += waiting.elapsed();
+            if let Some(derived) = derived {
+                self.reread(ctx.procfs, pid, None, Some(derived), &mut obs, &mut live);
+            }
         }
         self.ladder.set_run_length(start.elapsed());
         self.stats.finish_run(&self.ladder, carried, Instant::now());
@@ -566,6 +637,17 @@ impl Collector for ProcessesCollector {
             .filter_map(|pid| self.known.get(pid).and_then(|k| k.record.clone()))
             .collect();
         compute_subtrees(&mut obs.processes);
+        // What is the same as in the last run's observation: listed in it, not re-read since,
+        // the same subtree.
+        let generation = self.generation;
+        for p in &obs.processes {
+            if let Some(k) = self.known.get_mut(&p.pid) {
+                if k.read_in != generation && k.listed == Some((generation - 1, p.subtree)) {
+                    obs.unchanged.push(p.pid);
+                }
+                k.listed = Some((generation, p.subtree));
+            }
+        }
         Ok(Some(Box::new(obs)))
     }
 }
@@ -761,9 +843,13 @@ mod tree_tests {
     }
 
     fn collect_with(root: &Path, config: &ProcessesConfig) -> ProcessesObservation {
-        let procfs = ProcFs::new(root);
         let mut c = ProcessesCollector::new(config, Subscription::detached());
-        crate::collectors::observed::<ProcessesObservation>(c.collect(&CollectCtx::once(&procfs)))
+        collect_again(&mut c, &ProcFs::new(root))
+    }
+
+    /// One more run of `c`, as `--once` runs it.
+    fn collect_again(c: &mut ProcessesCollector, procfs: &ProcFs) -> ProcessesObservation {
+        crate::collectors::observed::<ProcessesObservation>(c.collect(&CollectCtx::once(procfs)))
             .unwrap_or_else(|e| panic!("unexpected: {e}"))
     }
 
@@ -907,14 +993,11 @@ mod tree_tests {
         let procfs = ProcFs::new(dir.path());
         let mut c = ProcessesCollector::new(&ProcessesConfig::default(), Subscription::detached());
         let mut run = || {
-            crate::collectors::observed::<ProcessesObservation>(
-                c.collect(&CollectCtx::once(&procfs)),
-            )
-            .unwrap_or_else(|e| panic!("unexpected: {e}"))
-            .processes
-            .into_iter()
-            .next()
-            .expect("44")
+            collect_again(&mut c, &procfs)
+                .processes
+                .into_iter()
+                .next()
+                .expect("44")
         };
         let p = run();
         let cgroup = p.cgroup.as_ref().map(|n| n.lossy().into_owned());
@@ -1030,5 +1113,106 @@ mod tree_tests {
         .unwrap_or_else(|e| panic!("unexpected: {e}"));
         assert_eq!(obs.rollups_derived, 0);
         assert!(rollup_reads(&procfs) > 0);
+    }
+
+    #[test]
+    fn a_smaps_read_the_rollup_tier_did_not_ask_for_refreshes_its_numbers_too() {
+        use crate::collectors::smaps::{SmapsCollector, SmapsConfig};
+        let dir = tempfile::tempdir().expect("tempdir");
+        copy_pid(dir.path(), 44, 44, &[]);
+        std::fs::create_dir_all(dir.path().join("self")).expect("mkdir");
+        std::fs::write(dir.path().join("self/mountinfo"), "").expect("mountinfo");
+        let procfs = ProcFs::new(dir.path());
+        let mut smaps = SmapsCollector::new(&SmapsConfig::default(), Subscription::detached());
+        let mut processes =
+            ProcessesCollector::new(&ProcessesConfig::default(), Subscription::detached());
+        // One tick as the scheduler runs it: one pass, the smaps run first (sequential here).
+        let mut tick = |smaps: &mut SmapsCollector| {
+            let pass = crate::ladder::StatmPass::read_once(&procfs, &mut Vec::new()).expect("pass");
+            let ctx = CollectCtx {
+                statm: Some(std::sync::Arc::new(pass)),
+                unbounded: false,
+                ..CollectCtx::once(&procfs)
+            };
+            smaps.collect(&ctx).expect("smaps");
+            crate::collectors::observed::<ProcessesObservation>(processes.collect(&ctx))
+                .unwrap_or_else(|e| panic!("unexpected: {e}"))
+        };
+        let first = tick(&mut smaps);
+        assert_eq!(first.rollups_derived, 1);
+        let pss = first.processes[0].memory.pss_bytes;
+        // The layout changes (statm's size) and so does the smaps text, but not the resident
+        // size: only the smaps tier has the process due.
+        let pid = dir.path().join("44");
+        std::fs::write(pid.join("statm"), "731 441 414 5 0 89 0\n").expect("statm");
+        let text = std::fs::read_to_string(pid.join("smaps")).expect("smaps");
+        let anon = "7f0000000000-7f0000100000 rw-p 00000000 00:00 0 \nRss: 400 kB\nPss: 400 kB\n\
+                    Private_Dirty: 400 kB\nAnonymous: 400 kB\n";
+        std::fs::write(pid.join("smaps"), format!("{text}{anon}")).expect("smaps");
+        let second = tick(&mut smaps);
+        assert_eq!(second.rollups_derived, 1, "refreshed from the smaps read");
+        assert_eq!(
+            second.processes[0].memory.pss_bytes,
+            pss + (400 << 10),
+            "the new mapping shows"
+        );
+        assert!(
+            second.tier.rereads.values().sum::<u64>() == first.tier.rereads.values().sum::<u64>(),
+            "not counted as a rollup re-read: {:?}",
+            second.tier.rereads
+        );
+        let rollup_reads = procfs
+            .counters()
+            .by_class()
+            .iter()
+            .find(|(c, _)| *c == FileClass::SMAPS_ROLLUP.name())
+            .map_or(0, |(_, n)| n.reads);
+        assert_eq!(rollup_reads, 0, "no smaps_rollup read");
+    }
+
+    #[test]
+    fn a_run_says_which_records_are_the_same_as_in_the_run_before() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        copy_pid(dir.path(), 43, 43, &[]);
+        copy_pid(dir.path(), 44, 44, &[]);
+        let procfs = ProcFs::new(dir.path());
+        let mut c = ProcessesCollector::new(&ProcessesConfig::default(), Subscription::detached());
+        let mut run = || collect_again(&mut c, &procfs);
+        let first = run();
+        assert_eq!((first.generation, first.unchanged.len()), (1, 0));
+        let second = run();
+        assert_eq!(second.generation, 2);
+        assert_eq!(second.unchanged, [43, 44], "nothing moved");
+        let mut recs = Vec::new();
+        let mut same = Vec::new();
+        second.records_since(1, &mut recs, &mut same);
+        assert!(recs.is_empty());
+        assert_eq!(
+            same,
+            [("process", "43".to_string()), ("process", "44".to_string())]
+        );
+        // 44's resident memory moves past min_change: it is re-read, and its parent's subtree
+        // moves with it (its rollup fixture is the same, so only the re-read says so for 44).
+        std::fs::write(dir.path().join("44/statm"), "730 4410 414 5 0 89 0\n").expect("statm");
+        let rollup = dir.path().join("44/smaps_rollup");
+        let text = std::fs::read_to_string(&rollup).expect("rollup");
+        let rss = text
+            .lines()
+            .find(|l| l.starts_with("Rss:"))
+            .expect("an Rss line")
+            .to_string();
+        std::fs::write(&rollup, text.replace(&rss, "Rss:             9999 kB")).expect("rollup");
+        let third = run();
+        assert!(third.unchanged.is_empty(), "{:?}", third.unchanged);
+        let mut recs = Vec::new();
+        let mut same = Vec::new();
+        third.records_since(2, &mut recs, &mut same);
+        assert_eq!(recs.len(), 2);
+        // Emitted from an older run than the one before: every record is built.
+        let fourth = run();
+        assert_eq!(fourth.unchanged, [43, 44]);
+        let mut recs = Vec::new();
+        fourth.records_since(2, &mut recs, &mut Vec::new());
+        assert_eq!(recs.len(), 2);
     }
 }

@@ -23,9 +23,15 @@ pub mod sysv_join;
 use sysv_join::SysvJoin;
 
 /// All records of one emission from the latest observations, with the joins and the ledger.
+///
+/// `since(collector)`: the run of that collector whose observation the last emission was built
+/// from, when the records equal to it may be left out (not in a keyframe): their (kind, key) go to
+/// `unchanged` instead ([`Observation::records_since`]).
 pub fn records(
     latest: &[(&'static str, Option<Box<dyn Observation>>)],
+    since: &dyn Fn(&str) -> Option<u64>,
     out: &mut Vec<Record>,
+    unchanged: &mut Vec<(&'static str, String)>,
     warnings: &mut Vec<String>,
 ) {
     let observations = || latest.iter().filter_map(|(_, o)| o.as_deref());
@@ -43,7 +49,7 @@ pub fn records(
     let cgroups = processes.map(PidCgroups::new);
     let join = SysvJoin::new(sysv, objects);
 
-    for obs in observations() {
+    for (name, obs) in latest.iter().filter_map(|(n, o)| Some((*n, o.as_deref()?))) {
         if let Some(o) = obs.downcast_ref::<ObjectsObservation>() {
             o.records_except(out, |x| join.is_joined(x), cgroups.as_ref());
         } else if let Some(s) = obs.downcast_ref::<SysvObservation>() {
@@ -51,7 +57,10 @@ pub fn records(
         } else if let Some(c) = obs.downcast_ref::<CgroupObservation>() {
             c.records_with(processes, out);
         } else {
-            obs.records(out);
+            match since(name) {
+                Some(since) => obs.records_since(since, out, unchanged),
+                None => obs.records(out),
+            }
         }
         obs.warnings(warnings);
     }

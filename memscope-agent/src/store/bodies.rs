@@ -80,7 +80,8 @@ pub struct Phases {
     /// The tick's `statm` pass (one `statm` read per process), shared by the ladder collectors.
     pub statm_pass: u64,
     /// The `processes` collector's last run after the statm pass: its `smaps_rollup` re-reads,
-    /// and `status`/`cmdline` of new processes.
+    /// and `status`/`cmdline` of new processes; without the time it waited for the `smaps` run
+    /// of the same tick (the rollups that run derives), which is the `smaps` phase's.
     pub processes: u64,
     /// The `smaps` collector's last run: its `smaps` re-reads and the object table.
     pub smaps: u64,

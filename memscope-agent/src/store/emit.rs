@@ -12,6 +12,7 @@ use super::{
     state::Store,
 };
 use crate::{
+    collectors::processes::ProcessesObservation,
     config::EmitMode,
     procfs::ReadCounters,
     records::{Header, Record, rfc3339, write_line},
@@ -71,7 +72,41 @@ impl Store {
         let serialize = Instant::now();
         let mut records = Vec::with_capacity(self.records_hint);
         let mut warnings = Vec::new();
-        crate::derived::records(&self.latest, &mut records, &mut warnings);
+        // Between keyframes, entities the same as in the observation the last emission was built
+        // from are neither serialized nor compared: nothing of theirs is sent (what the reader
+        // holds was decided on that same body), so only their keys are carried over.
+        let mut unchanged = Vec::new();
+        let emitted_from = std::mem::take(&mut self.emitted_from);
+        let since = |name: &str| {
+            (!keyframe)
+                .then(|| emitted_from.get(name).copied())
+                .flatten()
+        };
+        crate::derived::records(
+            &self.latest,
+            &since,
+            &mut records,
+            &mut unchanged,
+            &mut warnings,
+        );
+        // One the reader does not hold (its `exit` went out at once, say) goes whole, as new.
+        if unchanged.iter().any(|k| !self.sent.contains_key(k)) {
+            records.clear();
+            unchanged.clear();
+            warnings.clear();
+            crate::derived::records(
+                &self.latest,
+                &|_| None,
+                &mut records,
+                &mut unchanged,
+                &mut warnings,
+            );
+        }
+        self.emitted_from = self
+            .latest
+            .iter()
+            .filter_map(|(n, o)| Some((*n, o.as_ref()?.generation()?)))
+            .collect();
         self.records_hint = records.len();
         for name in &self.ran {
             if let Some(s) = self.status.get(name)
@@ -106,6 +141,12 @@ impl Store {
         let mut delta_buf = String::new();
         let mut next_sent = HashMap::with_capacity(records.len());
         let mut sent_lines = 0u64;
+        for key in unchanged {
+            *entities.entry(key.0).or_default() += 1;
+            if let Some(body) = self.sent.remove(&key) {
+                next_sent.insert(key, body);
+            }
+        }
         for r in records {
             *entities.entry(r.kind).or_default() += 1;
             let key = (r.kind, r.key);
@@ -236,7 +277,15 @@ impl Store {
                 0
             }
         };
-        self.phases.processes = ran("processes");
+        // The processes run waits for the same tick's smaps run (the rollups it derives): that
+        // time is the smaps phase's, not counted twice.
+        let waited = self
+            .latest
+            .iter()
+            .find(|(n, _)| *n == "processes")
+            .and_then(|(_, o)| o.as_deref()?.downcast_ref::<ProcessesObservation>())
+            .map_or(0, |o| o.waited.as_micros() as u64);
+        self.phases.processes = ran("processes").saturating_sub(waited);
         self.phases.smaps = ran("smaps");
         self.lines_emitted += lines_so_far;
         let by_class = reads.by_class();

@@ -74,6 +74,9 @@ pub struct Store {
     pub(super) stuck: StuckReads,
     /// Warnings of reads abandoned since the last emission.
     pub(super) stuck_warnings: Vec<String>,
+    /// The run ([`Observation::generation`]) of each collector whose observation the last
+    /// emission was built from.
+    pub(super) emitted_from: HashMap<&'static str, u64>,
 }
 
 impl Store {
@@ -112,6 +115,7 @@ impl Store {
             records_hint: 0,
             stuck: StuckReads::default(),
             stuck_warnings: Vec::new(),
+            emitted_from: HashMap::new(),
         }
     }
 

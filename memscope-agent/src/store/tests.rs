@@ -393,3 +393,78 @@ async fn the_store_task_stops_on_stop_while_a_sender_is_still_alive() {
     assert_eq!(kinds(&lines(text.as_bytes())), ["snapshot", "agent"]);
     drop(late_run);
 }
+
+/// A processes observation of run `generation` that says which records are the same as in the
+/// run before.
+fn procs_run(
+    generation: u64,
+    list: &[(u32, u64)],
+    unchanged: &[u32],
+) -> Result<Option<Box<dyn Observation>>, CollectError> {
+    let mut obs = crate::collectors::observed::<ProcessesObservation>(procs(list))
+        .unwrap_or_else(|e| panic!("{e}"));
+    obs.generation = generation;
+    obs.unchanged = unchanged.to_vec();
+    Ok(Some(Box::new(obs)))
+}
+
+/// Applies run `generation` of the processes collector and emits.
+fn emit_run(
+    s: &mut Store,
+    generation: u64,
+    list: &[(u32, u64)],
+    unchanged: &[u32],
+) -> Vec<serde_json::Value> {
+    s.apply(
+        "processes",
+        Duration::ZERO,
+        procs_run(generation, list, unchanged),
+    );
+    emit(s)
+}
+
+#[test]
+fn records_the_same_as_last_emitted_are_not_built_again_between_keyframes() {
+    let mut s = store(EmitMode::Changes, 4);
+    let both = ["snapshot", "process", "process", "agent"];
+    assert_eq!(kinds(&emit_run(&mut s, 1, &[(1, 10), (2, 20)], &[])), both);
+    // Run 2 says pid 1 is unchanged, and it is: only pid 2 (moved) is built and sent.
+    let b = emit_run(&mut s, 2, &[(1, 10), (2, 20 + 2 * MIB)], &[1]);
+    assert_eq!(kinds(&b), ["snapshot", "process", "agent"]);
+    assert_eq!(b[1]["pid"], 2);
+    assert_eq!(
+        b[0]["entities"]["process"], 2,
+        "the unchanged one is counted"
+    );
+    // The proof that pid 1 was not built: a run that wrongly calls a moved record unchanged
+    // sends nothing for it (the collector's word is taken).
+    let c = emit_run(&mut s, 3, &[(1, 10 + 5 * MIB), (2, 20 + 2 * MIB)], &[1, 2]);
+    assert_eq!(kinds(&c), ["snapshot", "agent"]);
+    // No new run (late): the same observation again, nothing built, nothing gone.
+    let d = emit(&mut s);
+    assert_eq!(kinds(&d), ["snapshot", "agent"]);
+    assert_eq!(d[0]["entities"]["process"], 2);
+    // A keyframe builds everything whatever the run says.
+    assert_eq!(
+        kinds(&emit_run(&mut s, 4, &[(1, 10), (2, 20)], &[1, 2])),
+        both
+    );
+    // A run that skips one (run 6 after run 4 was emitted): its flags are about run 5, which
+    // was never emitted, so every record is built and compared.
+    let f = emit_run(&mut s, 6, &[(1, 10 + 5 * MIB), (2, 20)], &[1, 2]);
+    assert_eq!(kinds(&f), ["snapshot", "process", "agent"]);
+    assert_eq!(f[1]["pid"], 1);
+}
+
+#[test]
+fn an_unchanged_record_whose_exit_went_out_at_once_is_sent_whole_if_it_comes_back() {
+    let mut s = store(EmitMode::Changes, 100);
+    emit_run(&mut s, 1, &[(1, 10), (2, 20)], &[]);
+    // The reader was told pid 2 exited; a run read just before says it is unchanged.
+    s.exit_now(2, ExitCause::Exit, SystemTime::UNIX_EPOCH);
+    s.exited.clear();
+    let b = emit_run(&mut s, 2, &[(1, 10), (2, 20)], &[1, 2]);
+    assert_eq!(kinds(&b), ["snapshot", "process", "agent"]);
+    assert_eq!(b[1]["pid"], 2);
+    assert!(b[1].get("delta").is_none(), "whole, as new: {}", b[1]);
+}

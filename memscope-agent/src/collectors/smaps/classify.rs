@@ -98,7 +98,7 @@ pub fn tmpfs_devices(
     namespaces: &mountinfo::SharedNamespaces,
     buf: &mut Vec<u8>,
 ) -> Result<(HashSet<Dev>, Vec<String>), ProcError> {
-    tmpfs_devices_seen(procfs, namespaces, buf).map(|(devs, skipped, _)| (devs, skipped))
+    tmpfs_devices_seen(procfs, namespaces, None, buf).map(|(devs, skipped, _)| (devs, skipped))
 }
 
 /// [`tmpfs_devices`], and whether every mount namespace and every line of its mount table was
@@ -108,9 +108,10 @@ pub fn tmpfs_devices(
 pub fn tmpfs_devices_seen(
     procfs: &ProcFs,
     namespaces: &mountinfo::SharedNamespaces,
+    pids: Option<&[u32]>,
     buf: &mut Vec<u8>,
 ) -> Result<(HashSet<Dev>, Vec<String>, bool), ProcError> {
-    let nss = namespaces.discover(procfs, buf)?;
+    let nss = namespaces.discover_among(procfs, pids, buf)?;
     let complete = nss.skipped == 0 && nss.error_count == 0 && nss.skipped_lines.is_empty();
     Ok((
         mountinfo::tmpfs_devices(nss.tables()),

@@ -11,6 +11,7 @@ use super::{
 use crate::procfs::{
     Dev,
     counters::MemCounters,
+    escape::Name,
     smaps::{Mapping, parse_smaps},
 };
 
@@ -126,15 +127,27 @@ pub fn fold_process_rollup(
 /// Folds per-process objects into shared objects, largest first (PSS plus hugetlb); consumers
 /// likewise.
 pub fn fold_shared<'a>(procs: impl IntoIterator<Item = &'a ProcessObjects>) -> Vec<SharedObject> {
+    fold_shared_named(procs, usize::MAX)
+}
+
+/// [`fold_shared`], with the names of only the `named` largest consumers of each object (the
+/// others' `name` is empty): the records list that many, and a name is an allocation per mapper
+/// per object per run otherwise (the anonymous memory of 3000 processes is one object with 3000
+/// consumers).
+pub fn fold_shared_named<'a>(
+    procs: impl IntoIterator<Item = &'a ProcessObjects>,
+    named: usize,
+) -> Vec<SharedObject> {
+    let procs: Vec<&'a ProcessObjects> = procs.into_iter().collect();
     let mut index: HashMap<&'a ObjectKey, usize> = HashMap::new();
     let mut shared: Vec<SharedObject> = Vec::new();
     // Per shared object, the largest `Shared_Hugetlb` of one mapper.
     let mut max_shared_hugetlb: Vec<u64> = Vec::new();
-    for p in procs {
+    for p in &procs {
         for o in &p.objects {
             let consumer = Consumer {
                 pid: p.pid,
-                name: p.name.clone(),
+                name: Name::default(),
                 pss_bytes: o.memory.pss_bytes,
                 rss_bytes: o.memory.rss_bytes,
                 hugetlb_bytes: o.memory.hugetlb_bytes(),
@@ -171,10 +184,16 @@ pub fn fold_shared<'a>(procs: impl IntoIterator<Item = &'a ProcessObjects>) -> V
             }
         }
     }
+    let names: HashMap<u32, &Name> = procs.iter().map(|p| (p.pid, &p.name)).collect();
     for (s, max_shared) in shared.iter_mut().zip(max_shared_hugetlb) {
         s.hugetlb_bytes = s.memory.private_hugetlb_bytes + max_shared;
         s.consumers
             .sort_by(|a, b| b.weight().cmp(&a.weight()).then(a.pid.cmp(&b.pid)));
+        for c in s.consumers.iter_mut().take(named) {
+            if let Some(name) = names.get(&c.pid) {
+                c.name = (*name).clone();
+            }
+        }
     }
     shared.sort_by(|a, b| b.weight().cmp(&a.weight()).then_with(|| a.key.cmp(&b.key)));
     shared
@@ -370,6 +389,27 @@ Anonymous:            12 kB
                 .windows(2)
                 .all(|w| w[0].memory.pss_bytes >= w[1].memory.pss_bytes)
         );
+    }
+
+    #[test]
+    fn only_the_listed_consumers_carry_their_names() {
+        let a = proc_objects(10, "a", SMAPS);
+        let b = proc_objects(11, "b", SMAPS);
+        let all = fold_shared([&a, &b]);
+        let named = fold_shared_named([&a, &b], 1);
+        assert_eq!(all.len(), named.len());
+        for (x, y) in all.iter().zip(&named) {
+            assert_eq!(x.key, y.key);
+            assert_eq!(x.memory, y.memory, "{:?}", x.key);
+            let pids = |o: &SharedObject| o.consumers.iter().map(|c| c.pid).collect::<Vec<_>>();
+            assert_eq!(pids(x), pids(y), "same consumers, same order");
+            assert_eq!(
+                y.consumers[0].name, x.consumers[0].name,
+                "the first is named"
+            );
+            assert!(y.consumers[1..].iter().all(|c| c.name == Name::default()));
+            assert!(x.consumers.iter().all(|c| c.name != Name::default()));
+        }
     }
 
     #[test]

@@ -44,7 +44,7 @@ mod records;
 pub mod sharing;
 
 pub use classify::{classify, tmpfs_devices};
-pub use fold::{fold_process, fold_process_rollup, fold_shared};
+pub use fold::{fold_process, fold_process_rollup, fold_shared, fold_shared_named};
 pub use object::{
     Consumer, ObjectKey, ObjectKind, ObjectMemory, ProcessObject, ProcessObjects, SharedObject,
 };
@@ -395,8 +395,10 @@ impl Collector for SmapsCollector {
         // Whatever happens below (an error, a panic), the rollup tier does not wait in vain.
         let exchange = &pass.exchange;
         let _finish = exchange.finish_on_drop();
+        // The namespaces of the pass's processes (one listing of /proc per tick).
+        let pids: Vec<u32> = pass.processes.iter().map(|(pid, _)| *pid).collect();
         let (tmpfs_devs, skipped, every_mount) =
-            classify::tmpfs_devices_seen(ctx.procfs, &self.namespaces, &mut self.buf)?;
+            classify::tmpfs_devices_seen(ctx.procfs, &self.namespaces, Some(&pids), &mut self.buf)?;
         let mut obs = ObjectsObservation {
             min_object_pss: self.min_object_pss,
             top_consumers: self.top_consumers,
@@ -505,7 +507,7 @@ impl Collector for SmapsCollector {
 
         let mut procs: Vec<&ProcessObjects> = self.cache.values().collect();
         procs.sort_by_key(|p| p.pid);
-        obs.objects = fold_shared(procs);
+        obs.objects = fold_shared_named(procs, self.top_consumers);
         let floor = self.min_object_pss;
         self.own_rows = obs
             .objects

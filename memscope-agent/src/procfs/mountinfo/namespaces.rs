@@ -178,8 +178,11 @@ const MIN_TRUST: Duration = Duration::from_secs(1);
 ///
 /// - a process's namespace (its `ns/mnt` link, about 25 µs under load) is read when the process
 ///   is new and again at its second sighting (a process that calls `unshare` or `setns` right
-///   after its fork, as `unshare -m` and container runtimes do, is caught there), then trusted;
-///   every [`REFRESH`] all links are read again (a later `setns`, a reused pid);
+///   after its fork, as `unshare -m` and container runtimes do, is caught there), then trusted
+///   for at most [`REFRESH`] (a later `setns`, a reused pid): each link is read again within
+///   [`REFRESH`] of its last read, the first time after a delay spread by pid
+///   ([`crate::ladder::stale_after`]), so processes seen together are not all read again in the
+///   same run;
 /// - another namespace's mount table is read when the namespace is new, then again after
 ///   [`MIN_TRUST`], then each time it is twice as old as at its last read, and at least every
 ///   [`REFRESH`] (a young namespace is still being set up: a runtime mounts the container's
@@ -192,12 +195,10 @@ pub struct NsCache {
     max_others: usize,
     /// The proc root the cache describes; another root starts afresh.
     root: Option<std::path::PathBuf>,
-    /// By pid: its namespace and how many runs have read its link.
-    pids: HashMap<u32, (u64, u32)>,
+    /// By pid: its namespace, how many runs have read its link, and until when it is trusted.
+    pids: HashMap<u32, (u64, u32, Instant)>,
     /// By namespace inode.
     tables: HashMap<u64, Table>,
-    /// The last run that read every link.
-    full_at: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -221,7 +222,8 @@ impl Table {
 
 /// What a process's namespace link said.
 enum Link {
-    Ns(u64),
+    /// The namespace, and until when it is trusted.
+    Ns(u64, Instant),
     Skip,
 }
 
@@ -232,7 +234,6 @@ impl NsCache {
             root: None,
             pids: HashMap::new(),
             tables: HashMap::new(),
-            full_at: None,
         }
     }
 
@@ -240,6 +241,18 @@ impl NsCache {
     pub fn discover(
         &mut self,
         procfs: &ProcFs,
+        buf: &mut Vec<u8>,
+        now: Instant,
+    ) -> Result<MountNamespaces, ProcError> {
+        self.discover_among(procfs, None, buf, now)
+    }
+
+    /// [`Self::discover`] over `pids`, the processes of this tick's `statm` pass (`None`: lists
+    /// `/proc` itself): a tick lists `/proc` once, not once per collector.
+    pub fn discover_among(
+        &mut self,
+        procfs: &ProcFs,
+        pids: Option<&[u32]>,
         buf: &mut Vec<u8>,
         now: Instant,
     ) -> Result<MountNamespaces, ProcError> {
@@ -266,29 +279,26 @@ impl NsCache {
             },
             mounts: own_mounts,
         });
-        let pids = match procfs.pids() {
-            Ok(p) => p,
-            Err(e) => {
-                out.error(&e);
-                return Ok(out);
-            }
+        let pids = match pids {
+            Some(p) => p.to_vec(),
+            None => match procfs.pids() {
+                Ok(p) => p,
+                Err(e) => {
+                    out.error(&e);
+                    return Ok(out);
+                }
+            },
         };
-        let full = self
-            .full_at
-            .is_none_or(|t| now.duration_since(t) >= REFRESH);
-        if full {
-            self.full_at = Some(now);
-        }
         let mut pid_ns = HashMap::with_capacity(pids.len());
         let mut seen: HashSet<u64> = own.into_iter().collect();
         let mut over: HashSet<u64> = HashSet::new();
         for pid in pids {
-            let inode = match self.link(procfs, pid, full, &mut out) {
-                Link::Ns(inode) => inode,
+            let (inode, until) = match self.link(procfs, pid, now, &mut out) {
+                Link::Ns(inode, until) => (inode, until),
                 Link::Skip => continue,
             };
-            let sightings = self.pids.get(&pid).map_or(0, |&(_, n)| n);
-            pid_ns.insert(pid, (inode, sightings.saturating_add(1)));
+            let sightings = self.pids.get(&pid).map_or(0, |&(_, n, _)| n);
+            pid_ns.insert(pid, (inode, sightings.saturating_add(1), until));
             if seen.contains(&inode) || over.contains(&inode) {
                 continue;
             }
@@ -346,17 +356,24 @@ impl NsCache {
         Ok(out)
     }
 
-    /// `pid`'s namespace: remembered, or read from its link (a new process, its second sighting,
-    /// or a full run). Denied and other errors are counted in `out` as [`discover`] does.
-    fn link(&self, procfs: &ProcFs, pid: u32, full: bool, out: &mut MountNamespaces) -> Link {
-        if !full
-            && let Some(&(inode, sightings)) = self.pids.get(&pid)
+    /// `pid`'s namespace and until when it is trusted: remembered, or read from its link (a new
+    /// process, its second sighting, or trusted for long enough). Denied and other errors are
+    /// counted in `out` as [`discover`] does.
+    fn link(&self, procfs: &ProcFs, pid: u32, now: Instant, out: &mut MountNamespaces) -> Link {
+        let known = self.pids.get(&pid);
+        if let Some(&(inode, sightings, until)) = known
             && sightings >= 2
+            && now < until
         {
-            return Link::Ns(inode);
+            return Link::Ns(inode, until);
         }
+        // Trusted for REFRESH from now, except after the first reads, which spread the deadlines.
+        let until = match known {
+            Some(&(_, sightings, _)) if sightings >= 2 => now + REFRESH,
+            _ => now + crate::ladder::stale_after(REFRESH, pid),
+        };
         match procfs.mount_ns(&pid.to_string()) {
-            Ok(i) => Link::Ns(i),
+            Ok(i) => Link::Ns(i, until),
             Err(e) if e.is_gone() => Link::Skip,
             Err(e) if e.is_denied() => {
                 out.denied += 1;
@@ -387,10 +404,20 @@ impl SharedNamespaces {
         procfs: &ProcFs,
         buf: &mut Vec<u8>,
     ) -> Result<MountNamespaces, ProcError> {
+        self.discover_among(procfs, None, buf)
+    }
+
+    /// The namespaces now, of `pids` (the tick's `statm` pass; `None`: `/proc` listed here).
+    pub fn discover_among(
+        &self,
+        procfs: &ProcFs,
+        pids: Option<&[u32]>,
+        buf: &mut Vec<u8>,
+    ) -> Result<MountNamespaces, ProcError> {
         // A run that panicked while holding the cache left it consistent enough: every entry is
         // complete when inserted.
         let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        cache.discover(procfs, buf, Instant::now())
+        cache.discover_among(procfs, pids, buf, Instant::now())
     }
 }
 
@@ -593,7 +620,7 @@ mod tests {
         );
 
         // Pid 15 moves to another namespace (setns) after its second sighting: trusted until
-        // the full pass, REFRESH after the first one.
+        // its link is read again, at most REFRESH after its last read.
         cache
             .discover(&procfs, &mut buf, at(2.2))
             .expect("discover");
@@ -604,7 +631,7 @@ mod tests {
             .expect("discover");
         assert_eq!(refs(&trusted)[2], (Some(600), Some(15)));
         let full = cache
-            .discover(&procfs, &mut buf, t0 + REFRESH)
+            .discover(&procfs, &mut buf, at(2.2) + REFRESH)
             .expect("discover");
         assert_eq!(refs(&full)[2], (Some(700), Some(15)));
         assert_eq!(full.namespaces[2].mounts[0].dev.minor, 80);
@@ -612,7 +639,7 @@ mod tests {
         // A process that moves right after its first sighting (`unshare -m` after fork) is
         // caught at its second.
         p.add("16", Some("mnt:[200]"), Some(&tmpfs(52)));
-        let now = t0 + REFRESH + Duration::from_secs(1);
+        let now = at(2.2) + REFRESH + Duration::from_secs(1);
         cache.discover(&procfs, &mut buf, now).expect("discover");
         relink(&p, "16", "mnt:[800]");
         let caught = cache
