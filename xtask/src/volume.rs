@@ -381,27 +381,8 @@ pub fn run(args: &[String]) -> Result<()> {
         }
     }
     if o.pid_namespace && !inner {
-        // The same command again in a PID namespace of its own with its own /proc: the agents see
-        // only the workers and themselves, whatever else runs on the host.
-        if !crate::is_root() {
-            bail!("--pid-namespace needs root (unshare --pid --mount)");
-        }
-        let me = std::env::current_exe().context("the xtask binary")?;
-        // A shell is the namespace's pid 1, so that the workers' parent (this command) is not:
-        // a worker whose parent is pid 1 takes it that its parent is gone.
-        let status = Command::new("unshare")
-            .args(["--pid", "--fork", "--mount", "--mount-proc"])
-            .args(["sh", "-c", "\"$@\"; exit $?", "sh"])
-            .arg(&me)
-            .arg("volume")
-            .args(args)
-            .env(INNER, "1")
-            .status()
-            .context("running unshare (util-linux)")?;
-        if !status.success() {
-            bail!("volume in a PID namespace: {status}");
-        }
-        return Ok(());
+        // The agents see only the workers and themselves, whatever else runs on the host.
+        return crate::rerun_in_pid_namespace("volume", args, INNER);
     }
     let root = crate::workspace_root();
     let target =

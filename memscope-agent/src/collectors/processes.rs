@@ -250,19 +250,10 @@ impl Observation for ProcessesObservation {
     }
 }
 
-/// What is kept per process between runs.
-struct Known {
-    start_ticks: u64,
-    /// The name at the last cmdline/cgroup read: a new name means an exec.
-    name: Name,
-    cmdline: Name,
-    cgroup: CgroupOf,
-    /// The record from the last read of `smaps_rollup`/`status`.
-    record: Option<ProcessRecord>,
-}
-
 pub struct ProcessesCollector {
-    known: HashMap<u32, Known>,
+    /// Per process, the record of its last read (of `smaps_rollup`/`status`). Its cmdline and
+    /// cgroup are read again only after an exec (a new name) or for a new process.
+    known: HashMap<u32, ProcessRecord>,
     users: UserNames,
     ladder: Ladder,
     budget: Duration,
@@ -376,9 +367,14 @@ impl ProcessesCollector {
             .as_ref()
             .map_or_else(|| stat.comm.clone(), |s| s.name.clone());
         let (cmdline, cgroup) = match self.known.get(&pid) {
-            Some(k) if k.start_ticks == stat.starttime_ticks && k.name == name => {
-                (k.cmdline.clone(), k.cgroup.clone())
-            }
+            Some(k) if k.start_ticks == stat.starttime_ticks && k.name == name => (
+                k.cmdline.clone(),
+                CgroupOf {
+                    path: k.cgroup.clone(),
+                    container: k.container.clone(),
+                    unit: k.unit.clone(),
+                },
+            ),
             _ => {
                 let cmdline =
                     match procfs.read(&procfs.pid_path(pid, "cmdline"), FileClass::CMDLINE) {
@@ -386,18 +382,7 @@ impl ProcessesCollector {
                         Err(e) if e.is_denied() => Name::default(),
                         Err(e) => return Err(e),
                     };
-                let cgroup = CgroupOf::read(procfs, pid, &mut obs.errors);
-                self.known.insert(
-                    pid,
-                    Known {
-                        start_ticks: stat.starttime_ticks,
-                        name: name.clone(),
-                        cmdline: cmdline.clone(),
-                        cgroup: cgroup.clone(),
-                        record: None,
-                    },
-                );
-                (cmdline, cgroup)
+                (cmdline, CgroupOf::read(procfs, pid, &mut obs.errors))
             }
         };
 
@@ -436,9 +421,7 @@ impl ProcessesCollector {
             Ok(p) => {
                 self.stats.count(reason);
                 self.ladder.done(pid, Instant::now());
-                if let Some(k) = self.known.get_mut(&pid) {
-                    k.record = Some(p);
-                }
+                self.known.insert(pid, p);
             }
             Err(e) if e.is_gone() => {
                 obs.vanished += 1;
@@ -563,7 +546,7 @@ impl Collector for ProcessesCollector {
             .iter()
             .map(|(pid, _)| pid)
             .filter(|pid| live.contains(pid))
-            .filter_map(|pid| self.known.get(pid).and_then(|k| k.record.clone()))
+            .filter_map(|pid| self.known.get(pid).cloned())
             .collect();
         compute_subtrees(&mut obs.processes);
         Ok(Some(Box::new(obs)))

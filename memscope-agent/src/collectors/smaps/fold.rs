@@ -5,7 +5,8 @@ use std::collections::{HashMap, HashSet};
 use super::{
     classify::classify,
     object::{
-        Consumer, ObjectKey, ObjectKind, ObjectMemory, ProcessObject, ProcessObjects, SharedObject,
+        Consumer, HeldObject, ObjectKey, ObjectKind, ObjectMemory, ObjectNames, ProcessObject,
+        ProcessObjects, Share, SharedObject,
     },
 };
 use crate::procfs::{
@@ -100,7 +101,6 @@ pub fn fold_process_rollup(
                 o.hugetlb |= hugetlb;
                 o.memory.add(&mem);
                 o.mappings += 1;
-                o.mapped_bytes = o.mapped_bytes.saturating_add(m.size());
             }
             None => {
                 index.insert(key.clone(), objects.len());
@@ -111,35 +111,30 @@ pub fn fold_process_rollup(
                     hugetlb,
                     memory: mem,
                     mappings: 1,
-                    mapped_bytes: m.size(),
-                    derived: false,
                 });
             }
         }
     })?;
-    // Kept per process until its next read: without the doubling's spare capacity (about a third
-    // of the smaps collector's heap at 3000 processes, measured with heaptrack).
-    objects.shrink_to_fit();
     Ok((objects, if n == 0 { None } else { rollup.finish() }))
 }
 
-/// Folds per-process objects into shared objects, largest first (PSS plus hugetlb); consumers
-/// likewise.
-pub fn fold_shared<'a>(procs: impl IntoIterator<Item = &'a ProcessObjects>) -> Vec<SharedObject> {
-    let mut index: HashMap<&'a ObjectKey, usize> = HashMap::new();
+/// Folds the kept processes' objects (their keys and labels in `names`) into shared objects,
+/// largest first (PSS plus hugetlb), each with its `top_consumers` largest consumers (the same
+/// order) and every mapper's share. An object's label is the one its first mapper in `procs`
+/// shows.
+pub fn fold_shared<'a>(
+    procs: impl IntoIterator<Item = &'a ProcessObjects>,
+    names: &ObjectNames,
+    top_consumers: usize,
+) -> Vec<SharedObject> {
+    // By key id, the shared object's index.
+    let mut index: HashMap<u32, usize> = HashMap::new();
     let mut shared: Vec<SharedObject> = Vec::new();
-    // Per shared object, the largest `Shared_Hugetlb` of one mapper.
+    // Per shared object, the largest `Shared_Hugetlb` of one mapper, and its mappers.
     let mut max_shared_hugetlb: Vec<u64> = Vec::new();
+    let mut mappers: Vec<Vec<(&'a ProcessObjects, &'a HeldObject)>> = Vec::new();
     for p in procs {
         for o in &p.objects {
-            let consumer = Consumer {
-                pid: p.pid,
-                name: p.name.clone(),
-                pss_bytes: o.memory.pss_bytes,
-                rss_bytes: o.memory.rss_bytes,
-                hugetlb_bytes: o.memory.hugetlb_bytes(),
-                derived: o.derived,
-            };
             match index.get(&o.key) {
                 Some(&i) => {
                     let s = &mut shared[i];
@@ -149,32 +144,59 @@ pub fn fold_shared<'a>(procs: impl IntoIterator<Item = &'a ProcessObjects>) -> V
                         max_shared_hugetlb[i].max(o.memory.shared_hugetlb_bytes);
                     s.mappers += 1;
                     s.derived_mappers += u32::from(o.derived);
-                    s.mappings += o.mappings;
-                    s.consumers.push(consumer);
+                    s.mappings = s.mappings.saturating_add(o.mappings);
+                    mappers[i].push((p, o));
                 }
                 None => {
-                    index.insert(&o.key, shared.len());
+                    let Some(key) = names.keys.get(o.key) else {
+                        continue;
+                    };
+                    let (label, deleted) = names.labels.get(o.label).cloned().unwrap_or_default();
+                    index.insert(o.key, shared.len());
                     max_shared_hugetlb.push(o.memory.shared_hugetlb_bytes);
+                    mappers.push(vec![(p, o)]);
                     shared.push(SharedObject {
-                        key: o.key.clone(),
-                        label: o.label.clone(),
-                        deleted: o.deleted,
+                        key: key.clone(),
+                        label,
+                        deleted,
                         hugetlb: o.hugetlb,
                         hugetlb_bytes: 0,
                         memory: o.memory,
                         mappers: 1,
                         derived_mappers: u32::from(o.derived),
                         mappings: o.mappings,
-                        consumers: vec![consumer],
+                        consumers: Vec::new(),
+                        shares: Vec::new(),
                     });
                 }
             }
         }
     }
-    for (s, max_shared) in shared.iter_mut().zip(max_shared_hugetlb) {
-        s.hugetlb_bytes = s.memory.private_hugetlb_bytes + max_shared;
-        s.consumers
-            .sort_by(|a, b| b.weight().cmp(&a.weight()).then(a.pid.cmp(&b.pid)));
+    // Consumers rank by PSS plus hugetlb pages (which PSS leaves out).
+    let weight = |o: &HeldObject| o.memory.pss_bytes.saturating_add(o.memory.hugetlb_bytes());
+    for ((s, max_shared), mut list) in shared.iter_mut().zip(max_shared_hugetlb).zip(mappers) {
+        s.hugetlb_bytes = s.memory.private_hugetlb_bytes.saturating_add(max_shared);
+        list.sort_by(|a, b| weight(b.1).cmp(&weight(a.1)).then(a.0.pid.cmp(&b.0.pid)));
+        s.consumers = list
+            .iter()
+            .take(top_consumers)
+            .map(|(p, o)| Consumer {
+                pid: p.pid,
+                name: p.name.clone(),
+                pss_bytes: o.memory.pss_bytes,
+                rss_bytes: o.memory.rss_bytes,
+                hugetlb_bytes: o.memory.hugetlb_bytes(),
+                derived: o.derived,
+            })
+            .collect();
+        s.shares = list
+            .iter()
+            .map(|(p, o)| Share {
+                pid: p.pid,
+                pss_bytes: o.memory.pss_bytes,
+                rss_bytes: o.memory.rss_bytes,
+            })
+            .collect();
     }
     shared.sort_by(|a, b| b.weight().cmp(&a.weight()).then_with(|| a.key.cmp(&b.key)));
     shared
@@ -182,8 +204,6 @@ pub fn fold_shared<'a>(procs: impl IntoIterator<Item = &'a ProcessObjects>) -> V
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::time::Instant;
-
     use super::*;
     use crate::procfs::escape::Name;
 
@@ -239,16 +259,20 @@ Shared_Clean:          4 kB
         .collect()
     }
 
-    pub(crate) fn proc_objects(pid: u32, name: &str, text: &str) -> ProcessObjects {
+    /// `pid`'s objects from its smaps `text`, kept with their names in `names`.
+    pub(crate) fn proc_objects(
+        names: &mut ObjectNames,
+        pid: u32,
+        name: &str,
+        text: &str,
+    ) -> ProcessObjects {
         ProcessObjects {
             pid,
             start_ticks: 1,
             name: Name::from(name),
-            objects: fold_process(text.as_bytes(), &devs()).expect("parses"),
-            read_at: Instant::now(),
+            objects: names.hold(fold_process(text.as_bytes(), &devs()).expect("parses")),
             read_ticks: 0,
             read_run: 0,
-            smaps_bytes: text.len() as u64,
             reads: 1,
         }
     }
@@ -353,17 +377,39 @@ Anonymous:            12 kB
 
     #[test]
     fn objects_fold_across_processes_with_consumers() {
-        let a = proc_objects(10, "a", SMAPS);
-        let b = proc_objects(11, "b", SMAPS);
-        let shared = fold_shared([&a, &b]);
+        let mut names = ObjectNames::default();
+        let a = proc_objects(&mut names, 10, "a", SMAPS);
+        let b = proc_objects(&mut names, 11, "b", SMAPS);
+        let shared = fold_shared([&a, &b], &names, 1);
         let memfd = shared
             .iter()
             .find(|o| o.key.id() == "memfd:0:1:77")
             .expect("memfd");
         assert_eq!(memfd.mappers, 2);
         assert_eq!(memfd.memory.pss_bytes, 2048 * 1024);
-        assert_eq!(memfd.consumers.len(), 2);
-        assert_eq!(memfd.consumers[0].pss_bytes, 1024 * 1024);
+        assert_eq!(memfd.consumers.len(), 1, "the top one only");
+        assert_eq!(
+            (memfd.consumers[0].pid, memfd.consumers[0].pss_bytes),
+            (10, 1024 * 1024),
+            "equal shares rank by pid"
+        );
+        assert_eq!(memfd.consumers[0].name, Name::from("a"));
+        assert_eq!(
+            memfd.shares,
+            [10, 11].map(|pid| Share {
+                pid,
+                pss_bytes: 1024 * 1024,
+                rss_bytes: 2048 * 1024
+            }),
+            "every mapper's share"
+        );
+        let app = shared
+            .iter()
+            .find(|o| o.key.id() == "file:254:1:1234")
+            .expect("app");
+        assert_eq!(app.label, Name::from("/usr/bin/app"));
+        assert_eq!(app.mappings, 4, "two mappings in each of two processes");
+        assert_eq!(names.keys.len(), 9, "each key held once");
         // Sorted by PSS, largest first.
         assert!(
             shared
@@ -384,10 +430,11 @@ Anonymous:            12 kB
                  7f0000600000-7f0000700000 rw-p 00000000 00:00 0\nRss: 8 kB\nPss: 8 kB\n"
             )
         };
-        let a = proc_objects(1, "a", &smaps(4096, 1024));
-        let b = proc_objects(2, "b", &smaps(4096, 1024));
-        let c = proc_objects(3, "c", &smaps(4096, 0));
-        let shared = fold_shared([&a, &b, &c]);
+        let mut names = ObjectNames::default();
+        let a = proc_objects(&mut names, 1, "a", &smaps(4096, 1024));
+        let b = proc_objects(&mut names, 2, "b", &smaps(4096, 1024));
+        let c = proc_objects(&mut names, 3, "c", &smaps(4096, 0));
+        let shared = fold_shared([&a, &b, &c], &names, 5);
         let ht = &shared[0];
         assert_eq!(
             ht.key.id(),

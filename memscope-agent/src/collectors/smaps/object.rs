@@ -2,10 +2,9 @@
 //! ([`ObjectMemory`]), as one process maps it ([`ProcessObject`]) and folded across processes
 //! ([`SharedObject`]).
 
-use std::time::Instant;
-
 use serde::Serialize;
 
+use super::intern::Interner;
 use crate::procfs::{Dev, counters::MemCounters, escape::Name};
 
 #[derive(
@@ -144,7 +143,7 @@ impl ObjectMemory {
     }
 }
 
-/// One object as one process maps it.
+/// One object as one process maps it, as folded from its `smaps` text.
 #[derive(Debug, Clone)]
 pub struct ProcessObject {
     pub key: ObjectKey,
@@ -155,11 +154,68 @@ pub struct ProcessObject {
     pub memory: ObjectMemory,
     /// Mappings of the object in this process.
     pub mappings: u32,
-    /// Virtual size of those mappings.
-    pub mapped_bytes: u64,
+}
+
+/// One object as one process maps it, as kept between reads: the key and the label are ids in the
+/// collector's [`ObjectNames`] (a process holds a few dozen objects, most of them the same files as
+/// the next process's).
+#[derive(Debug, Clone, Copy)]
+pub struct HeldObject {
+    /// The object's key in [`ObjectNames::keys`].
+    pub key: u32,
+    /// Its label and `deleted` as this process's `smaps` showed them, in [`ObjectNames::labels`].
+    pub label: u32,
+    pub hugetlb: bool,
     /// `memory` was updated by arithmetic after another mapper joined or left
     /// ([`super::sharing`]), not read; the next read of this process makes it exact again.
     pub derived: bool,
+    /// Mappings of the object in this process.
+    pub mappings: u32,
+    pub memory: ObjectMemory,
+}
+
+/// The keys and labels of the objects the kept processes map, each held once
+/// ([`HeldObject`] names them by id).
+#[derive(Debug, Default)]
+pub struct ObjectNames {
+    pub(crate) keys: Interner<ObjectKey>,
+    /// A label and whether the path was shown `(deleted)`.
+    pub(crate) labels: Interner<(Name, bool)>,
+}
+
+impl ObjectNames {
+    /// `objects` (one process's, folded) as kept: their keys and labels interned.
+    pub fn hold(&mut self, objects: Vec<ProcessObject>) -> Vec<HeldObject> {
+        let mut held: Vec<HeldObject> = objects
+            .into_iter()
+            .map(|o| HeldObject {
+                key: self.keys.intern(o.key),
+                label: self.labels.intern((o.label, o.deleted)),
+                hugetlb: o.hugetlb,
+                derived: false,
+                mappings: o.mappings,
+                memory: o.memory,
+            })
+            .collect();
+        // Kept until the process's next read: no spare capacity (the collect may reuse the
+        // larger folded list's allocation).
+        held.shrink_to_fit();
+        held
+    }
+
+    /// The key of a held object.
+    pub fn key(&self, o: &HeldObject) -> Option<&ObjectKey> {
+        self.keys.get(o.key)
+    }
+
+    /// Frees the keys and labels no process in `procs` holds any more.
+    pub fn sweep<'a>(&mut self, procs: impl IntoIterator<Item = &'a ProcessObjects> + Clone) {
+        let held = |p: &'a ProcessObjects| p.objects.iter();
+        self.keys
+            .sweep(procs.clone().into_iter().flat_map(held).map(|o| o.key));
+        self.labels
+            .sweep(procs.into_iter().flat_map(held).map(|o| o.label));
+    }
 }
 
 /// One process's view, kept between runs.
@@ -168,16 +224,12 @@ pub struct ProcessObjects {
     pub pid: u32,
     pub start_ticks: u64,
     pub name: Name,
-    pub objects: Vec<ProcessObject>,
-    /// When this process's smaps was last read.
-    pub read_at: Instant,
-    /// The same moment in clock ticks since boot (the unit of `start_ticks`): a process started
-    /// after it did not map anything this read saw.
+    pub objects: Vec<HeldObject>,
+    /// When this process's smaps was last read, in clock ticks since boot (the unit of
+    /// `start_ticks`): a process started after it did not map anything this read saw.
     pub read_ticks: u64,
     /// The smaps collector's run that read it.
     pub read_run: u64,
-    /// Bytes of that read.
-    pub smaps_bytes: u64,
     /// How many times this process's smaps has been read.
     pub reads: u64,
 }
@@ -195,13 +247,6 @@ pub struct Consumer {
     /// since this process's `smaps` was read, not read itself (absent: read).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub derived: bool,
-}
-
-impl Consumer {
-    /// The size consumers are ranked by: PSS, plus hugetlb pages (which PSS leaves out).
-    pub fn weight(&self) -> u64 {
-        self.pss_bytes + self.hugetlb_bytes
-    }
 }
 
 /// An object folded across processes.
@@ -222,8 +267,18 @@ pub struct SharedObject {
     /// Mappers whose figures of it are derived (see [`Consumer::derived`]).
     pub derived_mappers: u32,
     pub mappings: u32,
-    /// Every mapper with its share, largest first (records show the top few).
+    /// The largest mappers with their shares, largest first (as many as records show).
     pub consumers: Vec<Consumer>,
+    /// Every mapper's share, for the object's top cgroups (in no particular order).
+    pub shares: Vec<Share>,
+}
+
+/// One mapper's share of an object: what an object's top cgroups are summed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    pub pid: u32,
+    pub pss_bytes: u64,
+    pub rss_bytes: u64,
 }
 
 impl SharedObject {
