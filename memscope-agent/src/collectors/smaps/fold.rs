@@ -118,6 +118,27 @@ pub fn fold_process_rollup(
     Ok((objects, if n == 0 { None } else { rollup.finish() }))
 }
 
+/// One mapper of an object while folding: what ranks it and what its consumer entry shows.
+struct Mapper<'a> {
+    p: &'a ProcessObjects,
+    pss_bytes: u64,
+    rss_bytes: u64,
+    hugetlb_bytes: u64,
+    derived: bool,
+}
+
+impl<'a> Mapper<'a> {
+    fn of(p: &'a ProcessObjects, o: &HeldObject, m: &ObjectMemory) -> Self {
+        Mapper {
+            p,
+            pss_bytes: m.pss_bytes,
+            rss_bytes: m.rss_bytes,
+            hugetlb_bytes: m.hugetlb_bytes(),
+            derived: o.derived,
+        }
+    }
+}
+
 /// Folds the kept processes' objects (their keys and labels in `names`) into shared objects,
 /// largest first (PSS plus hugetlb), each with its `top_consumers` largest consumers (the same
 /// order) and every mapper's share. An object's label is the one its first mapper in `procs`
@@ -132,20 +153,20 @@ pub fn fold_shared<'a>(
     let mut shared: Vec<SharedObject> = Vec::new();
     // Per shared object, the largest `Shared_Hugetlb` of one mapper, and its mappers.
     let mut max_shared_hugetlb: Vec<u64> = Vec::new();
-    let mut mappers: Vec<Vec<(&'a ProcessObjects, &'a HeldObject)>> = Vec::new();
+    let mut mappers: Vec<Vec<Mapper<'a>>> = Vec::new();
     for p in procs {
         for o in &p.objects {
+            let memory = o.memory();
             match index.get(&o.key) {
                 Some(&i) => {
                     let s = &mut shared[i];
                     s.hugetlb |= o.hugetlb;
-                    s.memory.add(&o.memory);
-                    max_shared_hugetlb[i] =
-                        max_shared_hugetlb[i].max(o.memory.shared_hugetlb_bytes);
+                    s.memory.add(&memory);
+                    max_shared_hugetlb[i] = max_shared_hugetlb[i].max(memory.shared_hugetlb_bytes);
                     s.mappers += 1;
                     s.derived_mappers += u32::from(o.derived);
                     s.mappings = s.mappings.saturating_add(o.mappings);
-                    mappers[i].push((p, o));
+                    mappers[i].push(Mapper::of(p, o, &memory));
                 }
                 None => {
                     let Some(key) = names.keys.get(o.key) else {
@@ -153,15 +174,15 @@ pub fn fold_shared<'a>(
                     };
                     let (label, deleted) = names.labels.get(o.label).cloned().unwrap_or_default();
                     index.insert(o.key, shared.len());
-                    max_shared_hugetlb.push(o.memory.shared_hugetlb_bytes);
-                    mappers.push(vec![(p, o)]);
+                    max_shared_hugetlb.push(memory.shared_hugetlb_bytes);
+                    mappers.push(vec![Mapper::of(p, o, &memory)]);
                     shared.push(SharedObject {
                         key: key.clone(),
                         label,
                         deleted,
                         hugetlb: o.hugetlb,
                         hugetlb_bytes: 0,
-                        memory: o.memory,
+                        memory,
                         mappers: 1,
                         derived_mappers: u32::from(o.derived),
                         mappings: o.mappings,
@@ -172,29 +193,29 @@ pub fn fold_shared<'a>(
             }
         }
     }
-    // Consumers rank by PSS plus hugetlb pages (which PSS leaves out).
-    let weight = |o: &HeldObject| o.memory.pss_bytes.saturating_add(o.memory.hugetlb_bytes());
     for ((s, max_shared), mut list) in shared.iter_mut().zip(max_shared_hugetlb).zip(mappers) {
         s.hugetlb_bytes = s.memory.private_hugetlb_bytes.saturating_add(max_shared);
-        list.sort_by(|a, b| weight(b.1).cmp(&weight(a.1)).then(a.0.pid.cmp(&b.0.pid)));
+        // Consumers rank by PSS plus hugetlb pages (which PSS leaves out).
+        let weight = |m: &Mapper<'_>| m.pss_bytes.saturating_add(m.hugetlb_bytes);
+        list.sort_by(|a, b| weight(b).cmp(&weight(a)).then(a.p.pid.cmp(&b.p.pid)));
         s.consumers = list
             .iter()
             .take(top_consumers)
-            .map(|(p, o)| Consumer {
-                pid: p.pid,
-                name: p.name.clone(),
-                pss_bytes: o.memory.pss_bytes,
-                rss_bytes: o.memory.rss_bytes,
-                hugetlb_bytes: o.memory.hugetlb_bytes(),
-                derived: o.derived,
+            .map(|m| Consumer {
+                pid: m.p.pid,
+                name: m.p.name.clone(),
+                pss_bytes: m.pss_bytes,
+                rss_bytes: m.rss_bytes,
+                hugetlb_bytes: m.hugetlb_bytes,
+                derived: m.derived,
             })
             .collect();
         s.shares = list
             .iter()
-            .map(|(p, o)| Share {
-                pid: p.pid,
-                pss_bytes: o.memory.pss_bytes,
-                rss_bytes: o.memory.rss_bytes,
+            .map(|m| Share {
+                pid: m.p.pid,
+                pss_bytes: m.pss_bytes,
+                rss_bytes: m.rss_bytes,
             })
             .collect();
     }

@@ -275,7 +275,7 @@ impl Pending {
                 key: o.key,
                 change,
                 pid: p.pid,
-                memory: o.memory,
+                memory: o.memory(),
                 before,
             })
     }
@@ -358,7 +358,7 @@ fn apply_changes(
         others.extend(list.iter().filter_map(|(pid, i)| {
             let p = cache.get(pid)?;
             Some(Other {
-                memory: p.objects.get(*i)?.memory,
+                memory: p.objects.get(*i)?.memory(),
                 eligible: !reread.contains(pid) && c.before.includes(p),
             })
         }));
@@ -371,7 +371,7 @@ fn apply_changes(
         {
             let Some(new) = new else { continue };
             if let Some(o) = cache.get_mut(pid).and_then(|p| p.objects.get_mut(*i)) {
-                o.memory = new;
+                o.set_memory(new);
                 o.derived = true;
                 derived += 1;
             }
