@@ -5,8 +5,8 @@ use std::collections::{HashMap, HashSet};
 use super::{
     classify::classify,
     object::{
-        Consumer, HeldObject, ObjectKey, ObjectKind, ObjectMemory, ObjectNames, ProcessObject,
-        ProcessObjects, Share, SharedObject,
+        Consumer, ObjectKey, ObjectKind, ObjectMemory, ObjectNames, ProcessObject, ProcessObjects,
+        Share, SharedObject,
     },
 };
 use crate::procfs::{
@@ -118,31 +118,39 @@ pub fn fold_process_rollup(
     Ok((objects, if n == 0 { None } else { rollup.finish() }))
 }
 
-/// One mapper of an object while folding: what ranks it and what its consumer entry shows.
+/// One of an object's largest mappers while folding: what ranks it and what its consumer entry
+/// shows.
 struct Mapper<'a> {
     p: &'a ProcessObjects,
-    pss_bytes: u64,
-    rss_bytes: u64,
-    hugetlb_bytes: u64,
     derived: bool,
+    memory: ObjectMemory,
 }
 
-impl<'a> Mapper<'a> {
-    fn of(p: &'a ProcessObjects, o: &HeldObject, m: &ObjectMemory) -> Self {
-        Mapper {
-            p,
-            pss_bytes: m.pss_bytes,
-            rss_bytes: m.rss_bytes,
-            hugetlb_bytes: m.hugetlb_bytes(),
-            derived: o.derived,
-        }
+impl Mapper<'_> {
+    /// Consumers rank by PSS plus hugetlb pages (which PSS leaves out), largest first, then by pid.
+    fn rank(&self) -> (std::cmp::Reverse<u64>, u32) {
+        let weight = self
+            .memory
+            .pss_bytes
+            .saturating_add(self.memory.hugetlb_bytes());
+        (std::cmp::Reverse(weight), self.p.pid)
+    }
+}
+
+/// Adds `m` to `top` (at most `n` mappers, in rank order) if it ranks among the `n` first.
+fn keep_top<'a>(top: &mut Vec<Mapper<'a>>, m: Mapper<'a>, n: usize) {
+    let rank = m.rank();
+    let at = top.partition_point(|x| x.rank() < rank);
+    if at < n {
+        top.insert(at, m);
+        top.truncate(n);
     }
 }
 
 /// Folds the kept processes' objects (their keys and labels in `names`) into shared objects,
-/// largest first (PSS plus hugetlb), each with its `top_consumers` largest consumers (the same
-/// order) and every mapper's share. An object's label is the one its first mapper in `procs`
-/// shows.
+/// largest first (PSS plus hugetlb), each with its `top_consumers` largest consumers (largest
+/// first) and every mapper's share (in the order of `procs`). An object's label is the one its
+/// first mapper in `procs` shows.
 pub fn fold_shared<'a>(
     procs: impl IntoIterator<Item = &'a ProcessObjects>,
     names: &ObjectNames,
@@ -151,13 +159,13 @@ pub fn fold_shared<'a>(
     // By key id, the shared object's index.
     let mut index: HashMap<u32, usize> = HashMap::new();
     let mut shared: Vec<SharedObject> = Vec::new();
-    // Per shared object, the largest `Shared_Hugetlb` of one mapper, and its mappers.
+    // Per shared object, the largest `Shared_Hugetlb` of one mapper, and its largest mappers.
     let mut max_shared_hugetlb: Vec<u64> = Vec::new();
-    let mut mappers: Vec<Vec<Mapper<'a>>> = Vec::new();
+    let mut top: Vec<Vec<Mapper<'a>>> = Vec::new();
     for p in procs {
         for o in &p.objects {
             let memory = o.memory();
-            match index.get(&o.key) {
+            let i = match index.get(&o.key) {
                 Some(&i) => {
                     let s = &mut shared[i];
                     s.hugetlb |= o.hugetlb;
@@ -166,7 +174,7 @@ pub fn fold_shared<'a>(
                     s.mappers += 1;
                     s.derived_mappers += u32::from(o.derived);
                     s.mappings = s.mappings.saturating_add(o.mappings);
-                    mappers[i].push(Mapper::of(p, o, &memory));
+                    i
                 }
                 None => {
                     let Some(key) = names.keys.get(o.key) else {
@@ -175,7 +183,7 @@ pub fn fold_shared<'a>(
                     let (label, deleted) = names.labels.get(o.label).cloned().unwrap_or_default();
                     index.insert(o.key, shared.len());
                     max_shared_hugetlb.push(memory.shared_hugetlb_bytes);
-                    mappers.push(vec![Mapper::of(p, o, &memory)]);
+                    top.push(Vec::new());
                     shared.push(SharedObject {
                         key: key.clone(),
                         label,
@@ -189,33 +197,37 @@ pub fn fold_shared<'a>(
                         consumers: Vec::new(),
                         shares: Vec::new(),
                     });
+                    shared.len() - 1
                 }
-            }
+            };
+            shared[i].shares.push(Share {
+                pid: p.pid,
+                pss_bytes: memory.pss_bytes,
+                rss_bytes: memory.rss_bytes,
+            });
+            keep_top(
+                &mut top[i],
+                Mapper {
+                    p,
+                    derived: o.derived,
+                    memory,
+                },
+                top_consumers,
+            );
         }
     }
-    for ((s, max_shared), mut list) in shared.iter_mut().zip(max_shared_hugetlb).zip(mappers) {
+    for ((s, max_shared), top) in shared.iter_mut().zip(max_shared_hugetlb).zip(top) {
         s.hugetlb_bytes = s.memory.private_hugetlb_bytes.saturating_add(max_shared);
-        // Consumers rank by PSS plus hugetlb pages (which PSS leaves out).
-        let weight = |m: &Mapper<'_>| m.pss_bytes.saturating_add(m.hugetlb_bytes);
-        list.sort_by(|a, b| weight(b).cmp(&weight(a)).then(a.p.pid.cmp(&b.p.pid)));
-        s.consumers = list
-            .iter()
-            .take(top_consumers)
+        s.shares.shrink_to_fit();
+        s.consumers = top
+            .into_iter()
             .map(|m| Consumer {
                 pid: m.p.pid,
                 name: m.p.name.clone(),
-                pss_bytes: m.pss_bytes,
-                rss_bytes: m.rss_bytes,
-                hugetlb_bytes: m.hugetlb_bytes,
+                pss_bytes: m.memory.pss_bytes,
+                rss_bytes: m.memory.rss_bytes,
+                hugetlb_bytes: m.memory.hugetlb_bytes(),
                 derived: m.derived,
-            })
-            .collect();
-        s.shares = list
-            .iter()
-            .map(|m| Share {
-                pid: m.p.pid,
-                pss_bytes: m.pss_bytes,
-                rss_bytes: m.rss_bytes,
             })
             .collect();
     }
@@ -436,6 +448,41 @@ Anonymous:            12 kB
             shared
                 .windows(2)
                 .all(|w| w[0].memory.pss_bytes >= w[1].memory.pss_bytes)
+        );
+    }
+
+    #[test]
+    fn the_top_consumers_are_the_largest_then_the_lowest_pids_whatever_the_order() {
+        let mut names = ObjectNames::default();
+        let smaps = |kb: u64| {
+            format!(
+                "7f0000000000-7f0000400000 rw-s 00000000 00:01 77 /memfd:buf (deleted)\n\
+                 Rss: 4096 kB\nPss: {kb} kB\nShared_Dirty: 4096 kB\n"
+            )
+        };
+        // pid → PSS in kB: 10 and 14 tie for the largest, 12 and 13 for the third.
+        let procs: Vec<ProcessObjects> = [(14, 900), (13, 100), (12, 100), (11, 50), (10, 900)]
+            .iter()
+            .map(|&(pid, kb)| proc_objects(&mut names, pid, "w", &smaps(kb)))
+            .collect();
+        let shared = fold_shared(procs.iter(), &names, 3);
+        let memfd = &shared[0];
+        let top: Vec<(u32, u64)> = memfd
+            .consumers
+            .iter()
+            .map(|c| (c.pid, c.pss_bytes >> 10))
+            .collect();
+        assert_eq!(top, [(10, 900), (14, 900), (12, 100)]);
+        assert_eq!(memfd.mappers, 5);
+        let pids: Vec<u32> = memfd.shares.iter().map(|s| s.pid).collect();
+        assert_eq!(
+            pids,
+            [14, 13, 12, 11, 10],
+            "every mapper, in the order given"
+        );
+        assert_eq!(
+            memfd.shares.iter().map(|s| s.pss_bytes).sum::<u64>(),
+            memfd.memory.pss_bytes
         );
     }
 

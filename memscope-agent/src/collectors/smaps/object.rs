@@ -344,7 +344,7 @@ pub struct SharedObject {
     pub mappings: u32,
     /// The largest mappers with their shares, largest first (as many as records show).
     pub consumers: Vec<Consumer>,
-    /// Every mapper's share, for the object's top cgroups (in no particular order).
+    /// Every mapper's share, for the object's top cgroups.
     pub shares: Vec<Share>,
 }
 
