@@ -428,6 +428,12 @@ impl Collector for SmapsCollector {
             keep
         });
 
+        // A process's start is news to the others only if one of them was read before it (a fork
+        // child): the oldest read kept says whether any could be (at start-up none: no changes
+        // are queued for thousands of new processes).
+        let oldest_read = self.cache.values().map(|p| p.read_ticks).min();
+        let news = |start_ticks: u64| oldest_read.is_some_and(|t| t <= start_ticks);
+
         // Tier 3: smaps where the ladder says so, within the budget.
         let mut carried = 0;
         let mut reread: HashSet<u32> = HashSet::new();
@@ -467,22 +473,25 @@ impl Collector for SmapsCollector {
                                 Change::Leave,
                                 Before::Now,
                             ));
-                            pending.extend(Pending::all(
-                                &p,
-                                &self.names,
-                                Change::Join,
-                                Before::Ticks(p.start_ticks),
-                            ));
+                            if news(p.start_ticks) {
+                                pending.extend(Pending::all(
+                                    &p,
+                                    &self.names,
+                                    Change::Join,
+                                    Before::Ticks(p.start_ticks),
+                                ));
+                            }
                         }
                         // First read: what it maps is new only to the others read before it
                         // started (a fork child). Processes that were there when the others were
                         // read (a start-up carried over by the budget) are already in their figures.
-                        None => pending.extend(Pending::all(
+                        None if news(p.start_ticks) => pending.extend(Pending::all(
                             &p,
                             &self.names,
                             Change::Join,
                             Before::Ticks(p.start_ticks),
                         )),
+                        None => {}
                     }
                     obs.processes_read += 1;
                     self.denied.remove(&pid);
