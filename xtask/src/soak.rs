@@ -138,8 +138,8 @@ impl Drop for Agent {
     }
 }
 
-/// `VmRSS`, `RssAnon`, `RssFile` of `pid`, in KiB.
-fn rss_kib(pid: u32) -> Result<(u64, u64, u64)> {
+/// `VmRSS`, `RssAnon`, `RssFile` and `VmHWM` (the peak RSS so far) of `pid`, in KiB.
+fn rss_kib(pid: u32) -> Result<(u64, u64, u64, u64)> {
     let path = format!("/proc/{pid}/status");
     let text = std::fs::read_to_string(&path).with_context(|| path.clone())?;
     let field = |name: &str| -> Result<u64> {
@@ -148,10 +148,16 @@ fn rss_kib(pid: u32) -> Result<(u64, u64, u64)> {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .with_context(|| format!("{path}: no {name}"))
     };
-    Ok((field("VmRSS:")?, field("RssAnon:")?, field("RssFile:")?))
+    Ok((
+        field("VmRSS:")?,
+        field("RssAnon:")?,
+        field("RssFile:")?,
+        field("VmHWM:")?,
+    ))
 }
 
-/// Processes on the host now (other work on a shared machine changes the count).
+/// Processes the agent sees now (on a shared host other work changes the count; in a PID namespace
+/// it is the idle processes, this command and the agent).
 fn host_processes() -> usize {
     std::fs::read_dir("/proc").map_or(0, |rd| {
         rd.filter_map(|e| e.ok())
@@ -227,27 +233,30 @@ pub fn run(args: &[String]) -> Result<()> {
                 ""
             }
         );
-        println!("| time | processes on the host | VmRSS MiB | RssAnon MiB | RssFile MiB |");
-        println!("|---|---|---|---|---|");
+        println!(
+            "| time | processes seen | VmRSS MiB | RssAnon MiB | RssFile MiB | VmHWM (peak so far) MiB |"
+        );
+        println!("|---|---|---|---|---|---|");
         let mut at = Duration::from_secs(10);
         let mut samples = Vec::new();
         while at <= end {
             std::thread::sleep(at.saturating_sub(start.elapsed()));
-            let (rss, anon, file) = rss_kib(pid).with_context(|| {
+            let (rss, anon, file, hwm) = rss_kib(pid).with_context(|| {
                 format!(
                     "the agent (pid {pid}) is gone; see its log in {}",
                     dir.path().display()
                 )
             })?;
             println!(
-                "| {} | {} | {:.1} | {:.1} | {:.1} |",
+                "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
                 humantime_secs(at),
                 host_processes(),
                 mib(rss),
                 mib(anon),
-                mib(file)
+                mib(file),
+                mib(hwm)
             );
-            samples.push((at, rss));
+            samples.push((at, rss, hwm));
             at = if at < Duration::from_secs(o.every) {
                 Duration::from_secs(o.every)
             } else {
@@ -261,9 +270,9 @@ pub fn run(args: &[String]) -> Result<()> {
     #[expect(clippy::print_stdout, reason = "the table is this command's output")]
     {
         println!(
-            "\n| processes | RSS at 10 s MiB | RSS at the end MiB | max MiB | growth over the second half MiB/h |"
+            "\n| processes | RSS at 10 s MiB | RSS at the end MiB | max of the samples MiB | VmHWM at the end MiB | growth over the second half MiB/h |"
         );
-        println!("|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|");
         for (n, samples) in &summary {
             let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
                 continue;
@@ -277,10 +286,11 @@ pub fn run(args: &[String]) -> Result<()> {
                 0.0
             };
             println!(
-                "| {n} | {:.1} | {:.1} | {:.1} | {growth:.1} |",
+                "| {n} | {:.1} | {:.1} | {:.1} | {:.1} | {growth:.1} |",
                 mib(first.1),
                 mib(last.1),
-                mib(max)
+                mib(max),
+                mib(last.2)
             );
         }
     }
@@ -324,8 +334,8 @@ mod tests {
 
     #[test]
     fn rss_of_this_process_is_read() -> Result<()> {
-        let (rss, anon, file) = rss_kib(std::process::id())?;
-        assert!(rss > 0 && rss >= anon && rss >= file);
+        let (rss, anon, file, hwm) = rss_kib(std::process::id())?;
+        assert!(rss > 0 && rss >= anon && rss >= file && hwm >= rss);
         Ok(())
     }
 }
