@@ -202,6 +202,7 @@ pub fn fold_shared<'a>(
             };
             shared[i].shares.push(Share {
                 pid: p.pid,
+                derived: o.derived,
                 pss_bytes: memory.pss_bytes,
                 rss_bytes: memory.rss_bytes,
             });
@@ -431,6 +432,7 @@ Anonymous:            12 kB
             memfd.shares,
             [10, 11].map(|pid| Share {
                 pid,
+                derived: false,
                 pss_bytes: 1024 * 1024,
                 rss_bytes: 2048 * 1024
             }),

@@ -352,6 +352,8 @@ pub struct SharedObject {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Share {
     pub pid: u32,
+    /// Its figures of the object are derived (see [`Consumer::derived`]).
+    pub derived: bool,
     pub pss_bytes: u64,
     pub rss_bytes: u64,
 }
