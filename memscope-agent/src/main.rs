@@ -372,7 +372,7 @@ fn origin(overrides: &Overrides) -> String {
 /// How long the exit waits for collector runs still going once the sink is flushed.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Keeps glibc's heap from growing with every emission (docs/design.md#the-agents-memory):
+/// Keeps glibc's heap from growing with every emission (docs/design.md#memory):
 ///
 /// - glibc gives each thread that allocates concurrently an arena of its own (up to 8 per core),
 ///   and memory freed in one arena serves only that arena: with collector runs on the blocking
@@ -383,7 +383,7 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 ///   come from the heap and leave holes there. Fixed at 128 KiB, they are mapped and unmapped
 ///   whole.
 ///
-/// [`memscope_agent::runtime`] also trims the heap after each emission.
+/// The store task also trims the heap after each emission is written ([`memscope_agent::store`]).
 fn limit_malloc_arenas() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only sets allocator parameters; called first thing in main, before any

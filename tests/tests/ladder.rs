@@ -105,7 +105,7 @@ fn smaps_stats(obs: &ObjectsObservation) -> &TierStats {
 
 fn maps_test_memfd(obs: &ObjectsObservation, pid: u32) -> bool {
     obs.of_kind(ObjectKind::Memfd).any(|o| {
-        o.label.lossy().contains("memscope-test-memfd") && o.consumers.iter().any(|c| c.pid == pid)
+        o.label.lossy().contains("memscope-test-memfd") && o.shares.iter().any(|c| c.pid == pid)
     })
 }
 
@@ -482,7 +482,7 @@ fn a_reused_pid_is_new_in_both_tiers_and_never_shows_the_old_numbers() {
     let old_anon = o0
         .objects
         .iter()
-        .any(|o| o.key.kind() == ObjectKind::Anon && o.consumers.iter().any(|c| c.pid == PID));
+        .any(|o| o.key.kind() == ObjectKind::Anon && o.shares.iter().any(|c| c.pid == PID));
     assert!(old_anon, "memhog's anon memory is an object");
     let new_before = |p: &memscope_agent::collectors::processes::ProcessesObservation| {
         p.tier.rereads.get("new").copied().unwrap_or(0)
@@ -524,7 +524,7 @@ fn a_reused_pid_is_new_in_both_tiers_and_never_shows_the_old_numbers() {
     let anon_of_new: u64 = o1
         .objects
         .iter()
-        .flat_map(|o| o.consumers.iter())
+        .flat_map(|o| o.shares.iter())
         .filter(|c| c.pid == PID)
         .map(|c| c.rss_bytes)
         .sum();
@@ -586,12 +586,12 @@ fn lost_marks_make_every_process_due_as_overflow() {
     }
 }
 
-/// The shares of `pid` in the three shared objects of `s`: (memfd, tmpfs, sysv) consumers.
+/// The shares of `pid` in the three shared objects of `s` (memfd, tmpfs, sysv).
 fn shares_of<'a>(
     obs: &'a ObjectsObservation,
     s: &Sharers,
     pid: u32,
-) -> Vec<&'a memscope_agent::collectors::smaps::Consumer> {
+) -> Vec<&'a memscope_agent::collectors::smaps::Share> {
     let memfd = s.info["memfd_inode"].as_u64().expect("memfd inode");
     let shm = s.info["shm_inode"].as_u64().expect("shm inode");
     let shmid = s.info["shmid"].as_u64().expect("shmid");
@@ -605,7 +605,7 @@ fn shares_of<'a>(
             memscope_agent::collectors::smaps::ObjectKey::Sysv { shmid: id } => *id == shmid,
             _ => false,
         })
-        .flat_map(|o| o.consumers.iter().filter(|c| c.pid == pid))
+        .flat_map(|o| o.shares.iter().filter(|c| c.pid == pid))
         .collect()
 }
 

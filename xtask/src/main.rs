@@ -64,7 +64,8 @@ enum Cmd {
         args: Vec<String>,
     },
     /// The agent's RSS over time with 1000 and 3000 idle processes (root): `cargo xtask soak --
-    /// --minutes N [--every SECONDS] [--processes 1000,3000] [--interval 10s]`.
+    /// --minutes N [--every SECONDS] [--processes 1000,3000] [--interval 10s] [--pid-namespace]
+    /// [--agent PATH]`.
     Soak {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -253,6 +254,31 @@ fn workspace_root() -> std::path::PathBuf {
         .parent()
         .map(std::path::Path::to_path_buf)
         .unwrap_or(manifest)
+}
+
+/// Runs this xtask's `subcommand` with `args` again in a PID namespace of its own with its own
+/// `/proc` (root; `unshare` from util-linux), with `inner` set in its environment so the inner run
+/// knows where it is. The agents it starts see only what the command starts, and themselves.
+fn rerun_in_pid_namespace(subcommand: &str, args: &[String], inner: &str) -> Result<()> {
+    if !is_root() {
+        bail!("--pid-namespace needs root (unshare --pid --mount)");
+    }
+    let me = std::env::current_exe().context("the xtask binary")?;
+    // A shell is the namespace's pid 1, so that the command is not: a process whose parent is
+    // pid 1 takes it that its parent is gone.
+    let status = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount", "--mount-proc"])
+        .args(["sh", "-c", "\"$@\"; exit $?", "sh"])
+        .arg(&me)
+        .arg(subcommand)
+        .args(args)
+        .env(inner, "1")
+        .status()
+        .context("running unshare (util-linux)")?;
+    if !status.success() {
+        bail!("{subcommand} in a PID namespace: {status}");
+    }
+    Ok(())
 }
 
 fn is_root() -> bool {

@@ -4,8 +4,14 @@
 //! runs the release agent with the default config (eBPF when it attaches) and its output read and
 //! dropped, and prints the agent's RSS (`VmRSS`, split into anonymous and file-backed) at 10 s and
 //! then every `--every` seconds for `--minutes` minutes. Then it stops the agent and the processes.
-//! `cargo xtask soak -- --minutes 60 --processes 3000 --every 60` is the hour-long run. A figure
-//! printed by a command, never a test; on a shared machine say it was measured under load.
+//! `cargo xtask soak -- --minutes 60 --processes 3000 --every 60` is the hour-long run.
+//!
+//! With `--pid-namespace` everything runs in a PID namespace of its own, with its own `/proc`: the
+//! agent sees exactly the idle processes (and the command and itself), whatever else runs on the
+//! host; its tracker is then `polling` (eBPF there would also report the host's exits). With
+//! `--agent PATH` that binary runs instead of a fresh release build (to measure one commit while
+//! the tree moves on). A figure printed by a command, never a test; on a shared machine say it was
+//! measured under load.
 
 use std::{
     path::PathBuf,
@@ -20,9 +26,14 @@ struct Options {
     every: u64,
     processes: Vec<usize>,
     interval: Option<String>,
+    pid_namespace: bool,
+    agent: Option<PathBuf>,
 }
 
-const USAGE: &str = "usage: cargo xtask soak [-- --minutes N] [--every SECONDS] [--processes 1000,3000] [--interval 10s]";
+const USAGE: &str = "usage: cargo xtask soak [-- --minutes N] [--every SECONDS] [--processes 1000,3000] [--interval 10s] [--pid-namespace] [--agent PATH]";
+
+/// Set in the environment of the run inside the PID namespace.
+const INNER: &str = "MEMSCOPE_SOAK_IN_NAMESPACE";
 
 fn parse(args: &[String]) -> Result<Options> {
     let mut o = Options {
@@ -30,9 +41,15 @@ fn parse(args: &[String]) -> Result<Options> {
         every: 30,
         processes: vec![1000, 3000],
         interval: None,
+        pid_namespace: false,
+        agent: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
+        if a == "--pid-namespace" {
+            o.pid_namespace = true;
+            continue;
+        }
         let value = it
             .next()
             .with_context(|| format!("{a} needs a value; {USAGE}"))?;
@@ -54,6 +71,7 @@ fn parse(args: &[String]) -> Result<Options> {
                     .collect::<Result<_>>()?;
             }
             "--interval" => o.interval = Some(value.clone()),
+            "--agent" => o.agent = Some(PathBuf::from(value)),
             other => bail!("unknown argument {other}; {USAGE}"),
         }
     }
@@ -120,8 +138,8 @@ impl Drop for Agent {
     }
 }
 
-/// `VmRSS`, `RssAnon`, `RssFile` of `pid`, in KiB.
-fn rss_kib(pid: u32) -> Result<(u64, u64, u64)> {
+/// `VmRSS`, `RssAnon`, `RssFile` and `VmHWM` (the peak RSS so far) of `pid`, in KiB.
+fn rss_kib(pid: u32) -> Result<(u64, u64, u64, u64)> {
     let path = format!("/proc/{pid}/status");
     let text = std::fs::read_to_string(&path).with_context(|| path.clone())?;
     let field = |name: &str| -> Result<u64> {
@@ -130,10 +148,16 @@ fn rss_kib(pid: u32) -> Result<(u64, u64, u64)> {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .with_context(|| format!("{path}: no {name}"))
     };
-    Ok((field("VmRSS:")?, field("RssAnon:")?, field("RssFile:")?))
+    Ok((
+        field("VmRSS:")?,
+        field("RssAnon:")?,
+        field("RssFile:")?,
+        field("VmHWM:")?,
+    ))
 }
 
-/// Processes on the host now (other work on a shared machine changes the count).
+/// Processes the agent sees now (on a shared host other work changes the count; in a PID namespace
+/// it is the idle processes, this command and the agent).
 fn host_processes() -> usize {
     std::fs::read_dir("/proc").map_or(0, |rd| {
         rd.filter_map(|e| e.ok())
@@ -146,33 +170,34 @@ fn host_processes() -> usize {
     })
 }
 
-fn is_root() -> Result<bool> {
-    let text = std::fs::read_to_string("/proc/self/status").context("/proc/self/status")?;
-    Ok(text
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|v| v.split_whitespace().nth(1))
-        == Some("0"))
-}
-
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
 pub fn run(args: &[String]) -> Result<()> {
     let o = parse(args)?;
-    if !is_root()? {
+    if !crate::is_root() {
         bail!("cargo xtask soak needs root (the agent reads every process and attaches eBPF)");
     }
-    crate::cargo(&["build", "--release", "-p", "memscope-agent"], &[])?;
-    let root = crate::workspace_root();
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    let binary = target.join("release/memscope-agent");
+    let inner = std::env::var_os(INNER).is_some();
+    let binary = match &o.agent {
+        Some(path) => std::path::absolute(path).with_context(|| format!("{}", path.display()))?,
+        None => crate::release_dir().join("memscope-agent"),
+    };
+    if !inner && o.agent.is_none() {
+        crate::cargo(&["build", "--release", "-p", "memscope-agent"], &[])?;
+    }
+    if o.pid_namespace && !inner {
+        return crate::rerun_in_pid_namespace("soak", args, INNER);
+    }
     let dir = tempfile::tempdir().context("temporary directory")?;
-    let mut config = String::new();
+    let mut config = String::from("[agent]\n");
     if let Some(i) = &o.interval {
-        config.push_str(&format!("[agent]\ninterval = {i:?}\n"));
+        config.push_str(&format!("interval = {i:?}\n"));
+    }
+    if o.pid_namespace {
+        // In a PID namespace the eBPF tracker would also report the host's exits.
+        config.push_str("tracker = \"polling\"\n");
     }
     let conf = dir.path().join("soak.toml");
     std::fs::write(&conf, config).with_context(|| format!("{}", conf.display()))?;
@@ -199,28 +224,39 @@ pub fn run(args: &[String]) -> Result<()> {
         let pid = agent.0.id();
         let start = Instant::now();
         let end = Duration::from_secs(o.minutes * 60);
-        println!("\n{n} idle processes, agent pid {pid}");
-        println!("| time | processes on the host | VmRSS MiB | RssAnon MiB | RssFile MiB |");
-        println!("|---|---|---|---|---|");
+        println!(
+            "\n{n} idle processes, agent {} (pid {pid}){}",
+            binary.display(),
+            if o.pid_namespace {
+                ", in a PID namespace of its own (polling tracker)"
+            } else {
+                ""
+            }
+        );
+        println!(
+            "| time | processes seen | VmRSS MiB | RssAnon MiB | RssFile MiB | VmHWM (peak so far) MiB |"
+        );
+        println!("|---|---|---|---|---|---|");
         let mut at = Duration::from_secs(10);
         let mut samples = Vec::new();
         while at <= end {
             std::thread::sleep(at.saturating_sub(start.elapsed()));
-            let (rss, anon, file) = rss_kib(pid).with_context(|| {
+            let (rss, anon, file, hwm) = rss_kib(pid).with_context(|| {
                 format!(
                     "the agent (pid {pid}) is gone; see its log in {}",
                     dir.path().display()
                 )
             })?;
             println!(
-                "| {} | {} | {:.1} | {:.1} | {:.1} |",
+                "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
                 humantime_secs(at),
                 host_processes(),
                 mib(rss),
                 mib(anon),
-                mib(file)
+                mib(file),
+                mib(hwm)
             );
-            samples.push((at, rss));
+            samples.push((at, rss, hwm));
             at = if at < Duration::from_secs(o.every) {
                 Duration::from_secs(o.every)
             } else {
@@ -234,9 +270,9 @@ pub fn run(args: &[String]) -> Result<()> {
     #[expect(clippy::print_stdout, reason = "the table is this command's output")]
     {
         println!(
-            "\n| processes | RSS at 10 s MiB | RSS at the end MiB | max MiB | growth over the second half MiB/h |"
+            "\n| processes | RSS at 10 s MiB | RSS at the end MiB | max of the samples MiB | VmHWM at the end MiB | growth over the second half MiB/h |"
         );
-        println!("|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|");
         for (n, samples) in &summary {
             let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
                 continue;
@@ -250,10 +286,11 @@ pub fn run(args: &[String]) -> Result<()> {
                 0.0
             };
             println!(
-                "| {n} | {:.1} | {:.1} | {:.1} | {growth:.1} |",
+                "| {n} | {:.1} | {:.1} | {:.1} | {:.1} | {growth:.1} |",
                 mib(first.1),
                 mib(last.1),
-                mib(max)
+                mib(max),
+                mib(last.2)
             );
         }
     }
@@ -279,12 +316,15 @@ mod tests {
     fn arguments_parse_and_bad_ones_are_refused() -> Result<()> {
         let args = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
         let o = parse(&args(
-            "--minutes 60 --every 120 --processes 3000 --interval 5s",
+            "--minutes 60 --every 120 --processes 3000 --pid-namespace --interval 5s --agent /x",
         ))?;
         assert_eq!((o.minutes, o.every, o.processes), (60, 120, vec![3000]));
         assert_eq!(o.interval.as_deref(), Some("5s"));
+        assert!(o.pid_namespace);
+        assert_eq!(o.agent, Some(PathBuf::from("/x")));
         let d = parse(&[])?;
         assert_eq!((d.minutes, d.every, d.processes), (5, 30, vec![1000, 3000]));
+        assert!(!d.pid_namespace && d.agent.is_none());
         assert!(parse(&args("--minutes 0")).is_err());
         assert!(parse(&args("--processes 1,x")).is_err());
         assert!(parse(&args("--seconds 3")).is_err());
@@ -294,8 +334,8 @@ mod tests {
 
     #[test]
     fn rss_of_this_process_is_read() -> Result<()> {
-        let (rss, anon, file) = rss_kib(std::process::id())?;
-        assert!(rss > 0 && rss >= anon && rss >= file);
+        let (rss, anon, file, hwm) = rss_kib(std::process::id())?;
+        assert!(rss > 0 && rss >= anon && rss >= file && hwm >= rss);
         Ok(())
     }
 }

@@ -285,13 +285,9 @@ impl Observation for ProcessesObservation {
 
 /// What is kept per process between runs.
 struct Known {
-    start_ticks: u64,
-    /// The name at the last cmdline/cgroup read: a new name means an exec.
-    name: Name,
-    cmdline: Name,
-    cgroup: CgroupOf,
-    /// The record from the last read of `smaps_rollup`/`status`.
-    record: Option<ProcessRecord>,
+    /// The record of its last read (of `smaps_rollup`/`status`). Its cmdline and cgroup are read
+    /// again only after an exec (a new name) or for a new process.
+    record: ProcessRecord,
     /// The run that last re-read it.
     read_in: u64,
     /// The last run whose observation listed it, with its subtree then.
@@ -415,10 +411,15 @@ impl ProcessesCollector {
         let name = status
             .as_ref()
             .map_or_else(|| stat.comm.clone(), |s| s.name.clone());
-        let (cmdline, cgroup) = match self.known.get(&pid) {
-            Some(k) if k.start_ticks == stat.starttime_ticks && k.name == name => {
-                (k.cmdline.clone(), k.cgroup.clone())
-            }
+        let (cmdline, cgroup) = match self.known.get(&pid).map(|k| &k.record) {
+            Some(k) if k.start_ticks == stat.starttime_ticks && k.name == name => (
+                k.cmdline.clone(),
+                CgroupOf {
+                    path: k.cgroup.clone(),
+                    container: k.container.clone(),
+                    unit: k.unit.clone(),
+                },
+            ),
             _ => {
                 let cmdline =
                     match procfs.read(&procfs.pid_path(pid, "cmdline"), FileClass::CMDLINE) {
@@ -426,20 +427,7 @@ impl ProcessesCollector {
                         Err(e) if e.is_denied() => Name::default(),
                         Err(e) => return Err(e),
                     };
-                let cgroup = CgroupOf::read(procfs, pid, &mut obs.errors);
-                self.known.insert(
-                    pid,
-                    Known {
-                        start_ticks: stat.starttime_ticks,
-                        name: name.clone(),
-                        cmdline: cmdline.clone(),
-                        cgroup: cgroup.clone(),
-                        record: None,
-                        read_in: 0,
-                        listed: None,
-                    },
-                );
-                (cmdline, cgroup)
+                (cmdline, CgroupOf::read(procfs, pid, &mut obs.errors))
             }
         };
 
@@ -481,10 +469,15 @@ impl ProcessesCollector {
                     self.stats.count(reason);
                 }
                 self.ladder.done(pid, Instant::now());
-                if let Some(k) = self.known.get_mut(&pid) {
-                    k.record = Some(p);
-                    k.read_in = self.generation;
-                }
+                let listed = self.known.get(&pid).and_then(|k| k.listed);
+                self.known.insert(
+                    pid,
+                    Known {
+                        record: p,
+                        read_in: self.generation,
+                        listed,
+                    },
+                );
             }
             Err(e) if e.is_gone() => {
                 obs.vanished += 1;
@@ -629,13 +622,15 @@ impl Collector for ProcessesCollector {
         self.stats.finish_run(&self.ladder, carried, Instant::now());
         obs.tier = self.stats.clone();
 
-        obs.processes = pass
-            .processes
-            .iter()
-            .map(|(pid, _)| pid)
-            .filter(|pid| live.contains(pid))
-            .filter_map(|pid| self.known.get(pid).and_then(|k| k.record.clone()))
-            .collect();
+        // Sized up front: grown by doubling, the list of 3000 records would hold room for 4096.
+        obs.processes = Vec::with_capacity(live.len());
+        obs.processes.extend(
+            pass.processes
+                .iter()
+                .map(|(pid, _)| pid)
+                .filter(|pid| live.contains(pid))
+                .filter_map(|pid| self.known.get(pid).map(|k| k.record.clone())),
+        );
         compute_subtrees(&mut obs.processes);
         // What is the same as in the last run's observation: listed in it, not re-read since,
         // the same subtree.

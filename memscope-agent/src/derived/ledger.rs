@@ -439,13 +439,13 @@ fn signed_diff(a: u64, b: u64) -> i64 {
 
 #[cfg(test)]
 mod tests {
-    use std::{collections::HashSet, time::Instant};
+    use std::collections::HashSet;
 
     use super::*;
     use crate::{
         collectors::{
             processes::{Memory, ProcessRecord},
-            smaps::{ObjectMemory, ProcessObjects, fold_process, fold_shared},
+            smaps::{ObjectMemory, ObjectNames, ProcessObjects, fold_process, fold_shared},
             sysv::Segment,
             tmpfs::{FdScanSummary, NamespacesUnread, OpenShmemFile, TmpfsMount},
         },
@@ -468,6 +468,7 @@ mod tests {
             derived_mappers: 0,
             mappings: 1,
             consumers: Vec::new(),
+            shares: Vec::new(),
         }
     }
 
@@ -631,20 +632,19 @@ mod tests {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../fixtures/cases/smaps_accuracy");
         let text = std::fs::read(&path).expect("fixture smaps_accuracy");
-        let objects = fold_process(&text, &tmpfs_devs).expect("parse");
+        let mut names = ObjectNames::default();
+        let objects = names.hold(fold_process(&text, &tmpfs_devs).expect("parse"));
         let p = ProcessObjects {
             pid: 7,
             start_ticks: 1,
             name: Name::from("acc"),
             objects,
-            read_at: Instant::now(),
             read_ticks: 0,
             read_run: 0,
-            smaps_bytes: 0,
             reads: 1,
         };
         ObjectsObservation {
-            objects: fold_shared([&p]),
+            objects: fold_shared([&p], &names, 5),
             ..ObjectsObservation::default()
         }
     }

@@ -73,6 +73,7 @@ mod tests {
             derived_mappers: 0,
             mappings: 1,
             consumers: Vec::new(),
+            shares: Vec::new(),
         }
     }
 

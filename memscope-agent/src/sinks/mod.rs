@@ -107,6 +107,11 @@ fn off_the_workers<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
+/// Bytes handed to a [`WriterSink`]'s writer at a time: tokio's stdout copies each write into a
+/// buffer of its own that keeps its size (up to 2 MiB), so one large emission written at once would
+/// hold that much memory for good.
+const WRITE_CHUNK: usize = 64 << 10;
+
 /// A sink over any async writer (stdout, a pipe, a `Vec<u8>` in tests). Each batch is written whole
 /// and flushed, so a consumer never sees half an emission sitting in a buffer.
 pub struct WriterSink<W> {
@@ -119,10 +124,16 @@ impl<W: AsyncWrite + Unpin> WriterSink<W> {
     }
 
     pub async fn write_batch(&mut self, lines: &[u8]) -> Result<(), WriteError> {
-        let written = match self.writer.write_all(lines).await {
-            Ok(()) => self.writer.flush().await,
-            Err(e) => Err(e),
-        };
+        let mut written = Ok(());
+        for chunk in lines.chunks(WRITE_CHUNK) {
+            written = self.writer.write_all(chunk).await;
+            if written.is_err() {
+                break;
+            }
+        }
+        if written.is_ok() {
+            written = self.writer.flush().await;
+        }
         written.map_err(|source| WriteError {
             dropped_lines: count_lines(lines),
             source,
@@ -167,6 +178,54 @@ mod tests {
         sink.write_batch(b"{\"c\":3}\n").await.expect("write");
         let out = sink.into_inner();
         assert_eq!(out, b"{\"a\":1}\n{\"b\":2}\n{\"c\":3}\n");
+    }
+
+    /// A writer that keeps what it is given and the largest single write.
+    #[derive(Default)]
+    struct Recording {
+        out: Vec<u8>,
+        largest_write: usize,
+    }
+
+    impl AsyncWrite for Recording {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            self.largest_write = self.largest_write.max(buf.len());
+            self.out.extend_from_slice(buf);
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_large_batch_reaches_the_writer_in_bounded_writes() {
+        let line = format!("{{\"pad\":\"{}\"}}\n", "x".repeat(1000));
+        let batch = line.repeat(1000);
+        let mut sink = WriterSink::new(Recording::default());
+        sink.write_batch(batch.as_bytes()).await.expect("write");
+        let w = sink.into_inner();
+        assert_eq!(w.out, batch.as_bytes(), "every byte, in order");
+        assert!(
+            w.largest_write <= WRITE_CHUNK,
+            "a write of {} bytes",
+            w.largest_write
+        );
     }
 
     #[tokio::test]

@@ -264,6 +264,11 @@ impl Store {
         };
         Record::new("snapshot", "", &snapshot).write_line(&header, &mut out);
         out.extend_from_slice(&lines);
+        // Kept for its capacity, but not a keyframe's worth through the small emissions between
+        // keyframes.
+        if lines.capacity() > 4 * lines.len() {
+            lines.shrink_to(2 * lines.len());
+        }
         self.lines_buf = lines;
         for r in &gone_records {
             r.write_line(&header, &mut out);

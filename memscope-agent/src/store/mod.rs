@@ -151,6 +151,10 @@ pub async fn run(
                     }
                     error!(error = %e, "sink write failed; lines dropped");
                 }
+                // What the tick freed (the records, the lines, the observations replaced) goes
+                // back to the kernel now, not after another interval resident.
+                drop(out);
+                let _ = tokio::task::spawn_blocking(crate::runtime::release_freed_heap).await;
             }
         }
     }

@@ -468,3 +468,25 @@ fn an_unchanged_record_whose_exit_went_out_at_once_is_sent_whole_if_it_comes_bac
     assert_eq!(b[1]["pid"], 2);
     assert!(b[1].get("delta").is_none(), "whole, as new: {}", b[1]);
 }
+
+#[test]
+fn the_line_buffer_gives_back_a_keyframes_worth_between_keyframes() {
+    let mut s = store(EmitMode::Changes, 100);
+    let many: Vec<(u32, u64)> = (1..=2000).map(|pid| (pid, 10)).collect();
+    s.apply("processes", Duration::from_millis(1), procs(&many));
+    let keyframe = emit(&mut s);
+    assert_eq!(keyframe.len(), 2002, "a keyframe sends every process");
+    let kept = s.lines_buf.capacity();
+    assert!(kept >= 2000 * 100, "{kept} bytes: the keyframe's lines");
+    // One process moved: one delta, and the buffer shrinks to a small emission's size.
+    let mut moved = many.clone();
+    moved[0].1 = 10 * MIB;
+    s.apply("processes", Duration::from_millis(1), procs(&moved));
+    let next = emit(&mut s);
+    assert_eq!(kinds(&next), ["snapshot", "process", "agent"]);
+    assert!(
+        s.lines_buf.capacity() < 4096,
+        "{} bytes kept",
+        s.lines_buf.capacity()
+    );
+}

@@ -5,13 +5,13 @@ use std::collections::{HashMap, HashSet};
 use super::{
     classify::classify,
     object::{
-        Consumer, ObjectKey, ObjectKind, ObjectMemory, ProcessObject, ProcessObjects, SharedObject,
+        Consumer, ObjectKey, ObjectKind, ObjectMemory, ObjectNames, ProcessObject, ProcessObjects,
+        Share, SharedObject,
     },
 };
 use crate::procfs::{
     Dev,
     counters::MemCounters,
-    escape::Name,
     smaps::{Mapping, parse_smaps},
 };
 
@@ -101,7 +101,6 @@ pub fn fold_process_rollup(
                 o.hugetlb |= hugetlb;
                 o.memory.add(&mem);
                 o.mappings += 1;
-                o.mapped_bytes = o.mapped_bytes.saturating_add(m.size());
             }
             None => {
                 index.insert(key.clone(), objects.len());
@@ -112,88 +111,126 @@ pub fn fold_process_rollup(
                     hugetlb,
                     memory: mem,
                     mappings: 1,
-                    mapped_bytes: m.size(),
-                    derived: false,
                 });
             }
         }
     })?;
-    // Kept per process until its next read: without the doubling's spare capacity (about a third
-    // of the smaps collector's heap at 3000 processes, measured with heaptrack).
-    objects.shrink_to_fit();
     Ok((objects, if n == 0 { None } else { rollup.finish() }))
 }
 
-/// Folds per-process objects into shared objects, largest first (PSS plus hugetlb); consumers
-/// likewise.
-pub fn fold_shared<'a>(procs: impl IntoIterator<Item = &'a ProcessObjects>) -> Vec<SharedObject> {
-    fold_shared_named(procs, usize::MAX)
+/// One of an object's largest mappers while folding: what ranks it and what its consumer entry
+/// shows.
+struct Mapper<'a> {
+    p: &'a ProcessObjects,
+    derived: bool,
+    memory: ObjectMemory,
 }
 
-/// [`fold_shared`], with the names of only the `named` largest consumers of each object (the
-/// others' `name` is empty): the records list that many, and a name is an allocation per mapper
-/// per object per run otherwise (the anonymous memory of 3000 processes is one object with 3000
-/// consumers).
-pub fn fold_shared_named<'a>(
+impl Mapper<'_> {
+    /// Consumers rank by PSS plus hugetlb pages (which PSS leaves out), largest first, then by pid.
+    fn rank(&self) -> (std::cmp::Reverse<u64>, u32) {
+        let weight = self
+            .memory
+            .pss_bytes
+            .saturating_add(self.memory.hugetlb_bytes());
+        (std::cmp::Reverse(weight), self.p.pid)
+    }
+}
+
+/// Adds `m` to `top` (at most `n` mappers, in rank order) if it ranks among the `n` first.
+fn keep_top<'a>(top: &mut Vec<Mapper<'a>>, m: Mapper<'a>, n: usize) {
+    let rank = m.rank();
+    let at = top.partition_point(|x| x.rank() < rank);
+    if at < n {
+        top.insert(at, m);
+        top.truncate(n);
+    }
+}
+
+/// Folds the kept processes' objects (their keys and labels in `names`) into shared objects,
+/// largest first (PSS plus hugetlb), each with its `top_consumers` largest consumers (largest
+/// first) and every mapper's share (in the order of `procs`). An object's label is the one its
+/// first mapper in `procs` shows.
+pub fn fold_shared<'a>(
     procs: impl IntoIterator<Item = &'a ProcessObjects>,
-    named: usize,
+    names: &ObjectNames,
+    top_consumers: usize,
 ) -> Vec<SharedObject> {
-    let procs: Vec<&'a ProcessObjects> = procs.into_iter().collect();
-    let mut index: HashMap<&'a ObjectKey, usize> = HashMap::new();
+    // By key id, the shared object's index.
+    let mut index: HashMap<u32, usize> = HashMap::new();
     let mut shared: Vec<SharedObject> = Vec::new();
-    // Per shared object, the largest `Shared_Hugetlb` of one mapper.
+    // Per shared object, the largest `Shared_Hugetlb` of one mapper, and its largest mappers.
     let mut max_shared_hugetlb: Vec<u64> = Vec::new();
-    for p in &procs {
+    let mut top: Vec<Vec<Mapper<'a>>> = Vec::new();
+    for p in procs {
         for o in &p.objects {
-            let consumer = Consumer {
-                pid: p.pid,
-                name: Name::default(),
-                pss_bytes: o.memory.pss_bytes,
-                rss_bytes: o.memory.rss_bytes,
-                hugetlb_bytes: o.memory.hugetlb_bytes(),
-                derived: o.derived,
-            };
-            match index.get(&o.key) {
+            let memory = o.memory();
+            let i = match index.get(&o.key) {
                 Some(&i) => {
                     let s = &mut shared[i];
                     s.hugetlb |= o.hugetlb;
-                    s.memory.add(&o.memory);
-                    max_shared_hugetlb[i] =
-                        max_shared_hugetlb[i].max(o.memory.shared_hugetlb_bytes);
+                    s.memory.add(&memory);
+                    max_shared_hugetlb[i] = max_shared_hugetlb[i].max(memory.shared_hugetlb_bytes);
                     s.mappers += 1;
                     s.derived_mappers += u32::from(o.derived);
-                    s.mappings += o.mappings;
-                    s.consumers.push(consumer);
+                    s.mappings = s.mappings.saturating_add(o.mappings);
+                    i
                 }
                 None => {
-                    index.insert(&o.key, shared.len());
-                    max_shared_hugetlb.push(o.memory.shared_hugetlb_bytes);
+                    let Some(key) = names.keys.get(o.key) else {
+                        continue;
+                    };
+                    let (label, deleted) = names.labels.get(o.label).cloned().unwrap_or_default();
+                    index.insert(o.key, shared.len());
+                    max_shared_hugetlb.push(memory.shared_hugetlb_bytes);
+                    top.push(Vec::new());
                     shared.push(SharedObject {
-                        key: o.key.clone(),
-                        label: o.label.clone(),
-                        deleted: o.deleted,
+                        key: key.clone(),
+                        label,
+                        deleted,
                         hugetlb: o.hugetlb,
                         hugetlb_bytes: 0,
-                        memory: o.memory,
+                        memory,
                         mappers: 1,
                         derived_mappers: u32::from(o.derived),
                         mappings: o.mappings,
-                        consumers: vec![consumer],
+                        consumers: Vec::new(),
+                        shares: Vec::new(),
                     });
+                    shared.len() - 1
                 }
-            }
+            };
+            shared[i].shares.push(Share {
+                pid: p.pid,
+                derived: o.derived,
+                pss_bytes: memory.pss_bytes,
+                rss_bytes: memory.rss_bytes,
+            });
+            keep_top(
+                &mut top[i],
+                Mapper {
+                    p,
+                    derived: o.derived,
+                    memory,
+                },
+                top_consumers,
+            );
         }
     }
-    let names: HashMap<u32, &Name> = procs.iter().map(|p| (p.pid, &p.name)).collect();
-    for (s, max_shared) in shared.iter_mut().zip(max_shared_hugetlb) {
-        s.hugetlb_bytes = s.memory.private_hugetlb_bytes + max_shared;
-        s.consumers
-            .sort_by(|a, b| b.weight().cmp(&a.weight()).then(a.pid.cmp(&b.pid)));
-        for c in s.consumers.iter_mut().take(named) {
-            if let Some(name) = names.get(&c.pid) {
-                c.name = (*name).clone();
-            }
-        }
+    for ((s, max_shared), top) in shared.iter_mut().zip(max_shared_hugetlb).zip(top) {
+        s.hugetlb_bytes = s.memory.private_hugetlb_bytes.saturating_add(max_shared);
+        s.shares.shrink_to_fit();
+        s.consumers = top
+            .into_iter()
+            .map(|m| Consumer {
+                pid: m.p.pid,
+                name: m.p.name.clone(),
+                pss_bytes: m.memory.pss_bytes,
+                rss_bytes: m.memory.rss_bytes,
+                hugetlb_bytes: m.memory.hugetlb_bytes(),
+                derived: m.derived,
+            })
+            .collect();
     }
     shared.sort_by(|a, b| b.weight().cmp(&a.weight()).then_with(|| a.key.cmp(&b.key)));
     shared
@@ -201,8 +238,6 @@ pub fn fold_shared_named<'a>(
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::time::Instant;
-
     use super::*;
     use crate::procfs::escape::Name;
 
@@ -258,16 +293,20 @@ Shared_Clean:          4 kB
         .collect()
     }
 
-    pub(crate) fn proc_objects(pid: u32, name: &str, text: &str) -> ProcessObjects {
+    /// `pid`'s objects from its smaps `text`, kept with their names in `names`.
+    pub(crate) fn proc_objects(
+        names: &mut ObjectNames,
+        pid: u32,
+        name: &str,
+        text: &str,
+    ) -> ProcessObjects {
         ProcessObjects {
             pid,
             start_ticks: 1,
             name: Name::from(name),
-            objects: fold_process(text.as_bytes(), &devs()).expect("parses"),
-            read_at: Instant::now(),
+            objects: names.hold(fold_process(text.as_bytes(), &devs()).expect("parses")),
             read_ticks: 0,
             read_run: 0,
-            smaps_bytes: text.len() as u64,
             reads: 1,
         }
     }
@@ -372,17 +411,40 @@ Anonymous:            12 kB
 
     #[test]
     fn objects_fold_across_processes_with_consumers() {
-        let a = proc_objects(10, "a", SMAPS);
-        let b = proc_objects(11, "b", SMAPS);
-        let shared = fold_shared([&a, &b]);
+        let mut names = ObjectNames::default();
+        let a = proc_objects(&mut names, 10, "a", SMAPS);
+        let b = proc_objects(&mut names, 11, "b", SMAPS);
+        let shared = fold_shared([&a, &b], &names, 1);
         let memfd = shared
             .iter()
             .find(|o| o.key.id() == "memfd:0:1:77")
             .expect("memfd");
         assert_eq!(memfd.mappers, 2);
         assert_eq!(memfd.memory.pss_bytes, 2048 * 1024);
-        assert_eq!(memfd.consumers.len(), 2);
-        assert_eq!(memfd.consumers[0].pss_bytes, 1024 * 1024);
+        assert_eq!(memfd.consumers.len(), 1, "the top one only");
+        assert_eq!(
+            (memfd.consumers[0].pid, memfd.consumers[0].pss_bytes),
+            (10, 1024 * 1024),
+            "equal shares rank by pid"
+        );
+        assert_eq!(memfd.consumers[0].name, Name::from("a"));
+        assert_eq!(
+            memfd.shares,
+            [10, 11].map(|pid| Share {
+                pid,
+                derived: false,
+                pss_bytes: 1024 * 1024,
+                rss_bytes: 2048 * 1024
+            }),
+            "every mapper's share"
+        );
+        let app = shared
+            .iter()
+            .find(|o| o.key.id() == "file:254:1:1234")
+            .expect("app");
+        assert_eq!(app.label, Name::from("/usr/bin/app"));
+        assert_eq!(app.mappings, 4, "two mappings in each of two processes");
+        assert_eq!(names.keys.len(), 9, "each key held once");
         // Sorted by PSS, largest first.
         assert!(
             shared
@@ -392,24 +454,38 @@ Anonymous:            12 kB
     }
 
     #[test]
-    fn only_the_listed_consumers_carry_their_names() {
-        let a = proc_objects(10, "a", SMAPS);
-        let b = proc_objects(11, "b", SMAPS);
-        let all = fold_shared([&a, &b]);
-        let named = fold_shared_named([&a, &b], 1);
-        assert_eq!(all.len(), named.len());
-        for (x, y) in all.iter().zip(&named) {
-            assert_eq!(x.key, y.key);
-            assert_eq!(x.memory, y.memory, "{:?}", x.key);
-            let pids = |o: &SharedObject| o.consumers.iter().map(|c| c.pid).collect::<Vec<_>>();
-            assert_eq!(pids(x), pids(y), "same consumers, same order");
-            assert_eq!(
-                y.consumers[0].name, x.consumers[0].name,
-                "the first is named"
-            );
-            assert!(y.consumers[1..].iter().all(|c| c.name == Name::default()));
-            assert!(x.consumers.iter().all(|c| c.name != Name::default()));
-        }
+    fn the_top_consumers_are_the_largest_then_the_lowest_pids_whatever_the_order() {
+        let mut names = ObjectNames::default();
+        let smaps = |kb: u64| {
+            format!(
+                "7f0000000000-7f0000400000 rw-s 00000000 00:01 77 /memfd:buf (deleted)\n\
+                 Rss: 4096 kB\nPss: {kb} kB\nShared_Dirty: 4096 kB\n"
+            )
+        };
+        // pid → PSS in kB: 10 and 14 tie for the largest, 12 and 13 for the third.
+        let procs: Vec<ProcessObjects> = [(14, 900), (13, 100), (12, 100), (11, 50), (10, 900)]
+            .iter()
+            .map(|&(pid, kb)| proc_objects(&mut names, pid, "w", &smaps(kb)))
+            .collect();
+        let shared = fold_shared(procs.iter(), &names, 3);
+        let memfd = &shared[0];
+        let top: Vec<(u32, u64)> = memfd
+            .consumers
+            .iter()
+            .map(|c| (c.pid, c.pss_bytes >> 10))
+            .collect();
+        assert_eq!(top, [(10, 900), (14, 900), (12, 100)]);
+        assert_eq!(memfd.mappers, 5);
+        let pids: Vec<u32> = memfd.shares.iter().map(|s| s.pid).collect();
+        assert_eq!(
+            pids,
+            [14, 13, 12, 11, 10],
+            "every mapper, in the order given"
+        );
+        assert_eq!(
+            memfd.shares.iter().map(|s| s.pss_bytes).sum::<u64>(),
+            memfd.memory.pss_bytes
+        );
     }
 
     #[test]
@@ -424,10 +500,11 @@ Anonymous:            12 kB
                  7f0000600000-7f0000700000 rw-p 00000000 00:00 0\nRss: 8 kB\nPss: 8 kB\n"
             )
         };
-        let a = proc_objects(1, "a", &smaps(4096, 1024));
-        let b = proc_objects(2, "b", &smaps(4096, 1024));
-        let c = proc_objects(3, "c", &smaps(4096, 0));
-        let shared = fold_shared([&a, &b, &c]);
+        let mut names = ObjectNames::default();
+        let a = proc_objects(&mut names, 1, "a", &smaps(4096, 1024));
+        let b = proc_objects(&mut names, 2, "b", &smaps(4096, 1024));
+        let c = proc_objects(&mut names, 3, "c", &smaps(4096, 0));
+        let shared = fold_shared([&a, &b, &c], &names, 5);
         let ht = &shared[0];
         assert_eq!(
             ht.key.id(),

@@ -39,14 +39,16 @@ use crate::{
 
 mod classify;
 mod fold;
+pub(crate) mod intern;
 mod object;
 mod records;
 pub mod sharing;
 
 pub use classify::{classify, tmpfs_devices};
-pub use fold::{fold_process, fold_process_rollup, fold_shared, fold_shared_named};
+pub use fold::{fold_process, fold_process_rollup, fold_shared};
 pub use object::{
-    Consumer, ObjectKey, ObjectKind, ObjectMemory, ProcessObject, ProcessObjects, SharedObject,
+    Consumer, HeldObject, ObjectKey, ObjectKind, ObjectMemory, ObjectNames, ProcessObject,
+    ProcessObjects, Share, SharedObject,
 };
 pub(crate) use records::{ObjectBody, OtherBody};
 pub use records::{ObjectsObservation, Sharing};
@@ -119,6 +121,8 @@ pub struct SmapsCollector {
     stats: TierStats,
     events: Subscription,
     cache: HashMap<u32, ProcessObjects>,
+    /// The keys and labels of the objects in `cache`, each once.
+    names: ObjectNames,
     /// Mount namespaces read for the tmpfs devices (shared with the tmpfs collector).
     namespaces: SharedNamespaces,
     /// Processes whose last smaps read was denied.
@@ -148,12 +152,13 @@ impl SmapsCollector {
             stats: TierStats::default(),
             events,
             cache: HashMap::new(),
+            names: ObjectNames::default(),
             namespaces: SharedNamespaces::new(
                 crate::config::AgentConfig::default().max_mount_namespaces,
             ),
             denied: HashSet::new(),
             runs: 0,
-            buf: Vec::with_capacity(1 << 20),
+            buf: Vec::with_capacity(SMAPS_BUF_BYTES),
         }
     }
 
@@ -189,11 +194,9 @@ impl SmapsCollector {
             pid,
             start_ticks: stat.starttime_ticks,
             name: stat.comm,
-            objects,
-            read_at: Instant::now(),
+            objects: self.names.hold(objects),
             read_ticks: boot_ticks(),
             read_run: self.runs,
-            smaps_bytes: self.buf.len() as u64,
             reads: 1,
         };
         Ok((p, rollup))
@@ -205,9 +208,12 @@ impl SmapsCollector {
     }
 }
 
+/// The read buffer kept between runs (a larger one, grown by a larger smaps, is shrunk back).
+const SMAPS_BUF_BYTES: usize = 1 << 20;
+
 /// Keys of objects that processes share (private kinds never change anyone else's numbers).
-fn shareable(key: &ObjectKey) -> bool {
-    matches!(key, ObjectKey::Inode { .. } | ObjectKey::Sysv { .. })
+fn shareable(key: Option<&ObjectKey>) -> bool {
+    matches!(key, Some(ObjectKey::Inode { .. } | ObjectKey::Sysv { .. }))
 }
 
 /// Now, in clock ticks since boot (`CLOCK_BOOTTIME`, the clock of `stat`'s start time).
@@ -222,7 +228,8 @@ fn boot_ticks() -> u64 {
 /// One object's mapper-set change, waiting to be applied to the other mappers' figures.
 #[derive(Debug)]
 struct Pending {
-    key: ObjectKey,
+    /// The object's key id ([`ObjectNames::keys`]).
+    key: u32,
     change: Change,
     /// The mover (left out of the others) and its figures of the object.
     pid: u32,
@@ -255,38 +262,39 @@ impl Before {
 
 impl Pending {
     /// Every shared object of `p` joined or left.
-    fn all(
-        p: &ProcessObjects,
+    fn all<'a>(
+        p: &'a ProcessObjects,
+        names: &'a ObjectNames,
         change: Change,
         before: Before,
-    ) -> impl Iterator<Item = Pending> + '_ {
+    ) -> impl Iterator<Item = Pending> + 'a {
         p.objects
             .iter()
-            .filter(|o| shareable(&o.key))
+            .filter(|o| shareable(names.key(o)))
             .map(move |o| Pending {
-                key: o.key.clone(),
+                key: o.key,
                 change,
                 pid: p.pid,
-                memory: o.memory,
+                memory: o.memory(),
                 before,
             })
     }
 
     /// The shared objects `new` (a re-read) gained or lost against `old` (the same process's last
     /// read): changes made after `old` was read.
-    fn diff(old: &ProcessObjects, new: &ProcessObjects) -> Vec<Pending> {
-        let keys = |p: &ProcessObjects| -> HashSet<ObjectKey> {
+    fn diff(old: &ProcessObjects, new: &ProcessObjects, names: &ObjectNames) -> Vec<Pending> {
+        let keys = |p: &ProcessObjects| -> HashSet<u32> {
             p.objects
                 .iter()
-                .filter(|o| shareable(&o.key))
-                .map(|o| o.key.clone())
+                .filter(|o| shareable(names.key(o)))
+                .map(|o| o.key)
                 .collect()
         };
         let (was, is) = (keys(old), keys(new));
         let mut out = Vec::new();
         for (p, change, other) in [(old, Change::Leave, &is), (new, Change::Join, &was)] {
             out.extend(
-                Pending::all(p, change, Before::Run(old.read_run))
+                Pending::all(p, names, change, Before::Run(old.read_run))
                     .filter(|c| !other.contains(&c.key)),
             );
         }
@@ -306,12 +314,12 @@ fn apply_changes(
         return 0;
     }
     // Every mapper of a changed object, found once: (pid, the object's index in its objects).
-    let keys: HashSet<&ObjectKey> = pending.iter().map(|c| &c.key).collect();
-    let mut mappers: HashMap<ObjectKey, Vec<(u32, usize)>> = HashMap::new();
+    let keys: HashSet<u32> = pending.iter().map(|c| c.key).collect();
+    let mut mappers: HashMap<u32, Vec<(u32, usize)>> = HashMap::new();
     for p in cache.values() {
         for (i, o) in p.objects.iter().enumerate() {
             if keys.contains(&o.key) {
-                mappers.entry(o.key.clone()).or_default().push((p.pid, i));
+                mappers.entry(o.key).or_default().push((p.pid, i));
             }
         }
     }
@@ -320,7 +328,7 @@ fn apply_changes(
     }
     // Per object, the earliest read among mappers not read this run: a change no such read
     // predates updates no one (at start-up every process is new: nothing to do, cheaply).
-    let earliest: HashMap<&ObjectKey, (u64, u64)> = mappers
+    let earliest: HashMap<u32, (u64, u64)> = mappers
         .iter()
         .filter_map(|(key, list)| {
             list.iter()
@@ -328,7 +336,7 @@ fn apply_changes(
                 .filter_map(|(pid, _)| cache.get(pid))
                 .map(|p| (p.read_run, p.read_ticks))
                 .reduce(|a, b| (a.0.min(b.0), a.1.min(b.1)))
-                .map(|e| (key, e))
+                .map(|e| (*key, e))
         })
         .collect();
     let mut derived = 0;
@@ -350,7 +358,7 @@ fn apply_changes(
         others.extend(list.iter().filter_map(|(pid, i)| {
             let p = cache.get(pid)?;
             Some(Other {
-                memory: p.objects.get(*i)?.memory,
+                memory: p.objects.get(*i)?.memory(),
                 eligible: !reread.contains(pid) && c.before.includes(p),
             })
         }));
@@ -363,7 +371,7 @@ fn apply_changes(
         {
             let Some(new) = new else { continue };
             if let Some(o) = cache.get_mut(pid).and_then(|p| p.objects.get_mut(*i)) {
-                o.memory = new;
+                o.set_memory(new);
                 o.derived = true;
                 derived += 1;
             }
@@ -413,13 +421,20 @@ impl Collector for SmapsCollector {
         // re-read process gained or lost.
         let mut pending: Vec<Pending> = Vec::new();
         let forgotten: HashSet<u32> = tier1.forgotten.iter().copied().collect();
+        let names = &self.names;
         self.cache.retain(|pid, p| {
             let keep = tier1.live.contains(pid) && !forgotten.contains(pid);
             if !keep {
-                pending.extend(Pending::all(p, Change::Leave, Before::Now));
+                pending.extend(Pending::all(p, names, Change::Leave, Before::Now));
             }
             keep
         });
+
+        // A process's start is news to the others only if one of them was read before it (a fork
+        // child): the oldest read kept says whether any could be (at start-up none: no changes
+        // are queued for thousands of new processes).
+        let oldest_read = self.cache.values().map(|p| p.read_ticks).min();
+        let news = |start_ticks: u64| oldest_read.is_some_and(|t| t <= start_ticks);
 
         // Tier 3: smaps where the ladder says so, within the budget.
         let mut carried = 0;
@@ -450,25 +465,35 @@ impl Collector for SmapsCollector {
                         // the others read before that read do not show.
                         Some(old) if old.start_ticks == p.start_ticks => {
                             p.reads += old.reads;
-                            pending.extend(Pending::diff(old, &p));
+                            pending.extend(Pending::diff(old, &p, &self.names));
                         }
                         // Another process had the pid: it left everything.
                         Some(old) => {
-                            pending.extend(Pending::all(old, Change::Leave, Before::Now));
                             pending.extend(Pending::all(
-                                &p,
-                                Change::Join,
-                                Before::Ticks(p.start_ticks),
+                                old,
+                                &self.names,
+                                Change::Leave,
+                                Before::Now,
                             ));
+                            if news(p.start_ticks) {
+                                pending.extend(Pending::all(
+                                    &p,
+                                    &self.names,
+                                    Change::Join,
+                                    Before::Ticks(p.start_ticks),
+                                ));
+                            }
                         }
                         // First read: what it maps is new only to the others read before it
                         // started (a fork child). Processes that were there when the others were
                         // read (a start-up carried over by the budget) are already in their figures.
-                        None => pending.extend(Pending::all(
+                        None if news(p.start_ticks) => pending.extend(Pending::all(
                             &p,
+                            &self.names,
                             Change::Join,
                             Before::Ticks(p.start_ticks),
                         )),
+                        None => {}
                     }
                     obs.processes_read += 1;
                     self.denied.remove(&pid);
@@ -482,7 +507,12 @@ impl Collector for SmapsCollector {
                     let old = self.cache.remove(&pid);
                     if e.is_gone() {
                         if let Some(old) = old {
-                            pending.extend(Pending::all(&old, Change::Leave, Before::Now));
+                            pending.extend(Pending::all(
+                                &old,
+                                &self.names,
+                                Change::Leave,
+                                Before::Now,
+                            ));
                         }
                         obs.vanished += 1;
                         self.denied.remove(&pid);
@@ -507,7 +537,10 @@ impl Collector for SmapsCollector {
 
         let mut procs: Vec<&ProcessObjects> = self.cache.values().collect();
         procs.sort_by_key(|p| p.pid);
-        obs.objects = fold_shared_named(procs, self.top_consumers);
+        obs.objects = fold_shared(procs, &self.names, self.top_consumers);
+        // The keys and labels of the processes gone (or re-read) this run go; the changes that
+        // named them were applied above.
+        self.names.sweep(self.cache.values());
         let floor = self.min_object_pss;
         self.own_rows = obs
             .objects
@@ -518,6 +551,10 @@ impl Collector for SmapsCollector {
             .map(|o| o.key.clone())
             .collect();
         obs.own_rows = Some(self.own_rows.clone());
+
+        // One huge smaps (a process with many thousands of mappings) does not keep its buffer.
+        self.buf.clear();
+        self.buf.shrink_to(SMAPS_BUF_BYTES);
 
         let now = Instant::now();
         self.ladder.set_run_length(start.elapsed());
@@ -530,7 +567,7 @@ impl Collector for SmapsCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collectors::Observation;
+    use crate::{collectors::Observation, procfs::escape::Name};
 
     #[test]
     fn own_rows_have_hysteresis_around_the_floor() {
@@ -651,6 +688,73 @@ mod tests {
             .body;
         assert!(body.contains("\"derived_mappers\":2"), "{body}");
         assert!(body.contains("\"derived\":true"), "{body}");
+    }
+
+    #[test]
+    fn keys_and_labels_are_held_once_and_go_with_their_last_mapper() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        memfd_sharers(dir.path(), &[10, 11, 12]);
+        // 12 maps a memfd of its own besides the shared one.
+        std::fs::write(
+            dir.path().join("12/smaps"),
+            "7f0000000000-7f0000300000 rw-s 00000000 00:01 77 /memfd:ring (deleted)\n\
+             Rss: 3072 kB\nPss: 1024 kB\nShared_Dirty: 3072 kB\n\
+             7f0000400000-7f0000500000 rw-s 00000000 00:01 78 /memfd:own (deleted)\n\
+             Rss: 1024 kB\nPss: 1024 kB\nPrivate_Dirty: 1024 kB\n",
+        )
+        .expect("smaps");
+        let procfs = ProcFs::new(dir.path());
+        let mut c = SmapsCollector::new(&SmapsConfig::default(), Subscription::detached());
+        let obs = collect_once(&mut c, &procfs);
+        assert_eq!(obs.objects.len(), 2);
+        assert_eq!((c.names.keys.len(), c.names.labels.len()), (2, 2));
+        let ring = &c.cache[&10].objects[0];
+        assert!(
+            [11, 12]
+                .iter()
+                .all(|p| c.cache[p].objects[0].key == ring.key),
+            "one key id for the object every process maps"
+        );
+
+        std::fs::remove_dir_all(dir.path().join("12")).expect("exit");
+        let obs = collect_once(&mut c, &procfs);
+        assert_eq!(obs.objects.len(), 1);
+        assert_eq!(
+            (c.names.keys.len(), c.names.labels.len()),
+            (1, 1),
+            "the memfd only 12 mapped is forgotten with it"
+        );
+        let memfd = obs.of_kind(ObjectKind::Memfd).next().expect("memfd");
+        assert_eq!(memfd.label, Name::from("memfd:ring"));
+        assert!(memfd.deleted);
+        assert_eq!(memfd.shares.len(), 2);
+    }
+
+    #[test]
+    fn a_huge_smaps_does_not_keep_its_buffer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        memfd_sharers(dir.path(), &[10]);
+        // 40 000 one-page mappings: about 3 MiB of smaps.
+        let mut text = String::new();
+        for i in 0..40_000u64 {
+            let a = 0x7f00_0000_0000 + i * 0x2000;
+            text.push_str(&format!(
+                "{a:x}-{:x} rw-p 00000000 00:00 0\nRss: 4 kB\nPss: 4 kB\nPrivate_Dirty: 4 kB\n",
+                a + 0x1000
+            ));
+        }
+        assert!(text.len() > 2 * SMAPS_BUF_BYTES);
+        std::fs::write(dir.path().join("10/smaps"), &text).expect("smaps");
+        let procfs = ProcFs::new(dir.path());
+        let mut c = SmapsCollector::new(&SmapsConfig::default(), Subscription::detached());
+        let obs = collect_once(&mut c, &procfs);
+        let anon = obs.of_kind(ObjectKind::Anon).next().expect("anon");
+        assert_eq!(anon.mappings, 40_000, "the whole file was read");
+        assert!(
+            c.buf.capacity() <= SMAPS_BUF_BYTES,
+            "{} bytes kept",
+            c.buf.capacity()
+        );
     }
 
     #[test]

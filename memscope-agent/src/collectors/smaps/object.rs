@@ -2,10 +2,9 @@
 //! ([`ObjectMemory`]), as one process maps it ([`ProcessObject`]) and folded across processes
 //! ([`SharedObject`]).
 
-use std::time::Instant;
-
 use serde::Serialize;
 
+use super::intern::Interner;
 use crate::procfs::{Dev, counters::MemCounters, escape::Name};
 
 #[derive(
@@ -144,7 +143,7 @@ impl ObjectMemory {
     }
 }
 
-/// One object as one process maps it.
+/// One object as one process maps it, as folded from its `smaps` text.
 #[derive(Debug, Clone)]
 pub struct ProcessObject {
     pub key: ObjectKey,
@@ -155,11 +154,143 @@ pub struct ProcessObject {
     pub memory: ObjectMemory,
     /// Mappings of the object in this process.
     pub mappings: u32,
-    /// Virtual size of those mappings.
-    pub mapped_bytes: u64,
+}
+
+/// [`ObjectMemory`] as kept per process and object, in 48 bytes instead of 88. `smaps` counts in
+/// whole kB, so every figure but PSS (which the sharing arithmetic sets to the byte) is a whole
+/// number of KiB: kept as a `u32` of KiB, up to 4 TiB. A figure that does not fit (larger, or not
+/// whole KiB, as from a hostile tree) keeps the whole struct: nothing is rounded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeldMemory {
+    Packed {
+        pss_bytes: u64,
+        /// RSS, swap, swap PSS, private clean/dirty, shared clean/dirty, anonymous, shared and
+        /// private hugetlb, in KiB.
+        kib: [u32; 10],
+    },
+    Wide(Box<ObjectMemory>),
+}
+
+impl HeldMemory {
+    pub fn new(m: ObjectMemory) -> HeldMemory {
+        let bytes = [
+            m.rss_bytes,
+            m.swap_bytes,
+            m.swap_pss_bytes,
+            m.private_clean_bytes,
+            m.private_dirty_bytes,
+            m.shared_clean_bytes,
+            m.shared_dirty_bytes,
+            m.anonymous_bytes,
+            m.shared_hugetlb_bytes,
+            m.private_hugetlb_bytes,
+        ];
+        let mut kib = [0u32; 10];
+        for (k, b) in kib.iter_mut().zip(bytes) {
+            match u32::try_from(b / 1024) {
+                Ok(v) if b % 1024 == 0 => *k = v,
+                _ => return HeldMemory::Wide(Box::new(m)),
+            }
+        }
+        HeldMemory::Packed {
+            pss_bytes: m.pss_bytes,
+            kib,
+        }
+    }
+
+    pub fn get(&self) -> ObjectMemory {
+        match self {
+            HeldMemory::Wide(m) => **m,
+            HeldMemory::Packed { pss_bytes, kib } => {
+                let b = |i: usize| u64::from(kib[i]) * 1024;
+                ObjectMemory {
+                    pss_bytes: *pss_bytes,
+                    rss_bytes: b(0),
+                    swap_bytes: b(1),
+                    swap_pss_bytes: b(2),
+                    private_clean_bytes: b(3),
+                    private_dirty_bytes: b(4),
+                    shared_clean_bytes: b(5),
+                    shared_dirty_bytes: b(6),
+                    anonymous_bytes: b(7),
+                    shared_hugetlb_bytes: b(8),
+                    private_hugetlb_bytes: b(9),
+                }
+            }
+        }
+    }
+}
+
+/// One object as one process maps it, as kept between reads: the key and the label are ids in the
+/// collector's [`ObjectNames`] (a process holds a few dozen objects, most of them the same files as
+/// the next process's), the figures packed ([`HeldMemory`]).
+#[derive(Debug, Clone)]
+pub struct HeldObject {
+    /// The object's key in [`ObjectNames::keys`].
+    pub key: u32,
+    /// Its label and `deleted` as this process's `smaps` showed them, in [`ObjectNames::labels`].
+    pub label: u32,
+    pub hugetlb: bool,
     /// `memory` was updated by arithmetic after another mapper joined or left
     /// ([`super::sharing`]), not read; the next read of this process makes it exact again.
     pub derived: bool,
+    /// Mappings of the object in this process.
+    pub mappings: u32,
+    memory: HeldMemory,
+}
+
+impl HeldObject {
+    pub fn memory(&self) -> ObjectMemory {
+        self.memory.get()
+    }
+
+    pub fn set_memory(&mut self, m: ObjectMemory) {
+        self.memory = HeldMemory::new(m);
+    }
+}
+
+/// The keys and labels of the objects the kept processes map, each held once
+/// ([`HeldObject`] names them by id).
+#[derive(Debug, Default)]
+pub struct ObjectNames {
+    pub(crate) keys: Interner<ObjectKey>,
+    /// A label and whether the path was shown `(deleted)`.
+    pub(crate) labels: Interner<(Name, bool)>,
+}
+
+impl ObjectNames {
+    /// `objects` (one process's, folded) as kept: their keys and labels interned.
+    pub fn hold(&mut self, objects: Vec<ProcessObject>) -> Vec<HeldObject> {
+        let mut held: Vec<HeldObject> = objects
+            .into_iter()
+            .map(|o| HeldObject {
+                key: self.keys.intern(o.key),
+                label: self.labels.intern((o.label, o.deleted)),
+                hugetlb: o.hugetlb,
+                derived: false,
+                mappings: o.mappings,
+                memory: HeldMemory::new(o.memory),
+            })
+            .collect();
+        // Kept until the process's next read: no spare capacity (the collect may reuse the
+        // larger folded list's allocation).
+        held.shrink_to_fit();
+        held
+    }
+
+    /// The key of a held object.
+    pub fn key(&self, o: &HeldObject) -> Option<&ObjectKey> {
+        self.keys.get(o.key)
+    }
+
+    /// Frees the keys and labels no process in `procs` holds any more.
+    pub fn sweep<'a>(&mut self, procs: impl IntoIterator<Item = &'a ProcessObjects> + Clone) {
+        let held = |p: &'a ProcessObjects| p.objects.iter();
+        self.keys
+            .sweep(procs.clone().into_iter().flat_map(held).map(|o| o.key));
+        self.labels
+            .sweep(procs.into_iter().flat_map(held).map(|o| o.label));
+    }
 }
 
 /// One process's view, kept between runs.
@@ -168,16 +299,12 @@ pub struct ProcessObjects {
     pub pid: u32,
     pub start_ticks: u64,
     pub name: Name,
-    pub objects: Vec<ProcessObject>,
-    /// When this process's smaps was last read.
-    pub read_at: Instant,
-    /// The same moment in clock ticks since boot (the unit of `start_ticks`): a process started
-    /// after it did not map anything this read saw.
+    pub objects: Vec<HeldObject>,
+    /// When this process's smaps was last read, in clock ticks since boot (the unit of
+    /// `start_ticks`): a process started after it did not map anything this read saw.
     pub read_ticks: u64,
     /// The smaps collector's run that read it.
     pub read_run: u64,
-    /// Bytes of that read.
-    pub smaps_bytes: u64,
     /// How many times this process's smaps has been read.
     pub reads: u64,
 }
@@ -195,13 +322,6 @@ pub struct Consumer {
     /// since this process's `smaps` was read, not read itself (absent: read).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub derived: bool,
-}
-
-impl Consumer {
-    /// The size consumers are ranked by: PSS, plus hugetlb pages (which PSS leaves out).
-    pub fn weight(&self) -> u64 {
-        self.pss_bytes + self.hugetlb_bytes
-    }
 }
 
 /// An object folded across processes.
@@ -222,8 +342,20 @@ pub struct SharedObject {
     /// Mappers whose figures of it are derived (see [`Consumer::derived`]).
     pub derived_mappers: u32,
     pub mappings: u32,
-    /// Every mapper with its share, largest first (records show the top few).
+    /// The largest mappers with their shares, largest first (as many as records show).
     pub consumers: Vec<Consumer>,
+    /// Every mapper's share, for the object's top cgroups.
+    pub shares: Vec<Share>,
+}
+
+/// One mapper's share of an object: what an object's top cgroups are summed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    pub pid: u32,
+    /// Its figures of the object are derived (see [`Consumer::derived`]).
+    pub derived: bool,
+    pub pss_bytes: u64,
+    pub rss_bytes: u64,
 }
 
 impl SharedObject {
@@ -231,5 +363,55 @@ impl SharedObject {
     /// leaves out), so a hugetlb object is not folded away as empty.
     pub fn weight(&self) -> u64 {
         self.memory.pss_bytes + self.hugetlb_bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_figures_are_packed_without_loss() {
+        let kib = |n: u64| n * 1024;
+        let m = ObjectMemory {
+            pss_bytes: 1_234_567,
+            rss_bytes: kib(3072),
+            swap_bytes: kib(5),
+            swap_pss_bytes: kib(2),
+            private_clean_bytes: kib(7),
+            private_dirty_bytes: kib(11),
+            shared_clean_bytes: kib(13),
+            shared_dirty_bytes: kib(17),
+            anonymous_bytes: kib(19),
+            shared_hugetlb_bytes: kib(2048),
+            private_hugetlb_bytes: kib(4 << 30) - 1024,
+        };
+        let held = HeldMemory::new(m);
+        assert!(matches!(held, HeldMemory::Packed { .. }));
+        assert_eq!(held.get(), m, "PSS to the byte, the rest in KiB");
+        // Not whole KiB, or 4 TiB and more: the whole struct, as it was.
+        for odd in [
+            ObjectMemory {
+                rss_bytes: 1000,
+                ..m
+            },
+            ObjectMemory {
+                swap_bytes: 4 << 40,
+                ..m
+            },
+            ObjectMemory {
+                private_hugetlb_bytes: u64::MAX,
+                ..m
+            },
+        ] {
+            let held = HeldMemory::new(odd);
+            assert!(matches!(held, HeldMemory::Wide(_)));
+            assert_eq!(held.get(), odd);
+        }
+        assert!(
+            std::mem::size_of::<HeldObject>() <= 72,
+            "{} bytes per held object",
+            std::mem::size_of::<HeldObject>()
+        );
     }
 }

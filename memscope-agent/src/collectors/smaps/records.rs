@@ -144,9 +144,7 @@ impl ObjectsObservation {
                 sharing: Sharing {
                     top_cgroups: cgroups.map(|c| {
                         c.top(
-                            o.consumers
-                                .iter()
-                                .map(|x| (x.pid, x.pss_bytes, x.rss_bytes)),
+                            o.shares.iter().map(|x| (x.pid, x.pss_bytes, x.rss_bytes)),
                             self.top_consumers,
                         )
                     }),
@@ -224,13 +222,17 @@ impl Observation for ObjectsObservation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collectors::smaps::fold::{fold_shared, tests::SMAPS, tests::proc_objects};
+    use crate::collectors::smaps::{
+        fold::{fold_shared, tests::SMAPS, tests::proc_objects},
+        object::ObjectNames,
+    };
 
     #[test]
     fn small_objects_fold_into_other_rows() {
-        let a = proc_objects(10, "a", SMAPS);
+        let mut names = ObjectNames::default();
+        let a = proc_objects(&mut names, 10, "a", SMAPS);
         let obs = ObjectsObservation {
-            objects: fold_shared([&a]),
+            objects: fold_shared([&a], &names, 1),
             min_object_pss: 600 * 1024,
             top_consumers: 1,
             ..ObjectsObservation::default()
