@@ -3,7 +3,7 @@
 //! `cargo xtask bench`; it is a benchmark that prints a table, never a timed test.
 //!
 //! Workload: W `memhog worker` processes (default 300). Each tick the bench signals about 1 % of
-//! them (round-robin); each signalled worker maps and touches a new 256 KiB region (and unmaps its
+//! them (round-robin); each signalled worker maps and touches a new 256 KiB (`--region-bytes`) region (and unmaps its
 //! oldest): a layout and residency change. After a short pause the bench runs one agent tick with
 //! the library, exactly as `runtime.rs` does: drain the tracker, publish the marks, then
 //! `ProcessesCollector::collect` and `SmapsCollector::collect` with `unbounded: false` (here one
@@ -24,19 +24,26 @@
 //! measured window sees the long-run rate of staleness re-reads rather than the first burst or the
 //! quiet before it; the long-run expectation is printed beside the measured rate.
 //!
+//! Then the freshness phase, per mode: a `memhog swapper` swaps one 4 MiB memfd mapping for another
+//! of the same size, which leaves `statm` as it was; the bench counts the ticks until the smaps
+//! tier's emitted objects show the new mapping (eBPF: the next tick; polling: `max_staleness`).
+//!
 //! Exits non-zero only on setup errors; the PASS/FAIL lines are information.
 
 use std::{
     collections::{BTreeMap, HashSet},
+    io::{BufRead as _, BufReader},
+    path::PathBuf,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 use memscope_agent::{
     collectors::{
-        CollectCtx, Collector,
+        CollectCtx, Collector, observed,
         processes::{ProcessesCollector, ProcessesConfig},
-        smaps::{SmapsCollector, SmapsConfig},
+        smaps::{ObjectKind, ObjectsObservation, SmapsCollector, SmapsConfig},
     },
     config::Interval,
     ladder::{Reason, StatmPass, TierStats},
@@ -50,6 +57,8 @@ use memscope_tests::bench::{Workers, cpu_time, memhog_path, percentile};
 struct Options {
     workers: usize,
     worker_bytes: usize,
+    /// Size of the anonymous region a signalled worker maps (and of the one it unmaps).
+    region_bytes: usize,
     ticks: usize,
     warmup: Option<usize>,
     tick: Duration,
@@ -63,7 +72,7 @@ struct Options {
 }
 
 const USAGE: &str = "usage: ladder_bench [--workers N (300)] [--worker-bytes BYTES (4194304)] \
-[--ticks T (30)] [--warmup TICKS (2 x max_staleness)] [--tick-ms MS (500)] \
+[--region-bytes BYTES (262144)] [--ticks T (30)] [--warmup TICKS (2 x max_staleness)] [--tick-ms MS (500)] \
 [--max-staleness-s S (15)] [--rollup-max-staleness-s S (15)] [--change-percent P (1)] [--act-ms MS (20)]";
 
 impl Options {
@@ -71,6 +80,7 @@ impl Options {
         let mut o = Options {
             workers: 300,
             worker_bytes: 4 << 20,
+            region_bytes: 256 << 10,
             ticks: 30,
             warmup: None,
             tick: Duration::from_millis(500),
@@ -93,6 +103,7 @@ impl Options {
             match flag.as_str() {
                 "--workers" => o.workers = num(&value)? as usize,
                 "--worker-bytes" => o.worker_bytes = num(&value)? as usize,
+                "--region-bytes" => o.region_bytes = num(&value)? as usize,
                 "--ticks" => o.ticks = num(&value)? as usize,
                 "--warmup" => o.warmup = Some(num(&value)? as usize),
                 "--tick-ms" => o.tick = Duration::from_millis(num(&value)?),
@@ -197,6 +208,8 @@ struct Agent {
     source: Box<dyn DirtySource>,
     lifecycle: Option<tokio::sync::mpsc::Receiver<LifecycleEvent>>,
     tick: u64,
+    /// The smaps tier's latest observation.
+    objects: Option<ObjectsObservation>,
 }
 
 impl Agent {
@@ -210,7 +223,10 @@ impl Agent {
             ..SmapsConfig::default()
         };
         let (source, lifecycle) = if ebpf {
-            let t = tracker::start(&tracker::StartOptions::new(std::process::id()));
+            let t = tracker::start(&tracker::StartOptions {
+                anon_min_change: processes.min_change.0,
+                ..tracker::StartOptions::new(std::process::id())
+            });
             if let TrackerState::Polling { reason } = t.source.state() {
                 bail!("eBPF mode asked for, but the tracker fell back to polling: {reason}");
             }
@@ -220,6 +236,8 @@ impl Agent {
             (s, None)
         };
         let events = ProcEvents::default();
+        // As the runtime does: with eBPF, marks cover every layout change.
+        events.set_layout_tracked(lifecycle.is_some());
         Ok(Agent {
             procfs: ProcFs::new("/proc"),
             processes: ProcessesCollector::new(&processes, events.subscribe()),
@@ -230,6 +248,7 @@ impl Agent {
             source,
             lifecycle,
             tick: 0,
+            objects: None,
         })
     }
 
@@ -250,21 +269,27 @@ impl Agent {
             statm: Some(std::sync::Arc::new(pass)),
             unbounded: false,
         };
-        for obs in [
-            self.processes
-                .collect(&ctx)
-                .context("processes collector")?,
-            self.smaps.collect(&ctx).context("smaps collector")?,
-        ]
-        .iter()
-        .flatten()
-        {
+        let processes = self
+            .processes
+            .collect(&ctx)
+            .context("processes collector")?;
+        let smaps = self.smaps.collect(&ctx).context("smaps collector")?;
+        for obs in [&processes, &smaps].into_iter().flatten() {
             if let Some((tier, stats)) = obs.tier() {
                 self.tiers.insert(tier, stats.clone());
             }
         }
+        self.objects = observed::<ObjectsObservation>(Ok(smaps)).ok();
         self.tick += 1;
         Ok(marks.iter().map(|m| m.tgid).collect())
+    }
+
+    /// Whether the latest smaps observation shows `pid` mapping the memfd `name`.
+    fn shows(&self, pid: u32, name: &str) -> bool {
+        self.objects.as_ref().is_some_and(|obs| {
+            obs.of_kind(ObjectKind::Memfd)
+                .any(|o| o.label.lossy().contains(name) && o.consumers.iter().any(|c| c.pid == pid))
+        })
     }
 
     /// Age of the oldest number of each tier: (rollup, smaps).
@@ -369,6 +394,74 @@ fn steady(opts: &Options, workers: &mut Workers, ebpf: bool) -> anyhow::Result<V
     Ok(samples)
 }
 
+/// Swaps in the freshness phase, per mode.
+const SWAPS: usize = 3;
+/// Size of each of the swapper's memfds (above the default `min_object_pss`, 1 MiB).
+const SWAP_BYTES: usize = 4 << 20;
+
+/// The freshness phase: a `memhog swapper` process swaps one 4 MiB memfd mapping for another of
+/// the same size ([`SWAPS`] times), which `statm` does not see. Returns, per swap, the ticks until
+/// the smaps tier's emitted objects show the new one for it (None: not within `max_staleness` plus
+/// two ticks).
+fn freshness(opts: &Options, memhog: &PathBuf, ebpf: bool) -> anyhow::Result<Vec<Option<usize>>> {
+    use std::io::Write as _;
+    let mut agent = Agent::new(opts, ebpf)?;
+    let mut child = Command::new(memhog)
+        .args(["swapper", &SWAP_BYTES.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawning {} swapper", memhog.display()))?;
+    let pid = child.id();
+    let result = (|| {
+        let mut stdin = child.stdin.take().context("swapper stdin")?;
+        let mut stdout = BufReader::new(child.stdout.take().context("swapper stdout")?);
+        let mut line = String::new();
+        stdout.read_line(&mut line).context("swapper ready line")?;
+        if line.trim() != "ready" {
+            bail!("swapper {pid} did not start (said {line:?})");
+        }
+        agent.tick()?; // everything new, the swapper included
+        let limit = opts
+            .max_staleness
+            .as_millis()
+            .div_ceil(opts.tick.as_millis().max(1)) as usize
+            + 2;
+        let mut out = Vec::with_capacity(SWAPS);
+        for _ in 0..SWAPS {
+            writeln!(stdin, "swap").context("writing to the swapper")?;
+            line.clear();
+            stdout.read_line(&mut line).context("swapper answer")?;
+            let name = line
+                .trim()
+                .strip_prefix("swapped ")
+                .with_context(|| format!("swapper said {line:?}"))?
+                .to_owned();
+            let mut took = None;
+            for t in 1..=limit {
+                std::thread::sleep(opts.tick);
+                agent.tick()?;
+                if agent.shows(pid, &name) {
+                    took = Some(t);
+                    break;
+                }
+            }
+            out.push(took);
+        }
+        Ok(out)
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+fn show_ticks(v: &[Option<usize>]) -> String {
+    v.iter()
+        .map(|t| t.map_or_else(|| "never".to_owned(), |t| t.to_string()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn mean(v: &[f64]) -> f64 {
     if v.is_empty() {
         0.0
@@ -452,7 +545,13 @@ fn main() -> anyhow::Result<()> {
         opts.workers,
         opts.worker_bytes >> 10
     );
-    let mut workers = Workers::spawn(&memhog, opts.workers, opts.worker_bytes, None)?;
+    let mut workers = Workers::spawn(
+        &memhog,
+        opts.workers,
+        opts.worker_bytes,
+        opts.region_bytes,
+        None,
+    )?;
     let processes = ProcFs::new("/proc").pids().context("listing /proc")?;
 
     eprintln!("ladder_bench: baseline (3 full passes)");
@@ -473,6 +572,9 @@ fn main() -> anyhow::Result<()> {
     let polling = row(&steady(&opts, &mut workers, false)?);
     eprintln!("ladder_bench: ebpf (same)");
     let ebpf = row(&steady(&opts, &mut workers, true)?);
+    eprintln!("ladder_bench: freshness ({SWAPS} swaps of a shared mapping, each mode)");
+    let fresh_polling = freshness(&opts, &memhog, false)?;
+    let fresh_ebpf = freshness(&opts, &memhog, true)?;
 
     // The long-run rate of smaps staleness re-reads: after the first (spread) deadline, each
     // process once per max_staleness, rounded up to whole ticks (a tier re-reads at the first tick
@@ -482,10 +584,11 @@ fn main() -> anyhow::Result<()> {
         processes.len() as f64 / opts.max_staleness.as_millis().div_ceil(tick_ms).max(1) as f64;
 
     println!(
-        "ladder bench: {} processes on the host ({} workers of {} KiB), {} changed per tick ({} %), tick {} ms, max_staleness rollup {} s / smaps {} s, {} measured ticks after tick 0 + {} warm-up",
+        "ladder bench: {} processes on the host ({} workers of {} KiB, regions of {} KiB), {} changed per tick ({} %), tick {} ms, max_staleness rollup {} s / smaps {} s, {} measured ticks after tick 0 + {} warm-up",
         processes.len(),
         opts.workers,
         opts.worker_bytes >> 10,
+        opts.region_bytes >> 10,
         opts.per_tick(),
         opts.change_percent,
         opts.tick.as_millis(),
@@ -596,6 +699,27 @@ fn main() -> anyhow::Result<()> {
         rollup_max.as_secs_f64(),
         ebpf.max_age.1.as_secs_f64(),
         smaps_max.as_secs_f64()
+    );
+    println!();
+    println!(
+        "freshness: a process swaps one {} MiB memfd mapping for another of the same size (statm unchanged); ticks until the emitted objects show it",
+        SWAP_BYTES >> 20
+    );
+    println!("| mode     | ticks per swap |");
+    println!("|----------|----------------|");
+    println!("| polling  | {:<14} |", show_ticks(&fresh_polling));
+    println!("| ebpf     | {:<14} |", show_ticks(&fresh_ebpf));
+    println!(
+        "{}: ebpf shows every swap within one tick (polling waits for max_staleness)",
+        verdict(fresh_ebpf.iter().all(|t| *t == Some(1)))
+    );
+    println!(
+        "{}: ebpf CPU/tick <= polling CPU/tick ({:.2} <= {:.2} ms); smaps+rollup bytes <= 2x polling ({:.1} <= 2 x {:.1} KiB)",
+        verdict(ebpf.cpu_ms <= polling.cpu_ms && ebpf.smaps_kib <= 2.0 * polling.smaps_kib),
+        ebpf.cpu_ms,
+        polling.cpu_ms,
+        ebpf.smaps_kib,
+        polling.smaps_kib
     );
     drop(workers);
     Ok(())
