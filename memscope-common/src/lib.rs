@@ -173,10 +173,10 @@ pub const VM_MAYSHARE: u64 = 0x0000_0080;
 pub struct AnonState {
     /// `mm->total_vm` (pages) at the last ANON mark, or before the first anonymous change seen.
     pub base_pages: u64,
-    /// Before a removal: `mm->total_vm` (pages).
-    pub pre_total: u64,
-    /// Before a removal: `mm->data_vm + mm->stack_vm` (pages: private writable and stack).
-    pub pre_anon: u64,
+    /// `mm->total_vm - mm->data_vm - mm->stack_vm` (pages of mappings that are neither private
+    /// writable nor stack: file-backed, shared, executable, read-only) at the last release of the
+    /// mmap lock seen. A move at a release marks MAPPING, whatever `ma_write` saw.
+    pub other_pages: u64,
     /// What changed since the mmap lock was last released (bits private to the programs); the
     /// release program then does the arithmetic.
     pub pending: u32,
@@ -199,7 +199,7 @@ const _: () = assert!(core::mem::size_of::<DirtyEntry>() == 24);
 const _: () = assert!(core::mem::offset_of!(DirtyEntry, reasons) == 4);
 const _: () = assert!(core::mem::size_of::<LifecycleEvent>() == 32);
 const _: () = assert!(core::mem::size_of::<Config>() == 64);
-const _: () = assert!(core::mem::size_of::<AnonState>() == 32);
+const _: () = assert!(core::mem::size_of::<AnonState>() == 24);
 const _: () = assert!(core::mem::size_of::<Counters>() == 24);
 
 #[cfg(feature = "user")]

@@ -244,16 +244,33 @@ fn try_vma(ctx: &BtfTracePointContext) -> Result<u32, u32> {
 const PENDING_ANON: u32 = 1 << 0;
 /// [`AnonState::pending`]: a file-backed or shared mapping changed (already marked MAPPING).
 const PENDING_MAPPING: u32 = 1 << 1;
-/// [`AnonState::pending`]: a mapping was removed; `pre_total` and `pre_anon` hold the counters
-/// from before.
+/// [`AnonState::pending`]: a mapping was removed (the release's counters tell which kind).
 const PENDING_REMOVAL: u32 = 1 << 2;
 
-/// `data_vm + stack_vm` of `mm`: pages of private writable and stack mappings.
+/// `(total_vm, total_vm - data_vm - stack_vm)` of `mm`: all pages, and the pages of mappings that
+/// are neither private writable nor stack (file-backed, shared, executable, read-only).
 #[inline(always)]
-fn anon_pages(cfg: &Config, mm: *const u8) -> Result<u64, u32> {
+fn vm_pages(cfg: &Config, mm: *const u8) -> Result<(u64, u64), u32> {
+    let total: u64 = read_kernel(mm, cfg.mm_total_vm_off)?;
     let data: u64 = read_kernel(mm, cfg.mm_data_vm_off)?;
     let stack: u64 = read_kernel(mm, cfg.mm_stack_vm_off)?;
-    Ok(data.wrapping_add(stack))
+    Ok((total, total.saturating_sub(data.wrapping_add(stack))))
+}
+
+/// Creates the process's [`AnonState`] with the counters of `mm` as its bases. Full map: no
+/// bookkeeping for this process (its mapping changes then mark conservatively, see `note`).
+#[inline(always)]
+fn new_state(cfg: &Config, tgid: u32, mm: *const u8, pending: u32) -> Result<AnonState, u32> {
+    let (total, other) = vm_pages(cfg, mm)?;
+    let state = AnonState {
+        base_pages: total,
+        other_pages: other,
+        pending,
+        _pad: 0,
+    };
+    ANON.insert(tgid, state, u64::from(BPF_ANY))
+        .map_err(|_| 1_u32)?;
+    Ok(state)
 }
 
 /// Adds `bit` to the process's pending changes, creating its [`AnonState`] if needed.
@@ -272,30 +289,15 @@ fn note<C: EbpfContext>(
         // which the next change repairs. In place, because an update re-allocates the element.
         unsafe {
             let pending = core::ptr::read_volatile(&raw const (*slot).pending);
-            if pending & bit != 0 {
-                return Ok(0);
+            if pending & bit == 0 {
+                core::ptr::write_volatile(&raw mut (*slot).pending, pending | bit);
             }
-            if bit == PENDING_REMOVAL {
-                let pre_total = read_kernel(mm, cfg.mm_total_vm_off)?;
-                let pre_anon = anon_pages(cfg, mm)?;
-                core::ptr::write_volatile(&raw mut (*slot).pre_total, pre_total);
-                core::ptr::write_volatile(&raw mut (*slot).pre_anon, pre_anon);
-            }
-            core::ptr::write_volatile(&raw mut (*slot).pending, pending | bit);
         }
         return Ok(0);
     }
-    // First change seen: the base is `total_vm` now, before this change is counted (the kernel
-    // updates the counters after storing or clearing the mapping).
-    let base_pages: u64 = read_kernel(mm, cfg.mm_total_vm_off)?;
-    let state = AnonState {
-        base_pages,
-        pre_total: base_pages,
-        pre_anon: anon_pages(cfg, mm)?,
-        pending: bit,
-        _pad: 0,
-    };
-    if ANON.insert(tgid, state, u64::from(BPF_ANY)).is_err() {
+    // First change seen: the bases are the counters now, before this change is counted (the
+    // kernel updates the counters after storing or clearing the mapping).
+    if new_state(cfg, tgid, mm, bit).is_err() {
         // No room to count (more than DIRTY_MAP_ENTRIES processes changing mappings): mark what
         // the change could be at most (a clear may have removed a file mapping).
         match bit {
@@ -307,11 +309,19 @@ fn note<C: EbpfContext>(
     Ok(0)
 }
 
-/// `tp_btf/mmap_lock_released`: a process released its mmap lock. munmap finishes under the read
-/// lock (it downgrades), so both kinds count. Steady state for a process with no pending change:
-/// one hash lookup. Otherwise, with the counters now final: a removal that took more pages than
-/// `data_vm + stack_vm` lost marks [`reason::MAPPING`]; else `total_vm` against the base, and a
-/// net change of more than `anon_min_change_pages` marks [`reason::ANON`] and moves the base.
+/// `tp_btf/mmap_lock_released`: a process released its mmap lock. Every mapping change ends with
+/// the release of the process's own mmap lock (write, or read after munmap's downgrade), with the
+/// counters final; so the release, not `ma_write` (which the maple tree does not call on every
+/// store path), is what no change escapes:
+///
+/// - `total_vm - data_vm - stack_vm` moved from its base: a file-backed, shared, executable or
+///   read-only mapping came or went → [`reason::MAPPING`], whatever `ma_write` saw;
+/// - else `total_vm` against the anonymous base: a net change of more than
+///   `anon_min_change_pages` marks [`reason::ANON`] and moves the base.
+///
+/// Cost: one hash lookup for a read release of a process without bookkeeping (the common case:
+/// page faults do not take the mmap lock on kernels with per-VMA locks); a write release of a
+/// process without bookkeeping creates it (the counters now are its bases).
 #[btf_tracepoint(function = "mmap_lock_released")]
 pub fn memscope_unlock(ctx: BtfTracePointContext) -> u32 {
     match try_unlock(&ctx) {
@@ -321,39 +331,43 @@ pub fn memscope_unlock(ctx: BtfTracePointContext) -> u32 {
 
 fn try_unlock(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     let tgid = current_tgid();
-    let Some(slot) = ANON.get_ptr_mut(tgid) else {
-        return Ok(0);
-    };
-    // SAFETY: from a successful lookup; see `note` for why reading and writing it in place is
-    // sound.
-    let state = unsafe { core::ptr::read_volatile(slot) };
-    if state.pending == 0 {
+    // mmap_lock_released(struct mm_struct *mm, bool write)
+    let write: u64 = ctx.arg(1);
+    let slot = ANON.get_ptr_mut(tgid);
+    if slot.is_none() && write & 0xff == 0 {
         return Ok(0);
     }
     let cfg = config().ok_or(0_u32)?;
-    // mmap_lock_released(struct mm_struct *mm, bool write): only the process's own mm counts
-    // (another task reading this mm, e.g. /proc, releases it too).
+    if tgid == cfg.agent_tgid {
+        return Ok(0);
+    }
+    // Only the process's own mm counts (another task reading this mm, e.g. /proc, releases it
+    // too, and so does a kernel thread).
     let mm: *const u8 = ctx.arg(0);
     if mm.is_null() || current_mm(cfg)? != mm {
         return Ok(0);
     }
-    let total: u64 = read_kernel(mm, cfg.mm_total_vm_off)?;
-    let mut mapping = state.pending & PENDING_MAPPING != 0;
-    if state.pending & PENDING_REMOVAL != 0 && !mapping {
-        // More pages went than private writable and stack pages: a file-backed, shared,
-        // executable or read-only mapping was removed.
-        let removed = state.pre_total.saturating_sub(total);
-        let anon_removed = state.pre_anon.saturating_sub(anon_pages(cfg, mm)?);
-        if removed > anon_removed {
-            let _ = mark(ctx, tgid, reason::MAPPING);
-            mapping = true;
-        }
+    let Some(slot) = slot else {
+        // A process that changed its mappings before the tracker saw any of its changes (it
+        // predates the tracker, or a new-process base could not be stored): no base to compare
+        // with, so the change is marked as what it could be at most, once; from now on the
+        // counters tell.
+        new_state(cfg, tgid, mm, 0)?;
+        return mark(ctx, tgid, reason::MAPPING);
+    };
+    // SAFETY: from a successful lookup; see `note` for why reading and writing it in place is
+    // sound.
+    let state = unsafe { core::ptr::read_volatile(slot) };
+    let (total, other) = vm_pages(cfg, mm)?;
+    let mapping = other != state.other_pages;
+    if mapping && state.pending & PENDING_MAPPING == 0 {
+        // Not marked by `ma_write`: the counters caught it.
+        let _ = mark(ctx, tgid, reason::MAPPING);
     }
-    let moved = total.abs_diff(state.base_pages);
-    let base_pages = if mapping {
+    let base_pages = if mapping || state.pending & PENDING_MAPPING != 0 {
         // Marked MAPPING (both tiers re-read): start counting afresh.
         total
-    } else if moved > cfg.anon_min_change_pages {
+    } else if total.abs_diff(state.base_pages) > cfg.anon_min_change_pages {
         // The mark's own failure (a full dirty map) is counted there; the base moves either way.
         let _ = mark(ctx, tgid, reason::ANON);
         total
@@ -363,6 +377,7 @@ fn try_unlock(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     // SAFETY: as above.
     unsafe {
         core::ptr::write_volatile(&raw mut (*slot).base_pages, base_pages);
+        core::ptr::write_volatile(&raw mut (*slot).other_pages, other);
         core::ptr::write_volatile(&raw mut (*slot).pending, 0);
     }
     Ok(0)
@@ -399,6 +414,13 @@ fn try_fork(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     if child_tgid == parent {
         return Ok(0); // a new thread, not a new process
     }
+    // The child's bases: its mm is a copy of the parent's, counters included (a child sharing
+    // the parent's mm, vfork, has the parent's counters too).
+    if let Ok(mm) = read_kernel::<*const u8>(child, cfg.task_mm_off)
+        && !mm.is_null()
+    {
+        let _ = new_state(cfg, child_tgid, mm, 0);
+    }
     Ok(emit(ctx, event_kind::FORK, child_tgid, parent, 0, 0))
 }
 
@@ -416,6 +438,13 @@ fn try_exec(ctx: &TracePointContext) -> Result<u32, u32> {
         return Ok(0);
     }
     let marked = mark(ctx, tgid, reason::EXEC);
+    // The new program's bases (the agent re-reads it whole for EXEC): its later mapping changes
+    // are then told by the counters.
+    if let Ok(mm) = current_mm(cfg)
+        && !mm.is_null()
+    {
+        let _ = new_state(cfg, tgid, mm, 0);
+    }
     emit(ctx, event_kind::EXEC, tgid, 0, 0, 0);
     marked
 }

@@ -60,14 +60,20 @@ impl Agent {
         }
     }
 
-    /// One agent tick of the smaps tier, as the runtime does it: drain marks into the stream,
-    /// read the statm pass, then collect.
+    /// One agent tick of the smaps tier, as the runtime does it: lifecycle events and marks into
+    /// the stream, read the statm pass, then collect.
     fn tick(
         &mut self,
         tracker: &mut Tracker,
         smaps: &mut SmapsCollector,
         n: u64,
     ) -> ObjectsObservation {
+        // The ring buffer's lifecycle events first (the runtime publishes them as they come).
+        if let Some(rx) = tracker.events.as_mut() {
+            while let Ok(ev) = rx.try_recv() {
+                self.events.publish_lifecycle(&ev);
+            }
+        }
         self.last = drain_into(tracker.source.as_mut(), &self.events, self.last);
         let pass = StatmPass::read(&self.procfs, &mut self.statm_files, &mut Vec::new())
             .expect("statm pass");
