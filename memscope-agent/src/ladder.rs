@@ -100,9 +100,18 @@ struct Entry {
 /// (0.2 s, less than a tick); a 2 GiB one is re-read at most every 4 s; never past `max_staleness`.
 pub const DIRTY_HOLD_PER_GIB: Duration = Duration::from_secs(2);
 
-/// [`DIRTY_HOLD_PER_GIB`] for `resident` bytes.
+/// A hold shorter than this is no hold: the process is re-read at the next tick, however soon
+/// after its last read it was marked (a 100 MiB process, 0.2 s, is not held).
+pub const DIRTY_HOLD_FLOOR: Duration = Duration::from_millis(250);
+
+/// [`DIRTY_HOLD_PER_GIB`] for `resident` bytes; zero under [`DIRTY_HOLD_FLOOR`].
 pub fn dirty_hold(resident: u64) -> Duration {
-    DIRTY_HOLD_PER_GIB.mul_f64(resident as f64 / f64::from(1u32 << 30))
+    let hold = DIRTY_HOLD_PER_GIB.mul_f64(resident as f64 / f64::from(1u32 << 30));
+    if hold < DIRTY_HOLD_FLOOR {
+        Duration::ZERO
+    } else {
+        hold
+    }
 }
 
 /// When a process first read at time t is re-read for staleness: between 3/4 and all of
@@ -651,10 +660,24 @@ mod tests {
         let mut l = one_read(gib_pages, t0);
         l.run_tier1(&p, &[mark_all(1), ProcEvent::Exec { pid: 1 }], t0 + ms(1));
         assert_eq!(l.due(), vec![(1, Reason::Dirty)]);
-        // A small process is not held beyond a tick: 1 MiB holds 2 ms.
-        let mut l = one_read(256, t0);
-        l.run_tier1(&pass(&[(1, read(256))]), &[mark_all(1)], t0 + ms(10));
-        assert_eq!(l.due(), vec![(1, Reason::Dirty)]);
+        // A small process is not held at all: 1 MiB (2 ms) and 100 MiB (0.2 s) are under the
+        // floor, so a mark right after the read makes it due at once.
+        assert_eq!(dirty_hold(1 << 20), Duration::ZERO);
+        assert_eq!(dirty_hold(100 << 20), Duration::ZERO);
+        for pages in [256, 100 * 256] {
+            let mut l = one_read(pages, t0);
+            l.run_tier1(&pass(&[(1, read(pages))]), &[mark_all(1)], t0 + ms(1));
+            assert_eq!(l.due(), vec![(1, Reason::Dirty)], "{pages} pages held");
+        }
+        // At the floor the hold applies: 128 MiB holds 250 ms.
+        assert_eq!(dirty_hold(128 << 20), DIRTY_HOLD_FLOOR);
+        let pages = 128 * 256;
+        let mut l = one_read(pages, t0);
+        l.run_tier1(&pass(&[(1, read(pages))]), &[mark_all(1)], t0 + ms(1));
+        assert!(
+            l.due().is_empty(),
+            "128 MiB marked 1 ms after its read: held"
+        );
     }
 
     #[test]

@@ -360,8 +360,9 @@ fn try_unlock(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     let state = unsafe { core::ptr::read_volatile(slot) };
     let (total, other) = vm_pages(cfg, mm)?;
     let mapping = other != state.other_pages;
-    if mapping && state.pending & PENDING_MAPPING == 0 {
-        // Not marked by `ma_write`: the counters caught it.
+    if mapping {
+        // Whether `ma_write` saw it or not (its mark, set mid-change, may have been drained
+        // already): one lookup when the mark is still there.
         let _ = mark(ctx, tgid, reason::MAPPING);
     }
     let base_pages = if mapping || state.pending & PENDING_MAPPING != 0 {
