@@ -352,7 +352,8 @@ fn try_unlock(ctx: &BtfTracePointContext) -> Result<u32, u32> {
         // predates the tracker, or a new-process base could not be stored): no base to compare
         // with, so the change is marked as what it could be at most, once; from now on the
         // counters tell.
-        new_state(cfg, tgid, mm, 0)?;
+        // A failed store of the bases (full map) still marks: the next release tries again.
+        let _ = new_state(cfg, tgid, mm, 0);
         return mark(ctx, tgid, reason::MAPPING);
     };
     // SAFETY: from a successful lookup; see `note` for why reading and writing it in place is
