@@ -88,6 +88,20 @@ impl Agent {
     }
 }
 
+/// A smaps tier on `agent`'s stream that reports every object and re-reads a process only for a
+/// mark, an exit's consequences or staleness (residency moves below 1 GiB are ignored).
+fn marks_and_staleness_only(agent: &Agent, max_staleness: Duration) -> SmapsCollector {
+    SmapsCollector::new(
+        &SmapsConfig {
+            min_object_pss: ByteSize(0),
+            max_staleness: Interval(max_staleness),
+            min_change: ByteSize(1 << 30),
+            ..SmapsConfig::default()
+        },
+        agent.events.subscribe(),
+    )
+}
+
 fn smaps_stats(obs: &ObjectsObservation) -> &TierStats {
     &obs.tier
 }
@@ -144,16 +158,8 @@ fn dirty_child_is_reread_next_tick_and_idle_child_only_when_stale() {
     let mut tracker = ebpf_tracker();
     let mut agent = Agent::new();
     let max_staleness = Duration::from_secs(3);
-    let mut smaps = SmapsCollector::new(
-        &SmapsConfig {
-            min_object_pss: ByteSize(0),
-            max_staleness: Interval(max_staleness),
-            // Residency moves of the children must not trigger reads: only marks and staleness.
-            min_change: ByteSize(1 << 30),
-            ..SmapsConfig::default()
-        },
-        agent.events.subscribe(),
-    );
+    // Residency moves of the children must not trigger reads: only marks and staleness.
+    let mut smaps = marks_and_staleness_only(&agent, max_staleness);
     let idle = TestChild::spawn(CHILD);
     let mut busy = TestChild::spawn(CHILD);
     let started = Instant::now();
@@ -651,16 +657,8 @@ fn one_exit_among_sharers_derives_the_others_and_staleness_reads_them_exactly() 
     let mut tracker = ebpf_tracker();
     let mut agent = Agent::new();
     let max_staleness = Duration::from_secs(3);
-    let mut smaps = SmapsCollector::new(
-        &SmapsConfig {
-            min_object_pss: ByteSize(0),
-            max_staleness: Interval(max_staleness),
-            // Only the exit, its consequences and staleness may cause reads of the sharers.
-            min_change: ByteSize(1 << 30),
-            ..SmapsConfig::default()
-        },
-        agent.events.subscribe(),
-    );
+    // Only the exit, its consequences and staleness may cause reads of the sharers.
+    let mut smaps = marks_and_staleness_only(&agent, max_staleness);
     let sharers = Sharers::spawn(std::path::Path::new(env!("CARGO_BIN_EXE_memhog")), SIZE, N)
         .expect("memhog shared");
     let children = sharers.children();

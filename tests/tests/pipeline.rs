@@ -351,14 +351,16 @@ fn rsyslog_ships_every_line_exactly_once_across_rotation_and_restart() {
 
     // 500 ms interval; max_bytes about four emissions of this host, as it is now (a shared host
     // can be busy): forwarder.conf says why not less. keep = 1000 so that the agent's files hold
-    // everything it wrote.
+    // everything it wrote. `emit = "full"`: every emission whole, so the file rotates every few
+    // emissions whatever the host does (in `changes` mode a quiet host writes a few hundred bytes
+    // between keyframes and would not rotate 4 times in 90 s).
     let max_bytes = (4 * emission_bytes(&agent)).max(256 << 10);
     let agent_conf = d.join("agent.toml");
     write(
         &agent_conf,
         format!(
             "[agent]\ninterval = \"500ms\"\nhost = \"pipeline-lane\"\n\n[output]\nsink = \
-             \"file\"\npath = {:?}\nmax_bytes = {max_bytes}\nkeep = 1000\n",
+             \"file\"\npath = {:?}\nmax_bytes = {max_bytes}\nkeep = 1000\nemit = \"full\"\n",
             sink.display().to_string()
         ),
     );

@@ -249,7 +249,8 @@ fn sysv_bytes(i: &Inputs<'_>) -> (u64, u64) {
 
 /// Shmem that memory cgroups holding only unreadable processes are charged for beyond what those
 /// processes map: for each cgroup with at least one process (kernel threads aside) and none whose
-/// `smaps_rollup` could be read, its own `shmem` (its `memory.stat` less its children's) less the
+/// `smaps_rollup` could be read (a process with nothing resident, such as a zombie, does not
+/// count), its own `shmem` (its `memory.stat` less its children's) less the
 /// `RssShmem` of its processes (counted in `unreadable_shmem_bytes`). The kernel charges a shmem
 /// page to the cgroup of the process that first touched it, so this is shmem those processes
 /// created and keep without mapping it: memfds or deleted files behind descriptors the agent
@@ -266,7 +267,13 @@ fn unreadable_held(i: &Inputs<'_>) -> u64 {
     }
     // Per cgroup path with a process: (any of them readable, RssShmem of the unreadable ones).
     let mut members: HashMap<&[u8], (bool, u64)> = HashMap::new();
-    for p in processes.processes.iter().filter(|p| !p.kernel_thread) {
+    // A process with nothing resident (a zombie, or one exiting: v1 moves an exiting task to the
+    // root cgroup) holds nothing and says nothing about its cgroup's readability.
+    for p in processes
+        .processes
+        .iter()
+        .filter(|p| !p.kernel_thread && p.memory.rss_bytes > 0)
+    {
         let Some(path) = &p.cgroup else { continue };
         let e = members.entry(path.as_bytes()).or_default();
         if p.numbers == Numbers::Exact {
@@ -535,6 +542,8 @@ mod tests {
 
     fn process(pid: u32, numbers: Numbers, shmem: u64) -> ProcessRecord {
         let memory = Memory {
+            // Something resident, as a live process has.
+            rss_bytes: shmem.max(4096),
             pss_shmem_bytes: shmem,
             ..Memory::default()
         };
@@ -896,11 +905,16 @@ mod tests {
         };
         let mut kthread = in_cgroup(process(2, Numbers::Exact, 0), "/");
         kthread.kernel_thread = true;
+        // A zombie (nothing resident; v1 shows an exiting task in the root cgroup), readable.
+        let mut zombie = in_cgroup(process(3, Numbers::Exact, 0), "/");
+        zombie.memory.rss_bytes = 0;
         let processes = ProcessesObservation {
             processes: vec![
-                // pid 1: unreadable, 6000 of RssShmem; a kernel thread beside it does not count.
+                // pid 1: unreadable, 6000 of RssShmem; a kernel thread or a zombie beside it does
+                // not count.
                 in_cgroup(process(1, Numbers::Approximate, 6000), "/"),
                 kthread,
+                zombie,
                 // /app/x has a readable process: nothing is attributed there.
                 in_cgroup(process(30, Numbers::Exact, 100), "/app/x"),
                 in_cgroup(process(31, Numbers::Approximate, 100), "/app/x"),

@@ -207,7 +207,7 @@ mod tests {
         },
         config::EmitMode,
         procfs::{ProcFs, ReadCounters},
-        store::{ExitCause, SelfCost, StoreConfig, TrackerInfo},
+        store::{ExitCause, SelfCost},
     };
 
     /// Applies a processes run holding pid 7 in `/a/b`, and a cgroup run over the tree at `root`.
@@ -243,22 +243,8 @@ mod tests {
     fn an_oom_kill_sends_the_exit_and_the_moved_counter_together() {
         let dir = tempfile::tempdir().expect("tempdir");
         tree(dir.path(), 0);
-        let mut s = Store::new(
-            StoreConfig {
-                host: "h".into(),
-                emit: EmitMode::Changes,
-                keyframe_every: 100,
-                interval: Duration::from_secs(10),
-                min_change: crate::config::MinChangeByKind::default(),
-                started: std::time::Instant::now(),
-            },
-            TrackerInfo {
-                mode: "ebpf".into(),
-                reason: None,
-                load_ms: None,
-            },
-            &["processes", "cgroup"],
-        );
+        let mut s =
+            crate::store::tests::store_with(EmitMode::Changes, 100, true, &["processes", "cgroup"]);
         with_victim(&mut s, dir.path());
         emit(&mut s);
 
@@ -293,22 +279,7 @@ mod tests {
     }
 
     fn polling_store() -> Store {
-        Store::new(
-            StoreConfig {
-                host: "h".into(),
-                emit: EmitMode::Full,
-                keyframe_every: 1,
-                interval: Duration::from_secs(10),
-                min_change: crate::config::MinChangeByKind::default(),
-                started: std::time::Instant::now(),
-            },
-            TrackerInfo {
-                mode: "polling".into(),
-                reason: Some("test".into()),
-                load_ms: None,
-            },
-            &["processes", "cgroup"],
-        )
+        crate::store::tests::store_with(EmitMode::Full, 1, false, &["processes", "cgroup"])
     }
 
     fn counts(list: &[(&str, u64)]) -> HashMap<String, u64> {

@@ -3,7 +3,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    time::{Duration, SystemTime},
+    time::SystemTime,
 };
 
 use serde_json::Value;
@@ -23,22 +23,7 @@ use crate::{
 };
 
 fn store(emit: EmitMode, names: &[&'static str]) -> Store {
-    Store::new(
-        StoreConfig {
-            host: "h".into(),
-            emit,
-            keyframe_every: 5,
-            min_change: MinChangeByKind::default(),
-            interval: Duration::from_secs(10),
-            started: std::time::Instant::now(),
-        },
-        TrackerInfo {
-            mode: "polling".into(),
-            reason: Some("test".into()),
-            load_ms: None,
-        },
-        names,
-    )
+    super::tests::store_with(emit, 5, false, names)
 }
 
 /// A copy of a run's result (every observation type is `Clone`).

@@ -10,6 +10,17 @@ use crate::{
 use crate::{config::EmitMode, procfs::ReadCounters};
 
 fn store(emit: EmitMode, keyframe_every: u32) -> Store {
+    store_with(emit, keyframe_every, false, &["processes"])
+}
+
+/// A store for tests: host `h`, a 10 s interval, the default hysteresis, the eBPF tracker or
+/// polling, the collectors `names`.
+pub(super) fn store_with(
+    emit: EmitMode,
+    keyframe_every: u32,
+    ebpf: bool,
+    names: &[&'static str],
+) -> Store {
     Store::new(
         StoreConfig {
             host: "h".into(),
@@ -20,11 +31,11 @@ fn store(emit: EmitMode, keyframe_every: u32) -> Store {
             started: std::time::Instant::now(),
         },
         TrackerInfo {
-            mode: "polling".into(),
-            reason: Some("test".into()),
+            mode: if ebpf { "ebpf" } else { "polling" }.into(),
+            reason: (!ebpf).then(|| "test".into()),
             load_ms: None,
         },
-        &["processes"],
+        names,
     )
 }
 

@@ -56,7 +56,8 @@ pub fn check(workspace: &Path, rootfs: &Path, dir: &Path) -> anyhow::Result<Path
             .arg(&deb)
             .arg("Depends"),
     )?;
-    for needed in ["libc6", "adduser", "init-system-helpers"] {
+    // procps: /bin/kill, for the unit's ExecReload (SIGHUP reloads the config).
+    for needed in ["libc6", "adduser", "init-system-helpers", "procps"] {
         ensure!(
             depends.contains(needed),
             "Depends lacks {needed}: {depends}"

@@ -156,7 +156,7 @@ fn attaches_as_root(agent: &Path, dir: &Path) -> anyhow::Result<u64> {
 const SUITE: &str = "bookworm";
 const MIRROR: &str = "http://deb.debian.org/debian";
 /// What the maintainer scripts and the container check call, beyond minbase.
-const INCLUDE: &str = "adduser,init-system-helpers,libcap2-bin";
+const INCLUDE: &str = "adduser,init-system-helpers,libcap2-bin,procps";
 
 /// A `debootstrap --variant=minbase` root, cached under target/packaging/ (about 2 minutes to
 /// create, 200 MB).

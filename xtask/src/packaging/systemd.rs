@@ -1,6 +1,7 @@
 //! The systemd unit, as the .deb installs it: `systemd-analyze verify` (no warnings allowed) and
 //! the offline `systemd-analyze security` exposure, both against a scratch root holding the
-//! package's files and this host's stock units (verify resolves `sysinit.target` and friends).
+//! package's files, this host's stock units (verify resolves `sysinit.target` and friends) and
+//! `/bin/kill` (procps, a Depends: the unit's ExecReload).
 //! Neither needs systemd as PID 1.
 
 use std::{path::Path, process::Command};
@@ -20,6 +21,9 @@ pub fn check(deb: &Path, dir: &Path) -> anyhow::Result<()> {
             .args(["-a", "--no-clobber", "/lib/systemd/system/."])
             .arg(&units),
     )?;
+    // The unit's ExecReload runs /bin/kill, from procps (a Depends of the package).
+    std::fs::create_dir_all(root.join("bin")).context("creating the scratch root's /bin")?;
+    std::fs::copy("/bin/kill", root.join("bin/kill")).context("copying /bin/kill (procps)")?;
     let root_arg = format!("--root={}", root.display());
 
     let verify = Command::new("systemd-analyze")
