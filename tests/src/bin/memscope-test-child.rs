@@ -6,7 +6,8 @@
 //! maps, touches and unmaps 64 KiB of anonymous memory (the default `min_change`), `shmget` creates and removes a 1 MiB SysV
 //! segment, `shmat` creates a 1 MiB SysV segment, attaches and touches it (and keeps it attached;
 //! the segment is removed when detached), `shmdt` detaches it, `memfd` maps and touches a new
-//! 256 KiB memfd named `memscope-test-memfd` (and keeps it); answers `done`.
+//! 256 KiB memfd named `memscope-test-memfd` (and keeps it); answers `done` once the command is
+//! carried out (an empty line is ignored, without an answer).
 //! Exits on end of input. Argument `exit`: exits at once.
 
 fn write_line(text: &[u8]) {
@@ -19,16 +20,16 @@ fn main() {
         return;
     }
     write_line(b"ready\n");
-    let mut buf = [0_u8; 64];
+    let mut lines = Lines {
+        buf: [0; 64],
+        len: 0,
+        line: [0; 64],
+    };
     let mut attached: *mut libc::c_void = std::ptr::null_mut();
-    loop {
-        // SAFETY: reading into a valid stack buffer.
-        let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
-        let Ok(n) = usize::try_from(n) else { return };
-        if n == 0 {
-            return;
+    while let Some(command) = lines.next_line() {
+        if command.is_empty() {
+            continue;
         }
-        let command = buf.get(..n).unwrap_or_default();
         if command.starts_with(b"mmap") {
             if let Ok(page) = memscope_tests::map_anon_page() {
                 // SAFETY: `page` is a fresh writable one-page mapping owned by nobody else.
@@ -91,6 +92,43 @@ fn main() {
             }
         }
         write_line(b"done\n");
+    }
+}
+
+/// Newline-framed commands from stdin, read with raw `read` into a stack buffer (no allocation).
+///
+/// A read returns whatever the pipe holds: part of a line (the writer's command and newline may
+/// arrive in two writes), or more than one line. Taking each read as one command answered a
+/// half line twice (`done` for `memfd`, then `done` for the lone newline), which put the test one
+/// answer ahead of the child: it drained the tracker before the child had mapped anything.
+struct Lines {
+    buf: [u8; 64],
+    len: usize,
+    line: [u8; 64],
+}
+
+impl Lines {
+    /// The next line without its newline, or None at end of input (or on a read error). A line
+    /// longer than the buffer is dropped whole.
+    fn next_line(&mut self) -> Option<&[u8]> {
+        loop {
+            if let Some(end) = self.buf[..self.len].iter().position(|&b| b == b'\n') {
+                self.line[..end].copy_from_slice(&self.buf[..end]);
+                self.buf.copy_within(end + 1..self.len, 0);
+                self.len -= end + 1;
+                return Some(&self.line[..end]);
+            }
+            if self.len == self.buf.len() {
+                self.len = 0; // an overlong line: drop it
+            }
+            let free = &mut self.buf[self.len..];
+            // SAFETY: reading into the free part of our own stack buffer.
+            let n = unsafe { libc::read(0, free.as_mut_ptr().cast(), free.len()) };
+            match usize::try_from(n) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.len += n,
+            }
+        }
     }
 }
 
