@@ -137,8 +137,18 @@ fn anonymous_changes_never_reread_smaps_but_a_shared_mapping_does() {
     );
     let mut child = TestChild::spawn(CHILD);
     let pid = child.pid();
-    agent.tick(&mut tracker, &mut smaps, 0);
+    let obs = agent.tick(&mut tracker, &mut smaps, 0);
     assert_eq!(smaps.reads_of(pid), Some(1), "read as new");
+    let overflows = |obs: &ObjectsObservation| {
+        smaps_stats(obs)
+            .rereads
+            .get("overflow")
+            .copied()
+            .unwrap_or(0)
+    };
+    let mut overflow = overflows(&obs);
+    let mut expected = 1;
+    let mut clean_ticks = 0;
     // Churn at the default min_change (64 KiB mapped, touched, unmapped), then 1 MiB kept: the
     // first is below the rollup tier's threshold, the second a rollup (ANON) mark only, and
     // neither may cost a smaps read (nor may the virtual size that moved).
@@ -148,17 +158,36 @@ fn anonymous_changes_never_reread_smaps_but_a_shared_mapping_does() {
         }
         child.command("anon");
         let obs = agent.tick(&mut tracker, &mut smaps, n);
+        if overflows(&obs) > overflow {
+            // The kernel side lost marks or events (a host running thousands of other processes
+            // fills the ring buffer while a tick reads them all): every process is re-read as
+            // `overflow`, this child too, as it should be. Count from here.
+            eprintln!("tick {n}: the tracker overflowed; {:?}", smaps_stats(&obs));
+            overflow = overflows(&obs);
+            expected = smaps.reads_of(pid).unwrap_or(0);
+            continue;
+        }
+        clean_ticks += 1;
         assert_eq!(
             smaps.reads_of(pid),
-            Some(1),
+            Some(expected),
             "anonymous changes re-read smaps (tick {n}): {:?}",
             smaps_stats(&obs)
         );
     }
-    // A shared mapping: re-read at the next tick.
+    assert!(
+        clean_ticks > 0,
+        "the tracker overflowed at every tick, so nothing was tested (a host this busy cannot run the lane)"
+    );
+    // A shared mapping: re-read at the next tick (once, whether for its mark or an overflow).
     child.command("memfd");
     let obs = agent.tick(&mut tracker, &mut smaps, 4);
-    assert_eq!(smaps.reads_of(pid), Some(2), "{:?}", smaps_stats(&obs));
+    assert_eq!(
+        smaps.reads_of(pid),
+        Some(expected + 1),
+        "{:?}",
+        smaps_stats(&obs)
+    );
     assert!(maps_test_memfd(&obs, pid));
 }
 
