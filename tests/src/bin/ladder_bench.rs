@@ -3,8 +3,11 @@
 //! `cargo xtask bench`; it is a benchmark that prints a table, never a timed test.
 //!
 //! Workload: W `memhog worker` processes (default 300). Each tick the bench signals about 1 % of
-//! them (round-robin); each signalled worker maps and touches a new 256 KiB (`--region-bytes`) region (and unmaps its
-//! oldest): a layout and residency change. After a short pause the bench runs one agent tick with
+//! them (round-robin); each signalled worker maps and touches a new 64 KiB (`--region-bytes`)
+//! anonymous region (and unmaps its oldest): anonymous churn, no object changes. Or, with
+//! `--churn-all-ms MS`, every worker is signalled every MS ms (a `memhog storm` process) instead;
+//! with `--forks-per-s N`, a `memhog forker` process forks and reaps N short-lived children per
+//! second meanwhile (both modes alike). After a short pause the bench runs one agent tick with
 //! the library, exactly as `runtime.rs` does: drain the tracker, publish the marks, then
 //! `ProcessesCollector::collect` and `SmapsCollector::collect` with `unbounded: false` (here one
 //! after the other on this thread; the runtime runs them side by side, which changes wall time,
@@ -25,7 +28,9 @@
 //! quiet before it; the long-run expectation is printed beside the measured rate.
 //!
 //! Then the freshness phase, per mode: a `memhog swapper` swaps one 4 MiB memfd mapping for another
-//! of the same size, which leaves `statm` as it was; the bench counts the ticks until the smaps
+//! of the same size, which leaves `statm` as it was, and then maps a 256 KiB window of an existing
+//! memfd (another process maps it whole) over an anonymous reserve of that size, which moves
+//! `statm` by less than the smaps tier's `min_change`; the bench counts the ticks until the smaps
 //! tier's emitted objects show the new mapping (eBPF: the next tick; polling: `max_staleness`).
 //!
 //! Exits non-zero only on setup errors; the PASS/FAIL lines are information.
@@ -69,18 +74,25 @@ struct Options {
     change_percent: f64,
     /// Pause between signalling and the agent tick, for the workers to act.
     act: Duration,
+    /// Every worker churns every this often (instead of `change_percent` per tick).
+    churn_all: Option<Duration>,
+    /// Short-lived processes forked (and reaped) per second during the steady phases.
+    forks_per_s: u32,
+    /// Skip the freshness phase.
+    no_freshness: bool,
 }
 
 const USAGE: &str = "usage: ladder_bench [--workers N (300)] [--worker-bytes BYTES (4194304)] \
-[--region-bytes BYTES (262144)] [--ticks T (30)] [--warmup TICKS (2 x max_staleness)] [--tick-ms MS (500)] \
-[--max-staleness-s S (15)] [--rollup-max-staleness-s S (15)] [--change-percent P (1)] [--act-ms MS (20)]";
+[--region-bytes BYTES (65536)] [--ticks T (30)] [--warmup TICKS (2 x max_staleness)] [--tick-ms MS (500)] \
+[--max-staleness-s S (15)] [--rollup-max-staleness-s S (15)] [--change-percent P (1)] [--act-ms MS (20)] \
+[--churn-all-ms MS] [--forks-per-s N] [--no-freshness 1]";
 
 impl Options {
     fn parse() -> anyhow::Result<Options> {
         let mut o = Options {
             workers: 300,
             worker_bytes: 4 << 20,
-            region_bytes: 256 << 10,
+            region_bytes: 64 << 10,
             ticks: 30,
             warmup: None,
             tick: Duration::from_millis(500),
@@ -90,6 +102,9 @@ impl Options {
             rollup_max_staleness: Duration::from_secs(15),
             change_percent: 1.0,
             act: Duration::from_millis(20),
+            churn_all: None,
+            forks_per_s: 0,
+            no_freshness: false,
         };
         let mut args = std::env::args().skip(1);
         while let Some(flag) = args.next() {
@@ -117,6 +132,9 @@ impl Options {
                         .with_context(|| format!("{flag} {value}: not a number\n{USAGE}"))?;
                 }
                 "--act-ms" => o.act = Duration::from_millis(num(&value)?),
+                "--churn-all-ms" => o.churn_all = Some(Duration::from_millis(num(&value)?)),
+                "--forks-per-s" => o.forks_per_s = u32::try_from(num(&value)?)?,
+                "--no-freshness" => o.no_freshness = num(&value)? != 0,
                 _ => bail!("unknown flag {flag}\n{USAGE}"),
             }
         }
@@ -347,7 +365,11 @@ fn steady(opts: &Options, workers: &mut Workers, ebpf: bool) -> anyhow::Result<V
         let cpu0 = cpu_time();
         let bytes0 = bytes_by_class(&agent.procfs);
         let rereads0 = rereads(&agent.tiers);
-        let signalled: HashSet<u32> = workers.signal(opts.per_tick())?.into_iter().collect();
+        let signalled: HashSet<u32> = if opts.churn_all.is_some() {
+            HashSet::new() // the storm process signals every worker
+        } else {
+            workers.signal(opts.per_tick())?.into_iter().collect()
+        };
         std::thread::sleep(opts.act);
         let t0 = Instant::now();
         let marks = agent.tick()?;
@@ -399,11 +421,20 @@ const SWAPS: usize = 3;
 /// Size of each of the swapper's memfds (above the default `min_object_pss`, 1 MiB).
 const SWAP_BYTES: usize = 4 << 20;
 
+/// Ticks until the emitted objects were right, per change of the freshness phase.
+struct Freshness {
+    /// Per swap of one shared mapping for another of the same size.
+    swaps: Vec<Option<usize>>,
+    /// Mapping a window of an existing memfd.
+    attach: Option<usize>,
+}
+
 /// The freshness phase: a `memhog swapper` process swaps one 4 MiB memfd mapping for another of
-/// the same size ([`SWAPS`] times), which `statm` does not see. Returns, per swap, the ticks until
-/// the smaps tier's emitted objects show the new one for it (None: not within `max_staleness` plus
-/// two ticks).
-fn freshness(opts: &Options, memhog: &PathBuf, ebpf: bool) -> anyhow::Result<Vec<Option<usize>>> {
+/// the same size ([`SWAPS`] times), which `statm` does not see, then maps a window of an existing
+/// memfd, which moves `statm` less than `min_change`. Returns, per change, the ticks until the
+/// smaps tier's emitted objects show the new mapping (None: not within `max_staleness` plus two
+/// ticks).
+fn freshness(opts: &Options, memhog: &PathBuf, ebpf: bool) -> anyhow::Result<Freshness> {
     use std::io::Write as _;
     let mut agent = Agent::new(opts, ebpf)?;
     let mut child = Command::new(memhog)
@@ -427,32 +458,82 @@ fn freshness(opts: &Options, memhog: &PathBuf, ebpf: bool) -> anyhow::Result<Vec
             .as_millis()
             .div_ceil(opts.tick.as_millis().max(1)) as usize
             + 2;
-        let mut out = Vec::with_capacity(SWAPS);
-        for _ in 0..SWAPS {
-            writeln!(stdin, "swap").context("writing to the swapper")?;
+        let mut change = |command: &str, answer: &str| -> anyhow::Result<Option<usize>> {
+            writeln!(stdin, "{command}").context("writing to the swapper")?;
             line.clear();
             stdout.read_line(&mut line).context("swapper answer")?;
             let name = line
                 .trim()
-                .strip_prefix("swapped ")
+                .strip_prefix(answer)
                 .with_context(|| format!("swapper said {line:?}"))?
                 .to_owned();
-            let mut took = None;
             for t in 1..=limit {
                 std::thread::sleep(opts.tick);
                 agent.tick()?;
                 if agent.shows(pid, &name) {
-                    took = Some(t);
-                    break;
+                    return Ok(Some(t));
                 }
             }
-            out.push(took);
+            Ok(None)
+        };
+        let mut swaps = Vec::with_capacity(SWAPS);
+        for _ in 0..SWAPS {
+            swaps.push(change("swap", "swapped ")?);
         }
-        Ok(out)
+        let attach = change("attach", "attached ")?;
+        Ok(Freshness { swaps, attach })
     })();
     let _ = child.kill();
     let _ = child.wait();
     result
+}
+
+/// A `memhog` helper process of the workload (`storm`, `forker`), killed and reaped on drop.
+struct Helper(std::process::Child);
+
+impl Helper {
+    fn spawn(memhog: &PathBuf, args: &[String]) -> anyhow::Result<Helper> {
+        let mut child = Command::new(memhog)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawning {} {}", memhog.display(), args.join(" ")))?;
+        let stdout = child.stdout.take().context("helper stdout")?;
+        let helper = Helper(child);
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .context("helper ready line")?;
+        if line.trim() != "ready" {
+            bail!("memhog {} did not start (said {line:?})", args.join(" "));
+        }
+        Ok(helper)
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The workload's helper processes for the steady phases.
+fn helpers(opts: &Options, memhog: &PathBuf, workers: &Workers) -> anyhow::Result<Vec<Helper>> {
+    let mut out = Vec::new();
+    if let Some(period) = opts.churn_all {
+        let mut args = vec!["storm".to_owned(), period.as_millis().to_string()];
+        args.extend(workers.pids.iter().map(i32::to_string));
+        out.push(Helper::spawn(memhog, &args)?);
+    }
+    if opts.forks_per_s > 0 {
+        out.push(Helper::spawn(
+            memhog,
+            &["forker".to_owned(), opts.forks_per_s.to_string()],
+        )?);
+    }
+    Ok(out)
 }
 
 fn show_ticks(v: &[Option<usize>]) -> String {
@@ -569,12 +650,22 @@ fn main() -> anyhow::Result<()> {
         opts.ticks,
         secs(1 + warmup + opts.ticks)
     );
+    let background = helpers(&opts, &memhog, &workers)?;
     let polling = row(&steady(&opts, &mut workers, false)?);
     eprintln!("ladder_bench: ebpf (same)");
     let ebpf = row(&steady(&opts, &mut workers, true)?);
-    eprintln!("ladder_bench: freshness ({SWAPS} swaps of a shared mapping, each mode)");
-    let fresh_polling = freshness(&opts, &memhog, false)?;
-    let fresh_ebpf = freshness(&opts, &memhog, true)?;
+    drop(background);
+    let fresh = if opts.no_freshness {
+        None
+    } else {
+        eprintln!(
+            "ladder_bench: freshness ({SWAPS} swaps of a shared mapping and one attach, each mode)"
+        );
+        Some((
+            freshness(&opts, &memhog, false)?,
+            freshness(&opts, &memhog, true)?,
+        ))
+    };
 
     // The long-run rate of smaps staleness re-reads: after the first (spread) deadline, each
     // process once per max_staleness, rounded up to whole ticks (a tier re-reads at the first tick
@@ -583,14 +674,21 @@ fn main() -> anyhow::Result<()> {
     let expected_stale: f64 =
         processes.len() as f64 / opts.max_staleness.as_millis().div_ceil(tick_ms).max(1) as f64;
 
+    let churn = match opts.churn_all {
+        Some(period) => format!("every worker churning every {} ms", period.as_millis()),
+        None => format!(
+            "{} changed per tick ({} %)",
+            opts.per_tick(),
+            opts.change_percent
+        ),
+    };
     println!(
-        "ladder bench: {} processes on the host ({} workers of {} KiB, regions of {} KiB), {} changed per tick ({} %), tick {} ms, max_staleness rollup {} s / smaps {} s, {} measured ticks after tick 0 + {} warm-up",
+        "ladder bench: {} processes on the host ({} workers of {} KiB, anonymous regions of {} KiB), {churn}, {} fork+exit/s, tick {} ms, max_staleness rollup {} s / smaps {} s, {} measured ticks after tick 0 + {} warm-up",
         processes.len(),
         opts.workers,
         opts.worker_bytes >> 10,
         opts.region_bytes >> 10,
-        opts.per_tick(),
-        opts.change_percent,
+        opts.forks_per_s,
         opts.tick.as_millis(),
         opts.rollup_max_staleness.as_secs(),
         opts.max_staleness.as_secs(),
@@ -700,26 +798,38 @@ fn main() -> anyhow::Result<()> {
         ebpf.max_age.1.as_secs_f64(),
         smaps_max.as_secs_f64()
     );
-    println!();
+    if let Some((fresh_polling, fresh_ebpf)) = &fresh {
+        println!();
+        println!(
+            "freshness: a process swaps one {} MiB memfd mapping for another of the same size (statm unchanged), then maps a {} KiB window of an existing memfd over an anonymous reserve (statm moves less than min_change); ticks until the emitted objects show it",
+            SWAP_BYTES >> 20,
+            (SWAP_BYTES / 16) >> 10
+        );
+        println!("| mode     | ticks per swap | ticks to attach |");
+        println!("|----------|----------------|-----------------|");
+        for (name, f) in [("polling", fresh_polling), ("ebpf", fresh_ebpf)] {
+            println!(
+                "| {name:<8} | {:<14} | {:<15} |",
+                show_ticks(&f.swaps),
+                show_ticks(&[f.attach])
+            );
+        }
+        println!(
+            "{}: ebpf shows every change within one tick (polling waits for max_staleness)",
+            verdict(fresh_ebpf.swaps.iter().all(|t| *t == Some(1)) && fresh_ebpf.attach == Some(1))
+        );
+    }
     println!(
-        "freshness: a process swaps one {} MiB memfd mapping for another of the same size (statm unchanged); ticks until the emitted objects show it",
-        SWAP_BYTES >> 20
-    );
-    println!("| mode     | ticks per swap |");
-    println!("|----------|----------------|");
-    println!("| polling  | {:<14} |", show_ticks(&fresh_polling));
-    println!("| ebpf     | {:<14} |", show_ticks(&fresh_ebpf));
-    println!(
-        "{}: ebpf shows every swap within one tick (polling waits for max_staleness)",
-        verdict(fresh_ebpf.iter().all(|t| *t == Some(1)))
-    );
-    println!(
-        "{}: ebpf CPU/tick <= polling CPU/tick ({:.2} <= {:.2} ms); smaps+rollup bytes <= 2x polling ({:.1} <= 2 x {:.1} KiB)",
-        verdict(ebpf.cpu_ms <= polling.cpu_ms && ebpf.smaps_kib <= 2.0 * polling.smaps_kib),
+        "{}: ebpf CPU/tick <= polling CPU/tick ({:.2} <= {:.2} ms)",
+        verdict(ebpf.cpu_ms <= polling.cpu_ms),
         ebpf.cpu_ms,
         polling.cpu_ms,
-        ebpf.smaps_kib,
-        polling.smaps_kib
+    );
+    println!(
+        "{}: ebpf /proc bytes/tick <= 2x polling ({:.1} <= 2 x {:.1} KiB)",
+        verdict(ebpf.proc_kib <= 2.0 * polling.proc_kib),
+        ebpf.proc_kib,
+        polling.proc_kib
     );
     drop(workers);
     Ok(())

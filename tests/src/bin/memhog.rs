@@ -36,10 +36,22 @@
 //! (default 256 KiB), unmapping the oldest once more than [`WORKER_REGIONS`] are held (anonymous
 //! churn each time, bounded memory). Dies with its parent (`PR_SET_PDEATHSIG`).
 //! `memhog swapper BYTES` — for the ladder bench's freshness phase: two memfds of BYTES
-//! (`memscope-swap-a`, `memscope-swap-b`), filled; maps and faults in `a`; prints `ready`; then on
-//! each line of stdin unmaps the one it maps, maps and faults in the other, and prints `swapped`
-//! with the name now mapped. The truth (which object it maps) changes, `statm` does not (same size,
-//! same resident and shared pages). Exits at end of input.
+//! (`memscope-swap-a`, `memscope-swap-b`), filled; maps and faults in `a`; also a third memfd
+//! (`memscope-attach`) of BYTES that a forked child maps whole and faults in (the object exists
+//! before this process maps it), and an untouched private anonymous reserve of BYTES/16; prints
+//! `ready`; then on each line of stdin: `swap` unmaps the one it maps, maps and faults in the other,
+//! and prints `swapped` with the name now mapped; `attach` maps the first BYTES/16 of the existing
+//! `memscope-attach` over the reserve (`MAP_FIXED`) and faults it in, and prints `attached
+//! memscope-attach`. The truth (which objects it maps) changes, `statm` barely does: a swap
+//! leaves size, resident and shared pages as they were; an attach leaves the size and moves
+//! resident and shared by BYTES/16 each (below the smaps tier's default `min_change` for 4 MiB).
+//! Exits at end of input; the child dies with it.
+//! `memhog forker RATE` — for the ladder bench's fork workload: forks RATE children per second,
+//! each exiting at once (fork+exit, no exec), and reaps them; prints `ready` first. Dies with its
+//! parent.
+//! `memhog storm PERIOD_MS PID...` — for the ladder bench's churn-storm workload: sends SIGUSR1
+//! (a `memhog worker`'s churn) to every PID each PERIOD_MS; prints `ready` first. Dies with its
+//! parent.
 //! `memhog stall BYTES SECONDS` — for the peers bench: BYTES of private anonymous memory touched;
 //! prints `ready`; after one line on stdin, times 4 KiB anonymous mmap+munmap pairs in a loop for
 //! SECONDS (each pair takes this process's mmap lock for writing, so it waits for any reader of
@@ -395,11 +407,59 @@ fn swapper(bytes: usize) -> anyhow::Result<()> {
     };
     let mut current = 0;
     let mut p = map(current)?;
+    // The object to attach to: filled, and mapped whole by a child (so it is resident and has a
+    // mapper before this process maps a window of it).
+    let attach_name = "memscope-attach";
+    let attach_fd = memfd(attach_name, 0, 0)?;
+    // SAFETY: `attach_fd` is a fresh descriptor that nothing else owns; the File keeps it open.
+    let mut attach_file =
+        unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(attach_fd) };
+    fill(&mut attach_file, bytes)?;
+    let window = (bytes / 16).max(4096);
+    let reserve = map_anon(window)?;
+    // SAFETY: fork in a single-threaded process; the child only makes syscalls and sleeps.
+    match unsafe { libc::fork() } {
+        -1 => anyhow::bail!("fork: {}", std::io::Error::last_os_error()),
+        0 => {
+            if die_with_parent().is_ok()
+                && let Ok(whole) = map_shared_fd(attach_fd, bytes)
+            {
+                fault_in(whole, bytes);
+                loop {
+                    // SAFETY: pause has no preconditions; the child waits for its SIGKILL.
+                    unsafe { libc::pause() };
+                }
+            }
+            // SAFETY: leaving the child without running the parent's destructors.
+            unsafe { libc::_exit(1) }
+        }
+        _ => {}
+    }
     let mut out = std::io::stdout();
     writeln!(out, "ready")?;
     out.flush()?;
     for line in std::io::stdin().lock().lines() {
-        line?;
+        if line?.trim() == "attach" {
+            // SAFETY: `reserve` is our own untouched `window`-long mapping; MAP_FIXED replaces
+            // exactly it with a shared mapping of the memfd we hold open.
+            let q = unsafe {
+                libc::mmap(
+                    reserve.cast(),
+                    window,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED | libc::MAP_FIXED,
+                    attach_fd,
+                    0,
+                )
+            };
+            if q == libc::MAP_FAILED {
+                anyhow::bail!("mmap {attach_name}: {}", std::io::Error::last_os_error());
+            }
+            fault_in(q.cast(), window);
+            writeln!(out, "attached {attach_name}")?;
+            out.flush()?;
+            continue;
+        }
         // SAFETY: `p` is the `bytes`-long mapping made by `map`; nothing refers to it after.
         check(unsafe { libc::munmap(p.cast(), bytes) }, "munmap")?;
         current = 1 - current;
@@ -408,6 +468,64 @@ fn swapper(bytes: usize) -> anyhow::Result<()> {
         out.flush()?;
     }
     Ok(())
+}
+
+/// `memhog storm PERIOD_MS PID...`: sends SIGUSR1 to every PID each PERIOD_MS; dies with its parent.
+fn storm(period: std::time::Duration, pids: &[i32]) -> anyhow::Result<()> {
+    die_with_parent()?;
+    {
+        let mut out = std::io::stdout();
+        writeln!(out, "ready")?;
+        out.flush()?;
+    }
+    let mut next = std::time::Instant::now();
+    loop {
+        for &pid in pids {
+            // SAFETY: kill(2) with a valid signal; a gone pid is an error we ignore.
+            unsafe { libc::kill(pid, libc::SIGUSR1) };
+        }
+        next += period;
+        let now = std::time::Instant::now();
+        match next.checked_duration_since(now) {
+            Some(left) => std::thread::sleep(left),
+            None => next = now,
+        }
+    }
+}
+
+/// `memhog forker RATE`: forks RATE children per second, each exiting at once, and reaps them;
+/// dies with its parent.
+fn forker(rate: u32) -> anyhow::Result<()> {
+    die_with_parent()?;
+    let rate = rate.max(1);
+    let period = std::time::Duration::from_secs(1) / rate;
+    {
+        let mut out = std::io::stdout();
+        writeln!(out, "ready")?;
+        out.flush()?;
+    }
+    let mut next = std::time::Instant::now();
+    loop {
+        // SAFETY: fork; the child exits at once without touching the parent's state.
+        match unsafe { libc::fork() } {
+            -1 => anyhow::bail!("fork: {}", std::io::Error::last_os_error()),
+            // SAFETY: the child leaves at once.
+            0 => unsafe { libc::_exit(0) },
+            child => {
+                let mut status = 0;
+                // SAFETY: waiting for the child just forked.
+                unsafe { libc::waitpid(child, &mut status, 0) };
+            }
+        }
+        next += period;
+        let now = std::time::Instant::now();
+        if let Some(left) = next.checked_duration_since(now) {
+            std::thread::sleep(left);
+        } else if now - next > std::time::Duration::from_secs(1) {
+            // Far behind (a loaded host): do not burst to catch up.
+            next = now;
+        }
+    }
 }
 
 /// Set by the SIGUSR1 handler, cleared by the worker's main loop.
@@ -602,6 +720,14 @@ fn main() -> anyhow::Result<()> {
             ready_and_wait()
         }
         ["swapper", bytes] => swapper(bytes.parse()?),
+        ["forker", rate] => forker(rate.parse()?),
+        ["storm", period_ms, pids @ ..] => {
+            let pids = pids
+                .iter()
+                .map(|p| p.parse::<i32>())
+                .collect::<Result<Vec<_>, _>>()?;
+            storm(std::time::Duration::from_millis(period_ms.parse()?), &pids)
+        }
         ["map-file", path, bytes] => {
             let bytes: usize = bytes.parse()?;
             let fd = create_file(path, bytes)?;
@@ -612,7 +738,7 @@ fn main() -> anyhow::Result<()> {
             ready_and_wait()
         }
         _ => anyhow::bail!(
-            "usage: memhog anon BYTES | memhog shared SIZE N UNMAPPED | memhog shm-deleted PATH BYTES | memhog memfd NAME BYTES | memhog map-file PATH BYTES | memhog names TAG | memhog hugetlb BYTES | memhog cow PATH BYTES | memhog worker BYTES [REGION_BYTES] [SHARED_PATH] | memhog swapper BYTES | memhog stall BYTES SECONDS"
+            "usage: memhog anon BYTES | memhog shared SIZE N UNMAPPED | memhog shm-deleted PATH BYTES | memhog memfd NAME BYTES | memhog map-file PATH BYTES | memhog names TAG | memhog hugetlb BYTES | memhog cow PATH BYTES | memhog worker BYTES [REGION_BYTES] [SHARED_PATH] | memhog swapper BYTES | memhog forker RATE | memhog storm PERIOD_MS PID... | memhog stall BYTES SECONDS"
         ),
     }
 }
