@@ -60,6 +60,35 @@ impl Agent {
         }
     }
 
+    /// Publishes the tracker's lifecycle events until the FORK event of every pid in `pids` has
+    /// come (at most 60 s), as the runtime publishes them as they come. A test that ticks before a
+    /// child's FORK arrives would see it at a later tick, and the ladder would then forget the
+    /// child it has read and read it again as `new` (a host busy forking thousands of processes
+    /// delays the ring buffer's events by seconds).
+    fn settle(&mut self, tracker: &mut Tracker, pids: &[u32]) {
+        use memscope_common::event_kind;
+        let rx = tracker.events.as_mut().expect("eBPF tracker events");
+        let mut waiting: Vec<u32> = pids.to_vec();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !waiting.is_empty() {
+            match rx.try_recv() {
+                Ok(ev) => {
+                    if ev.kind == event_kind::FORK {
+                        waiting.retain(|p| *p != ev.tgid);
+                    }
+                    self.events.publish_lifecycle(&ev);
+                }
+                Err(_) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "no FORK event for {waiting:?} within 60 s"
+                    );
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+
     /// One agent tick of the smaps tier, as the runtime does it: lifecycle events and marks into
     /// the stream, read the statm pass, then collect.
     fn tick(
@@ -137,6 +166,7 @@ fn anonymous_changes_never_reread_smaps_but_a_shared_mapping_does() {
     );
     let mut child = TestChild::spawn(CHILD);
     let pid = child.pid();
+    agent.settle(&mut tracker, &[pid]);
     let obs = agent.tick(&mut tracker, &mut smaps, 0);
     assert_eq!(smaps.reads_of(pid), Some(1), "read as new");
     let overflows = |obs: &ObjectsObservation| {
@@ -200,6 +230,7 @@ fn dirty_child_is_reread_next_tick_and_idle_child_only_when_stale() {
     let mut smaps = marks_and_staleness_only(&agent, max_staleness);
     let idle = TestChild::spawn(CHILD);
     let mut busy = TestChild::spawn(CHILD);
+    agent.settle(&mut tracker, &[idle.pid(), busy.pid()]);
     let started = Instant::now();
     let obs = agent.tick(&mut tracker, &mut smaps, 0);
     assert!(!maps_test_memfd(&obs, busy.pid()));
@@ -631,6 +662,12 @@ fn lost_marks_make_every_process_due_as_overflow() {
     );
     let idle = TestChild::spawn(CHILD);
     let mut busy: Vec<TestChild> = (0..8).map(|_| TestChild::spawn(CHILD)).collect();
+    let pids: Vec<u32> = busy
+        .iter()
+        .map(TestChild::pid)
+        .chain([idle.pid()])
+        .collect();
+    agent.settle(&mut tracker, &pids);
     agent.tick(&mut tracker, &mut smaps, 0);
     assert_eq!(smaps.reads_of(idle.pid()), Some(1));
     let dropped_before = agent.last.marks_dropped;
@@ -701,6 +738,7 @@ fn one_exit_among_sharers_derives_the_others_and_staleness_reads_them_exactly() 
         .expect("memhog shared");
     let children = sharers.children();
     assert_eq!(children.len(), N);
+    agent.settle(&mut tracker, &children);
     let started = Instant::now();
     let obs = agent.tick(&mut tracker, &mut smaps, 0);
     for &pid in &children {
