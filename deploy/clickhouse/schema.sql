@@ -58,3 +58,10 @@ SELECT host, argMax(seq, ts) AS last_seq, max(ts) AS last_ts
 FROM memscope.records
 WHERE kind = 'snapshot' AND data.keyframe
 GROUP BY host;
+
+-- Every record of each host's latest keyframe: the host's whole state as of then. The "top"
+-- queries read it (queries/top_processes.sql, queries/top_objects.sql).
+CREATE VIEW IF NOT EXISTS memscope.latest_state AS
+SELECT r.schema AS schema, r.kind AS kind, r.ts AS ts, r.host AS host, r.seq AS seq, r.data AS data
+FROM memscope.records AS r
+INNER JOIN memscope.latest_keyframes AS l ON r.host = l.host AND r.ts = l.last_ts AND r.seq = l.last_seq;

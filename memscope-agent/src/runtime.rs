@@ -103,23 +103,12 @@ pub async fn run(
     let events = ProcEvents::default();
     // Only the eBPF tracker has a lifecycle stream, and only it marks layout changes.
     events.set_layout_tracked(lifecycle.is_some());
-    let registered = build_collectors(
-        &config,
-        &BuildCtx {
-            procfs: &procfs,
-            events: &events,
-            mount_namespaces: crate::procfs::mountinfo::SharedNamespaces::new(
-                config.agent.max_mount_namespaces,
-            ),
-        },
-    );
     let (tx, rx) = mpsc::channel::<StoreMsg>(64);
-    let scheduler = Scheduler::new(
-        registered
-            .into_iter()
-            .map(|r| (r.collector, ticks_for(r.interval, interval)))
-            .collect(),
-        procfs.clone(),
+    let scheduler = Scheduler::of_config(
+        &config,
+        &procfs,
+        &events,
+        |every| ticks_for(every, interval),
         (!once).then(|| collector_deadline(interval)),
         tx.clone(),
     );
@@ -228,6 +217,7 @@ pub async fn run(
 
 /// Starts the tracker the config asks for, with the time spent loading and attaching the eBPF
 /// programs (`None` when it was not tried). `--once` never loads eBPF: one pass reads everything.
+/// Nor does a `proc_root` whose pids are not the kernel's ([`crate::procfs::pidns`]).
 /// `anon_min_change`: the rollup tier's `min_change`, which the kernel side applies to anonymous
 /// mapping changes.
 async fn start_tracker(
@@ -249,10 +239,22 @@ async fn start_tracker(
             None,
         ));
     }
+    // The kernel side names processes by their pids in the initial pid namespace: over any other
+    // tree (a fixture, a container's own /proc) its marks and exits would be other processes'.
+    let agent_tgid = match crate::procfs::pidns::ebpf_pids(&agent.proc_root) {
+        Ok(tgid) => tgid,
+        Err(reason) if mode == TrackerMode::Ebpf => {
+            anyhow::bail!("agent.tracker = \"ebpf\" but eBPF cannot be used: {reason}");
+        }
+        Err(reason) => {
+            warn!("eBPF tracker not used, running in polling mode: {reason}");
+            return Ok((polling(&reason), None));
+        }
+    };
     let opts = tracker::StartOptions {
         mount_tracefs: agent.mount_tracefs,
         anon_min_change,
-        ..tracker::StartOptions::new(std::process::id())
+        ..tracker::StartOptions::new(agent_tgid)
     };
     let (tracker, load) = tokio::task::spawn_blocking(move || {
         let started = Instant::now();
@@ -385,6 +387,36 @@ impl Scheduler {
             deadline,
             tx,
         }
+    }
+
+    /// The collectors `config` enables, over `procfs`, each run every `ticks(its interval)` ticks.
+    pub fn of_config(
+        config: &Config,
+        procfs: &ProcFs,
+        events: &ProcEvents,
+        ticks: impl Fn(Duration) -> u64,
+        deadline: Option<Duration>,
+        tx: mpsc::Sender<StoreMsg>,
+    ) -> Scheduler {
+        let registered = build_collectors(
+            config,
+            &BuildCtx {
+                procfs,
+                events,
+                mount_namespaces: crate::procfs::mountinfo::SharedNamespaces::new(
+                    config.agent.max_mount_namespaces,
+                ),
+            },
+        );
+        Scheduler::new(
+            registered
+                .into_iter()
+                .map(|r| (r.collector, ticks(r.interval)))
+                .collect(),
+            procfs.clone(),
+            deadline,
+            tx,
+        )
     }
 
     pub fn names(&self) -> Vec<&'static str> {

@@ -294,6 +294,19 @@ fn unprivileged_run_falls_back_to_polling_with_one_log_line() {
     }
 }
 
+/// The agent as a daemon over the fixture tree with `cfg`, stdout and stderr piped.
+fn spawn_over_fixtures(cfg: &Path) -> std::process::Child {
+    agent()
+        .arg("--config")
+        .arg(cfg)
+        .arg("--proc-root")
+        .arg(fixtures())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the agent")
+}
+
 /// Waits for `child` to exit, up to `limit`; kills it (and fails) if it does not.
 fn wait_or_kill(child: &mut std::process::Child, limit: std::time::Duration) -> ExitStatus {
     let start = std::time::Instant::now();
@@ -318,15 +331,7 @@ fn a_closed_stdout_stops_the_agent_at_the_first_write_not_an_interval_later() {
         dir.path(),
         "[agent]\ninterval = \"1h\"\ntracker = \"polling\"\n",
     );
-    let mut child = agent()
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--proc-root")
-        .arg(fixtures())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn the agent");
+    let mut child = spawn_over_fixtures(&cfg);
     drop(child.stdout.take());
     let status = wait_or_kill(&mut child, std::time::Duration::from_secs(120));
     let mut stderr = String::new();
@@ -550,4 +555,25 @@ fn report_writes_html_from_a_recorded_once_stream() {
     assert!(html.contains("fx) worker (43)"), "process in the treemap");
     let out = run(agent().arg("report").arg(&stream).args(["--at", "7"]));
     assert_eq!(out.status.code(), Some(1), "no emission with seq 7");
+}
+
+/// With `tracker = "ebpf"` the agent refuses a tree whose pids are not the kernel's (eBPF names
+/// host pids), naming the tree; as root too. `signals.rs` has the `auto` case.
+#[test]
+fn tracker_ebpf_over_a_fixture_tree_exits_naming_the_tree() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(
+        dir.path(),
+        "[agent]\ninterval = \"200ms\"\ntracker = \"ebpf\"\n",
+    );
+    let mut child = spawn_over_fixtures(&cfg);
+    let status = wait_or_kill(&mut child, std::time::Duration::from_secs(60));
+    let out = child.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("agent.tracker") && stderr.contains("not a proc filesystem"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "nothing emitted");
 }

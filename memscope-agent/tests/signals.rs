@@ -1,5 +1,6 @@
 //! The agent loop end to end, unprivileged: a read that never returns (a FIFO in a fake proc tree),
-//! and the signals (SIGTERM, SIGHUP reload good and bad, SIGUSR1/SIGUSR2).
+//! the signals (SIGTERM, SIGHUP reload good and bad, SIGUSR1/SIGUSR2), and the tracker over a tree
+//! that is not the host's `/proc`.
 
 use std::{
     io::BufRead as _,
@@ -358,4 +359,36 @@ fn sigusr1_and_sigusr2_do_not_stop_the_agent() {
     running.wait_for_more_emissions(2);
     let (status, _, stderr) = running.stop("INT");
     assert!(status.success(), "{stderr}");
+}
+
+/// The eBPF tracker names processes by their host pids: over a fixture tree the daemon polls and
+/// says why in one log line, as root too, so no host process's exit lands in the fixture stream.
+#[test]
+fn over_a_fixture_tree_the_tracker_polls_and_says_why() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config(dir.path(), "[agent]\ninterval = \"200ms\"\n");
+    let mut running = Running::start(dir.path(), &cfg, &fixtures());
+    running.wait_for("an emission", |r| count(r, "agent") >= 1);
+    // A host process that starts and ends while the agent runs: eBPF would report its exit.
+    let done = Command::new("true").status().expect("run true");
+    assert!(done.success());
+    running.wait_for_more_emissions(2);
+    let (status, records, stderr) = running.stop("TERM");
+    assert!(status.success(), "{stderr}");
+    assert!(!snapshots(&records).is_empty());
+    for s in snapshots(&records) {
+        assert_eq!(s["tracker"]["mode"], "polling", "{s}");
+        let reason = s["tracker"]["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.contains("not a proc filesystem") && reason.contains("fixtures/proc"),
+            "{reason}"
+        );
+    }
+    let fallbacks: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("running in polling mode"))
+        .collect();
+    assert_eq!(fallbacks.len(), 1, "{stderr}");
+    assert!(fallbacks[0].contains("not a proc filesystem"), "{stderr}");
+    assert_eq!(count(&records, "exit"), 0, "no exit in a fixture stream");
 }

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 pub mod bench;
 pub mod stream;
+pub mod volume;
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {

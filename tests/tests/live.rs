@@ -842,3 +842,62 @@ fn a_tmpfs_in_another_mount_namespace_is_seen_and_explained() {
     }
     panic!("in 4 attempts Shmem never moved by about the file's size alone: host too busy");
 }
+
+/// The eBPF tracker's pids are the initial pid namespace's: the host's `/proc`, wherever it is
+/// mounted (a DaemonSet's `/host/proc`), gives the tracker the agent's own host pid; the `/proc` of
+/// another pid namespace does not (the agent then polls, saying why).
+#[test]
+fn only_the_hosts_proc_wherever_mounted_gives_the_ebpf_tracker_its_pids() {
+    use memscope_agent::procfs::pidns::ebpf_pids;
+
+    require_root("live");
+    let me = std::process::id();
+    assert_eq!(ebpf_pids(std::path::Path::new("/proc")), Ok(me));
+
+    /// A bind mount of the host's `/proc`, unmounted on drop.
+    struct Bind(tempfile::TempDir);
+    impl Drop for Bind {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0.path()).status();
+        }
+    }
+    let bind = Bind(tempfile::tempdir().expect("tempdir"));
+    let mounted = Command::new("mount")
+        .args(["--bind", "/proc"])
+        .arg(bind.0.path())
+        .status()
+        .expect("mount (util-linux)");
+    assert!(
+        mounted.success(),
+        "mount --bind /proc {}",
+        bind.0.path().display()
+    );
+    assert_eq!(ebpf_pids(bind.0.path()), Ok(me));
+    drop(bind);
+
+    // A pid namespace of its own with its own proc filesystem, seen through its init's root.
+    let mut ns = Command::new("unshare")
+        .args([
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--kill-child",
+            "sh",
+            "-c",
+        ])
+        .arg("echo ready; exec sleep 600")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("unshare (util-linux)");
+    let mut line = String::new();
+    BufReader::new(ns.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    assert_eq!(line.trim(), "ready");
+    let root = PathBuf::from(format!("/proc/{}/root/proc", ns.id()));
+    let verdict = ebpf_pids(&root);
+    let _ = ns.kill();
+    let _ = ns.wait();
+    let why = verdict.expect_err("another pid namespace");
+    assert!(why.contains("another pid namespace"), "{why}");
+}

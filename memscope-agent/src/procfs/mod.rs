@@ -17,6 +17,7 @@ pub mod escape;
 pub mod guard;
 pub mod meminfo;
 pub mod mountinfo;
+pub mod pidns;
 pub mod redact;
 pub mod smaps;
 pub mod smaps_rollup;

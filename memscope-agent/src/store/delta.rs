@@ -112,15 +112,7 @@ pub fn delta_body_without(
 ) -> Option<()> {
     let old = members(sent)?;
     let new_members = members(new)?;
-    out.push_str("\"delta\":true");
-    for (k, n) in &new_members {
-        if IDENTITY.contains(&unquote(k)) {
-            out.push(',');
-            out.push_str(k);
-            out.push(':');
-            out.push_str(n.text());
-        }
-    }
+    open_delta(&new_members, out);
     for_each_pair(&old, &new_members, |key, o, n| {
         if IDENTITY.contains(&unquote(key)) {
             return;
@@ -141,6 +133,19 @@ pub fn delta_body_without(
     Some(())
 }
 
+/// The start of every `delta` body: `"delta":true`, then the identity fields of `new`.
+fn open_delta(new: &[(&str, Node<'_>)], out: &mut String) {
+    out.push_str("\"delta\":true");
+    for (k, n) in new {
+        if IDENTITY.contains(&unquote(k)) {
+            out.push(',');
+            out.push_str(k);
+            out.push(':');
+            out.push_str(n.text());
+        }
+    }
+}
+
 /// The `delta` body of an entity that moved (see [`moved`]) and, in `held`, the body a reader
 /// holds after applying it: the identity fields, every member that moved past the hysteresis (any
 /// change of a field that is not `_bytes`), and the volatile members that differ. A `_bytes` field
@@ -155,15 +160,7 @@ pub fn entity_delta(
 ) -> Option<()> {
     let old = members(sent)?;
     let new_members = members(new)?;
-    delta.push_str("\"delta\":true");
-    for (k, n) in &new_members {
-        if IDENTITY.contains(&unquote(k)) {
-            delta.push(',');
-            delta.push_str(k);
-            delta.push(':');
-            delta.push_str(n.text());
-        }
-    }
+    open_delta(&new_members, delta);
     merge_members(&old, &new_members, rule, true, delta, held);
     Some(())
 }

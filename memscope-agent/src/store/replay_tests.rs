@@ -11,9 +11,8 @@ use serde_json::Value;
 use super::*;
 use crate::{
     collectors::{
-        BuildCtx, build_collectors, cgroup::CgroupObservation, meminfo::MeminfoObservation,
-        processes::ProcessesObservation, smaps::ObjectsObservation, sysv::SysvObservation,
-        tmpfs::TmpfsObservation,
+        cgroup::CgroupObservation, meminfo::MeminfoObservation, processes::ProcessesObservation,
+        smaps::ObjectsObservation, sysv::SysvObservation, tmpfs::TmpfsObservation,
     },
     config::{Config, EmitMode, MinChange, MinChangeByKind},
     proc_events::ProcEvents,
@@ -141,23 +140,11 @@ async fn a_changes_stream_rebuilds_the_state_of_a_full_stream_of_the_same_moment
     // The host's own /proc, read as this (possibly unprivileged) user: every collector, for real.
     let mut config = Config::default();
     config.collectors.tmpfs.max_entries = crate::config::Positive(2000);
+    config.agent.max_mount_namespaces = 4;
     let procfs = crate::procfs::ProcFs::new("/proc");
-    let events = ProcEvents::default();
-    let registered = build_collectors(
-        &config,
-        &BuildCtx {
-            procfs: &procfs,
-            events: &events,
-            mount_namespaces: crate::procfs::mountinfo::SharedNamespaces::new(4),
-        },
-    );
     let (tx, mut rx) = tokio::sync::mpsc::channel(64);
-    let scheduler = Scheduler::new(
-        registered.into_iter().map(|r| (r.collector, 1)).collect(),
-        procfs,
-        None,
-        tx,
-    );
+    // Every collector every tick.
+    let scheduler = Scheduler::of_config(&config, &procfs, &ProcEvents::default(), |_| 1, None, tx);
     let names = scheduler.names();
     let mut full = store(EmitMode::Full, &names);
     let mut changes = store(EmitMode::Changes, &names);
