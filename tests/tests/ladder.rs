@@ -773,6 +773,8 @@ fn one_exit_among_sharers_derives_the_others_and_staleness_reads_them_exactly() 
     agent.settle(&mut tracker, &children);
     let started = Instant::now();
     let obs = agent.tick(&mut tracker, &mut smaps, 0);
+    // The sharers were read during tick 0, up to this long after `started`.
+    let first_tick = started.elapsed();
     for &pid in &children {
         let shares = shares_of(&obs, &sharers, pid);
         assert_eq!(shares.len(), 3, "pid {pid} maps the three objects");
@@ -815,7 +817,7 @@ fn one_exit_among_sharers_derives_the_others_and_staleness_reads_them_exactly() 
     // Staleness re-reads every survivor, and its figures are then read, not derived.
     let mut n = 2;
     let mut last = obs;
-    while started.elapsed() < max_staleness + Duration::from_secs(2)
+    while started.elapsed() < max_staleness + first_tick + Duration::from_secs(2)
         && rest.iter().any(|p| smaps.reads_of(*p) != Some(2))
     {
         std::thread::sleep(Duration::from_millis(250));
