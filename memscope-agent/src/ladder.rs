@@ -5,7 +5,10 @@
 //! walk) is fed to a [`Ladder`] per tier; the ladder says which processes are due:
 //!
 //! - `new`: never read (or its pid was reused);
-//! - `dirty`: the eBPF tracker saw a layout change (mmap, munmap, brk, shm*, exec…);
+//! - `dirty`: the eBPF tracker marked it: a mapping change or exec (both tiers), or anonymous
+//!   growth/shrinkage past `min_change` (the rollup tier only; see [`crate::proc_events::Scope`]).
+//!   A process marked over and over is re-read at most once per [`DIRTY_HOLD_PER_GIB`] per GiB
+//!   resident (a read stalls it about 3.8 ms per GiB), never past `max_staleness`;
 //! - `overflow`: the tracker lost marks or events (dirty map or ring buffer full), so every process
 //!   is suspect; served oldest number first, under the budget;
 //! - `layout`: `statm`'s virtual size changed (polling mode's stand-in for `dirty`);
@@ -87,6 +90,28 @@ struct Entry {
     pending: Option<(Reason, Instant)>,
     /// Reads so far: the staleness deadline after the first one is spread (see [`stale_after`]).
     reads: u64,
+    /// A `dirty` mark held back until then (see [`Ladder::mark_held`]); any other reason clears it.
+    held_until: Option<Instant>,
+}
+
+/// How long a process marked `dirty` over and over waits after a read before the next one, per GiB
+/// it has resident: reading its `smaps` holds its mmap lock about 3.8 ms per resident GiB
+/// (docs/design.md), so this keeps the stall under 0.2 % of its time. A 100 MiB process is not held
+/// (0.2 s, less than a tick); a 2 GiB one is re-read at most every 4 s; never past `max_staleness`.
+pub const DIRTY_HOLD_PER_GIB: Duration = Duration::from_secs(2);
+
+/// A hold shorter than this is no hold: the process is re-read at the next tick, however soon
+/// after its last read it was marked (a 100 MiB process, 0.2 s, is not held).
+pub const DIRTY_HOLD_FLOOR: Duration = Duration::from_millis(250);
+
+/// [`DIRTY_HOLD_PER_GIB`] for `resident` bytes; zero under [`DIRTY_HOLD_FLOOR`].
+pub fn dirty_hold(resident: u64) -> Duration {
+    let hold = DIRTY_HOLD_PER_GIB.mul_f64(resident as f64 / f64::from(1u32 << 30));
+    if hold < DIRTY_HOLD_FLOOR {
+        Duration::ZERO
+    } else {
+        hold
+    }
 }
 
 /// When a process first read at time t is re-read for staleness: somewhere in `(0, max_staleness]`
@@ -114,6 +139,10 @@ pub struct Ladder {
     /// How long a run takes before its numbers are emitted: a number that would pass its deadline
     /// within this margin is re-read now, so no emitted number is older than `max_staleness`.
     margin: Duration,
+    /// The tracker marks every layout change (eBPF): `statm`'s virtual size is not a layout signal.
+    layout_tracked: bool,
+    /// The latest time seen (runs, observations): held marks whose time has come are due.
+    clock: Option<Instant>,
 }
 
 impl Ladder {
@@ -123,10 +152,24 @@ impl Ladder {
             page_size,
             entries: HashMap::new(),
             margin: Duration::ZERO,
+            layout_tracked: false,
+            clock: None,
         }
     }
 
+    /// Whether the tracker's marks cover every layout change (eBPF attached): then a change of
+    /// `statm`'s virtual size no longer makes a process due for `layout` (anonymous churn moves it
+    /// without changing any object).
+    pub fn set_layout_tracked(&mut self, tracked: bool) {
+        self.layout_tracked = tracked;
+    }
+
+    fn tick(&mut self, now: Instant) {
+        self.clock = Some(self.clock.map_or(now, |c| c.max(now)));
+    }
+
     fn set_pending(e: &mut Entry, reason: Reason, now: Instant) {
+        e.held_until = None;
         match &mut e.pending {
             // Keep the oldest "since" (carry-over order) and the most urgent reason.
             Some((r, since)) => {
@@ -139,6 +182,7 @@ impl Ladder {
 
     /// Feeds this tick's `statm` of `pid`.
     pub fn observe(&mut self, pid: u32, statm: Statm, now: Instant) {
+        self.tick(now);
         let policy = self.policy;
         let page = self.page_size;
         let e = self.entries.entry(pid).or_insert_with(|| Entry {
@@ -147,13 +191,14 @@ impl Ladder {
             statm,
             pending: None,
             reads: 0,
+            held_until: None,
         });
         e.statm = statm;
         let Some(read) = e.read_statm else {
             Self::set_pending(e, Reason::New, now);
             return;
         };
-        if policy.layout_changes && read.size != statm.size {
+        if policy.layout_changes && !self.layout_tracked && read.size != statm.size {
             Self::set_pending(e, Reason::Layout, now);
         }
         let moved = read.resident.abs_diff(statm.resident) + read.shared.abs_diff(statm.shared);
@@ -181,11 +226,34 @@ impl Ladder {
         }
     }
 
-    /// The due processes, oldest first (then by urgency, then pid).
+    /// Marks `pid` `dirty` for a tracker mark, held back while its last read is more recent than
+    /// [`dirty_hold`] of its resident size (at most `max_staleness`). A mark of a process already
+    /// due for something else is not held; a held one is released by any other reason.
+    pub fn mark_held(&mut self, pid: u32, now: Instant) {
+        self.tick(now);
+        let page = self.page_size;
+        let max = self.policy.max_staleness;
+        let Some(e) = self.entries.get_mut(&pid) else {
+            return;
+        };
+        let hold = dirty_hold(e.statm.resident.saturating_mul(page)).min(max);
+        let until = e.last_read.map(|t| t + hold).filter(|t| *t > now);
+        let (was_pending, held) = (e.pending.is_some(), e.held_until);
+        Self::set_pending(e, Reason::Dirty, now);
+        e.held_until = if was_pending { held } else { until };
+    }
+
+    /// The due processes, oldest first (then by urgency, then pid). A held mark is due once its
+    /// time has come (see [`Ladder::mark_held`]).
     pub fn due(&self) -> Vec<(u32, Reason)> {
+        let clock = self.clock;
         let mut v: Vec<(Instant, Reason, u32)> = self
             .entries
             .iter()
+            .filter(|(_, e)| {
+                e.held_until
+                    .is_none_or(|until| clock.is_some_and(|c| c >= until))
+            })
             .filter_map(|(pid, e)| e.pending.map(|(r, since)| (since, r, *pid)))
             .collect();
         v.sort();
@@ -198,6 +266,7 @@ impl Ladder {
             e.read_statm = Some(e.statm);
             e.last_read = Some(now);
             e.pending = None;
+            e.held_until = None;
             e.reads += 1;
         }
     }
@@ -209,30 +278,33 @@ impl Ladder {
     /// - `Exit`: forgotten now; the pid is left out of this run even if `/proc` still lists it (a
     ///   zombie not yet reaped); if it is listed next run, it is someone `new`.
     /// - `Fork` and a reused pid (`StatmRead::Reused`): forgotten, then `new`.
-    /// - `Exec` and a `Mark` whose scope this tier cares about: `dirty`.
+    /// - `Exec` and a `Mark` whose scope this tier cares about: `dirty` (a `Mark` held back for a
+    ///   large process read recently, see [`Ladder::mark_held`]).
     /// - `Overflow`: every process is due (`overflow`), oldest number first.
     pub fn run_tier1(&mut self, pass: &StatmPass, events: &[ProcEvent], now: Instant) -> Tier1 {
         let mut out = Tier1::default();
         let mut exited: HashSet<u32> = HashSet::new();
-        let mut dirty: Vec<u32> = Vec::new();
+        self.tick(now);
+        // (pid, may be held): an exec is read at once, a mark may wait (see `mark_held`).
+        let mut dirty: Vec<(u32, bool)> = Vec::new();
         let mut overflow = false;
         for ev in events {
             match *ev {
                 ProcEvent::Exit { pid } => {
                     self.forget(pid);
-                    dirty.retain(|p| *p != pid);
+                    dirty.retain(|(p, _)| *p != pid);
                     exited.insert(pid);
                     out.forgotten.push(pid);
                 }
                 ProcEvent::Fork { pid } => {
                     self.forget(pid);
-                    dirty.retain(|p| *p != pid);
+                    dirty.retain(|(p, _)| *p != pid);
                     exited.remove(&pid);
                     out.forgotten.push(pid);
                 }
-                ProcEvent::Exec { pid } => dirty.push(pid),
+                ProcEvent::Exec { pid } => dirty.push((pid, false)),
                 ProcEvent::Mark { pid, scope } if scope.intersects(self.policy.scope) => {
-                    dirty.push(pid);
+                    dirty.push((pid, true));
                 }
                 ProcEvent::Mark { .. } => {}
                 ProcEvent::Overflow => overflow = true,
@@ -262,8 +334,14 @@ impl Ladder {
             }
         }
         self.retain(&out.live);
-        for pid in dirty {
-            self.mark(pid, Reason::Dirty, now);
+        // Held marks first: an exec of the same pid then releases the hold.
+        dirty.sort_by_key(|(_, held)| !held);
+        for (pid, held) in dirty {
+            if held {
+                self.mark_held(pid, now);
+            } else {
+                self.mark(pid, Reason::Dirty, now);
+            }
         }
         if overflow {
             self.mark_all(Reason::Overflow, now);
@@ -525,6 +603,8 @@ mod tests {
         let t0 = Instant::now();
         let mut l = read_all(3, t0);
         let p = pass(&[(1, read(10)), (2, read(10)), (3, read(10))]);
+        // A second later: a 40 KiB process is held for microseconds at most.
+        let t1 = t0 + Duration::from_secs(1);
         l.run_tier1(
             &p,
             &[
@@ -542,13 +622,96 @@ mod tests {
                     scope: Scope::ALL,
                 },
             ],
-            t0,
+            t1,
         );
         assert_eq!(
             l.due(),
             vec![(2, Reason::Dirty), (3, Reason::Dirty)],
             "a residency-only mark is not this (layout) tier's business"
         );
+    }
+
+    /// A ladder with one process of `resident_pages` read at `t0`.
+    fn one_read(resident_pages: u64, t0: Instant) -> Ladder {
+        let mut l = ladder();
+        l.run_tier1(&pass(&[(1, read(resident_pages))]), &[], t0);
+        l.done(1, t0);
+        l
+    }
+
+    fn mark_all(pid: u32) -> ProcEvent {
+        ProcEvent::Mark {
+            pid,
+            scope: Scope::ALL,
+        }
+    }
+
+    #[test]
+    fn a_large_process_marked_again_waits_for_its_hold() {
+        let t0 = Instant::now();
+        let gib_pages = (1 << 30) / 4096;
+        let mut l = one_read(gib_pages, t0);
+        let hold = dirty_hold(1 << 30);
+        assert_eq!(hold, DIRTY_HOLD_PER_GIB);
+        let p = pass(&[(1, read(gib_pages))]);
+        let ms = Duration::from_millis;
+        l.run_tier1(&p, &[mark_all(1)], t0 + ms(500));
+        assert!(l.due().is_empty(), "read 0.5 s ago, held for {hold:?}");
+        l.run_tier1(&p, &[mark_all(1)], t0 + hold - ms(1));
+        assert!(l.due().is_empty(), "marked again: still held");
+        l.run_tier1(&p, &[], t0 + hold);
+        assert_eq!(l.due(), vec![(1, Reason::Dirty)], "due once the hold ends");
+        // Any other reason releases a held mark at once: here, an exec.
+        let mut l = one_read(gib_pages, t0);
+        l.run_tier1(&p, &[mark_all(1), ProcEvent::Exec { pid: 1 }], t0 + ms(1));
+        assert_eq!(l.due(), vec![(1, Reason::Dirty)]);
+        // A small process is not held at all: 1 MiB (2 ms) and 100 MiB (0.2 s) are under the
+        // floor, so a mark right after the read makes it due at once.
+        assert_eq!(dirty_hold(1 << 20), Duration::ZERO);
+        assert_eq!(dirty_hold(100 << 20), Duration::ZERO);
+        for pages in [256, 100 * 256] {
+            let mut l = one_read(pages, t0);
+            l.run_tier1(&pass(&[(1, read(pages))]), &[mark_all(1)], t0 + ms(1));
+            assert_eq!(l.due(), vec![(1, Reason::Dirty)], "{pages} pages held");
+        }
+        // At the floor the hold applies: 128 MiB holds 250 ms.
+        assert_eq!(dirty_hold(128 << 20), DIRTY_HOLD_FLOOR);
+        let pages = 128 * 256;
+        let mut l = one_read(pages, t0);
+        l.run_tier1(&pass(&[(1, read(pages))]), &[mark_all(1)], t0 + ms(1));
+        assert!(
+            l.due().is_empty(),
+            "128 MiB marked 1 ms after its read: held"
+        );
+    }
+
+    #[test]
+    fn the_hold_never_passes_max_staleness() {
+        let t0 = Instant::now();
+        // 100 GiB: the hold (200 s) is cut to max_staleness (60 s).
+        let pages = 100 * (1 << 30) / 4096;
+        let mut l = one_read(pages, t0);
+        let p = pass(&[(1, read(pages))]);
+        l.run_tier1(&p, &[mark_all(1)], t0 + Duration::from_secs(1));
+        assert!(l.due().is_empty());
+        let max = Duration::from_secs(60);
+        l.run_tier1(&p, &[], t0 + max);
+        assert!(!l.due().is_empty(), "due by max_staleness at the latest");
+    }
+
+    #[test]
+    fn with_ebpf_a_virtual_size_change_is_not_a_layout_change() {
+        let t0 = Instant::now();
+        let mut l = one_read(10, t0);
+        l.set_layout_tracked(true);
+        l.observe(1, statm(101, 10), t0);
+        assert!(
+            l.due().is_empty(),
+            "anonymous churn moved the virtual size only"
+        );
+        l.set_layout_tracked(false);
+        l.observe(1, statm(102, 10), t0);
+        assert_eq!(l.due(), vec![(1, Reason::Layout)], "polling: it is");
     }
 
     #[test]

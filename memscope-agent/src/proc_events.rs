@@ -6,11 +6,15 @@
 //! they arrive. Every ladder collector subscribes once, when it is built, and takes its queue when
 //! it runs: each event reaches every subscriber exactly once, whatever the collectors' intervals.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicBool, Ordering},
+};
 
-/// Which kinds of change a mark stands for. Today every eBPF mark is [`Scope::ALL`]; a tracker that
-/// tells a layout change (mmap, munmap, …) from a residency-only one lets a tier skip the marks it
-/// does not care about (see [`crate::ladder::TierPolicy::scope`]).
+/// Which kinds of change a mark stands for. The eBPF tracker classifies in the kernel (see
+/// [`Scope::of_reasons`]): a change that may alter the object set is [`Scope::ALL`], an anonymous
+/// size change only [`Scope::RESIDENCY`], so the `smaps` tier skips it (see
+/// [`crate::ladder::TierPolicy::scope`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Scope(u8);
 
@@ -27,6 +31,17 @@ impl Scope {
 
     pub fn intersects(self, other: Scope) -> bool {
         self.0 & other.0 != 0
+    }
+
+    /// The scope of a dirty mark with these [`memscope_common::reason`] bits: a mapping change,
+    /// exec or fork (the object set may differ) is everything; anonymous growth or shrinkage
+    /// alone is residency.
+    pub fn of_reasons(reasons: u32) -> Scope {
+        if reasons & memscope_common::reason::LAYOUT != 0 {
+            Scope::ALL
+        } else {
+            Scope::RESIDENCY
+        }
     }
 }
 
@@ -55,12 +70,16 @@ type Queue = Arc<Mutex<Vec<ProcEvent>>>;
 #[derive(Debug, Clone, Default)]
 pub struct ProcEvents {
     queues: Arc<Mutex<Vec<Queue>>>,
+    /// Whether the marks published here cover every layout change (the eBPF tracker is attached):
+    /// the `smaps` tier then stops treating a change of `statm`'s virtual size as one.
+    layout_tracked: Arc<AtomicBool>,
 }
 
 /// One subscriber's queue (one per ladder collector).
 #[derive(Debug)]
 pub struct Subscription {
     queue: Queue,
+    layout_tracked: Arc<AtomicBool>,
 }
 
 impl ProcEvents {
@@ -68,7 +87,15 @@ impl ProcEvents {
     pub fn subscribe(&self) -> Subscription {
         let queue = Queue::default();
         lock(&self.queues).push(Arc::clone(&queue));
-        Subscription { queue }
+        Subscription {
+            queue,
+            layout_tracked: Arc::clone(&self.layout_tracked),
+        }
+    }
+
+    /// Says whether the tracker publishing here sees every layout change (eBPF attached).
+    pub fn set_layout_tracked(&self, tracked: bool) {
+        self.layout_tracked.store(tracked, Ordering::Relaxed);
     }
 
     /// Delivers `events`, in order, to every subscriber.
@@ -108,7 +135,7 @@ impl ProcEvents {
     pub fn publish_marks(&self, marks: &[crate::tracker::DirtyMark]) {
         self.publish(marks.iter().map(|m| ProcEvent::Mark {
             pid: m.tgid,
-            scope: Scope::ALL,
+            scope: Scope::of_reasons(m.reasons),
         }));
     }
 }
@@ -117,6 +144,12 @@ impl Subscription {
     /// A subscription nobody publishes to (tests, one-shot runs).
     pub fn detached() -> Subscription {
         ProcEvents::default().subscribe()
+    }
+
+    /// Whether the publisher's marks cover every layout change (see
+    /// [`ProcEvents::set_layout_tracked`]).
+    pub fn layout_tracked(&self) -> bool {
+        self.layout_tracked.load(Ordering::Relaxed)
     }
 
     /// Takes the events published since the last call, in order.
@@ -172,6 +205,42 @@ mod tests {
         hub.publish((0..QUEUE_CAPACITY as u32).map(mark));
         hub.publish([mark(7)]);
         assert_eq!(s.take(), [ProcEvent::Overflow]);
+    }
+
+    #[test]
+    fn marks_are_scoped_by_their_reasons() {
+        use memscope_common::reason;
+        let hub = ProcEvents::default();
+        let s = hub.subscribe();
+        assert!(!s.layout_tracked());
+        hub.set_layout_tracked(true);
+        assert!(
+            s.layout_tracked(),
+            "subscribers see the publisher's setting"
+        );
+        let mark = |tgid, reasons| crate::tracker::DirtyMark {
+            tgid,
+            reasons,
+            count: 1,
+        };
+        hub.publish_marks(&[
+            mark(1, reason::ANON),
+            mark(2, reason::MAPPING),
+            mark(3, reason::ANON | reason::EXEC),
+            mark(4, reason::FORK),
+        ]);
+        let scopes: Vec<Scope> = s
+            .take()
+            .into_iter()
+            .filter_map(|e| match e {
+                ProcEvent::Mark { scope, .. } => Some(scope),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            scopes,
+            [Scope::RESIDENCY, Scope::ALL, Scope::ALL, Scope::ALL]
+        );
     }
 
     #[test]

@@ -82,7 +82,8 @@ pub async fn run(
     let started = process_started();
     let interval = config.agent.interval.get();
     let procfs = ProcFs::new(&config.agent.proc_root).with_read_deadline(read_deadline(interval));
-    let (mut tracker, load) = start_tracker(&config.agent, once).await?;
+    let anon_min_change = config.collectors.processes.min_change.0;
+    let (mut tracker, load) = start_tracker(&config.agent, anon_min_change, once).await?;
     let load_ms = load.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let tracker_info = match tracker.source.state() {
         TrackerState::Ebpf => TrackerInfo {
@@ -100,6 +101,8 @@ pub async fn run(
     let source = Arc::new(Mutex::new(tracker.source));
 
     let events = ProcEvents::default();
+    // Only the eBPF tracker has a lifecycle stream, and only it marks layout changes.
+    events.set_layout_tracked(lifecycle.is_some());
     let (tx, rx) = mpsc::channel::<StoreMsg>(64);
     let scheduler = Scheduler::of_config(
         &config,
@@ -215,8 +218,11 @@ pub async fn run(
 /// Starts the tracker the config asks for, with the time spent loading and attaching the eBPF
 /// programs (`None` when it was not tried). `--once` never loads eBPF: one pass reads everything.
 /// Nor does a `proc_root` whose pids are not the kernel's ([`crate::procfs::pidns`]).
+/// `anon_min_change`: the rollup tier's `min_change`, which the kernel side applies to anonymous
+/// mapping changes.
 async fn start_tracker(
     agent: &AgentConfig,
+    anon_min_change: u64,
     once: bool,
 ) -> anyhow::Result<(Tracker, Option<Duration>)> {
     let mode = agent.tracker;
@@ -247,6 +253,7 @@ async fn start_tracker(
     };
     let opts = tracker::StartOptions {
         mount_tracefs: agent.mount_tracefs,
+        anon_min_change,
         ..tracker::StartOptions::new(agent_tgid)
     };
     let (tracker, load) = tokio::task::spawn_blocking(move || {

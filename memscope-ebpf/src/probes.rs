@@ -3,15 +3,17 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_ANY, BPF_F_NO_PREALLOC},
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
+    },
     macros::{btf_tracepoint, map, tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use aya_log_ebpf::warn;
 use memscope_common::{
-    CONFIG_READY, Config, Counters, DIRTY_MAP_ENTRIES, DirtyEntry, EVENTS_RING_BYTES,
-    LifecycleEvent, OFFSET_ABSENT, event_flag, event_kind, reason,
+    AnonState, CONFIG_READY, Config, Counters, DIRTY_MAP_ENTRIES, DirtyEntry, EVENTS_RING_BYTES,
+    LifecycleEvent, OFFSET_ABSENT, VM_MAYSHARE, VM_SHARED, event_flag, event_kind, reason,
 };
 
 /// `tgid -> DirtyEntry`. Not preallocated: entries are created once per process per drain interval,
@@ -26,12 +28,17 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
 #[map(name = "MEMSCOPE_CONFIG")]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
+/// `tgid -> AnonState`: kernel-only bookkeeping of anonymous mapping sizes (see `memscope_vma`).
+#[map(name = "MEMSCOPE_ANON")]
+static ANON: HashMap<u32, AnonState> =
+    HashMap::with_max_entries(DIRTY_MAP_ENTRIES, BPF_F_NO_PREALLOC);
+
 #[map(name = "MEMSCOPE_COUNTERS")]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
 
 /// Largest tracepoint field offset we accept from the config (records are far smaller).
 const MAX_FIELD_OFFSET: u32 = 4096;
-/// Largest `task_struct` member offset we accept from the config.
+/// Largest kernel struct member offset we accept from the config (`task_struct` is ~10 KiB).
 const MAX_TASK_OFFSET: u32 = 16384;
 
 #[inline(always)]
@@ -68,21 +75,14 @@ fn read_field<T>(ctx: &TracePointContext, offset: u32) -> Result<T, u32> {
     unsafe { ctx.read_at::<T>(offset as usize) }.map_err(|_| 1)
 }
 
-/// Marks the current thread group dirty with `bit`.
+/// Marks thread group `tgid` (the current one) dirty with `bit`.
 ///
 /// Steady state: the entry exists and has `bit` → one lookup, no update. Otherwise the whole entry
 /// is written with `bpf_map_update_elem`, never by a store into the looked-up element: the agent
 /// drains with `BPF_MAP_LOOKUP_AND_DELETE_ELEM`, and a store into an element it has just deleted
 /// would be lost, whereas an update re-creates the entry.
 #[inline(always)]
-fn mark(ctx: &TracePointContext, bit: u32) -> Result<u32, u32> {
-    let tgid = current_tgid();
-    let Some(cfg) = config() else {
-        return Ok(0);
-    };
-    if tgid == cfg.agent_tgid {
-        return Ok(0);
-    }
+fn mark<C: EbpfContext>(ctx: &C, tgid: u32, bit: u32) -> Result<u32, u32> {
     let mut previous = None;
     if let Some(entry) = DIRTY.get_ptr(tgid) {
         // One 8-byte load of (tgid, reasons): if the element was deleted and reused for another
@@ -163,43 +163,226 @@ fn emit<C: EbpfContext>(ctx: &C, kind: u32, tgid: u32, ptgid: u32, flags: u32, a
     1
 }
 
-macro_rules! mark_program {
-    ($name:ident, $bit:expr) => {
-        #[tracepoint]
-        pub fn $name(ctx: TracePointContext) -> u32 {
-            match mark(&ctx, $bit) {
-                Ok(r) | Err(r) => r,
-            }
-        }
-    };
+/// Reads a kernel value at `base + offset`, the offset coming from the kernel's BTF via the config.
+#[inline(always)]
+fn read_kernel<T>(base: *const u8, offset: u32) -> Result<T, u32> {
+    if base.is_null() || offset >= MAX_TASK_OFFSET {
+        return Err(1);
+    }
+    // SAFETY: bpf_probe_read_kernel tolerates any address (a bad one is an error, not a fault).
+    unsafe { bpf_probe_read_kernel(base.add(offset as usize).cast::<T>()) }.map_err(|_| 1)
 }
 
-mark_program!(memscope_mmap, reason::MMAP);
-mark_program!(memscope_munmap, reason::MUNMAP);
-mark_program!(memscope_mremap, reason::MREMAP);
-mark_program!(memscope_brk, reason::BRK);
-mark_program!(memscope_shmat, reason::SHMAT);
-mark_program!(memscope_shmdt, reason::SHMDT);
-mark_program!(memscope_madvise, reason::MADVISE);
+/// The current task's `mm` (null for kernel threads).
+#[inline(always)]
+fn current_mm(cfg: &Config) -> Result<*const u8, u32> {
+    // SAFETY: a helper without arguments; it returns the current task_struct's address.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    read_kernel::<*const u8>(task, cfg.task_mm_off)
+}
 
-#[tracepoint]
-pub fn memscope_shmget(ctx: TracePointContext) -> u32 {
-    match try_shmget(&ctx) {
+/// `tp_btf/ma_write`: a maple tree store. For the tree of a process's mappings, the stored value
+/// is a `vm_area_struct`: a new, split or merged mapping stored into `mm->mm_mt`, or a mapping
+/// being removed, stored into munmap's detach tree. (A clear stores null: the detach store has
+/// already shown that mapping.) Stores into other maple trees carry other values: they are told
+/// apart by `vma->vm_mm`, which must be the current task's `mm`, so a fork's copy of the parent's
+/// mappings (into the child's new `mm`) and exec's new stack (into the new `mm`) are skipped too.
+///
+/// - file-backed or shared mapping: [`reason::MAPPING`] (the object set may have changed);
+/// - anonymous private mapping: the process's [`AnonState`] becomes pending, and the release of
+///   the mmap lock (`memscope_unlock`) compares `total_vm` with its base (which a MAPPING change
+///   in the same lock section moves instead: file mappings count in `total_vm` too).
+///
+/// Only mapping changes run it: page faults, reads and writes of memory and every other syscall do
+/// not store into a maple tree.
+#[btf_tracepoint(function = "ma_write")]
+pub fn memscope_vma(ctx: BtfTracePointContext) -> u32 {
+    match try_vma(&ctx) {
         Ok(r) | Err(r) => r,
     }
 }
 
-fn try_shmget(ctx: &TracePointContext) -> Result<u32, u32> {
+fn try_vma(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     let cfg = config().ok_or(0_u32)?;
+    // ma_write(const char *fn, struct ma_state *mas, unsigned long piv, void *val)
+    let vma: *const u8 = ctx.arg(3);
     let tgid = current_tgid();
     if tgid == cfg.agent_tgid {
         return Ok(0);
     }
-    // The mark is independent of the event: a full ring buffer must not cost the mark.
-    let marked = mark(ctx, reason::SHMGET);
-    let size: u64 = read_field(ctx, cfg.shmget_size_off)?;
-    emit(ctx, event_kind::SHMGET, tgid, 0, 0, size);
-    marked
+    let mm = current_mm(cfg)?;
+    if mm.is_null() {
+        return Ok(0);
+    }
+    if vma.is_null() {
+        // A clear: a removal when it is the process's own tree (munmap's store of the removed
+        // mapping into its detach tree is not traced, so the mapping itself is not seen here).
+        let mas: *const u8 = ctx.arg(1);
+        let tree: *const u8 = read_kernel(mas, cfg.mas_tree_off)?;
+        if cfg.mm_mt_off >= MAX_TASK_OFFSET || tree != mm.wrapping_add(cfg.mm_mt_off as usize) {
+            return Ok(0);
+        }
+        return note(ctx, cfg, tgid, mm, PENDING_REMOVAL);
+    }
+    if read_kernel::<*const u8>(vma, cfg.vma_mm_off)? != mm {
+        return Ok(0);
+    }
+    let file: *const u8 = read_kernel(vma, cfg.vma_file_off)?;
+    let flags: u64 = read_kernel(vma, cfg.vma_flags_off)?;
+    if !file.is_null() || flags & (VM_SHARED | VM_MAYSHARE) != 0 {
+        // The mark does not wait for the release: it covers both tiers. The release then only
+        // moves the anonymous base past this mapping's pages (they count in `total_vm` too).
+        let marked = mark(ctx, tgid, reason::MAPPING);
+        note(ctx, cfg, tgid, mm, PENDING_MAPPING)?;
+        return marked;
+    }
+    // Anonymous: note it; the lock release does the arithmetic once the counters are final.
+    note(ctx, cfg, tgid, mm, PENDING_ANON)
+}
+
+/// [`AnonState::pending`]: an anonymous mapping changed.
+const PENDING_ANON: u32 = 1 << 0;
+/// [`AnonState::pending`]: a file-backed or shared mapping changed (already marked MAPPING).
+const PENDING_MAPPING: u32 = 1 << 1;
+/// [`AnonState::pending`]: a mapping was removed (the release's counters tell which kind).
+const PENDING_REMOVAL: u32 = 1 << 2;
+
+/// `(total_vm, total_vm - data_vm - stack_vm)` of `mm`: all pages, and the pages of mappings that
+/// are neither private writable nor stack (file-backed, shared, executable, read-only).
+#[inline(always)]
+fn vm_pages(cfg: &Config, mm: *const u8) -> Result<(u64, u64), u32> {
+    let total: u64 = read_kernel(mm, cfg.mm_total_vm_off)?;
+    let data: u64 = read_kernel(mm, cfg.mm_data_vm_off)?;
+    let stack: u64 = read_kernel(mm, cfg.mm_stack_vm_off)?;
+    Ok((total, total.saturating_sub(data.wrapping_add(stack))))
+}
+
+/// Creates the process's [`AnonState`] with the counters of `mm` as its bases. Full map: no
+/// bookkeeping for this process (its mapping changes then mark conservatively, see `note`).
+#[inline(always)]
+fn new_state(cfg: &Config, tgid: u32, mm: *const u8, pending: u32) -> Result<AnonState, u32> {
+    let (total, other) = vm_pages(cfg, mm)?;
+    let state = AnonState {
+        base_pages: total,
+        other_pages: other,
+        pending,
+        _pad: 0,
+    };
+    ANON.insert(tgid, state, u64::from(BPF_ANY))
+        .map_err(|_| 1_u32)?;
+    Ok(state)
+}
+
+/// Adds `bit` to the process's pending changes, creating its [`AnonState`] if needed.
+#[inline(always)]
+fn note<C: EbpfContext>(
+    ctx: &C,
+    cfg: &Config,
+    tgid: u32,
+    mm: *const u8,
+    bit: u32,
+) -> Result<u32, u32> {
+    if let Some(slot) = ANON.get_ptr_mut(tgid) {
+        // SAFETY: from a successful lookup; the element stays valid in this program (RCU), and
+        // only this process's own programs and its exit write it (the agent never touches this
+        // map), so updating it in place loses nothing but a race between two of its threads,
+        // which the next change repairs. In place, because an update re-allocates the element.
+        unsafe {
+            let pending = core::ptr::read_volatile(&raw const (*slot).pending);
+            if pending & bit == 0 {
+                core::ptr::write_volatile(&raw mut (*slot).pending, pending | bit);
+            }
+        }
+        return Ok(0);
+    }
+    // First change seen: the bases are the counters now, before this change is counted (the
+    // kernel updates the counters after storing or clearing the mapping).
+    if new_state(cfg, tgid, mm, bit).is_err() {
+        // No room to count (more than DIRTY_MAP_ENTRIES processes changing mappings): mark what
+        // the change could be at most (a clear may have removed a file mapping).
+        match bit {
+            PENDING_ANON => return mark(ctx, tgid, reason::ANON),
+            PENDING_REMOVAL => return mark(ctx, tgid, reason::MAPPING),
+            _ => {}
+        }
+    }
+    Ok(0)
+}
+
+/// `tp_btf/mmap_lock_released`: a process released its mmap lock. Every mapping change ends with
+/// the release of the process's own mmap lock (write, or read after munmap's downgrade), with the
+/// counters final; so the release, not `ma_write` (which the maple tree does not call on every
+/// store path), is what no change escapes:
+///
+/// - `total_vm - data_vm - stack_vm` moved from its base: a file-backed, shared, executable or
+///   read-only mapping came or went → [`reason::MAPPING`], whatever `ma_write` saw;
+/// - else `total_vm` against the anonymous base: a net change of more than
+///   `anon_min_change_pages` marks [`reason::ANON`] and moves the base.
+///
+/// Cost: one hash lookup for a read release of a process without bookkeeping (the common case:
+/// page faults do not take the mmap lock on kernels with per-VMA locks); a write release of a
+/// process without bookkeeping creates it (the counters now are its bases).
+#[btf_tracepoint(function = "mmap_lock_released")]
+pub fn memscope_unlock(ctx: BtfTracePointContext) -> u32 {
+    match try_unlock(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn try_unlock(ctx: &BtfTracePointContext) -> Result<u32, u32> {
+    let tgid = current_tgid();
+    // mmap_lock_released(struct mm_struct *mm, bool write)
+    let write: u64 = ctx.arg(1);
+    let slot = ANON.get_ptr_mut(tgid);
+    if slot.is_none() && write & 0xff == 0 {
+        return Ok(0);
+    }
+    let cfg = config().ok_or(0_u32)?;
+    if tgid == cfg.agent_tgid {
+        return Ok(0);
+    }
+    // Only the process's own mm counts (another task reading this mm, e.g. /proc, releases it
+    // too, and so does a kernel thread).
+    let mm: *const u8 = ctx.arg(0);
+    if mm.is_null() || current_mm(cfg)? != mm {
+        return Ok(0);
+    }
+    let Some(slot) = slot else {
+        // A process that changed its mappings before the tracker saw any of its changes (it
+        // predates the tracker, or a new-process base could not be stored): no base to compare
+        // with, so the change is marked as what it could be at most, once; from now on the
+        // counters tell.
+        // A failed store of the bases (full map) still marks: the next release tries again.
+        let _ = new_state(cfg, tgid, mm, 0);
+        return mark(ctx, tgid, reason::MAPPING);
+    };
+    // SAFETY: from a successful lookup; see `note` for why reading and writing it in place is
+    // sound.
+    let state = unsafe { core::ptr::read_volatile(slot) };
+    let (total, other) = vm_pages(cfg, mm)?;
+    let mapping = other != state.other_pages;
+    if mapping {
+        // Whether `ma_write` saw it or not (its mark, set mid-change, may have been drained
+        // already): one lookup when the mark is still there.
+        let _ = mark(ctx, tgid, reason::MAPPING);
+    }
+    let base_pages = if mapping || state.pending & PENDING_MAPPING != 0 {
+        // Marked MAPPING (both tiers re-read): start counting afresh.
+        total
+    } else if total.abs_diff(state.base_pages) > cfg.anon_min_change_pages {
+        // The mark's own failure (a full dirty map) is counted there; the base moves either way.
+        let _ = mark(ctx, tgid, reason::ANON);
+        total
+    } else {
+        state.base_pages
+    };
+    // SAFETY: as above.
+    unsafe {
+        core::ptr::write_volatile(&raw mut (*slot).base_pages, base_pages);
+        core::ptr::write_volatile(&raw mut (*slot).other_pages, other);
+        core::ptr::write_volatile(&raw mut (*slot).pending, 0);
+    }
+    Ok(0)
 }
 
 /// `tp_btf` rather than the classic tracepoint: its arguments are the parent and child
@@ -233,6 +416,13 @@ fn try_fork(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     if child_tgid == parent {
         return Ok(0); // a new thread, not a new process
     }
+    // The child's bases: its mm is a copy of the parent's, counters included (a child sharing
+    // the parent's mm, vfork, has the parent's counters too).
+    if let Ok(mm) = read_kernel::<*const u8>(child, cfg.task_mm_off)
+        && !mm.is_null()
+    {
+        let _ = new_state(cfg, child_tgid, mm, 0);
+    }
     Ok(emit(ctx, event_kind::FORK, child_tgid, parent, 0, 0))
 }
 
@@ -249,7 +439,14 @@ fn try_exec(ctx: &TracePointContext) -> Result<u32, u32> {
     if tgid == cfg.agent_tgid {
         return Ok(0);
     }
-    let marked = mark(ctx, reason::EXEC);
+    let marked = mark(ctx, tgid, reason::EXEC);
+    // The new program's bases (the agent re-reads it whole for EXEC): its later mapping changes
+    // are then told by the counters.
+    if let Ok(mm) = current_mm(cfg)
+        && !mm.is_null()
+    {
+        let _ = new_state(cfg, tgid, mm, 0);
+    }
     emit(ctx, event_kind::EXEC, tgid, 0, 0, 0);
     marked
 }
@@ -276,8 +473,9 @@ fn try_exit(ctx: &TracePointContext) -> Result<u32, u32> {
         }
         event_flag::GROUP_DEAD
     };
-    // The process is gone: its mark is of no use and would only take a slot.
+    // The process is gone: its mark and its bookkeeping are of no use and would only take slots.
     let _ = DIRTY.remove(tgid);
+    let _ = ANON.remove(tgid);
     Ok(emit(ctx, event_kind::EXIT, tgid, 0, flags, 0))
 }
 

@@ -177,6 +177,9 @@ pub fn memhog_path() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// The anonymous region a `memhog worker` maps and touches on each SIGUSR1 unless told otherwise.
+pub const WORKER_REGION_BYTES: usize = 256 << 10;
+
 /// A pool of `memhog worker` processes; killed and reaped on drop.
 pub struct Workers {
     children: Vec<Child>,
@@ -191,6 +194,7 @@ impl Workers {
         memhog: &Path,
         n: usize,
         bytes: usize,
+        region: usize,
         shared: Option<&Path>,
     ) -> anyhow::Result<Workers> {
         let mut w = Workers {
@@ -200,7 +204,7 @@ impl Workers {
         };
         for i in 0..n {
             let mut command = Command::new(memhog);
-            command.args(["worker", &bytes.to_string()]);
+            command.args(["worker", &bytes.to_string(), &region.to_string()]);
             if let Some(path) = shared {
                 command.arg(path);
             }

@@ -129,11 +129,22 @@ impl TestChild {
         assert_eq!(line.trim(), want, "unexpected answer from the test child");
     }
 
-    /// Sends one command and waits for `done`.
+    /// Sends one command and waits for its `done`: when this returns, the child has carried the
+    /// command out.
+    ///
+    /// The line goes out in one `write` (`writeln!` on the unbuffered pipe would write the command
+    /// and its newline separately; the child frames by newline, so that would still be one
+    /// command, but one write keeps the two sides in step without relying on it).
     pub fn command(&mut self, command: &str) {
         use std::io::Write as _;
+        assert!(
+            !command.is_empty() && !command.contains('\n'),
+            "one non-empty line per command: {command:?}"
+        );
         let stdin = self.stdin.as_mut().expect("child stdin open");
-        writeln!(stdin, "{command}").unwrap_or_else(|e| panic!("writing to the child: {e}"));
+        stdin
+            .write_all(format!("{command}\n").as_bytes())
+            .unwrap_or_else(|e| panic!("writing to the child: {e}"));
         self.expect_line("done");
     }
 }

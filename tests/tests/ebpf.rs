@@ -10,7 +10,7 @@ use std::{
 };
 
 use memscope_agent::tracker::{self, DirtyMark, Tracker, TrackerState, reason_names};
-use memscope_common::{LifecycleEvent, event_kind, reason};
+use memscope_common::{LifecycleEvent, event_kind};
 use memscope_tests::TestChild;
 
 /// One tracker for the whole lane; tests take turns so no test drains another's marks.
@@ -72,30 +72,99 @@ fn wait_event(
     }
 }
 
-#[test]
-fn child_that_mmaps_is_drained_with_mmap_reason() {
-    let mut tracker = tracker();
-    let mut child = TestChild::spawn(CHILD);
-    // Start-up (the dynamic loader maps libraries) marks the child: clear that first.
-    let _startup = tracker.source.drain();
-    child.command("mmap");
-    let marks = tracker.source.drain();
-    let mark = mark_of(&marks, child.pid()).unwrap_or_else(|| {
-        panic!(
-            "child {} mmapped but was not drained as dirty; marks: {marks:?}",
-            child.pid()
-        )
+/// Spawns a test child and clears its start-up marks (the dynamic loader maps libraries: MAPPING;
+/// exec: EXEC), waiting for its FORK event so its FORK mark is cleared too.
+fn quiet_child(tracker: &mut Tracker) -> TestChild {
+    let mut seen = Vec::new();
+    let child = TestChild::spawn(CHILD);
+    let pid = child.pid();
+    wait_event(tracker, &mut seen, "FORK", |e| {
+        e.kind == event_kind::FORK && e.tgid == pid
     });
-    assert_ne!(
-        mark.reasons & reason::MMAP,
-        0,
-        "reasons {:?}",
-        reason_names(mark.reasons)
-    );
+    let _startup = tracker.source.drain();
+    child
+}
+
+/// Runs `command` in a quiet child and returns its mark (None: not marked).
+fn mark_after(tracker: &mut Tracker, command: &str) -> (u32, Option<DirtyMark>) {
+    let mut child = quiet_child(tracker);
+    child.command(command);
+    let marks = tracker.source.drain();
+    let pid = child.pid();
+    (pid, mark_of(&marks, pid))
+}
+
+fn names(mark: Option<DirtyMark>) -> Vec<&'static str> {
+    mark.map(|m| reason_names(m.reasons)).unwrap_or_default()
+}
+
+#[test]
+fn a_shared_mapping_marks_mapping() {
+    let mut tracker = tracker();
+    let (pid, mark) = mark_after(&mut tracker, "memfd");
+    let mark = mark.unwrap_or_else(|| panic!("child {pid} mapped a memfd but was not marked"));
+    assert_eq!(reason_names(mark.reasons), ["mapping"], "memfd mapping");
     assert!(mark.count >= 1);
     // Drained means gone: a second drain does not return it again.
-    assert_eq!(mark_of(&tracker.source.drain(), child.pid()), None);
+    assert_eq!(mark_of(&tracker.source.drain(), pid), None);
     assert!(tracker.source.stats().marks_received >= 1);
+}
+
+#[test]
+fn shm_attach_and_detach_mark_mapping() {
+    let mut tracker = tracker();
+    let mut child = quiet_child(&mut tracker);
+    let pid = child.pid();
+    child.command("shmat");
+    let attach = mark_of(&tracker.source.drain(), pid);
+    assert_eq!(names(attach), ["mapping"], "shmat");
+    child.command("shmdt");
+    let detach = mark_of(&tracker.source.drain(), pid);
+    assert_eq!(names(detach), ["mapping"], "shmdt");
+}
+
+#[test]
+fn anonymous_churn_and_growth_below_min_change_do_not_mark() {
+    let mut tracker = tracker();
+    let mut child = quiet_child(&mut tracker);
+    let pid = child.pid();
+    // Start counting from a mark: what the start-up left below the threshold would add up.
+    child.command("anon");
+    let _counted = tracker.source.drain();
+    // 64 KiB (the default min_change, not past it) mapped, touched and unmapped, 64 times.
+    for _ in 0..64 {
+        child.command("churn");
+    }
+    // One page, kept: +4 KiB, below the default 64 KiB.
+    child.command("mmap");
+    let mark = mark_of(&tracker.source.drain(), pid);
+    assert_eq!(mark, None, "anonymous churn marked the child");
+}
+
+#[test]
+fn anonymous_growth_past_min_change_marks_anon_only() {
+    let mut tracker = tracker();
+    let (pid, mark) = mark_after(&mut tracker, "anon");
+    let mark = mark.unwrap_or_else(|| panic!("child {pid} mapped 1 MiB but was not marked"));
+    assert_eq!(reason_names(mark.reasons), ["anon"], "1 MiB anonymous");
+}
+
+#[test]
+fn exec_marks_exec() {
+    let mut tracker = tracker();
+    let mut seen = Vec::new();
+    let child = TestChild::spawn(CHILD);
+    let pid = child.pid();
+    wait_event(&mut tracker, &mut seen, "EXEC", |e| {
+        e.kind == event_kind::EXEC && e.tgid == pid
+    });
+    let mark = mark_of(&tracker.source.drain(), pid);
+    let names = names(mark);
+    assert!(names.contains(&"exec"), "{names:?}");
+    assert!(
+        names.contains(&"mapping"),
+        "the loader maps libraries: {names:?}"
+    );
 }
 
 #[test]
@@ -171,28 +240,30 @@ fn thread_creation_is_not_a_fork_event() {
 }
 
 #[test]
-fn shmget_sends_its_size() {
-    let mut tracker = tracker();
-    let mut seen = Vec::new();
-    let mut child = TestChild::spawn(CHILD);
-    let _startup = tracker.source.drain();
-    child.command("shmget");
-    let pid = child.pid();
-    let event = wait_event(&mut tracker, &mut seen, "SHMGET", |e| {
-        e.kind == event_kind::SHMGET && e.tgid == pid
-    });
-    assert_eq!(event.arg, 1 << 20, "shmget size");
-    let marks = tracker.source.drain();
-    let mark = mark_of(&marks, pid).unwrap_or_else(|| panic!("shmget child not marked: {marks:?}"));
-    assert_ne!(mark.reasons & reason::SHMGET, 0);
-}
-
-#[test]
 fn agent_own_mmaps_are_not_marked() {
     let mut tracker = tracker();
     let _before = tracker.source.drain();
     for _ in 0..100 {
         memscope_tests::mmap_munmap_pair().expect("mmap+munmap");
+    }
+    // A shared mapping would be MAPPING in any other process.
+    const SIZE: usize = 1 << 20;
+    // SAFETY: a fresh memfd mapped shared, unmapped and closed; nothing else refers to either.
+    unsafe {
+        let fd = libc::memfd_create(c"memscope-own-memfd".as_ptr(), 0);
+        assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+        assert_eq!(libc::ftruncate(fd, SIZE as libc::off_t), 0);
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            SIZE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
+        libc::munmap(p, SIZE);
+        libc::close(fd);
     }
     let marks = tracker.source.drain();
     assert_eq!(

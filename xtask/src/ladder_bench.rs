@@ -1,10 +1,13 @@
 //! `cargo xtask bench`: the cost ladder's steady-state tick in polling and eBPF mode against a full
 //! smaps pass of the same workload (several hundred `memhog worker` processes, ~1 % changing per
-//! tick), in one run.
+//! tick, or the workload the arguments choose), how many ticks each mode takes to show a change
+//! `statm` does not see, then the host-wide syscall overhead of the programs (`probe_bench`:
+//! getppid and mmap+munmap with and without them), in one run.
 //!
-//! Builds `ladder_bench` and `memhog` of `memscope-tests` in release, then runs the bench (it needs
-//! root: eBPF tracepoints and every process's smaps), passing extra arguments through and its table
-//! to stdout. It is a benchmark that prints numbers, never a timed test.
+//! Builds `ladder_bench`, `probe_bench` and `memhog` of `memscope-tests` in release, then runs the
+//! benches (they need root: eBPF, every process's smaps), passing extra arguments to
+//! `ladder_bench` and their tables to stdout. It is a benchmark that prints numbers, never a timed
+//! test.
 
 use std::process::Command;
 
@@ -27,6 +30,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         "--bin",
         "ladder_bench",
         "--bin",
+        "probe_bench",
+        "--bin",
         "memhog",
     ];
     eprintln!("xtask: cargo {}", build.join(" "));
@@ -41,5 +46,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     if !status.success() {
         bail!("building the ladder bench failed: {status}");
     }
-    crate::run_release_bin("ladder_bench", args)
+    crate::run_release_bin("ladder_bench", args)?;
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        return Ok(());
+    }
+    crate::run_release_bin("probe_bench", &[])
 }

@@ -87,8 +87,10 @@ enum Cmd {
         seconds: u64,
         targets: Vec<String>,
     },
-    /// Cost ladder: polling vs eBPF steady-state tick vs a full smaps pass (root). Extra arguments
-    /// go to the bench (`cargo xtask bench -- --workers 500`).
+    /// Cost ladder: polling vs eBPF steady-state tick vs a full smaps pass, ticks until a change
+    /// statm misses is shown, then the programs' syscall overhead (root). Extra arguments go to the
+    /// ladder bench (`cargo xtask bench -- --workers 1000`, `-- --workers 50 --churn-all-ms 200`,
+    /// `-- --forks-per-s 500`; `-- --help`).
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,

@@ -74,7 +74,7 @@ impl Default for ProcessesConfig {
         ProcessesConfig {
             enabled: true,
             interval: None,
-            min_change: ByteSize(64 << 10),
+            min_change: ByteSize(crate::tracker::DEFAULT_ANON_MIN_CHANGE),
             max_staleness: Interval(Duration::from_secs(300)),
             budget: Interval(Duration::from_secs(2)),
             cmdline: CmdlineMode::Redacted,

@@ -1,6 +1,8 @@
-//! Just enough of the BTF format to find a struct member's offset in the kernel's own BTF
+//! Just enough of the BTF format to find struct member offsets in the kernel's own BTF
 //! (`/sys/kernel/btf/vmlinux`): the fork program reads `task_struct.tgid` of the new task to tell a
-//! new process from a new thread, and Rust eBPF has no CO-RE relocations to do that for us.
+//! new process from a new thread, the mapping programs read `vm_area_struct.{vm_mm, vm_flags,
+//! vm_file}`, `task_struct.mm` and `mm_struct.total_vm`, and Rust eBPF has no CO-RE relocations
+//! to do that for us.
 //! (aya parses BTF too, but keeps type access crate-private.)
 //!
 //! Format: `linux/btf.h` and Documentation/bpf/btf.rst. A header, then a type section of
@@ -146,24 +148,41 @@ impl<'a> Btf<'a> {
 
 /// Byte offset of `member` in `struct strukt` of the BTF blob `data`.
 pub fn member_offset(data: &[u8], strukt: &str, member: &str) -> Result<u32, BtfError> {
+    member_offsets(data, &[(strukt, member)]).map(|v| v[0])
+}
+
+/// Byte offsets of each `(struct, member)` of `wanted`, in order, with one parse of `data`.
+pub fn member_offsets(data: &[u8], wanted: &[(&str, &str)]) -> Result<Vec<u32>, BtfError> {
     let btf = Btf::parse(data)?;
     let count = u32::try_from(btf.starts.len()).map_err(|_| BtfError::Malformed(0))?;
+    let mut found: Vec<Option<u32>> = vec![None; wanted.len()];
     for id in 1..=count {
         let (_, kind, _, _, name) = btf.header(id)?;
-        if kind == KIND_STRUCT && name == strukt.as_bytes() {
+        if kind != KIND_STRUCT {
+            continue;
+        }
+        for (slot, (strukt, member)) in found.iter_mut().zip(wanted) {
+            // The first struct of that name wins (vmlinux has one; modules are separate blobs).
+            if slot.is_some() || name != strukt.as_bytes() {
+                continue;
+            }
             let bits =
                 btf.member_bits(id, member.as_bytes(), 0)?
                     .ok_or_else(|| BtfError::NoMember {
-                        strukt: strukt.into(),
-                        member: member.into(),
+                        strukt: (*strukt).into(),
+                        member: (*member).into(),
                     })?;
             if bits % 8 != 0 {
-                return Err(BtfError::BitField(member.into()));
+                return Err(BtfError::BitField((*member).into()));
             }
-            return Ok(bits / 8);
+            *slot = Some(bits / 8);
         }
     }
-    Err(BtfError::NoStruct(strukt.into()))
+    found
+        .into_iter()
+        .zip(wanted)
+        .map(|(slot, (strukt, _))| slot.ok_or_else(|| BtfError::NoStruct((*strukt).into())))
+        .collect()
 }
 
 #[cfg(test)]
@@ -226,6 +245,19 @@ mod tests {
         ));
         assert_eq!(member_offset(b"nope", "a", "b"), Err(BtfError::BadHeader));
         assert!(member_offset(&data[..30], "task_struct", "tgid").is_err());
+    }
+
+    #[test]
+    fn several_members_in_one_parse() {
+        let data = blob();
+        assert_eq!(
+            member_offsets(&data, &[("task_struct", "prio"), ("task_struct", "pid")]),
+            Ok(vec![16, 8])
+        );
+        assert!(matches!(
+            member_offsets(&data, &[("task_struct", "pid"), ("mm_struct", "pgd")]),
+            Err(BtfError::NoStruct(s)) if s == "mm_struct"
+        ));
     }
 
     #[test]

@@ -51,17 +51,32 @@ use super::{
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memscope-probes"));
 
 /// (program, tracefs category, tracepoint) of the classic tracepoint programs.
-const PROGRAMS: [(&str, &str, &str); 10] = [
-    ("memscope_mmap", "syscalls", "sys_enter_mmap"),
-    ("memscope_munmap", "syscalls", "sys_enter_munmap"),
-    ("memscope_mremap", "syscalls", "sys_enter_mremap"),
-    ("memscope_brk", "syscalls", "sys_enter_brk"),
-    ("memscope_shmget", "syscalls", "sys_enter_shmget"),
-    ("memscope_shmat", "syscalls", "sys_enter_shmat"),
-    ("memscope_shmdt", "syscalls", "sys_enter_shmdt"),
-    ("memscope_madvise", "syscalls", "sys_enter_madvise"),
+const PROGRAMS: [(&str, &str, &str); 2] = [
     ("memscope_exec", "sched", "sched_process_exec"),
     ("memscope_exit", "sched", "sched_process_exit"),
+];
+
+/// (program, raw tracepoint) of the `tp_btf` programs: they read kernel structs through pointer
+/// arguments (classic tracepoints would copy fields into a trace record first).
+const BTF_PROGRAMS: [(&str, &str); 3] = [
+    ("memscope_fork", "sched_process_fork"),
+    ("memscope_vma", "ma_write"),
+    ("memscope_unlock", "mmap_lock_released"),
+];
+
+/// Kernel struct members the programs read, from the kernel's BTF (the order of the destructuring
+/// in [`EbpfSource::start`]).
+const KERNEL_MEMBERS: [(&str, &str); 10] = [
+    ("task_struct", "tgid"),
+    ("task_struct", "mm"),
+    ("mm_struct", "total_vm"),
+    ("vm_area_struct", "vm_mm"),
+    ("vm_area_struct", "vm_flags"),
+    ("vm_area_struct", "vm_file"),
+    ("mm_struct", "data_vm"),
+    ("mm_struct", "stack_vm"),
+    ("mm_struct", "mm_mt"),
+    ("ma_state", "tree"),
 ];
 
 /// How often the event thread wakes up without events, to notice it should stop.
@@ -101,14 +116,45 @@ impl EbpfSource {
             path: btf::VMLINUX_BTF.into(),
             source,
         })?;
-        let task_tgid_off =
-            btf::member_offset(&vmlinux, "task_struct", "tgid").map_err(|source| {
-                TrackerError::BtfParse {
-                    path: btf::VMLINUX_BTF.into(),
-                    source,
-                }
-            })?;
-        let config = tracefs::Formats::read(&tracefs)?.config(agent_tgid, task_tgid_off)?;
+        let offsets = btf::member_offsets(&vmlinux, &KERNEL_MEMBERS).map_err(|source| {
+            TrackerError::BtfParse {
+                path: btf::VMLINUX_BTF.into(),
+                source,
+            }
+        })?;
+        drop(vmlinux);
+        let [
+            task_tgid_off,
+            task_mm_off,
+            mm_total_vm_off,
+            vma_mm_off,
+            vma_flags_off,
+            vma_file_off,
+            mm_data_vm_off,
+            mm_stack_vm_off,
+            mm_mt_off,
+            mas_tree_off,
+        ] = offsets[..]
+        else {
+            return Err(TrackerError::BtfParse {
+                path: btf::VMLINUX_BTF.into(),
+                source: btf::BtfError::Malformed(0),
+            });
+        };
+        let config = Config {
+            task_tgid_off,
+            task_mm_off,
+            mm_total_vm_off,
+            vma_mm_off,
+            vma_flags_off,
+            vma_file_off,
+            mm_data_vm_off,
+            mm_stack_vm_off,
+            mm_mt_off,
+            mas_tree_off,
+            anon_min_change_pages: opts.anon_min_change / page_size(),
+            ..tracefs::Formats::read(&tracefs)?.config(agent_tgid)?
+        };
 
         // One parse of the kernel's BTF serves the loader's relocations and the tp_btf program.
         let kernel_btf = Btf::from_sys_fs().map_err(|e| TrackerError::BtfLoad(Box::new(e)))?;
@@ -131,7 +177,9 @@ impl EbpfSource {
         if oom {
             attach_tracepoint(&mut ebpf, OOM_PROGRAM, "oom", "mark_victim")?;
         }
-        attach_fork(&mut ebpf, &kernel_btf)?;
+        for (name, tracepoint) in BTF_PROGRAMS {
+            attach_btf(&mut ebpf, &kernel_btf, name, tracepoint)?;
+        }
         let dirty = ebpf
             .take_map(DIRTY_MAP)
             .ok_or(TrackerError::MissingMap { name: DIRTY_MAP })?;
@@ -154,7 +202,7 @@ impl EbpfSource {
             .map_err(TrackerError::Thread)?;
         tracing::debug!(
             elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
-            programs = PROGRAMS.len() + 1 + usize::from(oom),
+            programs = PROGRAMS.len() + BTF_PROGRAMS.len() + usize::from(oom),
             tracefs = %tracefs.display(),
             "eBPF programs loaded and attached"
         );
@@ -317,7 +365,6 @@ fn raise_memlock_limit() {
     }
 }
 
-/// The fork program is `tp_btf` (it reads the child's `task_struct`); it needs the kernel's BTF.
 /// The program attached to `oom:mark_victim` when the kernel has it.
 const OOM_PROGRAM: &str = "memscope_oom";
 
@@ -345,24 +392,32 @@ fn attach_tracepoint(
         .map_err(failed)
 }
 
-fn attach_fork(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), TrackerError> {
-    const NAME: &str = "memscope_fork";
+/// Loads the `tp_btf` program `name` and attaches it to the raw tracepoint `tracepoint`.
+fn attach_btf(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    name: &'static str,
+    tracepoint: &'static str,
+) -> Result<(), TrackerError> {
     let program_error = |source| TrackerError::Program {
-        name: NAME,
+        name,
         category: "tp_btf",
-        tracepoint: "sched_process_fork",
+        tracepoint,
         source: Box::new(source),
     };
     let program: &mut BtfTracePoint = ebpf
-        .program_mut(NAME)
-        .ok_or(TrackerError::MissingProgram { name: NAME })?
+        .program_mut(name)
+        .ok_or(TrackerError::MissingProgram { name })?
         .try_into()
         .map_err(program_error)?;
-    program
-        .load("sched_process_fork", btf)
-        .map_err(program_error)?;
+    program.load(tracepoint, btf).map_err(program_error)?;
     program.attach().map_err(program_error)?;
     Ok(())
+}
+
+/// The system page size (the unit of `mm->total_vm`).
+fn page_size() -> u64 {
+    rustix::param::page_size() as u64
 }
 
 fn write_config(ebpf: &mut Ebpf, config: Config) -> Result<(), TrackerError> {

@@ -6,13 +6,18 @@
 //! then detect layout changes by `statm` and staleness alone.
 //!
 //! With eBPF, [`DirtySource::drain`] returns the processes marked since the last drain, and
-//! [`Tracker::events`] carries [`LifecycleEvent`]s (process fork, exec, exit, shmget with its size).
+//! [`Tracker::events`] carries [`LifecycleEvent`]s (process fork, exec, exit, OOM kill).
 //! FORK events are processes only: the fork program (`tp_btf`) drops new threads in the kernel.
 //! A process created by fork is also drained once with the [`reason::FORK`] bit.
 //!
-//! Marks are set at syscall *entry* (`sys_enter_*`), so a drain can return a process whose
-//! mmap/munmap is still in flight; a reader that looks at its smaps within microseconds may still
-//! see the old layout. The staleness bound covers that window.
+//! The kernel side classifies each mark (see the `memscope-ebpf` crate and docs/design.md, "What
+//! the eBPF tracker marks"): [`reason::MAPPING`] and [`reason::EXEC`] may change the objects a
+//! process maps (the `smaps` tier), [`reason::ANON`] only its anonymous totals (the
+//! `smaps_rollup` tier), and only once they moved by `anon_min_change` (net).
+//!
+//! A MAPPING mark is set while the mapping is being stored, inside the mmap call, so a drain can
+//! return a process whose mmap/munmap is still in flight; a reader that looks at its smaps within
+//! microseconds may still see the old layout. The staleness bound covers that window.
 //!
 //! [`start`] blocks for the load and attach (tens of milliseconds): call it before the runtime
 //! starts or from `spawn_blocking`.
@@ -116,8 +121,10 @@ impl DirtySource for PollingSource {
 
 /// The tracker: a dirty source and, with eBPF, the lifecycle event stream.
 pub struct Tracker {
-    pub source: Box<dyn DirtySource>,
+    /// Declared (so dropped) before `source`: dropping the eBPF source joins its event thread,
+    /// which may be blocked sending into a full channel until this receiver is gone.
     pub events: Option<tokio::sync::mpsc::Receiver<LifecycleEvent>>,
+    pub source: Box<dyn DirtySource>,
 }
 
 impl fmt::Debug for Tracker {
@@ -139,7 +146,15 @@ pub struct StartOptions {
     /// Capacity of the dirty map; `None`: [`memscope_common::DIRTY_MAP_ENTRIES`]. The privileged
     /// tests shrink it to make the kernel side drop marks.
     pub dirty_map_entries: Option<u32>,
+    /// A net growth or shrinkage (bytes) of a process's anonymous mappings past this marks it
+    /// [`reason::ANON`] (the config's `collectors.processes.min_change`, the rollup tier's own
+    /// threshold); whole pages (rounded down).
+    pub anon_min_change: u64,
 }
+
+/// [`StartOptions::anon_min_change`] when the caller has no config: the default
+/// `collectors.processes.min_change`.
+pub const DEFAULT_ANON_MIN_CHANGE: u64 = 64 << 10;
 
 impl StartOptions {
     /// The defaults for an agent whose tgid is `agent_tgid`: tracefs may be mounted, full map.
@@ -148,6 +163,7 @@ impl StartOptions {
             agent_tgid,
             mount_tracefs: true,
             dirty_map_entries: None,
+            anon_min_change: DEFAULT_ANON_MIN_CHANGE,
         }
     }
 }
@@ -218,8 +234,8 @@ mod tests {
     #[test]
     fn reason_names_in_bit_order() {
         assert_eq!(
-            reason_names(reason::MUNMAP | reason::MMAP | reason::EXEC),
-            ["mmap", "munmap", "exec"]
+            reason_names(reason::EXEC | reason::ANON | reason::MAPPING),
+            ["mapping", "anon", "exec"]
         );
         assert!(reason_names(0).is_empty());
         assert_eq!(reason_names(1 << 31), Vec::<&str>::new());

@@ -89,7 +89,6 @@ fn required(fields: &[Field], path: &Path, name: &str, sizes: &[u32]) -> Result<
 #[derive(Clone, Debug)]
 pub struct Formats {
     pub exit: (PathBuf, String),
-    pub shmget: (PathBuf, String),
     /// `oom:mark_victim`, when the kernel has it (`None`: no OOM events, the kill is inferred).
     pub oom: Option<(PathBuf, String)>,
 }
@@ -105,7 +104,6 @@ impl Formats {
         };
         Ok(Self {
             exit: read("sched/sched_process_exit")?,
-            shmget: read("syscalls/sys_enter_shmget")?,
             oom: match read("oom/mark_victim") {
                 Ok(f) => Some(f),
                 Err(TrackerError::Format { source, .. })
@@ -118,15 +116,13 @@ impl Formats {
         })
     }
 
-    /// The programs' config: the offsets plus the agent's tgid, marked ready. `task_tgid_off` is
-    /// the offset of `tgid` in `struct task_struct`, from the kernel's BTF.
-    pub fn config(&self, agent_tgid: u32, task_tgid_off: u32) -> Result<Config, TrackerError> {
+    /// The programs' config: the tracepoint offsets plus the agent's tgid, marked ready. The
+    /// kernel struct offsets (from BTF) and the anonymous threshold are left for the caller.
+    pub fn config(&self, agent_tgid: u32) -> Result<Config, TrackerError> {
         let (exit_path, exit) = &self.exit;
-        let (shmget_path, shmget) = &self.shmget;
         // `group_dead` is recent (6.x); without it the programs fall back to pid == tgid.
         let exit_group_dead_off =
             field(&parse_format(exit), exit_path, "group_dead", &[1])?.unwrap_or(OFFSET_ABSENT);
-        let shmget_size_off = required(&parse_format(shmget), shmget_path, "size", &[8])?;
         let oom_pid_off = match &self.oom {
             Some((path, text)) => required(&parse_format(text), path, "pid", &[4])?,
             None => OFFSET_ABSENT,
@@ -134,10 +130,9 @@ impl Formats {
         Ok(Config {
             agent_tgid,
             flags: CONFIG_READY,
-            task_tgid_off,
             exit_group_dead_off,
-            shmget_size_off,
             oom_pid_off,
+            ..Config::default()
         })
     }
 }
@@ -276,16 +271,9 @@ format:
 \tfield:int prio;\toffset:28;\tsize:4;\tsigned:1;
 ";
 
-    const SHMGET: &str = "\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;
-\tfield:key_t key;\toffset:16;\tsize:8;\tsigned:0;
-\tfield:size_t size;\toffset:24;\tsize:8;\tsigned:0;
-\tfield:int shmflg;\toffset:32;\tsize:8;\tsigned:0;
-";
-
-    fn formats(exit: &str, shmget: &str) -> Formats {
+    fn formats(exit: &str) -> Formats {
         Formats {
             exit: ("exit/format".into(), exit.to_owned()),
-            shmget: ("shmget/format".into(), shmget.to_owned()),
             oom: None,
         }
     }
@@ -302,13 +290,13 @@ format:
 
     #[test]
     fn oom_victim_offset_when_the_kernel_has_mark_victim() -> Result<(), TrackerError> {
-        let mut f = formats(EXIT_6_18, SHMGET);
-        assert_eq!(f.config(1, 0)?.oom_pid_off, OFFSET_ABSENT, "no tracepoint");
+        let mut f = formats(EXIT_6_18);
+        assert_eq!(f.config(1)?.oom_pid_off, OFFSET_ABSENT, "no tracepoint");
         f.oom = Some(("oom/format".into(), MARK_VICTIM_6_18.to_owned()));
-        assert_eq!(f.config(1, 0)?.oom_pid_off, 8);
-        f.oom = Some(("oom/format".into(), SHMGET.to_owned()));
+        assert_eq!(f.config(1)?.oom_pid_off, 8);
+        f.oom = Some(("oom/format".into(), EXIT_5_10.replace("pid;", "tid;")));
         assert!(matches!(
-            f.config(1, 0),
+            f.config(1),
             Err(TrackerError::FormatField { ref problem, .. }) if problem.contains("no field pid")
         ));
         Ok(())
@@ -349,35 +337,33 @@ format:
 
     #[test]
     fn config_on_6_18() -> Result<(), TrackerError> {
-        let cfg = formats(EXIT_6_18, SHMGET).config(42, 2500)?;
+        let cfg = formats(EXIT_6_18).config(42)?;
         assert_eq!(cfg.agent_tgid, 42);
         assert_eq!(cfg.flags, CONFIG_READY);
-        assert_eq!(cfg.task_tgid_off, 2500);
         assert_eq!(cfg.exit_group_dead_off, 32);
-        assert_eq!(cfg.shmget_size_off, 24);
         Ok(())
     }
 
     #[test]
     fn config_on_old_kernel_without_group_dead() -> Result<(), TrackerError> {
-        let cfg = formats(EXIT_5_10, SHMGET).config(1, 0)?;
+        let cfg = formats(EXIT_5_10).config(1)?;
         assert_eq!(cfg.exit_group_dead_off, OFFSET_ABSENT);
         Ok(())
     }
 
     #[test]
-    fn missing_or_odd_fields_are_errors() {
-        let err = formats(EXIT_6_18, "").config(1, 0);
+    fn odd_fields_are_errors() {
+        let mut f = formats(EXIT_6_18);
+        let odd = MARK_VICTIM_6_18.replace("pid;\toffset:8;\tsize:4", "pid;\toffset:8;\tsize:8");
+        f.oom = Some(("oom/format".into(), odd));
+        let err = f.config(1);
         assert!(
-            matches!(err, Err(TrackerError::FormatField { ref problem, .. }) if problem.contains("no field size"))
+            matches!(err, Err(TrackerError::FormatField { ref problem, .. }) if problem.contains("size 8"))
         );
-        let odd = SHMGET.replace(
-            "size:8;\tsigned:0;\n\tfield:int shmflg",
-            "size:4;\tsigned:0;\n\tfield:int shmflg",
-        );
-        let err = formats(EXIT_6_18, &odd).config(1, 0);
+        let odd = EXIT_6_18.replace("size:1;", "size:4;");
+        let err = formats(&odd).config(1);
         assert!(
-            matches!(err, Err(TrackerError::FormatField { ref problem, .. }) if problem.contains("size 4"))
+            matches!(err, Err(TrackerError::FormatField { ref problem, .. }) if problem.contains("group_dead"))
         );
     }
 

@@ -3,8 +3,11 @@
 //! `cargo xtask bench`; it is a benchmark that prints a table, never a timed test.
 //!
 //! Workload: W `memhog worker` processes (default 300). Each tick the bench signals about 1 % of
-//! them (round-robin); each signalled worker maps and touches a new 256 KiB region (and unmaps its
-//! oldest): a layout and residency change. After a short pause the bench runs one agent tick with
+//! them (round-robin); each signalled worker maps and touches a new 64 KiB (`--region-bytes`)
+//! anonymous region (and unmaps its oldest): anonymous churn, no object changes. Or, with
+//! `--churn-all-ms MS`, every worker is signalled every MS ms (a `memhog storm` process) instead;
+//! with `--forks-per-s N`, a `memhog forker` process forks and reaps N short-lived children per
+//! second meanwhile (both modes alike). After a short pause the bench runs one agent tick with
 //! the library, exactly as `runtime.rs` does: drain the tracker, publish the marks, then
 //! `ProcessesCollector::collect` and `SmapsCollector::collect` with `unbounded: false` (here one
 //! after the other on this thread; the runtime runs them side by side, which changes wall time,
@@ -19,41 +22,48 @@
 //!
 //! Per tick: the process's CPU (getrusage RUSAGE_SELF, user+sys, over the whole tick interval so the
 //! tracker's event thread counts), the agent tick's wall time, bytes read per file class, re-reads
-//! per tier and reason, and the age of the oldest number after the tick. A tick here is the whole
-//! of the agent's tick in `changes` mode: the default config's collectors (the ladder's two tiers,
-//! meminfo, sysv, cgroup, tmpfs every 6th tick), the store's emission and the heap trim, each step
-//! measured in CPU ([`PHASES`]) and set against the `statm` pass (issue 14 item 4: the whole tick at
-//! most 2x the statm pass). The warm-up (default 2 ticks) skips the start: the first staleness
-//! deadlines are spread evenly over `max_staleness`, so the staleness re-reads are at their
-//! long-run rate from the first ticks on; the long-run expectation is printed beside the measured
-//! rate.
+//! per tier and reason, and the age of the oldest number after the tick. The warm-up (default two
+//! `max_staleness`) lets the staleness deadlines, which all start at tick 0, spread out, so the
+//! measured window sees the long-run rate of staleness re-reads rather than the first burst or the
+//! quiet before it; the long-run expectation is printed beside the measured rate.
 //!
-//! The default config at its own interval: `--tick-ms 10000 --max-staleness-s 300
-//! --rollup-max-staleness-s 300`; at a 1 s interval: `--tick-ms 1000` with the same staleness.
+//! Then the freshness phase, per mode: a `memhog swapper` swaps one 4 MiB memfd mapping for another
+//! of the same size, which leaves `statm` as it was, and then maps a 256 KiB window of an existing
+//! memfd (another process maps it whole) over an anonymous reserve of that size, which moves
+//! `statm` by less than the smaps tier's `min_change`; the bench counts the ticks until the smaps
+//! tier's emitted objects show the new mapping (eBPF: the next tick; polling: `max_staleness`).
 //!
 //! Exits non-zero only on setup errors; the PASS/FAIL lines are information.
 
 use std::{
     collections::{BTreeMap, HashSet},
+    io::{BufRead as _, BufReader},
+    path::PathBuf,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 use memscope_agent::{
-    collectors::{BuildCtx, CollectCtx, Collector, build_collectors},
-    config::{Config, Interval},
+    collectors::{
+        CollectCtx, Collector, observed,
+        processes::{ProcessesCollector, ProcessesConfig},
+        smaps::{ObjectKind, ObjectsObservation, SmapsCollector, SmapsConfig},
+    },
+    config::Interval,
     ladder::{Reason, StatmPass, TierStats},
     proc_events::ProcEvents,
     procfs::{FileClass, OpenFiles, ProcFs},
-    store::{SelfCost, Store, StoreConfig, TrackerInfo, keyframe_every},
     tracker::{self, DirtySource, TrackerState},
 };
 use memscope_common::LifecycleEvent;
-use memscope_tests::bench::{Workers, cpu_time, median, memhog_path, percentile};
+use memscope_tests::bench::{Workers, cpu_time, memhog_path, percentile};
 
 struct Options {
     workers: usize,
     worker_bytes: usize,
+    /// Size of the anonymous region a signalled worker maps (and of the one it unmaps).
+    region_bytes: usize,
     ticks: usize,
     warmup: Option<usize>,
     tick: Duration,
@@ -64,20 +74,25 @@ struct Options {
     change_percent: f64,
     /// Pause between signalling and the agent tick, for the workers to act.
     act: Duration,
-    /// Also measure eBPF mode (`--ebpf 0`: polling only, e.g. inside a PID namespace of its own,
-    /// where the tracker's pids would not be the namespace's).
-    ebpf: bool,
+    /// Every worker churns every this often (instead of `change_percent` per tick).
+    churn_all: Option<Duration>,
+    /// Short-lived processes forked (and reaped) per second during the steady phases.
+    forks_per_s: u32,
+    /// Skip the freshness phase.
+    no_freshness: bool,
 }
 
 const USAGE: &str = "usage: ladder_bench [--workers N (300)] [--worker-bytes BYTES (4194304)] \
-[--ticks T (30)] [--warmup TICKS (2)] [--tick-ms MS (500)] \
-[--max-staleness-s S (15)] [--rollup-max-staleness-s S (15)] [--change-percent P (1)] [--act-ms MS (20)] [--ebpf 0|1 (1)]";
+[--region-bytes BYTES (65536)] [--ticks T (30)] [--warmup TICKS (2 x max_staleness)] [--tick-ms MS (500)] \
+[--max-staleness-s S (15)] [--rollup-max-staleness-s S (15)] [--change-percent P (1)] [--act-ms MS (20)] \
+[--churn-all-ms MS] [--forks-per-s N] [--no-freshness 1]";
 
 impl Options {
     fn parse() -> anyhow::Result<Options> {
         let mut o = Options {
             workers: 300,
             worker_bytes: 4 << 20,
+            region_bytes: 64 << 10,
             ticks: 30,
             warmup: None,
             tick: Duration::from_millis(500),
@@ -87,7 +102,9 @@ impl Options {
             rollup_max_staleness: Duration::from_secs(15),
             change_percent: 1.0,
             act: Duration::from_millis(20),
-            ebpf: true,
+            churn_all: None,
+            forks_per_s: 0,
+            no_freshness: false,
         };
         let mut args = std::env::args().skip(1);
         while let Some(flag) = args.next() {
@@ -101,6 +118,7 @@ impl Options {
             match flag.as_str() {
                 "--workers" => o.workers = num(&value)? as usize,
                 "--worker-bytes" => o.worker_bytes = num(&value)? as usize,
+                "--region-bytes" => o.region_bytes = num(&value)? as usize,
                 "--ticks" => o.ticks = num(&value)? as usize,
                 "--warmup" => o.warmup = Some(num(&value)? as usize),
                 "--tick-ms" => o.tick = Duration::from_millis(num(&value)?),
@@ -114,7 +132,9 @@ impl Options {
                         .with_context(|| format!("{flag} {value}: not a number\n{USAGE}"))?;
                 }
                 "--act-ms" => o.act = Duration::from_millis(num(&value)?),
-                "--ebpf" => o.ebpf = num(&value)? != 0,
+                "--churn-all-ms" => o.churn_all = Some(Duration::from_millis(num(&value)?)),
+                "--forks-per-s" => o.forks_per_s = u32::try_from(num(&value)?)?,
+                "--no-freshness" => o.no_freshness = num(&value)? != 0,
                 _ => bail!("unknown flag {flag}\n{USAGE}"),
             }
         }
@@ -133,7 +153,9 @@ impl Options {
     }
 
     fn warmup(&self) -> usize {
-        self.warmup.unwrap_or(2)
+        self.warmup.unwrap_or_else(|| {
+            (2 * self.max_staleness.as_millis()).div_ceil(self.tick.as_millis().max(1)) as usize
+        })
     }
 
     fn per_tick(&self) -> usize {
@@ -168,8 +190,6 @@ fn rereads(
 struct Sample {
     cpu: Duration,
     wall: Duration,
-    /// CPU of each step of the agent's tick, in [`PHASES`] order.
-    phases: [Duration; PHASES.len()],
     bytes: BTreeMap<&'static str, u64>,
     rereads: BTreeMap<(&'static str, &'static str), u64>,
     carried: u64,
@@ -194,23 +214,6 @@ impl Sample {
     }
 }
 
-/// The steps of one agent tick, each measured in CPU (the process's user + system time, so the
-/// `/proc` reads the guard runs on its companion threads count where they are asked for):
-/// the tracker drain, the `statm` pass, the `smaps` run (it runs before `processes` here, so the
-/// rollups it derives are handed over as the runtime's exchange hands them), the `processes` run,
-/// the other collectors due (meminfo, sysv, cgroup, and tmpfs every 6th tick as at the defaults),
-/// the store's emission in `changes` mode (records, change detection, lines), and handing the
-/// freed heap back (`malloc_trim`, as the runtime does every tick).
-const PHASES: [&str; 7] = [
-    "drain",
-    "statm_pass",
-    "smaps",
-    "processes",
-    "other_collectors",
-    "emit",
-    "trim",
-];
-
 /// The agent's state, built fresh for each mode.
 struct Agent {
     procfs: ProcFs,
@@ -218,24 +221,30 @@ struct Agent {
     statm_files: OpenFiles,
     /// Tier statistics from the latest observations.
     tiers: BTreeMap<&'static str, TierStats>,
-    /// Every collector of the default config with its period in ticks, in emission order.
-    collectors: Vec<(Box<dyn Collector>, u64)>,
-    store: Store,
+    processes: ProcessesCollector,
+    smaps: SmapsCollector,
     source: Box<dyn DirtySource>,
     lifecycle: Option<tokio::sync::mpsc::Receiver<LifecycleEvent>>,
     tick: u64,
+    /// The smaps tier's latest observation.
+    objects: Option<ObjectsObservation>,
 }
 
 impl Agent {
     fn new(opts: &Options, ebpf: bool) -> anyhow::Result<Agent> {
-        // The default config, its interval the bench's tick (and tmpfs every 6th, as 1m is at 10s).
-        let mut config = Config::default();
-        config.agent.interval = Interval(opts.tick);
-        config.collectors.processes.max_staleness = Interval(opts.rollup_max_staleness);
-        config.collectors.smaps.max_staleness = Interval(opts.max_staleness);
-        config.collectors.tmpfs.interval = Some(Interval(opts.tick * 6));
+        let processes = ProcessesConfig {
+            max_staleness: Interval(opts.rollup_max_staleness),
+            ..ProcessesConfig::default()
+        };
+        let smaps = SmapsConfig {
+            max_staleness: Interval(opts.max_staleness),
+            ..SmapsConfig::default()
+        };
         let (source, lifecycle) = if ebpf {
-            let t = tracker::start(&tracker::StartOptions::new(std::process::id()));
+            let t = tracker::start(&tracker::StartOptions {
+                anon_min_change: processes.min_change.0,
+                ..tracker::StartOptions::new(std::process::id())
+            });
             if let TrackerState::Polling { reason } = t.source.state() {
                 bail!("eBPF mode asked for, but the tracker fell back to polling: {reason}");
             }
@@ -245,70 +254,24 @@ impl Agent {
             (s, None)
         };
         let events = ProcEvents::default();
-        // Reads under the runtime's deadline, as the agent reads them.
-        let procfs = ProcFs::new("/proc")
-            .with_read_deadline(memscope_agent::runtime::read_deadline(opts.tick));
-        let collectors = build_collectors(
-            &config,
-            &BuildCtx {
-                procfs: &procfs,
-                events: &events,
-                mount_namespaces: memscope_agent::procfs::mountinfo::SharedNamespaces::new(
-                    config.agent.max_mount_namespaces,
-                ),
-            },
-        )
-        .into_iter()
-        .map(|r| {
-            let every = r
-                .interval
-                .as_nanos()
-                .div_ceil(opts.tick.as_nanos().max(1))
-                .max(1);
-            (r.collector, u64::try_from(every).unwrap_or(u64::MAX))
-        })
-        .collect::<Vec<_>>();
-        let names: Vec<&'static str> = collectors.iter().map(|(c, _)| c.name()).collect();
-        let store = Store::new(
-            StoreConfig {
-                host: "bench".to_string(),
-                emit: config.output.emit,
-                keyframe_every: keyframe_every(config.output.keyframe_interval.get(), opts.tick),
-                min_change: config.output.min_change,
-                interval: opts.tick,
-                started: Instant::now(),
-            },
-            TrackerInfo {
-                mode: if ebpf { "ebpf" } else { "polling" }.to_string(),
-                reason: None,
-                load_ms: None,
-            },
-            &names,
-        );
+        // As the runtime does: with eBPF, marks cover every layout change.
+        events.set_layout_tracked(lifecycle.is_some());
         Ok(Agent {
-            procfs,
-            collectors,
-            store,
+            procfs: ProcFs::new("/proc"),
+            processes: ProcessesCollector::new(&processes, events.subscribe()),
+            smaps: SmapsCollector::new(&smaps, events.subscribe()),
             events,
             statm_files: StatmPass::files(4096),
             tiers: BTreeMap::new(),
             source,
             lifecycle,
             tick: 0,
+            objects: None,
         })
     }
 
-    /// One agent tick as `runtime.rs` runs it, one step after the other on this thread (the
-    /// runtime runs the collectors side by side, which changes wall time, not CPU). Returns the
-    /// tgids the tracker marked and the CPU of each step ([`PHASES`]).
-    fn tick(&mut self) -> anyhow::Result<(Vec<u32>, [Duration; PHASES.len()])> {
-        let mut phases = [Duration::ZERO; PHASES.len()];
-        let mut clock = cpu_time();
-        let mut lap = |i: usize| {
-            let now = cpu_time();
-            phases[i] += now.saturating_sub(clock);
-            clock = now;
-        };
+    /// One agent tick as `runtime.rs` runs it. Returns the tgids the tracker marked.
+    fn tick(&mut self) -> anyhow::Result<Vec<u32>> {
         if let Some(rx) = &mut self.lifecycle {
             while let Ok(ev) = rx.try_recv() {
                 self.events.publish_lifecycle(&ev);
@@ -316,56 +279,35 @@ impl Agent {
         }
         let marks = self.source.drain();
         self.events.publish_marks(&marks);
-        lap(0);
         let pass = StatmPass::read(&self.procfs, &mut self.statm_files, &mut Vec::new())
             .context("statm pass")?;
-        lap(1);
         let ctx = CollectCtx {
             procfs: &self.procfs,
             tick: self.tick,
             statm: Some(std::sync::Arc::new(pass)),
             unbounded: false,
         };
-        // smaps first (it hands its derived rollups to processes), then processes, then the rest.
-        let order = ["smaps", "processes"];
-        let mut due: Vec<usize> = (0..self.collectors.len())
-            .filter(|&i| self.tick.is_multiple_of(self.collectors[i].1))
-            .collect();
-        due.sort_by_key(|&i| {
-            let name = self.collectors[i].0.name();
-            order.iter().position(|n| *n == name).unwrap_or(order.len())
-        });
-        for i in due {
-            let (collector, _) = &mut self.collectors[i];
-            let name = collector.name();
-            let t0 = Instant::now();
-            let obs = collector
-                .collect(&ctx)
-                .with_context(|| format!("{name} collector"))?;
-            if let Some((tier, stats)) = obs.as_ref().and_then(|o| o.tier()) {
+        let processes = self
+            .processes
+            .collect(&ctx)
+            .context("processes collector")?;
+        let smaps = self.smaps.collect(&ctx).context("smaps collector")?;
+        for obs in [&processes, &smaps].into_iter().flatten() {
+            if let Some((tier, stats)) = obs.tier() {
                 self.tiers.insert(tier, stats.clone());
             }
-            self.store.apply(name, t0.elapsed(), Ok(obs));
-            lap(match name {
-                "smaps" => 2,
-                "processes" => 3,
-                _ => 4,
-            });
         }
-        let out = self.store.emit(
-            std::time::SystemTime::now(),
-            &SelfCost::default(),
-            self.procfs.counters(),
-        );
-        drop(out);
-        lap(5);
-        // SAFETY: malloc_trim only returns free heap pages to the kernel.
-        unsafe {
-            libc::malloc_trim(0);
-        }
-        lap(6);
+        self.objects = observed::<ObjectsObservation>(Ok(smaps)).ok();
         self.tick += 1;
-        Ok((marks.iter().map(|m| m.tgid).collect(), phases))
+        Ok(marks.iter().map(|m| m.tgid).collect())
+    }
+
+    /// Whether the latest smaps observation shows `pid` mapping the memfd `name`.
+    fn shows(&self, pid: u32, name: &str) -> bool {
+        self.objects.as_ref().is_some_and(|obs| {
+            obs.of_kind(ObjectKind::Memfd)
+                .any(|o| o.label.lossy().contains(name) && o.consumers.iter().any(|c| c.pid == pid))
+        })
     }
 
     /// Age of the oldest number of each tier: (rollup, smaps).
@@ -397,13 +339,12 @@ fn full_pass(opts: &Options) -> anyhow::Result<Sample> {
     let mut agent = Agent::new(opts, false)?;
     let cpu0 = cpu_time();
     let t0 = Instant::now();
-    let (_, phases) = agent.tick()?;
+    agent.tick()?;
     let wall = t0.elapsed();
     let cpu = cpu_time().saturating_sub(cpu0);
     Ok(Sample {
         cpu,
         wall,
-        phases,
         bytes: bytes_by_class(&agent.procfs),
         rereads: rereads(&agent.tiers),
         carried: agent.carried(),
@@ -424,15 +365,18 @@ fn steady(opts: &Options, workers: &mut Workers, ebpf: bool) -> anyhow::Result<V
         let cpu0 = cpu_time();
         let bytes0 = bytes_by_class(&agent.procfs);
         let rereads0 = rereads(&agent.tiers);
-        let signalled: HashSet<u32> = workers.signal(opts.per_tick())?.into_iter().collect();
+        let signalled: HashSet<u32> = if opts.churn_all.is_some() {
+            HashSet::new() // the storm process signals every worker
+        } else {
+            workers.signal(opts.per_tick())?.into_iter().collect()
+        };
         std::thread::sleep(opts.act);
         let t0 = Instant::now();
-        let (marks, phases) = agent.tick()?;
+        let marks = agent.tick()?;
         let wall = t0.elapsed();
         let sample = Sample {
             cpu: Duration::ZERO,
             wall,
-            phases,
             bytes: {
                 let b = bytes_by_class(&agent.procfs);
                 b.iter()
@@ -472,6 +416,133 @@ fn steady(opts: &Options, workers: &mut Workers, ebpf: bool) -> anyhow::Result<V
     Ok(samples)
 }
 
+/// Swaps in the freshness phase, per mode.
+const SWAPS: usize = 3;
+/// Size of each of the swapper's memfds (above the default `min_object_pss`, 1 MiB).
+const SWAP_BYTES: usize = 4 << 20;
+
+/// Ticks until the emitted objects were right, per change of the freshness phase.
+struct Freshness {
+    /// Per swap of one shared mapping for another of the same size.
+    swaps: Vec<Option<usize>>,
+    /// Mapping a window of an existing memfd.
+    attach: Option<usize>,
+}
+
+/// The freshness phase: a `memhog swapper` process swaps one 4 MiB memfd mapping for another of
+/// the same size ([`SWAPS`] times), which `statm` does not see, then maps a window of an existing
+/// memfd, which moves `statm` less than `min_change`. Returns, per change, the ticks until the
+/// smaps tier's emitted objects show the new mapping (None: not within `max_staleness` plus two
+/// ticks).
+fn freshness(opts: &Options, memhog: &PathBuf, ebpf: bool) -> anyhow::Result<Freshness> {
+    use std::io::Write as _;
+    let mut agent = Agent::new(opts, ebpf)?;
+    let mut child = Command::new(memhog)
+        .args(["swapper", &SWAP_BYTES.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawning {} swapper", memhog.display()))?;
+    let pid = child.id();
+    let result = (|| {
+        let mut stdin = child.stdin.take().context("swapper stdin")?;
+        let mut stdout = BufReader::new(child.stdout.take().context("swapper stdout")?);
+        let mut line = String::new();
+        stdout.read_line(&mut line).context("swapper ready line")?;
+        if line.trim() != "ready" {
+            bail!("swapper {pid} did not start (said {line:?})");
+        }
+        agent.tick()?; // everything new, the swapper included
+        let limit = opts
+            .max_staleness
+            .as_millis()
+            .div_ceil(opts.tick.as_millis().max(1)) as usize
+            + 2;
+        let mut change = |command: &str, answer: &str| -> anyhow::Result<Option<usize>> {
+            writeln!(stdin, "{command}").context("writing to the swapper")?;
+            line.clear();
+            stdout.read_line(&mut line).context("swapper answer")?;
+            let name = line
+                .trim()
+                .strip_prefix(answer)
+                .with_context(|| format!("swapper said {line:?}"))?
+                .to_owned();
+            for t in 1..=limit {
+                std::thread::sleep(opts.tick);
+                agent.tick()?;
+                if agent.shows(pid, &name) {
+                    return Ok(Some(t));
+                }
+            }
+            Ok(None)
+        };
+        let mut swaps = Vec::with_capacity(SWAPS);
+        for _ in 0..SWAPS {
+            swaps.push(change("swap", "swapped ")?);
+        }
+        let attach = change("attach", "attached ")?;
+        Ok(Freshness { swaps, attach })
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+/// A `memhog` helper process of the workload (`storm`, `forker`), killed and reaped on drop.
+struct Helper(std::process::Child);
+
+impl Helper {
+    fn spawn(memhog: &PathBuf, args: &[String]) -> anyhow::Result<Helper> {
+        let mut child = Command::new(memhog)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawning {} {}", memhog.display(), args.join(" ")))?;
+        let stdout = child.stdout.take().context("helper stdout")?;
+        let helper = Helper(child);
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .context("helper ready line")?;
+        if line.trim() != "ready" {
+            bail!("memhog {} did not start (said {line:?})", args.join(" "));
+        }
+        Ok(helper)
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The workload's helper processes for the steady phases.
+fn helpers(opts: &Options, memhog: &PathBuf, workers: &Workers) -> anyhow::Result<Vec<Helper>> {
+    let mut out = Vec::new();
+    if let Some(period) = opts.churn_all {
+        let mut args = vec!["storm".to_owned(), period.as_millis().to_string()];
+        args.extend(workers.pids.iter().map(i32::to_string));
+        out.push(Helper::spawn(memhog, &args)?);
+    }
+    if opts.forks_per_s > 0 {
+        out.push(Helper::spawn(
+            memhog,
+            &["forker".to_owned(), opts.forks_per_s.to_string()],
+        )?);
+    }
+    Ok(out)
+}
+
+fn show_ticks(v: &[Option<usize>]) -> String {
+    v.iter()
+        .map(|t| t.map_or_else(|| "never".to_owned(), |t| t.to_string()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn mean(v: &[f64]) -> f64 {
     if v.is_empty() {
         0.0
@@ -499,18 +570,11 @@ struct Row {
     marks_signalled: f64,
     marks_workers: f64,
     marks_other: f64,
-    /// Per phase ([`PHASES`]): the median CPU ms of a tick.
-    phase_ms: [f64; PHASES.len()],
-    /// The whole tick (the phases' sum): median and mean CPU ms.
-    tick_ms: (f64, f64),
-    /// The median of the ticks' whole / statm pass ratios.
-    tick_ratio: f64,
 }
 
 fn row(samples: &[Sample]) -> Row {
     let f = |g: &dyn Fn(&Sample) -> f64| samples.iter().map(g).collect::<Vec<f64>>();
     let cpu = f(&|s| s.cpu.as_secs_f64() * 1e3);
-    let whole = f(&whole_ms);
     let mut rereads: BTreeMap<(&'static str, &'static str), f64> = BTreeMap::new();
     for s in samples {
         for (k, v) in &s.rereads {
@@ -540,20 +604,7 @@ fn row(samples: &[Sample]) -> Row {
         marks_signalled: mean(&f(&|s| s.marks_signalled as f64)),
         marks_workers: mean(&f(&|s| s.marks_workers as f64)),
         marks_other: mean(&f(&|s| s.marks_other as f64)),
-        phase_ms: std::array::from_fn(|i| median(&f(&|s| s.phases[i].as_secs_f64() * 1e3))),
-        tick_ms: (median(&whole), mean(&whole)),
-        tick_ratio: median(
-            &samples
-                .iter()
-                .map(|s| whole_ms(s) / (s.phases[1].as_secs_f64() * 1e3).max(1e-3))
-                .collect::<Vec<f64>>(),
-        ),
     }
-}
-
-/// A tick's CPU in ms: the sum of its phases.
-fn whole_ms(s: &Sample) -> f64 {
-    s.phases.iter().sum::<Duration>().as_secs_f64() * 1e3
 }
 
 #[expect(clippy::print_stdout, reason = "the table is this binary's output")]
@@ -575,7 +626,13 @@ fn main() -> anyhow::Result<()> {
         opts.workers,
         opts.worker_bytes >> 10
     );
-    let mut workers = Workers::spawn(&memhog, opts.workers, opts.worker_bytes, None)?;
+    let mut workers = Workers::spawn(
+        &memhog,
+        opts.workers,
+        opts.worker_bytes,
+        opts.region_bytes,
+        None,
+    )?;
     let processes = ProcFs::new("/proc").pids().context("listing /proc")?;
 
     eprintln!("ladder_bench: baseline (3 full passes)");
@@ -593,13 +650,21 @@ fn main() -> anyhow::Result<()> {
         opts.ticks,
         secs(1 + warmup + opts.ticks)
     );
+    let background = helpers(&opts, &memhog, &workers)?;
     let polling = row(&steady(&opts, &mut workers, false)?);
-    let ebpf = if opts.ebpf {
-        eprintln!("ladder_bench: ebpf (same)");
-        row(&steady(&opts, &mut workers, true)?)
+    eprintln!("ladder_bench: ebpf (same)");
+    let ebpf = row(&steady(&opts, &mut workers, true)?);
+    drop(background);
+    let fresh = if opts.no_freshness {
+        None
     } else {
-        eprintln!("ladder_bench: ebpf left out (--ebpf 0)");
-        row(&[])
+        eprintln!(
+            "ladder_bench: freshness ({SWAPS} swaps of a shared mapping and one attach, each mode)"
+        );
+        Some((
+            freshness(&opts, &memhog, false)?,
+            freshness(&opts, &memhog, true)?,
+        ))
     };
 
     // The long-run rate of smaps staleness re-reads: after the first (spread) deadline, each
@@ -609,13 +674,21 @@ fn main() -> anyhow::Result<()> {
     let expected_stale: f64 =
         processes.len() as f64 / opts.max_staleness.as_millis().div_ceil(tick_ms).max(1) as f64;
 
+    let churn = match opts.churn_all {
+        Some(period) => format!("every worker churning every {} ms", period.as_millis()),
+        None => format!(
+            "{} changed per tick ({} %)",
+            opts.per_tick(),
+            opts.change_percent
+        ),
+    };
     println!(
-        "ladder bench: {} processes on the host ({} workers of {} KiB), {} changed per tick ({} %), tick {} ms, max_staleness rollup {} s / smaps {} s, {} measured ticks after tick 0 + {} warm-up",
+        "ladder bench: {} processes on the host ({} workers of {} KiB, anonymous regions of {} KiB), {churn}, {} fork+exit/s, tick {} ms, max_staleness rollup {} s / smaps {} s, {} measured ticks after tick 0 + {} warm-up",
         processes.len(),
         opts.workers,
         opts.worker_bytes >> 10,
-        opts.per_tick(),
-        opts.change_percent,
+        opts.region_bytes >> 10,
+        opts.forks_per_s,
         opts.tick.as_millis(),
         opts.rollup_max_staleness.as_secs(),
         opts.max_staleness.as_secs(),
@@ -643,35 +716,6 @@ fn main() -> anyhow::Result<()> {
             r.proc_kib,
             ratio(r.cpu_ms, base.cpu_ms),
             ratio(r.smaps_kib, base.smaps_kib),
-        );
-    }
-    println!();
-    println!(
-        "the agent's whole tick in `changes` mode (default config, every collector, the store's emission), CPU ms per phase, median over the ticks:"
-    );
-    let mut header = String::from("| mode     |");
-    let mut rule = String::from("|----------|");
-    for p in PHASES {
-        header.push_str(&format!(" {p:>10} |"));
-        rule.push_str(&format!("{}|", "-".repeat(12)));
-    }
-    println!("{header} tick median | tick mean | tick / statm_pass |");
-    println!("{rule}-------------|-----------|-------------------|");
-    for (name, r) in [("polling", &polling), ("ebpf", &ebpf)] {
-        let mut line = format!("| {name:<8} |");
-        for v in r.phase_ms {
-            line.push_str(&format!(" {v:>10.2} |"));
-        }
-        println!(
-            "{line} {:>11.2} | {:>9.2} | {:>17.2} |",
-            r.tick_ms.0, r.tick_ms.1, r.tick_ratio
-        );
-    }
-    for (name, r) in [("polling", &polling), ("ebpf", &ebpf)] {
-        println!(
-            "{}: {name} whole tick / statm pass = {:.2} (median of the ticks' ratios; target <= 2.00)",
-            if r.tick_ratio <= 2.0 { "PASS" } else { "FAIL" },
-            r.tick_ratio
         );
     }
     println!();
@@ -753,6 +797,39 @@ fn main() -> anyhow::Result<()> {
         rollup_max.as_secs_f64(),
         ebpf.max_age.1.as_secs_f64(),
         smaps_max.as_secs_f64()
+    );
+    if let Some((fresh_polling, fresh_ebpf)) = &fresh {
+        println!();
+        println!(
+            "freshness: a process swaps one {} MiB memfd mapping for another of the same size (statm unchanged), then maps a {} KiB window of an existing memfd over an anonymous reserve (statm moves less than min_change); ticks until the emitted objects show it",
+            SWAP_BYTES >> 20,
+            (SWAP_BYTES / 16) >> 10
+        );
+        println!("| mode     | ticks per swap | ticks to attach |");
+        println!("|----------|----------------|-----------------|");
+        for (name, f) in [("polling", fresh_polling), ("ebpf", fresh_ebpf)] {
+            println!(
+                "| {name:<8} | {:<14} | {:<15} |",
+                show_ticks(&f.swaps),
+                show_ticks(&[f.attach])
+            );
+        }
+        println!(
+            "{}: ebpf shows every change within one tick (polling waits for max_staleness)",
+            verdict(fresh_ebpf.swaps.iter().all(|t| *t == Some(1)) && fresh_ebpf.attach == Some(1))
+        );
+    }
+    println!(
+        "{}: ebpf CPU/tick <= polling CPU/tick ({:.2} <= {:.2} ms)",
+        verdict(ebpf.cpu_ms <= polling.cpu_ms),
+        ebpf.cpu_ms,
+        polling.cpu_ms,
+    );
+    println!(
+        "{}: ebpf /proc bytes/tick <= 2x polling ({:.1} <= 2 x {:.1} KiB)",
+        verdict(ebpf.proc_kib <= 2.0 * polling.proc_kib),
+        ebpf.proc_kib,
+        polling.proc_kib
     );
     drop(workers);
     Ok(())

@@ -29,12 +29,29 @@
 //! written, maps it `MAP_PRIVATE`, reads every page and writes the first half: that half becomes
 //! copy-on-write anonymous pages, the other half stays the file's. Prints the inode as a JSON line,
 //! then `ready`; the test removes the file.
-//! `memhog worker BYTES` — for the ladder bench: BYTES of private anonymous memory touched and one
-//! page of its own executable mapped shared; prints `ready`; then on each SIGUSR1 maps and touches a
-//! new 256 KiB anonymous region, unmapping the oldest once more than [`WORKER_REGIONS`] are held (a
-//! layout change each time, bounded memory). Dies with its parent (`PR_SET_PDEATHSIG`).
-//! `memhog worker BYTES SHARED_PATH` — the same, and the file SHARED_PATH (on a tmpfs such as
-//! `/dev/shm`) mapped shared and read in whole: the peers bench's shared-memory workload.
+//! `memhog worker BYTES [REGION_BYTES] [SHARED_PATH]` — for the ladder and peers benches: BYTES of
+//! private anonymous memory touched, one page of its own executable mapped shared and, given
+//! SHARED_PATH (a file on a tmpfs such as `/dev/shm`), that file mapped shared and read in whole;
+//! prints `ready`; then on each SIGUSR1 maps and touches a new anonymous region of REGION_BYTES
+//! (default 256 KiB), unmapping the oldest once more than [`WORKER_REGIONS`] are held (anonymous
+//! churn each time, bounded memory). Dies with its parent (`PR_SET_PDEATHSIG`).
+//! `memhog swapper BYTES` — for the ladder bench's freshness phase: two memfds of BYTES
+//! (`memscope-swap-a`, `memscope-swap-b`), filled; maps and faults in `a`; also a third memfd
+//! (`memscope-attach`) of BYTES that a forked child maps whole and faults in (the object exists
+//! before this process maps it), and an untouched private anonymous reserve of BYTES/16; prints
+//! `ready`; then on each line of stdin: `swap` unmaps the one it maps, maps and faults in the other,
+//! and prints `swapped` with the name now mapped; `attach` maps the first BYTES/16 of the existing
+//! `memscope-attach` over the reserve (`MAP_FIXED`) and faults it in, and prints `attached
+//! memscope-attach`. The truth (which objects it maps) changes, `statm` barely does: a swap
+//! leaves size, resident and shared pages as they were; an attach leaves the size and moves
+//! resident and shared by BYTES/16 each (below the smaps tier's default `min_change` for 4 MiB).
+//! Exits at end of input; the child dies with it.
+//! `memhog forker RATE` — for the ladder bench's fork workload: forks RATE children per second,
+//! each exiting at once (fork+exit, no exec), and reaps them; prints `ready` first. Dies with its
+//! parent.
+//! `memhog storm PERIOD_MS PID...` — for the ladder bench's churn-storm workload: sends SIGUSR1
+//! (a `memhog worker`'s churn) to every PID each PERIOD_MS; prints `ready` first. Dies with its
+//! parent.
 //! `memhog stall BYTES SECONDS` — for the peers bench: BYTES of private anonymous memory touched;
 //! prints `ready`; after one line on stdin, times 4 KiB anonymous mmap+munmap pairs in a loop for
 //! SECONDS (each pair takes this process's mmap lock for writing, so it waits for any reader of
@@ -369,7 +386,147 @@ fn fill(f: &mut std::fs::File, bytes: usize) -> anyhow::Result<()> {
 
 /// Regions a worker keeps mapped; the oldest is unmapped past this.
 const WORKER_REGIONS: usize = 4;
-const WORKER_REGION_BYTES: usize = 256 << 10;
+use memscope_tests::bench::WORKER_REGION_BYTES;
+
+/// See the crate docs: swaps which of two same-sized memfds it maps, on each line of stdin.
+fn swapper(bytes: usize) -> anyhow::Result<()> {
+    use std::io::BufRead as _;
+    let names = ["memscope-swap-a", "memscope-swap-b"];
+    let mut fds = Vec::new();
+    for name in names {
+        let fd = memfd(name, 0, 0)?;
+        // SAFETY: `fd` is a fresh descriptor that nothing else owns; the File keeps it open.
+        let mut f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        fill(&mut f, bytes)?;
+        fds.push(f);
+    }
+    let map = |i: usize| -> anyhow::Result<*mut u8> {
+        let p = map_shared_fd(std::os::fd::AsRawFd::as_raw_fd(&fds[i]), bytes)?;
+        fault_in(p, bytes);
+        Ok(p)
+    };
+    let mut current = 0;
+    let mut p = map(current)?;
+    // The object to attach to: filled, and mapped whole by a child (so it is resident and has a
+    // mapper before this process maps a window of it).
+    let attach_name = "memscope-attach";
+    let attach_fd = memfd(attach_name, 0, 0)?;
+    // SAFETY: `attach_fd` is a fresh descriptor that nothing else owns; the File keeps it open.
+    let mut attach_file =
+        unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(attach_fd) };
+    fill(&mut attach_file, bytes)?;
+    let window = (bytes / 16).max(4096);
+    let reserve = map_anon(window)?;
+    // SAFETY: fork in a single-threaded process; the child only makes syscalls and sleeps.
+    match unsafe { libc::fork() } {
+        -1 => anyhow::bail!("fork: {}", std::io::Error::last_os_error()),
+        0 => {
+            if die_with_parent().is_ok()
+                && let Ok(whole) = map_shared_fd(attach_fd, bytes)
+            {
+                fault_in(whole, bytes);
+                loop {
+                    // SAFETY: pause has no preconditions; the child waits for its SIGKILL.
+                    unsafe { libc::pause() };
+                }
+            }
+            // SAFETY: leaving the child without running the parent's destructors.
+            unsafe { libc::_exit(1) }
+        }
+        _ => {}
+    }
+    let mut out = std::io::stdout();
+    writeln!(out, "ready")?;
+    out.flush()?;
+    for line in std::io::stdin().lock().lines() {
+        if line?.trim() == "attach" {
+            // SAFETY: `reserve` is our own untouched `window`-long mapping; MAP_FIXED replaces
+            // exactly it with a shared mapping of the memfd we hold open.
+            let q = unsafe {
+                libc::mmap(
+                    reserve.cast(),
+                    window,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED | libc::MAP_FIXED,
+                    attach_fd,
+                    0,
+                )
+            };
+            if q == libc::MAP_FAILED {
+                anyhow::bail!("mmap {attach_name}: {}", std::io::Error::last_os_error());
+            }
+            fault_in(q.cast(), window);
+            writeln!(out, "attached {attach_name}")?;
+            out.flush()?;
+            continue;
+        }
+        // SAFETY: `p` is the `bytes`-long mapping made by `map`; nothing refers to it after.
+        check(unsafe { libc::munmap(p.cast(), bytes) }, "munmap")?;
+        current = 1 - current;
+        p = map(current)?;
+        writeln!(out, "swapped {}", names[current])?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+/// `memhog storm PERIOD_MS PID...`: sends SIGUSR1 to every PID each PERIOD_MS; dies with its parent.
+fn storm(period: std::time::Duration, pids: &[i32]) -> anyhow::Result<()> {
+    die_with_parent()?;
+    {
+        let mut out = std::io::stdout();
+        writeln!(out, "ready")?;
+        out.flush()?;
+    }
+    let mut next = std::time::Instant::now();
+    loop {
+        for &pid in pids {
+            // SAFETY: kill(2) with a valid signal; a gone pid is an error we ignore.
+            unsafe { libc::kill(pid, libc::SIGUSR1) };
+        }
+        next += period;
+        let now = std::time::Instant::now();
+        match next.checked_duration_since(now) {
+            Some(left) => std::thread::sleep(left),
+            None => next = now,
+        }
+    }
+}
+
+/// `memhog forker RATE`: forks RATE children per second, each exiting at once, and reaps them;
+/// dies with its parent.
+fn forker(rate: u32) -> anyhow::Result<()> {
+    die_with_parent()?;
+    let rate = rate.max(1);
+    let period = std::time::Duration::from_secs(1) / rate;
+    {
+        let mut out = std::io::stdout();
+        writeln!(out, "ready")?;
+        out.flush()?;
+    }
+    let mut next = std::time::Instant::now();
+    loop {
+        // SAFETY: fork; the child exits at once without touching the parent's state.
+        match unsafe { libc::fork() } {
+            -1 => anyhow::bail!("fork: {}", std::io::Error::last_os_error()),
+            // SAFETY: the child leaves at once.
+            0 => unsafe { libc::_exit(0) },
+            child => {
+                let mut status = 0;
+                // SAFETY: waiting for the child just forked.
+                unsafe { libc::waitpid(child, &mut status, 0) };
+            }
+        }
+        next += period;
+        let now = std::time::Instant::now();
+        if let Some(left) = next.checked_duration_since(now) {
+            std::thread::sleep(left);
+        } else if now - next > std::time::Duration::from_secs(1) {
+            // Far behind (a loaded host): do not burst to catch up.
+            next = now;
+        }
+    }
+}
 
 /// Set by the SIGUSR1 handler, cleared by the worker's main loop.
 static SIGNALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -394,7 +551,7 @@ fn die_with_parent() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn worker(bytes: usize, shared: Option<&str>) -> anyhow::Result<()> {
+fn worker(bytes: usize, region: usize, shared: Option<&str>) -> anyhow::Result<()> {
     die_with_parent()?;
     let base = map_anon(bytes)?;
     touch(base, bytes);
@@ -467,17 +624,14 @@ fn worker(bytes: usize, shared: Option<&str>) -> anyhow::Result<()> {
             // SAFETY: waits with SIGUSR1 unblocked; returns -1/EINTR after the handler ran.
             unsafe { libc::sigsuspend(&old_mask) };
         }
-        let r = map_anon(WORKER_REGION_BYTES)?;
-        touch(r, WORKER_REGION_BYTES);
+        let r = map_anon(region)?;
+        touch(r, region);
         regions.push_back(r);
         if regions.len() > WORKER_REGIONS
             && let Some(old) = regions.pop_front()
         {
-            // SAFETY: `old` is a mapping of WORKER_REGION_BYTES we made and no longer use.
-            check(
-                unsafe { libc::munmap(old.cast(), WORKER_REGION_BYTES) },
-                "munmap",
-            )?;
+            // SAFETY: `old` is a mapping of `region` bytes we made and no longer use.
+            check(unsafe { libc::munmap(old.cast(), region) }, "munmap")?;
         }
     }
 }
@@ -531,8 +685,13 @@ fn main() -> anyhow::Result<()> {
             touch(p, bytes);
             ready_and_wait()
         }
-        ["worker", bytes] => worker(bytes.parse()?, None),
-        ["worker", bytes, shared] => worker(bytes.parse()?, Some(shared)),
+        ["worker", bytes] => worker(bytes.parse()?, WORKER_REGION_BYTES, None),
+        // A third argument that is a number is REGION_BYTES, anything else SHARED_PATH.
+        ["worker", bytes, third] => match third.parse() {
+            Ok(region) => worker(bytes.parse()?, region, None),
+            Err(_) => worker(bytes.parse()?, WORKER_REGION_BYTES, Some(third)),
+        },
+        ["worker", bytes, region, shared] => worker(bytes.parse()?, region.parse()?, Some(shared)),
         ["stall", bytes, seconds] => stall(bytes.parse()?, seconds.parse()?),
         ["shared", size, n, unmapped] => shared(size.parse()?, n.parse()?, unmapped.parse()?),
         ["shm-deleted", path, bytes] => {
@@ -560,6 +719,15 @@ fn main() -> anyhow::Result<()> {
             let _held = f;
             ready_and_wait()
         }
+        ["swapper", bytes] => swapper(bytes.parse()?),
+        ["forker", rate] => forker(rate.parse()?),
+        ["storm", period_ms, pids @ ..] => {
+            let pids = pids
+                .iter()
+                .map(|p| p.parse::<i32>())
+                .collect::<Result<Vec<_>, _>>()?;
+            storm(std::time::Duration::from_millis(period_ms.parse()?), &pids)
+        }
         ["map-file", path, bytes] => {
             let bytes: usize = bytes.parse()?;
             let fd = create_file(path, bytes)?;
@@ -570,7 +738,7 @@ fn main() -> anyhow::Result<()> {
             ready_and_wait()
         }
         _ => anyhow::bail!(
-            "usage: memhog anon BYTES | memhog shared SIZE N UNMAPPED | memhog shm-deleted PATH BYTES | memhog memfd NAME BYTES | memhog map-file PATH BYTES | memhog names TAG | memhog hugetlb BYTES | memhog cow PATH BYTES | memhog worker BYTES [SHARED_PATH] | memhog stall BYTES SECONDS"
+            "usage: memhog anon BYTES | memhog shared SIZE N UNMAPPED | memhog shm-deleted PATH BYTES | memhog memfd NAME BYTES | memhog map-file PATH BYTES | memhog names TAG | memhog hugetlb BYTES | memhog cow PATH BYTES | memhog worker BYTES [REGION_BYTES] [SHARED_PATH] | memhog swapper BYTES | memhog forker RATE | memhog storm PERIOD_MS PID... | memhog stall BYTES SECONDS"
         ),
     }
 }

@@ -2,8 +2,12 @@
 //! on stack buffers, so that between commands it makes no memory-layout syscalls at all.
 //!
 //! Prints `ready` once started, then for each line on stdin: `mmap` maps and touches one anonymous
-//! page (and keeps it), `shmget` creates and removes a 1 MiB SysV segment, `memfd` maps and touches
-//! a new 256 KiB memfd named `memscope-test-memfd` (and keeps it); answers `done`.
+//! page (and keeps it), `anon` maps and touches 1 MiB of anonymous memory (and keeps it), `churn`
+//! maps, touches and unmaps 64 KiB of anonymous memory (the default `min_change`), `shmget` creates and removes a 1 MiB SysV
+//! segment, `shmat` creates a 1 MiB SysV segment, attaches and touches it (and keeps it attached;
+//! the segment is removed when detached), `shmdt` detaches it, `memfd` maps and touches a new
+//! 256 KiB memfd named `memscope-test-memfd` (and keeps it); answers `done` once the command is
+//! carried out (an empty line is ignored, without an answer).
 //! Exits on end of input. Argument `exit`: exits at once.
 
 fn write_line(text: &[u8]) {
@@ -16,19 +20,44 @@ fn main() {
         return;
     }
     write_line(b"ready\n");
-    let mut buf = [0_u8; 64];
-    loop {
-        // SAFETY: reading into a valid stack buffer.
-        let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
-        let Ok(n) = usize::try_from(n) else { return };
-        if n == 0 {
-            return;
+    let mut lines = Lines {
+        buf: [0; 64],
+        len: 0,
+        line: [0; 64],
+    };
+    let mut attached: *mut libc::c_void = std::ptr::null_mut();
+    while let Some(command) = lines.next_line() {
+        if command.is_empty() {
+            continue;
         }
-        let command = buf.get(..n).unwrap_or_default();
         if command.starts_with(b"mmap") {
             if let Ok(page) = memscope_tests::map_anon_page() {
                 // SAFETY: `page` is a fresh writable one-page mapping owned by nobody else.
                 unsafe { page.as_ptr().write_volatile(1) };
+            }
+        } else if command.starts_with(b"anon") {
+            let _kept = anon(1 << 20, false);
+        } else if command.starts_with(b"churn") {
+            let _gone = anon(64 << 10, true);
+        } else if command.starts_with(b"shmat") {
+            // SAFETY: plain SysV calls with valid arguments; we only write inside the attachment.
+            unsafe {
+                let id = libc::shmget(libc::IPC_PRIVATE, 1 << 20, libc::IPC_CREAT | 0o600);
+                if id >= 0 {
+                    let p = libc::shmat(id, std::ptr::null(), 0);
+                    // Removed now, destroyed at the last detach: nothing is left behind.
+                    libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut());
+                    if p as isize != -1 {
+                        p.cast::<u8>().write_volatile(1);
+                        attached = p;
+                    }
+                }
+            }
+        } else if command.starts_with(b"shmdt") {
+            if !attached.is_null() {
+                // SAFETY: `attached` is the address shmat returned; nothing refers to it after.
+                unsafe { libc::shmdt(attached) };
+                attached = std::ptr::null_mut();
             }
         } else if command.starts_with(b"memfd") {
             const SIZE: usize = 256 << 10;
@@ -64,4 +93,69 @@ fn main() {
         }
         write_line(b"done\n");
     }
+}
+
+/// Newline-framed commands from stdin, read with raw `read` into a stack buffer (no allocation).
+///
+/// A read returns whatever the pipe holds: part of a line (the writer's command and newline may
+/// arrive in two writes), or more than one line. Taking each read as one command answered a
+/// half line twice (`done` for `memfd`, then `done` for the lone newline), which put the test one
+/// answer ahead of the child: it drained the tracker before the child had mapped anything.
+struct Lines {
+    buf: [u8; 64],
+    len: usize,
+    line: [u8; 64],
+}
+
+impl Lines {
+    /// The next line without its newline, or None at end of input (or on a read error). A line
+    /// longer than the buffer is dropped whole.
+    fn next_line(&mut self) -> Option<&[u8]> {
+        loop {
+            if let Some(end) = self.buf[..self.len].iter().position(|&b| b == b'\n') {
+                self.line[..end].copy_from_slice(&self.buf[..end]);
+                self.buf.copy_within(end + 1..self.len, 0);
+                self.len -= end + 1;
+                return Some(&self.line[..end]);
+            }
+            if self.len == self.buf.len() {
+                self.len = 0; // an overlong line: drop it
+            }
+            let free = &mut self.buf[self.len..];
+            // SAFETY: reading into the free part of our own stack buffer.
+            let n = unsafe { libc::read(0, free.as_mut_ptr().cast(), free.len()) };
+            match usize::try_from(n) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.len += n,
+            }
+        }
+    }
+}
+
+/// Maps and touches `size` bytes of anonymous memory; unmaps them again when `unmap`. Returns
+/// whether the mapping was made.
+fn anon(size: usize, unmap: bool) -> bool {
+    // SAFETY: a new anonymous private mapping; we only write inside it and unmap exactly it.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            return false;
+        }
+        let mut off = 0;
+        while off < size {
+            p.cast::<u8>().add(off).write_volatile(1);
+            off += 4096;
+        }
+        if unmap {
+            libc::munmap(p, size);
+        }
+    }
+    true
 }

@@ -409,7 +409,13 @@ fn mib(bytes: u64) -> f64 {
 fn size_table(opts: &Options, memhog: &Path, n: usize) -> anyhow::Result<()> {
     let shared = TempFile::shm(opts.shared_bytes)?;
     eprintln!("peers_bench: starting {n} workers");
-    let mut workers = Workers::spawn(memhog, n, opts.worker_bytes, Some(&shared.0))?;
+    let mut workers = Workers::spawn(
+        memhog,
+        n,
+        opts.worker_bytes,
+        memscope_tests::bench::WORKER_REGION_BYTES,
+        Some(&shared.0),
+    )?;
     let processes = pids()?.len();
     let mut buf = vec![0u8; 64 << 10];
     let (mut floor, mut floor_bytes) = (Vec::new(), Vec::new());

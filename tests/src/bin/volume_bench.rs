@@ -28,7 +28,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use memscope_tests::{
-    bench::{Workers, memhog_path},
+    bench::{WORKER_REGION_BYTES, Workers, memhog_path},
     volume::{PhaseMedians, measure, phases, seconds_of},
 };
 
@@ -159,7 +159,13 @@ fn main() -> Result<()> {
         0 => None,
         n => {
             eprintln!("volume: starting {n} memhog workers");
-            Some(Workers::spawn(&memhog_path()?, n, o.worker_bytes, None)?)
+            Some(Workers::spawn(
+                &memhog_path()?,
+                n,
+                o.worker_bytes,
+                WORKER_REGION_BYTES,
+                None,
+            )?)
         }
     };
     let per_tick = if o.workers == 0 {

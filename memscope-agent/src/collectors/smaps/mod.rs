@@ -415,6 +415,7 @@ impl Collector for SmapsCollector {
         };
 
         // Tier 1: the tracker's events, then statm of every process.
+        self.ladder.set_layout_tracked(self.events.layout_tracked());
         let tier1 = self.ladder.run_tier1(&pass, &self.events.take(), start);
         // Mapper-set changes seen this run, applied by arithmetic after the reads: the objects of
         // exited processes (and of pids now someone else's) lost a mapper, and below, objects a
