@@ -794,8 +794,16 @@ fn one_exit_among_sharers_derives_the_others_and_staleness_reads_them_exactly() 
     );
     std::thread::sleep(Duration::from_millis(200));
     let obs = agent.tick(&mut tracker, &mut smaps, 1);
+    // A sharer's first staleness deadline is anywhere in (0, max_staleness] after its first read
+    // (spread by pid, `ladder::stale_after`), and a tick re-reads what would pass its deadline
+    // within twice the run's length: a sharer whose deadline falls in that window may be re-read
+    // now for staleness. Every other one must not be re-read because of the exit.
+    let due_by = started.elapsed() + 2 * first_tick.max(Duration::from_millis(250));
     let mut derived = Vec::new();
     for &pid in rest {
+        if stale_after(max_staleness, pid) <= due_by {
+            continue;
+        }
         assert_eq!(
             smaps.reads_of(pid),
             Some(1),
@@ -814,23 +822,27 @@ fn one_exit_among_sharers_derives_the_others_and_staleness_reads_them_exactly() 
             derived.push((pid, c.pss_bytes));
         }
     }
-    assert!(obs.derived_shares as usize >= 3 * rest.len());
+    assert!(
+        !derived.is_empty(),
+        "every sharer was due for staleness by {due_by:?}: raise max_staleness"
+    );
+    assert!(obs.derived_shares as usize >= derived.len());
 
     // Staleness re-reads every survivor, and its figures are then read, not derived.
     let mut n = 2;
     let mut last = obs;
     while started.elapsed() < max_staleness + first_tick + Duration::from_secs(2)
-        && rest.iter().any(|p| smaps.reads_of(*p) != Some(2))
+        && rest.iter().any(|p| smaps.reads_of(*p) < Some(2))
     {
         std::thread::sleep(Duration::from_millis(250));
         last = agent.tick(&mut tracker, &mut smaps, n);
         n += 1;
     }
     for &pid in rest {
-        assert_eq!(
-            smaps.reads_of(pid),
-            Some(2),
-            "pid {pid} re-read for staleness"
+        assert!(
+            smaps.reads_of(pid) >= Some(2),
+            "pid {pid} re-read for staleness: {:?}",
+            smaps.reads_of(pid)
         );
     }
     assert!(
