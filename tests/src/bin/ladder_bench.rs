@@ -8,24 +8,29 @@
 //! `--churn-all-ms MS`, every worker is signalled every MS ms (a `memhog storm` process) instead;
 //! with `--forks-per-s N`, a `memhog forker` process forks and reaps N short-lived children per
 //! second meanwhile (both modes alike). After a short pause the bench runs one agent tick with
-//! the library, exactly as `runtime.rs` does: drain the tracker, publish the marks, then
-//! `ProcessesCollector::collect` and `SmapsCollector::collect` with `unbounded: false` (here one
-//! after the other on this thread; the runtime runs them side by side, which changes wall time,
-//! not CPU).
+//! the library as `runtime.rs` does, the whole of it in `changes` mode: drain the tracker, publish
+//! the marks, the `statm` pass, then every collector of the default config that is due (the
+//! ladder's two tiers, meminfo, sysv, cgroup, tmpfs every 6th tick) with `unbounded: false`, the
+//! store's emission and the heap trim, each step measured in CPU ([`PHASES`]) and set against the
+//! `statm` pass (issue 14 item 4: the whole tick at most 2x the statm pass). Here the collectors
+//! run one after the other on this thread; the runtime runs them side by side, which changes wall
+//! time, not CPU.
 //!
 //! Modes, on the same workload in the same run:
 //! - `baseline`: fresh collectors, one tick where every process is `new` (every `smaps_rollup` and
 //!   `smaps` read): the cost of a full pass. Three times; the median is shown.
 //! - `polling`: fresh collectors, no tracker; tick 0 (a full pass) and a warm-up are discarded, then
 //!   T ticks are measured.
-//! - `ebpf`: the same with the tracker attached (fails if it falls back to polling).
+//! - `ebpf`: the same with the tracker attached (fails if it falls back to polling). `--ebpf 0`
+//!   leaves it out (e.g. inside a PID namespace of its own, where the tracker's pids would not be
+//!   the namespace's), and the freshness phase's eBPF half with it.
 //!
 //! Per tick: the process's CPU (getrusage RUSAGE_SELF, user+sys, over the whole tick interval so the
 //! tracker's event thread counts), the agent tick's wall time, bytes read per file class, re-reads
-//! per tier and reason, and the age of the oldest number after the tick. The warm-up (default two
-//! `max_staleness`) lets the staleness deadlines, which all start at tick 0, spread out, so the
-//! measured window sees the long-run rate of staleness re-reads rather than the first burst or the
-//! quiet before it; the long-run expectation is printed beside the measured rate.
+//! per tier and reason, the CPU of each step of the tick ([`PHASES`]), and the age of the oldest
+//! number after the tick. The warm-up (default two `max_staleness`) skips the start; the first
+//! staleness deadlines are spread evenly over `max_staleness`, so a few ticks (`--warmup 2`) are
+//! already at the long-run rate of staleness re-reads, which is printed beside the measured rate.
 //!
 //! Then the freshness phase, per mode: a `memhog swapper` swaps one 4 MiB memfd mapping for another
 //! of the same size, which leaves `statm` as it was, and then maps a 256 KiB window of an existing
@@ -36,6 +41,7 @@
 //! Exits non-zero only on setup errors; the PASS/FAIL lines are information.
 
 use std::{
+    any::Any,
     collections::{BTreeMap, HashSet},
     io::{BufRead as _, BufReader},
     path::PathBuf,
@@ -46,18 +52,18 @@ use std::{
 use anyhow::{Context as _, bail};
 use memscope_agent::{
     collectors::{
-        CollectCtx, Collector, observed,
-        processes::{ProcessesCollector, ProcessesConfig},
-        smaps::{ObjectKind, ObjectsObservation, SmapsCollector, SmapsConfig},
+        BuildCtx, CollectCtx, Collector, build_collectors,
+        smaps::{ObjectKind, ObjectsObservation},
     },
-    config::Interval,
+    config::{Config, Interval},
     ladder::{Reason, StatmPass, TierStats},
     proc_events::ProcEvents,
     procfs::{FileClass, OpenFiles, ProcFs},
+    store::{SelfCost, Store, StoreConfig, TrackerInfo, keyframe_every},
     tracker::{self, DirtySource, TrackerState},
 };
 use memscope_common::LifecycleEvent;
-use memscope_tests::bench::{Workers, cpu_time, memhog_path, percentile};
+use memscope_tests::bench::{Workers, cpu_time, median, memhog_path, percentile};
 
 struct Options {
     workers: usize,
@@ -80,12 +86,15 @@ struct Options {
     forks_per_s: u32,
     /// Skip the freshness phase.
     no_freshness: bool,
+    /// Also measure eBPF mode (`--ebpf 0`: polling only, e.g. inside a PID namespace of its own,
+    /// where the tracker's pids would not be the namespace's).
+    ebpf: bool,
 }
 
 const USAGE: &str = "usage: ladder_bench [--workers N (300)] [--worker-bytes BYTES (4194304)] \
 [--region-bytes BYTES (65536)] [--ticks T (30)] [--warmup TICKS (2 x max_staleness)] [--tick-ms MS (500)] \
 [--max-staleness-s S (15)] [--rollup-max-staleness-s S (15)] [--change-percent P (1)] [--act-ms MS (20)] \
-[--churn-all-ms MS] [--forks-per-s N] [--no-freshness 1]";
+[--churn-all-ms MS] [--forks-per-s N] [--no-freshness 1] [--ebpf 0|1 (1)]";
 
 impl Options {
     fn parse() -> anyhow::Result<Options> {
@@ -105,6 +114,7 @@ impl Options {
             churn_all: None,
             forks_per_s: 0,
             no_freshness: false,
+            ebpf: true,
         };
         let mut args = std::env::args().skip(1);
         while let Some(flag) = args.next() {
@@ -135,6 +145,7 @@ impl Options {
                 "--churn-all-ms" => o.churn_all = Some(Duration::from_millis(num(&value)?)),
                 "--forks-per-s" => o.forks_per_s = u32::try_from(num(&value)?)?,
                 "--no-freshness" => o.no_freshness = num(&value)? != 0,
+                "--ebpf" => o.ebpf = num(&value)? != 0,
                 _ => bail!("unknown flag {flag}\n{USAGE}"),
             }
         }
@@ -194,6 +205,8 @@ struct Sample {
     rereads: BTreeMap<(&'static str, &'static str), u64>,
     carried: u64,
     oldest_age: (Duration, Duration),
+    /// CPU of each step of the agent's tick, in [`PHASES`] order.
+    phases: [Duration; PHASES.len()],
     /// Tracker marks this tick: for workers signalled this tick, for other workers, for any other
     /// process.
     marks_signalled: u64,
@@ -214,6 +227,23 @@ impl Sample {
     }
 }
 
+/// The steps of one agent tick, each measured in CPU (the process's user + system time, so the
+/// `/proc` reads the guard runs on its companion threads count where they are asked for):
+/// the tracker drain, the `statm` pass, the `smaps` run (it runs before `processes` here, so the
+/// rollups it derives are handed over as the runtime's exchange hands them), the `processes` run,
+/// the other collectors due (meminfo, sysv, cgroup, and tmpfs every 6th tick as at the defaults),
+/// the store's emission in `changes` mode (records, change detection, lines), and handing the
+/// freed heap back (`malloc_trim`, as the runtime does every tick).
+const PHASES: [&str; 7] = [
+    "drain",
+    "statm_pass",
+    "smaps",
+    "processes",
+    "other_collectors",
+    "emit",
+    "trim",
+];
+
 /// The agent's state, built fresh for each mode.
 struct Agent {
     procfs: ProcFs,
@@ -221,28 +251,36 @@ struct Agent {
     statm_files: OpenFiles,
     /// Tier statistics from the latest observations.
     tiers: BTreeMap<&'static str, TierStats>,
-    processes: ProcessesCollector,
-    smaps: SmapsCollector,
+    /// Every collector of the default config with its period in ticks, in emission order.
+    collectors: Vec<(Box<dyn Collector>, u64)>,
+    store: Store,
     source: Box<dyn DirtySource>,
     lifecycle: Option<tokio::sync::mpsc::Receiver<LifecycleEvent>>,
     tick: u64,
-    /// The smaps tier's latest observation.
-    objects: Option<ObjectsObservation>,
+    /// The freshness phase's question to each smaps observation: does `pid` map the memfd named
+    /// so? (None: not asked.)
+    watch: Option<(u32, String)>,
+    /// The answer of the latest smaps observation.
+    shown: bool,
+}
+
+/// Whether the smaps observation `obs` shows `pid` mapping the memfd `name`.
+fn shows(obs: &ObjectsObservation, pid: u32, name: &str) -> bool {
+    obs.of_kind(ObjectKind::Memfd)
+        .any(|o| o.label.lossy().contains(name) && o.consumers.iter().any(|c| c.pid == pid))
 }
 
 impl Agent {
     fn new(opts: &Options, ebpf: bool) -> anyhow::Result<Agent> {
-        let processes = ProcessesConfig {
-            max_staleness: Interval(opts.rollup_max_staleness),
-            ..ProcessesConfig::default()
-        };
-        let smaps = SmapsConfig {
-            max_staleness: Interval(opts.max_staleness),
-            ..SmapsConfig::default()
-        };
+        // The default config, its interval the bench's tick (and tmpfs every 6th, as 1m is at 10s).
+        let mut config = Config::default();
+        config.agent.interval = Interval(opts.tick);
+        config.collectors.processes.max_staleness = Interval(opts.rollup_max_staleness);
+        config.collectors.smaps.max_staleness = Interval(opts.max_staleness);
+        config.collectors.tmpfs.interval = Some(Interval(opts.tick * 6));
         let (source, lifecycle) = if ebpf {
             let t = tracker::start(&tracker::StartOptions {
-                anon_min_change: processes.min_change.0,
+                anon_min_change: config.collectors.processes.min_change.0,
                 ..tracker::StartOptions::new(std::process::id())
             });
             if let TrackerState::Polling { reason } = t.source.state() {
@@ -256,22 +294,72 @@ impl Agent {
         let events = ProcEvents::default();
         // As the runtime does: with eBPF, marks cover every layout change.
         events.set_layout_tracked(lifecycle.is_some());
+        // Reads under the runtime's deadline, as the agent reads them.
+        let procfs = ProcFs::new("/proc")
+            .with_read_deadline(memscope_agent::runtime::read_deadline(opts.tick));
+        let collectors = build_collectors(
+            &config,
+            &BuildCtx {
+                procfs: &procfs,
+                events: &events,
+                mount_namespaces: memscope_agent::procfs::mountinfo::SharedNamespaces::new(
+                    config.agent.max_mount_namespaces,
+                ),
+            },
+        )
+        .into_iter()
+        .map(|r| {
+            let every = r
+                .interval
+                .as_nanos()
+                .div_ceil(opts.tick.as_nanos().max(1))
+                .max(1);
+            (r.collector, u64::try_from(every).unwrap_or(u64::MAX))
+        })
+        .collect::<Vec<_>>();
+        let names: Vec<&'static str> = collectors.iter().map(|(c, _)| c.name()).collect();
+        let store = Store::new(
+            StoreConfig {
+                host: "bench".to_string(),
+                emit: config.output.emit,
+                keyframe_every: keyframe_every(config.output.keyframe_interval.get(), opts.tick),
+                min_change: config.output.min_change,
+                interval: opts.tick,
+                started: Instant::now(),
+            },
+            TrackerInfo {
+                mode: if ebpf { "ebpf" } else { "polling" }.to_string(),
+                reason: None,
+                load_ms: None,
+            },
+            &names,
+        );
         Ok(Agent {
-            procfs: ProcFs::new("/proc"),
-            processes: ProcessesCollector::new(&processes, events.subscribe()),
-            smaps: SmapsCollector::new(&smaps, events.subscribe()),
+            procfs,
+            collectors,
+            store,
             events,
             statm_files: StatmPass::files(4096),
             tiers: BTreeMap::new(),
             source,
             lifecycle,
             tick: 0,
-            objects: None,
+            watch: None,
+            shown: false,
         })
     }
 
-    /// One agent tick as `runtime.rs` runs it. Returns the tgids the tracker marked.
-    fn tick(&mut self) -> anyhow::Result<Vec<u32>> {
+    /// One agent tick as `runtime.rs` runs it, one step after the other on this thread (the
+    /// runtime runs the collectors side by side, which changes wall time, not CPU). Returns the
+    /// tgids the tracker marked and the CPU of each step ([`PHASES`]).
+    fn tick(&mut self) -> anyhow::Result<(Vec<u32>, [Duration; PHASES.len()])> {
+        let mut phases = [Duration::ZERO; PHASES.len()];
+        let mut clock = cpu_time();
+        let mut lap = |i: usize| {
+            let now = cpu_time();
+            phases[i] += now.saturating_sub(clock);
+            clock = now;
+        };
         if let Some(rx) = &mut self.lifecycle {
             while let Ok(ev) = rx.try_recv() {
                 self.events.publish_lifecycle(&ev);
@@ -279,35 +367,71 @@ impl Agent {
         }
         let marks = self.source.drain();
         self.events.publish_marks(&marks);
+        lap(0);
         let pass = StatmPass::read(&self.procfs, &mut self.statm_files, &mut Vec::new())
             .context("statm pass")?;
+        lap(1);
         let ctx = CollectCtx {
             procfs: &self.procfs,
             tick: self.tick,
             statm: Some(std::sync::Arc::new(pass)),
             unbounded: false,
         };
-        let processes = self
-            .processes
-            .collect(&ctx)
-            .context("processes collector")?;
-        let smaps = self.smaps.collect(&ctx).context("smaps collector")?;
-        for obs in [&processes, &smaps].into_iter().flatten() {
-            if let Some((tier, stats)) = obs.tier() {
+        // smaps first (it hands its derived rollups to processes), then processes, then the rest.
+        let order = ["smaps", "processes"];
+        let mut due: Vec<usize> = (0..self.collectors.len())
+            .filter(|&i| self.tick.is_multiple_of(self.collectors[i].1))
+            .collect();
+        due.sort_by_key(|&i| {
+            let name = self.collectors[i].0.name();
+            order.iter().position(|n| *n == name).unwrap_or(order.len())
+        });
+        for i in due {
+            let (collector, _) = &mut self.collectors[i];
+            let name = collector.name();
+            let t0 = Instant::now();
+            let obs = collector
+                .collect(&ctx)
+                .with_context(|| format!("{name} collector"))?;
+            if let Some((tier, stats)) = obs.as_ref().and_then(|o| o.tier()) {
                 self.tiers.insert(tier, stats.clone());
             }
+            if name == "smaps"
+                && let Some((pid, memfd)) = &self.watch
+            {
+                self.shown = obs
+                    .as_deref()
+                    .and_then(|o| (o as &dyn Any).downcast_ref::<ObjectsObservation>())
+                    .is_some_and(|o| shows(o, *pid, memfd));
+            }
+            self.store.apply(name, t0.elapsed(), Ok(obs));
+            lap(match name {
+                "smaps" => 2,
+                "processes" => 3,
+                _ => 4,
+            });
         }
-        self.objects = observed::<ObjectsObservation>(Ok(smaps)).ok();
+        let out = self.store.emit(
+            std::time::SystemTime::now(),
+            &SelfCost::default(),
+            self.procfs.counters(),
+        );
+        drop(out);
+        lap(5);
+        // SAFETY: malloc_trim only returns free heap pages to the kernel.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        lap(6);
         self.tick += 1;
-        Ok(marks.iter().map(|m| m.tgid).collect())
+        Ok((marks.iter().map(|m| m.tgid).collect(), phases))
     }
 
-    /// Whether the latest smaps observation shows `pid` mapping the memfd `name`.
-    fn shows(&self, pid: u32, name: &str) -> bool {
-        self.objects.as_ref().is_some_and(|obs| {
-            obs.of_kind(ObjectKind::Memfd)
-                .any(|o| o.label.lossy().contains(name) && o.consumers.iter().any(|c| c.pid == pid))
-        })
+    /// From now on, each smaps observation answers whether `pid` maps the memfd `name`
+    /// ([`Agent::shown`]).
+    fn watch(&mut self, pid: u32, name: &str) {
+        self.watch = Some((pid, name.to_owned()));
+        self.shown = false;
     }
 
     /// Age of the oldest number of each tier: (rollup, smaps).
@@ -339,7 +463,7 @@ fn full_pass(opts: &Options) -> anyhow::Result<Sample> {
     let mut agent = Agent::new(opts, false)?;
     let cpu0 = cpu_time();
     let t0 = Instant::now();
-    agent.tick()?;
+    let (_, phases) = agent.tick()?;
     let wall = t0.elapsed();
     let cpu = cpu_time().saturating_sub(cpu0);
     Ok(Sample {
@@ -349,6 +473,7 @@ fn full_pass(opts: &Options) -> anyhow::Result<Sample> {
         rereads: rereads(&agent.tiers),
         carried: agent.carried(),
         oldest_age: agent.oldest_age(),
+        phases,
         ..Sample::default()
     })
 }
@@ -372,7 +497,7 @@ fn steady(opts: &Options, workers: &mut Workers, ebpf: bool) -> anyhow::Result<V
         };
         std::thread::sleep(opts.act);
         let t0 = Instant::now();
-        let marks = agent.tick()?;
+        let (marks, phases) = agent.tick()?;
         let wall = t0.elapsed();
         let sample = Sample {
             cpu: Duration::ZERO,
@@ -386,6 +511,7 @@ fn steady(opts: &Options, workers: &mut Workers, ebpf: bool) -> anyhow::Result<V
             rereads: delta_map(&rereads(&agent.tiers), &rereads0),
             carried: agent.carried(),
             oldest_age: agent.oldest_age(),
+            phases,
             marks_signalled: marks.iter().filter(|m| signalled.contains(m)).count() as u64,
             marks_workers: marks
                 .iter()
@@ -467,10 +593,11 @@ fn freshness(opts: &Options, memhog: &PathBuf, ebpf: bool) -> anyhow::Result<Fre
                 .strip_prefix(answer)
                 .with_context(|| format!("swapper said {line:?}"))?
                 .to_owned();
+            agent.watch(pid, &name);
             for t in 1..=limit {
                 std::thread::sleep(opts.tick);
                 agent.tick()?;
-                if agent.shows(pid, &name) {
+                if agent.shown {
                     return Ok(Some(t));
                 }
             }
@@ -570,11 +697,18 @@ struct Row {
     marks_signalled: f64,
     marks_workers: f64,
     marks_other: f64,
+    /// Per phase ([`PHASES`]): the median CPU ms of a tick.
+    phase_ms: [f64; PHASES.len()],
+    /// The whole tick (the phases' sum): median and mean CPU ms.
+    tick_ms: (f64, f64),
+    /// The median of the ticks' whole / statm pass ratios.
+    tick_ratio: f64,
 }
 
 fn row(samples: &[Sample]) -> Row {
     let f = |g: &dyn Fn(&Sample) -> f64| samples.iter().map(g).collect::<Vec<f64>>();
     let cpu = f(&|s| s.cpu.as_secs_f64() * 1e3);
+    let whole = f(&whole_ms);
     let mut rereads: BTreeMap<(&'static str, &'static str), f64> = BTreeMap::new();
     for s in samples {
         for (k, v) in &s.rereads {
@@ -604,7 +738,20 @@ fn row(samples: &[Sample]) -> Row {
         marks_signalled: mean(&f(&|s| s.marks_signalled as f64)),
         marks_workers: mean(&f(&|s| s.marks_workers as f64)),
         marks_other: mean(&f(&|s| s.marks_other as f64)),
+        phase_ms: std::array::from_fn(|i| median(&f(&|s| s.phases[i].as_secs_f64() * 1e3))),
+        tick_ms: (median(&whole), mean(&whole)),
+        tick_ratio: median(
+            &samples
+                .iter()
+                .map(|s| whole_ms(s) / (s.phases[1].as_secs_f64() * 1e3).max(1e-3))
+                .collect::<Vec<f64>>(),
+        ),
     }
+}
+
+/// A tick's CPU in ms: the sum of its phases.
+fn whole_ms(s: &Sample) -> f64 {
+    s.phases.iter().sum::<Duration>().as_secs_f64() * 1e3
 }
 
 #[expect(clippy::print_stdout, reason = "the table is this binary's output")]
@@ -652,8 +799,13 @@ fn main() -> anyhow::Result<()> {
     );
     let background = helpers(&opts, &memhog, &workers)?;
     let polling = row(&steady(&opts, &mut workers, false)?);
-    eprintln!("ladder_bench: ebpf (same)");
-    let ebpf = row(&steady(&opts, &mut workers, true)?);
+    let ebpf = if opts.ebpf {
+        eprintln!("ladder_bench: ebpf (same)");
+        Some(row(&steady(&opts, &mut workers, true)?))
+    } else {
+        eprintln!("ladder_bench: ebpf left out (--ebpf 0)");
+        None
+    };
     drop(background);
     let fresh = if opts.no_freshness {
         None
@@ -661,11 +813,21 @@ fn main() -> anyhow::Result<()> {
         eprintln!(
             "ladder_bench: freshness ({SWAPS} swaps of a shared mapping and one attach, each mode)"
         );
-        Some((
-            freshness(&opts, &memhog, false)?,
-            freshness(&opts, &memhog, true)?,
-        ))
+        let polling = freshness(&opts, &memhog, false)?;
+        let ebpf = if opts.ebpf {
+            Some(freshness(&opts, &memhog, true)?)
+        } else {
+            None
+        };
+        Some((polling, ebpf))
     };
+    // The steady-state modes measured: polling, and ebpf unless `--ebpf 0`.
+    let modes: Vec<(&str, &Row)> = std::iter::once(("polling", &polling))
+        .chain(ebpf.as_ref().map(|r| ("ebpf", r)))
+        .collect();
+    let with_base: Vec<(&str, &Row)> = std::iter::once(("baseline", &base))
+        .chain(modes.iter().copied())
+        .collect();
 
     // The long-run rate of smaps staleness re-reads: after the first (spread) deadline, each
     // process once per max_staleness, rounded up to whole ticks (a tier re-reads at the first tick
@@ -706,7 +868,8 @@ fn main() -> anyhow::Result<()> {
         "|----------|-------------|------------|---------|------------------|---------------|-----------|-------------|"
     );
     let ratio = |x: f64, y: f64| if y > 0.0 { x / y } else { f64::NAN };
-    for (name, r) in [("baseline", &base), ("polling", &polling), ("ebpf", &ebpf)] {
+    let verdict = |ok: bool| if ok { "PASS" } else { "FAIL" };
+    for &(name, r) in &with_base {
         println!(
             "| {name:<8} | {:>11.2} | {:>10.2} | {:>7.2} | {:>16.1} | {:>13.1} | {:>9.3} | {:>11.3} |",
             r.cpu_ms,
@@ -716,6 +879,35 @@ fn main() -> anyhow::Result<()> {
             r.proc_kib,
             ratio(r.cpu_ms, base.cpu_ms),
             ratio(r.smaps_kib, base.smaps_kib),
+        );
+    }
+    println!();
+    println!(
+        "the agent's whole tick in `changes` mode (default config, every collector, the store's emission), CPU ms per phase, median over the ticks:"
+    );
+    let mut header = String::from("| mode     |");
+    let mut rule = String::from("|----------|");
+    for p in PHASES {
+        header.push_str(&format!(" {p:>10} |"));
+        rule.push_str(&format!("{}|", "-".repeat(p.len().max(10) + 2)));
+    }
+    println!("{header} tick median | tick mean | tick / statm_pass |");
+    println!("{rule}-------------|-----------|-------------------|");
+    for &(name, r) in &modes {
+        let mut line = format!("| {name:<8} |");
+        for (p, v) in PHASES.iter().zip(r.phase_ms) {
+            line.push_str(&format!(" {v:>w$.2} |", w = p.len().max(10)));
+        }
+        println!(
+            "{line} {:>11.2} | {:>9.2} | {:>17.2} |",
+            r.tick_ms.0, r.tick_ms.1, r.tick_ratio
+        );
+    }
+    for &(name, r) in &modes {
+        println!(
+            "{}: {name} whole tick / statm pass = {:.2} (median of the ticks' ratios; target <= 2.00)",
+            verdict(r.tick_ratio <= 2.0),
+            r.tick_ratio
         );
     }
     println!();
@@ -731,7 +923,7 @@ fn main() -> anyhow::Result<()> {
     rule.push_str("---------|");
     println!("{header}");
     println!("{rule}");
-    for (name, r) in [("baseline", &base), ("polling", &polling), ("ebpf", &ebpf)] {
+    for &(name, r) in &with_base {
         for tier in tiers {
             let mut line = format!("| {name:<8} | {tier:<6} |");
             for reason in Reason::ALL {
@@ -748,29 +940,31 @@ fn main() -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "tracker marks per tick (ebpf): {:.2} for the workers signalled that tick, {:.2} for other workers, {:.2} for other processes",
-        ebpf.marks_signalled, ebpf.marks_workers, ebpf.marks_other
-    );
-    println!(
         "smaps staleness re-reads per tick, long-run expectation: {expected_stale:.2} (processes / ceil(max_staleness / tick))"
     );
-    // The window may see fewer staleness re-reads than the long run (their deadlines all start at
-    // tick 0 and drift apart slowly): add the missing ones at the full pass's cost per process.
-    let per_process_ms =
-        base.cpu_ms / base_sample.rereads.values().max().copied().unwrap_or(1) as f64;
-    let measured_stale = ebpf
-        .rereads
-        .get(&("smaps", Reason::Stale.name()))
-        .copied()
-        .unwrap_or(0.0);
-    let projected = ebpf.cpu_ms + (expected_stale - measured_stale).max(0.0) * per_process_ms;
-    println!(
-        "ebpf CPU/tick projected to the long-run staleness rate: {projected:.2} ms (ratio {:.3}; {:.3} ms per process read in the full pass)",
-        ratio(projected, base.cpu_ms),
-        per_process_ms
-    );
+    if let Some(ebpf) = &ebpf {
+        println!(
+            "tracker marks per tick (ebpf): {:.2} for the workers signalled that tick, {:.2} for other workers, {:.2} for other processes",
+            ebpf.marks_signalled, ebpf.marks_workers, ebpf.marks_other
+        );
+        // The window may see fewer staleness re-reads than the long run: add the missing ones at
+        // the full pass's cost per process.
+        let per_process_ms =
+            base.cpu_ms / base_sample.rereads.values().max().copied().unwrap_or(1) as f64;
+        let measured_stale = ebpf
+            .rereads
+            .get(&("smaps", Reason::Stale.name()))
+            .copied()
+            .unwrap_or(0.0);
+        let projected = ebpf.cpu_ms + (expected_stale - measured_stale).max(0.0) * per_process_ms;
+        println!(
+            "ebpf CPU/tick projected to the long-run staleness rate: {projected:.2} ms (ratio {:.3}; {:.3} ms per process read in the full pass)",
+            ratio(projected, base.cpu_ms),
+            per_process_ms
+        );
+    }
     let (rollup_max, smaps_max) = (opts.rollup_max_staleness, opts.max_staleness);
-    for (name, r) in [("polling", &polling), ("ebpf", &ebpf)] {
+    for &(name, r) in &modes {
         println!(
             "max age of a number after a tick, {name}: rollup {:.2} s (max_staleness {:.0} s), smaps {:.2} s (max_staleness {:.0} s)",
             r.max_age.0.as_secs_f64(),
@@ -779,25 +973,26 @@ fn main() -> anyhow::Result<()> {
             smaps_max.as_secs_f64()
         );
     }
-    let cpu_ratio = ratio(ebpf.cpu_ms, base.cpu_ms);
-    let bytes_ratio = ratio(ebpf.smaps_kib, base.smaps_kib);
-    let verdict = |ok: bool| if ok { "PASS" } else { "FAIL" };
-    println!(
-        "{}: ebpf steady-state tick CPU / full pass CPU = {cpu_ratio:.3} (target <= 0.100)",
-        verdict(cpu_ratio <= 0.1)
-    );
-    println!(
-        "{}: ebpf steady-state smaps+rollup bytes / full pass = {bytes_ratio:.3} (target <= 0.100)",
-        verdict(bytes_ratio <= 0.1)
-    );
-    println!(
-        "{}: oldest numbers in ebpf mode within max_staleness (rollup {:.2} s <= {:.0} s, smaps {:.2} s <= {:.0} s)",
-        verdict(ebpf.max_age.0 <= rollup_max && ebpf.max_age.1 <= smaps_max),
-        ebpf.max_age.0.as_secs_f64(),
-        rollup_max.as_secs_f64(),
-        ebpf.max_age.1.as_secs_f64(),
-        smaps_max.as_secs_f64()
-    );
+    if let Some(ebpf) = &ebpf {
+        let cpu_ratio = ratio(ebpf.cpu_ms, base.cpu_ms);
+        let bytes_ratio = ratio(ebpf.smaps_kib, base.smaps_kib);
+        println!(
+            "{}: ebpf steady-state tick CPU / full pass CPU = {cpu_ratio:.3} (target <= 0.100)",
+            verdict(cpu_ratio <= 0.1)
+        );
+        println!(
+            "{}: ebpf steady-state smaps+rollup bytes / full pass = {bytes_ratio:.3} (target <= 0.100)",
+            verdict(bytes_ratio <= 0.1)
+        );
+        println!(
+            "{}: oldest numbers in ebpf mode within max_staleness (rollup {:.2} s <= {:.0} s, smaps {:.2} s <= {:.0} s)",
+            verdict(ebpf.max_age.0 <= rollup_max && ebpf.max_age.1 <= smaps_max),
+            ebpf.max_age.0.as_secs_f64(),
+            rollup_max.as_secs_f64(),
+            ebpf.max_age.1.as_secs_f64(),
+            smaps_max.as_secs_f64()
+        );
+    }
     if let Some((fresh_polling, fresh_ebpf)) = &fresh {
         println!();
         println!(
@@ -807,30 +1002,38 @@ fn main() -> anyhow::Result<()> {
         );
         println!("| mode     | ticks per swap | ticks to attach |");
         println!("|----------|----------------|-----------------|");
-        for (name, f) in [("polling", fresh_polling), ("ebpf", fresh_ebpf)] {
+        for (name, f) in std::iter::once(("polling", fresh_polling))
+            .chain(fresh_ebpf.as_ref().map(|f| ("ebpf", f)))
+        {
             println!(
                 "| {name:<8} | {:<14} | {:<15} |",
                 show_ticks(&f.swaps),
                 show_ticks(&[f.attach])
             );
         }
+        if let Some(fresh_ebpf) = fresh_ebpf {
+            println!(
+                "{}: ebpf shows every change within one tick (polling waits for max_staleness)",
+                verdict(
+                    fresh_ebpf.swaps.iter().all(|t| *t == Some(1)) && fresh_ebpf.attach == Some(1)
+                )
+            );
+        }
+    }
+    if let Some(ebpf) = &ebpf {
         println!(
-            "{}: ebpf shows every change within one tick (polling waits for max_staleness)",
-            verdict(fresh_ebpf.swaps.iter().all(|t| *t == Some(1)) && fresh_ebpf.attach == Some(1))
+            "{}: ebpf CPU/tick <= polling CPU/tick ({:.2} <= {:.2} ms)",
+            verdict(ebpf.cpu_ms <= polling.cpu_ms),
+            ebpf.cpu_ms,
+            polling.cpu_ms,
+        );
+        println!(
+            "{}: ebpf /proc bytes/tick <= 2x polling ({:.1} <= 2 x {:.1} KiB)",
+            verdict(ebpf.proc_kib <= 2.0 * polling.proc_kib),
+            ebpf.proc_kib,
+            polling.proc_kib
         );
     }
-    println!(
-        "{}: ebpf CPU/tick <= polling CPU/tick ({:.2} <= {:.2} ms)",
-        verdict(ebpf.cpu_ms <= polling.cpu_ms),
-        ebpf.cpu_ms,
-        polling.cpu_ms,
-    );
-    println!(
-        "{}: ebpf /proc bytes/tick <= 2x polling ({:.1} <= 2 x {:.1} KiB)",
-        verdict(ebpf.proc_kib <= 2.0 * polling.proc_kib),
-        ebpf.proc_kib,
-        polling.proc_kib
-    );
     drop(workers);
     Ok(())
 }
