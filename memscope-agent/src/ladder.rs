@@ -11,7 +11,8 @@
 //!   resident (a read stalls it about 3.8 ms per GiB), never past `max_staleness`;
 //! - `overflow`: the tracker lost marks or events (dirty map or ring buffer full), so every process
 //!   is suspect; served oldest number first, under the budget;
-//! - `layout`: `statm`'s virtual size changed (polling mode's stand-in for `dirty`);
+//! - `layout`: `statm`'s virtual size outside private writable and stack mappings changed
+//!   (polling mode's stand-in for `dirty`: anonymous churn does not move it);
 //! - `residency`: resident or shared pages moved by at least the tier's threshold since its last read;
 //! - `stale`: its last read is older than `max_staleness` — the bound on how old any number can be.
 //!
@@ -130,6 +131,17 @@ pub fn stale_after(max_staleness: Duration, pid: u32) -> Duration {
     max_staleness.mul_f64(f64::from(h + 1) / 65_536.0)
 }
 
+/// The virtual size of what can be a shared object: `statm`'s size without its `data` (private
+/// writable and stack mappings, `data_vm + stack_vm`), the quantity the eBPF tracker's release
+/// check watches too (`total_vm - data_vm - stack_vm`). Anonymous churn (malloc, a JIT's or a
+/// runtime's heap) moves size and data alike and leaves it; mapping or unmapping a file, memfd,
+/// shm or SysV segment, or any shared or read-only mapping, moves it. Not seen: a private writable
+/// mapping of a file (counted as data), and a same-size swap — the tracker's limits as well
+/// (docs/design.md, "What the eBPF tracker marks"); residency or staleness catches them.
+fn mapped_size(s: Statm) -> u64 {
+    s.size.saturating_sub(s.data)
+}
+
 /// Per-tier bookkeeping of which processes are due.
 #[derive(Debug)]
 pub struct Ladder {
@@ -198,7 +210,8 @@ impl Ladder {
             Self::set_pending(e, Reason::New, now);
             return;
         };
-        if policy.layout_changes && !self.layout_tracked && read.size != statm.size {
+        if policy.layout_changes && !self.layout_tracked && mapped_size(read) != mapped_size(statm)
+        {
             Self::set_pending(e, Reason::Layout, now);
         }
         let moved = read.resident.abs_diff(statm.resident) + read.shared.abs_diff(statm.shared);
@@ -764,6 +777,29 @@ mod tests {
         l.done(1, t0);
         l.observe(1, statm(100, 10), t0 + Duration::from_secs(10));
         assert!(l.due().is_empty(), "an idle process is not re-read");
+    }
+
+    #[test]
+    fn polling_takes_anonymous_growth_for_residency_not_layout() {
+        let t0 = Instant::now();
+        let mut l = one_read(10, t0);
+        let anon = |size: u64, data: u64| Statm {
+            data,
+            ..statm(size, 10)
+        };
+        l.observe(1, anon(100, 0), t0);
+        l.done(1, t0);
+        l.observe(1, anon(164, 64), t0);
+        assert!(
+            l.due().is_empty(),
+            "a private anonymous region: size and data moved alike"
+        );
+        l.observe(1, anon(165, 64), t0);
+        assert_eq!(
+            l.due(),
+            vec![(1, Reason::Layout)],
+            "a shared or file mapping"
+        );
     }
 
     #[test]

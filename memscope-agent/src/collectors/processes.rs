@@ -13,7 +13,9 @@
 //! A process that vanishes mid-scan is skipped quietly.
 
 use std::{
+    borrow::Borrow,
     collections::HashMap,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -202,7 +204,9 @@ pub struct ProcessRecord {
 
 #[derive(Debug, Clone, Default)]
 pub struct ProcessesObservation {
-    pub processes: Vec<ProcessRecord>,
+    /// The records, shared with the collector: a process not re-read and with the same subtree
+    /// is the same record as in the last run, not a copy.
+    pub processes: Vec<Arc<ProcessRecord>>,
     /// Processes whose numbers are approximate / inaccessible this run.
     pub approximate: u32,
     pub inaccessible: u32,
@@ -223,12 +227,15 @@ pub struct ProcessesObservation {
     /// Processes whose record is the same as in the previous run's observation (not re-read, same
     /// subtree), in pid order.
     pub unchanged: Vec<u32>,
+    /// The run since which the processes listed and their cgroups are the same (what objects'
+    /// top cgroups are summed by); `u64::MAX`: changed after the run (an exit reported at once).
+    pub cgroups_changed_in: u64,
 }
 
 impl Observation for ProcessesObservation {
     fn records(&self, out: &mut Vec<Record>) {
         for p in &self.processes {
-            out.push(Record::new("process", p.pid.to_string(), p));
+            out.push(Record::new("process", p.pid.to_string(), &**p));
         }
     }
 
@@ -252,7 +259,7 @@ impl Observation for ProcessesObservation {
             if same {
                 unchanged.push(("process", p.pid.to_string()));
             } else {
-                out.push(Record::new("process", p.pid.to_string(), p));
+                out.push(Record::new("process", p.pid.to_string(), &**p));
             }
         }
     }
@@ -278,16 +285,21 @@ impl Observation for ProcessesObservation {
     }
 
     fn forget_processes(&mut self, exited: &std::collections::HashSet<u32>) -> bool {
+        let before = self.processes.len();
         self.processes.retain(|r| !exited.contains(&r.pid));
+        if self.processes.len() != before {
+            self.cgroups_changed_in = u64::MAX;
+        }
         true
     }
 }
 
 /// What is kept per process between runs.
 struct Known {
-    /// The record of its last read (of `smaps_rollup`/`status`). Its cmdline and cgroup are read
-    /// again only after an exec (a new name) or for a new process.
-    record: ProcessRecord,
+    /// The record of its last read (of `smaps_rollup`/`status`), with its subtree as last listed
+    /// (the observations share it). Its cmdline and cgroup are read again only after an exec (a
+    /// new name) or for a new process.
+    record: Arc<ProcessRecord>,
     /// The run that last re-read it.
     read_in: u64,
     /// The last run whose observation listed it, with its subtree then.
@@ -305,6 +317,12 @@ pub struct ProcessesCollector {
     buf: Vec<u8>,
     /// Runs so far (the current one while it goes).
     generation: u64,
+    /// See [`ProcessesObservation::cgroups_changed_in`].
+    cgroups_changed_in: u64,
+    /// A re-read this run found another cgroup than before.
+    cgroup_moved: bool,
+    /// Processes listed by the last run.
+    listed_count: usize,
 }
 
 /// The `cmdline` field: `/proc/PID/cmdline` joined with spaces, as much of it as `mode` allows.
@@ -338,6 +356,9 @@ impl ProcessesCollector {
             events,
             buf: Vec::with_capacity(8192),
             generation: 0,
+            cgroups_changed_in: 0,
+            cgroup_moved: false,
+            listed_count: 0,
         }
     }
 
@@ -411,7 +432,7 @@ impl ProcessesCollector {
         let name = status
             .as_ref()
             .map_or_else(|| stat.comm.clone(), |s| s.name.clone());
-        let (cmdline, cgroup) = match self.known.get(&pid).map(|k| &k.record) {
+        let (cmdline, cgroup) = match self.known.get(&pid).map(|k| &*k.record) {
             Some(k) if k.start_ticks == stat.starttime_ticks && k.name == name => (
                 k.cmdline.clone(),
                 CgroupOf {
@@ -464,16 +485,26 @@ impl ProcessesCollector {
         live: &mut std::collections::HashSet<u32>,
     ) {
         match self.read_process(procfs, pid, derived, obs) {
-            Ok(p) => {
+            Ok(mut p) => {
                 if let Some(reason) = reason {
                     self.stats.count(reason);
                 }
                 self.ladder.done(pid, Instant::now());
-                let listed = self.known.get(&pid).and_then(|k| k.listed);
+                let old = self.known.get(&pid);
+                // Read again the same (an idle process re-read for staleness): the record kept
+                // stands, and its record is not sent again.
+                if let Some(k) = old {
+                    p.subtree = k.record.subtree;
+                    if *k.record == p {
+                        return;
+                    }
+                }
+                self.cgroup_moved |= old.is_some_and(|k| k.record.cgroup != p.cgroup);
+                let listed = old.and_then(|k| k.listed);
                 self.known.insert(
                     pid,
                     Known {
-                        record: p,
+                        record: Arc::new(p),
                         read_in: self.generation,
                         listed,
                     },
@@ -622,27 +653,49 @@ impl Collector for ProcessesCollector {
         self.stats.finish_run(&self.ladder, carried, Instant::now());
         obs.tier = self.stats.clone();
 
-        // Sized up front: grown by doubling, the list of 3000 records would hold room for 4096.
-        obs.processes = Vec::with_capacity(live.len());
-        obs.processes.extend(
-            pass.processes
+        // The listed processes, in /proc order, with their subtrees.
+        let listed: Vec<u32> = pass
+            .processes
+            .iter()
+            .map(|(pid, _)| *pid)
+            .filter(|pid| live.contains(pid) && self.known.contains_key(pid))
+            .collect();
+        let trees = {
+            let records: Vec<&ProcessRecord> = listed
                 .iter()
-                .map(|(pid, _)| pid)
-                .filter(|pid| live.contains(pid))
-                .filter_map(|pid| self.known.get(pid).map(|k| k.record.clone())),
-        );
-        compute_subtrees(&mut obs.processes);
-        // What is the same as in the last run's observation: listed in it, not re-read since,
-        // the same subtree.
+                .filter_map(|pid| self.known.get(pid).map(|k| &*k.record))
+                .collect();
+            subtrees(&records)
+        };
+        // Each record goes to the observation as it is kept, shared; a subtree that moved is set
+        // in the kept record first (a copy only if the last observation still holds it). What is
+        // the same as in the last run's observation: listed in it, not re-read since, the same
+        // subtree.
         let generation = self.generation;
-        for p in &obs.processes {
-            if let Some(k) = self.known.get_mut(&p.pid) {
-                if k.read_in != generation && k.listed == Some((generation - 1, p.subtree)) {
-                    obs.unchanged.push(p.pid);
-                }
-                k.listed = Some((generation, p.subtree));
+        // The same processes as last run (each listed then, as many) in the same cgroups?
+        let mut moved = std::mem::take(&mut self.cgroup_moved) || listed.len() != self.listed_count;
+        // Sized up front: grown by doubling, the list of 3000 records would hold room for 4096.
+        obs.processes = Vec::with_capacity(listed.len());
+        for (pid, subtree) in listed.iter().zip(trees) {
+            let Some(k) = self.known.get_mut(pid) else {
+                continue;
+            };
+            moved |= k.listed.is_none_or(|(g, _)| g + 1 != generation);
+            if k.record.subtree != subtree {
+                Arc::make_mut(&mut k.record).subtree = subtree;
             }
+            if k.read_in != generation && k.listed == Some((generation - 1, subtree)) {
+                obs.unchanged.push(*pid);
+            }
+            k.listed = Some((generation, subtree));
+            obs.processes.push(Arc::clone(&k.record));
         }
+        obs.unchanged.sort_unstable();
+        self.listed_count = obs.processes.len();
+        if moved {
+            self.cgroups_changed_in = generation;
+        }
+        obs.cgroups_changed_in = self.cgroups_changed_in;
         Ok(Some(Box::new(obs)))
     }
 }
@@ -652,10 +705,22 @@ impl Collector for ProcessesCollector {
 /// not in the set), then folded children-into-parents in reverse order. A ppid cycle (impossible in
 /// a real `/proc`, possible in a broken fixture) leaves its members as their own subtree.
 pub fn compute_subtrees(procs: &mut [ProcessRecord]) {
-    let index: HashMap<u32, usize> = procs.iter().enumerate().map(|(i, p)| (p.pid, i)).collect();
+    let trees = subtrees(procs);
+    for (p, t) in procs.iter_mut().zip(trees) {
+        p.subtree = t;
+    }
+}
+
+/// The `subtree` of every process of `procs` (see [`compute_subtrees`]), in their order.
+pub fn subtrees<P: Borrow<ProcessRecord>>(procs: &[P]) -> Vec<Subtree> {
+    let index: HashMap<u32, usize> = procs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.borrow().pid, i))
+        .collect();
     let mut children: Vec<Vec<usize>> = vec![Vec::new(); procs.len()];
     let mut roots = Vec::new();
-    for (i, p) in procs.iter().enumerate() {
+    for (i, p) in procs.iter().map(Borrow::borrow).enumerate() {
         match index.get(&p.ppid) {
             Some(&parent) if parent != i => children[parent].push(i),
             _ => roots.push(i),
@@ -678,23 +743,27 @@ pub fn compute_subtrees(procs: &mut [ProcessRecord]) {
             }
         }
     }
-    for p in procs.iter_mut() {
-        p.subtree = Subtree {
-            processes: 1,
-            rss_bytes: p.memory.rss_bytes,
-            pss_bytes: p.memory.pss_bytes,
-            uss_bytes: p.memory.uss_bytes,
-            swap_bytes: p.memory.swap_bytes,
-        };
-    }
+    let mut trees: Vec<Subtree> = procs
+        .iter()
+        .map(|p| {
+            let m = &p.borrow().memory;
+            Subtree {
+                processes: 1,
+                rss_bytes: m.rss_bytes,
+                pss_bytes: m.pss_bytes,
+                uss_bytes: m.uss_bytes,
+                swap_bytes: m.swap_bytes,
+            }
+        })
+        .collect();
     for &i in order.iter().rev() {
-        let ppid = procs[i].ppid;
+        let ppid = procs[i].borrow().ppid;
         if let Some(&parent) = index.get(&ppid)
             && parent != i
             && seen[parent]
         {
-            let s = procs[i].subtree;
-            let t = &mut procs[parent].subtree;
+            let s = trees[i];
+            let t = &mut trees[parent];
             // Saturating: figures from a hostile tree must not wrap.
             t.processes = t.processes.saturating_add(s.processes);
             t.rss_bytes = t.rss_bytes.saturating_add(s.rss_bytes);
@@ -703,6 +772,13 @@ pub fn compute_subtrees(procs: &mut [ProcessRecord]) {
             t.swap_bytes = t.swap_bytes.saturating_add(s.swap_bytes);
         }
     }
+    trees
+}
+
+/// Records as an observation lists them (tests).
+#[cfg(test)]
+pub(crate) fn listed(records: Vec<ProcessRecord>) -> Vec<Arc<ProcessRecord>> {
+    records.into_iter().map(Arc::new).collect()
 }
 
 #[cfg(test)]
@@ -861,7 +937,7 @@ mod tree_tests {
             "{file} not named in {:?}",
             obs.errors
         );
-        obs.processes[0].clone()
+        (*obs.processes[0]).clone()
     }
 
     #[test]
@@ -1002,7 +1078,7 @@ mod tree_tests {
                 .is_some_and(|c| c.ends_with("/cri-containerd-9e0f5d4c3b2a1908f7e6d5c4b3a29180f7e6d5c4b3a2918070f6e5d4c3b2a190.scope")),
             "{cgroup:?}"
         );
-        let k = p.container.expect("container");
+        let k = p.container.clone().expect("container");
         assert_eq!(k.runtime, Some("containerd"));
         assert_eq!(
             k.pod_uid.as_deref(),
@@ -1012,7 +1088,7 @@ mod tree_tests {
             k.qos,
             Some(crate::collectors::cgroup::container::Qos::Burstable)
         );
-        let json = Record::new("process", "44", &run()).body;
+        let json = Record::new("process", "44", &*run()).body;
         assert!(
             json.contains("\"container\":{\"runtime\":\"containerd\",\"id\":\"9e0f"),
             "{json}"

@@ -444,7 +444,7 @@ mod tests {
     use super::*;
     use crate::{
         collectors::{
-            processes::{Memory, ProcessRecord},
+            processes::{Memory, ProcessRecord, listed},
             smaps::{ObjectMemory, ObjectNames, ProcessObjects, fold_process, fold_shared},
             sysv::Segment,
             tmpfs::{FdScanSummary, NamespacesUnread, OpenShmemFile, TmpfsMount},
@@ -452,8 +452,8 @@ mod tests {
         procfs::{escape::Name, meminfo::MeminfoField, sysvipc::ShmSegment},
     };
 
-    fn object(key: ObjectKey, pss: u64) -> SharedObject {
-        SharedObject {
+    fn object(key: ObjectKey, pss: u64) -> std::sync::Arc<SharedObject> {
+        std::sync::Arc::new(SharedObject {
             key,
             label: Name::from("x"),
             deleted: false,
@@ -469,7 +469,8 @@ mod tests {
             mappings: 1,
             consumers: Vec::new(),
             shares: Vec::new(),
-        }
+            changed_in: 0,
+        })
     }
 
     const SHM: Dev = Dev { major: 0, minor: 1 };
@@ -573,7 +574,7 @@ mod tests {
             vec![fd_memfd(SHM, 20, 400, false), fd_memfd(SHM, 22, 30, false)],
         );
         let processes = ProcessesObservation {
-            processes: vec![process(1, Numbers::Exact, 999)],
+            processes: listed(vec![process(1, Numbers::Exact, 999)]),
             ..ProcessesObservation::default()
         };
         let meminfo = meminfo(&[("Shmem", 3000)]);
@@ -762,12 +763,12 @@ mod tests {
             ..ObjectsObservation::default()
         };
         let processes = ProcessesObservation {
-            processes: vec![
+            processes: listed(vec![
                 process(1, Numbers::Approximate, 6 << 20),
                 process(2, Numbers::Approximate, 1 << 20),
                 process(3, Numbers::Exact, 5 << 20),
                 process(4, Numbers::Inaccessible, 0),
-            ],
+            ]),
             ..ProcessesObservation::default()
         };
         let mut t = tmpfs(2 << 20, Vec::new());
@@ -909,7 +910,7 @@ mod tests {
         let mut zombie = in_cgroup(process(3, Numbers::Exact, 0), "/");
         zombie.memory.rss_bytes = 0;
         let processes = ProcessesObservation {
-            processes: vec![
+            processes: listed(vec![
                 // pid 1: unreadable, 6000 of RssShmem; a kernel thread or a zombie beside it does
                 // not count.
                 in_cgroup(process(1, Numbers::Approximate, 6000), "/"),
@@ -918,7 +919,7 @@ mod tests {
                 // /app/x has a readable process: nothing is attributed there.
                 in_cgroup(process(30, Numbers::Exact, 100), "/app/x"),
                 in_cgroup(process(31, Numbers::Approximate, 100), "/app/x"),
-            ],
+            ]),
             ..ProcessesObservation::default()
         };
         let run = |shmem: u64, cgroups: Option<&CgroupObservation>| {

@@ -48,10 +48,23 @@ pub fn records(
     };
     let cgroups = processes.map(PidCgroups::new);
     let join = SysvJoin::new(sysv, objects);
+    // An object's record depends on its mappers' cgroups too: records of objects that did not
+    // change are left out only while no process's cgroup changed since the last emission's
+    // processes observation.
+    let cgroups_same = latest
+        .iter()
+        .find_map(|(n, o)| Some((*n, o.as_deref()?.downcast_ref::<ProcessesObservation>()?)))
+        .is_none_or(|(name, p)| since(name).is_some_and(|s| p.cgroups_changed_in <= s));
 
     for (name, obs) in latest.iter().filter_map(|(n, o)| Some((*n, o.as_deref()?))) {
         if let Some(o) = obs.downcast_ref::<ObjectsObservation>() {
-            o.records_except(out, |x| join.is_joined(x), cgroups.as_ref());
+            o.records_since_except(
+                since(name).filter(|_| cgroups_same),
+                out,
+                unchanged,
+                |x| join.is_joined(x),
+                cgroups.as_ref(),
+            );
         } else if let Some(s) = obs.downcast_ref::<SysvObservation>() {
             join.segment_records(s, out);
         } else if let Some(c) = obs.downcast_ref::<CgroupObservation>() {

@@ -58,8 +58,8 @@ mod tests {
         procfs::{escape::Name, sysvipc::ShmSegment},
     };
 
-    fn sysv_object(shmid: u64, pss: u64) -> SharedObject {
-        SharedObject {
+    fn sysv_object(shmid: u64, pss: u64) -> std::sync::Arc<SharedObject> {
+        std::sync::Arc::new(SharedObject {
             key: ObjectKey::Sysv { shmid },
             label: Name::from("SYSV00000001"),
             deleted: true,
@@ -74,7 +74,8 @@ mod tests {
             mappings: 1,
             consumers: Vec::new(),
             shares: Vec::new(),
-        }
+            changed_in: 0,
+        })
     }
 
     #[test]

@@ -215,7 +215,7 @@ mod tests {
         let mut victim = ProcessRecord::test(7, Numbers::Exact, Default::default());
         victim.cgroup = Some(Name::from("/a/b"));
         let processes: Box<dyn Observation> = Box::new(ProcessesObservation {
-            processes: vec![victim],
+            processes: vec![std::sync::Arc::new(victim)],
             ..ProcessesObservation::default()
         });
         s.apply("processes", Duration::ZERO, Ok(Some(processes)));

@@ -64,6 +64,7 @@ fn procs(list: &[(u32, u64)]) -> Result<Option<Box<dyn Observation>>, CollectErr
                 },
                 subtree: Subtree::default(),
             })
+            .map(std::sync::Arc::new)
             .collect(),
         ..ProcessesObservation::default()
     })))

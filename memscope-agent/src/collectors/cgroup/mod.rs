@@ -531,11 +531,21 @@ pub struct FairShare {
 }
 
 impl FairShare {
+    // Saturating: figures from a hostile tree must not wrap.
     fn add(&mut self, m: &crate::collectors::processes::Memory) {
-        self.processes += 1;
-        self.pss_bytes += m.pss_bytes;
-        self.uss_bytes += m.uss_bytes;
-        self.swap_pss_bytes += m.swap_pss_bytes;
+        self.merge(&FairShare {
+            processes: 1,
+            pss_bytes: m.pss_bytes,
+            uss_bytes: m.uss_bytes,
+            swap_pss_bytes: m.swap_pss_bytes,
+        });
+    }
+
+    fn merge(&mut self, o: &FairShare) {
+        self.processes = self.processes.saturating_add(o.processes);
+        self.pss_bytes = self.pss_bytes.saturating_add(o.pss_bytes);
+        self.uss_bytes = self.uss_bytes.saturating_add(o.uss_bytes);
+        self.swap_pss_bytes = self.swap_pss_bytes.saturating_add(o.swap_pss_bytes);
     }
 }
 
@@ -582,17 +592,23 @@ impl CgroupObservation {
             .collect();
         let mut fair = vec![FairShare::default(); self.cgroups.len()];
         let mut other_fair = FairShare::default();
+        // Summed per cgroup first (thousands of processes, a few cgroups), then up the tree.
+        let mut by_path: HashMap<&[u8], FairShare> = HashMap::new();
         for p in processes.iter().flat_map(|o| &o.processes) {
-            let Some(path) = &p.cgroup else { continue };
+            if let Some(path) = &p.cgroup {
+                by_path.entry(path.as_bytes()).or_default().add(&p.memory);
+            }
+        }
+        for (path, share) in &by_path {
             let mut in_other = false;
-            for prefix in ancestors(path.as_bytes()) {
+            for prefix in ancestors(path) {
                 if let Some(&i) = index.get(prefix) {
-                    fair[i].add(&p.memory);
+                    fair[i].merge(share);
                     in_other |= !kept[i];
                 }
             }
             if in_other {
-                other_fair.add(&p.memory);
+                other_fair.merge(share);
             }
         }
         for (i, c) in self.cgroups.iter().enumerate().filter(|(i, _)| kept[*i]) {
@@ -762,7 +778,7 @@ impl Observation for CgroupObservation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collectors::processes::{Memory, Numbers, ProcessRecord, Subtree};
+    use crate::collectors::processes::{Memory, Numbers, ProcessRecord, Subtree, listed};
 
     fn fixtures() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/cgroup")
@@ -1065,13 +1081,13 @@ mod tests {
         cfg.min_usage = ByteSize(100 << 20);
         let obs = collect(&cfg).expect("collects");
         let procs = ProcessesObservation {
-            processes: vec![
+            processes: listed(vec![
                 process(10, DOCKER, 1000),
                 process(11, DOCKER, 500),
                 process(12, "/system.slice/sshd.service", 70),
                 process(13, "/user.slice/user-1000.slice/session-1.scope", 9),
                 process(14, "/not/walked", 3),
-            ],
+            ]),
             ..ProcessesObservation::default()
         };
         let recs = records(&obs, Some(&procs));
@@ -1195,18 +1211,18 @@ mod tests {
     #[test]
     fn an_objects_top_cgroups_group_its_mappers_by_cgroup() {
         let procs = ProcessesObservation {
-            processes: vec![
+            processes: listed(vec![
                 process(1, "/a", 0),
                 process(2, "/a", 0),
                 process(3, "/b", 0),
                 process(4, "/c", 0),
-            ],
+            ]),
             ..ProcessesObservation::default()
         };
         let mut no_cgroup = process(5, "/", 0);
         no_cgroup.cgroup = None;
         let procs = ProcessesObservation {
-            processes: [procs.processes, vec![no_cgroup]].concat(),
+            processes: [procs.processes, listed(vec![no_cgroup])].concat(),
             ..procs
         };
         let map = PidCgroups::new(&procs);

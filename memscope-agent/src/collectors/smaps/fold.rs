@@ -1,12 +1,15 @@
 //! Folding: one process's mappings into its objects, and processes' objects into shared objects.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use super::{
     classify::classify,
     object::{
-        Consumer, ObjectKey, ObjectKind, ObjectMemory, ObjectNames, ProcessObject, ProcessObjects,
-        Share, SharedObject,
+        Consumer, HeldObject, ObjectKey, ObjectKind, ObjectMemory, ObjectNames, ProcessObject,
+        ProcessObjects, Share, SharedObject,
     },
 };
 use crate::procfs::{
@@ -118,122 +121,276 @@ pub fn fold_process_rollup(
     Ok((objects, if n == 0 { None } else { rollup.finish() }))
 }
 
-/// One of an object's largest mappers while folding: what ranks it and what its consumer entry
-/// shows.
-struct Mapper<'a> {
-    p: &'a ProcessObjects,
-    derived: bool,
-    memory: ObjectMemory,
-}
-
-impl Mapper<'_> {
-    /// Consumers rank by PSS plus hugetlb pages (which PSS leaves out), largest first, then by pid.
-    fn rank(&self) -> (std::cmp::Reverse<u64>, u32) {
-        let weight = self
-            .memory
-            .pss_bytes
-            .saturating_add(self.memory.hugetlb_bytes());
-        (std::cmp::Reverse(weight), self.p.pid)
-    }
-}
-
-/// Adds `m` to `top` (at most `n` mappers, in rank order) if it ranks among the `n` first.
-fn keep_top<'a>(top: &mut Vec<Mapper<'a>>, m: Mapper<'a>, n: usize) {
-    let rank = m.rank();
-    let at = top.partition_point(|x| x.rank() < rank);
-    if at < n {
-        top.insert(at, m);
-        top.truncate(n);
-    }
-}
-
 /// Folds the kept processes' objects (their keys and labels in `names`) into shared objects,
 /// largest first (PSS plus hugetlb), each with its `top_consumers` largest consumers (largest
-/// first) and every mapper's share (in the order of `procs`). An object's label is the one its
-/// first mapper in `procs` shows.
+/// first) and every mapper's share (by pid). An object's label is the one its lowest-pid mapper
+/// shows. (The collector keeps a [`Folded`] between runs instead, and updates it.)
 pub fn fold_shared<'a>(
     procs: impl IntoIterator<Item = &'a ProcessObjects>,
     names: &ObjectNames,
     top_consumers: usize,
-) -> Vec<SharedObject> {
-    // By key id, the shared object's index.
-    let mut index: HashMap<u32, usize> = HashMap::new();
-    let mut shared: Vec<SharedObject> = Vec::new();
-    // Per shared object, the largest `Shared_Hugetlb` of one mapper, and its largest mappers.
-    let mut max_shared_hugetlb: Vec<u64> = Vec::new();
-    let mut top: Vec<Vec<Mapper<'a>>> = Vec::new();
-    for p in procs {
+) -> Vec<Arc<SharedObject>> {
+    let procs: HashMap<u32, &ProcessObjects> = procs.into_iter().map(|p| (p.pid, p)).collect();
+    let mut folded = Folded::default();
+    for p in procs.values() {
+        folded.join(p, names);
+    }
+    folded.finish(1, top_consumers, names, |pid| procs.get(&pid).copied())
+}
+
+/// The shared objects, kept between the collector's runs and updated by what changed: the
+/// processes re-read, gone, or whose figures were derived move their contributions out of and
+/// into the objects they map ([`Folded::leave`], [`Folded::join`], [`Folded::replace`]); the
+/// objects touched get their top consumers and label again ([`Folded::finish`]); the others are
+/// handed over as they are (shared, not copied). So a run costs what changed, not every process's
+/// every object.
+#[derive(Debug, Default)]
+pub struct Folded {
+    /// By key id ([`ObjectNames::keys`]).
+    objects: HashMap<u32, Arc<SharedObject>>,
+    /// The objects changed since the last [`Folded::finish`], by key id.
+    touched: HashMap<u32, Touched>,
+    /// Processes that left since [`Folded::take_left`] last said yes.
+    left: usize,
+}
+
+/// An object changed since the last [`Folded::finish`].
+#[derive(Debug, Default)]
+struct Touched {
+    /// One of its sums saturated (figures from a hostile tree): it is summed again from every
+    /// mapper, not by difference.
+    saturated: bool,
+    /// The object as it was (`None`: new): when it comes out the same (a process re-read with
+    /// the same figures), it stays that one, unchanged.
+    before: Option<Arc<SharedObject>>,
+}
+
+impl Folded {
+    /// The kept object `key`, to change.
+    fn edit(&mut self, key: u32) -> Option<&mut SharedObject> {
+        let entry = self.objects.get_mut(&key)?;
+        self.touched.entry(key).or_insert_with(|| Touched {
+            saturated: false,
+            before: Some(Arc::clone(entry)),
+        });
+        Some(Arc::make_mut(entry))
+    }
+
+    /// `p`'s objects join the objects they are of (a process read).
+    pub fn join(&mut self, p: &ProcessObjects, names: &ObjectNames) {
         for o in &p.objects {
-            let memory = o.memory();
-            let i = match index.get(&o.key) {
-                Some(&i) => {
-                    let s = &mut shared[i];
-                    s.hugetlb |= o.hugetlb;
-                    s.memory.add(&memory);
-                    max_shared_hugetlb[i] = max_shared_hugetlb[i].max(memory.shared_hugetlb_bytes);
-                    s.mappers += 1;
-                    s.derived_mappers += u32::from(o.derived);
-                    s.mappings = s.mappings.saturating_add(o.mappings);
-                    i
-                }
-                None => {
-                    let Some(key) = names.keys.get(o.key) else {
-                        continue;
-                    };
-                    let (label, deleted) = names.labels.get(o.label).cloned().unwrap_or_default();
-                    index.insert(o.key, shared.len());
-                    max_shared_hugetlb.push(memory.shared_hugetlb_bytes);
-                    top.push(Vec::new());
-                    shared.push(SharedObject {
-                        key: key.clone(),
-                        label,
-                        deleted,
-                        hugetlb: o.hugetlb,
-                        hugetlb_bytes: 0,
-                        memory,
-                        mappers: 1,
-                        derived_mappers: u32::from(o.derived),
-                        mappings: o.mappings,
-                        consumers: Vec::new(),
-                        shares: Vec::new(),
-                    });
-                    shared.len() - 1
-                }
-            };
-            shared[i].shares.push(Share {
-                pid: p.pid,
-                derived: o.derived,
-                pss_bytes: memory.pss_bytes,
-                rss_bytes: memory.rss_bytes,
-            });
-            keep_top(
-                &mut top[i],
-                Mapper {
-                    p,
-                    derived: o.derived,
-                    memory,
-                },
-                top_consumers,
-            );
+            let Some(key) = names.key(o) else { continue };
+            if !self.objects.contains_key(&o.key) {
+                let (label, deleted) = names.labels.get(o.label).cloned().unwrap_or_default();
+                let object = SharedObject {
+                    key: key.clone(),
+                    label,
+                    deleted,
+                    hugetlb: false,
+                    hugetlb_bytes: 0,
+                    memory: ObjectMemory::default(),
+                    mappers: 0,
+                    derived_mappers: 0,
+                    mappings: 0,
+                    consumers: Vec::new(),
+                    shares: Vec::new(),
+                    changed_in: 0,
+                };
+                self.objects.insert(o.key, Arc::new(object));
+                self.touched.entry(o.key).or_default();
+            }
+            self.add(p.pid, o);
         }
     }
-    for ((s, max_shared), top) in shared.iter_mut().zip(max_shared_hugetlb).zip(top) {
-        s.hugetlb_bytes = s.memory.private_hugetlb_bytes.saturating_add(max_shared);
-        s.shares.shrink_to_fit();
-        s.consumers = top
-            .into_iter()
-            .map(|m| Consumer {
-                pid: m.p.pid,
-                name: m.p.name.clone(),
-                pss_bytes: m.memory.pss_bytes,
-                rss_bytes: m.memory.rss_bytes,
-                hugetlb_bytes: m.memory.hugetlb_bytes(),
-                derived: m.derived,
-            })
-            .collect();
+
+    /// `p`'s objects (as last joined) leave the objects they are of (a process gone, or about to
+    /// be re-read).
+    pub fn leave(&mut self, p: &ProcessObjects) {
+        self.left += 1;
+        for o in &p.objects {
+            self.leave_one(p.pid, o);
+        }
     }
-    shared.sort_by(|a, b| b.weight().cmp(&a.weight()).then_with(|| a.key.cmp(&b.key)));
-    shared
+
+    /// Whether the processes that left since it last said yes are `enough`; then it counts from
+    /// zero again.
+    pub fn take_left(&mut self, enough: impl FnOnce(usize) -> bool) -> bool {
+        let yes = enough(self.left);
+        if yes {
+            self.left = 0;
+        }
+        yes
+    }
+
+    /// `pid`'s figures of one object changed from `before` to `after` (derived by arithmetic).
+    pub fn replace(&mut self, pid: u32, before: &HeldObject, after: &HeldObject) {
+        self.leave_one(pid, before);
+        self.add(pid, after);
+    }
+
+    /// Adds one mapper's figures (`pid`'s object `o`).
+    fn add(&mut self, pid: u32, o: &HeldObject) {
+        let Some(s) = self.edit(o.key) else { return };
+        if absorb(s, pid, o) {
+            self.touched.entry(o.key).or_default().saturated = true;
+        }
+    }
+
+    fn leave_one(&mut self, pid: u32, o: &HeldObject) {
+        let Some(s) = self.edit(o.key) else { return };
+        let Ok(at) = s.shares.binary_search_by_key(&pid, |x| x.pid) else {
+            return;
+        };
+        // A saturated sum is no longer the sum: a difference from it would be wrong.
+        let saturated = s.memory.saturated() || s.mappings == u32::MAX;
+        s.shares.remove(at);
+        s.memory.sub(&o.memory());
+        s.mappers = s.mappers.saturating_sub(1);
+        s.derived_mappers = s.derived_mappers.saturating_sub(u32::from(o.derived));
+        s.mappings = s.mappings.saturating_sub(o.mappings);
+        if saturated {
+            self.touched.entry(o.key).or_default().saturated = true;
+        }
+    }
+
+    /// Completes the objects touched since the last call (their top consumers, label, hugetlb
+    /// pages; an object left by its last mapper goes) with `procs` (the kept processes, by pid:
+    /// each as joined); those that came out different are marked changed in `run`. Returns every
+    /// object, largest first (PSS plus hugetlb), then by key.
+    pub fn finish<'a>(
+        &mut self,
+        run: u64,
+        top_consumers: usize,
+        names: &ObjectNames,
+        procs: impl Fn(u32) -> Option<&'a ProcessObjects>,
+    ) -> Vec<Arc<SharedObject>> {
+        for (key, touched) in std::mem::take(&mut self.touched) {
+            let Some(entry) = self.objects.get_mut(&key) else {
+                continue;
+            };
+            if entry.shares.is_empty() {
+                self.objects.remove(&key);
+                continue;
+            }
+            complete(
+                Arc::make_mut(entry),
+                key,
+                touched.saturated,
+                top_consumers,
+                names,
+                &procs,
+            );
+            match touched.before {
+                Some(before) if *before == **entry => *entry = before,
+                _ => Arc::make_mut(entry).changed_in = run,
+            }
+        }
+        let mut all: Vec<Arc<SharedObject>> = self.objects.values().cloned().collect();
+        all.sort_by(|a, b| b.weight().cmp(&a.weight()).then_with(|| a.key.cmp(&b.key)));
+        all
+    }
+}
+
+/// Adds one mapper's figures of `s` (`pid`'s object `o`), its share in pid order. Returns whether
+/// a sum saturated.
+fn absorb(s: &mut SharedObject, pid: u32, o: &HeldObject) -> bool {
+    let memory = o.memory();
+    s.hugetlb |= o.hugetlb;
+    s.memory.add(&memory);
+    s.mappers = s.mappers.saturating_add(1);
+    s.derived_mappers = s.derived_mappers.saturating_add(u32::from(o.derived));
+    s.mappings = s.mappings.saturating_add(o.mappings);
+    let share = Share {
+        pid,
+        derived: o.derived,
+        pss_bytes: memory.pss_bytes,
+        rss_bytes: memory.rss_bytes,
+    };
+    match s.shares.binary_search_by_key(&pid, |x| x.pid) {
+        Ok(at) => s.shares[at] = share,
+        Err(at) => s.shares.insert(at, share),
+    }
+    s.memory.saturated() || s.mappings == u32::MAX
+}
+
+/// `pid`'s object `key`, as kept.
+fn held<'a>(
+    procs: &impl Fn(u32) -> Option<&'a ProcessObjects>,
+    pid: u32,
+    key: u32,
+) -> Option<(&'a ProcessObjects, &'a HeldObject)> {
+    let p = procs(pid)?;
+    Some((p, p.objects.iter().find(|o| o.key == key)?))
+}
+
+/// The parts of a shared object that are not sums: its top consumers, its label (its lowest-pid
+/// mapper's), its hugetlb pages. Sums that `saturated` (figures from a hostile tree), and hugetlb
+/// objects (a largest, not a sum), are summed again from every mapper.
+fn complete<'a>(
+    s: &mut SharedObject,
+    key: u32,
+    saturated: bool,
+    top_consumers: usize,
+    names: &ObjectNames,
+    procs: &impl Fn(u32) -> Option<&'a ProcessObjects>,
+) {
+    let hugetlb = s.hugetlb || s.memory.hugetlb_bytes() > 0;
+    let mut max_shared_hugetlb = 0;
+    if saturated || hugetlb {
+        let shares = std::mem::take(&mut s.shares);
+        s.memory = ObjectMemory::default();
+        (s.hugetlb, s.mappers, s.derived_mappers, s.mappings) = (false, 0, 0, 0);
+        for x in &shares {
+            if let Some((_, o)) = held(procs, x.pid, key) {
+                absorb(s, x.pid, o);
+                max_shared_hugetlb = max_shared_hugetlb.max(o.memory().shared_hugetlb_bytes);
+            }
+        }
+    }
+    s.hugetlb_bytes = s
+        .memory
+        .private_hugetlb_bytes
+        .saturating_add(max_shared_hugetlb);
+    if let Some(first) = s.shares.first()
+        && let Some((_, o)) = held(procs, first.pid, key)
+        && let Some((label, deleted)) = names.labels.get(o.label)
+        && (label, *deleted) != (&s.label, s.deleted)
+    {
+        (s.label, s.deleted) = (label.clone(), *deleted);
+    }
+    // Consumers rank by PSS plus hugetlb pages (which PSS leaves out), largest first, then by pid.
+    let weight = |x: &Share| -> u64 {
+        let hugetlb = if hugetlb {
+            held(procs, x.pid, key).map_or(0, |(_, o)| o.memory().hugetlb_bytes())
+        } else {
+            0
+        };
+        x.pss_bytes.saturating_add(hugetlb)
+    };
+    let mut top: Vec<(std::cmp::Reverse<u64>, u32, usize)> = Vec::with_capacity(top_consumers + 1);
+    for (i, x) in s.shares.iter().enumerate() {
+        let rank = (std::cmp::Reverse(weight(x)), x.pid, i);
+        let at = top.partition_point(|t| *t < rank);
+        if at < top_consumers {
+            top.insert(at, rank);
+            top.truncate(top_consumers);
+        }
+    }
+    s.consumers = top
+        .into_iter()
+        .filter_map(|(_, pid, i)| {
+            let (p, o) = held(procs, pid, key)?;
+            let x = s.shares.get(i)?;
+            Some(Consumer {
+                pid,
+                name: p.name.clone(),
+                pss_bytes: x.pss_bytes,
+                rss_bytes: x.rss_bytes,
+                hugetlb_bytes: o.memory().hugetlb_bytes(),
+                derived: x.derived,
+            })
+        })
+        .collect();
 }
 
 #[cfg(test)]
@@ -477,15 +634,104 @@ Anonymous:            12 kB
         assert_eq!(top, [(10, 900), (14, 900), (12, 100)]);
         assert_eq!(memfd.mappers, 5);
         let pids: Vec<u32> = memfd.shares.iter().map(|s| s.pid).collect();
-        assert_eq!(
-            pids,
-            [14, 13, 12, 11, 10],
-            "every mapper, in the order given"
-        );
+        assert_eq!(pids, [10, 11, 12, 13, 14], "every mapper, by pid");
         assert_eq!(
             memfd.shares.iter().map(|s| s.pss_bytes).sum::<u64>(),
             memfd.memory.pss_bytes
         );
+    }
+
+    /// Everything of a shared object but the run that changed it.
+    fn seen(o: &SharedObject) -> impl PartialEq + std::fmt::Debug + '_ {
+        (
+            (&o.key, &o.label, o.deleted, o.hugetlb, o.hugetlb_bytes),
+            (o.memory, o.mappers, o.derived_mappers, o.mappings),
+            (&o.consumers, &o.shares),
+        )
+    }
+
+    #[test]
+    fn kept_objects_updated_by_the_changes_are_a_fresh_fold() {
+        let mut names = ObjectNames::default();
+        let smaps = |kb: u64, extra: &str| {
+            format!(
+                "7f0000000000-7f0000400000 rw-s 00000000 00:01 77 /memfd:buf (deleted)\n\
+                 Rss: 4096 kB\nPss: {kb} kB\nShared_Dirty: 4096 kB\n{extra}"
+            )
+        };
+        let own = "7f0000500000-7f0000600000 rw-s 00000000 00:01 78 /memfd:own (deleted)\n\
+                   Rss: 1024 kB\nPss: 1024 kB\nPrivate_Dirty: 1024 kB\n";
+        let mut procs: HashMap<u32, ProcessObjects> = HashMap::new();
+        for (pid, kb, extra) in [(10, 900, ""), (11, 100, own), (12, 300, "")] {
+            procs.insert(pid, proc_objects(&mut names, pid, "w", &smaps(kb, extra)));
+        }
+        procs.insert(13, proc_objects(&mut names, 13, "app", SMAPS));
+        let mut folded = Folded::default();
+        for p in procs.values() {
+            folded.join(p, &names);
+        }
+        let check = |folded: &mut Folded,
+                     procs: &HashMap<u32, ProcessObjects>,
+                     names: &ObjectNames,
+                     run: u64| {
+            let kept = folded.finish(run, 2, names, |pid| procs.get(&pid));
+            let want = fold_shared(procs.values(), names, 2);
+            assert_eq!(
+                kept.iter().map(|o| seen(o)).collect::<Vec<_>>(),
+                want.iter().map(|o| seen(o)).collect::<Vec<_>>(),
+                "run {run}"
+            );
+            kept
+        };
+        let first = check(&mut folded, &procs, &names, 1);
+        assert!(first.iter().all(|o| o.changed_in == 1));
+
+        // 11 (the only mapper of memfd:own) is gone, 12 re-read with more, 10's share derived.
+        let gone = procs.remove(&11).expect("11");
+        folded.leave(&gone);
+        let old = procs.remove(&12).expect("12");
+        folded.leave(&old);
+        let new = proc_objects(&mut names, 12, "w2", &smaps(2000, ""));
+        folded.join(&new, &names);
+        procs.insert(12, new);
+        let p10 = procs.get_mut(&10).expect("10");
+        let before = p10.objects[0].clone();
+        let mut m = before.memory();
+        m.pss_bytes = 1234;
+        p10.objects[0].set_memory(m);
+        p10.objects[0].derived = true;
+        folded.replace(10, &before, &p10.objects[0]);
+        let second = check(&mut folded, &procs, &names, 2);
+        assert!(
+            second.iter().all(|o| o.key.id() != "memfd:0:1:78"),
+            "left by its last mapper"
+        );
+        let app = |v: &[Arc<SharedObject>]| {
+            v.iter()
+                .find(|o| o.key.id() == "file:254:1:1234")
+                .cloned()
+                .expect("app")
+        };
+        assert_eq!(app(&second).changed_in, 1, "no mapper of it changed");
+        assert!(
+            Arc::ptr_eq(&app(&first), &app(&second)),
+            "handed over, not copied"
+        );
+        let memfd = second
+            .iter()
+            .find(|o| o.key.id() == "memfd:0:1:77")
+            .expect("memfd");
+        assert_eq!((memfd.changed_in, memfd.derived_mappers), (2, 1));
+
+        // 13 re-read with the same figures: nothing it maps changed.
+        let old = procs.remove(&13).expect("13");
+        folded.leave(&old);
+        let again = proc_objects(&mut names, 13, "app", SMAPS);
+        folded.join(&again, &names);
+        procs.insert(13, again);
+        let third = check(&mut folded, &procs, &names, 3);
+        assert!(third.iter().all(|o| o.changed_in < 3), "the same objects");
+        assert!(Arc::ptr_eq(&app(&first), &app(&third)));
     }
 
     #[test]

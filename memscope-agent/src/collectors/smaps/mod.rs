@@ -45,7 +45,7 @@ mod records;
 pub mod sharing;
 
 pub use classify::{classify, tmpfs_devices};
-pub use fold::{fold_process, fold_process_rollup, fold_shared};
+pub use fold::{Folded, fold_process, fold_process_rollup, fold_shared};
 pub use object::{
     Consumer, HeldObject, ObjectKey, ObjectKind, ObjectMemory, ObjectNames, ProcessObject,
     ProcessObjects, Share, SharedObject,
@@ -121,6 +121,9 @@ pub struct SmapsCollector {
     stats: TierStats,
     events: Subscription,
     cache: HashMap<u32, ProcessObjects>,
+    /// The shared objects of the processes in `cache`: every change to `cache` moves the
+    /// process's contributions out of or into it.
+    folded: Folded,
     /// The keys and labels of the objects in `cache`, each once.
     names: ObjectNames,
     /// Mount namespaces read for the tmpfs devices (shared with the tmpfs collector).
@@ -152,6 +155,7 @@ impl SmapsCollector {
             stats: TierStats::default(),
             events,
             cache: HashMap::new(),
+            folded: Folded::default(),
             names: ObjectNames::default(),
             namespaces: SharedNamespaces::new(
                 crate::config::AgentConfig::default().max_mount_namespaces,
@@ -200,6 +204,16 @@ impl SmapsCollector {
             reads: 1,
         };
         Ok((p, rollup))
+    }
+
+    /// Keeps `p` (just read) in place of what was kept for its pid: its objects' contributions
+    /// move into the shared objects, the old ones' out.
+    fn keep(&mut self, p: ProcessObjects) {
+        if let Some(old) = self.cache.remove(&p.pid) {
+            self.folded.leave(&old);
+        }
+        self.folded.join(&p, &self.names);
+        self.cache.insert(p.pid, p);
     }
 
     /// How many times `pid`'s smaps was read (since it was first seen); `None` if not tracked.
@@ -307,6 +321,7 @@ impl Pending {
 /// many figures were derived.
 fn apply_changes(
     cache: &mut HashMap<u32, ProcessObjects>,
+    folded: &mut Folded,
     pending: &[Pending],
     reread: &HashSet<u32>,
 ) -> u32 {
@@ -371,8 +386,10 @@ fn apply_changes(
         {
             let Some(new) = new else { continue };
             if let Some(o) = cache.get_mut(pid).and_then(|p| p.objects.get_mut(*i)) {
+                let before = o.clone();
                 o.set_memory(new);
                 o.derived = true;
+                folded.replace(*pid, &before, o);
                 derived += 1;
             }
         }
@@ -423,10 +440,12 @@ impl Collector for SmapsCollector {
         let mut pending: Vec<Pending> = Vec::new();
         let forgotten: HashSet<u32> = tier1.forgotten.iter().copied().collect();
         let names = &self.names;
+        let folded = &mut self.folded;
         self.cache.retain(|pid, p| {
             let keep = tier1.live.contains(pid) && !forgotten.contains(pid);
             if !keep {
                 pending.extend(Pending::all(p, names, Change::Leave, Before::Now));
+                folded.leave(p);
             }
             keep
         });
@@ -501,11 +520,14 @@ impl Collector for SmapsCollector {
                     self.stats.count(reason);
                     self.ladder.done(pid, Instant::now());
                     reread.insert(pid);
-                    self.cache.insert(pid, p);
+                    self.keep(p);
                 }
                 Err(e) => {
                     self.ladder.done(pid, Instant::now());
                     let old = self.cache.remove(&pid);
+                    if let Some(old) = &old {
+                        self.folded.leave(old);
+                    }
                     if e.is_gone() {
                         if let Some(old) = old {
                             pending.extend(Pending::all(
@@ -530,18 +552,26 @@ impl Collector for SmapsCollector {
                 }
             }
         }
-        obs.derived_shares = apply_changes(&mut self.cache, &pending, &reread);
+        obs.derived_shares = apply_changes(&mut self.cache, &mut self.folded, &pending, &reread);
         obs.processes_reused = self.cache.len().saturating_sub(reread.len()) as u32;
         self.denied
             .retain(|pid| tier1.live.contains(pid) && !forgotten.contains(pid));
         obs.unreadable = self.denied.len() as u32;
 
-        let mut procs: Vec<&ProcessObjects> = self.cache.values().collect();
-        procs.sort_by_key(|p| p.pid);
-        obs.objects = fold_shared(procs, &self.names, self.top_consumers);
-        // The keys and labels of the processes gone (or re-read) this run go; the changes that
+        let cache = &self.cache;
+        obs.objects = self
+            .folded
+            .finish(self.runs, self.top_consumers, &self.names, |pid| {
+                cache.get(&pid)
+            });
+        obs.generation = self.runs;
+        // The keys and labels of the processes gone (or re-read) go, once those are an eighth of
+        // the processes kept (a sweep looks at every kept object: not every run); the changes that
         // named them were applied above.
-        self.names.sweep(self.cache.values());
+        let kept = self.cache.len();
+        if self.folded.take_left(|left| left > 0 && left * 8 >= kept) {
+            self.names.sweep(self.cache.values());
+        }
         let floor = self.min_object_pss;
         self.own_rows = obs
             .objects
@@ -774,7 +804,7 @@ mod tests {
             .read_process(&procfs, 10, &HashSet::new())
             .expect("read 10");
         c.ladder.done(10, Instant::now());
-        c.cache.insert(10, p);
+        c.keep(p);
         let obs = crate::collectors::observed::<ObjectsObservation>(c.collect(&ctx))
             .unwrap_or_else(|e| panic!("unexpected: {e}"));
         assert_eq!(obs.processes_read, 1, "11, as new");

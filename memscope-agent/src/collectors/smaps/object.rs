@@ -129,6 +129,41 @@ impl ObjectMemory {
         s(&mut self.private_hugetlb_bytes, o.private_hugetlb_bytes);
     }
 
+    /// Subtracts `o` field by field, saturating (the inverse of [`ObjectMemory::add`] while no sum
+    /// saturated).
+    pub fn sub(&mut self, o: &ObjectMemory) {
+        let s = |a: &mut u64, b: u64| *a = a.saturating_sub(b);
+        s(&mut self.pss_bytes, o.pss_bytes);
+        s(&mut self.rss_bytes, o.rss_bytes);
+        s(&mut self.swap_bytes, o.swap_bytes);
+        s(&mut self.swap_pss_bytes, o.swap_pss_bytes);
+        s(&mut self.private_clean_bytes, o.private_clean_bytes);
+        s(&mut self.private_dirty_bytes, o.private_dirty_bytes);
+        s(&mut self.shared_clean_bytes, o.shared_clean_bytes);
+        s(&mut self.shared_dirty_bytes, o.shared_dirty_bytes);
+        s(&mut self.anonymous_bytes, o.anonymous_bytes);
+        s(&mut self.shared_hugetlb_bytes, o.shared_hugetlb_bytes);
+        s(&mut self.private_hugetlb_bytes, o.private_hugetlb_bytes);
+    }
+
+    /// Whether a field is at its largest: a sum that may have saturated.
+    pub fn saturated(&self) -> bool {
+        [
+            self.pss_bytes,
+            self.rss_bytes,
+            self.swap_bytes,
+            self.swap_pss_bytes,
+            self.private_clean_bytes,
+            self.private_dirty_bytes,
+            self.shared_clean_bytes,
+            self.shared_dirty_bytes,
+            self.anonymous_bytes,
+            self.shared_hugetlb_bytes,
+            self.private_hugetlb_bytes,
+        ]
+        .contains(&u64::MAX)
+    }
+
     /// PSS of the object's own (file or shmem) pages: PSS without the copy-on-write anonymous
     /// pages of private mappings. Exact unless those anonymous pages are themselves shared after a
     /// fork (then it is low by their shared part).
@@ -325,7 +360,7 @@ pub struct Consumer {
 }
 
 /// An object folded across processes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SharedObject {
     pub key: ObjectKey,
     pub label: Name,
@@ -344,8 +379,11 @@ pub struct SharedObject {
     pub mappings: u32,
     /// The largest mappers with their shares, largest first (as many as records show).
     pub consumers: Vec<Consumer>,
-    /// Every mapper's share, for the object's top cgroups.
+    /// Every mapper's share, by pid, for the object's top cgroups.
     pub shares: Vec<Share>,
+    /// The smaps collector's run that last changed the object (0: not tracked): its record is the
+    /// same as that run's while its mappers' cgroups are.
+    pub changed_in: u64,
 }
 
 /// One mapper's share of an object: what an object's top cgroups are summed from.
@@ -362,7 +400,7 @@ impl SharedObject {
     /// The size objects are ranked and folded by: PSS, plus resident hugetlb pages (which PSS
     /// leaves out), so a hugetlb object is not folded away as empty.
     pub fn weight(&self) -> u64 {
-        self.memory.pss_bytes + self.hugetlb_bytes
+        self.memory.pss_bytes.saturating_add(self.hugetlb_bytes)
     }
 }
 

@@ -1,7 +1,7 @@
 //! The `smaps` collector's observation and its `object` records: one row per object with a row of
 //! its own, one `other` row per kind for the rest.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, sync::Arc};
 
 use serde::Serialize;
 
@@ -90,8 +90,11 @@ pub(crate) struct OtherBody {
 
 #[derive(Debug, Clone, Default)]
 pub struct ObjectsObservation {
-    /// Every object, largest PSS first.
-    pub objects: Vec<SharedObject>,
+    /// Every object, largest PSS first (shared with the collector: an object no mapper of which
+    /// changed is the same as in the last run, not a copy).
+    pub objects: Vec<Arc<SharedObject>>,
+    /// This run's number (the collector's first run is 1; 0: not made by a run).
+    pub generation: u64,
     /// Objects below this PSS are folded into `other` rows in the records.
     pub min_object_pss: u64,
     /// The objects given a row of their own, when the collector chose them with hysteresis (see
@@ -119,7 +122,10 @@ pub struct ObjectsObservation {
 impl ObjectsObservation {
     /// Objects of one kind.
     pub fn of_kind(&self, kind: ObjectKind) -> impl Iterator<Item = &SharedObject> {
-        self.objects.iter().filter(move |o| o.key.kind() == kind)
+        self.objects
+            .iter()
+            .map(|o| &**o)
+            .filter(move |o| o.key.kind() == kind)
     }
 
     /// The record body of one object, with its top cgroups when `cgroups` is given.
@@ -162,14 +168,37 @@ impl ObjectsObservation {
         skip: impl Fn(&SharedObject) -> bool,
         cgroups: Option<&PidCgroups<'_>>,
     ) {
+        self.records_since_except(None, out, &mut Vec::new(), skip, cgroups);
+    }
+
+    /// [`Self::records_except`], leaving out the objects with a row of their own that did not
+    /// change since run `since` of the collector (their record would be the same as then, with
+    /// the same `cgroups`, as the caller knows): only their (kind, key) go to `unchanged`. Objects
+    /// of the same row then and now: an object's row moves only when its weight does.
+    pub fn records_since_except(
+        &self,
+        since: Option<u64>,
+        out: &mut Vec<Record>,
+        unchanged: &mut Vec<(&'static str, String)>,
+        skip: impl Fn(&SharedObject) -> bool,
+        cgroups: Option<&PidCgroups<'_>>,
+    ) {
         let mut others: Vec<(ObjectKind, u64, ObjectMemory)> = Vec::new();
-        for o in self.objects.iter().filter(|o| !skip(o)) {
+        for o in self.objects.iter().map(|o| &**o).filter(|o| !skip(o)) {
             let own_row = match &self.own_rows {
                 Some(rows) => rows.contains(&o.key),
                 None => o.weight() >= self.min_object_pss,
             };
             if own_row || o.key.kind() == ObjectKind::Sysv {
-                out.push(self.object_record(o, cgroups));
+                // A `since` beyond this run is not a run of this collector.
+                let same = since.is_some_and(|since| {
+                    since <= self.generation && o.changed_in > 0 && o.changed_in <= since
+                });
+                if same && o.key.kind() != ObjectKind::Sysv {
+                    unchanged.push(("object", o.key.id()));
+                } else {
+                    out.push(self.object_record(o, cgroups));
+                }
             } else {
                 let kind = o.key.kind();
                 match others.iter_mut().find(|(k, _, _)| *k == kind) {
@@ -202,6 +231,11 @@ impl ObjectsObservation {
 impl Observation for ObjectsObservation {
     fn records(&self, out: &mut Vec<Record>) {
         self.records_except(out, |_| false, None);
+    }
+
+    /// `None` for an observation not made by a run (a test's, a fixture's).
+    fn generation(&self) -> Option<u64> {
+        (self.generation > 0).then_some(self.generation)
     }
 
     fn warnings(&self, out: &mut Vec<String>) {
