@@ -46,7 +46,14 @@ pub fn records(
         tmpfs: observations().find_map(|o| o.downcast_ref::<TmpfsObservation>()),
         cgroups: observations().find_map(|o| o.downcast_ref::<CgroupObservation>()),
     };
-    let cgroups = processes.map(PidCgroups::new);
+    // Each process's cgroup by pid, for the objects' top cgroups: made only when an object record
+    // is (not in an emission where every object is the same as before).
+    let pid_cgroups = std::cell::OnceCell::new();
+    let cgroups = || {
+        pid_cgroups
+            .get_or_init(|| processes.map(PidCgroups::new))
+            .as_ref()
+    };
     let join = SysvJoin::new(sysv, objects);
     // An object's record depends on its mappers' cgroups too: records of objects that did not
     // change are left out only while no process's cgroup changed since the last emission's
@@ -63,7 +70,7 @@ pub fn records(
                 out,
                 unchanged,
                 |x| join.is_joined(x),
-                cgroups.as_ref(),
+                &cgroups,
             );
         } else if let Some(s) = obs.downcast_ref::<SysvObservation>() {
             join.segment_records(s, out);

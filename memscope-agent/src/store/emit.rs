@@ -89,10 +89,22 @@ impl Store {
             &mut unchanged,
             &mut warnings,
         );
-        // One the reader does not hold (its `exit` went out at once, say) goes whole, as new.
-        if unchanged.iter().any(|k| !self.sent.contains_key(k)) {
+        // What the reader holds of the unchanged entities stays what it holds: moved over to the
+        // next reference at once (one lookup each). One the reader does not hold (its `exit`
+        // went out at once, say): every record goes whole, as new.
+        let mut next_sent = HashMap::with_capacity(records.len() + unchanged.len());
+        let mut missing = false;
+        for key in unchanged.drain(..) {
+            match self.sent.remove(&key) {
+                Some(body) => {
+                    next_sent.insert(key, body);
+                }
+                None => missing = true,
+            }
+        }
+        if missing {
+            self.sent.extend(next_sent.drain());
             records.clear();
-            unchanged.clear();
             warnings.clear();
             crate::derived::records(
                 &self.latest,
@@ -139,13 +151,9 @@ impl Store {
         let mut lines = std::mem::take(&mut self.lines_buf);
         lines.clear();
         let mut delta_buf = String::new();
-        let mut next_sent = HashMap::with_capacity(records.len());
         let mut sent_lines = 0u64;
-        for key in unchanged {
-            *entities.entry(key.0).or_default() += 1;
-            if let Some(body) = self.sent.remove(&key) {
-                next_sent.insert(key, body);
-            }
+        for (kind, _) in next_sent.keys() {
+            *entities.entry(*kind).or_default() += 1;
         }
         for r in records {
             *entities.entry(r.kind).or_default() += 1;

@@ -168,20 +168,21 @@ impl ObjectsObservation {
         skip: impl Fn(&SharedObject) -> bool,
         cgroups: Option<&PidCgroups<'_>>,
     ) {
-        self.records_since_except(None, out, &mut Vec::new(), skip, cgroups);
+        self.records_since_except(None, out, &mut Vec::new(), skip, &|| cgroups);
     }
 
     /// [`Self::records_except`], leaving out the objects with a row of their own that did not
     /// change since run `since` of the collector (their record would be the same as then, with
     /// the same `cgroups`, as the caller knows): only their (kind, key) go to `unchanged`. Objects
     /// of the same row then and now: an object's row moves only when its weight does.
-    pub fn records_since_except(
+    /// `cgroups` is asked only when a record is made.
+    pub fn records_since_except<'c>(
         &self,
         since: Option<u64>,
         out: &mut Vec<Record>,
         unchanged: &mut Vec<(&'static str, String)>,
         skip: impl Fn(&SharedObject) -> bool,
-        cgroups: Option<&PidCgroups<'_>>,
+        cgroups: &dyn Fn() -> Option<&'c PidCgroups<'c>>,
     ) {
         let mut others: Vec<(ObjectKind, u64, ObjectMemory)> = Vec::new();
         for o in self.objects.iter().map(|o| &**o).filter(|o| !skip(o)) {
@@ -197,7 +198,7 @@ impl ObjectsObservation {
                 if same && o.key.kind() != ObjectKind::Sysv {
                     unchanged.push(("object", o.key.id()));
                 } else {
-                    out.push(self.object_record(o, cgroups));
+                    out.push(self.object_record(o, cgroups()));
                 }
             } else {
                 let kind = o.key.kind();
