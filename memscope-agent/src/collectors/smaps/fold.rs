@@ -180,9 +180,9 @@ impl Folded {
     pub fn join(&mut self, p: &ProcessObjects, names: &ObjectNames) {
         for o in &p.objects {
             let Some(key) = names.key(o) else { continue };
-            if !self.objects.contains_key(&o.key) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = self.objects.entry(o.key) {
                 let (label, deleted) = names.labels.get(o.label).cloned().unwrap_or_default();
-                let object = SharedObject {
+                slot.insert(Arc::new(SharedObject {
                     key: key.clone(),
                     label,
                     deleted,
@@ -195,8 +195,7 @@ impl Folded {
                     consumers: Vec::new(),
                     shares: Vec::new(),
                     changed_in: 0,
-                };
-                self.objects.insert(o.key, Arc::new(object));
+                }));
                 self.touched.entry(o.key).or_default();
             }
             self.add(p.pid, o);
