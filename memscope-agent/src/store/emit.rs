@@ -15,7 +15,7 @@ use crate::{
     collectors::processes::ProcessesObservation,
     config::EmitMode,
     procfs::ReadCounters,
-    records::{Header, Record, rfc3339, write_line},
+    records::{Header, Record, SCHEMA, rfc3339, write_line},
 };
 
 impl Store {
@@ -134,63 +134,66 @@ impl Store {
         };
         let mut entities: BTreeMap<&'static str, u64> = BTreeMap::new();
         let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
-        // The entity lines, written as they are decided (the snapshot, which counts them, goes
-        // before them in the output).
-        let mut lines = std::mem::take(&mut self.lines_buf);
-        lines.clear();
-        let mut delta_buf = String::new();
-        let mut next_sent = HashMap::with_capacity(records.len());
+        // Two passes, so that a keyframe's lines are held once: the first decides what each
+        // record sends (the snapshot, which goes first, counts them), the second writes the
+        // lines straight into the output behind the snapshot.
+        let mut deltas = String::new();
+        let mut decisions = Vec::with_capacity(records.len());
+        let mut next_sent = HashMap::with_capacity(records.len() + unchanged.len());
         let mut sent_lines = 0u64;
+        // The output's capacity, counted as lines are decided: a line's bytes besides its body
+        // are the envelope (schema, kind, ts, host, seq).
+        let line_overhead = 64 + SCHEMA.len() + header_ts.len() + host.len();
+        let mut out_len = 8192;
         for key in unchanged {
             *entities.entry(key.0).or_default() += 1;
             if let Some(body) = self.sent.remove(&key) {
                 next_sent.insert(key, body);
             }
         }
-        for r in records {
+        for r in &mut records {
             *entities.entry(r.kind).or_default() += 1;
-            let key = (r.kind, r.key);
-            // Whether the record goes out now, and what the reader holds afterwards (`None`: the
-            // record itself).
-            let (sent_now, held) = match self.sent.remove(&key) {
+            let key = (r.kind, std::mem::take(&mut r.key));
+            let decision = match self.sent.remove(&key) {
                 Some(sent) if !keyframe => {
                     let rule = Rule::of(r.kind, self.config.min_change.of(r.kind));
                     if delta::moved(&sent, &r.body, &rule) == Moved::Beyond {
-                        delta_buf.clear();
+                        let start = deltas.len();
                         let mut held = String::with_capacity(sent.len());
-                        match delta::entity_delta(&sent, &r.body, &rule, &mut delta_buf, &mut held)
-                        {
-                            Some(()) => {
-                                write_line(r.kind, &delta_buf, &header, &mut lines);
-                                (true, Some(held))
-                            }
+                        match delta::entity_delta(&sent, &r.body, &rule, &mut deltas, &mut held) {
+                            Some(()) => Decision::Delta {
+                                line: start..deltas.len(),
+                                held,
+                            },
                             None => {
-                                write_line(r.kind, &r.body, &header, &mut lines);
-                                (true, None)
+                                deltas.truncate(start);
+                                Decision::Whole
                             }
                         }
                     } else {
                         // Not sent: the reference stays what the reader has.
-                        (false, Some(sent))
+                        Decision::Keep(sent)
                     }
                 }
                 // A keyframe, or an entity the reader does not know yet: the whole record.
-                _ => {
-                    write_line(r.kind, &r.body, &header, &mut lines);
-                    (true, None)
-                }
+                _ => Decision::Whole,
             };
-            if sent_now {
+            match &decision {
+                Decision::Whole => out_len += line_overhead + r.body.len(),
+                Decision::Delta { line, .. } => out_len += line_overhead + line.len(),
+                Decision::Keep(_) => {}
+            }
+            if !matches!(decision, Decision::Keep(_)) {
                 *counts.entry(r.kind).or_default() += 1;
                 sent_lines += 1;
             }
-            next_sent.insert(key, held.unwrap_or(r.body));
+            decisions.push((key, decision));
         }
         // Entities gone since the last emission.
+        // Every record and every unchanged key took its entry out of `sent`: what is left is gone.
         let mut gone: Vec<(&'static str, String, String)> = self
             .sent
             .drain()
-            .filter(|(k, _)| !next_sent.contains_key(k))
             .map(|((kind, key), body)| (kind, key, body))
             .collect();
         gone.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
@@ -228,14 +231,17 @@ impl Store {
                 }
             }))
             .collect();
-        self.sent = next_sent;
         self.oom_kills = oom_kills;
 
         for r in &gone_records {
             *counts.entry(r.kind).or_default() += 1;
         }
 
-        let mut out = Vec::with_capacity(lines.len() + 8192);
+        out_len += gone_records
+            .iter()
+            .map(|r| line_overhead + r.body.len())
+            .sum::<usize>();
+        let mut out = Vec::with_capacity(out_len);
         let snapshot = SnapshotBody {
             mode: self.config.emit.as_str(),
             keyframe,
@@ -263,13 +269,21 @@ impl Store {
             warnings: &warnings,
         };
         Record::new("snapshot", "", &snapshot).write_line(&header, &mut out);
-        out.extend_from_slice(&lines);
-        // Kept for its capacity, but not a keyframe's worth through the small emissions between
-        // keyframes.
-        if lines.capacity() > 4 * lines.len() {
-            lines.shrink_to(2 * lines.len());
+        for (r, (key, decision)) in records.into_iter().zip(decisions) {
+            let held = match decision {
+                Decision::Whole => {
+                    write_line(r.kind, &r.body, &header, &mut out);
+                    r.body
+                }
+                Decision::Delta { line, held } => {
+                    write_line(r.kind, &deltas[line], &header, &mut out);
+                    held
+                }
+                Decision::Keep(sent) => sent,
+            };
+            next_sent.insert(key, held);
         }
-        self.lines_buf = lines;
+        self.sent = next_sent;
         for r in &gone_records {
             r.write_line(&header, &mut out);
         }
@@ -330,6 +344,19 @@ impl Store {
         self.late.clear();
         out
     }
+}
+
+/// What one record sends in an emission, decided before any line is written.
+enum Decision {
+    /// The whole record (a keyframe, or an entity the reader does not know yet).
+    Whole,
+    /// A delta, at `line` in the emission's delta text; `held` is what the reader holds after it.
+    Delta {
+        line: std::ops::Range<usize>,
+        held: String,
+    },
+    /// Nothing: it did not move beyond its rule, and the reader keeps this body.
+    Keep(String),
 }
 
 /// Why the tracker says a process is gone.

@@ -66,8 +66,6 @@ pub struct Store {
     pub(super) tracker_stats: TrackerStats,
     /// Where the time of the tick went (the store task fills in the statm pass and the write).
     pub(crate) phases: Phases,
-    /// The entity lines of the last emission's buffer, kept for its capacity.
-    pub(super) lines_buf: Vec<u8>,
     /// Records in the last emission: the next one's capacity.
     pub(super) records_hint: usize,
     /// Reads abandoned past their deadline, and the penalty box, as last reported.
@@ -111,7 +109,6 @@ impl Store {
             late: Vec::new(),
             tracker_stats: TrackerStats::default(),
             phases: Phases::default(),
-            lines_buf: Vec::new(),
             records_hint: 0,
             stuck: StuckReads::default(),
             stuck_warnings: Vec::new(),

@@ -470,23 +470,37 @@ fn an_unchanged_record_whose_exit_went_out_at_once_is_sent_whole_if_it_comes_bac
 }
 
 #[test]
-fn the_line_buffer_gives_back_a_keyframes_worth_between_keyframes() {
+fn an_emissions_output_is_sized_to_its_lines_and_holds_them_once() {
     let mut s = store(EmitMode::Changes, 100);
     let many: Vec<(u32, u64)> = (1..=2000).map(|pid| (pid, 10)).collect();
     s.apply("processes", Duration::from_millis(1), procs(&many));
-    let keyframe = emit(&mut s);
-    assert_eq!(keyframe.len(), 2002, "a keyframe sends every process");
-    let kept = s.lines_buf.capacity();
-    assert!(kept >= 2000 * 100, "{kept} bytes: the keyframe's lines");
-    // One process moved: one delta, and the buffer shrinks to a small emission's size.
+    let keyframe = s.emit(
+        SystemTime::UNIX_EPOCH,
+        &SelfCost::default(),
+        &ReadCounters::default(),
+    );
+    assert_eq!(
+        lines(&keyframe).len(),
+        2002,
+        "a keyframe sends every process"
+    );
+    // Written straight into a buffer of the counted size: no second copy of the lines, and no
+    // doubling of the buffer on the way.
+    assert!(
+        keyframe.capacity() < keyframe.len() + keyframe.len() / 2 + 16384,
+        "{} bytes of capacity for {} bytes of lines",
+        keyframe.capacity(),
+        keyframe.len()
+    );
+    // One process moved: one delta, in a buffer of a small emission's size.
     let mut moved = many.clone();
     moved[0].1 = 10 * MIB;
     s.apply("processes", Duration::from_millis(1), procs(&moved));
-    let next = emit(&mut s);
-    assert_eq!(kinds(&next), ["snapshot", "process", "agent"]);
-    assert!(
-        s.lines_buf.capacity() < 4096,
-        "{} bytes kept",
-        s.lines_buf.capacity()
+    let next = s.emit(
+        SystemTime::UNIX_EPOCH,
+        &SelfCost::default(),
+        &ReadCounters::default(),
     );
+    assert_eq!(kinds(&lines(&next)), ["snapshot", "process", "agent"]);
+    assert!(next.capacity() < 32768, "{} bytes", next.capacity());
 }
