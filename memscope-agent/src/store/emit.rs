@@ -21,10 +21,11 @@ use crate::{
 impl Store {
     /// An `exit` record at once, between emissions, for a process the tracker saw exit: with the
     /// numbers last sent for it, `"at_once": true`, and the seq of the latest emission. A process
-    /// whose numbers were never sent (it lived between two emissions) gets `"known": false`.
-    /// Before the first emission nothing is written: the exit goes into the first emission, after
-    /// its `snapshot`. The process is dropped from the state so the next emission neither re-sends
-    /// it nor reports its exit twice.
+    /// whose numbers were never sent (it lived between two emissions) gets no record: the next
+    /// `snapshot` counts it in `unseen_exits` (under fork churn a line each would be most of the
+    /// stream, and tell the reader nothing it can join). Before the first emission nothing is
+    /// written: the exit goes into the first emission, after its `snapshot`. The process is
+    /// dropped from the state so the next emission neither re-sends it nor reports its exit twice.
     ///
     /// [`ExitCause::OomKill`] (the tracker's `oom:mark_victim` event, which comes before the
     /// process is gone) adds `"reason":"oom_kill"`; the tracker's exit event that follows for the
@@ -46,11 +47,16 @@ impl Store {
             }
         }
         self.exited.insert(pid);
+        let sent = self.sent.remove(&key);
+        if sent.is_none() && !oom {
+            self.unseen_exits += 1;
+            return Vec::new();
+        }
         if self.seq == 0 {
             self.early_exits.push((pid, cause));
             return Vec::new();
         }
-        let mut body = exit_body(self.sent.remove(&key), pid);
+        let mut body = exit_body(sent, pid);
         if oom {
             body.push_str(OOM_REASON);
         }
@@ -266,6 +272,7 @@ impl Store {
                 .collect(),
             entities,
             records: counts,
+            unseen_exits: std::mem::take(&mut self.unseen_exits),
             warnings: &warnings,
         };
         Record::new("snapshot", "", &snapshot).write_line(&header, &mut out);

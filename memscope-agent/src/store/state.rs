@@ -50,6 +50,8 @@ pub struct Store {
     pub(super) exited: HashSet<u32>,
     /// Exits seen before the first emission: sent in it, after its `snapshot`.
     pub(super) early_exits: Vec<(u32, super::emit::ExitCause)>,
+    /// Exits since the last emission of processes whose figures were never sent.
+    pub(super) unseen_exits: u64,
     /// Processes whose `exit` was sent (or queued in `early_exits`) with `"reason": "oom_kill"` on
     /// the tracker's OOM event, awaiting the tracker's exit event for the same process, which then
     /// sends nothing.
@@ -103,6 +105,7 @@ impl Store {
             lines_dropped: 0,
             exited: std::collections::HashSet::new(),
             early_exits: Vec::new(),
+            unseen_exits: 0,
             oom_killed: HashSet::new(),
             oom_kills: HashMap::new(),
             pending_oom_kills: HashMap::new(),

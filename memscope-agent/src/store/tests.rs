@@ -213,17 +213,28 @@ fn a_failing_collector_is_reported_and_keeps_its_last_state() {
 #[test]
 fn an_exit_before_the_first_emission_follows_its_snapshot() {
     let mut s = store(EmitMode::Full, 10);
-    s.apply("processes", Duration::ZERO, procs(&[(1, 10), (2, 20)]));
+    s.apply(
+        "processes",
+        Duration::ZERO,
+        procs(&[(1, 10), (2, 20), (3, 30)]),
+    );
     assert!(
         s.exit_now(2, ExitCause::Exit, SystemTime::UNIX_EPOCH)
             .is_empty(),
         "nothing is written before the first snapshot"
     );
+    assert!(
+        s.exit_now(3, ExitCause::OomKill, SystemTime::UNIX_EPOCH)
+            .is_empty()
+    );
     let e = emit(&mut s);
     assert_eq!(kinds(&e), ["snapshot", "process", "exit", "agent"]);
-    assert_eq!(e[1]["pid"], 1, "the exited process is not sent");
-    assert_eq!(e[2]["pid"], 2);
+    assert_eq!(e[1]["pid"], 1, "the exited processes are not sent");
+    assert_eq!(e[0]["unseen_exits"], 1, "pid 2: counted, not listed");
+    // An OOM kill is always told, known or not.
+    assert_eq!(e[2]["pid"], 3);
     assert_eq!(e[2]["known"], false, "its numbers were never sent");
+    assert_eq!(e[2]["reason"], "oom_kill");
     assert!(e[2].get("pss_bytes").is_none());
     assert_eq!(e[0]["records"]["exit"], 1);
 }
@@ -232,25 +243,32 @@ fn an_exit_before_the_first_emission_follows_its_snapshot() {
 fn an_exit_carries_figures_only_when_they_were_sent() {
     let mut s = store(EmitMode::Full, 10);
     s.apply("processes", Duration::ZERO, procs(&[(1, 10)]));
-    emit(&mut s);
-    // Observed (2) but never sent: known false, even though the store holds its numbers.
+    let first = emit(&mut s);
+    assert!(first[0].get("unseen_exits").is_none(), "absent when 0");
+    // Observed (2) but never sent: no record, even though the store holds its numbers; the
+    // next snapshot counts it.
     s.apply("processes", Duration::ZERO, procs(&[(1, 10), (2, 20)]));
-    let two = lines(&s.exit_now(2, ExitCause::Exit, SystemTime::UNIX_EPOCH));
-    assert_eq!(kinds(&two), ["exit"]);
-    assert_eq!(two[0]["known"], false);
-    assert_eq!(two[0]["seq"], 0);
+    assert!(
+        s.exit_now(2, ExitCause::Exit, SystemTime::UNIX_EPOCH)
+            .is_empty()
+    );
     let one = lines(&s.exit_now(1, ExitCause::Exit, SystemTime::UNIX_EPOCH));
+    assert_eq!(kinds(&one), ["exit"]);
     assert_eq!(
         one[0]["pss_bytes"], 10,
         "sent before: its last sent numbers"
     );
     assert_eq!(one[0]["at_once"], true);
+    assert_eq!(one[0]["seq"], 0);
     let e = emit(&mut s);
     assert_eq!(
         kinds(&e),
         ["snapshot", "agent"],
         "neither re-sent nor exited twice"
     );
+    assert_eq!(e[0]["unseen_exits"], 1);
+    let next = emit(&mut s);
+    assert!(next[0].get("unseen_exits").is_none(), "counted once");
 }
 
 #[test]
