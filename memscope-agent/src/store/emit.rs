@@ -40,13 +40,16 @@ impl Store {
             return Vec::new(); // its exit went out with the OOM event
         }
         let key = ("process", pid.to_string());
-        let gone = std::collections::HashSet::from([pid]);
-        for (_, o) in &mut self.latest {
-            if let Some(o) = o {
+        // Dropped from the observations held at the next emission, all exits at once (one pass
+        // over the processes per emission, not one per exit: under fork churn hundreds of exits
+        // a second). An OOM victim at once: its cgroup's lines that go with it must not count it.
+        self.exited.insert(pid);
+        if oom {
+            let gone = std::collections::HashSet::from([pid]);
+            for o in self.latest.iter_mut().filter_map(|(_, o)| o.as_mut()) {
                 o.forget_processes(&gone);
             }
         }
-        self.exited.insert(pid);
         let sent = self.sent.remove(&key);
         if sent.is_none() && !oom {
             self.unseen_exits += 1;
@@ -70,6 +73,17 @@ impl Store {
 
     /// Builds one emission. `cost` and `reads` describe the agent itself.
     pub fn emit(&mut self, now: SystemTime, cost: &SelfCost, reads: &ReadCounters) -> Vec<u8> {
+        if !self.exited.is_empty() {
+            let mut kept = false;
+            for o in self.latest.iter_mut().filter_map(|(_, o)| o.as_mut()) {
+                kept |= o.forget_processes(&self.exited);
+            }
+            // Kept for the next processes run (which may have read one just before it died);
+            // with no processes collector nothing will, and the set must not grow forever.
+            if !kept {
+                self.exited.clear();
+            }
+        }
         let ladder = self.ladder_report();
         let keyframe = self.config.emit == EmitMode::Full
             || self

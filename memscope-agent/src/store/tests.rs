@@ -522,3 +522,45 @@ fn an_emissions_output_is_sized_to_its_lines_and_holds_them_once() {
     assert_eq!(kinds(&lines(&next)), ["snapshot", "process", "agent"]);
     assert!(next.capacity() < 32768, "{} bytes", next.capacity());
 }
+
+#[test]
+fn exits_are_forgotten_at_the_emission_and_not_kept_without_a_processes_collector() {
+    let mut s = store(EmitMode::Changes, 100);
+    s.apply(
+        "processes",
+        Duration::ZERO,
+        procs(&[(1, 10), (2, 20), (3, 30)]),
+    );
+    emit(&mut s);
+    for pid in [2, 3] {
+        assert_eq!(
+            kinds(&lines(&s.exit_now(
+                pid,
+                ExitCause::Exit,
+                SystemTime::UNIX_EPOCH
+            ))),
+            ["exit"]
+        );
+    }
+    // Nothing of 2 and 3 is sent again, though the held observation still listed them.
+    let e = emit(&mut s);
+    assert_eq!(kinds(&e), ["snapshot", "agent"]);
+    assert_eq!(e[0]["entities"]["process"], 1);
+    // Kept for the next processes run, which may have read them just before they died ...
+    assert_eq!(s.exited.len(), 2);
+    s.apply("processes", Duration::ZERO, procs(&[(1, 10), (2, 20)]));
+    assert!(s.exited.is_empty());
+    assert_eq!(kinds(&emit(&mut s)), ["snapshot", "agent"], "2 not back");
+
+    // ... but with no processes collector nothing would clear them: the emission does.
+    let mut s = store_with(EmitMode::Changes, 100, true, &["meminfo"]);
+    for pid in 1..=1000 {
+        assert!(
+            s.exit_now(pid, ExitCause::Exit, SystemTime::UNIX_EPOCH)
+                .is_empty()
+        );
+    }
+    let e = emit(&mut s);
+    assert_eq!(e[0]["unseen_exits"], 1000);
+    assert!(s.exited.is_empty(), "{} pids kept", s.exited.len());
+}
