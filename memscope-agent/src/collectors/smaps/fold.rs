@@ -223,8 +223,23 @@ impl Folded {
 
     /// `pid`'s figures of one object changed from `before` to `after` (derived by arithmetic).
     pub fn replace(&mut self, pid: u32, before: &HeldObject, after: &HeldObject) {
-        self.leave_one(pid, before);
-        self.add(pid, after);
+        if before.key != after.key {
+            self.leave_one(pid, before);
+            self.add(pid, after);
+            return;
+        }
+        let Some(s) = self.edit(after.key) else {
+            return;
+        };
+        if s.shares.binary_search_by_key(&pid, |x| x.pid).is_err() {
+            return;
+        }
+        // The share is updated where it is (a thousand mappers' shares derived after one exit
+        // move nothing in the list).
+        let saturated = unabsorb(s, before) | absorb(s, pid, after);
+        if saturated {
+            self.touched.entry(after.key).or_default().saturated = true;
+        }
     }
 
     /// Adds one mapper's figures (`pid`'s object `o`).
@@ -240,14 +255,8 @@ impl Folded {
         let Ok(at) = s.shares.binary_search_by_key(&pid, |x| x.pid) else {
             return;
         };
-        // A saturated sum is no longer the sum: a difference from it would be wrong.
-        let saturated = s.memory.saturated() || s.mappings == u32::MAX;
         s.shares.remove(at);
-        s.memory.sub(&o.memory());
-        s.mappers = s.mappers.saturating_sub(1);
-        s.derived_mappers = s.derived_mappers.saturating_sub(u32::from(o.derived));
-        s.mappings = s.mappings.saturating_sub(o.mappings);
-        if saturated {
+        if unabsorb(s, o) {
             self.touched.entry(o.key).or_default().saturated = true;
         }
     }
@@ -310,6 +319,17 @@ fn absorb(s: &mut SharedObject, pid: u32, o: &HeldObject) -> bool {
         Err(at) => s.shares.insert(at, share),
     }
     s.memory.saturated() || s.mappings == u32::MAX
+}
+
+/// Takes one mapper's figures (`o`) out of the sums of `s` (not its share). Returns whether a sum
+/// had saturated: then it is no longer the sum, and a difference from it is wrong.
+fn unabsorb(s: &mut SharedObject, o: &HeldObject) -> bool {
+    let saturated = s.memory.saturated() || s.mappings == u32::MAX;
+    s.memory.sub(&o.memory());
+    s.mappers = s.mappers.saturating_sub(1);
+    s.derived_mappers = s.derived_mappers.saturating_sub(u32::from(o.derived));
+    s.mappings = s.mappings.saturating_sub(o.mappings);
+    saturated
 }
 
 /// `pid`'s object `key`, as kept.
