@@ -346,7 +346,10 @@ impl Ladder {
                 }
             }
         }
-        self.retain(&out.live);
+        // Every live pid has its entry now: as many entries as live pids means none is gone.
+        if self.entries.len() != out.live.len() {
+            self.retain(&out.live);
+        }
         // Held marks first: an exec of the same pid then releases the hold.
         dirty.sort_by_key(|(_, held)| !held);
         for (pid, held) in dirty {
