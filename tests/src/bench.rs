@@ -1,6 +1,6 @@
-//! What the benchmarks share (`ladder_bench`, `peers_bench`, `probe_bench`, `view_bench`): the
-//! `memhog worker` pool, CPU and peak-RSS measurement, and the statistics (medians, percentiles).
-//! Benchmarks print figures; nothing here asserts a time.
+//! What the benchmarks in `src/bin/` share: the `memhog worker` pool, CPU and peak-RSS
+//! measurement, the statistics (medians, percentiles), the root check and the re-run in a PID
+//! namespace of their own. Benchmarks print figures; nothing here asserts a time.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -158,6 +158,48 @@ pub fn pids() -> anyhow::Result<Vec<u32>> {
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
         .collect())
+}
+
+/// Fails with `message` (what needs root, and how to run it) unless this process runs as root.
+pub fn ensure_root(message: &str) -> anyhow::Result<()> {
+    if !rustix::process::geteuid().is_root() {
+        bail!("{message}");
+    }
+    Ok(())
+}
+
+/// Set in the environment of a bench's run again by [`rerun_in_pid_namespace`].
+const IN_OWN_PID_NAMESPACE: &str = "MEMSCOPE_BENCH_IN_PID_NAMESPACE";
+
+/// Whether this process is a bench's run again inside a PID namespace of its own
+/// ([`rerun_in_pid_namespace`]).
+pub fn in_own_pid_namespace() -> bool {
+    std::env::var_os(IN_OWN_PID_NAMESPACE).is_some()
+}
+
+/// Runs this bench binary again with `args` in a PID namespace of its own with its own `/proc`
+/// (root; `unshare` from util-linux) and waits for it: the agents it starts see only what the bench
+/// starts, and themselves, whatever else runs on the host. The run inside sees
+/// [`in_own_pid_namespace`]. `bench` names the bench in errors.
+pub fn rerun_in_pid_namespace(bench: &str, args: &[String]) -> anyhow::Result<()> {
+    ensure_root(&format!(
+        "{bench} --pid-namespace needs root (unshare --pid --mount)"
+    ))?;
+    let me = std::env::current_exe().with_context(|| format!("{bench}: its own executable"))?;
+    // A shell is the namespace's pid 1, so that the bench is not: a process whose parent is pid 1
+    // (a `memhog worker` of the bench) takes it that its parent is gone.
+    let status = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount", "--mount-proc"])
+        .args(["sh", "-c", "\"$@\"; exit $?", "sh"])
+        .arg(&me)
+        .args(args)
+        .env(IN_OWN_PID_NAMESPACE, "1")
+        .status()
+        .with_context(|| format!("{bench}: running unshare (util-linux)"))?;
+    if !status.success() {
+        bail!("{bench} in a PID namespace of its own: {status}");
+    }
+    Ok(())
 }
 
 /// `memhog` beside the running bench binary (`cargo build --release -p memscope-tests --bin
