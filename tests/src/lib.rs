@@ -7,6 +7,7 @@ use memscope_agent::config::{Config, SinkKind};
 use serde_json::Value;
 
 pub mod bench;
+pub mod soak;
 pub mod stream;
 pub mod volume;
 
