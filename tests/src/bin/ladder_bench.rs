@@ -63,7 +63,7 @@ use memscope_agent::{
     tracker::{self, DirtySource, TrackerState},
 };
 use memscope_common::LifecycleEvent;
-use memscope_tests::bench::{Workers, cpu_time, median, memhog_path, percentile};
+use memscope_tests::bench::{Workers, cpu_time, ensure_root, median, memhog_path, percentile};
 
 struct Options {
     workers: usize,
@@ -761,12 +761,9 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let opts = Options::parse()?;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!(
-            "ladder_bench needs root (eBPF tracepoints, every process's smaps): run `sudo cargo xtask bench`"
-        );
-    }
+    ensure_root(
+        "ladder_bench needs root (eBPF tracepoints, every process's smaps): run `sudo cargo xtask bench`",
+    )?;
     let memhog = memhog_path()?;
     eprintln!(
         "ladder_bench: starting {} workers of {} KiB",

@@ -37,7 +37,7 @@ use memscope_agent::{
 };
 use memscope_tests::{
     Sharers,
-    bench::{cpu_time, flag_number, median, memhog_path},
+    bench::{cpu_time, ensure_root, flag_number, median, memhog_path},
 };
 
 const USAGE: &str = "usage: sharing_bench [--only exit|startup] [--size BYTES (4194304)] \
@@ -442,11 +442,9 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let opts = Options::parse()?;
-    if !rustix::process::geteuid().is_root() {
-        bail!(
-            "sharing_bench needs root (every process's smaps): run `sudo cargo xtask bench-sharing`"
-        );
-    }
+    ensure_root(
+        "sharing_bench needs root (every process's smaps): run `sudo cargo xtask bench-sharing`",
+    )?;
     if opts.runs("exit") {
         exit_workload(&opts)?;
     }
