@@ -178,6 +178,36 @@ pub fn map_anon_page() -> std::io::Result<std::ptr::NonNull<u8>> {
     std::ptr::NonNull::new(page.cast()).ok_or_else(|| std::io::Error::other("mmap returned null"))
 }
 
+/// A new memfd named `name` of `size` bytes, mapped shared, read-write and untouched: the file and
+/// the mapping's start (unmap it with `munmap(start, size)`; closing the file leaves the mapping).
+/// Allocates nothing, like [`map_anon_page`].
+pub fn map_memfd(
+    name: &std::ffi::CStr,
+    size: usize,
+) -> std::io::Result<(std::os::fd::OwnedFd, std::ptr::NonNull<u8>)> {
+    use std::os::fd::AsRawFd as _;
+    let fd = rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::empty())?;
+    rustix::fs::ftruncate(&fd, size as u64)?;
+    // SAFETY: a new shared mapping of the whole file we just sized, at an address the kernel
+    // chooses; nothing aliases it.
+    let start = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if start == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    let start = std::ptr::NonNull::new(start.cast())
+        .ok_or_else(|| std::io::Error::other("mmap returned null"))?;
+    Ok((fd, start))
+}
+
 /// Maps one anonymous 4 KiB page and unmaps it: the syscall pair the tracepoint programs watch
 /// (the probe benchmark's loop, and the eBPF lane's "the agent's own mmaps are not marked").
 #[inline]
