@@ -224,7 +224,7 @@ pub const WORKER_REGION_BYTES: usize = 256 << 10;
 
 /// A pool of `memhog worker` processes; killed and reaped on drop.
 pub struct Workers {
-    children: Vec<Child>,
+    children: Children,
     pub pids: Vec<i32>,
     next: usize,
 }
@@ -240,7 +240,7 @@ impl Workers {
         shared: Option<&Path>,
     ) -> anyhow::Result<Workers> {
         let mut w = Workers {
-            children: Vec::with_capacity(n),
+            children: Children(Vec::with_capacity(n)),
             pids: Vec::with_capacity(n),
             next: 0,
         };
@@ -260,7 +260,7 @@ impl Workers {
                 .stdout
                 .take()
                 .context("worker stdout was not captured")?;
-            w.children.push(child);
+            w.children.0.push(child);
             let mut line = String::new();
             BufReader::new(stdout)
                 .read_line(&mut line)
@@ -291,12 +291,17 @@ impl Workers {
     }
 }
 
-impl Drop for Workers {
+/// Child processes, killed and reaped when dropped (also on an error): all killed first, then
+/// reaped, so that a large pool ends at once.
+#[derive(Default)]
+pub struct Children(pub Vec<Child>);
+
+impl Drop for Children {
     fn drop(&mut self) {
-        for c in &mut self.children {
+        for c in &mut self.0 {
             let _ = c.kill();
         }
-        for c in &mut self.children {
+        for c in &mut self.0 {
             let _ = c.wait();
         }
     }

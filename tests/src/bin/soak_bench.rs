@@ -23,14 +23,14 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use memscope_tests::{
-    bench::{ensure_root, in_own_pid_namespace, pids, rerun_in_pid_namespace},
+    bench::{Children, ensure_root, in_own_pid_namespace, pids, rerun_in_pid_namespace},
     soak::{Options, Rss, USAGE, mib, minutes_and_seconds, parse},
 };
 
 /// Idle processes (`cat` reading one shared pipe), killed and reaped when dropped. They also end
 /// on their own when the bench dies however it dies: the pipe's write end closes and they read EOF.
 struct Idle {
-    children: Vec<Child>,
+    children: Children,
     _writer: std::io::PipeWriter,
 }
 
@@ -38,7 +38,7 @@ impl Idle {
     fn start(n: usize) -> Result<Idle> {
         let (reader, writer) = std::io::pipe().context("pipe")?;
         let mut idle = Idle {
-            children: Vec::with_capacity(n),
+            children: Children(Vec::with_capacity(n)),
             _writer: writer,
         };
         for i in 0..n {
@@ -48,20 +48,9 @@ impl Idle {
                 .stderr(Stdio::null())
                 .spawn()
                 .with_context(|| format!("starting idle process {i} of {n}"))?;
-            idle.children.push(child);
+            idle.children.0.push(child);
         }
         Ok(idle)
-    }
-}
-
-impl Drop for Idle {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-        }
-        for c in &mut self.children {
-            let _ = c.wait();
-        }
     }
 }
 
