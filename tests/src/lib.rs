@@ -188,24 +188,32 @@ pub fn map_memfd(
     use std::os::fd::AsRawFd as _;
     let fd = rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::empty())?;
     rustix::fs::ftruncate(&fd, size as u64)?;
-    // SAFETY: a new shared mapping of the whole file we just sized, at an address the kernel
-    // chooses; nothing aliases it.
+    let start = map_shared_fd(fd.as_raw_fd(), size)?;
+    Ok((fd, start))
+}
+
+/// Maps the first `size` bytes of the file behind `fd` shared and read-write, at an address the
+/// kernel chooses, untouched. Allocates nothing.
+pub fn map_shared_fd(
+    fd: std::os::fd::RawFd,
+    size: usize,
+) -> std::io::Result<std::ptr::NonNull<u8>> {
+    // SAFETY: a new mapping at an address the kernel chooses, so nothing aliases it; a bad `fd`
+    // or size is an error (EBADF, EINVAL), checked below.
     let start = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
             size,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_SHARED,
-            fd.as_raw_fd(),
+            fd,
             0,
         )
     };
     if start == libc::MAP_FAILED {
         return Err(std::io::Error::last_os_error());
     }
-    let start = std::ptr::NonNull::new(start.cast())
-        .ok_or_else(|| std::io::Error::other("mmap returned null"))?;
-    Ok((fd, start))
+    std::ptr::NonNull::new(start.cast()).ok_or_else(|| std::io::Error::other("mmap returned null"))
 }
 
 /// Maps one anonymous 4 KiB page and unmaps it: the syscall pair the tracepoint programs watch

@@ -96,21 +96,9 @@ fn check(ret: libc::c_int, what: &str) -> anyhow::Result<libc::c_int> {
 
 /// Maps `fd` shared, `bytes` long.
 fn map_shared_fd(fd: libc::c_int, bytes: usize) -> anyhow::Result<*mut u8> {
-    // SAFETY: a fresh shared mapping of an fd we own; checked for failure below.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            bytes,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        anyhow::bail!("mmap fd {fd}: {}", std::io::Error::last_os_error());
-    }
-    Ok(p.cast())
+    let start = memscope_tests::map_shared_fd(fd, bytes)
+        .map_err(|e| anyhow::anyhow!("mmap fd {fd}: {e}"))?;
+    Ok(start.as_ptr())
 }
 
 /// Reads every page so it is mapped in this process's page tables.
