@@ -160,6 +160,17 @@ pub fn pids() -> anyhow::Result<Vec<u32>> {
         .collect())
 }
 
+/// The bench's command-line arguments; `None`, after printing `usage` on stderr, when they ask for
+/// help (`--help`, `-h`).
+pub fn args_unless_help(usage: &str) -> Option<Vec<String>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        eprintln!("{usage}");
+        return None;
+    }
+    Some(args)
+}
+
 /// Fails with `message` (what needs root, and how to run it) unless this process runs as root.
 pub fn ensure_root(message: &str) -> anyhow::Result<()> {
     if !rustix::process::geteuid().is_root() {

@@ -41,8 +41,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use memscope_tests::bench::{
-    ChildCost, Latency, Workers, cpu_time, ensure_root, flag_number, http_body, median,
-    memhog_path, pids, process_cpu, process_peak_rss, prometheus_sum, run_measured,
+    ChildCost, Latency, Workers, args_unless_help, cpu_time, ensure_root, flag_number, http_body,
+    median, memhog_path, pids, process_cpu, process_peak_rss, prometheus_sum, run_measured,
 };
 use serde_json::Value;
 
@@ -657,11 +657,9 @@ fn stall_table(opts: &Options, memhog: &Path) -> anyhow::Result<()> {
 
 #[expect(clippy::print_stdout, reason = "the header is this binary's output")]
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--help" || a == "-h") {
-        eprintln!("{USAGE}");
+    let Some(args) = args_unless_help(USAGE) else {
         return Ok(());
-    }
+    };
     let opts = Options::parse(&args)?;
     ensure_root(
         "peers_bench needs root (every process's smaps, eBPF): run `cargo xtask bench-peers` as root",

@@ -23,7 +23,9 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use memscope_tests::{
-    bench::{Children, ensure_root, in_own_pid_namespace, pids, rerun_in_pid_namespace},
+    bench::{
+        Children, args_unless_help, ensure_root, in_own_pid_namespace, pids, rerun_in_pid_namespace,
+    },
     soak::{Options, Rss, USAGE, mib, minutes_and_seconds, parse},
 };
 
@@ -154,11 +156,9 @@ fn soak(
 }
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--help" || a == "-h") {
-        eprintln!("{USAGE}");
+    let Some(args) = args_unless_help(USAGE) else {
         return Ok(());
-    }
+    };
     let mut o = parse(&args)?;
     ensure_root(
         "soak needs root (the agent reads every process and attaches eBPF): run `sudo cargo xtask soak`",

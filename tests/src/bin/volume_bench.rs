@@ -29,7 +29,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use memscope_tests::{
     bench::{
-        WORKER_REGION_BYTES, Workers, in_own_pid_namespace, memhog_path, rerun_in_pid_namespace,
+        WORKER_REGION_BYTES, Workers, args_unless_help, in_own_pid_namespace, memhog_path,
+        rerun_in_pid_namespace,
     },
     volume::{PhaseMedians, measure, phases, seconds_of},
 };
@@ -125,11 +126,9 @@ fn stop(child: &mut Child) -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--help" || a == "-h") {
-        eprintln!("{USAGE}");
+    let Some(args) = args_unless_help(USAGE) else {
         return Ok(());
-    }
+    };
     let o = parse(&args)?;
     let interval = seconds_of(&o.interval)?;
     if o.pid_namespace && !in_own_pid_namespace() {
