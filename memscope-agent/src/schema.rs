@@ -34,9 +34,10 @@ enum ExitReason {
     OomKill,
 }
 
-/// The body of an `exit` record for a process whose figures were never sent (written by the store
-/// as text: `{"pid":N,"known":false,"at_once":true}`, or without `at_once` for an exit seen before
-/// the first emission, which goes into that emission).
+/// The body of an `exit` record for an OOM-killed process whose figures were never sent (written by
+/// the store as text: `{"pid":N,"known":false,"at_once":true,"reason":"oom_kill"}`, or without
+/// `at_once` for a kill seen before the first emission, which goes into that emission). Other
+/// exits of such processes are only counted (`snapshot.unseen_exits`).
 #[derive(JsonSchema)]
 #[expect(dead_code, reason = "only its schema is used")]
 struct UnknownExit {

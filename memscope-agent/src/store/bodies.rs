@@ -120,6 +120,10 @@ pub(crate) struct SnapshotBody<'a> {
     pub(super) entities: BTreeMap<&'static str, u64>,
     /// Records in this emission per kind, this record and the agent record excluded.
     pub(super) records: BTreeMap<&'static str, u64>,
+    /// Processes the eBPF tracker saw exit since the last emission whose figures were never sent
+    /// (they lived between two reads): counted here, with no `exit` record each. Absent when 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub(super) unseen_exits: u64,
     pub(super) warnings: &'a [String],
 }
 
@@ -163,4 +167,8 @@ pub(crate) struct AgentBody<'a> {
 pub(crate) struct RemovedBody<'a> {
     pub(super) entity: &'a str,
     pub(super) key: &'a str,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

@@ -15,16 +15,17 @@ use crate::{
     collectors::processes::ProcessesObservation,
     config::EmitMode,
     procfs::ReadCounters,
-    records::{Header, Record, rfc3339, write_line},
+    records::{Header, Record, SCHEMA, rfc3339, write_line},
 };
 
 impl Store {
     /// An `exit` record at once, between emissions, for a process the tracker saw exit: with the
     /// numbers last sent for it, `"at_once": true`, and the seq of the latest emission. A process
-    /// whose numbers were never sent (it lived between two emissions) gets `"known": false`.
-    /// Before the first emission nothing is written: the exit goes into the first emission, after
-    /// its `snapshot`. The process is dropped from the state so the next emission neither re-sends
-    /// it nor reports its exit twice.
+    /// whose numbers were never sent (it lived between two emissions) gets no record: the next
+    /// `snapshot` counts it in `unseen_exits` (under fork churn a line each would be most of the
+    /// stream, and tell the reader nothing it can join). Before the first emission nothing is
+    /// written: the exit goes into the first emission, after its `snapshot`. The process is
+    /// dropped from the state so the next emission neither re-sends it nor reports its exit twice.
     ///
     /// [`ExitCause::OomKill`] (the tracker's `oom:mark_victim` event, which comes before the
     /// process is gone) adds `"reason":"oom_kill"`; the tracker's exit event that follows for the
@@ -39,18 +40,26 @@ impl Store {
             return Vec::new(); // its exit went out with the OOM event
         }
         let key = ("process", pid.to_string());
-        let gone = std::collections::HashSet::from([pid]);
-        for (_, o) in &mut self.latest {
-            if let Some(o) = o {
+        // Dropped from the observations held at the next emission, all exits at once (one pass
+        // over the processes per emission, not one per exit: under fork churn hundreds of exits
+        // a second). An OOM victim at once: its cgroup's lines that go with it must not count it.
+        self.exited.insert(pid);
+        if oom {
+            let gone = std::collections::HashSet::from([pid]);
+            for o in self.latest.iter_mut().filter_map(|(_, o)| o.as_mut()) {
                 o.forget_processes(&gone);
             }
         }
-        self.exited.insert(pid);
+        let sent = self.sent.remove(&key);
+        if sent.is_none() && !oom {
+            self.unseen_exits += 1;
+            return Vec::new();
+        }
         if self.seq == 0 {
             self.early_exits.push((pid, cause));
             return Vec::new();
         }
-        let mut body = exit_body(self.sent.remove(&key), pid);
+        let mut body = exit_body(sent, pid);
         if oom {
             body.push_str(OOM_REASON);
         }
@@ -64,6 +73,17 @@ impl Store {
 
     /// Builds one emission. `cost` and `reads` describe the agent itself.
     pub fn emit(&mut self, now: SystemTime, cost: &SelfCost, reads: &ReadCounters) -> Vec<u8> {
+        if !self.exited.is_empty() {
+            let mut kept = false;
+            for o in self.latest.iter_mut().filter_map(|(_, o)| o.as_mut()) {
+                kept |= o.forget_processes(&self.exited);
+            }
+            // Kept for the next processes run (which may have read one just before it died);
+            // with no processes collector nothing will, and the set must not grow forever.
+            if !kept {
+                self.exited.clear();
+            }
+        }
         let ladder = self.ladder_report();
         let keyframe = self.config.emit == EmitMode::Full
             || self
@@ -134,63 +154,66 @@ impl Store {
         };
         let mut entities: BTreeMap<&'static str, u64> = BTreeMap::new();
         let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
-        // The entity lines, written as they are decided (the snapshot, which counts them, goes
-        // before them in the output).
-        let mut lines = std::mem::take(&mut self.lines_buf);
-        lines.clear();
-        let mut delta_buf = String::new();
-        let mut next_sent = HashMap::with_capacity(records.len());
+        // Two passes, so that a keyframe's lines are held once: the first decides what each
+        // record sends (the snapshot, which goes first, counts them), the second writes the
+        // lines straight into the output behind the snapshot.
+        let mut deltas = String::new();
+        let mut decisions = Vec::with_capacity(records.len());
+        let mut next_sent = HashMap::with_capacity(records.len() + unchanged.len());
         let mut sent_lines = 0u64;
+        // The output's capacity, counted as lines are decided: a line's bytes besides its body
+        // are the envelope (schema, kind, ts, host, seq).
+        let line_overhead = 64 + SCHEMA.len() + header_ts.len() + host.len();
+        let mut out_len = 8192;
         for key in unchanged {
             *entities.entry(key.0).or_default() += 1;
             if let Some(body) = self.sent.remove(&key) {
                 next_sent.insert(key, body);
             }
         }
-        for r in records {
+        for r in &mut records {
             *entities.entry(r.kind).or_default() += 1;
-            let key = (r.kind, r.key);
-            // Whether the record goes out now, and what the reader holds afterwards (`None`: the
-            // record itself).
-            let (sent_now, held) = match self.sent.remove(&key) {
+            let key = (r.kind, std::mem::take(&mut r.key));
+            let decision = match self.sent.remove(&key) {
                 Some(sent) if !keyframe => {
                     let rule = Rule::of(r.kind, self.config.min_change.of(r.kind));
                     if delta::moved(&sent, &r.body, &rule) == Moved::Beyond {
-                        delta_buf.clear();
+                        let start = deltas.len();
                         let mut held = String::with_capacity(sent.len());
-                        match delta::entity_delta(&sent, &r.body, &rule, &mut delta_buf, &mut held)
-                        {
-                            Some(()) => {
-                                write_line(r.kind, &delta_buf, &header, &mut lines);
-                                (true, Some(held))
-                            }
+                        match delta::entity_delta(&sent, &r.body, &rule, &mut deltas, &mut held) {
+                            Some(()) => Decision::Delta {
+                                line: start..deltas.len(),
+                                held,
+                            },
                             None => {
-                                write_line(r.kind, &r.body, &header, &mut lines);
-                                (true, None)
+                                deltas.truncate(start);
+                                Decision::Whole
                             }
                         }
                     } else {
                         // Not sent: the reference stays what the reader has.
-                        (false, Some(sent))
+                        Decision::Keep(sent)
                     }
                 }
                 // A keyframe, or an entity the reader does not know yet: the whole record.
-                _ => {
-                    write_line(r.kind, &r.body, &header, &mut lines);
-                    (true, None)
-                }
+                _ => Decision::Whole,
             };
-            if sent_now {
+            match &decision {
+                Decision::Whole => out_len += line_overhead + r.body.len(),
+                Decision::Delta { line, .. } => out_len += line_overhead + line.len(),
+                Decision::Keep(_) => {}
+            }
+            if !matches!(decision, Decision::Keep(_)) {
                 *counts.entry(r.kind).or_default() += 1;
                 sent_lines += 1;
             }
-            next_sent.insert(key, held.unwrap_or(r.body));
+            decisions.push((key, decision));
         }
         // Entities gone since the last emission.
+        // Every record and every unchanged key took its entry out of `sent`: what is left is gone.
         let mut gone: Vec<(&'static str, String, String)> = self
             .sent
             .drain()
-            .filter(|(k, _)| !next_sent.contains_key(k))
             .map(|((kind, key), body)| (kind, key, body))
             .collect();
         gone.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
@@ -228,14 +251,17 @@ impl Store {
                 }
             }))
             .collect();
-        self.sent = next_sent;
         self.oom_kills = oom_kills;
 
         for r in &gone_records {
             *counts.entry(r.kind).or_default() += 1;
         }
 
-        let mut out = Vec::with_capacity(lines.len() + 8192);
+        out_len += gone_records
+            .iter()
+            .map(|r| line_overhead + r.body.len())
+            .sum::<usize>();
+        let mut out = Vec::with_capacity(out_len);
         let snapshot = SnapshotBody {
             mode: self.config.emit.as_str(),
             keyframe,
@@ -260,16 +286,25 @@ impl Store {
                 .collect(),
             entities,
             records: counts,
+            unseen_exits: std::mem::take(&mut self.unseen_exits),
             warnings: &warnings,
         };
         Record::new("snapshot", "", &snapshot).write_line(&header, &mut out);
-        out.extend_from_slice(&lines);
-        // Kept for its capacity, but not a keyframe's worth through the small emissions between
-        // keyframes.
-        if lines.capacity() > 4 * lines.len() {
-            lines.shrink_to(2 * lines.len());
+        for (r, (key, decision)) in records.into_iter().zip(decisions) {
+            let held = match decision {
+                Decision::Whole => {
+                    write_line(r.kind, &r.body, &header, &mut out);
+                    r.body
+                }
+                Decision::Delta { line, held } => {
+                    write_line(r.kind, &deltas[line], &header, &mut out);
+                    held
+                }
+                Decision::Keep(sent) => sent,
+            };
+            next_sent.insert(key, held);
         }
-        self.lines_buf = lines;
+        self.sent = next_sent;
         for r in &gone_records {
             r.write_line(&header, &mut out);
         }
@@ -330,6 +365,19 @@ impl Store {
         self.late.clear();
         out
     }
+}
+
+/// What one record sends in an emission, decided before any line is written.
+enum Decision {
+    /// The whole record (a keyframe, or an entity the reader does not know yet).
+    Whole,
+    /// A delta, at `line` in the emission's delta text; `held` is what the reader holds after it.
+    Delta {
+        line: std::ops::Range<usize>,
+        held: String,
+    },
+    /// Nothing: it did not move beyond its rule, and the reader keeps this body.
+    Keep(String),
 }
 
 /// Why the tracker says a process is gone.

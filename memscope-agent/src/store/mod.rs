@@ -79,6 +79,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // The agent's own /proc, for its self-measurement, whatever proc_root the collectors read.
     let own_proc = ProcFs::new("/proc");
+    // `exit` records at once, waiting for the end of a burst of exits.
+    let mut exits = Vec::new();
     while let Some(msg) = rx.recv().await {
         match msg {
             StoreMsg::Collected {
@@ -107,19 +109,11 @@ pub async fn run(
                     None => Vec::new(),
                 };
                 let now = SystemTime::now();
-                let mut out = store.exit_now(pid, cause, now);
-                out.extend(store.oom_cgroup_lines(fresh, now));
-                if !out.is_empty()
-                    && let Err(e) = sink.write_batch(&out).await
-                {
-                    store.count_dropped(e.dropped_lines);
-                    if e.is_broken_pipe() {
-                        return Err(anyhow::anyhow!("output closed (broken pipe)"));
-                    }
-                    error!(error = %e, pid, "sink write failed; exit record dropped");
-                }
+                exits.extend(store.exit_now(pid, cause, now));
+                exits.extend(store.oom_cgroup_lines(fresh, now));
             }
             StoreMsg::Emit => {
+                write_exits(&mut store, &mut sink, &mut exits).await?;
                 // The cgroups of processes this emission reports gone are re-read now, after the
                 // runs that found them gone: an OOM kill among them is in the counters compared.
                 if let Some(refresh) = store.exit_refresh() {
@@ -157,7 +151,37 @@ pub async fn run(
                 let _ = tokio::task::spawn_blocking(crate::runtime::release_freed_heap).await;
             }
         }
+        // Exits come in bursts (the tracker hands them over in batches): one write for all that
+        // waited, once nothing more is queued.
+        if rx.is_empty() {
+            write_exits(&mut store, &mut sink, &mut exits).await?;
+        }
     }
+    write_exits(&mut store, &mut sink, &mut exits).await?;
     sink.flush().await.context("flushing the output")?;
+    Ok(())
+}
+
+/// Writes the `exit` records waiting in `exits` (if any) and empties it.
+async fn write_exits(
+    store: &mut Store,
+    sink: &mut Sink,
+    exits: &mut Vec<u8>,
+) -> anyhow::Result<()> {
+    if exits.is_empty() {
+        return Ok(());
+    }
+    let written = sink.write_batch(exits).await;
+    exits.clear();
+    if exits.capacity() > 64 * 1024 {
+        exits.shrink_to(64 * 1024);
+    }
+    if let Err(e) = written {
+        store.count_dropped(e.dropped_lines);
+        if e.is_broken_pipe() {
+            return Err(anyhow::anyhow!("output closed (broken pipe)"));
+        }
+        error!(error = %e, "sink write failed; exit records dropped");
+    }
     Ok(())
 }

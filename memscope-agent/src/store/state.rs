@@ -50,6 +50,8 @@ pub struct Store {
     pub(super) exited: HashSet<u32>,
     /// Exits seen before the first emission: sent in it, after its `snapshot`.
     pub(super) early_exits: Vec<(u32, super::emit::ExitCause)>,
+    /// Exits since the last emission of processes whose figures were never sent.
+    pub(super) unseen_exits: u64,
     /// Processes whose `exit` was sent (or queued in `early_exits`) with `"reason": "oom_kill"` on
     /// the tracker's OOM event, awaiting the tracker's exit event for the same process, which then
     /// sends nothing.
@@ -66,8 +68,6 @@ pub struct Store {
     pub(super) tracker_stats: TrackerStats,
     /// Where the time of the tick went (the store task fills in the statm pass and the write).
     pub(crate) phases: Phases,
-    /// The entity lines of the last emission's buffer, kept for its capacity.
-    pub(super) lines_buf: Vec<u8>,
     /// Records in the last emission: the next one's capacity.
     pub(super) records_hint: usize,
     /// Reads abandoned past their deadline, and the penalty box, as last reported.
@@ -105,13 +105,13 @@ impl Store {
             lines_dropped: 0,
             exited: std::collections::HashSet::new(),
             early_exits: Vec::new(),
+            unseen_exits: 0,
             oom_killed: HashSet::new(),
             oom_kills: HashMap::new(),
             pending_oom_kills: HashMap::new(),
             late: Vec::new(),
             tracker_stats: TrackerStats::default(),
             phases: Phases::default(),
-            lines_buf: Vec::new(),
             records_hint: 0,
             stuck: StuckReads::default(),
             stuck_warnings: Vec::new(),

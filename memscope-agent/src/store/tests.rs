@@ -213,17 +213,28 @@ fn a_failing_collector_is_reported_and_keeps_its_last_state() {
 #[test]
 fn an_exit_before_the_first_emission_follows_its_snapshot() {
     let mut s = store(EmitMode::Full, 10);
-    s.apply("processes", Duration::ZERO, procs(&[(1, 10), (2, 20)]));
+    s.apply(
+        "processes",
+        Duration::ZERO,
+        procs(&[(1, 10), (2, 20), (3, 30)]),
+    );
     assert!(
         s.exit_now(2, ExitCause::Exit, SystemTime::UNIX_EPOCH)
             .is_empty(),
         "nothing is written before the first snapshot"
     );
+    assert!(
+        s.exit_now(3, ExitCause::OomKill, SystemTime::UNIX_EPOCH)
+            .is_empty()
+    );
     let e = emit(&mut s);
     assert_eq!(kinds(&e), ["snapshot", "process", "exit", "agent"]);
-    assert_eq!(e[1]["pid"], 1, "the exited process is not sent");
-    assert_eq!(e[2]["pid"], 2);
+    assert_eq!(e[1]["pid"], 1, "the exited processes are not sent");
+    assert_eq!(e[0]["unseen_exits"], 1, "pid 2: counted, not listed");
+    // An OOM kill is always told, known or not.
+    assert_eq!(e[2]["pid"], 3);
     assert_eq!(e[2]["known"], false, "its numbers were never sent");
+    assert_eq!(e[2]["reason"], "oom_kill");
     assert!(e[2].get("pss_bytes").is_none());
     assert_eq!(e[0]["records"]["exit"], 1);
 }
@@ -232,25 +243,32 @@ fn an_exit_before_the_first_emission_follows_its_snapshot() {
 fn an_exit_carries_figures_only_when_they_were_sent() {
     let mut s = store(EmitMode::Full, 10);
     s.apply("processes", Duration::ZERO, procs(&[(1, 10)]));
-    emit(&mut s);
-    // Observed (2) but never sent: known false, even though the store holds its numbers.
+    let first = emit(&mut s);
+    assert!(first[0].get("unseen_exits").is_none(), "absent when 0");
+    // Observed (2) but never sent: no record, even though the store holds its numbers; the
+    // next snapshot counts it.
     s.apply("processes", Duration::ZERO, procs(&[(1, 10), (2, 20)]));
-    let two = lines(&s.exit_now(2, ExitCause::Exit, SystemTime::UNIX_EPOCH));
-    assert_eq!(kinds(&two), ["exit"]);
-    assert_eq!(two[0]["known"], false);
-    assert_eq!(two[0]["seq"], 0);
+    assert!(
+        s.exit_now(2, ExitCause::Exit, SystemTime::UNIX_EPOCH)
+            .is_empty()
+    );
     let one = lines(&s.exit_now(1, ExitCause::Exit, SystemTime::UNIX_EPOCH));
+    assert_eq!(kinds(&one), ["exit"]);
     assert_eq!(
         one[0]["pss_bytes"], 10,
         "sent before: its last sent numbers"
     );
     assert_eq!(one[0]["at_once"], true);
+    assert_eq!(one[0]["seq"], 0);
     let e = emit(&mut s);
     assert_eq!(
         kinds(&e),
         ["snapshot", "agent"],
         "neither re-sent nor exited twice"
     );
+    assert_eq!(e[0]["unseen_exits"], 1);
+    let next = emit(&mut s);
+    assert!(next[0].get("unseen_exits").is_none(), "counted once");
 }
 
 #[test]
@@ -470,23 +488,79 @@ fn an_unchanged_record_whose_exit_went_out_at_once_is_sent_whole_if_it_comes_bac
 }
 
 #[test]
-fn the_line_buffer_gives_back_a_keyframes_worth_between_keyframes() {
+fn an_emissions_output_is_sized_to_its_lines_and_holds_them_once() {
     let mut s = store(EmitMode::Changes, 100);
     let many: Vec<(u32, u64)> = (1..=2000).map(|pid| (pid, 10)).collect();
     s.apply("processes", Duration::from_millis(1), procs(&many));
-    let keyframe = emit(&mut s);
-    assert_eq!(keyframe.len(), 2002, "a keyframe sends every process");
-    let kept = s.lines_buf.capacity();
-    assert!(kept >= 2000 * 100, "{kept} bytes: the keyframe's lines");
-    // One process moved: one delta, and the buffer shrinks to a small emission's size.
+    let keyframe = s.emit(
+        SystemTime::UNIX_EPOCH,
+        &SelfCost::default(),
+        &ReadCounters::default(),
+    );
+    assert_eq!(
+        lines(&keyframe).len(),
+        2002,
+        "a keyframe sends every process"
+    );
+    // Written straight into a buffer of the counted size: no second copy of the lines, and no
+    // doubling of the buffer on the way.
+    assert!(
+        keyframe.capacity() < keyframe.len() + keyframe.len() / 2 + 16384,
+        "{} bytes of capacity for {} bytes of lines",
+        keyframe.capacity(),
+        keyframe.len()
+    );
+    // One process moved: one delta, in a buffer of a small emission's size.
     let mut moved = many.clone();
     moved[0].1 = 10 * MIB;
     s.apply("processes", Duration::from_millis(1), procs(&moved));
-    let next = emit(&mut s);
-    assert_eq!(kinds(&next), ["snapshot", "process", "agent"]);
-    assert!(
-        s.lines_buf.capacity() < 4096,
-        "{} bytes kept",
-        s.lines_buf.capacity()
+    let next = s.emit(
+        SystemTime::UNIX_EPOCH,
+        &SelfCost::default(),
+        &ReadCounters::default(),
     );
+    assert_eq!(kinds(&lines(&next)), ["snapshot", "process", "agent"]);
+    assert!(next.capacity() < 32768, "{} bytes", next.capacity());
+}
+
+#[test]
+fn exits_are_forgotten_at_the_emission_and_not_kept_without_a_processes_collector() {
+    let mut s = store(EmitMode::Changes, 100);
+    s.apply(
+        "processes",
+        Duration::ZERO,
+        procs(&[(1, 10), (2, 20), (3, 30)]),
+    );
+    emit(&mut s);
+    for pid in [2, 3] {
+        assert_eq!(
+            kinds(&lines(&s.exit_now(
+                pid,
+                ExitCause::Exit,
+                SystemTime::UNIX_EPOCH
+            ))),
+            ["exit"]
+        );
+    }
+    // Nothing of 2 and 3 is sent again, though the held observation still listed them.
+    let e = emit(&mut s);
+    assert_eq!(kinds(&e), ["snapshot", "agent"]);
+    assert_eq!(e[0]["entities"]["process"], 1);
+    // Kept for the next processes run, which may have read them just before they died ...
+    assert_eq!(s.exited.len(), 2);
+    s.apply("processes", Duration::ZERO, procs(&[(1, 10), (2, 20)]));
+    assert!(s.exited.is_empty());
+    assert_eq!(kinds(&emit(&mut s)), ["snapshot", "agent"], "2 not back");
+
+    // ... but with no processes collector nothing would clear them: the emission does.
+    let mut s = store_with(EmitMode::Changes, 100, true, &["meminfo"]);
+    for pid in 1..=1000 {
+        assert!(
+            s.exit_now(pid, ExitCause::Exit, SystemTime::UNIX_EPOCH)
+                .is_empty()
+        );
+    }
+    let e = emit(&mut s);
+    assert_eq!(e[0]["unseen_exits"], 1000);
+    assert!(s.exited.is_empty(), "{} pids kept", s.exited.len());
 }

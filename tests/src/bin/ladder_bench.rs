@@ -43,7 +43,7 @@
 use std::{
     any::Any,
     collections::{BTreeMap, HashSet},
-    io::{BufRead as _, BufReader},
+    io::{BufRead as _, BufReader, Write as _},
     path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -59,7 +59,7 @@ use memscope_agent::{
     ladder::{Reason, StatmPass, TierStats},
     proc_events::ProcEvents,
     procfs::{FileClass, OpenFiles, ProcFs},
-    store::{SelfCost, Store, StoreConfig, TrackerInfo, keyframe_every},
+    store::{ExitCause, SelfCost, Store, StoreConfig, TrackerInfo, keyframe_every},
     tracker::{self, DirtySource, TrackerState},
 };
 use memscope_common::LifecycleEvent;
@@ -264,6 +264,8 @@ struct Agent {
     watch: Option<(u32, String)>,
     /// The answer of the latest smaps observation.
     shown: bool,
+    /// Where the `exit` records at once go (the agent writes them to its sink).
+    dev_null: std::fs::File,
 }
 
 /// Whether the smaps observation `obs` shows `pid` mapping the memfd `name`.
@@ -348,6 +350,10 @@ impl Agent {
             tick: 0,
             watch: None,
             shown: false,
+            dev_null: std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/null")
+                .context("opening /dev/null")?,
         })
     }
 
@@ -363,8 +369,23 @@ impl Agent {
             clock = now;
         };
         if let Some(rx) = &mut self.lifecycle {
+            // As the agent's store does: an exit becomes an `exit` record at once, and the ones
+            // waiting go out in one write.
+            let mut exits = Vec::new();
             while let Ok(ev) = rx.try_recv() {
                 self.events.publish_lifecycle(&ev);
+                if ev.kind == memscope_common::event_kind::EXIT {
+                    exits.extend(self.store.exit_now(
+                        ev.tgid,
+                        ExitCause::Exit,
+                        std::time::SystemTime::now(),
+                    ));
+                }
+            }
+            if !exits.is_empty() {
+                self.dev_null
+                    .write_all(&exits)
+                    .context("writing exit records to /dev/null")?;
             }
         }
         let marks = self.source.drain();
@@ -563,7 +584,6 @@ struct Freshness {
 /// smaps tier's emitted objects show the new mapping (None: not within `max_staleness` plus two
 /// ticks).
 fn freshness(opts: &Options, memhog: &PathBuf, ebpf: bool) -> anyhow::Result<Freshness> {
-    use std::io::Write as _;
     let mut agent = Agent::new(opts, ebpf)?;
     let mut child = Command::new(memhog)
         .args(["swapper", &SWAP_BYTES.to_string()])
