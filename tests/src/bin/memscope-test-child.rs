@@ -122,22 +122,19 @@ impl Lines {
 /// Maps and touches `size` bytes of anonymous memory; unmaps them again when `unmap`. Returns
 /// whether the mapping was made.
 fn anon(size: usize, unmap: bool) -> bool {
-    // SAFETY: a new anonymous private mapping; we only write inside it and unmap exactly it.
+    let Ok(start) = memscope_tests::map_new(
+        size,
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+        -1,
+    ) else {
+        return false;
+    };
+    // SAFETY: `start` is the fresh writable mapping of `size` bytes just made; we unmap exactly it.
     unsafe {
-        let p = libc::mmap(
-            std::ptr::null_mut(),
-            size,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        );
-        if p == libc::MAP_FAILED {
-            return false;
-        }
-        touch(p.cast(), size);
+        touch(start.as_ptr(), size);
         if unmap {
-            libc::munmap(p, size);
+            libc::munmap(start.as_ptr().cast(), size);
         }
     }
     true
