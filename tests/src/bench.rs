@@ -80,15 +80,25 @@ fn timeval(t: libc::timeval) -> Duration {
     Duration::from_secs(t.tv_sec.unsigned_abs()) + Duration::from_micros(t.tv_usec.unsigned_abs())
 }
 
-/// CPU time (user + system) of this process, all threads.
-pub fn cpu_time() -> Duration {
-    // SAFETY: getrusage into a zeroed struct we own; RUSAGE_SELF cannot fail.
+/// CPU time (user + system) of `who` (`RUSAGE_SELF`, `RUSAGE_CHILDREN`).
+fn rusage_cpu(who: libc::c_int) -> Duration {
+    // SAFETY: getrusage into a zeroed struct we own; it cannot fail for these `who`.
     let ru = unsafe {
         let mut ru: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        libc::getrusage(who, &mut ru);
         ru
     };
     timeval(ru.ru_utime) + timeval(ru.ru_stime)
+}
+
+/// CPU time (user + system) of this process, all threads.
+pub fn cpu_time() -> Duration {
+    rusage_cpu(libc::RUSAGE_SELF)
+}
+
+/// CPU time (user + system) of all the children this process has waited for so far.
+pub fn children_cpu_time() -> Duration {
+    rusage_cpu(libc::RUSAGE_CHILDREN)
 }
 
 /// What a finished child cost: CPU (user + system) and peak RSS, from `wait4`.
