@@ -17,11 +17,14 @@ pub struct Options {
     pub processes: Vec<usize>,
     /// The agent's `interval`, when not its default.
     pub interval: Option<String>,
+    /// The agent's `[output] keyframe_interval`, when not its default (30 m): a keyframe's peak
+    /// (`VmHWM`) without waiting half an hour.
+    pub keyframe_interval: Option<String>,
     pub pid_namespace: bool,
 }
 
 pub const USAGE: &str = "usage: cargo xtask soak -- [--minutes N (5)] [--every SECONDS (30)] \
-[--processes 1000,3000] [--interval 10s] [--pid-namespace] [--agent PATH (the release build)]";
+[--processes 1000,3000] [--interval 10s] [--keyframe-interval 30m] [--pid-namespace] [--agent PATH (the release build)]";
 
 /// The options from the command line (`--help` is the caller's).
 pub fn parse(args: &[String]) -> Result<Options> {
@@ -31,6 +34,7 @@ pub fn parse(args: &[String]) -> Result<Options> {
         every: 30,
         processes: vec![1000, 3000],
         interval: None,
+        keyframe_interval: None,
         pid_namespace: false,
     };
     let mut it = args.iter();
@@ -60,6 +64,7 @@ pub fn parse(args: &[String]) -> Result<Options> {
                     .collect::<Result<_>>()?;
             }
             "--interval" => o.interval = Some(value.clone()),
+            "--keyframe-interval" => o.keyframe_interval = Some(value.clone()),
             // The last one counts: `cargo xtask soak` puts the release build's first.
             "--agent" => o.agent = PathBuf::from(value),
             other => bail!("unknown argument {other}; {USAGE}"),
@@ -126,15 +131,16 @@ mod tests {
     fn arguments_parse_and_bad_ones_are_refused() -> Result<()> {
         let args = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
         let o = parse(&args(
-            "--agent /release --minutes 60 --every 120 --processes 3000 --pid-namespace --interval 5s --agent /x",
+            "--agent /release --minutes 60 --every 120 --processes 3000 --pid-namespace --interval 5s --keyframe-interval 2m --agent /x",
         ))?;
+        assert_eq!(o.keyframe_interval.as_deref(), Some("2m"));
         assert_eq!((o.minutes, o.every, o.processes), (60, 120, vec![3000]));
         assert_eq!(o.interval.as_deref(), Some("5s"));
         assert!(o.pid_namespace);
         assert_eq!(o.agent, PathBuf::from("/x"));
         let d = parse(&args("--agent /a"))?;
         assert_eq!((d.minutes, d.every, d.processes), (5, 30, vec![1000, 3000]));
-        assert!(!d.pid_namespace && d.interval.is_none());
+        assert!(!d.pid_namespace && d.interval.is_none() && d.keyframe_interval.is_none());
         assert!(parse(&[]).is_err(), "no agent");
         assert!(parse(&args("--agent /a --minutes 0")).is_err());
         assert!(parse(&args("--agent /a --processes 1,0")).is_err());

@@ -176,6 +176,9 @@ fn main() -> Result<()> {
         // In a PID namespace the eBPF tracker would also report the host's exits.
         config.push_str("tracker = \"polling\"\n");
     }
+    if let Some(k) = &o.keyframe_interval {
+        config.push_str(&format!("[output]\nkeyframe_interval = {k:?}\n"));
+    }
     let conf = dir.path().join("soak.toml");
     std::fs::write(&conf, config).with_context(|| format!("{}", conf.display()))?;
     let mut summary = Vec::new();
