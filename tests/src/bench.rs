@@ -1,6 +1,6 @@
-//! What the benchmarks share (`ladder_bench`, `peers_bench`, `probe_bench`, `view_bench`): the
-//! `memhog worker` pool, CPU and peak-RSS measurement, and the statistics (medians, percentiles).
-//! Benchmarks print figures; nothing here asserts a time.
+//! What the benchmarks in `src/bin/` share: the `memhog worker` pool, CPU and peak-RSS
+//! measurement, the statistics (medians, percentiles), the root check and the re-run in a PID
+//! namespace of their own. Benchmarks print figures; nothing here asserts a time.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -80,15 +80,25 @@ fn timeval(t: libc::timeval) -> Duration {
     Duration::from_secs(t.tv_sec.unsigned_abs()) + Duration::from_micros(t.tv_usec.unsigned_abs())
 }
 
-/// CPU time (user + system) of this process, all threads.
-pub fn cpu_time() -> Duration {
-    // SAFETY: getrusage into a zeroed struct we own; RUSAGE_SELF cannot fail.
+/// CPU time (user + system) of `who` (`RUSAGE_SELF`, `RUSAGE_CHILDREN`).
+fn rusage_cpu(who: libc::c_int) -> Duration {
+    // SAFETY: getrusage into a zeroed struct we own; it cannot fail for these `who`.
     let ru = unsafe {
         let mut ru: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        libc::getrusage(who, &mut ru);
         ru
     };
     timeval(ru.ru_utime) + timeval(ru.ru_stime)
+}
+
+/// CPU time (user + system) of this process, all threads.
+pub fn cpu_time() -> Duration {
+    rusage_cpu(libc::RUSAGE_SELF)
+}
+
+/// CPU time (user + system) of all the children this process has waited for so far.
+pub fn children_cpu_time() -> Duration {
+    rusage_cpu(libc::RUSAGE_CHILDREN)
 }
 
 /// What a finished child cost: CPU (user + system) and peak RSS, from `wait4`.
@@ -160,6 +170,59 @@ pub fn pids() -> anyhow::Result<Vec<u32>> {
         .collect())
 }
 
+/// The bench's command-line arguments; `None`, after printing `usage` on stderr, when they ask for
+/// help (`--help`, `-h`).
+pub fn args_unless_help(usage: &str) -> Option<Vec<String>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        eprintln!("{usage}");
+        return None;
+    }
+    Some(args)
+}
+
+/// Fails with `message` (what needs root, and how to run it) unless this process runs as root.
+pub fn ensure_root(message: &str) -> anyhow::Result<()> {
+    if !rustix::process::geteuid().is_root() {
+        bail!("{message}");
+    }
+    Ok(())
+}
+
+/// Set in the environment of a bench's run again by [`rerun_in_pid_namespace`].
+const IN_OWN_PID_NAMESPACE: &str = "MEMSCOPE_BENCH_IN_PID_NAMESPACE";
+
+/// Whether this process is a bench's run again inside a PID namespace of its own
+/// ([`rerun_in_pid_namespace`]).
+pub fn in_own_pid_namespace() -> bool {
+    std::env::var_os(IN_OWN_PID_NAMESPACE).is_some()
+}
+
+/// Runs this bench binary again with `args` in a PID namespace of its own with its own `/proc`
+/// (root; `unshare` from util-linux) and waits for it: the agents it starts see only what the bench
+/// starts, and themselves, whatever else runs on the host. The run inside sees
+/// [`in_own_pid_namespace`]. `bench` names the bench in errors.
+pub fn rerun_in_pid_namespace(bench: &str, args: &[String]) -> anyhow::Result<()> {
+    ensure_root(&format!(
+        "{bench} --pid-namespace needs root (unshare --pid --mount)"
+    ))?;
+    let me = std::env::current_exe().with_context(|| format!("{bench}: its own executable"))?;
+    // A shell is the namespace's pid 1, so that the bench is not: a process whose parent is pid 1
+    // (a `memhog worker` of the bench) takes it that its parent is gone.
+    let status = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount", "--mount-proc"])
+        .args(["sh", "-c", "\"$@\"; exit $?", "sh"])
+        .arg(&me)
+        .args(args)
+        .env(IN_OWN_PID_NAMESPACE, "1")
+        .status()
+        .with_context(|| format!("{bench}: running unshare (util-linux)"))?;
+    if !status.success() {
+        bail!("{bench} in a PID namespace of its own: {status}");
+    }
+    Ok(())
+}
+
 /// `memhog` beside the running bench binary (`cargo build --release -p memscope-tests --bin
 /// memhog`, which the `cargo xtask` bench commands do).
 pub fn memhog_path() -> anyhow::Result<PathBuf> {
@@ -182,7 +245,7 @@ pub const WORKER_REGION_BYTES: usize = 256 << 10;
 
 /// A pool of `memhog worker` processes; killed and reaped on drop.
 pub struct Workers {
-    children: Vec<Child>,
+    children: Children,
     pub pids: Vec<i32>,
     next: usize,
 }
@@ -198,7 +261,7 @@ impl Workers {
         shared: Option<&Path>,
     ) -> anyhow::Result<Workers> {
         let mut w = Workers {
-            children: Vec::with_capacity(n),
+            children: Children(Vec::with_capacity(n)),
             pids: Vec::with_capacity(n),
             next: 0,
         };
@@ -218,7 +281,7 @@ impl Workers {
                 .stdout
                 .take()
                 .context("worker stdout was not captured")?;
-            w.children.push(child);
+            w.children.0.push(child);
             let mut line = String::new();
             BufReader::new(stdout)
                 .read_line(&mut line)
@@ -249,12 +312,17 @@ impl Workers {
     }
 }
 
-impl Drop for Workers {
+/// Child processes, killed and reaped when dropped (also on an error): all killed first, then
+/// reaped, so that a large pool ends at once.
+#[derive(Default)]
+pub struct Children(pub Vec<Child>);
+
+impl Drop for Children {
     fn drop(&mut self) {
-        for c in &mut self.children {
+        for c in &mut self.0 {
             let _ = c.kill();
         }
-        for c in &mut self.children {
+        for c in &mut self.0 {
             let _ = c.wait();
         }
     }

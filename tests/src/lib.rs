@@ -7,6 +7,7 @@ use memscope_agent::config::{Config, SinkKind};
 use serde_json::Value;
 
 pub mod bench;
+pub mod soak;
 pub mod stream;
 pub mod volume;
 
@@ -156,25 +157,67 @@ impl Drop for TestChild {
     }
 }
 
-/// Maps one anonymous private read-write 4 KiB page, untouched. Allocates nothing, so the eBPF
-/// lane's test child can call it between commands without other memory-layout syscalls.
+/// A new mapping of `len` bytes with `prot` and `flags` (`MAP_SHARED` or `MAP_PRIVATE`, maybe
+/// `MAP_ANONYMOUS` with `fd` -1) of the file behind `fd` from its start, at an address the kernel
+/// chooses; untouched. `MAP_FIXED` is refused: it would replace what is mapped there. Allocates
+/// nothing, so the eBPF lane's test child can call it between commands without other
+/// memory-layout syscalls.
 #[inline]
-pub fn map_anon_page() -> std::io::Result<std::ptr::NonNull<u8>> {
-    // SAFETY: a new anonymous private mapping at an address the kernel chooses; nothing aliases it.
-    let page = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            4096,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if page == libc::MAP_FAILED {
+pub fn map_new(
+    len: usize,
+    prot: libc::c_int,
+    flags: libc::c_int,
+    fd: std::os::fd::RawFd,
+) -> std::io::Result<std::ptr::NonNull<u8>> {
+    if flags & libc::MAP_FIXED != 0 {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    }
+    // SAFETY: without MAP_FIXED the kernel picks an address no mapping holds, so nothing the
+    // program has aliases the new one; a bad fd, length or flag is an error, checked below.
+    let start = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, fd, 0) };
+    if start == libc::MAP_FAILED {
         return Err(std::io::Error::last_os_error());
     }
-    std::ptr::NonNull::new(page.cast()).ok_or_else(|| std::io::Error::other("mmap returned null"))
+    std::ptr::NonNull::new(start.cast()).ok_or_else(|| std::io::Error::other("mmap returned null"))
+}
+
+/// Maps one anonymous private read-write 4 KiB page, untouched ([`map_new`]).
+#[inline]
+pub fn map_anon_page() -> std::io::Result<std::ptr::NonNull<u8>> {
+    map_new(
+        4096,
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+        -1,
+    )
+}
+
+/// A new memfd named `name` of `size` bytes, mapped shared, read-write and untouched: the file and
+/// the mapping's start (unmap it with `munmap(start, size)`; closing the file leaves the mapping).
+/// Allocates nothing, like [`map_anon_page`].
+pub fn map_memfd(
+    name: &std::ffi::CStr,
+    size: usize,
+) -> std::io::Result<(std::os::fd::OwnedFd, std::ptr::NonNull<u8>)> {
+    use std::os::fd::AsRawFd as _;
+    let fd = rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::empty())?;
+    rustix::fs::ftruncate(&fd, size as u64)?;
+    let start = map_shared_fd(fd.as_raw_fd(), size)?;
+    Ok((fd, start))
+}
+
+/// Maps the first `size` bytes of the file behind `fd` shared and read-write, untouched
+/// ([`map_new`]).
+pub fn map_shared_fd(
+    fd: std::os::fd::RawFd,
+    size: usize,
+) -> std::io::Result<std::ptr::NonNull<u8>> {
+    map_new(
+        size,
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_SHARED,
+        fd,
+    )
 }
 
 /// Maps one anonymous 4 KiB page and unmaps it: the syscall pair the tracepoint programs watch

@@ -248,23 +248,11 @@ fn agent_own_mmaps_are_not_marked() {
     }
     // A shared mapping would be MAPPING in any other process.
     const SIZE: usize = 1 << 20;
-    // SAFETY: a fresh memfd mapped shared, unmapped and closed; nothing else refers to either.
-    unsafe {
-        let fd = libc::memfd_create(c"memscope-own-memfd".as_ptr(), 0);
-        assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
-        assert_eq!(libc::ftruncate(fd, SIZE as libc::off_t), 0);
-        let p = libc::mmap(
-            std::ptr::null_mut(),
-            SIZE,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd,
-            0,
-        );
-        assert_ne!(p, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
-        libc::munmap(p, SIZE);
-        libc::close(fd);
-    }
+    let (fd, start) = memscope_tests::map_memfd(c"memscope-own-memfd", SIZE).expect("memfd");
+    // SAFETY: the mapping just made, unmapped whole; nothing refers to it.
+    let rc = unsafe { libc::munmap(start.as_ptr().cast(), SIZE) };
+    assert_eq!(rc, 0, "munmap: {}", std::io::Error::last_os_error());
+    drop(fd);
     let marks = tracker.source.drain();
     assert_eq!(
         mark_of(&marks, std::process::id()),

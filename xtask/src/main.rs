@@ -6,17 +6,12 @@
 //! privileged lane (root + BPF), which fails loudly when it cannot run, then the packaging and
 //! log-pipeline lanes (rsyslog, chDB; installs them).
 
+mod benches;
 mod ebpf_object;
 mod fuzz;
-mod ladder_bench;
 mod packaging;
-mod peers_bench;
 mod pipeline;
-mod probe_bench;
 mod setup;
-mod soak;
-mod view_bench;
-mod volume;
 
 use std::process::Command;
 
@@ -114,27 +109,19 @@ fn main() -> Result<()> {
         Cmd::Test { skip_privileged } => test(skip_privileged),
         Cmd::TestPrivileged => privileged_lane(),
         Cmd::TestView => view_lane(),
-        Cmd::ViewBench { args } => view_bench::run(&args),
+        Cmd::ViewBench { args } => benches::view(&args),
         Cmd::TestPackaging => packaging::lane(&workspace_root()),
         Cmd::TestPipeline => pipeline::lane(),
         Cmd::Setup => setup::setup_ebpf_toolchain(),
         Cmd::EbpfObject { check: false } => ebpf_object::refresh(&workspace_root()),
         Cmd::EbpfObject { check: true } => ebpf_object::check(&workspace_root()),
-        Cmd::ProbeBench => probe_bench::run(),
-        Cmd::Bench { args } => ladder_bench::run(&args),
-        Cmd::BenchSharing { args } => {
-            if !is_root() {
-                bail!(
-                    "the sharing bench needs root (every process's smaps): run `sudo cargo xtask bench-sharing`"
-                );
-            }
-            build_release_bins("memscope-tests", &["sharing_bench", "memhog"])?;
-            run_release_bin("sharing_bench", &args)
-        }
-        Cmd::BenchPeers { args } => peers_bench::run(&args),
+        Cmd::ProbeBench => benches::probe(),
+        Cmd::Bench { args } => benches::ladder(&args),
+        Cmd::BenchSharing { args } => benches::sharing(&args),
+        Cmd::BenchPeers { args } => benches::peers(&args),
         Cmd::Fuzz { seconds, targets } => fuzz::run(seconds, &targets),
-        Cmd::Volume { args } => volume::run(&args),
-        Cmd::Soak { args } => soak::run(&args),
+        Cmd::Volume { args } => benches::volume(&args),
+        Cmd::Soak { args } => benches::soak(&args),
         Cmd::SchemaUpdate => cargo(
             &[
                 "test",
@@ -178,54 +165,22 @@ fn cargo(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
     Ok(())
 }
 
-/// Where `cargo build --release` puts binaries (`CARGO_TARGET_DIR` or `target/`, then `release/`).
-fn release_dir() -> std::path::PathBuf {
+/// Where cargo puts the binaries of `profile` (`debug`, `release`): `CARGO_TARGET_DIR` or
+/// `target/`, then the profile.
+fn profile_dir(profile: &str) -> std::path::PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| workspace_root().join("target"), std::path::PathBuf::from)
-        .join("release")
+        .join(profile)
 }
 
-/// Runs a release binary built from the workspace with `args`, failing on a non-zero exit.
-/// Builds `bins` of `package` in release.
-fn build_release_bins(package: &str, bins: &[&str]) -> Result<()> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut build = Command::new(cargo);
-    build
-        .args(["build", "--release", "--package", package])
-        .current_dir(workspace_root());
-    for bin in bins {
-        build.args(["--bin", bin]);
-    }
-    eprintln!("xtask: {build:?}");
-    run_checked(&mut build)
+/// Where `cargo build --release` puts binaries.
+fn release_dir() -> std::path::PathBuf {
+    profile_dir("release")
 }
 
+/// Runs the release binary `name` of the workspace with `args`, failing on a non-zero exit.
 fn run_release_bin(name: &str, args: &[String]) -> Result<()> {
     run_checked(Command::new(release_dir().join(name)).args(args))
-}
-
-/// Builds the agent and the named binaries of `memscope-tests` in release, then runs the first of
-/// them with `--agent PATH-OF-THE-AGENT` and `args`.
-fn run_agent_bench(bins: &[&str], args: &[String]) -> Result<()> {
-    let mut build = vec![
-        "build",
-        "--release",
-        "--package",
-        "memscope-agent",
-        "--package",
-        "memscope-tests",
-        "--bin",
-        "memscope-agent",
-    ];
-    for bin in bins {
-        build.extend(["--bin", bin]);
-    }
-    cargo(&build, &[])?;
-    let agent = release_dir().join("memscope-agent");
-    let mut bench_args = vec!["--agent".to_string(), agent.display().to_string()];
-    bench_args.extend_from_slice(args);
-    let bench = bins.first().context("no bench binary named")?;
-    run_release_bin(bench, &bench_args)
 }
 
 /// Installs Debian packages with apt-get (`apt-get update` first), non-interactively.
@@ -256,31 +211,6 @@ fn workspace_root() -> std::path::PathBuf {
         .parent()
         .map(std::path::Path::to_path_buf)
         .unwrap_or(manifest)
-}
-
-/// Runs this xtask's `subcommand` with `args` again in a PID namespace of its own with its own
-/// `/proc` (root; `unshare` from util-linux), with `inner` set in its environment so the inner run
-/// knows where it is. The agents it starts see only what the command starts, and themselves.
-fn rerun_in_pid_namespace(subcommand: &str, args: &[String], inner: &str) -> Result<()> {
-    if !is_root() {
-        bail!("--pid-namespace needs root (unshare --pid --mount)");
-    }
-    let me = std::env::current_exe().context("the xtask binary")?;
-    // A shell is the namespace's pid 1, so that the command is not: a process whose parent is
-    // pid 1 takes it that its parent is gone.
-    let status = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount", "--mount-proc"])
-        .args(["sh", "-c", "\"$@\"; exit $?", "sh"])
-        .arg(&me)
-        .arg(subcommand)
-        .args(args)
-        .env(inner, "1")
-        .status()
-        .context("running unshare (util-linux)")?;
-    if !status.success() {
-        bail!("{subcommand} in a PID namespace: {status}");
-    }
-    Ok(())
 }
 
 fn is_root() -> bool {
@@ -350,9 +280,7 @@ fn privileged_lane() -> Result<()> {
     // The live lane runs the agent binary itself as an unprivileged user (`live.rs`): build it, and
     // say where it is.
     cargo(&["build", "-p", "memscope-agent"], &[])?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| workspace_root().join("target"), std::path::PathBuf::from);
-    let agent = target.join("debug").join("memscope-agent");
+    let agent = profile_dir("debug").join("memscope-agent");
     let agent = agent.to_str().context("target directory is not UTF-8")?;
     cargo(
         &[

@@ -63,7 +63,9 @@ use memscope_agent::{
     tracker::{self, DirtySource, TrackerState},
 };
 use memscope_common::LifecycleEvent;
-use memscope_tests::bench::{Workers, cpu_time, median, memhog_path, percentile};
+use memscope_tests::bench::{
+    Workers, args_unless_help, cpu_time, ensure_root, median, memhog_path, percentile,
+};
 
 struct Options {
     workers: usize,
@@ -97,7 +99,7 @@ const USAGE: &str = "usage: ladder_bench [--workers N (300)] [--worker-bytes BYT
 [--churn-all-ms MS] [--forks-per-s N] [--no-freshness 1] [--ebpf 0|1 (1)]";
 
 impl Options {
-    fn parse() -> anyhow::Result<Options> {
+    fn parse(args: &[String]) -> anyhow::Result<Options> {
         let mut o = Options {
             workers: 300,
             worker_bytes: 4 << 20,
@@ -116,7 +118,7 @@ impl Options {
             no_freshness: false,
             ebpf: true,
         };
-        let mut args = std::env::args().skip(1);
+        let mut args = args.iter().cloned();
         while let Some(flag) = args.next() {
             let value = args
                 .next()
@@ -776,17 +778,13 @@ fn whole_ms(s: &Sample) -> f64 {
 
 #[expect(clippy::print_stdout, reason = "the table is this binary's output")]
 fn main() -> anyhow::Result<()> {
-    if std::env::args().any(|a| a == "--help" || a == "-h") {
-        eprintln!("{USAGE}");
+    let Some(args) = args_unless_help(USAGE) else {
         return Ok(());
-    }
-    let opts = Options::parse()?;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!(
-            "ladder_bench needs root (eBPF tracepoints, every process's smaps): run `sudo cargo xtask bench`"
-        );
-    }
+    };
+    let opts = Options::parse(&args)?;
+    ensure_root(
+        "ladder_bench needs root (eBPF tracepoints, every process's smaps): run `sudo cargo xtask bench`",
+    )?;
     let memhog = memhog_path()?;
     eprintln!(
         "ladder_bench: starting {} workers of {} KiB",

@@ -70,21 +70,14 @@ fn touch(base: *mut u8, bytes: usize) {
 }
 
 fn map_anon(bytes: usize) -> anyhow::Result<*mut u8> {
-    // SAFETY: a fresh anonymous mapping; checked for failure below.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            bytes,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        anyhow::bail!("mmap {bytes} bytes: {}", std::io::Error::last_os_error());
-    }
-    Ok(p.cast())
+    let p = memscope_tests::map_new(
+        bytes,
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+        -1,
+    )
+    .map_err(|e| anyhow::anyhow!("mmap {bytes} bytes: {e}"))?;
+    Ok(p.as_ptr())
 }
 
 fn check(ret: libc::c_int, what: &str) -> anyhow::Result<libc::c_int> {
@@ -96,21 +89,9 @@ fn check(ret: libc::c_int, what: &str) -> anyhow::Result<libc::c_int> {
 
 /// Maps `fd` shared, `bytes` long.
 fn map_shared_fd(fd: libc::c_int, bytes: usize) -> anyhow::Result<*mut u8> {
-    // SAFETY: a fresh shared mapping of an fd we own; checked for failure below.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            bytes,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        anyhow::bail!("mmap fd {fd}: {}", std::io::Error::last_os_error());
-    }
-    Ok(p.cast())
+    let start = memscope_tests::map_shared_fd(fd, bytes)
+        .map_err(|e| anyhow::anyhow!("mmap fd {fd}: {e}"))?;
+    Ok(start.as_ptr())
 }
 
 /// Reads every page so it is mapped in this process's page tables.
@@ -342,20 +323,14 @@ fn cow(path: &str, bytes: usize) -> anyhow::Result<()> {
         .open(path)
         .map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
     fill(&mut f, bytes)?;
-    // SAFETY: a fresh private mapping of a file we hold open; checked for failure below.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            bytes,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE,
-            std::os::fd::AsRawFd::as_raw_fd(&f),
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        anyhow::bail!("mmap {path}: {}", std::io::Error::last_os_error());
-    }
+    let p = memscope_tests::map_new(
+        bytes,
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_PRIVATE,
+        std::os::fd::AsRawFd::as_raw_fd(&f),
+    )
+    .map_err(|e| anyhow::anyhow!("mmap {path}: {e}"))?
+    .as_ptr();
     fault_in(p.cast(), bytes);
     touch(p.cast(), bytes / 2);
     writeln!(
@@ -558,38 +533,26 @@ fn worker(bytes: usize, region: usize, shared: Option<&str>) -> anyhow::Result<(
     if let Some(path) = shared {
         let file = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
         let len = usize::try_from(file.metadata()?.len())?;
-        // SAFETY: a fresh read-only shared mapping of a file we hold open; checked below.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                std::os::fd::AsRawFd::as_raw_fd(&file),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            anyhow::bail!("mmap {path}: {}", std::io::Error::last_os_error());
-        }
+        let p = memscope_tests::map_new(
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+        )
+        .map_err(|e| anyhow::anyhow!("mmap {path}: {e}"))?
+        .as_ptr();
         fault_in(p.cast(), len);
     }
     // One page of our own executable, mapped shared: a file object every worker maps.
     let exe = std::fs::File::open("/proc/self/exe")?;
-    // SAFETY: a fresh read-only shared mapping of a file we hold open; checked below.
-    let page = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            4096,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            std::os::fd::AsRawFd::as_raw_fd(&exe),
-            0,
-        )
-    };
-    if page == libc::MAP_FAILED {
-        anyhow::bail!("mmap /proc/self/exe: {}", std::io::Error::last_os_error());
-    }
+    let page = memscope_tests::map_new(
+        4096,
+        libc::PROT_READ,
+        libc::MAP_SHARED,
+        std::os::fd::AsRawFd::as_raw_fd(&exe),
+    )
+    .map_err(|e| anyhow::anyhow!("mmap /proc/self/exe: {e}"))?
+    .as_ptr();
     fault_in(page.cast(), 4096);
 
     // Block SIGUSR1 except inside sigsuspend, so a signal between the check and the wait is not lost.

@@ -10,6 +10,8 @@
 //! carried out (an empty line is ignored, without an answer).
 //! Exits on end of input. Argument `exit`: exits at once.
 
+use std::os::fd::IntoRawFd as _;
+
 fn write_line(text: &[u8]) {
     // SAFETY: writing a valid buffer to stdout.
     let _written = unsafe { libc::write(1, text.as_ptr().cast(), text.len()) };
@@ -61,26 +63,11 @@ fn main() {
             }
         } else if command.starts_with(b"memfd") {
             const SIZE: usize = 256 << 10;
-            // SAFETY: a fresh memfd, sized and mapped shared; we only write inside the mapping.
-            unsafe {
-                let fd = libc::memfd_create(c"memscope-test-memfd".as_ptr(), 0);
-                if fd >= 0 && libc::ftruncate(fd, SIZE as libc::off_t) == 0 {
-                    let p = libc::mmap(
-                        std::ptr::null_mut(),
-                        SIZE,
-                        libc::PROT_READ | libc::PROT_WRITE,
-                        libc::MAP_SHARED,
-                        fd,
-                        0,
-                    );
-                    if p != libc::MAP_FAILED {
-                        let mut off = 0;
-                        while off < SIZE {
-                            p.cast::<u8>().add(off).write_volatile(1);
-                            off += 4096;
-                        }
-                    }
-                }
+            if let Ok((fd, start)) = memscope_tests::map_memfd(c"memscope-test-memfd", SIZE) {
+                // SAFETY: `start` is the fresh writable mapping of SIZE bytes just made.
+                unsafe { touch(start.as_ptr(), SIZE) };
+                // Kept open, like the mapping, until the child exits.
+                let _kept = fd.into_raw_fd();
             }
         } else if command.starts_with(b"shmget") {
             // SAFETY: plain SysV calls with valid arguments; the segment is removed at once.
@@ -135,27 +122,33 @@ impl Lines {
 /// Maps and touches `size` bytes of anonymous memory; unmaps them again when `unmap`. Returns
 /// whether the mapping was made.
 fn anon(size: usize, unmap: bool) -> bool {
-    // SAFETY: a new anonymous private mapping; we only write inside it and unmap exactly it.
+    let Ok(start) = memscope_tests::map_new(
+        size,
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+        -1,
+    ) else {
+        return false;
+    };
+    // SAFETY: `start` is the fresh writable mapping of `size` bytes just made; we unmap exactly it.
     unsafe {
-        let p = libc::mmap(
-            std::ptr::null_mut(),
-            size,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        );
-        if p == libc::MAP_FAILED {
-            return false;
-        }
-        let mut off = 0;
-        while off < size {
-            p.cast::<u8>().add(off).write_volatile(1);
-            off += 4096;
-        }
+        touch(start.as_ptr(), size);
         if unmap {
-            libc::munmap(p, size);
+            libc::munmap(start.as_ptr().cast(), size);
         }
     }
     true
+}
+
+/// Writes one byte in every page of `size` bytes from `start`.
+///
+/// # Safety
+/// `start` must be the start of a writable mapping of at least `size` bytes.
+unsafe fn touch(start: *mut u8, size: usize) {
+    let mut off = 0;
+    while off < size {
+        // SAFETY: `off < size`, inside the mapping (the caller's promise).
+        unsafe { start.add(off).write_volatile(1) };
+        off += 4096;
+    }
 }

@@ -8,7 +8,7 @@
 //! with the load average printed beside them.
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -17,20 +17,9 @@ use memscope_agent::procfs::{
     ProcFs,
     mountinfo::{SharedNamespaces, discover},
 };
+use memscope_tests::bench::{Children, ensure_root};
 
 const ROUNDS: usize = 21;
-
-/// The children, killed on drop (also on an error).
-struct Children(Vec<Child>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 fn median_min(mut v: Vec<Duration>) -> (Duration, Duration) {
     v.sort();
@@ -47,9 +36,7 @@ fn main() -> anyhow::Result<()> {
         Some(a) => a.parse().with_context(|| format!("N: {a:?}"))?,
         None => 100,
     };
-    if !rustix::process::geteuid().is_root() {
-        bail!("ns_bench needs root (unshare -m, and reading other processes' ns links)");
-    }
+    ensure_root("ns_bench needs root (unshare -m, and reading other processes' ns links)")?;
     let procfs = ProcFs::new("/proc");
     let own = procfs.mount_ns("self").context("own mount namespace")?;
     let mut children = Children(Vec::with_capacity(n));

@@ -41,8 +41,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use memscope_tests::bench::{
-    ChildCost, Latency, Workers, cpu_time, flag_number, http_body, median, memhog_path, pids,
-    process_cpu, process_peak_rss, prometheus_sum, run_measured,
+    ChildCost, Latency, Workers, args_unless_help, cpu_time, ensure_root, flag_number, http_body,
+    median, memhog_path, pids, process_cpu, process_peak_rss, prometheus_sum, run_measured,
 };
 use serde_json::Value;
 
@@ -657,18 +657,13 @@ fn stall_table(opts: &Options, memhog: &Path) -> anyhow::Result<()> {
 
 #[expect(clippy::print_stdout, reason = "the header is this binary's output")]
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--help" || a == "-h") {
-        eprintln!("{USAGE}");
+    let Some(args) = args_unless_help(USAGE) else {
         return Ok(());
-    }
+    };
     let opts = Options::parse(&args)?;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!(
-            "peers_bench needs root (every process's smaps, eBPF): run `cargo xtask bench-peers` as root"
-        );
-    }
+    ensure_root(
+        "peers_bench needs root (every process's smaps, eBPF): run `cargo xtask bench-peers` as root",
+    )?;
     let memhog = memhog_path()?;
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .context("/proc/sys/kernel/osrelease")?;
@@ -690,15 +685,19 @@ fn main() -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    println!(
-        "command: cargo xtask bench-peers -- {}",
-        // `cargo xtask bench-peers` puts `--agent PATH` first; the rest is what the user gave.
-        if args.first().is_some_and(|a| a == "--agent") {
-            args.get(2..).unwrap_or_default().join(" ")
+    // `cargo xtask bench-peers` puts `--agent PATH` of its release build first (unless given one):
+    // the command shows the rest, the agent its own line.
+    let mut shown = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--agent" {
+            it.next();
         } else {
-            args.join(" ")
+            shown.push(a.as_str());
         }
-    );
+    }
+    println!("command: cargo xtask bench-peers -- {}", shown.join(" "));
+    println!("agent: {}", opts.agent.display());
     for &n in &opts.sizes {
         size_table(&opts, &memhog, n)?;
     }

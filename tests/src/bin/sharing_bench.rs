@@ -37,7 +37,7 @@ use memscope_agent::{
 };
 use memscope_tests::{
     Sharers,
-    bench::{cpu_time, flag_number, median, memhog_path},
+    bench::{args_unless_help, cpu_time, ensure_root, flag_number, median, memhog_path},
 };
 
 const USAGE: &str = "usage: sharing_bench [--only exit|startup] [--size BYTES (4194304)] \
@@ -56,7 +56,7 @@ struct Options {
 }
 
 impl Options {
-    fn parse() -> anyhow::Result<Options> {
+    fn parse(args: &[String]) -> anyhow::Result<Options> {
         let mut o = Options {
             only: None,
             size: 4 << 20,
@@ -67,7 +67,7 @@ impl Options {
             startup_ticks: 6,
             tick: Duration::from_millis(1000),
         };
-        let mut args = std::env::args().skip(1);
+        let mut args = args.iter().cloned();
         while let Some(flag) = args.next() {
             let value = args
                 .next()
@@ -437,16 +437,13 @@ fn startup_workload(opts: &Options) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
-    if std::env::args().any(|a| a == "--help" || a == "-h") {
-        eprintln!("{USAGE}");
+    let Some(args) = args_unless_help(USAGE) else {
         return Ok(());
-    }
-    let opts = Options::parse()?;
-    if !rustix::process::geteuid().is_root() {
-        bail!(
-            "sharing_bench needs root (every process's smaps): run `sudo cargo xtask bench-sharing`"
-        );
-    }
+    };
+    let opts = Options::parse(&args)?;
+    ensure_root(
+        "sharing_bench needs root (every process's smaps): run `sudo cargo xtask bench-sharing`",
+    )?;
     if opts.runs("exit") {
         exit_workload(&opts)?;
     }

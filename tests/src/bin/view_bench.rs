@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use memscope_tests::{
-    bench::median,
+    bench::{args_unless_help, children_cpu_time, median, pids},
     once_over_fixtures,
     synth::{SynthOptions, synthesize},
 };
@@ -27,14 +27,21 @@ struct Args {
     workers: usize,
 }
 
-fn parse_args() -> anyhow::Result<Args> {
+const USAGE: &str = "usage: cargo xtask view-bench -- [--runs N (7)] [--emissions N (8640)] \
+[--workers N (150)] [--agent PATH (the release build)]";
+
+/// The arguments; `None` when they ask for help.
+fn parse_args() -> anyhow::Result<Option<Args>> {
     let mut a = Args {
         agent: PathBuf::from("target/release/memscope-agent"),
         runs: 7,
         emissions: 8640,
         workers: 150,
     };
-    let mut it = std::env::args().skip(1);
+    let Some(args) = args_unless_help(USAGE) else {
+        return Ok(None);
+    };
+    let mut it = args.into_iter();
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
         match flag.as_str() {
@@ -42,24 +49,15 @@ fn parse_args() -> anyhow::Result<Args> {
             "--runs" => a.runs = value()?.parse().context("--runs")?,
             "--emissions" => a.emissions = value()?.parse().context("--emissions")?,
             "--workers" => a.workers = value()?.parse().context("--workers")?,
-            other => bail!(
-                "unknown argument {other} (--agent PATH, --runs N, --emissions N, --workers N)"
-            ),
+            other => bail!("unknown argument {other}; {USAGE}"),
         }
     }
-    Ok(a)
+    Ok(Some(a))
 }
 
 /// CPU time (user + system) of all waited-for children so far, in ms.
 fn children_cpu_ms() -> f64 {
-    // SAFETY: getrusage fills a struct we own.
-    let ru = unsafe {
-        let mut ru: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru);
-        ru
-    };
-    let ms = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
-    ms(ru.ru_utime) + ms(ru.ru_stime)
+    children_cpu_time().as_secs_f64() * 1e3
 }
 
 /// Runs the agent with `args`, output discarded; returns (CPU ms, wall ms).
@@ -82,14 +80,10 @@ fn measure(agent: &PathBuf, args: &[&str]) -> anyhow::Result<(f64, f64)> {
 
 #[expect(clippy::print_stdout, reason = "the tables are this binary's output")]
 fn main() -> anyhow::Result<()> {
-    let args = parse_args()?;
-    let procs = std::fs::read_dir("/proc")
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
-                .count()
-        })
-        .unwrap_or(0);
+    let Some(args) = parse_args()? else {
+        return Ok(());
+    };
+    let procs = pids()?.len();
     println!(
         "## show vs --once on this host ({procs} processes, {} runs each, alternating; the host may be loaded)\n",
         args.runs

@@ -28,7 +28,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use memscope_tests::{
-    bench::{WORKER_REGION_BYTES, Workers, memhog_path},
+    bench::{
+        WORKER_REGION_BYTES, Workers, args_unless_help, in_own_pid_namespace, memhog_path,
+        rerun_in_pid_namespace,
+    },
     volume::{PhaseMedians, measure, phases, seconds_of},
 };
 
@@ -42,11 +45,8 @@ struct Options {
     worker_bytes: usize,
 }
 
-const USAGE: &str = "usage: cargo xtask volume [--seconds N (120)] [--interval 10s] \
+const USAGE: &str = "usage: cargo xtask volume -- [--seconds N (120)] [--interval 10s] \
 [--workers N (0: the host as it is)] [--change-percent P (1)] [--worker-bytes BYTES (4194304)] [--pid-namespace] [--release (the default)]";
-
-/// Set in the environment of the run inside the PID namespace.
-const INNER: &str = "MEMSCOPE_VOLUME_IN_NAMESPACE";
 
 fn parse(args: &[String]) -> Result<Options> {
     let mut o = Options {
@@ -126,32 +126,15 @@ fn stop(child: &mut Child) -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(args) = args_unless_help(USAGE) else {
+        return Ok(());
+    };
     let o = parse(&args)?;
     let interval = seconds_of(&o.interval)?;
-    let inner = std::env::var_os(INNER).is_some();
-    if o.pid_namespace && !inner {
+    if o.pid_namespace && !in_own_pid_namespace() {
         // The same command again in a PID namespace of its own with its own /proc: the agents see
         // only the workers and themselves, whatever else runs on the host.
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            bail!("--pid-namespace needs root (unshare --pid --mount)");
-        }
-        let me = std::env::current_exe().context("the bench's own executable")?;
-        // A shell is the namespace's pid 1, so that the workers' parent (this command) is not:
-        // a worker whose parent is pid 1 takes it that its parent is gone.
-        let status = Command::new("unshare")
-            .args(["--pid", "--fork", "--mount", "--mount-proc"])
-            .args(["sh", "-c", "\"$@\"; exit $?", "sh"])
-            .arg(&me)
-            .args(&args)
-            .env(INNER, "1")
-            .status()
-            .context("running unshare (util-linux)")?;
-        if !status.success() {
-            bail!("volume in a PID namespace: {status}");
-        }
-        return Ok(());
+        return rerun_in_pid_namespace("volume", &args);
     }
     let agent = &o.agent;
     let keyframe_every = (default_keyframe_interval(agent)? / interval).ceil();
