@@ -388,6 +388,7 @@ impl Ladder {
     /// Keeps only `live` pids.
     pub fn retain(&mut self, live: &HashSet<u32>) {
         self.entries.retain(|pid, _| live.contains(pid));
+        crate::collectors::shrink_sparse(&mut self.entries);
     }
 
     /// Age of the oldest read among tracked processes (how stale the oldest number is).

@@ -159,6 +159,17 @@ impl dyn Observation {
     }
 }
 
+/// Gives back a per-process map's room after a spike: a map keeps its largest capacity, so an
+/// agent that once saw 6000 processes would hold their room (and touched pages) for good at 3000.
+/// Called after the map was pruned; shrinks only when under a quarter full.
+pub fn shrink_sparse<K: Eq + std::hash::Hash, V, S: std::hash::BuildHasher>(
+    map: &mut std::collections::HashMap<K, V, S>,
+) {
+    if map.capacity() > 256 && map.len() < map.capacity() / 4 {
+        map.shrink_to(map.len().saturating_mul(2));
+    }
+}
+
 /// The observation of a run as its concrete type (tests, benches): an error names what came instead.
 pub fn observed<T: Observation>(
     run: Result<Option<Box<dyn Observation>>, CollectError>,
@@ -326,6 +337,22 @@ pub fn build_collectors(config: &Config, ctx: &BuildCtx<'_>) -> Vec<Registered> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_map_pruned_after_a_spike_gives_its_room_back_and_a_full_one_keeps_it() {
+        let mut m: std::collections::HashMap<u32, [u8; 64]> =
+            (0..6000).map(|pid| (pid, [0; 64])).collect();
+        let spike = m.capacity();
+        m.retain(|pid, _| *pid < 3000);
+        let half = m.capacity();
+        shrink_sparse(&mut m);
+        assert_eq!(m.capacity(), half, "half full: kept for the next spike");
+        m.retain(|pid, _| *pid < 100);
+        shrink_sparse(&mut m);
+        assert!(m.capacity() < 1024, "{} of {spike} kept", m.capacity());
+        assert_eq!(m.len(), 100);
+        assert!((0..100).all(|pid| m.contains_key(&pid)));
+    }
 
     #[test]
     fn section_keys_are_the_collector_names() {

@@ -602,6 +602,7 @@ impl Collector for ProcessesCollector {
             self.known.remove(pid);
         }
         self.known.retain(|pid, _| live.contains(pid));
+        super::shrink_sparse(&mut self.known);
 
         // Tier 2: smaps_rollup where the ladder says so, within the budget. Processes the smaps
         // tier reads this tick too come last: their rollup is derived from that read.

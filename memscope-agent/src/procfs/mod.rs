@@ -476,6 +476,7 @@ impl OpenFiles {
     /// Closes the descriptors of pids not in `live` (sorted).
     pub fn retain_sorted(&mut self, live: &[u32]) {
         self.files.retain(|pid, _| live.binary_search(pid).is_ok());
+        crate::collectors::shrink_sparse(&mut self.files);
     }
 
     /// Reads `root/pid/<file>` into `buf` through a kept descriptor when possible. A kept

@@ -449,6 +449,7 @@ impl Collector for SmapsCollector {
             }
             keep
         });
+        super::shrink_sparse(&mut self.cache);
 
         // A process's start is news to the others only if one of them was read before it (a fork
         // child): the oldest read kept says whether any could be (at start-up none: no changes
