@@ -115,24 +115,18 @@ impl ObjectMemory {
 
     /// Adds `o` field by field, saturating: figures from a hostile tree must not wrap.
     pub fn add(&mut self, o: &ObjectMemory) {
-        let s = |a: &mut u64, b: u64| *a = a.saturating_add(b);
-        s(&mut self.pss_bytes, o.pss_bytes);
-        s(&mut self.rss_bytes, o.rss_bytes);
-        s(&mut self.swap_bytes, o.swap_bytes);
-        s(&mut self.swap_pss_bytes, o.swap_pss_bytes);
-        s(&mut self.private_clean_bytes, o.private_clean_bytes);
-        s(&mut self.private_dirty_bytes, o.private_dirty_bytes);
-        s(&mut self.shared_clean_bytes, o.shared_clean_bytes);
-        s(&mut self.shared_dirty_bytes, o.shared_dirty_bytes);
-        s(&mut self.anonymous_bytes, o.anonymous_bytes);
-        s(&mut self.shared_hugetlb_bytes, o.shared_hugetlb_bytes);
-        s(&mut self.private_hugetlb_bytes, o.private_hugetlb_bytes);
+        self.combine(o, u64::saturating_add);
     }
 
     /// Subtracts `o` field by field, saturating (the inverse of [`ObjectMemory::add`] while no sum
     /// saturated).
     pub fn sub(&mut self, o: &ObjectMemory) {
-        let s = |a: &mut u64, b: u64| *a = a.saturating_sub(b);
+        self.combine(o, u64::saturating_sub);
+    }
+
+    /// Sets every field to `f(self's, o's)`.
+    fn combine(&mut self, o: &ObjectMemory, f: fn(u64, u64) -> u64) {
+        let s = |a: &mut u64, b: u64| *a = f(*a, b);
         s(&mut self.pss_bytes, o.pss_bytes);
         s(&mut self.rss_bytes, o.rss_bytes);
         s(&mut self.swap_bytes, o.swap_bytes);
