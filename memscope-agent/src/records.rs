@@ -67,6 +67,12 @@ pub struct Header<'a> {
     pub seq: u64,
 }
 
+/// For `#[serde(skip_serializing_if = "crate::records::is_zero")]`: a count left out of a record
+/// while it is zero.
+pub fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
+    *n == T::default()
+}
+
 /// Appends one line of `kind` with the body fragment `body` to `out`.
 pub fn write_line(kind: &str, body: &str, header: &Header<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"schema\":\"");

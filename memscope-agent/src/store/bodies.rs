@@ -122,7 +122,7 @@ pub(crate) struct SnapshotBody<'a> {
     pub(super) records: BTreeMap<&'static str, u64>,
     /// Processes the eBPF tracker saw exit since the last emission whose figures were never sent
     /// (they lived between two reads): counted here, with no `exit` record each. Absent when 0.
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(skip_serializing_if = "crate::records::is_zero")]
     pub(super) unseen_exits: u64,
     pub(super) warnings: &'a [String],
 }
@@ -167,8 +167,4 @@ pub(crate) struct AgentBody<'a> {
 pub(crate) struct RemovedBody<'a> {
     pub(super) entity: &'a str,
     pub(super) key: &'a str,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
 }

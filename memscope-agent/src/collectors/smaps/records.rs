@@ -46,7 +46,7 @@ pub struct Sharing<'a> {
     pub mappers: u32,
     /// Mappers whose figures of the object are derived by arithmetic after another mapper joined
     /// or left, not read (absent: none); each is flagged in `top`.
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(skip_serializing_if = "crate::records::is_zero")]
     pub derived_mappers: u32,
     pub mappings: u32,
     pub top: &'a [Consumer],
@@ -70,10 +70,6 @@ impl SharedObject {
             top_cgroups: None,
         }
     }
-}
-
-fn is_zero(n: &u32) -> bool {
-    *n == 0
 }
 
 /// The `other` row of one kind: objects below the PSS floor, folded.
