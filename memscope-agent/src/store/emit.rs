@@ -56,7 +56,8 @@ impl Store {
             return Vec::new();
         }
         if self.seq == 0 {
-            self.early_exits.push((pid, cause));
+            // Nothing is sent before the first emission, so only an OOM victim gets here.
+            self.early_oom_kills.push(pid);
             return Vec::new();
         }
         let mut body = exit_body(sent, pid);
@@ -231,16 +232,13 @@ impl Store {
             .filter_map(|(_, key, body)| Some((key.parse().ok()?, body.as_str())))
             .collect();
         let oom_killed = self.infer_oom_kills(&gone_processes, &oom_kills);
-        let early_exits = std::mem::take(&mut self.early_exits);
-        let gone_records: Vec<Record> = early_exits
+        let early_oom_kills = std::mem::take(&mut self.early_oom_kills);
+        let gone_records: Vec<Record> = early_oom_kills
             .iter()
-            .map(|(pid, cause)| Record {
+            .map(|pid| Record {
                 kind: "exit",
                 key: pid.to_string(),
-                body: match cause {
-                    ExitCause::OomKill => format!("\"pid\":{pid},\"known\":false{OOM_REASON}"),
-                    ExitCause::Exit => format!("\"pid\":{pid},\"known\":false"),
-                },
+                body: format!("\"pid\":{pid},\"known\":false{OOM_REASON}"),
             })
             .chain(gone.iter().map(|(kind, key, body)| {
                 if *kind == "process" {

@@ -48,11 +48,12 @@ pub struct Store {
     pub(super) lines_dropped: u64,
     /// Processes reported by `exit_now` since the last processes observation.
     pub(super) exited: HashSet<u32>,
-    /// Exits seen before the first emission: sent in it, after its `snapshot`.
-    pub(super) early_exits: Vec<(u32, super::emit::ExitCause)>,
+    /// OOM kills of processes never sent, seen before the first emission: sent in it, after its
+    /// `snapshot` (other such exits are only counted, in `unseen_exits`).
+    pub(super) early_oom_kills: Vec<u32>,
     /// Exits since the last emission of processes whose figures were never sent.
     pub(super) unseen_exits: u64,
-    /// Processes whose `exit` was sent (or queued in `early_exits`) with `"reason": "oom_kill"` on
+    /// Processes whose `exit` was sent (or queued in `early_oom_kills`) with `"reason": "oom_kill"` on
     /// the tracker's OOM event, awaiting the tracker's exit event for the same process, which then
     /// sends nothing.
     pub(super) oom_killed: HashSet<u32>,
@@ -104,7 +105,7 @@ impl Store {
             lines_emitted: 0,
             lines_dropped: 0,
             exited: std::collections::HashSet::new(),
-            early_exits: Vec::new(),
+            early_oom_kills: Vec::new(),
             unseen_exits: 0,
             oom_killed: HashSet::new(),
             oom_kills: HashMap::new(),
